@@ -1,0 +1,130 @@
+//! `sessionhub`: the push gateway and session service.
+//!
+//! A thin binary: it parses flags, builds the library's parts and serves them.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sessionhub::SessionConfig;
+use sessionhub::gateway::{Gateway, GatewayConfig, SocketConfig};
+use sessionhub::hub::Hub;
+use sessionhub::store::{MemoryStore, SessionStore};
+use tokio::net::TcpListener;
+
+use crate::cli::{Cli, Command, Serve};
+
+/// Everything a stop may take before the process exits anyway.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(serve) => runtime.block_on(run(serve)),
+    }
+}
+
+async fn run(args: Serve) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing to listen on {}: that address is reachable from other machines, and the \
+             push and socket endpoints have no authentication yet, so anyone could read or send \
+             any user's messages. Listen on a loopback address (127.0.0.1), or pass --insecure \
+             (SESSIONHUB_INSECURE=true) if a firewall or proxy guards the port.",
+            args.listen
+        );
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            gethostname::gethostname().to_string_lossy(),
+            local.port()
+        )
+    });
+
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let journal = args.data_dir.join("sessions.redb");
+    let store: Arc<dyn SessionStore> = Arc::new(
+        MemoryStore::open(&journal, Duration::from_secs(1))
+            .with_context(|| format!("opening the session journal {}", journal.display()))?,
+    );
+    let hub = Hub::local(node_id.clone());
+
+    let sessions = SessionConfig {
+        idle_timeout: Duration::from_secs(args.session_timeout),
+        max_lifetime: args.session_max_lifetime.map(Duration::from_secs),
+        trusted_proxies: args.trusted_proxies.clone(),
+        ..SessionConfig::default()
+    };
+    let socket = SocketConfig {
+        idle_timeout: Duration::from_secs(args.ws_idle_timeout),
+        ..SocketConfig::default()
+    };
+    let config = GatewayConfig {
+        demo: !args.no_demo,
+        max_push_bytes: socket.max_message_size,
+        socket,
+    };
+    let gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
+    let app = gateway
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+
+    tracing::info!(node = %node_id, "sessionhub listening on http://{local}");
+    // Tests and scripts wait for this line.
+    println!("listening on {local}");
+
+    let stopping = gateway.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: closing sockets, persisting sessions");
+            stopping.close_sockets();
+        })
+        .await
+        .context("serving")?;
+
+    // Sockets were told to close; give them the moment it takes to send 1001.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET / 2;
+    while hub.online().online > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(SHUTDOWN_BUDGET / 2, store.persist())
+        .await
+        .context("persisting sessions took too long")?
+        .context("persisting sessions")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

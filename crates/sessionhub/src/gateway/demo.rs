@@ -1,0 +1,60 @@
+//! The seed's session demo: `/login`, `/get-session`, `/invalidate`.
+
+use axum::Form;
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::response::Json;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::Gateway;
+use crate::error::ApiError;
+use crate::session::Session;
+use crate::store::now_ms;
+
+pub(crate) fn routes() -> Router<Gateway> {
+    Router::new()
+        .route("/login", get(login).post(login))
+        .route("/get-session", get(get_session).post(get_session))
+        .route("/invalidate", get(invalidate).post(invalidate))
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    username: Option<String>,
+}
+
+/// Sets `username`, rotates the id (fixation protection), answers every attribute.
+async fn login(
+    session: Session,
+    form: Result<Form<LoginQuery>, FormRejection>,
+) -> Result<Json<Map<String, Value>>, ApiError> {
+    // Form reads the query string of a GET and the urlencoded body of a POST.
+    let username = form
+        .ok()
+        .and_then(|Form(query)| query.username)
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("user{}", now_ms()));
+    session.insert("username", username).await?;
+    session.rotate().await?;
+    describe(&session).await
+}
+
+/// Bumps `count` atomically, answers every attribute.
+async fn get_session(session: Session) -> Result<Json<Map<String, Value>>, ApiError> {
+    session.incr("count", 1).await?;
+    describe(&session).await
+}
+
+/// Ends the session; answers `1` as the seed does.
+async fn invalidate(session: Session) -> Result<Json<u8>, ApiError> {
+    session.invalidate().await?;
+    Ok(Json(1))
+}
+
+async fn describe(session: &Session) -> Result<Json<Map<String, Value>>, ApiError> {
+    let mut body = session.attributes().await?;
+    body.insert("sessionId".into(), session.id().await?.as_str().into());
+    Ok(Json(body))
+}

@@ -1,0 +1,226 @@
+//! The connections on this node, and the fan-out of messages to them.
+//!
+//! A connection joins a channel (a user's personal channel for `/websocket/{id}`). The
+//! [`Registry`] keeps channel -> local members and is the broker's delivery sink; the first
+//! member of a channel subscribes the node to it and the last one to leave unsubscribes, so
+//! a node receives only messages that some local client wants.
+//!
+//! Each member has a bounded outbound queue. Delivery never waits: a member whose queue is
+//! full is a slow consumer and is told to disconnect, so one stuck client can neither stall
+//! the others nor grow the server's memory.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Deliver, LocalBroker, Receipt};
+use crate::error::BrokerError;
+use crate::protocol::UserId;
+
+/// Counts of what is connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Online {
+    /// Open connections.
+    pub online: usize,
+    /// Distinct users with at least one open connection.
+    pub users: usize,
+}
+
+struct Member {
+    id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    slow: CancellationToken,
+}
+
+/// Channel -> the local connections that joined it.
+#[derive(Default)]
+pub struct Registry {
+    channels: Mutex<HashMap<String, Vec<Member>>>,
+}
+
+impl Registry {
+    /// Counts the local connections and distinct users.
+    pub fn online(&self) -> Online {
+        let channels = self.channels.lock().unwrap();
+        channels
+            .iter()
+            .filter(|(name, _)| UserId::from_channel(name).is_some())
+            .fold(Online::default(), |acc, (_, members)| Online {
+                online: acc.online + members.len(),
+                users: acc.users + 1,
+            })
+    }
+}
+
+impl Deliver for Registry {
+    fn deliver(&self, channel: &str, payload: &Utf8Bytes) -> usize {
+        let channels = self.channels.lock().unwrap();
+        let Some(members) = channels.get(channel) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for member in members {
+            match member.tx.try_send(payload.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(channel, "slow consumer: outbound queue full, disconnecting");
+                    member.slow.cancel();
+                }
+                // The connection is closing; it leaves the registry on its own.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+}
+
+/// The local connection registry plus the broker that links it to other nodes.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    registry: Arc<Registry>,
+    broker: Arc<dyn Broker>,
+    node_id: String,
+    outbound_queue: usize,
+    next_member: AtomicU64,
+}
+
+impl Hub {
+    /// A hub for one node, on the embedded [`LocalBroker`].
+    pub fn local(node_id: impl Into<String>) -> Self {
+        Self::with_broker(node_id, |sink| Arc::new(LocalBroker::new(sink)))
+    }
+
+    /// A hub whose broker is built around the hub's registry (the broker delivers into it).
+    pub fn with_broker(
+        node_id: impl Into<String>,
+        broker: impl FnOnce(Arc<dyn Deliver>) -> Arc<dyn Broker>,
+    ) -> Self {
+        let registry = Arc::new(Registry::default());
+        let broker = broker(registry.clone());
+        Self {
+            inner: Arc::new(HubInner {
+                registry,
+                broker,
+                node_id: node_id.into(),
+                outbound_queue: 256,
+                next_member: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sets how many messages may wait for one slow connection before it is dropped
+    /// (default 256). Call before the first connection joins.
+    pub fn with_outbound_queue(mut self, messages: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.outbound_queue = messages.max(1);
+        }
+        self
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The broker, for readiness checks.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// What is connected to this node.
+    pub fn online(&self) -> Online {
+        self.inner.registry.online()
+    }
+
+    /// Sends `payload` to every connection on `channel`, on every node.
+    pub async fn publish(&self, channel: &str, payload: Utf8Bytes) -> Result<Receipt, BrokerError> {
+        self.inner.broker.publish(channel, payload).await
+    }
+
+    /// Adds a connection to `channel`. Messages published after this returns reach it.
+    pub async fn join(&self, channel: &str) -> Result<Membership, BrokerError> {
+        let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
+        let slow = CancellationToken::new();
+        let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
+        let member = Member {
+            id,
+            tx,
+            slow: slow.clone(),
+        };
+        let subscribed = {
+            let mut channels = self.inner.registry.channels.lock().unwrap();
+            match channels.entry(channel.to_owned()) {
+                Entry::Occupied(mut e) => {
+                    e.get_mut().push(member);
+                    None
+                }
+                Entry::Vacant(e) => {
+                    e.insert(vec![member]);
+                    // Queued under the lock so subscribe and unsubscribe keep their order.
+                    Some(self.inner.broker.subscribe(channel))
+                }
+            }
+        };
+        let membership = Membership {
+            hub: self.clone(),
+            channel: channel.to_owned(),
+            id,
+            rx,
+            slow,
+        };
+        if let Some(subscribed) = subscribed {
+            // On error `membership` drops here and leaves the channel again.
+            subscribed.await?;
+        }
+        Ok(membership)
+    }
+
+    fn leave(&self, channel: &str, id: u64) {
+        let mut channels = self.inner.registry.channels.lock().unwrap();
+        if let Some(members) = channels.get_mut(channel) {
+            members.retain(|m| m.id != id);
+            if members.is_empty() {
+                channels.remove(channel);
+                self.inner.broker.unsubscribe(channel);
+            }
+        }
+    }
+}
+
+/// One connection's place in a channel. Dropping it leaves the channel.
+pub struct Membership {
+    hub: Hub,
+    channel: String,
+    id: u64,
+    rx: mpsc::Receiver<Utf8Bytes>,
+    slow: CancellationToken,
+}
+
+impl Membership {
+    /// The next message for this connection.
+    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+        self.rx.recv().await
+    }
+
+    /// Resolves when the connection fell too far behind and must be closed.
+    pub fn slow(&self) -> &CancellationToken {
+        &self.slow
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(&self.channel, self.id);
+    }
+}

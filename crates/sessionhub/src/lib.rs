@@ -1,0 +1,26 @@
+//! sessionhub: shared HTTP sessions and cross-node WebSocket push for axum.
+//!
+//! Two kinds of state stick to the node that created them: HTTP sessions and WebSocket
+//! connections. This crate moves both behind narrow traits so that any node can serve any
+//! request:
+//!
+//! - [`session`]: a tower layer and an axum extractor for server-side sessions, with
+//!   attribute-level change tracking and atomic increments.
+//! - [`store`]: where session records live ([`store::SessionStore`]): in memory with an
+//!   optional redb journal, or in Redis.
+//! - [`broker`]: how a push reaches the node that holds the socket ([`broker::Broker`]).
+//! - [`hub`]: the connections on this node and the fan-out to them.
+//! - [`protocol`]: the frames a client may send.
+//! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod error;
+pub mod gateway;
+pub mod hub;
+pub mod protocol;
+pub mod session;
+pub mod store;
+
+pub use error::ApiError;
+pub use session::{Session, SessionConfig, SessionLayer};

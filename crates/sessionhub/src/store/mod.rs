@@ -1,0 +1,170 @@
+//! Where session records live.
+//!
+//! The [`SessionStore`] trait is deliberately narrow: every operation is one atomic step on
+//! one session, so that a backend can implement it as one round trip (a Lua script in Redis,
+//! one critical section in memory). The session layer never reads, modifies and writes a
+//! whole record: it sends only the changed attributes, and increments are applied by the
+//! store. That is what keeps two concurrent requests from losing each other's writes.
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::StoreError;
+use crate::session::SessionId;
+
+/// Attribute name to JSON value.
+pub type Attributes = Map<String, Value>;
+
+/// A session as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The application's attributes.
+    pub attributes: Attributes,
+    /// When the session was created, in milliseconds since the Unix epoch; the absolute
+    /// lifetime counts from here.
+    pub created_ms: u64,
+}
+
+impl Record {
+    /// An empty record created now.
+    pub fn new() -> Self {
+        Self {
+            attributes: Attributes::new(),
+            created_ms: now_ms(),
+        }
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One change to one attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Replace the attribute's value.
+    Set(Value),
+    /// Remove the attribute.
+    Remove,
+    /// Add to an integer attribute (a missing attribute counts as 0), atomically.
+    Incr(i64),
+}
+
+/// The outcome of [`SessionStore::update`] and [`SessionStore::rotate`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Updated {
+    /// The session existed and every change was applied. Holds the new value of each
+    /// [`Change::Incr`], in the order the changes were given.
+    Applied(Vec<i64>),
+    /// The session does not exist (never did, expired or was invalidated); nothing changed.
+    Missing,
+}
+
+/// A backend that keeps session records.
+///
+/// Every method is atomic with respect to every other method on the same id, across every
+/// node that shares the backend. `ttl` is the idle time after which the record expires; each
+/// call that succeeds on an existing record slides its expiry to now + `ttl`.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Reads a record and slides its expiry in the same step. `None` when it does not exist,
+    /// has expired, or cannot be decoded (logged, never an error: a corrupt record must not
+    /// turn into a 500 on every request).
+    async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError>;
+
+    /// Stores a new record unless the id is taken. Returns `false` if it was.
+    async fn create(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Applies `changes` if and only if the record still exists, so a request that started
+    /// before an invalidation cannot bring the session back.
+    async fn update(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError>;
+
+    /// Moves the record from `old` to `new` and applies `changes`, in one step. `old` stops
+    /// existing. [`Updated::Missing`] if `old` does not exist.
+    async fn rotate(
+        &self,
+        old: &SessionId,
+        new: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError>;
+
+    /// Removes a record. Returns whether it existed.
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// Makes every change so far durable (the embedded store's journal); a no-op for stores
+    /// that are durable on every write.
+    async fn persist(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether the backend answers right now (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Applies changes to attributes in memory, with the same semantics every backend must have:
+/// all or nothing, in order. Used by the memory store, and by the session layer for a session
+/// that is not stored yet.
+pub(crate) fn apply_changes(
+    attributes: &mut Attributes,
+    changes: &[(String, Change)],
+) -> Result<Vec<i64>, StoreError> {
+    let mut next = attributes.clone();
+    let mut results = Vec::new();
+    for (name, change) in changes {
+        match change {
+            Change::Set(value) => {
+                next.insert(name.clone(), value.clone());
+            }
+            Change::Remove => {
+                next.remove(name);
+            }
+            Change::Incr(delta) => {
+                let current = match next.get(name) {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => v
+                        .as_i64()
+                        .ok_or_else(|| StoreError::NotAnInteger(name.clone()))?,
+                };
+                let value = current
+                    .checked_add(*delta)
+                    .ok_or_else(|| StoreError::Overflow(name.clone()))?;
+                next.insert(name.clone(), Value::from(value));
+                results.push(value);
+            }
+        }
+    }
+    *attributes = next;
+    Ok(results)
+}

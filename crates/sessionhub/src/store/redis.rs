@@ -1,0 +1,4 @@
+//! Session records in Redis (cluster mode).
+
+/// Session records in Redis. Filled in by cluster mode.
+pub struct RedisStore;
