@@ -266,7 +266,10 @@ impl Node {
     /// exit code and stderr.
     pub fn run_once(binary: &Path, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
         let out = Command::new(binary).args(args).output()?;
-        Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 }
 

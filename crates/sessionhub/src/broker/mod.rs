@@ -5,8 +5,10 @@
 //! subscribed to. The embedded [`LocalBroker`] serves one node; the Redis broker serves many.
 
 mod local;
+mod redis;
 
 pub use self::local::LocalBroker;
+pub use self::redis::{DEFAULT_PREFIX, RedisBroker, RedisBrokerConfig};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;

@@ -1,4 +1,508 @@
-//! Session records in Redis (cluster mode).
+//! Session records in Redis, shared by every node.
+//!
+//! # Layout
+//!
+//! One hash per session, under the key `<prefix>session:{<id>}` (prefix `sessionhub:` by
+//! default). The id sits in a `{...}` hash tag so that a future Redis Cluster deployment can
+//! route by it; session ids are base64url and never contain braces.
+//!
+//! | field        | value                                                          |
+//! |--------------|----------------------------------------------------------------|
+//! | `m:v`        | format version, `1`                                            |
+//! | `m:created`  | creation time, decimal milliseconds since the Unix epoch      |
+//! | `a:<name>`   | the attribute `<name>` as JSON text                            |
+//!
+//! The meta fields also keep the hash of a session without attributes in existence (Redis
+//! deletes an empty hash). The key's TTL is the idle timeout; every operation that touches
+//! the record slides it.
+//! An integer attribute is stored as a plain decimal, so `HINCRBY` works on it as is.
+//! Other `m:` fields are ignored, which leaves room for additions within version 1; a record
+//! with any other version, a field outside `a:`/`m:`, or invalid JSON is undecodable: it
+//! loads as no session and is never written to.
+//!
+//! # Atomicity
+//!
+//! Every operation is one Lua script, so it is one round trip and atomic. Redis does not roll
+//! back a script that fails halfway, so the update scripts first compute every change (with
+//! exact 64-bit arithmetic: Lua numbers are doubles) and only then write.
 
-/// Session records in Redis. Filled in by cluster mode.
-pub struct RedisStore;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, ScriptInvocation, Value};
+use serde_json::Value as Json;
+
+use super::{Attributes, Change, Record, SessionStore, Updated};
+use crate::error::StoreError;
+use crate::session::SessionId;
+
+/// The format version written to `m:v`.
+const VERSION: &str = "1";
+const FIELD_VERSION: &str = "m:v";
+const FIELD_CREATED: &str = "m:created";
+const ATTRIBUTE: &str = "a:";
+const META: &str = "m:";
+
+/// Exact signed 64-bit integers in Lua 5.1 (whose numbers are doubles), as
+/// `{negative, high, low}` with magnitude `high * 1e9 + low`; both parts stay below 2^53.
+/// Plus the shared part of `update` and `rotate`: compute every change first, write after.
+const PRELUDE: &str = r#"
+local BASE = 1000000000
+local MAX_HI, MAX_LO = 9223372036, 854775807
+
+local function fits(neg, hi, lo)
+  if hi ~= MAX_HI then return hi < MAX_HI end
+  if neg then return lo <= MAX_LO + 1 end
+  return lo <= MAX_LO
+end
+
+local function parse_int(s)
+  local neg = false
+  local digits = s
+  if string.sub(s, 1, 1) == '-' then
+    neg = true
+    digits = string.sub(s, 2)
+  end
+  local n = string.len(digits)
+  if n == 0 or n > 19 or not string.match(digits, '^%d+$') then return nil end
+  if n > 1 and string.sub(digits, 1, 1) == '0' then return nil end
+  local hi, lo = 0, tonumber(digits)
+  if n > 9 then
+    hi = tonumber(string.sub(digits, 1, n - 9))
+    lo = tonumber(string.sub(digits, n - 8))
+  end
+  if hi == 0 and lo == 0 then neg = false end
+  if not fits(neg, hi, lo) then return nil end
+  return {neg, hi, lo}
+end
+
+local function add(a, b)
+  local sa = a[1] and -1 or 1
+  local sb = b[1] and -1 or 1
+  local hi = sa * a[2] + sb * b[2]
+  local lo = sa * a[3] + sb * b[3]
+  local carry = math.floor(lo / BASE)
+  lo = lo - carry * BASE
+  hi = hi + carry
+  local neg = hi < 0
+  if neg then
+    if lo > 0 then
+      hi = -hi - 1
+      lo = BASE - lo
+    else
+      hi = -hi
+    end
+  end
+  if not fits(neg, hi, lo) then return nil end
+  return {neg, hi, lo}
+end
+
+local function format_int(v)
+  local s
+  if v[2] > 0 then
+    s = string.format('%.0f%09.0f', v[2], v[3])
+  else
+    s = string.format('%.0f', v[3])
+  end
+  if v[1] then s = '-' .. s end
+  return s
+end
+
+-- Changes are ARGV triples from index 3: op ('s', 'r' or 'i'), field, JSON text or delta.
+-- Returns the final value of every touched field (false: removed) and the reply, or nil and
+-- an error reply naming the failing change by its index.
+local function compute(source)
+  local pending = {}
+  local reply = {'ok'}
+  for i = 3, #ARGV, 3 do
+    local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if op == 's' then
+      pending[field] = value
+    elseif op == 'r' then
+      pending[field] = false
+    else
+      local current = pending[field]
+      if current == nil then current = redis.call('HGET', source, field) end
+      local n
+      if current == false or current == 'null' then
+        n = {false, 0, 0}
+      else
+        n = parse_int(current)
+      end
+      local index = (i - 3) / 3
+      if n == nil then return nil, {'nan', index} end
+      local sum = add(n, parse_int(value))
+      if sum == nil then return nil, {'overflow', index} end
+      local text = format_int(sum)
+      pending[field] = text
+      reply[#reply + 1] = text
+    end
+  end
+  return pending, reply
+end
+
+local function write(target, pending)
+  local sets, dels = {}, {}
+  for field, value in pairs(pending) do
+    if value then
+      sets[#sets + 1] = field
+      sets[#sets + 1] = value
+    else
+      dels[#dels + 1] = field
+    end
+  end
+  -- In chunks: unpack() of a long list overflows the Lua stack.
+  for j = 1, #sets, 200 do
+    redis.call('HSET', target, unpack(sets, j, math.min(j + 199, #sets)))
+  end
+  for j = 1, #dels, 200 do
+    redis.call('HDEL', target, unpack(dels, j, math.min(j + 199, #dels)))
+  end
+end
+
+-- pcall: a key of another type is "not a session", not an error.
+local function is_session(key)
+  return redis.pcall('HGET', key, 'm:v') == ARGV[2]
+end
+"#;
+
+/// KEYS[1] session; ARGV[1] ttl ms. Returns the flat HGETALL reply, or -1 if the key is not
+/// a hash.
+static LOAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local h = redis.pcall('HGETALL', KEYS[1])
+if h.err then return -1 end
+if #h > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return h
+"#,
+    )
+});
+
+/// KEYS[1] session; ARGV[1] ttl ms, then field/value pairs. Returns 1 if created.
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for j = 2, #ARGV, 200 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, j, math.min(j + 199, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS[1] session; ARGV[1] ttl ms, ARGV[2] version, then change triples.
+static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local key = KEYS[1]
+if not is_session(key) then return {{'missing'}} end
+local pending, reply = compute(key)
+if not pending then return reply end
+write(key, pending)
+redis.call('PEXPIRE', key, ARGV[1])
+return reply
+"#
+    ))
+});
+
+/// KEYS[1] old session, KEYS[2] new session; ARGV as for UPDATE.
+///
+/// The two keys hash to different slots, so on Redis Cluster this script would fail with
+/// CROSSSLOT; cluster support needs another scheme (e.g. copy to the new key, then delete the
+/// old one in a second step that tolerates a retry).
+static ROTATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local old, new = KEYS[1], KEYS[2]
+if not is_session(old) then return {{'missing'}} end
+if redis.call('EXISTS', new) == 1 then return {{'taken'}} end
+local pending, reply = compute(old)
+if not pending then return reply end
+redis.call('RENAME', old, new)
+write(new, pending)
+redis.call('PEXPIRE', new, ARGV[1])
+return reply
+"#
+    ))
+});
+
+/// Session records in Redis (or anything that speaks its protocol and runs Lua scripts).
+///
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// The key prefix to use when there is no reason to pick another.
+    pub const DEFAULT_PREFIX: &'static str = "sessionhub:";
+
+    /// Connects to `url` (`redis://`, or `rediss://` for TLS verified against the system's
+    /// root certificates) and keeps every key under `prefix`.
+    ///
+    /// Fails if the server cannot be reached now; once connected, the connection is
+    /// re-established on its own after a failure, and the calls made while it is down fail
+    /// with [`StoreError::Unavailable`].
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        // rustls needs a process-wide crypto provider for `rediss://`. Installing fails only
+        // if the application installed one already, which is then used instead.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // The error never contains the URL, which may carry a password.
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        // Every request that needs the session waits for a reconnection in progress. The
+        // default (6 retries, exponential backoff) holds each request for ~10 s while Redis is
+        // down; a short retry budget rides out a blip and answers 503 fast during an outage.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(400))
+            .set_connection_timeout(Some(Duration::from_secs(1)));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to redis: {e}")))?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, id: &SessionId) -> String {
+        format!("{}session:{{{}}}", self.prefix, id.as_str())
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut connection = self.connection.clone();
+        invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn apply(
+        &self,
+        script: &Script,
+        keys: &[String],
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(ttl_ms(ttl)).arg(VERSION);
+        for (name, change) in changes {
+            let field = format!("{ATTRIBUTE}{name}");
+            match change {
+                Change::Set(value) => invocation.arg("s").arg(field).arg(json_text(value)?),
+                Change::Remove => invocation.arg("r").arg(field).arg(""),
+                Change::Incr(delta) => invocation.arg("i").arg(field).arg(delta.to_string()),
+            };
+        }
+        let reply = self.invoke(&invocation).await?;
+        decode_outcome(reply, changes)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
+        let mut invocation = LOAD.prepare_invoke();
+        invocation.key(self.key(id)).arg(ttl_ms(ttl));
+        let reply = self.invoke(&invocation).await?;
+        match decode_record(reply) {
+            Ok(record) => Ok(record),
+            Err(reason) => {
+                // Without the id: it is a credential. A corrupt record must not fail every
+                // request that presents it, so it reads as no session.
+                tracing::warn!(
+                    reason,
+                    "undecodable session record in redis; treating it as absent"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    async fn create(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = CREATE.prepare_invoke();
+        invocation
+            .key(self.key(id))
+            .arg(ttl_ms(ttl))
+            .arg(FIELD_VERSION)
+            .arg(VERSION)
+            .arg(FIELD_CREATED)
+            .arg(record.created_ms.to_string());
+        for (name, value) in &record.attributes {
+            invocation
+                .arg(format!("{ATTRIBUTE}{name}"))
+                .arg(json_text(value)?);
+        }
+        match self.invoke(&invocation).await? {
+            Value::Int(created) => Ok(created == 1),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn update(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError> {
+        self.apply(&UPDATE, &[self.key(id)], changes, ttl).await
+    }
+
+    async fn rotate(
+        &self,
+        old: &SessionId,
+        new: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError> {
+        self.apply(&ROTATE, &[self.key(old), self.key(new)], changes, ttl)
+            .await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let removed: i64 = redis::cmd("DEL")
+            .arg(self.key(id))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        Ok(removed > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+}
+
+/// The TTL in milliseconds as PEXPIRE takes it, capped far below the point where Redis
+/// rejects it (now + ttl overflowing a signed 64-bit integer).
+fn ttl_ms(ttl: Duration) -> u64 {
+    const MAX_MS: u64 = 1 << 60;
+    ttl.as_millis().min(u128::from(MAX_MS)) as u64
+}
+
+fn json_text(value: &Json) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode a session attribute: {e}")))
+}
+
+fn redis_error(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn unexpected(reply: &Value) -> StoreError {
+    StoreError::Unavailable(format!(
+        "redis: unexpected reply from a session script: {reply:?}"
+    ))
+}
+
+/// Decodes the LOAD reply. `Err` carries why a record is undecodable, for the log.
+fn decode_record(reply: Value) -> Result<Option<Record>, &'static str> {
+    let items = match reply {
+        Value::Array(items) => items,
+        Value::Nil => return Ok(None),
+        Value::Int(-1) => return Err("the key is not a hash"),
+        _ => return Err("unexpected reply"),
+    };
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut version = None;
+    let mut created_ms = None;
+    let mut attributes = Attributes::new();
+    let mut items = items.into_iter();
+    while let (Some(field), Some(value)) = (items.next(), items.next()) {
+        let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
+            return Err("unexpected reply");
+        };
+        let field = String::from_utf8(field).map_err(|_| "a field name is not UTF-8")?;
+        if let Some(name) = field.strip_prefix(ATTRIBUTE) {
+            let value = serde_json::from_slice(&value).map_err(|_| "an attribute is not JSON")?;
+            attributes.insert(name.to_owned(), value);
+        } else if field == FIELD_VERSION {
+            version = Some(value);
+        } else if field == FIELD_CREATED {
+            created_ms = Some(value);
+        } else if !field.starts_with(META) {
+            return Err("a field outside the format");
+        }
+    }
+    if version.as_deref() != Some(VERSION.as_bytes()) {
+        return Err("missing or unknown format version");
+    }
+    let created_ms = created_ms
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+        .ok_or("missing or invalid creation time")?;
+    Ok(Some(Record {
+        attributes,
+        created_ms,
+    }))
+}
+
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Decodes the UPDATE/ROTATE reply: `{'ok', <incremented values>...}`, `{'missing'}`,
+/// `{'taken'}`, or `{'nan' | 'overflow', <index of the change>}`.
+fn decode_outcome(reply: Value, changes: &[(String, Change)]) -> Result<Updated, StoreError> {
+    let Value::Array(items) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    let failed_name = || match items.get(1) {
+        Some(Value::Int(i)) => usize::try_from(*i)
+            .ok()
+            .and_then(|i| changes.get(i))
+            .map(|(name, _)| name.clone())
+            .ok_or_else(|| unexpected(&reply)),
+        _ => Err(unexpected(&reply)),
+    };
+    match items.first().and_then(text) {
+        Some("ok") => items[1..]
+            .iter()
+            .map(|v| text(v).and_then(|t| t.parse::<i64>().ok()))
+            .collect::<Option<Vec<i64>>>()
+            .map(Updated::Applied)
+            .ok_or_else(|| unexpected(&reply)),
+        Some("missing") => Ok(Updated::Missing),
+        Some("taken") => Err(StoreError::Unavailable(
+            "rotation target id is taken".into(),
+        )),
+        Some("nan") => Err(StoreError::NotAnInteger(failed_name()?)),
+        Some("overflow") => Err(StoreError::Overflow(failed_name()?)),
+        _ => Err(unexpected(&reply)),
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared helpers for the black-box tests: real server processes, real HTTP and WebSocket
+//! clients.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use sessionhub_testkit::Node;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sessionhub"))
+}
+
+/// A node on the embedded default with `args`.
+pub fn node(args: &[&str]) -> Node {
+    Node::start(binary(), args).expect("sessionhub starts")
+}
+
+/// An HTTP client that opens a connection per request: tests restart and kill servers, and
+/// a pooled connection to a dead process would fail the next request for the wrong reason.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client")
+}
+
+/// The `SESSION` cookie value a response set, if any ("" for a removal cookie).
+pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("SESSION="))
+        .map(|rest| rest.split(';').next().unwrap_or("").to_owned())
+}
+
+/// GET `path` with the session cookie `cookie` (if any); returns status, cookie set, JSON body.
+pub async fn get(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut request = client.get(format!("{base}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", format!("SESSION={cookie}"));
+    }
+    let response = request.send().await.expect("request succeeds");
+    let status = response.status().as_u16();
+    let cookie = session_cookie(&response);
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, cookie, body)
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens `/websocket/{id}` and reads the greeting.
+pub async fn connect(base_ws: &str, id: &str) -> (Ws, Value) {
+    let (mut ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("{base_ws}/websocket/{id}")),
+    )
+    .await
+    .expect("connect in time")
+    .expect("websocket connects");
+    let greeting = next_text(&mut ws).await;
+    (
+        ws,
+        serde_json::from_str(&greeting).expect("greeting is JSON"),
+    )
+}
+
+/// The next text frame (pings and pongs skipped).
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("connection open")
+            .expect("frame reads");
+        match frame {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns its close frame.
+pub async fn next_close(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
+    tokio::time::timeout(within, async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(Message::Close(frame)) => return frame,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closes in time")
+}
+
+/// Asserts nothing but pings arrive for `wait`.
+pub async fn assert_silent(ws: &mut Ws, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.expect("send");
+}
+
+/// `GET /api/online`.
+pub async fn online(client: &reqwest::Client, base: &str) -> Value {
+    client
+        .get(format!("{base}/api/online"))
+        .send()
+        .await
+        .expect("online answers")
+        .json()
+        .await
+        .expect("online is JSON")
+}
+
+/// Polls `/api/online` until `online` equals `want`, or panics after `within`.
+pub async fn wait_online(client: &reqwest::Client, base: &str, want: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = online(client, base).await;
+        if now["online"] == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "online stayed {now} instead of {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,348 @@
+//! The session demo and the session layer, black-box over HTTP against a real process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn login_rotates_the_id_and_get_session_counts() {
+    let node = node(&[]);
+    let client = http();
+    let base = node.http();
+
+    // A session that exists before login must not keep its id (fixation).
+    let (_, before, body) = get(&client, &base, "/get-session", None).await;
+    let before = before.expect("a new session gets a cookie");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["sessionId"], before.as_str());
+
+    let (status, after, body) = get(&client, &base, "/login?username=alice", Some(&before)).await;
+    assert_eq!(status, 200);
+    let after = after.expect("login issues a new id");
+    assert_ne!(after, before, "login must rotate the session id");
+    assert_eq!(body["username"], "alice");
+    assert_eq!(body["count"], 1, "rotation keeps the data");
+    assert_eq!(body["sessionId"], after.as_str());
+
+    // The old id is dead; the new one carries the data.
+    let (_, _, old) = get(&client, &base, "/get-session", Some(&before)).await;
+    assert_eq!(old.get("username"), None);
+    let (_, set, body) = get(&client, &base, "/get-session", Some(&after)).await;
+    assert_eq!(set, None, "an unchanged id is not re-sent");
+    assert_eq!(body["count"], 2);
+    assert!(body["count"].is_number());
+    assert_eq!(body["username"], "alice");
+}
+
+#[tokio::test]
+async fn login_defaults_the_username_and_accepts_a_form_post() {
+    let node = node(&[]);
+    let client = http();
+    let (_, _, body) = get(&client, &node.http(), "/login", None).await;
+    let name = body["username"].as_str().unwrap();
+    assert!(
+        name.starts_with("user") && name[4..].parse::<u64>().is_ok(),
+        "{name}"
+    );
+
+    let response = client
+        .post(format!("{}/login", node.http()))
+        .form(&[("username", "bob")])
+        .send()
+        .await
+        .unwrap();
+    assert!(session_cookie(&response).is_some());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["username"], "bob");
+}
+
+#[tokio::test]
+async fn the_session_cookie_has_safe_attributes() {
+    let node = node(&["--trusted-proxies", "127.0.0.1"]);
+    let client = http();
+    let response = client
+        .get(format!("{}/login", node.http()))
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(cookie.contains("Path=/"), "{cookie}");
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP must not get Secure: {cookie}"
+    );
+
+    // Behind a trusted TLS-terminating proxy the cookie is Secure.
+    let response = client
+        .get(format!("{}/login", node.http()))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn x_forwarded_proto_from_an_untrusted_peer_is_ignored() {
+    let node = node(&[]);
+    let response = http()
+        .get(format!("{}/login", node.http()))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn the_id_travels_in_x_auth_token_for_clients_without_cookies() {
+    let node = node(&[]);
+    let client = http();
+    let response = client
+        .get(format!("{}/login?username=api", node.http()))
+        .send()
+        .await
+        .unwrap();
+    let token = response.headers()["x-auth-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for expected in [1, 2] {
+        let body: serde_json::Value = client
+            .get(format!("{}/get-session", node.http()))
+            .header("x-auth-token", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["username"], "api");
+        assert_eq!(body["count"], expected);
+    }
+}
+
+#[tokio::test]
+async fn invalidate_ends_the_session_and_clears_the_cookie() {
+    let node = node(&[]);
+    let client = http();
+    let base = node.http();
+    let (_, id, _) = get(&client, &base, "/login?username=carol", None).await;
+    let id = id.unwrap();
+    let (status, cleared, body) = get(&client, &base, "/invalidate", Some(&id)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!(1));
+    assert_eq!(cleared.as_deref(), Some(""), "a removal cookie is sent");
+
+    let (_, fresh, body) = get(&client, &base, "/get-session", Some(&id)).await;
+    let fresh = fresh.expect("a new session");
+    assert_ne!(fresh, id, "an ended id is never adopted again");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body.get("username"), None);
+}
+
+#[tokio::test]
+async fn forged_garbage_and_unknown_ids_get_a_fresh_session_never_a_500() {
+    let node = node(&[]);
+    let client = http();
+    let base = node.http();
+    let unknown = "AAAAAAAAAAAAAAAAAAAAAA"; // well-formed, never issued
+    for cookie in [
+        unknown,
+        "garbage",
+        "",
+        "../../etc/passwd",
+        "%00%ff",
+        &"A".repeat(4000),
+        "AAAAAAAAAAAAAAAAAAAAA=",
+    ] {
+        let response = client
+            .get(format!("{base}/get-session"))
+            .header("cookie", format!("other=1; SESSION={cookie}; x=\"y\""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "cookie {cookie:?}");
+        let issued = session_cookie(&response).expect("a new id is issued");
+        assert_ne!(issued, cookie, "a client-chosen id is never adopted");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["count"], 1);
+    }
+    // A non-UTF-8 cookie header.
+    let response = client
+        .get(format!("{base}/get-session"))
+        .header(
+            "cookie",
+            reqwest::header::HeaderValue::from_bytes(b"SESSION=\xff\xfe").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_get_session_never_loses_an_increment() {
+    let node = node(&[]);
+    let client = http();
+    let base = node.http();
+    let (_, id, _) = get(&client, &base, "/login", None).await;
+    let id = id.unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (client, base, id) = (client.clone(), base.clone(), id.clone());
+            tokio::spawn(async move { get(&client, &base, "/get-session", Some(&id)).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, 200);
+        seen.push(body["count"].as_i64().unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=200).collect::<Vec<_>>(),
+        "every increment is distinct"
+    );
+    let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+    assert_eq!(body["count"], 201);
+}
+
+#[tokio::test]
+async fn session_idle_timeout_expires_and_use_slides_it() {
+    let node = node(&["--session-timeout", "2"]);
+    let client = http();
+    let base = node.http();
+    let (_, id, _) = get(&client, &base, "/login?username=dora", None).await;
+    let id = id.unwrap();
+    // Used every second for 3 s: never idle for 2 s.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+        assert_eq!(body["username"], "dora");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+    assert_eq!(body.get("username"), None, "idle past the timeout: expired");
+}
+
+#[tokio::test]
+async fn the_absolute_lifetime_ends_a_busy_session() {
+    let node = node(&["--session-max-lifetime", "2"]);
+    let client = http();
+    let base = node.http();
+    let (_, id, _) = get(&client, &base, "/login?username=eve", None).await;
+    let id = id.unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        get(&client, &base, "/get-session", Some(&id)).await;
+    }
+    let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+    assert_eq!(body.get("username"), None);
+}
+
+#[tokio::test]
+async fn sessions_survive_a_graceful_restart() {
+    let mut node = node(&[]);
+    let client = http();
+    let (_, id, _) = get(&client, &node.http(), "/login?username=frank", None).await;
+    let id = id.unwrap();
+    // Changed right before the stop: only the graceful path can have persisted this.
+    get(&client, &node.http(), "/get-session", Some(&id)).await;
+    assert_eq!(node.terminate(Duration::from_secs(10)).unwrap(), Some(0));
+    node.restart().unwrap();
+    let (_, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
+    assert_eq!(body["username"], "frank");
+    assert_eq!(body["count"], 2);
+}
+
+#[tokio::test]
+async fn sessions_survive_sigkill_up_to_about_a_second() {
+    let mut node = node(&[]);
+    let client = http();
+    let (_, id, _) = get(&client, &node.http(), "/login?username=gina", None).await;
+    let id = id.unwrap();
+    get(&client, &node.http(), "/get-session", Some(&id)).await;
+    // The journal flushes every second.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    node.kill();
+    node.restart().unwrap();
+    let (_, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
+    assert_eq!(body["username"], "gina");
+    assert_eq!(body["count"], 2);
+}
+
+#[tokio::test]
+async fn no_demo_removes_the_demo_routes() {
+    let node = node(&["--no-demo"]);
+    let (status, _, _) = get(&http(), &node.http(), "/login", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_non_loopback_bind_is_refused_without_insecure() {
+    let (code, stderr) = sessionhub_testkit::Node::run_once(
+        binary(),
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            "/tmp/sessionhub-refused",
+        ],
+    )
+    .unwrap();
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    assert!(stderr.contains("0.0.0.0"), "{stderr}");
+    // With --insecure it starts.
+    let node = node(&["--insecure"]);
+    assert!(node.addr().ip().is_loopback());
+}
+
+#[tokio::test]
+async fn every_flag_is_in_help_with_its_environment_variable() {
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--listen", "SESSIONHUB_LISTEN"),
+        ("--data-dir", "SESSIONHUB_DATA_DIR"),
+        ("--session-timeout", "SESSIONHUB_SESSION_TIMEOUT"),
+        ("--ws-idle-timeout", "SESSIONHUB_WS_IDLE_TIMEOUT"),
+        ("--node-id", "SESSIONHUB_NODE_ID"),
+        ("--no-demo", "SESSIONHUB_NO_DEMO"),
+        ("--insecure", "SESSIONHUB_INSECURE"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+}
+
+#[tokio::test]
+async fn flags_read_their_environment_variable() {
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--data-dir", "/tmp/sessionhub-env"])
+        .env("SESSIONHUB_LISTEN", "10.1.2.3:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("10.1.2.3:9"),
+        "SESSIONHUB_LISTEN was not read: {stderr}"
+    );
+}

@@ -1,0 +1,677 @@
+//! A broker on Redis pub/sub, for nodes that share one Redis.
+//!
+//! # Channel names
+//!
+//! The broker channel `c` travels on the Redis channel `<prefix>ch:{c}`, and the prefix
+//! defaults to `sessionhub:`: the personal channel `user:42` is `sessionhub:ch:{user:42}`.
+//! The braces make `c` the hash tag, so each channel maps to one cluster slot and the same
+//! names keep working with Redis Cluster's sharded pub/sub. A prefix of its own keeps
+//! deployments that share one Redis apart; it must not contain `{`, which would move the
+//! hash tag into the prefix.
+//!
+//! # Connections
+//!
+//! Each node holds two connections. PUBLISH and PING go over a multiplexed command
+//! connection. Subscriptions live on a connection of their own, owned by one background
+//! task. Because every node has exactly one subscription connection, the subscriber count
+//! that PUBLISH returns is the number of nodes the message reached.
+//!
+//! The task keeps the set of channels the hub asked for, updated in call order, and brings
+//! the connection to that set with SUBSCRIBE and UNSUBSCRIBE rounds. When the connection
+//! drops, the task reports the broker unhealthy, reconnects with jittered exponential
+//! backoff, subscribes to the whole set again in one SUBSCRIBE, and only then reports
+//! healthy again. Messages published while a node is disconnected do not reach it: Redis
+//! pub/sub is fire-and-forget, and PUBLISH's count does not include that node.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use futures_util::future::{self, BoxFuture};
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{Msg, RedisResult};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use super::{Broker, Deliver, Receipt};
+use crate::error::BrokerError;
+
+/// The prefix of every Redis channel name unless configured otherwise.
+pub const DEFAULT_PREFIX: &str = "sessionhub:";
+
+/// One attempt to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One reply on the command connection, once connected.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The whole of one PUBLISH or PING, including waiting for a reconnection in progress: the
+/// caller hears about an outage within this, never later.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long `subscribe` waits for Redis to confirm.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the task waits for one SUBSCRIBE/UNSUBSCRIBE round before it gives the
+/// connection up. Longer than `SUBSCRIBE_TIMEOUT`: resubscribing every channel after a
+/// reconnection may take a while.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the idle subscription connection is probed. A connection whose peer vanished
+/// without closing it (a host that lost power, a partition) never ends its stream, so only
+/// an unanswered PING reveals it.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a probe may go unanswered.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// First delay before reconnecting.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The delay stops doubling here; with jitter one wait is at most 1.5 times this.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Where a [`RedisBroker`] connects and how it names its channels.
+///
+/// Validating the URL is separate from starting so that a node can reject a bad URL up
+/// front and still build its broker inside [`crate::hub::Hub::with_broker`]:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sessionhub::error::BrokerError> {
+/// use sessionhub::broker::RedisBrokerConfig;
+/// use sessionhub::hub::Hub;
+///
+/// let config = RedisBrokerConfig::new("redis://127.0.0.1:6379")?.prefix("myapp:");
+/// let hub = Hub::with_broker("node-1", |sink| config.start(sink));
+/// # let _ = hub;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisBrokerConfig {
+    client: redis::Client,
+    prefix: String,
+}
+
+impl RedisBrokerConfig {
+    /// Checks `url` (`redis://`, or `rediss://` for TLS) without connecting.
+    pub fn new(url: &str) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Unavailable(format!("invalid redis URL: {e}")))?;
+        Ok(Self {
+            client,
+            prefix: DEFAULT_PREFIX.to_owned(),
+        })
+    }
+
+    /// Replaces the channel name prefix (default [`DEFAULT_PREFIX`]).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Starts the broker; it connects in the background. Until the first subscription
+    /// connection is up, [`Broker::ping`] fails and `subscribe` waits for it (bounded).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, since it spawns the subscription task.
+    pub fn start(self, sink: Arc<dyn Deliver>) -> Arc<RedisBroker> {
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            // One attempt per command: retrying inside a command would hold a publish
+            // longer than an outage needs to be reported.
+            .set_number_of_retries(0);
+        let commands = ConnectionManager::new_lazy_with_config(self.client.clone(), manager)
+            // It fails only for push-sender and resubscription settings, which are not used.
+            .expect("a connection manager without push settings always builds");
+        let names = ChannelNames::new(&self.prefix);
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let state = Arc::new(LinkState {
+            healthy: watch::Sender::new(false),
+            reconnects: AtomicU64::new(0),
+        });
+        let task = Subscriber {
+            client: self.client,
+            names: names.clone(),
+            sink,
+            inbox,
+            state: state.clone(),
+            wanted: HashSet::new(),
+            dirty: false,
+            waiting: Vec::new(),
+        };
+        tokio::spawn(task.run());
+        Arc::new(RedisBroker {
+            commands,
+            requests,
+            names,
+            state,
+        })
+    }
+}
+
+/// The broker of a node among many: channels are Redis pub/sub channels.
+///
+/// The broker channel `c` is the Redis channel `<prefix>ch:{c}` (`sessionhub:ch:{c}` by
+/// default; the braces make `c` the cluster hash tag). PUBLISH goes over a command
+/// connection; subscriptions live on a second connection owned by a background task, so
+/// [`Receipt::nodes`] counts the nodes that took a message. When the subscription
+/// connection drops, [`Broker::ping`] fails until the task has reconnected (jittered
+/// exponential backoff, 50 ms doubling to 1 s) and subscribed to every channel again.
+///
+/// Dropping the last handle stops the task and closes both connections.
+pub struct RedisBroker {
+    commands: ConnectionManager,
+    requests: mpsc::UnboundedSender<Request>,
+    names: ChannelNames,
+    state: Arc<LinkState>,
+}
+
+impl RedisBroker {
+    /// Connects to `url` with channel names under `prefix`, and waits until the
+    /// subscription connection is up; fails if Redis cannot be reached within about two
+    /// seconds. Use [`RedisBrokerConfig`] to start without waiting.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        sink: Arc<dyn Deliver>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let broker = RedisBrokerConfig::new(url)?.prefix(prefix).start(sink);
+        let mut healthy = broker.state.healthy.subscribe();
+        match timeout(SUBSCRIBE_TIMEOUT, healthy.wait_for(|up| *up)).await {
+            Ok(Ok(_)) => Ok(broker),
+            Ok(Err(_)) => Err(task_stopped()),
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "could not reach redis within {SUBSCRIBE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// How many times the subscription connection was restored after it had been lost.
+    pub fn reconnects(&self) -> u64 {
+        self.state.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The Redis channel that carries the broker channel `channel`.
+    pub fn redis_channel(&self, channel: &str) -> String {
+        self.names.redis(channel)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, channel: &str, payload: Utf8Bytes) -> Result<Receipt, BrokerError> {
+        let mut commands = self.commands.clone();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.names.redis(channel)).arg(payload.as_str());
+        let nodes: usize = bounded("PUBLISH", publish.query_async(&mut commands)).await?;
+        Ok(Receipt {
+            nodes,
+            connections: None,
+        })
+    }
+
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (done, confirmed) = oneshot::channel();
+        let request = Request::Subscribe {
+            channel: channel.to_owned(),
+            done,
+        };
+        if self.requests.send(request).is_err() {
+            return future::ready(Err(task_stopped())).boxed();
+        }
+        async move {
+            match timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(task_stopped()),
+                Err(_) => Err(BrokerError::Unavailable(format!(
+                    "redis did not confirm SUBSCRIBE within {SUBSCRIBE_TIMEOUT:?}"
+                ))),
+            }
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        // A stopped task has no subscriptions left to drop.
+        let _ = self.requests.send(Request::Unsubscribe {
+            channel: channel.to_owned(),
+        });
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        // Publishing may work while this node hears nothing; readiness covers both halves.
+        if !*self.state.healthy.borrow() {
+            return Err(BrokerError::Unavailable(
+                "the redis subscription connection is down".to_owned(),
+            ));
+        }
+        let mut commands = self.commands.clone();
+        let _: String = bounded("PING", redis::cmd("PING").query_async(&mut commands)).await?;
+        Ok(())
+    }
+}
+
+/// Runs one command with the hard bound of [`COMMAND_TIMEOUT`].
+async fn bounded<T>(
+    command: &str,
+    reply: impl Future<Output = RedisResult<T>>,
+) -> Result<T, BrokerError> {
+    match timeout(COMMAND_TIMEOUT, reply).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(BrokerError::Unavailable(format!("redis {command}: {e}"))),
+        Err(_) => Err(BrokerError::Unavailable(format!(
+            "redis {command}: no reply within {COMMAND_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn task_stopped() -> BrokerError {
+    BrokerError::Unavailable("the redis subscription task has stopped".to_owned())
+}
+
+/// Maps broker channels to Redis channels and back.
+#[derive(Debug, Clone)]
+struct ChannelNames {
+    /// `<prefix>ch:{`: everything before the channel.
+    head: String,
+}
+
+impl ChannelNames {
+    fn new(prefix: &str) -> Self {
+        Self {
+            head: format!("{prefix}ch:{{"),
+        }
+    }
+
+    fn redis(&self, channel: &str) -> String {
+        format!("{}{channel}}}", self.head)
+    }
+
+    fn broker<'a>(&self, redis: &'a str) -> Option<&'a str> {
+        redis.strip_prefix(self.head.as_str())?.strip_suffix('}')
+    }
+}
+
+/// What the subscription task tells the broker handles.
+struct LinkState {
+    /// Subscribed to every wanted channel on a live connection.
+    healthy: watch::Sender<bool>,
+    reconnects: AtomicU64,
+}
+
+/// Reports the broker down when the task ends for any reason, a panic included, so that
+/// readiness cannot stay green with nobody reading the subscription connection.
+struct DownOnExit(Arc<LinkState>);
+
+impl Drop for DownOnExit {
+    fn drop(&mut self) {
+        self.0.healthy.send_replace(false);
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), BrokerError>>;
+
+enum Request {
+    Subscribe { channel: String, done: Ack },
+    Unsubscribe { channel: String },
+}
+
+/// How one connection's lifetime ended.
+enum Ended {
+    /// Every broker handle is gone.
+    Shutdown,
+    /// The connection never became healthy (refused, timed out, SUBSCRIBE failed).
+    Refused(String),
+    /// A healthy connection broke.
+    Lost(String),
+}
+
+/// One SUBSCRIBE/UNSUBSCRIBE exchange in flight.
+struct Round {
+    subscribe: Vec<String>,
+    unsubscribe: Vec<String>,
+    /// Subscribers whose request was applied before the round started.
+    acks: Vec<Ack>,
+    confirmed: BoxFuture<'static, Result<(), String>>,
+}
+
+/// The background task that owns the subscription connection.
+///
+/// It moves between three states: connecting (one attempt), connected (the first round
+/// resubscribes everything; once it is confirmed the broker is healthy), and backing off
+/// after a failure. Requests are applied to `wanted` in every state, so call order is kept
+/// whether or not Redis is there.
+struct Subscriber {
+    client: redis::Client,
+    names: ChannelNames,
+    sink: Arc<dyn Deliver>,
+    inbox: mpsc::UnboundedReceiver<Request>,
+    state: Arc<LinkState>,
+    /// The channels the hub wants, as its calls left them.
+    wanted: HashSet<String>,
+    /// `wanted` changed since the last round started.
+    dirty: bool,
+    /// Subscribers waiting for the next round.
+    waiting: Vec<Ack>,
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let _down = DownOnExit(self.state.clone());
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        // Set after a loss, until the next healthy connection: that one counts as a
+        // reconnection.
+        let mut recovering = false;
+        let mut failed_attempts = 0_u32;
+        loop {
+            match self.connection(recovering).await {
+                Ended::Shutdown => return,
+                Ended::Lost(reason) => {
+                    self.state.healthy.send_replace(false);
+                    tracing::warn!(%reason, "redis broker: subscription connection lost, reconnecting");
+                    backoff.reset();
+                    recovering = true;
+                    failed_attempts = 0;
+                }
+                Ended::Refused(reason) => {
+                    failed_attempts += 1;
+                    // Every failure during a long outage would flood the log.
+                    if failed_attempts == 1 {
+                        tracing::warn!(%reason, "redis broker: cannot connect, retrying");
+                    } else {
+                        tracing::debug!(%reason, failed_attempts, "redis broker: still cannot connect");
+                    }
+                }
+            }
+            self.fail_waiting();
+            if self.back_off(backoff.next_delay(unit_random())).await {
+                return;
+            }
+        }
+    }
+
+    /// Opens a connection, brings it to `wanted`, and serves it until it breaks.
+    async fn connection(&mut self, recovering: bool) -> Ended {
+        let client = self.client.clone();
+        let connecting = timeout(
+            CONNECT_TIMEOUT,
+            async move { client.get_async_pubsub().await },
+        );
+        tokio::pin!(connecting);
+        let pubsub = loop {
+            tokio::select! {
+                connected = &mut connecting => match connected {
+                    Ok(Ok(pubsub)) => break pubsub,
+                    Ok(Err(e)) => return Ended::Refused(e.to_string()),
+                    Err(_) => return Ended::Refused(format!("no connection within {CONNECT_TIMEOUT:?}")),
+                },
+                request = self.inbox.recv() => match request {
+                    Some(request) => self.apply(request),
+                    None => return Ended::Shutdown,
+                },
+            }
+        };
+        // The stream ends when the connection does: redis-rs drops its sender when the
+        // socket closes or fails, so `None` is the drop signal.
+        let (sink, mut messages) = pubsub.split();
+        let mut subscribed = HashSet::new();
+        let mut healthy = false;
+        let ended = |healthy: bool, reason: String| {
+            if healthy {
+                Ended::Lost(reason)
+            } else {
+                Ended::Refused(reason)
+            }
+        };
+        let mut round: Option<Round> = None;
+        let mut probe: Option<BoxFuture<'static, Result<(), String>>> = None;
+        let mut probes = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        probes.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            if round.is_none() && (!healthy || self.dirty || !self.waiting.is_empty()) {
+                round = Some(self.start_round(&sink, &subscribed));
+            }
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => self.deliver(&message),
+                    None => return ended(healthy, "connection closed".to_owned()),
+                },
+                request = self.inbox.recv() => match request {
+                    Some(request) => self.apply(request),
+                    None => return Ended::Shutdown,
+                },
+                confirmed = async { (&mut round.as_mut().unwrap().confirmed).await }, if round.is_some() => {
+                    let Round { subscribe, unsubscribe, acks, .. } = round.take().unwrap();
+                    if let Err(reason) = confirmed {
+                        for ack in acks {
+                            let _ = ack.send(Err(BrokerError::Unavailable(reason.clone())));
+                        }
+                        return ended(healthy, reason);
+                    }
+                    for channel in &unsubscribe {
+                        subscribed.remove(channel);
+                    }
+                    subscribed.extend(subscribe);
+                    for ack in acks {
+                        let _ = ack.send(Ok(()));
+                    }
+                    if !healthy {
+                        healthy = true;
+                        self.state.healthy.send_replace(true);
+                        if recovering {
+                            self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(channels = subscribed.len(), "redis broker: reconnected and resubscribed");
+                        } else {
+                            tracing::info!(channels = subscribed.len(), "redis broker: connected");
+                        }
+                    }
+                },
+                _ = probes.tick(), if probe.is_none() => {
+                    let mut sink = sink.clone();
+                    probe = Some(async move {
+                        match timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(format!("PING failed: {e}")),
+                            Err(_) => Err(format!("no PING reply within {PING_TIMEOUT:?}")),
+                        }
+                    }.boxed());
+                },
+                answered = async { probe.as_mut().unwrap().await }, if probe.is_some() => {
+                    probe = None;
+                    if let Err(reason) = answered {
+                        return ended(healthy, reason);
+                    }
+                },
+            }
+        }
+    }
+
+    fn apply(&mut self, request: Request) {
+        match request {
+            Request::Subscribe { channel, done } => {
+                self.dirty |= self.wanted.insert(channel);
+                self.waiting.push(done);
+            }
+            Request::Unsubscribe { channel } => {
+                self.dirty |= self.wanted.remove(&channel);
+            }
+        }
+    }
+
+    /// Sends what it takes to bring `subscribed` to `wanted`; everything missing goes in
+    /// one SUBSCRIBE, which after a reconnection is every wanted channel.
+    fn start_round(&mut self, sink: &PubSubSink, subscribed: &HashSet<String>) -> Round {
+        self.dirty = false;
+        let subscribe: Vec<String> = self.wanted.difference(subscribed).cloned().collect();
+        let unsubscribe: Vec<String> = subscribed.difference(&self.wanted).cloned().collect();
+        let to_redis = |channels: &[String]| -> Vec<String> {
+            channels.iter().map(|c| self.names.redis(c)).collect()
+        };
+        let (on, off) = (to_redis(&subscribe), to_redis(&unsubscribe));
+        let (mut sink_on, mut sink_off) = (sink.clone(), sink.clone());
+        let confirmed = async move {
+            let exchange = future::try_join(
+                async {
+                    match on.is_empty() {
+                        true => Ok(()),
+                        false => sink_on.subscribe(&on).await,
+                    }
+                },
+                async {
+                    match off.is_empty() {
+                        true => Ok(()),
+                        false => sink_off.unsubscribe(&off).await,
+                    }
+                },
+            );
+            match timeout(ROUND_TIMEOUT, exchange).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("SUBSCRIBE failed: {e}")),
+                Err(_) => Err(format!("SUBSCRIBE not confirmed within {ROUND_TIMEOUT:?}")),
+            }
+        }
+        .boxed();
+        Round {
+            subscribe,
+            unsubscribe,
+            acks: std::mem::take(&mut self.waiting),
+            confirmed,
+        }
+    }
+
+    fn deliver(&self, message: &Msg) {
+        let Some(channel) = self.names.broker(message.get_channel_name()) else {
+            tracing::debug!(
+                channel = message.get_channel_name(),
+                "redis broker: message on a foreign channel"
+            );
+            return;
+        };
+        // Messages already on the wire when an UNSUBSCRIBE went out still arrive.
+        if !self.wanted.contains(channel) {
+            return;
+        }
+        match std::str::from_utf8(message.get_payload_bytes()) {
+            Ok(text) => {
+                self.sink.deliver(channel, &Utf8Bytes::from(text));
+            }
+            Err(_) => tracing::warn!(channel, "redis broker: dropped a payload that is not UTF-8"),
+        }
+    }
+
+    fn fail_waiting(&mut self) {
+        for ack in self.waiting.drain(..) {
+            let _ = ack.send(Err(BrokerError::Unavailable(
+                "redis is unreachable, reconnecting".to_owned(),
+            )));
+        }
+    }
+
+    /// Waits `delay`, applying requests meanwhile; subscribers fail at once since Redis is
+    /// known to be down. Returns whether the broker was dropped.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return false,
+                request = self.inbox.recv() => match request {
+                    Some(request) => {
+                        self.apply(request);
+                        self.fail_waiting();
+                    }
+                    None => return true,
+                },
+            }
+        }
+    }
+}
+
+/// Delays between reconnection attempts: doubling from `min` up to `max`, each spread by
+/// ±50% so that nodes which lost Redis together do not all come back in the same instant.
+#[derive(Debug, Clone)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    base: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            base: min,
+        }
+    }
+
+    /// The next delay; `unit` is uniform in `[0, 1)`.
+    fn next_delay(&mut self, unit: f64) -> Duration {
+        let delay = self.base.mul_f64(0.5 + unit.clamp(0.0, 1.0));
+        self.base = self.base.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    /// Starts over from `min`, after a connection that worked.
+    fn reset(&mut self) {
+        self.base = self.min;
+    }
+}
+
+/// Uniform in `[0, 1)`; the middle if the OS cannot provide randomness (jitter is a
+/// nicety, not a correctness requirement).
+fn unit_random() -> f64 {
+    getrandom::u32().map_or(0.5, |r| f64::from(r) / (f64::from(u32::MAX) + 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay(0.5)).collect();
+        let ms: Vec<_> = delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn backoff_jitter_stays_within_half_either_side() {
+        let mut low = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut high = low.clone();
+        assert_eq!(low.next_delay(0.0), Duration::from_millis(50));
+        assert!(high.next_delay(0.999_999) < Duration::from_millis(150));
+        // Out-of-range input cannot push a delay past the band.
+        assert!(
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).next_delay(7.0)
+                <= Duration::from_millis(150)
+        );
+        for _ in 0..1000 {
+            let d = Backoff::new(Duration::from_secs(1), Duration::from_secs(1))
+                .next_delay(unit_random());
+            assert!(d >= Duration::from_millis(500) && d < Duration::from_millis(1500));
+        }
+    }
+
+    #[test]
+    fn backoff_resets_after_success() {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        for _ in 0..10 {
+            backoff.next_delay(0.5);
+        }
+        backoff.reset();
+        assert_eq!(backoff.next_delay(0.5), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn channel_names_carry_the_channel_as_hash_tag() {
+        let names = ChannelNames::new(DEFAULT_PREFIX);
+        assert_eq!(names.redis("user:42"), "sessionhub:ch:{user:42}");
+        assert_eq!(names.broker("sessionhub:ch:{user:42}"), Some("user:42"));
+        // Braces inside a channel survive the round trip.
+        assert_eq!(names.broker(&names.redis("a}b{c")), Some("a}b{c"));
+        assert_eq!(names.broker("other:ch:{user:42}"), None);
+        assert_eq!(names.broker("sessionhub:ch:{user:42"), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! The session layer embedded in an axum app, over real HTTP, on every store backend:
+//! lost updates, resurrection after invalidate, and store calls per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::get;
+use serde_json::{Map, Value};
+use sessionhub::error::StoreError;
+use sessionhub::session::SessionId;
+use sessionhub::store::{Change, MemoryStore, Record, RedisStore, SessionStore, Updated};
+use sessionhub::{ApiError, Session, SessionConfig, SessionLayer};
+use sessionhub_testkit::RedisServer;
+
+/// Counts calls on the way to a real store.
+struct Counting<S> {
+    inner: S,
+    calls: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl<S: SessionStore> SessionStore for Counting<S> {
+    async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(id, ttl).await
+    }
+    async fn create(&self, id: &SessionId, r: &Record, ttl: Duration) -> Result<bool, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(id, r, ttl).await
+    }
+    async fn update(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.update(id, changes, ttl).await
+    }
+    async fn rotate(
+        &self,
+        old: &SessionId,
+        new: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.rotate(old, new, changes, ttl).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(id).await
+    }
+}
+
+async fn set(session: Session, Path((k, v)): Path<(String, String)>) -> Result<(), ApiError> {
+    session.insert(&k, v).await?;
+    Ok(())
+}
+
+/// Loads the session, waits, then writes: the write lands after a concurrent invalidate.
+async fn slow_set(session: Session, Path((k, v)): Path<(String, String)>) -> Result<(), ApiError> {
+    session.attributes().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.insert(&k, v).await?;
+    Ok(())
+}
+
+async fn slow_incr(session: Session) -> Result<String, ApiError> {
+    session.attributes().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(session.incr("n", 1).await?.to_string())
+}
+
+async fn all(session: Session) -> Result<axum::Json<Map<String, Value>>, ApiError> {
+    Ok(axum::Json(session.attributes().await?))
+}
+
+async fn invalidate(session: Session) -> Result<(), ApiError> {
+    Ok(session.invalidate().await?)
+}
+
+struct App {
+    base: String,
+    calls: Arc<AtomicUsize>,
+    client: reqwest::Client,
+    _redis: Option<RedisServer>,
+}
+
+async fn app(store: impl SessionStore, redis: Option<RedisServer>) -> App {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let store = Counting {
+        inner: store,
+        calls: calls.clone(),
+    };
+    let router = Router::new()
+        .route("/set/{k}/{v}", get(set))
+        .route("/slow-set/{k}/{v}", get(slow_set))
+        .route("/slow-incr", get(slow_incr))
+        .route("/all", get(all))
+        .route("/invalidate", get(invalidate))
+        .route("/untouched", get(|| async { "no session here" }))
+        .layer(SessionLayer::new(store, SessionConfig::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    App {
+        base: format!("http://{addr}"),
+        calls,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        _redis: redis,
+    }
+}
+
+impl App {
+    /// GET with the id in X-Auth-Token; returns the id the response issued (if any).
+    async fn get(&self, path: &str, id: Option<&str>) -> (Option<String>, String) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(id) = id {
+            request = request.header("x-auth-token", id);
+        }
+        let response = request.send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        let issued = response
+            .headers()
+            .get("x-auth-token")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (issued, response.text().await.unwrap())
+    }
+
+    async fn attributes(&self, id: &str) -> Map<String, Value> {
+        serde_json::from_str(&self.get("/all", Some(id)).await.1).unwrap()
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.swap(0, Ordering::SeqCst)
+    }
+}
+
+async fn concurrent_writes_to_different_attributes_are_all_kept(app: App) {
+    let (id, _) = app.get("/set/seed/1", None).await;
+    let id = id.unwrap();
+    let app = Arc::new(app);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (app, id) = (app.clone(), id.clone());
+            tokio::spawn(async move { app.get(&format!("/set/k{i}/v{i}"), Some(&id)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let attributes = app.attributes(&id).await;
+    for i in 0..50 {
+        assert_eq!(
+            attributes[&format!("k{i}")],
+            format!("v{i}"),
+            "k{i} was lost"
+        );
+    }
+}
+
+async fn a_write_that_started_before_invalidate_does_not_resurrect(app: App) {
+    let (id, _) = app.get("/set/user/alice", None).await;
+    let id = id.unwrap();
+    let app = Arc::new(app);
+    let writer = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::spawn(async move { app.get("/slow-set/cart/full", Some(&id)).await })
+    };
+    let incr = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::spawn(async move { app.get("/slow-incr", Some(&id)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.get("/invalidate", Some(&id)).await;
+    let (issued, _) = writer.await.unwrap();
+    assert_eq!(
+        issued.as_deref(),
+        Some(""),
+        "the late writer is told the session ended"
+    );
+    let (issued, n) = incr.await.unwrap();
+    // The increment went into a brand-new session, not the ended one.
+    assert_eq!(n, "1");
+    assert_ne!(issued.as_deref(), Some(id.as_str()));
+    assert!(
+        app.attributes(&id).await.is_empty(),
+        "the ended session came back"
+    );
+}
+
+async fn store_calls_per_request_are_minimal(app: App) {
+    app.get("/untouched", None).await;
+    assert_eq!(
+        app.calls(),
+        0,
+        "a request that does not use the session costs nothing"
+    );
+    let (id, _) = app.get("/set/a/1", None).await;
+    assert_eq!(app.calls(), 1, "a new session is one create");
+    let id = id.unwrap();
+    app.get("/all", Some(&id)).await;
+    assert_eq!(app.calls(), 1, "a read is one load");
+    app.get("/set/b/2", Some(&id)).await;
+    assert_eq!(
+        app.calls(),
+        2,
+        "a read and a write are a load and an update"
+    );
+    let (issued, _) = app.get("/all", Some("AAAAAAAAAAAAAAAAAAAAAA")).await;
+    assert_eq!(app.calls(), 1);
+    assert_eq!(
+        issued.as_deref(),
+        Some(""),
+        "an unknown id is cleared, not adopted"
+    );
+}
+
+macro_rules! on_every_store {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(#[tokio::test] async fn $check() {
+                super::$check(app(MemoryStore::new(), None).await).await;
+            })*
+        }
+        mod redis_store {
+            use super::*;
+            $(#[tokio::test] async fn $check() {
+                let redis = RedisServer::start().unwrap();
+                let store = RedisStore::connect(&redis.url(), "test:").await.unwrap();
+                super::$check(app(store, Some(redis)).await).await;
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    concurrent_writes_to_different_attributes_are_all_kept,
+    a_write_that_started_before_invalidate_does_not_resurrect,
+    store_calls_per_request_are_minimal,
+);
