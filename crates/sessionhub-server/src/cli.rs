@@ -56,6 +56,15 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_INSECURE")]
     pub(crate) insecure: bool,
 
+    /// Redis URL (redis:// or rediss://, password and db in the URL): cluster mode. Sessions
+    /// and pushes go through Redis so any number of nodes can share them.
+    #[arg(long = "redis", env = "SESSIONHUB_REDIS_URL", value_name = "URL")]
+    pub(crate) redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel this node uses.
+    #[arg(long, env = "SESSIONHUB_REDIS_PREFIX", default_value = "sessionhub:")]
+    pub(crate) redis_prefix: String,
+
     /// Proxies whose X-Forwarded-Proto is believed (comma-separated IP addresses).
     #[arg(long, env = "SESSIONHUB_TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<IpAddr>,

@@ -6,6 +6,7 @@
 mod cli;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,11 @@ use clap::Parser;
 use sessionhub::SessionConfig;
 use sessionhub::gateway::{Gateway, GatewayConfig, SocketConfig};
 use sessionhub::hub::Hub;
-use sessionhub::store::{MemoryStore, SessionStore};
+use sessionhub::broker::RedisBrokerConfig;
+use sessionhub::presence::RedisPresence;
+use sessionhub::store::{MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, Serve};
 
@@ -58,14 +62,15 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         )
     });
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
-    let journal = args.data_dir.join("sessions.redb");
-    let store: Arc<dyn SessionStore> = Arc::new(
-        MemoryStore::open(&journal, Duration::from_secs(1))
-            .with_context(|| format!("opening the session journal {}", journal.display()))?,
-    );
-    let hub = Hub::local(node_id.clone());
+    let backends = match &args.redis_url {
+        Some(url) => cluster(url, &args.redis_prefix, &node_id).await?,
+        None => embedded(&args.data_dir, &node_id)?,
+    };
+    let Backends {
+        store,
+        hub,
+        presence,
+    } = backends;
 
     let sessions = SessionConfig {
         idle_timeout: Duration::from_secs(args.session_timeout),
@@ -82,7 +87,17 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         max_push_bytes: socket.max_message_size,
         socket,
     };
-    let gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
+    let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
+    let stop_presence = CancellationToken::new();
+    let mut heartbeat = None;
+    if let Some(presence) = presence {
+        heartbeat = Some(
+            presence
+                .clone()
+                .spawn_heartbeat(hub.clone(), stop_presence.clone()),
+        );
+        gateway = gateway.with_presence(presence);
+    }
     let app = gateway
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -97,6 +112,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
             shutdown_signal().await;
             tracing::info!("shutting down: closing sockets, persisting sessions");
             stopping.close_sockets();
+            stop_presence.cancel();
         })
         .await
         .context("serving")?;
@@ -106,12 +122,58 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     while hub.online().online > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(heartbeat) = heartbeat {
+        // Withdraws this node from the online count; bounded so a dead Redis cannot hold
+        // the stop.
+        let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
+    }
     tokio::time::timeout(SHUTDOWN_BUDGET / 2, store.persist())
         .await
         .context("persisting sessions took too long")?
         .context("persisting sessions")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The parts that differ between the embedded default and cluster mode.
+struct Backends {
+    store: Arc<dyn SessionStore>,
+    hub: Hub,
+    presence: Option<Arc<RedisPresence>>,
+}
+
+/// One node, nothing else installed: sessions in memory journaled under `data_dir`.
+fn embedded(data_dir: &Path, node_id: &str) -> anyhow::Result<Backends> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let journal = data_dir.join("sessions.redb");
+    let store = MemoryStore::open(&journal, Duration::from_secs(1))
+        .with_context(|| format!("opening the session journal {}", journal.display()))?;
+    Ok(Backends {
+        store: Arc::new(store),
+        hub: Hub::local(node_id),
+        presence: None,
+    })
+}
+
+/// Many nodes sharing one Redis for sessions, pushes and presence.
+async fn cluster(url: &str, prefix: &str, node_id: &str) -> anyhow::Result<Backends> {
+    let store = RedisStore::connect(url, prefix)
+        .await
+        .context("connecting the session store to Redis")?;
+    let broker = RedisBrokerConfig::new(url)
+        .context("configuring the Redis broker")?
+        .prefix(prefix);
+    let hub = Hub::with_broker(node_id, |sink| broker.start(sink));
+    let presence = RedisPresence::connect(url, prefix)
+        .await
+        .context("connecting presence to Redis")?;
+    tracing::info!(prefix, "cluster mode: sessions, pushes and presence in Redis");
+    Ok(Backends {
+        store: Arc::new(store),
+        hub,
+        presence: Some(Arc::new(presence)),
+    })
 }
 
 async fn shutdown_signal() {

@@ -42,6 +42,8 @@ struct Member {
 #[derive(Default)]
 pub struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
+    /// Bumped on every join and leave, so presence can tell whether anything changed.
+    generation: AtomicU64,
 }
 
 impl Registry {
@@ -55,6 +57,16 @@ impl Registry {
                 online: acc.online + members.len(),
                 users: acc.users + 1,
             })
+    }
+
+    /// The users with at least one local connection.
+    pub fn users(&self) -> Vec<String> {
+        let channels = self.channels.lock().unwrap();
+        channels
+            .keys()
+            .filter_map(|name| UserId::from_channel(name))
+            .map(|user| user.as_str().to_owned())
+            .collect()
     }
 }
 
@@ -143,6 +155,16 @@ impl Hub {
         self.inner.registry.online()
     }
 
+    /// The users with at least one connection on this node.
+    pub fn users(&self) -> Vec<String> {
+        self.inner.registry.users()
+    }
+
+    /// A number that changes whenever a connection joins or leaves.
+    pub fn generation(&self) -> u64 {
+        self.inner.registry.generation.load(Ordering::Relaxed)
+    }
+
     /// Sends `payload` to every connection on `channel`, on every node.
     pub async fn publish(&self, channel: &str, payload: Utf8Bytes) -> Result<Receipt, BrokerError> {
         self.inner.broker.publish(channel, payload).await
@@ -160,6 +182,7 @@ impl Hub {
         };
         let subscribed = {
             let mut channels = self.inner.registry.channels.lock().unwrap();
+            self.inner.registry.generation.fetch_add(1, Ordering::Relaxed);
             match channels.entry(channel.to_owned()) {
                 Entry::Occupied(mut e) => {
                     e.get_mut().push(member);
@@ -188,6 +211,7 @@ impl Hub {
 
     fn leave(&self, channel: &str, id: u64) {
         let mut channels = self.inner.registry.channels.lock().unwrap();
+        self.inner.registry.generation.fetch_add(1, Ordering::Relaxed);
         if let Some(members) = channels.get_mut(channel) {
             members.retain(|m| m.id != id);
             if members.is_empty() {

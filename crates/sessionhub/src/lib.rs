@@ -10,6 +10,7 @@
 //!   optional redb journal, or in Redis.
 //! - [`broker`]: how a push reaches the node that holds the socket ([`broker::Broker`]).
 //! - [`hub`]: the connections on this node and the fan-out to them.
+//! - [`presence`]: who is online, on this node or across the cluster.
 //! - [`protocol`]: the frames a client may send.
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 pub mod session;
 pub mod store;

@@ -26,7 +26,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::hub::Hub;
+use crate::error::ApiError;
+use crate::hub::{Hub, Online};
+use crate::presence::{LocalPresence, Presence};
 use crate::session::{SessionConfig, SessionLayer};
 use crate::store::SessionStore;
 
@@ -60,6 +62,7 @@ pub struct Gateway {
     store: Arc<dyn SessionStore>,
     sessions: SessionConfig,
     config: Arc<GatewayConfig>,
+    presence: Arc<dyn Presence>,
     shutdown: CancellationToken,
 }
 
@@ -72,12 +75,20 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Self {
         Self {
+            presence: Arc::new(LocalPresence(hub.clone())),
             hub,
             store,
             sessions,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Counts `/api/online` with `presence` instead of this node's own connections (cluster
+    /// mode).
+    pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// Closes every open socket with 1001 (going away) and refuses new ones. Call when the
@@ -118,8 +129,8 @@ impl Gateway {
     }
 }
 
-async fn online(State(gateway): State<Gateway>) -> impl IntoResponse {
-    Json(gateway.hub.online())
+async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError> {
+    Ok(Json(gateway.presence.online().await?))
 }
 
 async fn ready(State(gateway): State<Gateway>) -> impl IntoResponse {
