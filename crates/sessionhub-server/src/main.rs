@@ -13,9 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use sessionhub::SessionConfig;
+use sessionhub::broker::RedisBrokerConfig;
 use sessionhub::gateway::{Gateway, GatewayConfig, SocketConfig};
 use sessionhub::hub::Hub;
-use sessionhub::broker::RedisBrokerConfig;
 use sessionhub::presence::RedisPresence;
 use sessionhub::store::{MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
@@ -168,7 +168,10 @@ async fn cluster(url: &str, prefix: &str, node_id: &str) -> anyhow::Result<Backe
     let presence = RedisPresence::connect(url, prefix)
         .await
         .context("connecting presence to Redis")?;
-    tracing::info!(prefix, "cluster mode: sessions, pushes and presence in Redis");
+    tracing::info!(
+        prefix,
+        "cluster mode: sessions, pushes and presence in Redis"
+    );
     Ok(Backends {
         store: Arc::new(store),
         hub,

@@ -182,7 +182,10 @@ impl Hub {
         };
         let subscribed = {
             let mut channels = self.inner.registry.channels.lock().unwrap();
-            self.inner.registry.generation.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .registry
+                .generation
+                .fetch_add(1, Ordering::Relaxed);
             match channels.entry(channel.to_owned()) {
                 Entry::Occupied(mut e) => {
                     e.get_mut().push(member);
@@ -211,7 +214,10 @@ impl Hub {
 
     fn leave(&self, channel: &str, id: u64) {
         let mut channels = self.inner.registry.channels.lock().unwrap();
-        self.inner.registry.generation.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .registry
+            .generation
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(members) = channels.get_mut(channel) {
             members.retain(|m| m.id != id);
             if members.is_empty() {

@@ -98,13 +98,16 @@ impl RedisPresence {
                     _ = tick.tick() => {}
                 }
                 let generation = hub.generation();
-                let due = published.is_none_or(|(g, at)| g != generation || at.elapsed() >= REFRESH);
+                let due =
+                    published.is_none_or(|(g, at)| g != generation || at.elapsed() >= REFRESH);
                 if !due {
                     continue;
                 }
                 match self.publish(&hub).await {
                     Ok(()) => published = Some((generation, tokio::time::Instant::now())),
-                    Err(e) => tracing::warn!(error = %e, "presence snapshot not published; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence snapshot not published; retrying")
+                    }
                 }
             }
             if let Err(e) = self.withdraw(hub.node_id()).await {
@@ -126,7 +129,11 @@ impl RedisPresence {
         let mut connection = self.connection.clone();
         redis::pipe()
             .atomic()
-            .set_options(&key, json, redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl)))
+            .set_options(
+                &key,
+                json,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl)),
+            )
             .ignore()
             .zadd(&self.nodes_key, hub.node_id(), now + ttl)
             .ignore()

@@ -253,3 +253,41 @@ on_every_store!(
     a_write_that_started_before_invalidate_does_not_resurrect,
     store_calls_per_request_are_minimal,
 );
+
+/// Two apps ("nodes") on one Redis: concurrent writes of different attributes through both
+/// are all kept, and a slow write on one cannot undo a logout on the other.
+#[tokio::test]
+async fn two_nodes_on_one_redis_keep_every_write_and_every_logout() {
+    let redis = RedisServer::start().unwrap();
+    let a = app(RedisStore::connect(&redis.url(), "t:").await.unwrap(), None).await;
+    let b = Arc::new(app(RedisStore::connect(&redis.url(), "t:").await.unwrap(), None).await);
+    let a = Arc::new(a);
+    let (id, _) = a.get("/set/seed/1", None).await;
+    let id = id.unwrap();
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let (node, id) = (if i % 2 == 0 { a.clone() } else { b.clone() }, id.clone());
+            tokio::spawn(async move { node.get(&format!("/set/k{i}/v{i}"), Some(&id)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let attributes = b.attributes(&id).await;
+    for i in 0..60 {
+        assert_eq!(
+            attributes[&format!("k{i}")],
+            format!("v{i}"),
+            "k{i} was lost"
+        );
+    }
+
+    let slow = {
+        let (a, id) = (a.clone(), id.clone());
+        tokio::spawn(async move { a.get("/slow-set/cart/full", Some(&id)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.get("/invalidate", Some(&id)).await;
+    slow.await.unwrap();
+    assert!(b.attributes(&id).await.is_empty(), "the logout was undone");
+}

@@ -157,3 +157,41 @@ pub async fn wait_online(client: &reqwest::Client, base: &str, want: u64, within
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Redis of the test's own and `n` nodes in cluster mode on it, named node-0, node-1, ...
+pub fn cluster(n: usize) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes = (0..n)
+        .map(|i| {
+            let name = format!("node-{i}");
+            node(&["--redis", &url, "--node-id", &name])
+        })
+        .collect();
+    (redis, nodes)
+}
+
+/// POST `body` to `/socket/{id}`; returns the status and JSON answer.
+pub async fn push(client: &reqwest::Client, base: &str, id: &str, body: &str) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}/socket/{id}"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("push answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads text frames until `want` arrives (earlier ones are skipped), or panics.
+pub async fn wait_for_text(ws: &mut Ws, want: &str, within: Duration) {
+    tokio::time::timeout(within, async {
+        loop {
+            if next_text(ws).await == want {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{want:?} did not arrive within {within:?}"));
+}
