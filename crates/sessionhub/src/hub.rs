@@ -21,7 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Deliver, LocalBroker, Receipt};
 use crate::error::BrokerError;
-use crate::protocol::UserId;
+use crate::protocol::{UserId, close};
+use crate::session::SessionId;
+
+/// Prefix of the control channel of each session's sockets.
+const SESSION_CHANNEL_PREFIX: &str = "session:";
 
 /// Counts of what is connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -32,9 +36,19 @@ pub struct Online {
     pub users: usize,
 }
 
+/// What a connection's queue carries.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A message to send as one text frame.
+    Text(Utf8Bytes),
+    /// Close the connection with this code and reason (its session ended).
+    Close(u16, &'static str),
+}
+
+#[derive(Clone)]
 struct Member {
     id: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Outbound>,
     slow: CancellationToken,
 }
 
@@ -68,6 +82,12 @@ impl Registry {
             .map(|user| user.as_str().to_owned())
             .collect()
     }
+
+    /// Local connections that joined `channel`.
+    pub fn members(&self, channel: &str) -> usize {
+        let channels = self.channels.lock().unwrap();
+        channels.get(channel).map_or(0, Vec::len)
+    }
 }
 
 impl Deliver for Registry {
@@ -76,9 +96,15 @@ impl Deliver for Registry {
         let Some(members) = channels.get(channel) else {
             return 0;
         };
+        // A session channel carries only the news that the session ended.
+        let outbound = if channel.starts_with(SESSION_CHANNEL_PREFIX) {
+            Outbound::Close(close::SESSION_ENDED.0, close::SESSION_ENDED.1)
+        } else {
+            Outbound::Text(payload.clone())
+        };
         let mut delivered = 0;
         for member in members {
-            match member.tx.try_send(payload.clone()) {
+            match member.tx.try_send(outbound.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::info!(channel, "slow consumer: outbound queue full, disconnecting");
@@ -170,87 +196,104 @@ impl Hub {
         self.inner.broker.publish(channel, payload).await
     }
 
-    /// Adds a connection to `channel`. Messages published after this returns reach it.
-    pub async fn join(&self, channel: &str) -> Result<Membership, BrokerError> {
+    /// A new local connection, in no channel yet.
+    pub fn connect(&self) -> Connection {
         let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
-        let slow = CancellationToken::new();
-        let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
-        let member = Member {
-            id,
-            tx,
-            slow: slow.clone(),
-        };
+        Connection {
+            hub: self.clone(),
+            member: Member {
+                id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
+                tx,
+                slow: CancellationToken::new(),
+            },
+            rx,
+            channels: Vec::new(),
+        }
+    }
+
+    /// Tells every connection bound to session `id`, on every node, that the session ended.
+    pub async fn end_session(&self, id: &SessionId) -> Result<Receipt, BrokerError> {
+        self.publish(&session_channel(id), Utf8Bytes::from_static("ended"))
+            .await
+    }
+}
+
+/// The channel of the connections bound to session `id`.
+pub fn session_channel(id: &SessionId) -> String {
+    format!("{SESSION_CHANNEL_PREFIX}{}", id.as_str())
+}
+
+/// One local connection: its outbound queue and the channels it joined. Dropping it leaves
+/// every channel.
+pub struct Connection {
+    hub: Hub,
+    member: Member,
+    rx: mpsc::Receiver<Outbound>,
+    channels: Vec<String>,
+}
+
+impl Connection {
+    /// Joins `channel`. Messages published after this returns reach the connection.
+    pub async fn join(&mut self, channel: &str) -> Result<(), BrokerError> {
+        if self.channels.iter().any(|c| c == channel) {
+            return Ok(());
+        }
+        let registry = &self.hub.inner.registry;
         let subscribed = {
-            let mut channels = self.inner.registry.channels.lock().unwrap();
-            self.inner
-                .registry
-                .generation
-                .fetch_add(1, Ordering::Relaxed);
+            let mut channels = registry.channels.lock().unwrap();
+            registry.generation.fetch_add(1, Ordering::Relaxed);
             match channels.entry(channel.to_owned()) {
                 Entry::Occupied(mut e) => {
-                    e.get_mut().push(member);
+                    e.get_mut().push(self.member.clone());
                     None
                 }
                 Entry::Vacant(e) => {
-                    e.insert(vec![member]);
+                    e.insert(vec![self.member.clone()]);
                     // Queued under the lock so subscribe and unsubscribe keep their order.
-                    Some(self.inner.broker.subscribe(channel))
+                    Some(self.hub.inner.broker.subscribe(channel))
                 }
             }
         };
-        let membership = Membership {
-            hub: self.clone(),
-            channel: channel.to_owned(),
-            id,
-            rx,
-            slow,
-        };
-        if let Some(subscribed) = subscribed {
-            // On error `membership` drops here and leaves the channel again.
-            subscribed.await?;
+        self.channels.push(channel.to_owned());
+        if let Some(subscribed) = subscribed
+            && let Err(e) = subscribed.await
+        {
+            self.leave(channel);
+            return Err(e);
         }
-        Ok(membership)
+        Ok(())
     }
 
-    fn leave(&self, channel: &str, id: u64) {
-        let mut channels = self.inner.registry.channels.lock().unwrap();
-        self.inner
-            .registry
-            .generation
-            .fetch_add(1, Ordering::Relaxed);
+    /// Leaves `channel`; the node unsubscribes when its last connection leaves.
+    pub fn leave(&mut self, channel: &str) {
+        self.channels.retain(|c| c != channel);
+        let registry = &self.hub.inner.registry;
+        let mut channels = registry.channels.lock().unwrap();
+        registry.generation.fetch_add(1, Ordering::Relaxed);
         if let Some(members) = channels.get_mut(channel) {
-            members.retain(|m| m.id != id);
+            members.retain(|m| m.id != self.member.id);
             if members.is_empty() {
                 channels.remove(channel);
-                self.inner.broker.unsubscribe(channel);
+                self.hub.inner.broker.unsubscribe(channel);
             }
         }
     }
-}
 
-/// One connection's place in a channel. Dropping it leaves the channel.
-pub struct Membership {
-    hub: Hub,
-    channel: String,
-    id: u64,
-    rx: mpsc::Receiver<Utf8Bytes>,
-    slow: CancellationToken,
-}
-
-impl Membership {
-    /// The next message for this connection.
-    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+    /// The next thing to send.
+    pub async fn recv(&mut self) -> Option<Outbound> {
         self.rx.recv().await
     }
 
-    /// Resolves when the connection fell too far behind and must be closed.
+    /// Cancelled when the connection fell too far behind and must be closed.
     pub fn slow(&self) -> &CancellationToken {
-        &self.slow
+        &self.member.slow
     }
 }
 
-impl Drop for Membership {
+impl Drop for Connection {
     fn drop(&mut self) {
-        self.hub.leave(&self.channel, self.id);
+        for channel in std::mem::take(&mut self.channels) {
+            self.leave(&channel);
+        }
     }
 }

@@ -175,6 +175,8 @@ pub mod close {
     pub const MESSAGE_TOO_BIG: (u16, &str) = (1009, "message too big");
     /// The broker could not be joined; reconnect later.
     pub const BROKER_UNAVAILABLE: (u16, &str) = (1011, "broker unavailable");
+    /// The HTTP session the socket was opened with ended (logout, invalidation, expiry).
+    pub const SESSION_ENDED: (u16, &str) = (4002, "session ended");
     /// Nothing arrived from the client for longer than the idle timeout.
     pub const IDLE_TIMEOUT: (u16, &str) = (4000, "idle timeout");
     /// The client did not read fast enough and its outbound queue filled up.

@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Gateway;
 use crate::error::ApiError;
-use crate::hub::Membership;
+use crate::hub::{Connection, Outbound};
 use crate::protocol::{ClientFrame, FrameError, ServerFrame, UserId, close};
 
 /// How sockets behave.
@@ -61,17 +61,15 @@ pub(crate) async fn upgrade(
 }
 
 async fn run(mut socket: WebSocket, user: UserId, gateway: Gateway) {
-    let mut membership = match gateway.hub.join(&user.channel()).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "socket refused: cannot subscribe");
-            let _ = send_close(&mut socket, close::BROKER_UNAVAILABLE).await;
-            return;
-        }
-    };
+    let mut connection = gateway.hub.connect();
+    if let Err(e) = connection.join(&user.channel()).await {
+        tracing::warn!(error = %e, "socket refused: cannot subscribe");
+        let _ = send_close(&mut socket, close::BROKER_UNAVAILABLE).await;
+        return;
+    }
     tracing::debug!(user = %user, "socket open");
-    let reason = drive(&mut socket, &mut membership, &user, &gateway).await;
-    drop(membership);
+    let reason = drive(&mut socket, &mut connection, &user, &gateway).await;
+    drop(connection);
     tracing::debug!(user = %user, reason = reason.1, "socket closed");
     if reason.0 != 0 {
         let _ = send_close(&mut socket, reason).await;
@@ -82,7 +80,7 @@ async fn run(mut socket: WebSocket, user: UserId, gateway: Gateway) {
 /// closed or vanished).
 async fn drive(
     socket: &mut WebSocket,
-    membership: &mut Membership,
+    connection: &mut Connection,
     user: &UserId,
     gateway: &Gateway,
 ) -> (u16, &'static str) {
@@ -104,7 +102,7 @@ async fn drive(
         .max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
-    let slow = membership.slow().clone();
+    let slow = connection.slow().clone();
     let shutdown = gateway.shutdown.clone();
     loop {
         tokio::select! {
@@ -112,8 +110,12 @@ async fn drive(
             () = shutdown.cancelled() => return close::GOING_AWAY,
             () = slow.cancelled() => return close::SLOW_CONSUMER,
             () = sleep_until(idle_deadline) => return close::IDLE_TIMEOUT,
-            outbound = membership.recv() => {
-                let Some(text) = outbound else { return close::GOING_AWAY };
+            outbound = connection.recv() => {
+                let text = match outbound {
+                    Some(Outbound::Text(text)) => text,
+                    Some(Outbound::Close(code, reason)) => return (code, reason),
+                    None => return close::GOING_AWAY,
+                };
                 // A send that blocks (the client stopped reading) must not outlive a
                 // slow-consumer verdict or a shutdown.
                 tokio::select! {
