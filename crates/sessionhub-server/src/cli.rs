@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use sessionhub::auth::ChannelRule;
 
 /// sessionhub: shared HTTP sessions and WebSocket push for apps on many nodes.
 #[derive(Debug, Parser)]
@@ -55,6 +56,82 @@ pub(crate) struct Serve {
     /// Allow listening on a non-loopback address although the endpoints are open.
     #[arg(long, env = "SESSIONHUB_INSECURE")]
     pub(crate) insecure: bool,
+
+    /// How sockets authenticate: session (the HTTP session's logged-in user), token (HS256
+    /// JWT from your backend) or open (anyone is anyone; loopback only unless --insecure).
+    /// Default: open on a loopback address, session otherwise.
+    #[arg(long, env = "SESSIONHUB_WS_AUTH", value_parser = ["session", "token", "open"])]
+    pub(crate) ws_auth: Option<String>,
+
+    /// API key for /socket/* and /api/* (repeatable; comma-separated in the environment).
+    /// Required unless the server is loopback and open.
+    #[arg(
+        long = "api-key",
+        env = "SESSIONHUB_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) api_keys: Vec<String>,
+
+    /// File with one API key per line (added to --api-key).
+    #[arg(long, env = "SESSIONHUB_API_KEY_FILE")]
+    pub(crate) api_key_file: Option<PathBuf>,
+
+    /// HS256 secret for --ws-auth token (repeatable: during a rotation both are accepted).
+    #[arg(
+        long = "token-secret",
+        env = "SESSIONHUB_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) token_secrets: Vec<String>,
+
+    /// File with one token secret per line (added to --token-secret).
+    #[arg(long, env = "SESSIONHUB_TOKEN_SECRET_FILE")]
+    pub(crate) token_secret_file: Option<PathBuf>,
+
+    /// Web origins that may open sockets (comma-separated, e.g. https://app.example.com;
+    /// `*` for any). Default: only pages from the same host and port.
+    #[arg(long, env = "SESSIONHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub(crate) allowed_origins: Vec<String>,
+
+    /// What clients may do on channels with a prefix: PREFIX=subscribe+publish (repeatable;
+    /// `;`-separated in the environment). `user:=publish` allows the {"KEY","VALUE"} frame.
+    /// Client publishes are off unless a rule grants them (always on with --ws-auth open).
+    #[arg(
+        long = "channel-rule",
+        env = "SESSIONHUB_CHANNEL_RULES",
+        value_delimiter = ';'
+    )]
+    pub(crate) channel_rules: Vec<ChannelRule>,
+
+    /// At most this many sessions per user; logging in past it ends the least recently used.
+    #[arg(long, env = "SESSIONHUB_MAX_SESSIONS_PER_USER")]
+    pub(crate) max_sessions_per_user: Option<usize>,
+
+    /// Name the cookie __Host-SESSION (forces Secure, Path=/, no Domain): serve over HTTPS.
+    #[arg(long, env = "SESSIONHUB_COOKIE_HOST_PREFIX")]
+    pub(crate) cookie_host_prefix: bool,
+
+    /// New WebSocket connections per second from one client address.
+    #[arg(long, env = "SESSIONHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
+    pub(crate) max_connections_per_ip: u32,
+
+    /// Inbound WebSocket messages per second per connection (past it: close 4029).
+    #[arg(long, env = "SESSIONHUB_MAX_MESSAGES_PER_SEC", default_value_t = 100)]
+    pub(crate) max_messages_per_sec: u32,
+
+    /// Open WebSocket connections per user, per node.
+    #[arg(
+        long,
+        env = "SESSIONHUB_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 100
+    )]
+    pub(crate) max_connections_per_user: usize,
+
+    /// Largest WebSocket message and HTTP request body, in bytes.
+    #[arg(long, env = "SESSIONHUB_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    pub(crate) max_message_size: usize,
 
     /// Redis URL (redis:// or rediss://, password and db in the URL): cluster mode. Sessions
     /// and pushes go through Redis so any number of nodes can share them.

@@ -13,9 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use sessionhub::SessionConfig;
+use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
 use sessionhub::broker::RedisBrokerConfig;
-use sessionhub::gateway::{Gateway, GatewayConfig, SocketConfig};
+use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
+use sessionhub::limits::Limits;
 use sessionhub::presence::RedisPresence;
 use sessionhub::store::{MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
@@ -41,15 +43,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Serve) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.insecure {
-        bail!(
-            "refusing to listen on {}: that address is reachable from other machines, and the \
-             push and socket endpoints have no authentication yet, so anyone could read or send \
-             any user's messages. Listen on a loopback address (127.0.0.1), or pass --insecure \
-             (SESSIONHUB_INSECURE=true) if a firewall or proxy guards the port.",
-            args.listen
-        );
-    }
+    let security = security(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -76,16 +70,26 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.session_timeout),
         max_lifetime: args.session_max_lifetime.map(Duration::from_secs),
         trusted_proxies: args.trusted_proxies.clone(),
+        max_sessions_per_user: args.max_sessions_per_user,
+        cookie_name: if args.cookie_host_prefix {
+            "__Host-SESSION"
+        } else {
+            "SESSION"
+        }
+        .to_owned(),
+        cookie_secure: args.cookie_host_prefix.then_some(true),
         ..SessionConfig::default()
     };
     let socket = SocketConfig {
         idle_timeout: Duration::from_secs(args.ws_idle_timeout),
+        max_message_size: args.max_message_size,
         ..SocketConfig::default()
     };
     let config = GatewayConfig {
         demo: !args.no_demo,
         max_push_bytes: socket.max_message_size,
         socket,
+        security,
     };
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
     let stop_presence = CancellationToken::new();
@@ -133,6 +137,73 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         .context("persisting sessions")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checks the flags for a deployment that would expose users by accident, and builds the
+/// security settings. Secure by default: off loopback, sockets need a session and the APIs a
+/// key, unless the operator says `--insecure`.
+fn security(args: &Serve) -> anyhow::Result<Security> {
+    let loopback = args.listen.ip().is_loopback();
+    let ws_auth: WsAuth = match &args.ws_auth {
+        Some(mode) => mode.parse()?,
+        None if loopback => WsAuth::Open,
+        None => WsAuth::Session,
+    };
+    if ws_auth == WsAuth::Open && !loopback && !args.insecure {
+        bail!(
+            "refusing to listen on {} with --ws-auth open: that address is reachable from other \
+             machines and anyone could open any user's socket and read their messages. Use \
+             --ws-auth session or token, listen on a loopback address (127.0.0.1), or pass \
+             --insecure (SESSIONHUB_INSECURE=true) if a firewall or proxy guards the port.",
+            args.listen
+        );
+    }
+    let mut keys = args.api_keys.clone();
+    keys.extend(read_lines(args.api_key_file.as_deref())?);
+    let api_keys = ApiKeys::new(&keys);
+    if api_keys.is_empty() && !(loopback && ws_auth == WsAuth::Open) && !args.insecure {
+        bail!(
+            "refusing to start on {} without an API key: the push and admin APIs (/socket/*, \
+             /api/*) would let anyone send to any user. Pass --api-key <key> (or \
+             SESSIONHUB_API_KEY, --api-key-file), or --insecure if something else guards them.",
+            args.listen
+        );
+    }
+    let mut secrets = args.token_secrets.clone();
+    secrets.extend(read_lines(args.token_secret_file.as_deref())?);
+    let tokens = TokenVerifier::new(&secrets);
+    if ws_auth == WsAuth::Token && tokens.is_none() {
+        bail!(
+            "--ws-auth token needs --token-secret (or SESSIONHUB_TOKEN_SECRET, --token-secret-file)"
+        );
+    }
+    Ok(Security {
+        ws_auth,
+        api_keys,
+        tokens,
+        origins: OriginPolicy::from_list(&args.allowed_origins),
+        channels: ChannelRules::new(args.channel_rules.clone()),
+        limits: Limits {
+            connections_per_ip_per_sec: args.max_connections_per_ip,
+            messages_per_sec: args.max_messages_per_sec,
+            connections_per_user: args.max_connections_per_user,
+        },
+    })
+}
+
+/// Non-empty, trimmed lines of a secrets file.
+fn read_lines(path: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The parts that differ between the embedded default and cluster mode.

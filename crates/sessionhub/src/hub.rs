@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, Deliver, LocalBroker, Receipt};
 use crate::error::BrokerError;
 use crate::protocol::{UserId, close};
-use crate::session::SessionId;
+use crate::session::{SessionEvents, SessionId};
 
 /// Prefix of the control channel of each session's sockets.
 const SESSION_CHANNEL_PREFIX: &str = "session:";
@@ -196,6 +196,11 @@ impl Hub {
         self.inner.broker.publish(channel, payload).await
     }
 
+    /// Local connections on `channel`.
+    pub fn local_connections(&self, channel: &str) -> usize {
+        self.inner.registry.members(channel)
+    }
+
     /// A new local connection, in no channel yet.
     pub fn connect(&self) -> Connection {
         let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
@@ -215,6 +220,16 @@ impl Hub {
     pub async fn end_session(&self, id: &SessionId) -> Result<Receipt, BrokerError> {
         self.publish(&session_channel(id), Utf8Bytes::from_static("ended"))
             .await
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionEvents for Hub {
+    async fn ended(&self, id: &SessionId) {
+        if let Err(e) = self.end_session(id).await {
+            // The sockets still close when they next check their session's expiry.
+            tracing::warn!(error = %e, "could not tell the cluster a session ended");
+        }
     }
 }
 

@@ -4,21 +4,25 @@
 //! connections. This crate moves both behind narrow traits so that any node can serve any
 //! request:
 //!
+//! - [`auth`]: who may connect as whom, who may push, from which origin.
 //! - [`session`]: a tower layer and an axum extractor for server-side sessions, with
 //!   attribute-level change tracking and atomic increments.
 //! - [`store`]: where session records live ([`store::SessionStore`]): in memory with an
 //!   optional redb journal, or in Redis.
 //! - [`broker`]: how a push reaches the node that holds the socket ([`broker::Broker`]).
+//! - [`limits`]: abuse limits (connection and message rates).
 //! - [`hub`]: the connections on this node and the fan-out to them.
 //! - [`presence`]: who is online, on this node or across the cluster.
 //! - [`protocol`]: the frames a client may send.
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod limits;
 pub mod presence;
 pub mod protocol;
 pub mod session;

@@ -89,6 +89,9 @@ pub enum FrameError {
     /// KEY is not a valid user id.
     #[error("KEY: {0}")]
     Key(InvalidUserId),
+    /// The client may not publish to that channel (see channel rules).
+    #[error("you may not publish to that channel")]
+    PublishForbidden,
     /// A binary frame; only text frames are understood.
     #[error("binary frames are not supported; send JSON text")]
     Binary,
@@ -107,6 +110,7 @@ impl FrameError {
             Self::NotJson(_) => "invalid_json",
             Self::Shape => "invalid_frame",
             Self::Key(_) => "invalid_key",
+            Self::PublishForbidden => "forbidden",
             Self::Binary => "binary_not_supported",
         }
     }
@@ -177,6 +181,10 @@ pub mod close {
     pub const BROKER_UNAVAILABLE: (u16, &str) = (1011, "broker unavailable");
     /// The HTTP session the socket was opened with ended (logout, invalidation, expiry).
     pub const SESSION_ENDED: (u16, &str) = (4002, "session ended");
+    /// The token the socket was opened with expired; connect again with a fresh one.
+    pub const TOKEN_EXPIRED: (u16, &str) = (4003, "token expired");
+    /// The client sent more messages per second than allowed.
+    pub const RATE_LIMITED: (u16, &str) = (4029, "rate limited");
     /// Nothing arrived from the client for longer than the idle timeout.
     pub const IDLE_TIMEOUT: (u16, &str) = (4000, "idle timeout");
     /// The client did not read fast enough and its outbound queue filled up.

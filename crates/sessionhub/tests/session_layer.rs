@@ -56,6 +56,22 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(id).await
     }
+    async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.expires_in(id).await
+    }
+    async fn index_add(&self, p: &str, id: &SessionId, keep: Duration) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.index_add(p, id, keep).await
+    }
+    async fn index_remove(&self, p: &str, id: &SessionId) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.index_remove(p, id).await
+    }
+    async fn index_list(&self, p: &str) -> Result<Vec<SessionId>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.index_list(p).await
+    }
 }
 
 async fn set(session: Session, Path((k, v)): Path<(String, String)>) -> Result<(), ApiError> {

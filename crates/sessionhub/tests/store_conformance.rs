@@ -120,6 +120,27 @@ async fn load(store: &dyn SessionStore, id: &SessionId) -> Option<Record> {
     store.load(id, TTL).await.unwrap()
 }
 
+/// A principal as the session layer uses them.
+const ALICE: &str = "alice@example.com";
+
+/// `index_list` as text: `SessionId`'s `Debug` is redacted, which would make a failing
+/// comparison unreadable.
+async fn listed(store: &dyn SessionStore, principal: &str) -> Vec<String> {
+    ids(&store.index_list(principal).await.unwrap())
+}
+
+fn ids<I: std::borrow::Borrow<SessionId>>(ids: &[I]) -> Vec<String> {
+    ids.iter()
+        .map(|id| id.borrow().as_str().to_owned())
+        .collect()
+}
+
+/// Lets the clock pass a millisecond boundary or more, so that the next index deadline is
+/// strictly later than the previous one (deadlines are whole milliseconds).
+async fn tick() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
 mod checks {
     use super::*;
 
@@ -508,6 +529,217 @@ mod checks {
         assert_eq!(store.load(&id, ttl).await.unwrap(), None);
     }
 
+    pub(crate) async fn index_lists_by_deadline(store: Arc<dyn SessionStore>) {
+        let added: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
+        for id in &added {
+            store.index_add(ALICE, id, TTL).await.unwrap();
+            tick().await;
+        }
+        let [a, b, c] = [&added[0], &added[1], &added[2]].map(SessionId::as_str);
+        assert_eq!(listed(&*store, ALICE).await, [a, b, c]);
+        // Listing changes nothing.
+        assert_eq!(listed(&*store, ALICE).await, [a, b, c]);
+
+        // A refresh moves the id to the end: least recently refreshed first.
+        store.index_add(ALICE, &added[0], TTL).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, [b, c, a]);
+
+        // The order is by deadline, not by when the id was added.
+        let short = SessionId::generate();
+        store.index_add(ALICE, &short, TTL / 2).await.unwrap();
+        let short = short.as_str();
+        assert_eq!(listed(&*store, ALICE).await, [short, b, c, a]);
+        // Re-adding with a shorter keep moves an id forward, and never duplicates it.
+        store.index_add(ALICE, &added[2], TTL / 4).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, [c, short, b, a]);
+    }
+
+    pub(crate) async fn index_remove_forgets(store: Arc<dyn SessionStore>) {
+        let (a, b) = (SessionId::generate(), SessionId::generate());
+        store.index_add(ALICE, &a, TTL).await.unwrap();
+        tick().await;
+        store.index_add(ALICE, &b, TTL).await.unwrap();
+        store.index_add("bob", &b, TTL).await.unwrap();
+
+        store.index_remove(ALICE, &a).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&b]));
+        // Removing what is not there is not an error, and touches nothing else.
+        store.index_remove(ALICE, &a).await.unwrap();
+        store.index_remove("nobody", &b).await.unwrap();
+        store.index_remove("bob", &a).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&b]));
+
+        // The same id under two principals: removing it from one leaves the other.
+        store.index_remove(ALICE, &b).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, Vec::<String>::new());
+        assert_eq!(listed(&*store, "bob").await, ids(&[&b]));
+
+        // A principal emptied out can be indexed again.
+        store.index_add(ALICE, &a, TTL).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&a]));
+    }
+
+    pub(crate) async fn index_of_unknown_principal_is_empty(store: Arc<dyn SessionStore>) {
+        assert_eq!(listed(&*store, "nobody").await, Vec::<String>::new());
+        assert_eq!(listed(&*store, "").await, Vec::<String>::new());
+    }
+
+    /// The principal is opaque: any string is its own principal, including ones that look
+    /// like another's encoding, or that contain what a key layout might treat specially.
+    pub(crate) async fn index_principals_are_opaque(store: Arc<dyn SessionStore>) {
+        let long = "x".repeat(1000);
+        let principals = [
+            "alice",
+            "Alice",
+            "alice ",
+            "",
+            "{",
+            "}",
+            "a{b}c",
+            "a%7Bb%7Dc",
+            "a%257Bb%257Dc",
+            "%",
+            "ü ∀ 😀",
+            r"tab\tnew\nline",
+            "tab\tnew\nline",
+            "*",
+            "sessionhub:session:{x}",
+            &long,
+        ];
+        let mut expected = Vec::new();
+        for principal in principals {
+            let id = SessionId::generate();
+            store.index_add(principal, &id, TTL).await.unwrap();
+            expected.push((principal, id));
+        }
+        for (principal, id) in &expected {
+            assert_eq!(
+                listed(&*store, principal).await,
+                ids(&[id]),
+                "{principal:?}"
+            );
+        }
+        for (principal, id) in &expected {
+            store.index_remove(principal, id).await.unwrap();
+            assert_eq!(
+                listed(&*store, principal).await,
+                Vec::<String>::new(),
+                "{principal:?}"
+            );
+        }
+    }
+
+    pub(crate) async fn index_entries_lapse(store: Arc<dyn SessionStore>) {
+        let keep = Duration::from_millis(300);
+        let (lapsing, kept, lone) = (
+            SessionId::generate(),
+            SessionId::generate(),
+            SessionId::generate(),
+        );
+        store.index_add(ALICE, &lapsing, keep).await.unwrap();
+        store.index_add(ALICE, &kept, TTL).await.unwrap();
+        store.index_add("bob", &lone, keep).await.unwrap();
+        // Added by `index_add` only (never listed) before lapsing: pruned by the next add.
+        let (carol_old, carol_new) = (SessionId::generate(), SessionId::generate());
+        store.index_add("carol", &carol_old, keep).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&lapsing, &kept]));
+        assert_eq!(listed(&*store, "bob").await, ids(&[&lone]));
+
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&kept]));
+        assert_eq!(listed(&*store, "bob").await, Vec::<String>::new());
+        store.index_add("carol", &carol_new, TTL).await.unwrap();
+        assert_eq!(listed(&*store, "carol").await, ids(&[&carol_new]));
+        // A lapsed id can be indexed anew, and then counts from now.
+        store.index_add(ALICE, &lapsing, TTL).await.unwrap();
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&kept, &lapsing]));
+
+        // Nothing kept for no time.
+        let id = SessionId::generate();
+        store.index_add("dave", &id, Duration::ZERO).await.unwrap();
+        assert_eq!(listed(&*store, "dave").await, Vec::<String>::new());
+    }
+
+    /// What the session layer relies on: an entry refreshed while its session is used
+    /// outlives its first deadline.
+    pub(crate) async fn index_refresh_keeps_entries(store: Arc<dyn SessionStore>) {
+        let keep = Duration::from_millis(400);
+        let (used, idle) = (SessionId::generate(), SessionId::generate());
+        store.index_add(ALICE, &idle, keep).await.unwrap();
+        store.index_add(ALICE, &used, keep).await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store.index_add(ALICE, &used, keep).await.unwrap();
+        }
+        assert_eq!(listed(&*store, ALICE).await, ids(&[&used]));
+    }
+
+    pub(crate) async fn expires_in_missing_is_none(store: Arc<dyn SessionStore>) {
+        assert_eq!(
+            store.expires_in(&SessionId::generate()).await.unwrap(),
+            None
+        );
+        let (id, _) = created(&*store, json!({})).await;
+        assert!(store.delete(&id).await.unwrap());
+        assert_eq!(store.expires_in(&id).await.unwrap(), None);
+        // Asking does not bring anything into existence.
+        assert_eq!(load(&*store, &id).await, None);
+    }
+
+    pub(crate) async fn expires_in_is_the_ttl_left(store: Arc<dyn SessionStore>) {
+        let (id, _) = created(&*store, json!({})).await;
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(
+            left <= TTL && left > TTL - Duration::from_secs(5),
+            "{left:?}"
+        );
+
+        // Sliding by load, update and rotate shows.
+        let short = Duration::from_secs(2);
+        let id = SessionId::generate();
+        assert!(store.create(&id, &record(json!({})), short).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(left <= Duration::from_millis(1700), "{left:?}");
+        load(&*store, &id).await.unwrap();
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(left > TTL - Duration::from_secs(5), "after load {left:?}");
+        store.update(&id, &[], short).await.unwrap();
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(left <= short, "after update {left:?}");
+        let new = SessionId::generate();
+        store.rotate(&id, &new, &[], TTL).await.unwrap();
+        assert_eq!(store.expires_in(&id).await.unwrap(), None);
+        let left = store.expires_in(&new).await.unwrap().unwrap();
+        assert!(left > short, "after rotate {left:?}");
+    }
+
+    /// Looking is not using: a session only asked about expires on time.
+    pub(crate) async fn expires_in_does_not_slide(store: Arc<dyn SessionStore>) {
+        let ttl = Duration::from_millis(400);
+        let id = SessionId::generate();
+        assert!(store.create(&id, &record(json!({})), ttl).await.unwrap());
+        let started = std::time::Instant::now();
+        let mut last = ttl;
+        let mut seen = 0;
+        while started.elapsed() < Duration::from_millis(800) {
+            match store.expires_in(&id).await.unwrap() {
+                Some(left) => {
+                    assert!(left <= last, "{left:?} after {last:?}");
+                    last = left;
+                    seen += 1;
+                }
+                None => break,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen > 0, "the fresh session was seen");
+        // Past the TTL by now, however the loop ended.
+        tokio::time::sleep(ttl.saturating_sub(started.elapsed())).await;
+        assert_eq!(store.expires_in(&id).await.unwrap(), None);
+        assert_eq!(store.load(&id, ttl).await.unwrap(), None);
+    }
+
     pub(crate) async fn update_slides_expiry(store: Arc<dyn SessionStore>) {
         let ttl = Duration::from_millis(400);
         let id = SessionId::generate();
@@ -564,6 +796,15 @@ every_backend!(
     records_expire,
     load_slides_expiry,
     update_slides_expiry,
+    index_lists_by_deadline,
+    index_remove_forgets,
+    index_of_unknown_principal_is_empty,
+    index_principals_are_opaque,
+    index_entries_lapse,
+    index_refresh_keeps_entries,
+    expires_in_missing_is_none,
+    expires_in_is_the_ttl_left,
+    expires_in_does_not_slide,
 );
 
 mod redb_journal {
@@ -616,6 +857,112 @@ mod redb_journal {
             assert_eq!(load(&store, &old).await, None);
             assert_eq!(load(&store, &new).await, Some(record(json!({"c": 3}))));
             assert_eq!(store.len(), 2);
+        })
+        .await
+        .expect("the test did not finish in time");
+    }
+}
+
+mod redb_index {
+    use super::*;
+
+    // `::`: the `redb` backend's test module shadows the crate here.
+    use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+    /// Waits for the journal to be free (see `redb_journal::reopen`).
+    async fn wait_for_lock<T>(mut open: impl FnMut() -> Result<T, String>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match open() {
+                Ok(opened) => return opened,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("reopening the journal: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopening_after_persist_keeps_the_index() {
+        tokio::time::timeout(LIMIT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sessions.redb");
+            // A flush interval longer than the test: only persist() writes.
+            let store = MemoryStore::open(&path, Duration::from_secs(3600)).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let [a, removed, b, lapsing, bobs] = std::array::from_fn(|_| SessionId::generate());
+            for id in [&a, &removed, &b] {
+                store.index_add(ALICE, id, TTL).await.unwrap();
+                tick().await;
+            }
+            store.index_remove(ALICE, &removed).await.unwrap();
+            let short = Duration::from_millis(300);
+            store.index_add(ALICE, &lapsing, short).await.unwrap();
+            store.index_add("bob", &bobs, TTL).await.unwrap();
+            store.index_add("carol", &lapsing, short).await.unwrap();
+            store.persist().await.unwrap();
+            drop(store);
+            // The short entries lapse while the store is closed.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+
+            let store = wait_for_lock(|| {
+                MemoryStore::open(&path, Duration::from_secs(3600)).map_err(|e| e.to_string())
+            })
+            .await;
+            assert_eq!(listed(&store, ALICE).await, ids(&[&a, &b]));
+            assert_eq!(listed(&store, "bob").await, ids(&[&bobs]));
+            assert_eq!(listed(&store, "carol").await, Vec::<String>::new());
+        })
+        .await
+        .expect("the test did not finish in time");
+    }
+
+    /// The periodic purge alone (no add or list touches the principal again) removes lapsed
+    /// entries, from memory and then from the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lapsed_index_entries_leave_the_journal() {
+        tokio::time::timeout(LIMIT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sessions.redb");
+            let store = MemoryStore::open(&path, Duration::from_millis(50)).unwrap();
+            let (lapsing, kept) = (SessionId::generate(), SessionId::generate());
+            store
+                .index_add("carol", &lapsing, Duration::from_millis(300))
+                .await
+                .unwrap();
+            store.index_add(ALICE, &kept, TTL).await.unwrap();
+            store
+                .index_add(ALICE, &lapsing, Duration::from_millis(300))
+                .await
+                .unwrap();
+            // Flushed while live, then lapsed, purged and flushed again.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            drop(store);
+
+            let db = wait_for_lock(|| Database::open(&path).map_err(|e| e.to_string())).await;
+            let txn = db.begin_read().unwrap();
+            let table = txn
+                .open_table(TableDefinition::<&str, &[u8]>::new("principals_v1"))
+                .unwrap();
+            let rows: Vec<(String, Value)> = table
+                .iter()
+                .unwrap()
+                .map(|row| {
+                    let (key, value) = row.unwrap();
+                    let value = serde_json::from_slice(value.value()).unwrap();
+                    (key.value().to_owned(), value)
+                })
+                .collect();
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0].0, ALICE);
+            let entries = rows[0].1.as_object().unwrap();
+            assert_eq!(
+                entries.keys().collect::<Vec<_>>(),
+                [kept.as_str()],
+                "only the live entry"
+            );
         })
         .await
         .expect("the test did not finish in time");
@@ -708,6 +1055,10 @@ mod redis_only {
                 .rotate(&scratch, &SessionId::generate(), &[], TTL)
                 .await
                 .unwrap();
+            store.expires_in(&id).await.unwrap();
+            store.index_add("warm-up", &id, TTL).await.unwrap();
+            store.index_list("warm-up").await.unwrap();
+            store.index_remove("warm-up", &id).await.unwrap();
 
             let (run, loaded) = commands_run(&server, store.load(&id, TTL)).await;
             assert!(loaded.unwrap().is_some());
@@ -756,6 +1107,60 @@ mod redis_only {
                 "rotate"
             );
 
+            let (run, left) = commands_run(&server, store.expires_in(&rotated)).await;
+            assert!(left.unwrap().is_some());
+            assert_eq!(
+                run,
+                calls(&[("evalsha", 1), ("hget", 1), ("pttl", 1)]),
+                "expires_in"
+            );
+
+            store.index_add(ALICE, &id, TTL).await.unwrap();
+            let (run, added) = commands_run(&server, store.index_add(ALICE, &rotated, TTL)).await;
+            added.unwrap();
+            // TIME: deadlines are by the server's clock. ZRANGE: the latest deadline, for
+            // the key's TTL.
+            assert_eq!(
+                run,
+                calls(&[
+                    ("evalsha", 1),
+                    ("time", 1),
+                    ("zadd", 1),
+                    ("zremrangebyscore", 1),
+                    ("zrange", 1),
+                    ("pexpire", 1)
+                ]),
+                "index_add"
+            );
+
+            let (run, listed) = commands_run(&server, store.index_list(ALICE)).await;
+            assert_eq!(listed.unwrap().len(), 2);
+            assert_eq!(
+                run,
+                calls(&[
+                    ("evalsha", 1),
+                    ("time", 1),
+                    ("zremrangebyscore", 1),
+                    ("zrange", 1)
+                ]),
+                "index_list"
+            );
+
+            let (run, removed) = commands_run(&server, store.index_remove(ALICE, &id)).await;
+            removed.unwrap();
+            assert_eq!(
+                run,
+                calls(&[
+                    ("evalsha", 1),
+                    ("time", 1),
+                    ("zrem", 1),
+                    ("zremrangebyscore", 1),
+                    ("zrange", 1),
+                    ("pexpire", 1)
+                ]),
+                "index_remove"
+            );
+
             let (run, deleted) = commands_run(&server, store.delete(&rotated)).await;
             assert!(deleted.unwrap());
             assert_eq!(run, calls(&[("del", 1)]), "delete");
@@ -784,6 +1189,7 @@ mod redis_only {
                     .unwrap(),
                 Updated::Missing
             );
+            assert_eq!(store.expires_in(&id).await.unwrap(), None);
             let a: String = raw.hget(key(&id), "a:a").await.unwrap();
             assert_eq!(a, "1");
 
@@ -810,6 +1216,7 @@ mod redis_only {
                 Updated::Missing
             );
             assert!(!store.create(&id, &record(json!({})), TTL).await.unwrap());
+            assert_eq!(store.expires_in(&id).await.unwrap(), None);
 
             // Unknown meta fields are room for compatible additions.
             let id = SessionId::generate();
@@ -937,6 +1344,178 @@ mod redis_only {
             }
             let (id, _) = created(&store, json!({"back": true})).await;
             assert!(load(&store, &id).await.is_some());
+        })
+        .await
+        .expect("the test did not finish in time");
+    }
+
+    fn principal_key(tag: &str) -> String {
+        format!("sessionhub:principal:{{{tag}}}")
+    }
+
+    async fn pttl(raw: &mut ::redis::aio::MultiplexedConnection, key: &str) -> i64 {
+        raw.pttl(key).await.unwrap()
+    }
+
+    async fn members(raw: &mut ::redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+        raw.zrange(key, 0, -1).await.unwrap()
+    }
+
+    /// The server's clock, in milliseconds since the Unix epoch.
+    async fn server_ms(raw: &mut ::redis::aio::MultiplexedConnection) -> f64 {
+        let (secs, micros): (u64, u64) = ::redis::cmd("TIME").query_async(raw).await.unwrap();
+        (secs * 1000 + micros / 1000) as f64
+    }
+
+    /// Spring Session's index sets grow forever; these must not. The key of a principal is
+    /// bounded by its latest entry, and goes away on its own when that lapses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_keys_never_outlive_their_entries() {
+        tokio::time::timeout(LIMIT, async {
+            let (server, store, mut raw) = setup().await;
+            let key = principal_key(ALICE);
+            let (short, long) = (SessionId::generate(), SessionId::generate());
+
+            store
+                .index_add(ALICE, &short, Duration::from_millis(300))
+                .await
+                .unwrap();
+            let kind: String = ::redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert_eq!(kind, "zset");
+            let ttl = pttl(&mut raw, &key).await;
+            assert!(ttl > 0 && ttl <= 300, "pttl {ttl}");
+            // The score is the deadline by the server's clock.
+            let score: f64 = raw.zscore(&key, short.as_str()).await.unwrap();
+            let ahead = score - server_ms(&mut raw).await;
+            assert!(ahead > 0.0 && ahead <= 300.0, "deadline {ahead} ms ahead");
+
+            // The key's TTL follows the latest deadline up, and down again.
+            store
+                .index_add(ALICE, &long, Duration::from_millis(1000))
+                .await
+                .unwrap();
+            let ttl = pttl(&mut raw, &key).await;
+            assert!(ttl > 300 && ttl <= 1000, "pttl {ttl}");
+            store.index_remove(ALICE, &long).await.unwrap();
+            let ttl = pttl(&mut raw, &key).await;
+            assert!(ttl > 0 && ttl <= 300, "pttl after remove {ttl}");
+            // Removing the last entry removes the key.
+            store.index_add("bob", &short, TTL).await.unwrap();
+            store.index_remove("bob", &short).await.unwrap();
+            let exists: bool = raw.exists(principal_key("bob")).await.unwrap();
+            assert!(!exists);
+
+            // Left alone, the key goes away by itself: nothing is left in the database, as
+            // Redis counts it without being asked about the key.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let keyspace = server.info("keyspace").unwrap();
+                if !keyspace.contains("db0:") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "keys left: {keyspace}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                server.command(&format!("EXISTS {key}")).unwrap().trim(),
+                ":0"
+            );
+
+            // Beside a live entry, a lapsed one lingers only until the principal's next
+            // add, list or remove.
+            for principal in ["carol", "dave", "erin"] {
+                store
+                    .index_add(principal, &short, Duration::from_millis(300))
+                    .await
+                    .unwrap();
+                store.index_add(principal, &long, TTL).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let touched = SessionId::generate();
+            store.index_list("carol").await.unwrap();
+            store.index_add("dave", &touched, TTL).await.unwrap();
+            store.index_remove("erin", &long).await.unwrap();
+            assert_eq!(
+                members(&mut raw, &principal_key("carol")).await,
+                [long.as_str()]
+            );
+            assert_eq!(
+                members(&mut raw, &principal_key("dave")).await,
+                [long.as_str(), touched.as_str()]
+            );
+            let exists: bool = raw.exists(principal_key("erin")).await.unwrap();
+            assert!(
+                !exists,
+                "erin's lapsed entry went with the removed live one"
+            );
+        })
+        .await
+        .expect("the test did not finish in time");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_keys_are_tagged_by_the_encoded_principal() {
+        tokio::time::timeout(LIMIT, async {
+            let (server, store, mut raw) = setup().await;
+            let cases = [
+                ("alice@example.com", "alice@example.com"),
+                ("u-1.2_x:Y", "u-1.2_x:Y"),
+                ("a{b}c", "a%7Bb%7Dc"),
+                ("a%7Bb", "a%257Bb"),
+                ("ü", "%C3%BC"),
+                ("a b", "a%20b"),
+                ("", ""),
+            ];
+            for (principal, tag) in cases {
+                let id = SessionId::generate();
+                store.index_add(principal, &id, TTL).await.unwrap();
+                assert_eq!(
+                    members(&mut raw, &principal_key(tag)).await,
+                    [id.as_str()],
+                    "{principal:?}"
+                );
+            }
+            let keys: Vec<String> = raw.keys("sessionhub:principal:*").await.unwrap();
+            assert_eq!(keys.len(), cases.len(), "{keys:?}");
+            for key in &keys {
+                let tag = &key["sessionhub:principal:".len()..];
+                assert!(tag.starts_with('{') && tag.ends_with('}'), "{key}");
+                assert!(!tag[1..tag.len() - 1].contains(['{', '}']), "{key}");
+            }
+
+            // Another prefix keeps its own index.
+            let other = RedisStore::connect(&server.url(), "app2:").await.unwrap();
+            let id = SessionId::generate();
+            other.index_add(ALICE, &id, TTL).await.unwrap();
+            let exists: bool = raw
+                .exists(format!("app2:principal:{{{ALICE}}}"))
+                .await
+                .unwrap();
+            assert!(exists);
+            assert!(!store.index_list(ALICE).await.unwrap().contains(&id));
+
+            // Someone else's key under an index's name is an error, never overwritten.
+            let foreign = principal_key("mallory");
+            let () = raw.set(&foreign, "not ours").await.unwrap();
+            let id = SessionId::generate();
+            assert!(matches!(
+                store.index_add("mallory", &id, TTL).await,
+                Err(StoreError::Unavailable(_))
+            ));
+            assert!(matches!(
+                store.index_list("mallory").await,
+                Err(StoreError::Unavailable(_))
+            ));
+            let value: String = raw.get(&foreign).await.unwrap();
+            assert_eq!(value, "not ours");
         })
         .await
         .expect("the test did not finish in time");

@@ -195,3 +195,41 @@ pub async fn wait_for_text(ws: &mut Ws, want: &str, within: Duration) {
     .await
     .unwrap_or_else(|_| panic!("{want:?} did not arrive within {within:?}"));
 }
+
+/// Opens `url` with extra request headers; the HTTP status and JSON error code if the
+/// server refused.
+pub async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, Value), (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("a valid ws url");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+    {
+        Ok((mut ws, _)) => {
+            let greeting = next_text(&mut ws).await;
+            Ok((
+                ws,
+                serde_json::from_str(&greeting).expect("greeting is JSON"),
+            ))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body: Value = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+            Err((response.status().as_u16(), code))
+        }
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}

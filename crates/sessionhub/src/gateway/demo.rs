@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::Gateway;
 use crate::error::ApiError;
+use crate::protocol::{InvalidUserId, UserId};
 use crate::session::Session;
 use crate::store::now_ms;
 
@@ -36,8 +37,12 @@ async fn login(
         .and_then(|Form(query)| query.username)
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| format!("user{}", now_ms()));
-    session.insert("username", username).await?;
-    session.rotate().await?;
+    // The username becomes the user id that sockets connect as.
+    let user: UserId = username
+        .parse()
+        .map_err(|e: InvalidUserId| ApiError::bad_request(format!("username: {e}")))?;
+    session.insert("username", user.as_str()).await?;
+    session.login(user.as_str()).await?;
     describe(&session).await
 }
 
@@ -55,6 +60,8 @@ async fn invalidate(session: Session) -> Result<Json<u8>, ApiError> {
 
 async fn describe(session: &Session) -> Result<Json<Map<String, Value>>, ApiError> {
     let mut body = session.attributes().await?;
+    // sessionhub's own bookkeeping is not part of the demo's answer.
+    body.retain(|name, _| !name.starts_with("sessionhub."));
     body.insert("sessionId".into(), session.id().await?.as_str().into());
     Ok(Json(body))
 }

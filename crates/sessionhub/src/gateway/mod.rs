@@ -6,9 +6,15 @@
 //! | `GET /websocket/{id}` | WebSocket for user `id` ([`socket`]) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
+//! | `GET /api/users/{id}/sessions` | how many sessions user `id` has ([`admin`]) |
+//! | `POST /api/users/{id}/logout` | ends every session of user `id` ("log out everywhere") |
+//!
+//! `/socket/*` and `/api/*` require `Authorization: Bearer <api key>` whenever API keys are
+//! configured.
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
 //! | `/login`, `/get-session`, `/invalidate` | the session demo ([`demo`]) |
 
+mod admin;
 mod demo;
 mod push;
 mod socket;
@@ -18,16 +24,19 @@ pub use self::socket::SocketConfig;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Json};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
 use crate::error::ApiError;
 use crate::hub::{Hub, Online};
+use crate::limits::{ConnectionRate, Limits};
 use crate::presence::{LocalPresence, Presence};
 use crate::session::{SessionConfig, SessionLayer};
 use crate::store::SessionStore;
@@ -39,9 +48,41 @@ pub struct GatewayConfig {
     pub demo: bool,
     /// WebSocket behaviour.
     pub socket: SocketConfig,
-    /// Largest push body accepted, in bytes (a pushed message becomes one frame, so this
+    /// Largest request body accepted, in bytes (a pushed message becomes one frame, so this
     /// matches the socket's inbound limit by default).
     pub max_push_bytes: usize,
+    /// Authentication, authorization and abuse limits.
+    pub security: Security,
+}
+
+/// Who may do what. The default is the seed's open mode, fit only for loopback.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// How sockets authenticate.
+    pub ws_auth: WsAuth,
+    /// Keys for `/socket/*` and `/api/*`; none configured means those are open.
+    pub api_keys: ApiKeys,
+    /// Verifies tokens when `ws_auth` is [`WsAuth::Token`].
+    pub tokens: Option<TokenVerifier>,
+    /// Which web origins may open sockets.
+    pub origins: OriginPolicy,
+    /// What clients may publish themselves (in every mode but open).
+    pub channels: ChannelRules,
+    /// Abuse limits.
+    pub limits: Limits,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            ws_auth: WsAuth::Open,
+            api_keys: ApiKeys::default(),
+            tokens: None,
+            origins: OriginPolicy::SameHost,
+            channels: ChannelRules::default(),
+            limits: Limits::default(),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +92,7 @@ impl Default for GatewayConfig {
             demo: true,
             max_push_bytes: socket.max_message_size,
             socket,
+            security: Security::default(),
         }
     }
 }
@@ -63,6 +105,7 @@ pub struct Gateway {
     sessions: SessionConfig,
     config: Arc<GatewayConfig>,
     presence: Arc<dyn Presence>,
+    connection_rate: Arc<ConnectionRate>,
     shutdown: CancellationToken,
 }
 
@@ -76,6 +119,9 @@ impl Gateway {
     ) -> Self {
         Self {
             presence: Arc::new(LocalPresence(hub.clone())),
+            connection_rate: Arc::new(ConnectionRate::new(
+                config.security.limits.connections_per_ip_per_sec,
+            )),
             hub,
             store,
             sessions,
@@ -105,22 +151,31 @@ impl Gateway {
     /// The routes. Serve them with `into_make_service_with_connect_info::<SocketAddr>()` so
     /// that trusted proxies can be recognised.
     pub fn router(&self) -> Router {
+        let mut protected = Router::new()
+            .route("/socket/{id}", get(push::push_query).post(push::push_body))
+            .route("/api/online", get(online))
+            .route("/api/users/{id}/sessions", get(admin::sessions))
+            .route("/api/users/{id}/logout", axum::routing::post(admin::logout));
+        if !self.config.security.api_keys.is_empty() {
+            protected = protected.route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                require_api_key,
+            ));
+        }
         let mut router = Router::new()
             .route("/websocket/{id}", get(socket::upgrade))
-            .route("/socket/{id}", get(push::push_query).post(push::push_body))
-            .layer(DefaultBodyLimit::max(self.config.max_push_bytes))
-            .route("/api/online", get(online))
+            .merge(protected)
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(ready));
         if self.config.demo {
-            router = router.merge(demo::routes().layer(SessionLayer::from_arc(
-                self.store.clone(),
-                self.sessions.clone(),
-            )));
+            let sessions = SessionLayer::from_arc(self.store.clone(), self.sessions.clone())
+                .with_events(Arc::new(self.hub.clone()));
+            router = router.merge(demo::routes().layer(sessions));
         }
         let node = HeaderValue::from_str(self.hub.node_id())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
         router
+            .layer(DefaultBodyLimit::max(self.config.max_push_bytes))
             .layer(SetResponseHeaderLayer::overriding(
                 HeaderName::from_static("x-sessionhub-node"),
                 node,
@@ -131,6 +186,34 @@ impl Gateway {
 
 async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError> {
     Ok(Json(gateway.presence.online().await?))
+}
+
+/// Refuses `/socket/*` and `/api/*` without a valid `Authorization: Bearer <api key>`.
+async fn require_api_key(
+    State(gateway): State<Gateway>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(key) if gateway.config.security.api_keys.verify(key.trim()) => {
+            Ok(next.run(request).await)
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "api_key_invalid",
+            "the API key is not valid",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "api_key_required",
+            "send Authorization: Bearer <api key>",
+        )),
+    }
 }
 
 async fn ready(State(gateway): State<Gateway>) -> impl IntoResponse {

@@ -1,21 +1,32 @@
 //! `GET /websocket/{id}`: one connection of user `id`.
 //!
-//! One task per connection drives both directions with `select!`, so every way a
+//! Before the upgrade: the origin, the per-address connection rate, who the client is
+//! (session, token or open) and the per-user connection cap. Refusals are HTTP errors with
+//! a JSON code, so nothing is allocated for a client that may not connect.
+//!
+//! After it, one task per connection drives both directions with `select!`, so every way a
 //! connection can end (client close, idle timeout, slow consumer, server shutdown,
-//! oversized frame) is visible in one place.
+//! oversized frame, credentials ending, message rate) is visible in one place.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Gateway;
+use crate::auth::WsAuth;
 use crate::error::ApiError;
-use crate::hub::{Connection, Outbound};
+use crate::hub::{Connection, Outbound, session_channel};
+use crate::limits::MessageRate;
 use crate::protocol::{ClientFrame, FrameError, ServerFrame, UserId, close};
+use crate::session::{PRINCIPAL, SessionId, presented_id};
 
 /// How sockets behave.
 #[derive(Debug, Clone)]
@@ -41,15 +52,63 @@ impl Default for SocketConfig {
 
 /// How long a close frame may take to go out before the connection is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Slack after a session's expected expiry before checking it, so the store has expired it.
+const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+
+/// What ends the connection's right to stay open, besides the client.
+enum Credentials {
+    /// Open mode: nothing.
+    None,
+    /// The HTTP session it was opened with: closed when that ends.
+    Session(SessionId),
+    /// A token: closed when it expires.
+    Token { expires: Instant },
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ConnectQuery {
+    token: Option<String>,
+}
 
 pub(crate) async fn upgrade(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
+    Query(query): Query<ConnectQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let user: UserId = id
         .parse()
         .map_err(|e: crate::protocol::InvalidUserId| ApiError::bad_request(e.to_string()))?;
+    let security = &gateway.config.security;
+    if !security
+        .origins
+        .allows(headers.get(header::ORIGIN), headers.get(header::HOST))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open sockets here (see --allowed-origins)",
+        ));
+    }
+    if let Some(ip) = peer.map(|p| client_ip(p.0.0, &headers, &gateway.sessions.trusted_proxies))
+        && !gateway.connection_rate.check(ip)
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many new connections from this address; slow down",
+        ));
+    }
+    let credentials = authenticate(&gateway, &user, query.token.as_deref(), &headers).await?;
+    if gateway.hub.local_connections(&user.channel()) >= security.limits.connections_per_user {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "this user has too many open connections on this node",
+        ));
+    }
     let limit = gateway.config.socket.max_message_size;
     Ok(ws
         .max_message_size(limit)
@@ -57,22 +116,117 @@ pub(crate) async fn upgrade(
         // A small read buffer: most of a connection's memory is its buffers.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| run(socket, user, gateway)))
+        .on_upgrade(move |socket| run(socket, user, credentials, gateway)))
 }
 
-async fn run(mut socket: WebSocket, user: UserId, gateway: Gateway) {
+/// Who the client is, checked against the user it asks to connect as.
+async fn authenticate(
+    gateway: &Gateway,
+    user: &UserId,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Credentials, ApiError> {
+    let forbidden = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "you may only open your own sockets",
+        )
+    };
+    match gateway.config.security.ws_auth {
+        WsAuth::Open => Ok(Credentials::None),
+        WsAuth::Session => {
+            let not_logged_in = || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "not_logged_in",
+                    "log in first: the socket's user comes from the HTTP session",
+                )
+            };
+            let id = presented_id(headers, &gateway.sessions).ok_or_else(not_logged_in)?;
+            let record = gateway
+                .store
+                .load(&id, gateway.sessions.idle_timeout)
+                .await?
+                .ok_or_else(not_logged_in)?;
+            let principal = record.attributes.get(PRINCIPAL).and_then(|p| p.as_str());
+            match principal {
+                None => Err(not_logged_in()),
+                Some(p) if p == user.as_str() => Ok(Credentials::Session(id)),
+                Some(_) => Err(forbidden()),
+            }
+        }
+        WsAuth::Token => {
+            let token = query_token.or_else(|| {
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            });
+            let verifier = gateway.config.security.tokens.as_ref();
+            let claims = match (token, verifier) {
+                (Some(token), Some(verifier)) => verifier.verify(token.trim()),
+                (None, _) => Err(crate::auth::TokenError::Missing),
+                (Some(_), None) => Err(crate::auth::TokenError::Invalid),
+            }
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+            if claims.sub != user.as_str() {
+                return Err(forbidden());
+            }
+            let left = claims.exp.saturating_sub(crate::store::now_ms() / 1000);
+            Ok(Credentials::Token {
+                expires: Instant::now() + Duration::from_secs(left),
+            })
+        }
+    }
+}
+
+/// The client's address: the peer, or the last hop a trusted proxy reports.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(peer.ip())
+}
+
+async fn run(mut socket: WebSocket, user: UserId, credentials: Credentials, gateway: Gateway) {
     let mut connection = gateway.hub.connect();
-    if let Err(e) = connection.join(&user.channel()).await {
+    let mut joined = connection.join(&user.channel()).await;
+    if let (Ok(()), Credentials::Session(id)) = (&joined, &credentials) {
+        joined = connection.join(&session_channel(id)).await;
+    }
+    if let Err(e) = joined {
         tracing::warn!(error = %e, "socket refused: cannot subscribe");
         let _ = send_close(&mut socket, close::BROKER_UNAVAILABLE).await;
         return;
     }
     tracing::debug!(user = %user, "socket open");
-    let reason = drive(&mut socket, &mut connection, &user, &gateway).await;
+    let reason = drive(&mut socket, &mut connection, &user, &credentials, &gateway).await;
     drop(connection);
     tracing::debug!(user = %user, reason = reason.1, "socket closed");
     if reason.0 != 0 {
         let _ = send_close(&mut socket, reason).await;
+    }
+}
+
+/// When to look at the credentials next; far away when nothing can end them.
+async fn next_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Instant {
+    let far = Instant::now() + Duration::from_secs(86_400);
+    match credentials {
+        Credentials::None => far,
+        Credentials::Token { expires } => *expires,
+        Credentials::Session(id) => match gateway.store.expires_in(id).await {
+            Ok(Some(left)) => Instant::now() + left + EXPIRY_SLACK,
+            // Gone: check again at once, which closes the socket.
+            Ok(None) => Instant::now(),
+            // The store is down: look again soon rather than close a socket on a blip.
+            Err(_) => Instant::now() + Duration::from_secs(1),
+        },
     }
 }
 
@@ -82,6 +236,7 @@ async fn drive(
     socket: &mut WebSocket,
     connection: &mut Connection,
     user: &UserId,
+    credentials: &Credentials,
     gateway: &Gateway,
 ) -> (u16, &'static str) {
     let config = &gateway.config.socket;
@@ -102,6 +257,8 @@ async fn drive(
         .max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
+    let mut credentials_check = next_credentials_check(credentials, gateway).await;
+    let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
     let slow = connection.slow().clone();
     let shutdown = gateway.shutdown.clone();
     loop {
@@ -110,6 +267,16 @@ async fn drive(
             () = shutdown.cancelled() => return close::GOING_AWAY,
             () = slow.cancelled() => return close::SLOW_CONSUMER,
             () = sleep_until(idle_deadline) => return close::IDLE_TIMEOUT,
+            () = sleep_until(credentials_check) => {
+                match credentials {
+                    Credentials::Token { .. } => return close::TOKEN_EXPIRED,
+                    Credentials::Session(id) => match gateway.store.expires_in(id).await {
+                        Ok(None) => return close::SESSION_ENDED,
+                        _ => credentials_check = next_credentials_check(credentials, gateway).await,
+                    },
+                    Credentials::None => credentials_check = next_credentials_check(credentials, gateway).await,
+                }
+            }
             outbound = connection.recv() => {
                 let text = match outbound {
                     Some(Outbound::Text(text)) => text,
@@ -131,23 +298,18 @@ async fn drive(
             }
             inbound = socket.next() => {
                 idle_deadline = Instant::now() + config.idle_timeout;
-                match inbound {
+                let reply = match inbound {
                     None | Some(Ok(Message::Close(_))) => return (0, "client closed"),
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_frame(&text, gateway).await
-                            && socket.send(Message::Text(reply.into())).await.is_err()
-                        {
-                            return (0, "gone");
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = error_frame(&FrameError::Binary);
-                        if socket.send(Message::Text(reply.into())).await.is_err() {
-                            return (0, "gone");
-                        }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Err(e)) => return read_error(e),
+                    Some(Ok(_)) if !rate.check() => return close::RATE_LIMITED,
+                    Some(Ok(Message::Text(text))) => handle_frame(&text, gateway).await,
+                    Some(Ok(Message::Binary(_))) => Some(error_frame(&FrameError::Binary)),
+                };
+                if let Some(reply) = reply
+                    && socket.send(Message::Text(reply.into())).await.is_err()
+                {
+                    return (0, "gone");
                 }
             }
         }
@@ -156,20 +318,24 @@ async fn drive(
 
 /// Handles one client text frame; returns the error frame to send back, if any.
 async fn handle_frame(text: &str, gateway: &Gateway) -> Option<String> {
-    match ClientFrame::parse(text) {
-        Ok(ClientFrame::Push { to, message }) => {
-            match gateway.hub.publish(&to.channel(), message.into()).await {
-                Ok(_) => None,
-                Err(e) => Some(
-                    ServerFrame::Error {
-                        code: "broker_unavailable",
-                        message: e.to_string(),
-                    }
-                    .to_text(),
-                ),
+    let ClientFrame::Push { to, message } = match ClientFrame::parse(text) {
+        Ok(frame) => frame,
+        Err(e) => return Some(error_frame(&e)),
+    };
+    let security = &gateway.config.security;
+    let channel = to.channel();
+    if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
+        return Some(error_frame(&FrameError::PublishForbidden));
+    }
+    match gateway.hub.publish(&channel, message.into()).await {
+        Ok(_) => None,
+        Err(e) => Some(
+            ServerFrame::Error {
+                code: "broker_unavailable",
+                message: e.to_string(),
             }
-        }
-        Err(e) => Some(error_frame(&e)),
+            .to_text(),
+        ),
     }
 }
 

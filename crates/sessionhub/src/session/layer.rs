@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use cookie::{Cookie, SameSite};
 use tower::{Layer, Service};
 
-use super::{Outcome, Session, SessionConfig, SessionId};
+use super::{Outcome, Session, SessionConfig, SessionEvents, SessionId};
 use crate::error::ApiError;
 use crate::store::SessionStore;
 
@@ -21,6 +21,7 @@ use crate::store::SessionStore;
 pub struct SessionLayer {
     store: Arc<dyn SessionStore>,
     config: Arc<SessionConfig>,
+    events: Option<Arc<dyn SessionEvents>>,
 }
 
 impl SessionLayer {
@@ -34,7 +35,15 @@ impl SessionLayer {
         Self {
             store,
             config: Arc::new(config),
+            events: None,
         }
+    }
+
+    /// Tells `events` whenever a session ends (invalidate, rotation, eviction), e.g. a
+    /// [`Hub`](crate::hub::Hub), which then closes the sockets bound to it on every node.
+    pub fn with_events(mut self, events: Arc<dyn SessionEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 }
 
@@ -78,7 +87,12 @@ where
             let config = &layer.config;
             let presented = presented_id(request.headers(), config);
             let secure = is_secure(&request, config);
-            let session = Session::new(layer.store.clone(), config.clone(), presented);
+            let session = Session::new(
+                layer.store.clone(),
+                config.clone(),
+                layer.events.clone(),
+                presented,
+            );
             request.extensions_mut().insert(session.clone());
             let mut response = inner.call(request).await?;
             match session.finish().await {
@@ -94,7 +108,7 @@ where
 
 /// The id the request carries: the header first (non-browser clients), then the cookie.
 /// Anything malformed counts as no id.
-fn presented_id(headers: &HeaderMap, config: &SessionConfig) -> Option<SessionId> {
+pub(crate) fn presented_id(headers: &HeaderMap, config: &SessionConfig) -> Option<SessionId> {
     if let Some(value) = headers.get(&config.header_name) {
         return value.to_str().ok()?.trim().parse().ok();
     }

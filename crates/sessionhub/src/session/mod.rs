@@ -22,12 +22,14 @@ mod id;
 mod layer;
 
 pub use self::id::{MalformedId, SessionId};
+pub(crate) use self::layer::presented_id;
 pub use self::layer::{SessionLayer, SessionService};
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -38,6 +40,11 @@ use tokio::sync::Mutex;
 
 use crate::error::{ApiError, StoreError};
 use crate::store::{Attributes, Change, Record, SessionStore, Updated, apply_changes, now_ms};
+
+/// The attribute that holds the logged-in user (see [`Session::login`]).
+pub const PRINCIPAL: &str = "sessionhub.principal";
+/// When the session was last written to the principal index (ms since the epoch).
+const INDEXED: &str = "sessionhub.indexed";
 
 /// How sessions behave: timeouts, and how the id travels.
 #[derive(Debug, Clone)]
@@ -55,6 +62,8 @@ pub struct SessionConfig {
     pub cookie_secure: Option<bool>,
     /// Peers whose `X-Forwarded-Proto` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// At most this many sessions per user; a login past it ends the least recently used.
+    pub max_sessions_per_user: Option<usize>,
 }
 
 impl Default for SessionConfig {
@@ -66,8 +75,16 @@ impl Default for SessionConfig {
             header_name: axum::http::HeaderName::from_static("x-auth-token"),
             cookie_secure: None,
             trusted_proxies: Vec::new(),
+            max_sessions_per_user: None,
         }
     }
+}
+
+/// Told when a session ends, so that whatever is bound to it (sockets) can end too.
+#[async_trait]
+pub trait SessionEvents: Send + Sync + 'static {
+    /// Session `id` no longer exists: invalidated, rotated to a new id, or evicted.
+    async fn ended(&self, id: &SessionId);
 }
 
 /// The session of the current request. Extract it in a handler; clones share state.
@@ -79,6 +96,7 @@ pub struct Session {
 struct Inner {
     store: Arc<dyn SessionStore>,
     config: Arc<SessionConfig>,
+    events: Option<Arc<dyn SessionEvents>>,
     state: Mutex<State>,
 }
 
@@ -113,12 +131,14 @@ impl Session {
     pub(crate) fn new(
         store: Arc<dyn SessionStore>,
         config: Arc<SessionConfig>,
+        events: Option<Arc<dyn SessionEvents>>,
         presented: Option<SessionId>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 config,
+                events,
                 state: Mutex::new(State {
                     id: presented.clone(),
                     presented,
@@ -227,18 +247,113 @@ impl Session {
             Updated::Applied(_) => state.id = Some(new),
             Updated::Missing => state.reset_after_end(),
         }
+        drop(state);
+        // Whatever was bound to the old id belonged to the old privileges.
+        self.announce_end(&old).await;
         Ok(())
+    }
+
+    /// The logged-in user, if any (see [`Session::login`]).
+    pub async fn principal(&self) -> Result<Option<String>, StoreError> {
+        self.get(PRINCIPAL).await
+    }
+
+    /// Logs `principal` in: records it in the session, rotates the id (fixation
+    /// protection), adds the session to the user's index (for "log out everywhere"), and,
+    /// with a per-user session limit, ends the user's least recently used sessions past it.
+    pub async fn login(&self, principal: &str) -> Result<(), StoreError> {
+        let previous = {
+            let state = self.loaded().await?;
+            let principal = state
+                .record
+                .attributes
+                .get(PRINCIPAL)
+                .and_then(|p| p.as_str());
+            match (principal, &state.id, state.stored) {
+                (Some(p), Some(id), true) => Some((p.to_owned(), id.clone())),
+                _ => None,
+            }
+        };
+        self.insert(PRINCIPAL, principal).await?;
+        self.insert(INDEXED, now_ms()).await?;
+        self.rotate().await?;
+        let id = self.id().await?;
+        let store = &self.inner.store;
+        if let Some((previous, old)) = previous {
+            store.index_remove(&previous, &old).await?;
+        }
+        store.index_add(principal, &id, self.index_keep()).await?;
+        if let Some(max) = self.inner.config.max_sessions_per_user {
+            self.evict_past(principal, max, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends `principal`'s sessions other than `current` past the `max` most recently used.
+    async fn evict_past(
+        &self,
+        principal: &str,
+        max: usize,
+        current: &SessionId,
+    ) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        let mut live = Vec::new();
+        // Least recently used first; the index may still name sessions that ended.
+        for id in store.index_list(principal).await? {
+            if &id == current {
+                continue;
+            }
+            if store.expires_in(&id).await?.is_some() {
+                live.push(id);
+            } else {
+                store.index_remove(principal, &id).await?;
+            }
+        }
+        let excess = (live.len() + 1).saturating_sub(max.max(1));
+        for id in live.into_iter().take(excess) {
+            store.delete(&id).await?;
+            store.index_remove(principal, &id).await?;
+            self.announce_end(&id).await;
+        }
+        Ok(())
+    }
+
+    /// How long an index entry must outlive its last refresh: a refresh happens at most
+    /// every half idle timeout, and the session may then live a whole idle timeout more.
+    fn index_keep(&self) -> Duration {
+        self.inner.config.idle_timeout * 3 / 2
+    }
+
+    async fn announce_end(&self, id: &SessionId) {
+        if let Some(events) = &self.inner.events {
+            events.ended(id).await;
+        }
     }
 
     /// Ends the session: the store forgets it now, and the client is told to drop the id.
     /// Writes after this go into a new session.
     pub async fn invalidate(&self) -> Result<(), StoreError> {
         let mut state = self.inner.state.lock().await;
-        if let Some(id) = state.id.clone().filter(|_| state.stored || !state.loaded) {
-            self.inner.store.delete(&id).await?;
+        let ended = state.id.clone().filter(|_| state.stored || !state.loaded);
+        if let Some(id) = &ended {
+            self.inner.store.delete(id).await?;
+            // Unloaded, the principal is unknown; its index entry then lapses on its own
+            // and readers of the index skip ended sessions.
+            if let Some(principal) = state
+                .record
+                .attributes
+                .get(PRINCIPAL)
+                .and_then(|p| p.as_str())
+            {
+                self.inner.store.index_remove(principal, id).await?;
+            }
         }
         state.loaded = true;
         state.reset_after_end();
+        drop(state);
+        if let Some(id) = ended {
+            self.announce_end(&id).await;
+        }
         Ok(())
     }
 
@@ -290,6 +405,7 @@ impl Session {
                 Some(record) if !self.outlived(&record) => {
                     state.record = record;
                     state.stored = true;
+                    self.refresh_index(&mut state, &id).await?;
                 }
                 Some(_) => {
                     self.inner.store.delete(&id).await?;
@@ -300,6 +416,31 @@ impl Session {
         }
         state.loaded = true;
         Ok(state)
+    }
+
+    /// Keeps a logged-in session's index entry from lapsing while the session is in use:
+    /// at most once per half idle timeout, one index write and one attribute write.
+    async fn refresh_index(&self, state: &mut State, id: &SessionId) -> Result<(), StoreError> {
+        let attributes = &state.record.attributes;
+        let Some(principal) = attributes.get(PRINCIPAL).and_then(|p| p.as_str()) else {
+            return Ok(());
+        };
+        let indexed = attributes.get(INDEXED).and_then(Value::as_u64).unwrap_or(0);
+        let half_idle = self.inner.config.idle_timeout.as_millis() as u64 / 2;
+        if now_ms() < indexed.saturating_add(half_idle) {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .index_add(principal, id, self.index_keep())
+            .await?;
+        let now = Value::from(now_ms());
+        state
+            .record
+            .attributes
+            .insert(INDEXED.to_owned(), now.clone());
+        state.pending.push((INDEXED.to_owned(), Change::Set(now)));
+        Ok(())
     }
 
     fn outlived(&self, record: &Record) -> bool {

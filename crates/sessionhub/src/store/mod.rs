@@ -5,6 +5,12 @@
 //! one critical section in memory). The session layer never reads, modifies and writes a
 //! whole record: it sends only the changed attributes, and increments are applied by the
 //! store. That is what keeps two concurrent requests from losing each other's writes.
+//!
+//! Beside the records, a store keeps an index of session ids by principal (the logged-in
+//! user), for listing a user's sessions, logging out everywhere and capping sessions per
+//! user. Each index operation is likewise one atomic step, on one principal. Index entries
+//! carry their own deadline instead of following the records' expiry: a store never has to
+//! notice that a session expired to keep the index from growing without bound.
 
 mod memory;
 mod redis;
@@ -112,6 +118,40 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes a record. Returns whether it existed.
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// How long until session `id` expires if it is not used, without sliding its expiry
+    /// (looking at a session, e.g. to list it, is not using it). `None` if it does not exist
+    /// or has expired. `Duration::MAX` for a record that carries no expiry at all, which this
+    /// crate never writes.
+    async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError>;
+
+    /// Records that session `id` belongs to `principal` (the logged-in user), keeping the
+    /// entry for at least `keep`. The caller passes about 1.5 times the idle timeout and
+    /// re-adds the id while the session is used, so an entry outlives its session a little
+    /// but never indefinitely: that is what keeps the index from leaking the ids of sessions
+    /// that simply expired, without the store having to notice each expiry.
+    ///
+    /// Re-adding an id moves its deadline to now + `keep` (which is what orders
+    /// [`index_list`](Self::index_list)). Lapsed entries of this principal are pruned in the
+    /// same step. `principal` is opaque: any string, compared byte for byte.
+    async fn index_add(
+        &self,
+        principal: &str,
+        id: &SessionId,
+        keep: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets that `id` belongs to `principal`. Not an error if it was not indexed.
+    async fn index_remove(&self, principal: &str, id: &SessionId) -> Result<(), StoreError>;
+
+    /// The ids indexed under `principal` whose entries have not lapsed, least recently
+    /// refreshed first (ascending deadline; equal deadlines by id), so that the first ones are
+    /// what to evict under a per-user session limit. Prunes lapsed entries in the same step.
+    ///
+    /// May include ids whose session already ended (the caller checks, e.g. with
+    /// [`expires_in`](Self::expires_in)); never omits a live session whose entry is kept
+    /// fresh. Empty for a principal never seen.
+    async fn index_list(&self, principal: &str) -> Result<Vec<SessionId>, StoreError>;
 
     /// Makes every change so far durable (the embedded store's journal); a no-op for stores
     /// that are durable on every write.

@@ -20,6 +20,26 @@
 //! with any other version, a field outside `a:`/`m:`, or invalid JSON is undecodable: it
 //! loads as no session and is never written to.
 //!
+//! ## Index by principal
+//!
+//! One sorted set per principal, under `<prefix>principal:{<principal>}`: member = session
+//! id, score = the entry's deadline in milliseconds since the Unix epoch, by the Redis
+//! server's clock (`TIME` inside the script), so nodes with skewed clocks still agree on
+//! the order and on what has lapsed. Every index script first drops the members whose
+//! deadline has passed; the ones that add or remove a member then set the key's TTL to the
+//! latest remaining deadline. So the key never outlives its last entry: a principal whose
+//! sessions all expired leaves nothing behind, with nobody having to clean up, and a lapsed
+//! member beside live ones lasts only until the principal's next index call.
+//!
+//! The principal is the hash tag. It is written as is when it consists only of
+//! `[A-Za-z0-9._@:-]` (the usual user ids and e-mail addresses, readable in `redis-cli`);
+//! every other byte, `%` included, is written as `%XX` (upper-case hex). That keeps braces
+//! out of the tag for any principal, and keeps two different principals from ever sharing a
+//! key, without rejecting any string the caller may use.
+//!
+//! A session key and a principal key are in different hash slots by design: every index
+//! script touches exactly one key, so none of this stands in the way of Redis Cluster.
+//!
 //! # Atomicity
 //!
 //! Every operation is one Lua script, so it is one round trip and atomic. Redis does not roll
@@ -231,6 +251,75 @@ return reply
     ))
 });
 
+/// The current time in milliseconds by the server's clock, and the lapsed-entry cleanup
+/// shared by the index scripts: prune, then make the key expire with its latest entry.
+const INDEX_PRELUDE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- '%.0f': tostring() would print a large number in exponent form, losing digits.
+local function ms(n) return string.format('%.0f', n) end
+
+local function prune(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms(now))
+end
+
+-- An empty sorted set no longer exists, so there is nothing to expire then.
+local function bound(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if #last == 2 then
+    redis.call('PEXPIRE', key, ms(tonumber(last[2]) - now))
+  end
+end
+"#;
+
+/// KEYS[1] principal; ARGV[1] session id, ARGV[2] keep ms.
+static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{INDEX_PRELUDE}
+redis.call('ZADD', KEYS[1], ms(now + tonumber(ARGV[2])), ARGV[1])
+prune(KEYS[1])
+bound(KEYS[1])
+return 1
+"#
+    ))
+});
+
+/// KEYS[1] principal; ARGV[1] session id. Re-bounds the key's TTL, which may have come from
+/// the entry just removed.
+static INDEX_REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{INDEX_PRELUDE}
+redis.call('ZREM', KEYS[1], ARGV[1])
+prune(KEYS[1])
+bound(KEYS[1])
+return 1
+"#
+    ))
+});
+
+/// KEYS[1] principal. Returns the live ids, ascending by deadline. Pruning cannot lower the
+/// latest deadline, so the key's TTL stays right without touching it.
+static INDEX_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{INDEX_PRELUDE}
+prune(KEYS[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"#
+    ))
+});
+
+/// KEYS[1] session; ARGV[1] version. The key's PTTL, or -2 unless it holds a record of this
+/// format, so that `expires_in` agrees with `update` about what is a session.
+static EXPIRES_IN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.pcall('HGET', KEYS[1], 'm:v') ~= ARGV[1] then return -2 end
+return redis.call('PTTL', KEYS[1])
+"#,
+    )
+});
+
 /// Session records in Redis (or anything that speaks its protocol and runs Lua scripts).
 ///
 /// Cloning is cheap and shares the connection.
@@ -284,6 +373,28 @@ impl RedisStore {
 
     fn key(&self, id: &SessionId) -> String {
         format!("{}session:{{{}}}", self.prefix, id.as_str())
+    }
+
+    fn principal_key(&self, principal: &str) -> String {
+        format!(
+            "{}principal:{{{}}}",
+            self.prefix,
+            encode_principal(principal)
+        )
+    }
+
+    async fn invoke_index(
+        &self,
+        script: &Script,
+        principal: &str,
+        args: &[&str],
+    ) -> Result<Value, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.principal_key(principal));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.invoke(&invocation).await
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
@@ -401,6 +512,76 @@ impl SessionStore for RedisStore {
             .await
             .map_err(redis_error)
     }
+
+    async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError> {
+        let mut invocation = EXPIRES_IN.prepare_invoke();
+        invocation.key(self.key(id)).arg(VERSION);
+        match self.invoke(&invocation).await? {
+            Value::Int(-2) => Ok(None),
+            // A key without a TTL; this crate never writes one.
+            Value::Int(-1) => Ok(Some(Duration::MAX)),
+            Value::Int(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms as u64))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn index_add(
+        &self,
+        principal: &str,
+        id: &SessionId,
+        keep: Duration,
+    ) -> Result<(), StoreError> {
+        let keep = index_keep_ms(keep).to_string();
+        self.invoke_index(&INDEX_ADD, principal, &[id.as_str(), &keep])
+            .await
+            .map(drop)
+    }
+
+    async fn index_remove(&self, principal: &str, id: &SessionId) -> Result<(), StoreError> {
+        self.invoke_index(&INDEX_REMOVE, principal, &[id.as_str()])
+            .await
+            .map(drop)
+    }
+
+    async fn index_list(&self, principal: &str) -> Result<Vec<SessionId>, StoreError> {
+        let reply = self.invoke_index(&INDEX_LIST, principal, &[]).await?;
+        let Value::Array(members) = &reply else {
+            return Err(unexpected(&reply));
+        };
+        let mut ids = Vec::with_capacity(members.len());
+        for member in members {
+            match text(member).map(str::parse::<SessionId>) {
+                Some(Ok(id)) => ids.push(id),
+                // Only this store writes members, so this is someone else's data under our
+                // prefix; skipping it keeps the user's other sessions listable.
+                _ => tracing::warn!("skipping a malformed session id in a principal index"),
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// How long to keep an index entry, in milliseconds, capped so that the deadline (now plus
+/// this) stays an exact integer both as a Lua number and as a sorted-set score (doubles,
+/// exact below 2^53). 2^50 ms is some 35,000 years.
+fn index_keep_ms(keep: Duration) -> u64 {
+    const MAX_MS: u64 = 1 << 50;
+    keep.as_millis().min(u128::from(MAX_MS)) as u64
+}
+
+/// The principal as it appears in its key's hash tag (see the module documentation):
+/// `[A-Za-z0-9._@:-]` as is, every other byte as `%XX`. Injective, and never contains a brace.
+fn encode_principal(principal: &str) -> String {
+    use std::fmt::Write;
+    let mut encoded = String::with_capacity(principal.len());
+    for byte in principal.bytes() {
+        if byte.is_ascii_alphanumeric() || b"._@:-".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
 }
 
 /// The TTL in milliseconds as PEXPIRE takes it, capped far below the point where Redis

@@ -1,0 +1,241 @@
+//! WebSocket clients for both kinds of target: sessionhub (`/websocket/{id}`, a greeting
+//! frame, then each push as a text frame) and Socket.IO servers (Engine.IO v4 over a
+//! WebSocket, user chosen with `?user=`, pushes as `msg` events).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::engineio::{self, Packet, SioPacket};
+use crate::payload::Payload;
+
+/// An open client WebSocket.
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// How long opening one connection (TCP, upgrade, handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What kind of server a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Flavor {
+    /// sessionhub: `/websocket/{id}`, `POST /socket/{id}`, `{"KEY","VALUE"}` frames.
+    Sessionhub,
+    /// A Socket.IO server (the peers): room per user, `msg` events, `push` event.
+    Socketio,
+}
+
+impl Flavor {
+    /// The request path that opens a socket for `user` (`None`: a publisher that joins
+    /// no user).
+    pub(crate) fn ws_path(self, user: Option<&str>) -> String {
+        match (self, user) {
+            (Self::Sessionhub, Some(user)) => format!("/websocket/{user}"),
+            (Self::Sessionhub, None) => "/websocket/loadgen-publisher".into(),
+            (Self::Socketio, Some(user)) => {
+                format!("/socket.io/?EIO=4&transport=websocket&user={user}")
+            }
+            (Self::Socketio, None) => "/socket.io/?EIO=4&transport=websocket".into(),
+        }
+    }
+
+    /// The frame a publisher socket sends to push `text` to `user`.
+    pub(crate) fn push_frame(self, user: &str, text: &str) -> String {
+        match self {
+            Self::Sessionhub => json!({"KEY": user, "VALUE": text}).to_string(),
+            Self::Socketio => engineio::event("push", &[json!({"to": user, "msg": text})]),
+        }
+    }
+
+    /// What a received text frame means.
+    pub(crate) fn classify(self, text: &str) -> Incoming {
+        match self {
+            Self::Sessionhub => match Payload::decode(text) {
+                Some(p) => Incoming::Payload(p),
+                None => Incoming::Other,
+            },
+            Self::Socketio => {
+                if text == "2" {
+                    return Incoming::Ping;
+                }
+                // Fast path: the payload alphabet needs no JSON escaping, so it can be read
+                // straight out of `42["msg","lg1 ..."]`.
+                if let Some(rest) = text.strip_prefix(r#"42["msg",""#) {
+                    return match Payload::decode(rest) {
+                        Some(p) => Incoming::Payload(p),
+                        None => Incoming::Other,
+                    };
+                }
+                match engineio::event_text(text, "msg").and_then(|t| Payload::decode(&t)) {
+                    Some(p) => Incoming::Payload(p),
+                    None => Incoming::Other,
+                }
+            }
+        }
+    }
+}
+
+/// A received frame, classified.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// A benchmark message.
+    Payload(Payload),
+    /// An Engine.IO ping: answer [`engineio::PONG`].
+    Ping,
+    /// Anything else (greeting, errors).
+    Other,
+}
+
+/// The user id of user number `index`.
+pub(crate) fn user_id(index: u32) -> String {
+    format!("u{index}")
+}
+
+/// `count` loopback source addresses from 127.0.0.2 up (0: let the kernel choose). Each
+/// source address has its own ~28 000 ephemeral ports.
+pub(crate) fn source_ips(count: u8) -> Vec<IpAddr> {
+    (0..count)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)))
+        .collect()
+}
+
+/// Opens a socket to `node` for `user` from `source`, and completes the target's
+/// handshake (sessionhub's greeting; Engine.IO open and namespace connect).
+pub(crate) async fn connect(
+    flavor: Flavor,
+    node: SocketAddr,
+    user: Option<&str>,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(flavor, node, user, source))
+        .await
+        .context("connect timed out")?
+}
+
+async fn connect_inner(
+    flavor: Flavor,
+    node: SocketAddr,
+    user: Option<&str>,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding {ip}"))?;
+    }
+    let stream = socket.connect(node).await.context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{node}{}", flavor.ws_path(user));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("WebSocket upgrade")?;
+    match flavor {
+        Flavor::Sessionhub => {
+            // The greeting says the socket has joined its user's channel.
+            next_text(&mut ws).await.context("greeting")?;
+        }
+        Flavor::Socketio => {
+            let open = next_text(&mut ws).await.context("Engine.IO open")?;
+            if !matches!(engineio::parse(&open), Ok(Packet::Open(_))) {
+                bail!("expected an Engine.IO open packet, got {open:?}");
+            }
+            ws.send(Message::Text(engineio::CONNECT.into())).await?;
+            loop {
+                let text = next_text(&mut ws).await.context("Socket.IO connect")?;
+                match engineio::parse(&text) {
+                    Ok(Packet::Message(SioPacket::Connect)) => break,
+                    Ok(Packet::Ping) => ws.send(Message::Text(engineio::PONG.into())).await?,
+                    Ok(Packet::Message(SioPacket::ConnectError(e))) => {
+                        bail!("namespace refused: {e}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(ws)
+}
+
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    while let Some(message) = ws.next().await {
+        match message? {
+            Message::Text(t) => return Ok(t.as_str().to_owned()),
+            Message::Close(c) => bail!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+    bail!("connection ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(Flavor::Sessionhub.ws_path(Some("u7")), "/websocket/u7");
+        assert_eq!(
+            Flavor::Socketio.ws_path(Some("u7")),
+            "/socket.io/?EIO=4&transport=websocket&user=u7"
+        );
+    }
+
+    #[test]
+    fn push_frames_carry_the_payload() {
+        let p = Payload {
+            step: 1,
+            user: 7,
+            seq: 9,
+            due_us: 11,
+        };
+        let text = p.encode(32);
+        let frame = Flavor::Sessionhub.push_frame("u7", &text);
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["KEY"], "u7");
+        assert_eq!(v["VALUE"], text.as_str());
+        let frame = Flavor::Socketio.push_frame("u7", &text);
+        assert_eq!(Payload::decode(&frame), Some(p));
+        assert!(frame.starts_with("42[\"push\","));
+    }
+
+    #[test]
+    fn classifies_frames() {
+        let p = Payload {
+            step: 0,
+            user: 1,
+            seq: 2,
+            due_us: 3,
+        };
+        let text = p.encode(0);
+        assert_eq!(Flavor::Sessionhub.classify(&text), Incoming::Payload(p));
+        assert_eq!(
+            Flavor::Sessionhub.classify(r#"{"type":"connected","id":"u1"}"#),
+            Incoming::Other
+        );
+        let frame = engineio::event("msg", &[json!(text)]);
+        assert_eq!(Flavor::Socketio.classify(&frame), Incoming::Payload(p));
+        assert_eq!(Flavor::Socketio.classify("2"), Incoming::Ping);
+        assert_eq!(Flavor::Socketio.classify("40"), Incoming::Other);
+    }
+
+    #[test]
+    fn source_addresses() {
+        assert!(source_ips(0).is_empty());
+        let ips = source_ips(3);
+        assert_eq!(ips.len(), 3);
+        assert_eq!(ips[0].to_string(), "127.0.0.2");
+        assert_eq!(ips[2].to_string(), "127.0.0.4");
+    }
+}

@@ -1,0 +1,654 @@
+//! The fan-out scenario: many WebSocket clients spread over the target's nodes, a
+//! publisher pushing to their users at a fixed rate, end-to-end latency, loss and
+//! duplicates measured by the clients; optionally a search for the highest rate whose p99
+//! stays under a limit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, Flavor, Incoming, Ws};
+use crate::clock;
+use crate::engineio;
+use crate::pacing::Schedule;
+use crate::payload::Payload;
+use crate::stats::{ConnTally, Delivery, Latency, LatencySummary};
+
+/// How the publisher pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PublishMode {
+    /// `POST /socket/{id}` with the message as the body.
+    Http,
+    /// Client frames on publisher sockets (`{"KEY","VALUE"}`; Socket.IO `push` events).
+    Frame,
+}
+
+/// Flags of `fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FanoutArgs {
+    /// Name of this target in the results.
+    #[arg(long)]
+    pub(crate) label: String,
+    /// What kind of server the nodes are.
+    #[arg(long, value_enum)]
+    pub(crate) flavor: Flavor,
+    /// A node's address, e.g. 127.0.0.1:8001 (repeat for every node).
+    #[arg(long = "node", required = true)]
+    pub(crate) nodes: Vec<SocketAddr>,
+    /// WebSocket clients, spread evenly over the nodes.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) clients: u32,
+    /// Connections per user, on different nodes where possible.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) conns_per_user: u32,
+    /// How the publisher pushes.
+    #[arg(long, value_enum, default_value = "http")]
+    pub(crate) publish: PublishMode,
+    /// Concurrent HTTP pushes, or publisher sockets in frame mode.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) publishers: usize,
+    /// Published messages per second (the first rate of a search).
+    #[arg(long, default_value_t = 1000.0)]
+    pub(crate) rate: f64,
+    /// Step the rate up until p99 or loss exceeds its limit; report the best passing rate.
+    #[arg(long)]
+    pub(crate) search: bool,
+    /// Rate multiplier between search steps.
+    #[arg(long, default_value_t = 1.6)]
+    pub(crate) factor: f64,
+    /// Most steps of a search (the last may be a midpoint between a pass and a fail).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) max_steps: u32,
+    /// A step passes while p99 stays below this, in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) p99_limit_ms: f64,
+    /// A step passes while lost deliveries stay below this fraction.
+    #[arg(long, default_value_t = 0.001)]
+    pub(crate) max_loss: f64,
+    /// Seconds of publishing per step.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Size of each message, in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload_bytes: usize,
+    /// Loopback source addresses to spread client connections over (127.0.0.2 up).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) source_ips: u8,
+    /// Bearer key for the push API, if the target wants one.
+    #[arg(long, env = "LOADGEN_API_KEY")]
+    pub(crate) api_key: Option<String>,
+    /// Write the result as JSON here (also printed).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// One fixed-rate run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StepResult {
+    /// Published messages per second asked for.
+    pub(crate) rate: f64,
+    /// Published messages per second achieved (pushes completed over the window).
+    pub(crate) publish_rate: f64,
+    /// Messages published.
+    pub(crate) published: u64,
+    /// Pushes that failed (counted as lost too).
+    pub(crate) publish_errors: u64,
+    /// Deliveries.
+    pub(crate) delivery: Delivery,
+    /// Distinct deliveries per second of publishing window.
+    pub(crate) delivered_per_sec: f64,
+    /// End-to-end latency, from when each message was due to when a client read it.
+    pub(crate) latency: LatencySummary,
+    /// Clients whose connection ended during the step.
+    pub(crate) disconnects: u64,
+    /// p99 under the limit, loss under the limit, no disconnect.
+    pub(crate) pass: bool,
+}
+
+/// The result of `fanout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FanoutReport {
+    /// Always "fanout".
+    pub(crate) scenario: String,
+    /// The target's name.
+    pub(crate) label: String,
+    /// Its kind.
+    pub(crate) flavor: Flavor,
+    /// How it was pushed to.
+    pub(crate) publish: PublishMode,
+    /// Nodes.
+    pub(crate) nodes: usize,
+    /// Clients.
+    pub(crate) clients: u32,
+    /// Distinct users.
+    pub(crate) users: u32,
+    /// Message size in bytes.
+    pub(crate) payload_bytes: usize,
+    /// Seconds per step.
+    pub(crate) duration: f64,
+    /// p99 limit of a passing step.
+    pub(crate) p99_limit_ms: f64,
+    /// Seconds to open every client.
+    pub(crate) connect_secs: f64,
+    /// Every step in order.
+    pub(crate) steps: Vec<StepResult>,
+    /// The passing step with the most deliveries per second.
+    pub(crate) best: Option<StepResult>,
+}
+
+/// What the clients record into during one step.
+struct StepState {
+    step: u32,
+    tallies: Vec<Mutex<ConnTally>>,
+    latency: Vec<Mutex<Latency>>,
+    unique: AtomicU64,
+}
+
+impl StepState {
+    fn new(step: u32, clients: usize) -> Self {
+        Self {
+            step,
+            tallies: (0..clients).map(|_| Mutex::default()).collect(),
+            latency: (0..LATENCY_SHARDS).map(|_| Mutex::default()).collect(),
+            unique: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Histograms are sharded so that clients on different threads rarely share a lock.
+const LATENCY_SHARDS: usize = 8;
+
+/// Shared between the clients and the driver.
+struct Shared {
+    current: RwLock<Arc<StepState>>,
+    disconnects: AtomicU64,
+}
+
+/// How client `index` is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// Index of its user.
+    pub(crate) user: u32,
+    /// Index of its node.
+    pub(crate) node: usize,
+}
+
+/// Client `index` belongs to user `index / per_user`; consecutive clients go to
+/// consecutive nodes, so a user's connections sit on different nodes.
+pub(crate) fn place(index: u32, per_user: u32, nodes: usize) -> Placement {
+    Placement {
+        user: index / per_user.max(1),
+        node: index as usize % nodes.max(1),
+    }
+}
+
+/// Users for `clients` clients with `per_user` connections each (the last may have fewer).
+pub(crate) fn user_count(clients: u32, per_user: u32) -> u32 {
+    clients.div_ceil(per_user.max(1))
+}
+
+/// Messages among the first `published` (sent round-robin) that went to `user`.
+pub(crate) fn sent_to(user: u32, users: u32, published: u64) -> u64 {
+    let users = u64::from(users.max(1));
+    published / users + u64::from(u64::from(user) < published % users)
+}
+
+/// The recipient and sequence number of message `index` (round-robin over users).
+pub(crate) fn route(index: u64, users: u32) -> (u32, u64) {
+    let users = u64::from(users.max(1));
+    ((index % users) as u32, index / users)
+}
+
+/// Runs `fanout`.
+pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+    let users = user_count(args.clients, args.conns_per_user);
+    let shared = Arc::new(Shared {
+        current: RwLock::new(Arc::new(StepState::new(u32::MAX, 0))),
+        disconnects: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    let sources = client::source_ips(args.source_ips);
+    eprintln!(
+        "[{}] connecting {} clients ({} users) to {} node(s)",
+        args.label,
+        args.clients,
+        users,
+        args.nodes.len()
+    );
+    let started = Instant::now();
+    let clients = open_clients(&args, &sources, shared.clone(), stop.clone()).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    eprintln!("[{}] connected in {connect_secs:.1} s", args.label);
+
+    let mut publisher = Publisher::new(&args, &sources).await?;
+    // Let subscriptions settle everywhere before the first message.
+    sleep(Duration::from_millis(500)).await;
+
+    let mut steps: Vec<StepResult> = Vec::new();
+    let mut rate = args.rate;
+    let mut last_fail: Option<f64> = None;
+    for step in 0..args.max_steps {
+        let result = run_step(&args, step, rate, users, &shared, &mut publisher).await?;
+        eprintln!(
+            "[{}] step {step}: rate {:.0}/s published {:.0}/s delivered {:.0}/s p50 {:.2} ms p99 \
+             {:.2} ms p999 {:.2} ms lost {} dup {} errors {} disconnects {} -> {}",
+            args.label,
+            result.rate,
+            result.publish_rate,
+            result.delivered_per_sec,
+            result.latency.p50_ms,
+            result.latency.p99_ms,
+            result.latency.p999_ms,
+            result.delivery.lost,
+            result.delivery.duplicated,
+            result.publish_errors,
+            result.disconnects,
+            if result.pass { "pass" } else { "FAIL" }
+        );
+        let pass = result.pass;
+        steps.push(result);
+        if !args.search {
+            break;
+        }
+        let best_rate = best_of(&steps).map(|b| b.rate);
+        match (pass, last_fail, best_rate) {
+            (true, None, _) => rate *= args.factor,
+            // One refinement between the best pass and the first failure, then stop.
+            (false, None, Some(best)) => {
+                last_fail = Some(rate);
+                rate = (best + rate) / 2.0;
+            }
+            _ => break,
+        }
+        if shared.disconnects.load(Ordering::Relaxed) > 0 {
+            eprintln!(
+                "[{}] clients were disconnected; stopping the search",
+                args.label
+            );
+            break;
+        }
+        // Let queues drain before the next step.
+        sleep(Duration::from_secs(1)).await;
+    }
+    stop.cancel();
+    for c in clients {
+        c.abort();
+    }
+    Ok(FanoutReport {
+        scenario: "fanout".into(),
+        label: args.label.clone(),
+        flavor: args.flavor,
+        publish: args.publish,
+        nodes: args.nodes.len(),
+        clients: args.clients,
+        users,
+        payload_bytes: args.payload_bytes,
+        duration: args.duration,
+        p99_limit_ms: args.p99_limit_ms,
+        connect_secs,
+        best: best_of(&steps).cloned(),
+        steps,
+    })
+}
+
+fn best_of(steps: &[StepResult]) -> Option<&StepResult> {
+    steps
+        .iter()
+        .filter(|s| s.pass)
+        .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
+}
+
+async fn open_clients(
+    args: &FanoutArgs,
+    sources: &[IpAddr],
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let opened = stream::iter(0..args.clients)
+        .map(|i| {
+            let place = place(i, args.conns_per_user, args.nodes.len());
+            let node = args.nodes[place.node];
+            let source = (!sources.is_empty()).then(|| sources[i as usize % sources.len()]);
+            let user = client::user_id(place.user);
+            async move {
+                let mut last = None;
+                for attempt in 0..3u64 {
+                    match client::connect(args.flavor, node, Some(&user), source).await {
+                        Ok(ws) => return Ok((i, place.user, ws)),
+                        Err(e) => last = Some(e),
+                    }
+                    sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                }
+                Err(last
+                    .expect("three attempts")
+                    .context(format!("client {i} to {node}")))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let mut handles = Vec::with_capacity(opened.len());
+    for result in opened {
+        let (index, user, ws) = result?;
+        handles.push(tokio::spawn(client_loop(
+            args.flavor,
+            index as usize,
+            user,
+            ws,
+            shared.clone(),
+            stop.clone(),
+        )));
+    }
+    Ok(handles)
+}
+
+async fn client_loop(
+    flavor: Flavor,
+    index: usize,
+    user: u32,
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return,
+            m = ws.next() => m,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let now = clock::now_us();
+        match flavor.classify(&text) {
+            Incoming::Payload(p) => {
+                let state = shared.current.read().unwrap().clone();
+                if p.step != state.step {
+                    continue;
+                }
+                let mut tally = state.tallies[index].lock().unwrap();
+                if p.user != user {
+                    tally.misrouted += 1;
+                    continue;
+                }
+                if tally.record(p.seq) {
+                    state.unique.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(tally);
+                state.latency[index % LATENCY_SHARDS]
+                    .lock()
+                    .unwrap()
+                    .record(now.saturating_sub(p.due_us));
+            }
+            Incoming::Ping => {
+                if ws.send(Message::Text(engineio::PONG.into())).await.is_err() {
+                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            Incoming::Other => {}
+        }
+    }
+}
+
+/// Pushes messages: an HTTP client, or publisher sockets.
+enum Publisher {
+    Http {
+        client: reqwest::Client,
+        nodes: Vec<SocketAddr>,
+        concurrency: usize,
+        api_key: Option<String>,
+    },
+    Frame {
+        flavor: Flavor,
+        sockets: Vec<Ws>,
+    },
+}
+
+impl Publisher {
+    async fn new(args: &FanoutArgs, sources: &[IpAddr]) -> anyhow::Result<Self> {
+        Ok(match args.publish {
+            PublishMode::Http => Self::Http {
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(args.publishers)
+                    .timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true)
+                    .build()?,
+                nodes: args.nodes.clone(),
+                concurrency: args.publishers,
+                api_key: args.api_key.clone(),
+            },
+            PublishMode::Frame => {
+                let mut sockets = Vec::new();
+                for i in 0..args.publishers {
+                    let node = args.nodes[i % args.nodes.len()];
+                    let source = sources.first().copied();
+                    sockets.push(
+                        client::connect(args.flavor, node, None, source)
+                            .await
+                            .with_context(|| format!("publisher socket to {node}"))?,
+                    );
+                }
+                Self::Frame {
+                    flavor: args.flavor,
+                    sockets,
+                }
+            }
+        })
+    }
+}
+
+async fn run_step(
+    args: &FanoutArgs,
+    step: u32,
+    rate: f64,
+    users: u32,
+    shared: &Arc<Shared>,
+    publisher: &mut Publisher,
+) -> anyhow::Result<StepResult> {
+    let state = Arc::new(StepState::new(step, args.clients as usize));
+    *shared.current.write().unwrap() = state.clone();
+    let disconnects_before = shared.disconnects.load(Ordering::Relaxed);
+    let window = Duration::from_secs_f64(args.duration);
+    let start = Instant::now() + Duration::from_millis(20);
+    let schedule = Arc::new(Schedule::new(start, rate, window));
+    let errors = Arc::new(AtomicU64::new(0));
+    let size = args.payload_bytes;
+
+    match publisher {
+        Publisher::Http {
+            client,
+            nodes,
+            concurrency,
+            api_key,
+        } => {
+            let workers: Vec<_> = (0..*concurrency)
+                .map(|_| {
+                    let (client, nodes, schedule, errors, key) = (
+                        client.clone(),
+                        nodes.clone(),
+                        schedule.clone(),
+                        errors.clone(),
+                        api_key.clone(),
+                    );
+                    tokio::spawn(async move {
+                        while let Some((index, due)) = schedule.claim() {
+                            sleep_until(due).await;
+                            let (user, seq) = route(index, users);
+                            let body = Payload {
+                                step,
+                                user,
+                                seq,
+                                due_us: clock::us_of(due),
+                            }
+                            .encode(size);
+                            let node = nodes[index as usize % nodes.len()];
+                            let url = format!("http://{node}/socket/{}", client::user_id(user));
+                            let mut request = client
+                                .post(url)
+                                .header("content-type", "text/plain")
+                                .body(body);
+                            if let Some(key) = &key {
+                                request = request.bearer_auth(key);
+                            }
+                            match request.send().await {
+                                Ok(r) if r.status().is_success() => {
+                                    // Drain the body so the connection is reused.
+                                    let _ = r.bytes().await;
+                                }
+                                _ => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await?;
+            }
+        }
+        Publisher::Frame { flavor, sockets } => {
+            let flavor = *flavor;
+            let workers: Vec<_> = sockets
+                .drain(..)
+                .map(|mut ws| {
+                    let (schedule, errors) = (schedule.clone(), errors.clone());
+                    tokio::spawn(async move {
+                        while let Some((index, due)) = schedule.claim() {
+                            // Answer pings while waiting for the message to be due.
+                            loop {
+                                tokio::select! {
+                                    biased;
+                                    () = sleep_until(due) => break,
+                                    m = ws.next() => match m {
+                                        Some(Ok(Message::Text(t))) if flavor.classify(&t) == Incoming::Ping => {
+                                            let _ = ws.send(Message::Text(engineio::PONG.into())).await;
+                                        }
+                                        Some(Ok(_)) => {}
+                                        _ => break,
+                                    },
+                                }
+                            }
+                            let (user, seq) = route(index, users);
+                            let text = Payload {
+                                step,
+                                user,
+                                seq,
+                                due_us: clock::us_of(due),
+                            }
+                            .encode(size);
+                            let frame = flavor.push_frame(&client::user_id(user), &text);
+                            if ws.send(Message::Text(frame.into())).await.is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        ws
+                    })
+                })
+                .collect();
+            for w in workers {
+                sockets.push(w.await?);
+            }
+        }
+    }
+    let published = schedule.claimed();
+    let publish_secs = start.elapsed().as_secs_f64().max(args.duration);
+
+    // Wait for stragglers: until every delivery arrived or a grace period passed.
+    let expected_total: u64 = (0..args.clients)
+        .map(|i| sent_to(place(i, args.conns_per_user, 1).user, users, published))
+        .sum();
+    let grace = Instant::now() + Duration::from_secs(3);
+    while state.unique.load(Ordering::Relaxed) < expected_total && Instant::now() < grace {
+        sleep(Duration::from_millis(20)).await;
+    }
+    // Later messages of this step are ignored from here on.
+    *shared.current.write().unwrap() = Arc::new(StepState::new(u32::MAX, 0));
+
+    let mut delivery = Delivery::default();
+    for (i, tally) in state.tallies.iter().enumerate() {
+        let user = place(i as u32, args.conns_per_user, 1).user;
+        delivery.add(&tally.lock().unwrap(), sent_to(user, users, published));
+    }
+    let mut latency = Latency::default();
+    for shard in &state.latency {
+        latency.merge(&shard.lock().unwrap());
+    }
+    let latency = latency.summary();
+    let publish_errors = errors.load(Ordering::Relaxed);
+    let disconnects = shared.disconnects.load(Ordering::Relaxed) - disconnects_before;
+    let pass = latency.count > 0
+        && latency.p99_ms < args.p99_limit_ms
+        && delivery.loss_ratio() <= args.max_loss
+        && disconnects == 0;
+    Ok(StepResult {
+        rate,
+        publish_rate: published.saturating_sub(publish_errors) as f64 / publish_secs,
+        published,
+        publish_errors,
+        delivered_per_sec: delivery.delivered as f64 / publish_secs,
+        delivery,
+        latency,
+        disconnects,
+        pass,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_users_over_nodes() {
+        // 2 connections per user, 3 nodes: a user's two connections are on two nodes.
+        for i in (0..30).step_by(2) {
+            let a = place(i, 2, 3);
+            let b = place(i + 1, 2, 3);
+            assert_eq!(a.user, b.user);
+            assert_ne!(a.node, b.node);
+        }
+        let per_node = (0..30).fold([0; 3], |mut n, i| {
+            n[place(i, 2, 3).node] += 1;
+            n
+        });
+        assert_eq!(per_node, [10, 10, 10]);
+        assert_eq!(user_count(30, 2), 15);
+        assert_eq!(user_count(31, 2), 16);
+        assert_eq!(user_count(5, 0), 5);
+    }
+
+    #[test]
+    fn routing_and_sent_counts_agree() {
+        let users = 7;
+        let published = 50;
+        let mut counts = vec![0u64; users as usize];
+        for index in 0..published {
+            let (user, seq) = route(index, users);
+            assert_eq!(
+                seq, counts[user as usize],
+                "sequence numbers are dense per user"
+            );
+            counts[user as usize] += 1;
+        }
+        for user in 0..users {
+            assert_eq!(sent_to(user, users, published), counts[user as usize]);
+        }
+        assert_eq!(sent_to(0, users, 0), 0);
+    }
+}

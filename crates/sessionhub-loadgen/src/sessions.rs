@@ -1,0 +1,345 @@
+//! The sessions scenario: virtual users log in once, then call `/get-session` (read the
+//! session, increment `count`) in a loop. Measures requests per second, latency, Redis
+//! commands per request (from `INFO`) and, in a short sequential probe under `MONITOR`,
+//! exactly which commands one request sends.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::header::{COOKIE, SET_COOKIE};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::redisprobe::{self, Counters, Monitor, PhaseCommands};
+use crate::stats::{Latency, LatencySummary};
+
+/// Flags of `sessions`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SessionsArgs {
+    /// Name of this target in the results.
+    #[arg(long)]
+    pub(crate) label: String,
+    /// The node's address.
+    #[arg(long)]
+    pub(crate) node: SocketAddr,
+    /// The Redis the node uses (redis://ip:port), for command counts.
+    #[arg(long)]
+    pub(crate) redis: String,
+    /// Concurrent virtual users, each with its own session.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) vus: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// Sequential requests per phase of the MONITOR probe (0: no probe).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) probe_requests: u32,
+    /// A read-only session route to probe as well, if the target has one.
+    #[arg(long)]
+    pub(crate) read_path: Option<String>,
+    /// Write the result as JSON here (also printed).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// Commands one request caused, on average, from the MONITOR probe.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Probe {
+    /// Requests in the probe.
+    pub(crate) requests: u32,
+    /// Commands sent by the server per request: its Redis round trips, unless it pipelines.
+    pub(crate) round_trips_per_request: f64,
+    /// Per command name, sent by the server, per request.
+    pub(crate) top_level: BTreeMap<String, f64>,
+    /// Per command name, run inside scripts, per request.
+    pub(crate) scripted: BTreeMap<String, f64>,
+}
+
+impl Probe {
+    fn from_phase(commands: Option<&PhaseCommands>, requests: u32) -> Self {
+        let per = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), *v as f64 / f64::from(requests.max(1))))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let empty = PhaseCommands::default();
+        let commands = commands.unwrap_or(&empty);
+        let top_level = per(&commands.top_level);
+        Self {
+            requests,
+            round_trips_per_request: top_level.values().sum(),
+            top_level,
+            scripted: per(&commands.scripted),
+        }
+    }
+}
+
+/// The result of `sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SessionsReport {
+    /// Always "sessions".
+    pub(crate) scenario: String,
+    /// The target's name.
+    pub(crate) label: String,
+    /// Virtual users.
+    pub(crate) vus: usize,
+    /// Seconds of load.
+    pub(crate) duration: f64,
+    /// Successful `/get-session` requests.
+    pub(crate) requests: u64,
+    /// Failed ones.
+    pub(crate) errors: u64,
+    /// Requests per second.
+    pub(crate) requests_per_sec: f64,
+    /// Latency.
+    pub(crate) latency: LatencySummary,
+    /// Sessions whose final `count` differs from the increments that succeeded.
+    pub(crate) count_mismatches: u64,
+    /// Redis `total_commands_processed` per request (counts commands inside scripts).
+    pub(crate) redis_commands_per_request: f64,
+    /// `commandstats` calls per request, by command.
+    pub(crate) redis_calls_per_request: BTreeMap<String, f64>,
+    /// Sequential probe of `/login`.
+    pub(crate) probe_login: Option<Probe>,
+    /// Sequential probe of `/get-session` (read + write).
+    pub(crate) probe_write: Option<Probe>,
+    /// Sequential probe of the read-only route.
+    pub(crate) probe_read: Option<Probe>,
+}
+
+/// A client with one session: keeps the cookies the server sets.
+struct Vu {
+    client: reqwest::Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Vu {
+    fn new(client: reqwest::Client, node: SocketAddr) -> Self {
+        Self {
+            client,
+            base: format!("http://{node}"),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    /// GETs `path` with the session cookie; the JSON answer.
+    async fn get(&mut self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if !self.cookies.is_empty() {
+            request = request.header(COOKIE, cookie_header(&self.cookies));
+        }
+        let response = request.send().await?;
+        for value in response.headers().get_all(SET_COOKIE) {
+            if let Some((name, value)) = value.to_str().ok().and_then(parse_set_cookie) {
+                if value.is_empty() {
+                    self.cookies.remove(&name);
+                } else {
+                    self.cookies.insert(name, value);
+                }
+            }
+        }
+        let status = response.status();
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// `name=value` of a Set-Cookie header.
+pub(crate) fn parse_set_cookie(header: &str) -> Option<(String, String)> {
+    let pair = header.split(';').next()?.trim();
+    let (name, value) = pair.split_once('=')?;
+    Some((
+        name.trim().to_owned(),
+        value.trim().trim_matches('"').to_owned(),
+    ))
+}
+
+/// The Cookie header for a set of cookies.
+pub(crate) fn cookie_header(cookies: &BTreeMap<String, String>) -> String {
+    cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs `sessions`.
+pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
+    let redis = redisprobe::addr_of(&args.redis)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.vus + 4)
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .build()?;
+    eprintln!("[{}] logging in {} virtual users", args.label, args.vus);
+    let mut vus = Vec::with_capacity(args.vus);
+    for i in 0..args.vus {
+        let mut vu = Vu::new(client.clone(), args.node);
+        vu.get(&format!("/login?username=vu{i}"))
+            .await
+            .with_context(|| format!("login of vu{i}"))?;
+        vus.push(vu);
+    }
+
+    let before = Counters::read(redis).await?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let started = Instant::now();
+    let workers: Vec<_> = vus
+        .into_iter()
+        .map(|mut vu| {
+            tokio::spawn(async move {
+                let mut latency = Latency::default();
+                let (mut ok, mut errors, mut last_count) = (0u64, 0u64, None);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match vu.get("/get-session").await {
+                        Ok(body) => {
+                            latency.record(t.elapsed().as_micros() as u64);
+                            ok += 1;
+                            last_count = body.get("count").and_then(serde_json::Value::as_u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latency, ok, errors, last_count)
+            })
+        })
+        .collect();
+    let mut latency = Latency::default();
+    let (mut requests, mut errors, mut mismatches) = (0u64, 0u64, 0u64);
+    for w in workers {
+        let (l, ok, e, last) = w.await?;
+        latency.merge(&l);
+        requests += ok;
+        errors += e;
+        // Without errors, the last answer's count is the number of increments.
+        if e == 0 && ok > 0 && last != Some(ok) {
+            mismatches += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = Counters::read(redis).await?;
+    let delta = after.since(&before);
+    let per_request = |n: u64| n as f64 / requests.max(1) as f64;
+    eprintln!(
+        "[{}] {requests} requests ({errors} errors) in {elapsed:.1} s: {:.0}/s, {:.2} Redis \
+         commands per request",
+        args.label,
+        requests as f64 / elapsed,
+        per_request(delta.total)
+    );
+
+    let (probe_login, probe_write, probe_read) = if args.probe_requests > 0 {
+        let (l, w, r) = probe(&args, &client, redis).await?;
+        (Some(l), Some(w), r)
+    } else {
+        (None, None, None)
+    };
+
+    Ok(SessionsReport {
+        scenario: "sessions".into(),
+        label: args.label.clone(),
+        vus: args.vus,
+        duration: elapsed,
+        requests,
+        errors,
+        requests_per_sec: requests as f64 / elapsed,
+        latency: latency.summary(),
+        count_mismatches: mismatches,
+        redis_commands_per_request: per_request(delta.total),
+        redis_calls_per_request: delta
+            .calls
+            .iter()
+            .map(|(k, v)| (k.clone(), per_request(*v)))
+            .collect(),
+        probe_login,
+        probe_write,
+        probe_read,
+    })
+}
+
+/// Sequential requests under MONITOR: logins, read+write requests, read-only requests.
+async fn probe(
+    args: &SessionsArgs,
+    client: &reqwest::Client,
+    redis: SocketAddr,
+) -> anyhow::Result<(Probe, Probe, Option<Probe>)> {
+    let n = args.probe_requests;
+    let mut vu = Vu::new(client.clone(), args.node);
+    vu.get("/login?username=probe").await?;
+    vu.get("/get-session").await?;
+    let read_ok = match &args.read_path {
+        Some(path) => vu.get(path).await.is_ok(),
+        None => false,
+    };
+    let monitor = Monitor::start(redis).await?;
+    monitor.mark("login").await?;
+    for i in 0..n {
+        let mut fresh = Vu::new(client.clone(), args.node);
+        fresh.get(&format!("/login?username=probe{i}")).await?;
+    }
+    monitor.mark("write").await?;
+    for _ in 0..n {
+        vu.get("/get-session").await?;
+    }
+    if read_ok && let Some(path) = &args.read_path {
+        monitor.mark("read").await?;
+        for _ in 0..n {
+            vu.get(path).await?;
+        }
+    }
+    let phases = monitor.finish().await?;
+    let login = Probe::from_phase(phases.get("login"), n);
+    let write = Probe::from_phase(phases.get("write"), n);
+    let read = read_ok.then(|| Probe::from_phase(phases.get("read"), n));
+    eprintln!(
+        "[{}] probe: login {:.2}, read+write {:.2}{} Redis commands per request",
+        args.label,
+        login.round_trips_per_request,
+        write.round_trips_per_request,
+        read.as_ref()
+            .map(|r| format!(", read-only {:.2}", r.round_trips_per_request))
+            .unwrap_or_default()
+    );
+    Ok((login, write, read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies() {
+        assert_eq!(
+            parse_set_cookie("id=abc123; Path=/; HttpOnly; SameSite=Lax"),
+            Some(("id".into(), "abc123".into()))
+        );
+        assert_eq!(
+            parse_set_cookie("connect.sid=s%3Axyz.sig; Path=/"),
+            Some(("connect.sid".into(), "s%3Axyz.sig".into()))
+        );
+        assert_eq!(parse_set_cookie("garbage"), None);
+        let jar = BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(cookie_header(&jar), "a=1; b=2");
+    }
+
+    #[test]
+    fn probe_averages() {
+        let phase = PhaseCommands {
+            top_level: BTreeMap::from([("evalsha".into(), 200), ("get".into(), 100)]),
+            scripted: BTreeMap::from([("hincrby".into(), 100)]),
+        };
+        let p = Probe::from_phase(Some(&phase), 100);
+        assert_eq!(p.round_trips_per_request, 3.0);
+        assert_eq!(p.top_level["evalsha"], 2.0);
+        assert_eq!(p.scripted["hincrby"], 1.0);
+        assert_eq!(Probe::from_phase(None, 10).round_trips_per_request, 0.0);
+    }
+}

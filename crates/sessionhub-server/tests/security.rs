@@ -1,0 +1,513 @@
+//! Security: who may connect as whom, who may push, and what bad input gets. Real nodes,
+//! real Redis, real clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use sessionhub_testkit::Node;
+use tokio_tungstenite::tungstenite::Message;
+
+const KEY: &str = "test-api-key-0123456789";
+
+/// Two cluster nodes with `--ws-auth session` and an API key, plus `extra` flags.
+fn session_cluster(extra: &[&str]) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    let redis = sessionhub_testkit::RedisServer::start().unwrap();
+    let url = redis.url();
+    let nodes = (0..2)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let mut args = vec!["--redis", &url, "--node-id", &name, "--ws-auth", "session"];
+            args.extend(["--api-key", KEY]);
+            args.extend(extra);
+            node(&args)
+        })
+        .collect();
+    (redis, nodes)
+}
+
+async fn login(base: &str, user: &str) -> String {
+    let (status, cookie, _) = get(&http(), base, &format!("/login?username={user}"), None).await;
+    assert_eq!(status, 200);
+    cookie.expect("login sets a cookie")
+}
+
+fn cookie(id: &str) -> String {
+    format!("SESSION={id}")
+}
+
+#[tokio::test]
+async fn a_session_socket_is_only_for_the_logged_in_user() {
+    let (_redis, nodes) = session_cluster(&[]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    // Logged in on node 0, connects on node 1.
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    let (_ws, greeting) = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    assert_eq!(greeting["node"], "node-1");
+    // The header works for clients without cookies.
+    connect_with(&url, &[("x-auth-token", &alice)])
+        .await
+        .unwrap();
+
+    let bob = format!("{}/websocket/bob", nodes[1].ws());
+    let refused = connect_with(&bob, &[("cookie", &cookie(&alice))])
+        .await
+        .err();
+    assert_eq!(
+        refused,
+        Some((403, "forbidden".into())),
+        "alice may not read bob's messages"
+    );
+    for headers in [
+        vec![],
+        vec![("cookie", "SESSION=AAAAAAAAAAAAAAAAAAAAAA")],
+        vec![("cookie", "SESSION=garbage")],
+    ] {
+        let refused = connect_with(&url, &headers).await.err();
+        assert_eq!(refused, Some((401, "not_logged_in".into())), "{headers:?}");
+    }
+    // A session without a login is no credential either.
+    let (_, anonymous, _) = get(&http(), &nodes[0].http(), "/get-session", None).await;
+    let anonymous = cookie(&anonymous.unwrap());
+    let refused = connect_with(&url, &[("cookie", &anonymous)]).await.err();
+    assert_eq!(refused, Some((401, "not_logged_in".into())));
+}
+
+#[tokio::test]
+async fn logout_closes_the_users_sockets_on_every_node_within_a_second() {
+    let (_redis, nodes) = session_cluster(&[]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let mut sockets = Vec::new();
+    for node in &nodes {
+        let url = format!("{}/websocket/alice", node.ws());
+        sockets.push(
+            connect_with(&url, &[("cookie", &cookie(&alice))])
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let started = Instant::now();
+    get(&http(), &nodes[1].http(), "/invalidate", Some(&alice)).await;
+    for ws in &mut sockets {
+        let close = next_close(ws, Duration::from_secs(1))
+            .await
+            .expect("a close frame");
+        assert_eq!(u16::from(close.code), 4002);
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let url = format!("{}/websocket/alice", nodes[0].ws());
+    let refused = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .err();
+    assert_eq!(refused, Some((401, "not_logged_in".into())));
+}
+
+#[tokio::test]
+async fn session_expiry_closes_its_sockets() {
+    let (_redis, nodes) = session_cluster(&["--session-timeout", "2"]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let close = next_close(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4002);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(3000),
+        "closed {elapsed:?} after connect"
+    );
+}
+
+#[tokio::test]
+async fn logging_in_again_rotates_and_closes_sockets_bound_to_the_old_id() {
+    let (_redis, nodes) = session_cluster(&[]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    let (_, rotated, _) = get(
+        &http(),
+        &nodes[0].http(),
+        "/login?username=alice",
+        Some(&alice),
+    )
+    .await;
+    assert_ne!(
+        rotated.as_deref(),
+        Some(alice.as_str()),
+        "login rotates the id"
+    );
+    let close = next_close(&mut ws, Duration::from_secs(1))
+        .await
+        .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4002);
+}
+
+#[tokio::test]
+async fn logout_everywhere_ends_every_session_of_a_user() {
+    let (_redis, nodes) = session_cluster(&[]);
+    let client = http();
+    let laptop = login(&nodes[0].http(), "carol").await;
+    let phone = login(&nodes[1].http(), "carol").await;
+    let other = login(&nodes[1].http(), "dave").await;
+    let mut sockets = Vec::new();
+    for (node, id) in [(&nodes[0], &laptop), (&nodes[1], &phone)] {
+        let url = format!("{}/websocket/carol", node.ws());
+        sockets.push(
+            connect_with(&url, &[("cookie", &cookie(id))])
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let admin = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, format!("{}{path}", nodes[0].http()))
+            .bearer_auth(KEY)
+    };
+    let listed: Value = admin(reqwest::Method::GET, "/api/users/carol/sessions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["sessions"], 2, "{listed}");
+    let ended: Value = admin(reqwest::Method::POST, "/api/users/carol/logout")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended, json!({"ended": 2}));
+    for ws in &mut sockets {
+        let close = next_close(ws, Duration::from_secs(1))
+            .await
+            .expect("a close frame");
+        assert_eq!(u16::from(close.code), 4002);
+    }
+    for id in [&laptop, &phone] {
+        let (_, _, body) = get(&client, &nodes[1].http(), "/get-session", Some(id)).await;
+        assert_eq!(body.get("username"), None);
+    }
+    let (_, _, body) = get(&client, &nodes[0].http(), "/get-session", Some(&other)).await;
+    assert_eq!(body["username"], "dave", "other users keep their sessions");
+}
+
+#[tokio::test]
+async fn a_per_user_session_limit_evicts_the_least_recently_used() {
+    let (_redis, nodes) = session_cluster(&["--max-sessions-per-user", "2"]);
+    let client = http();
+    let first = login(&nodes[0].http(), "erin").await;
+    let url = format!("{}/websocket/erin", nodes[1].ws());
+    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&first))])
+        .await
+        .unwrap();
+    let second = login(&nodes[1].http(), "erin").await;
+    let third = login(&nodes[0].http(), "erin").await;
+    let (_, _, body) = get(&client, &nodes[0].http(), "/get-session", Some(&first)).await;
+    assert_eq!(body.get("username"), None, "the oldest session was evicted");
+    let close = next_close(&mut ws, Duration::from_secs(1))
+        .await
+        .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4002);
+    for id in [&second, &third] {
+        let (_, _, body) = get(&client, &nodes[1].http(), "/get-session", Some(id)).await;
+        assert_eq!(body["username"], "erin");
+    }
+}
+
+#[tokio::test]
+async fn the_push_and_admin_apis_need_a_valid_api_key() {
+    let (_redis, nodes) = session_cluster(&[]);
+    let client = http();
+    let base = nodes[0].http();
+    for path in ["/socket/alice", "/api/online", "/api/users/alice/logout"] {
+        let response = client
+            .post(format!("{base}{path}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "api_key_required");
+        let response = client
+            .post(format!("{base}{path}"))
+            .bearer_auth("wrong-key")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "api_key_invalid");
+    }
+    let response = client
+        .post(format!("{base}/socket/alice"))
+        .bearer_auth(KEY)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Never in the logs: keys, session ids.
+    let id = login(&base, "frank").await;
+    get(&client, &base, "/get-session", Some(&id)).await;
+    for node in &nodes {
+        let logs = node.stderr();
+        assert!(!logs.contains(KEY), "an API key reached the log");
+        assert!(
+            !logs.contains("wrong-key"),
+            "a presented key reached the log"
+        );
+        assert!(!logs.contains(&id), "a session id reached the log");
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_origin_cannot_open_a_socket_with_the_users_cookie() {
+    let (_redis, nodes) = session_cluster(&[]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[0].ws());
+    let host = nodes[0].addr().to_string();
+    let same = format!("http://{host}");
+    let refused = connect_with(
+        &url,
+        &[
+            ("cookie", &cookie(&alice)),
+            ("origin", "https://evil.example"),
+        ],
+    )
+    .await
+    .err();
+    assert_eq!(refused, Some((403, "origin_not_allowed".into())));
+    connect_with(&url, &[("cookie", &cookie(&alice)), ("origin", &same)])
+        .await
+        .unwrap();
+
+    let listed = node(&["--allowed-origins", "https://app.example"]);
+    let url = format!("{}/websocket/x", listed.ws());
+    connect_with(&url, &[("origin", "https://app.example")])
+        .await
+        .unwrap();
+    let refused = connect_with(&url, &[("origin", "https://app.example.evil")])
+        .await
+        .err();
+    assert_eq!(refused, Some((403, "origin_not_allowed".into())));
+}
+
+#[tokio::test]
+async fn client_publishes_are_off_unless_a_channel_rule_allows_them() {
+    for (extra, allowed) in [
+        (vec![], false),
+        (vec!["--channel-rule", "user:=publish"], true),
+    ] {
+        let (_redis, nodes) = session_cluster(&extra);
+        let alice = login(&nodes[0].http(), "alice").await;
+        let bob = login(&nodes[0].http(), "bob").await;
+        let (mut from, _) = connect_with(
+            &format!("{}/websocket/alice", nodes[0].ws()),
+            &[("cookie", &cookie(&alice))],
+        )
+        .await
+        .unwrap();
+        let (mut to, _) = connect_with(
+            &format!("{}/websocket/bob", nodes[1].ws()),
+            &[("cookie", &cookie(&bob))],
+        )
+        .await
+        .unwrap();
+        send_text(&mut from, r#"{"KEY":"bob","VALUE":"hi bob"}"#).await;
+        if allowed {
+            assert_eq!(next_text(&mut to).await, "hi bob");
+        } else {
+            let reply: Value = serde_json::from_str(&next_text(&mut from).await).unwrap();
+            assert_eq!(reply["code"], "forbidden");
+            assert_silent(&mut to, Duration::from_millis(300)).await;
+        }
+    }
+}
+
+fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims {
+            sub,
+            exp: now + exp_from_now,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_are_verified_with_rotation_and_expiry() {
+    let node = node(&[
+        "--ws-auth",
+        "token",
+        "--token-secret",
+        "old-secret",
+        "--token-secret",
+        "new-secret",
+        "--api-key",
+        KEY,
+    ]);
+    let url = |user: &str, token: &str| format!("{}/websocket/{user}?token={token}", node.ws());
+    // Both secrets work during a rotation; so does the Authorization header.
+    connect_with(&url("gail", &token("old-secret", "gail", 60)), &[])
+        .await
+        .unwrap();
+    connect_with(&url("gail", &token("new-secret", "gail", 60)), &[])
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", token("new-secret", "gail", 60));
+    connect_with(
+        &format!("{}/websocket/gail", node.ws()),
+        &[("authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    let cases = [
+        (
+            url("gail", &token("new-secret", "hank", 60)),
+            (403, "forbidden"),
+        ),
+        (
+            url("gail", &token("new-secret", "gail", -10)),
+            (401, "token_expired"),
+        ),
+        (
+            url("gail", &token("forged-secret", "gail", 60)),
+            (401, "token_invalid"),
+        ),
+        (url("gail", "not.a.jwt"), (401, "token_invalid")),
+        (
+            format!("{}/websocket/gail", node.ws()),
+            (401, "token_missing"),
+        ),
+        // alg "none" with the claims of a valid token
+        (
+            url(
+                "gail",
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJnYWlsIiwiZXhwIjo5OTk5OTk5OTk5fQ.",
+            ),
+            (401, "token_invalid"),
+        ),
+    ];
+    for (url, (status, code)) in cases {
+        let refused = connect_with(&url, &[]).await.err();
+        assert_eq!(refused, Some((status, code.to_owned())), "{url}");
+    }
+    // A token that expires while connected closes the socket.
+    let (mut ws, _) = connect_with(&url("gail", &token("new-secret", "gail", 2)), &[])
+        .await
+        .unwrap();
+    let close = next_close(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4003);
+}
+
+#[tokio::test]
+async fn abuse_limits_answer_429_or_4029_and_nothing_crashes() {
+    let node = node(&[
+        "--max-connections-per-ip",
+        "3",
+        "--max-messages-per-sec",
+        "5",
+        "--max-connections-per-user",
+        "2",
+    ]);
+    let url = format!("{}/websocket/ivan", node.ws());
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(connect_with(&url, &[]).await.unwrap().0);
+    }
+    let refused = connect_with(&url, &[]).await.err();
+    assert_eq!(refused, Some((429, "too_many_connections".into())));
+    let refused = connect_with(&format!("{}/websocket/judy", node.ws()), &[])
+        .await
+        .err();
+    assert_eq!(
+        refused,
+        Some((429, "rate_limited".into())),
+        "4th connection in a second"
+    );
+
+    let ws = &mut open[0];
+    for _ in 0..20 {
+        if ws
+            .send(Message::Text(r#"{"KEY":"x","VALUE":"spam"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let close = next_close(ws, WAIT).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4029);
+    // The server is fine.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    connect_with(&format!("{}/websocket/kim", node.ws()), &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_host_prefix_option_makes_a_secure_host_only_cookie() {
+    let node = node(&["--cookie-host-prefix"]);
+    let response = http()
+        .get(format!("{}/login", node.http()))
+        .send()
+        .await
+        .unwrap();
+    let set = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("__Host-SESSION="), "{set}");
+    assert!(
+        set.contains("Secure") && set.contains("Path=/") && !set.contains("Domain"),
+        "{set}"
+    );
+}
+
+#[test]
+fn unsafe_deployments_refuse_to_start_and_say_why() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--listen", "0.0.0.0:0", "--ws-auth", "open"],
+            "--insecure",
+        ),
+        (&["--listen", "0.0.0.0:0"], "--api-key"),
+        (&["--ws-auth", "session"], "--api-key"),
+        (&["--ws-auth", "token", "--api-key", "k"], "--token-secret"),
+    ];
+    for (args, hint) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["serve", "--data-dir", dir.path().to_str().unwrap()];
+        all.extend(args);
+        let (code, stderr) = Node::run_once(binary(), &all).unwrap();
+        assert_ne!(code, Some(0), "{args:?} started");
+        assert!(stderr.contains(hint), "{args:?}: {stderr}");
+    }
+}
