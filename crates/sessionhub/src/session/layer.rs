@@ -106,9 +106,9 @@ where
     }
 }
 
-/// The id the request carries: the header first (non-browser clients), then the cookie.
-/// Anything malformed counts as no id.
-pub(crate) fn presented_id(headers: &HeaderMap, config: &SessionConfig) -> Option<SessionId> {
+/// The session id a request carries: the header first (non-browser clients), then the
+/// cookie. Anything malformed counts as no id; the id is not checked against a store.
+pub fn presented_id(headers: &HeaderMap, config: &SessionConfig) -> Option<SessionId> {
     if let Some(value) = headers.get(&config.header_name) {
         return value.to_str().ok()?.trim().parse().ok();
     }

@@ -22,8 +22,7 @@ mod id;
 mod layer;
 
 pub use self::id::{MalformedId, SessionId};
-pub(crate) use self::layer::presented_id;
-pub use self::layer::{SessionLayer, SessionService};
+pub use self::layer::{SessionLayer, SessionService, presented_id};
 
 use std::net::IpAddr;
 use std::sync::Arc;
