@@ -21,6 +21,7 @@ use crate::client::{self, Flavor, Incoming, Ws};
 use crate::clock;
 use crate::engineio;
 use crate::pacing::Schedule;
+use crate::procfs::{CpuMeters, CpuUse};
 use crate::payload::Payload;
 use crate::stats::{ConnTally, Delivery, Latency, LatencySummary};
 
@@ -70,6 +71,9 @@ pub(crate) struct FanoutArgs {
     /// Most steps of a search (the last may be a midpoint between a pass and a fail).
     #[arg(long, default_value_t = 10)]
     pub(crate) max_steps: u32,
+    /// A failed step is run again this many times (0 or 1) before the search moves on.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) retries: u32,
     /// A step passes while p99 stays below this, in milliseconds.
     #[arg(long, default_value_t = 50.0)]
     pub(crate) p99_limit_ms: f64,
@@ -85,6 +89,12 @@ pub(crate) struct FanoutArgs {
     /// Loopback source addresses to spread client connections over (127.0.0.2 up).
     #[arg(long, default_value_t = 4)]
     pub(crate) source_ips: u8,
+    /// Process ids of the target's servers, to report their CPU use (repeat).
+    #[arg(long = "pid")]
+    pub(crate) pids: Vec<u32>,
+    /// Process id of redis-server, to report its CPU use.
+    #[arg(long)]
+    pub(crate) redis_pid: Option<u32>,
     /// Bearer key for the push API, if the target wants one.
     #[arg(long, env = "LOADGEN_API_KEY")]
     pub(crate) api_key: Option<String>,
@@ -112,6 +122,8 @@ pub(crate) struct StepResult {
     pub(crate) latency: LatencySummary,
     /// Clients whose connection ended during the step.
     pub(crate) disconnects: u64,
+    /// CPU use over the step (publishing and drain), percent of one core.
+    pub(crate) cpu: CpuUse,
     /// p99 under the limit, loss under the limit, no disconnect.
     pub(crate) pass: bool,
 }
@@ -238,11 +250,15 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let mut steps: Vec<StepResult> = Vec::new();
     let mut rate = args.rate;
     let mut last_fail: Option<f64> = None;
-    for step in 0..args.max_steps {
+    let mut retried = false;
+    let mut step = 0;
+    while step < args.max_steps + args.retries {
         let result = run_step(&args, step, rate, users, &shared, &mut publisher).await?;
+        step += 1;
         eprintln!(
             "[{}] step {step}: rate {:.0}/s published {:.0}/s delivered {:.0}/s p50 {:.2} ms p99 \
-             {:.2} ms p999 {:.2} ms lost {} dup {} errors {} disconnects {} -> {}",
+             {:.2} ms p999 {:.2} ms lost {} dup {} errors {} disconnects {} cpu server {:.0}% redis {:.0}% \
+             loadgen {:.0}% -> {}",
             args.label,
             result.rate,
             result.publish_rate,
@@ -254,6 +270,9 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             result.delivery.duplicated,
             result.publish_errors,
             result.disconnects,
+            result.cpu.server,
+            result.cpu.redis,
+            result.cpu.loadgen,
             if result.pass { "pass" } else { "FAIL" }
         );
         let pass = result.pass;
@@ -261,6 +280,14 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         if !args.search {
             break;
         }
+        // On a shared machine one step can fail to noise: run a failed rate once more.
+        if !pass && !retried && args.retries > 0 && shared.disconnects.load(Ordering::Relaxed) == 0
+        {
+            retried = true;
+            sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        retried = false;
         let best_rate = best_of(&steps).map(|b| b.rate);
         match (pass, last_fail, best_rate) {
             (true, None, _) => rate *= args.factor,
@@ -469,6 +496,7 @@ async fn run_step(
     let schedule = Arc::new(Schedule::new(start, rate, window));
     let errors = Arc::new(AtomicU64::new(0));
     let size = args.payload_bytes;
+    let meters = CpuMeters::start(&args.pids, args.redis_pid);
 
     match publisher {
         Publisher::Http {
@@ -580,6 +608,7 @@ async fn run_step(
     }
     // Later messages of this step are ignored from here on.
     *shared.current.write().unwrap() = Arc::new(StepState::new(u32::MAX, 0));
+    let cpu = meters.read();
 
     let mut delivery = Delivery::default();
     for (i, tally) in state.tallies.iter().enumerate() {
@@ -606,6 +635,7 @@ async fn run_step(
         delivery,
         latency,
         disconnects,
+        cpu,
         pass,
     })
 }

@@ -20,6 +20,80 @@ pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     parse_cpu_ticks(&stat)
 }
 
+/// CPU use of a set of processes over an interval, from /proc.
+#[derive(Debug)]
+pub(crate) struct CpuMeter {
+    pids: Vec<u32>,
+    start: std::time::Instant,
+    ticks: Vec<u64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring `pids` (processes that cannot be read count as 0).
+    pub(crate) fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            start: std::time::Instant::now(),
+            ticks: pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).collect(),
+        }
+    }
+
+    /// Percent of one core the processes used together since [`CpuMeter::start`].
+    pub(crate) fn percent(&self) -> f64 {
+        let secs = self.start.elapsed().as_secs_f64();
+        if self.pids.is_empty() || secs <= 0.0 {
+            return 0.0;
+        }
+        let used: u64 = self
+            .pids
+            .iter()
+            .zip(&self.ticks)
+            .map(|(&p, &before)| cpu_ticks(p).unwrap_or(before).saturating_sub(before))
+            .sum();
+        used as f64 / TICKS_PER_SEC / secs * 100.0
+    }
+}
+
+/// CPU use of the target's processes, Redis and the load generator during a measurement,
+/// each in percent of one core.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct CpuUse {
+    /// The target's server processes together.
+    pub(crate) server: f64,
+    /// redis-server.
+    pub(crate) redis: f64,
+    /// This load generator.
+    pub(crate) loadgen: f64,
+}
+
+/// Meters for [`CpuUse`].
+#[derive(Debug)]
+pub(crate) struct CpuMeters {
+    server: CpuMeter,
+    redis: CpuMeter,
+    loadgen: CpuMeter,
+}
+
+impl CpuMeters {
+    /// Starts measuring.
+    pub(crate) fn start(server: &[u32], redis: Option<u32>) -> Self {
+        Self {
+            server: CpuMeter::start(server),
+            redis: CpuMeter::start(&redis.into_iter().collect::<Vec<_>>()),
+            loadgen: CpuMeter::start(&[std::process::id()]),
+        }
+    }
+
+    /// What was used since the start.
+    pub(crate) fn read(&self) -> CpuUse {
+        CpuUse {
+            server: self.server.percent(),
+            redis: self.redis.percent(),
+            loadgen: self.loadgen.percent(),
+        }
+    }
+}
+
 fn parse_rss_kib(status: &str) -> Option<u64> {
     status
         .lines()
@@ -99,6 +173,18 @@ mod tests {
                     100 1000 200";
         assert_eq!(parse_cpu_ticks(stat).unwrap(), 22);
         assert!(parse_cpu_ticks("garbage").is_err());
+    }
+
+    #[test]
+    fn meters_this_process() {
+        let meter = CpuMeter::start(&[std::process::id()]);
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        assert!(meter.percent() >= 0.0);
+        assert_eq!(CpuMeter::start(&[]).percent(), 0.0);
     }
 
     #[test]

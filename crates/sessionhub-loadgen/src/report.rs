@@ -462,7 +462,7 @@ fn sessions_chart(r: &Results, path: &Path) -> anyhow::Result<bool> {
             )
         })
         .collect();
-    chart::png(path, 1600, 120 + 60 * rps.len() as u32, 2, |areas| {
+    chart::png(path, 1600, 200 + 60 * rps.len() as u32, 2, |areas| {
         chart::bar_panel(
             &areas[0],
             "Sessions: /get-session requests/s",

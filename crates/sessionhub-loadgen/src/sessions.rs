@@ -13,6 +13,7 @@ use reqwest::header::{COOKIE, SET_COOKIE};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::procfs::{CpuMeters, CpuUse};
 use crate::redisprobe::{self, Counters, Monitor, PhaseCommands};
 use crate::stats::{Latency, LatencySummary};
 
@@ -34,6 +35,12 @@ pub(crate) struct SessionsArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) duration: f64,
+    /// Process id of the target's server, to report its CPU use.
+    #[arg(long)]
+    pub(crate) pid: Option<u32>,
+    /// Process id of redis-server, to report its CPU use.
+    #[arg(long)]
+    pub(crate) redis_pid: Option<u32>,
     /// Sequential requests per phase of the MONITOR probe (0: no probe).
     #[arg(long, default_value_t = 100)]
     pub(crate) probe_requests: u32,
@@ -96,6 +103,8 @@ pub(crate) struct SessionsReport {
     pub(crate) requests_per_sec: f64,
     /// Latency.
     pub(crate) latency: LatencySummary,
+    /// CPU use during the load, percent of one core.
+    pub(crate) cpu: CpuUse,
     /// Sessions whose final `count` differs from the increments that succeeded.
     pub(crate) count_mismatches: u64,
     /// Redis `total_commands_processed` per request (counts commands inside scripts).
@@ -189,6 +198,7 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
     }
 
     let before = Counters::read(redis).await?;
+    let meters = CpuMeters::start(&args.pid.into_iter().collect::<Vec<_>>(), args.redis_pid);
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let workers: Vec<_> = vus
@@ -225,15 +235,19 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = meters.read();
     let after = Counters::read(redis).await?;
     let delta = after.since(&before);
     let per_request = |n: u64| n as f64 / requests.max(1) as f64;
     eprintln!(
         "[{}] {requests} requests ({errors} errors) in {elapsed:.1} s: {:.0}/s, {:.2} Redis \
-         commands per request",
+         commands per request; cpu server {:.0}% redis {:.0}% loadgen {:.0}%",
         args.label,
         requests as f64 / elapsed,
-        per_request(delta.total)
+        per_request(delta.total),
+        cpu.server,
+        cpu.redis,
+        cpu.loadgen
     );
 
     let (probe_login, probe_write, probe_read) = if args.probe_requests > 0 {
@@ -252,6 +266,7 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
         errors,
         requests_per_sec: requests as f64 / elapsed,
         latency: latency.summary(),
+        cpu,
         count_mismatches: mismatches,
         redis_commands_per_request: per_request(delta.total),
         redis_calls_per_request: delta

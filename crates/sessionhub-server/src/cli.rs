@@ -133,6 +133,15 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
     pub(crate) max_message_size: usize,
 
+    /// Publications each channel keeps for recovery.
+    #[arg(long, env = "SESSIONHUB_HISTORY_SIZE", default_value_t = 100)]
+    pub(crate) history_size: usize,
+
+    /// Seconds a publication stays in its channel's history.
+    #[arg(long, env = "SESSIONHUB_HISTORY_TTL", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) history_ttl: u64,
+
     /// Redis URL (redis:// or rediss://, password and db in the URL): cluster mode. Sessions
     /// and pushes go through Redis so any number of nodes can share them.
     #[arg(long = "redis", env = "SESSIONHUB_REDIS_URL", value_name = "URL")]

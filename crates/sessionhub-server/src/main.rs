@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use sessionhub::SessionConfig;
 use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
-use sessionhub::broker::RedisBrokerConfig;
+use sessionhub::broker::{HistoryConfig, LocalBroker, RedisBrokerConfig};
 use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::Limits;
@@ -56,9 +56,14 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         )
     });
 
+    let history = HistoryConfig {
+        size: args.history_size.max(1),
+        ttl: Duration::from_secs(args.history_ttl),
+        ..HistoryConfig::default()
+    };
     let backends = match &args.redis_url {
-        Some(url) => cluster(url, &args.redis_prefix, &node_id).await?,
-        None => embedded(&args.data_dir, &node_id)?,
+        Some(url) => cluster(url, &args.redis_prefix, &node_id, history).await?,
+        None => embedded(&args.data_dir, &node_id, history)?,
     };
     let Backends {
         store,
@@ -214,7 +219,7 @@ struct Backends {
 }
 
 /// One node, nothing else installed: sessions in memory journaled under `data_dir`.
-fn embedded(data_dir: &Path, node_id: &str) -> anyhow::Result<Backends> {
+fn embedded(data_dir: &Path, node_id: &str, history: HistoryConfig) -> anyhow::Result<Backends> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let journal = data_dir.join("sessions.redb");
@@ -222,19 +227,27 @@ fn embedded(data_dir: &Path, node_id: &str) -> anyhow::Result<Backends> {
         .with_context(|| format!("opening the session journal {}", journal.display()))?;
     Ok(Backends {
         store: Arc::new(store),
-        hub: Hub::local(node_id),
+        hub: Hub::with_broker(node_id, |sink| {
+            Arc::new(LocalBroker::with_history(sink, history))
+        }),
         presence: None,
     })
 }
 
 /// Many nodes sharing one Redis for sessions, pushes and presence.
-async fn cluster(url: &str, prefix: &str, node_id: &str) -> anyhow::Result<Backends> {
+async fn cluster(
+    url: &str,
+    prefix: &str,
+    node_id: &str,
+    history: HistoryConfig,
+) -> anyhow::Result<Backends> {
     let store = RedisStore::connect(url, prefix)
         .await
         .context("connecting the session store to Redis")?;
     let broker = RedisBrokerConfig::new(url)
         .context("configuring the Redis broker")?
-        .prefix(prefix);
+        .prefix(prefix)
+        .history(history);
     let hub = Hub::with_broker(node_id, |sink| broker.start(sink));
     let presence = RedisPresence::connect(url, prefix)
         .await

@@ -18,9 +18,17 @@ async fn seed_demo_1_a_push_through_any_node_reaches_sockets_on_every_node() {
     let (status, answer) = push(&client, &nodes[0].http(), "456", "from A").await;
     assert_eq!(status, 200);
     assert_eq!(
-        answer,
-        json!({"nodes": 2}),
-        "only the two nodes with sockets take it"
+        answer["nodes"], 2,
+        "only the two nodes with sockets take it: {answer}"
+    );
+    assert_eq!(
+        answer.get("connections"),
+        None,
+        "a node cannot count another's sockets"
+    );
+    assert_eq!(
+        answer["offset"], 1,
+        "the push went into the channel's history"
     );
     assert_eq!(next_text(&mut on_b).await, "from A");
     assert_eq!(next_text(&mut on_c).await, "from A");

@@ -34,7 +34,13 @@ async fn greeting_then_every_connection_of_an_id_gets_every_push() {
         .json()
         .await
         .unwrap();
-    assert_eq!(answer, json!({"nodes": 1, "connections": 3}));
+    assert_eq!(
+        (&answer["nodes"], &answer["connections"]),
+        (&json!(1), &json!(3)),
+        "{answer}"
+    );
+    assert_eq!(answer["offset"], 1);
+    assert!(answer["epoch"].as_str().is_some_and(|e| !e.is_empty()));
     for ws in [&mut tab1, &mut tab2, &mut phone] {
         assert_eq!(next_text(ws).await, message);
     }
@@ -94,7 +100,11 @@ async fn a_push_to_nobody_says_so() {
         .json()
         .await
         .unwrap();
-    assert_eq!(answer, json!({"nodes": 0, "connections": 0}));
+    assert_eq!(
+        (&answer["nodes"], &answer["connections"]),
+        (&json!(0), &json!(0)),
+        "{answer}"
+    );
 }
 
 #[tokio::test]

@@ -12,16 +12,18 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Deliver, LocalBroker, Receipt};
+use crate::broker::{
+    Broker, Deliver, LocalBroker, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
+};
 use crate::error::BrokerError;
-use crate::protocol::{UserId, close};
+use crate::protocol::{self, UserId, close};
 use crate::session::{SessionEvents, SessionId};
 
 /// Prefix of the control channel of each session's sockets.
@@ -39,10 +41,64 @@ pub struct Online {
 /// What a connection's queue carries.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A message to send as one text frame.
-    Text(Utf8Bytes),
+    /// A publication on one of the connection's channels.
+    Message(Arc<Delivery>),
+    /// The node may have missed publications: recover, if the connection can.
+    Resync,
     /// Close the connection with this code and reason (its session ended).
     Close(u16, &'static str),
+}
+
+/// One publication on its way to every local subscriber, rendered at most once per wire
+/// format however many connections take it.
+#[derive(Debug)]
+pub struct Delivery {
+    channel: String,
+    publication: Publication,
+    text: OnceLock<Utf8Bytes>,
+    frame: OnceLock<Utf8Bytes>,
+}
+
+impl Delivery {
+    fn new(channel: &str, publication: Publication) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            publication,
+            text: OnceLock::new(),
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// The channel it was published on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The publication.
+    pub fn publication(&self) -> &Publication {
+        &self.publication
+    }
+
+    /// The message as the seed endpoint sends it: a JSON string's contents byte for byte,
+    /// any other JSON value as its text.
+    pub fn text(&self) -> Utf8Bytes {
+        self.text
+            .get_or_init(|| {
+                let data = self.publication.data.as_str();
+                match serde_json::from_str::<String>(data) {
+                    Ok(text) => text.into(),
+                    Err(_) => self.publication.data.clone(),
+                }
+            })
+            .clone()
+    }
+
+    /// The protocol v1 `publication` frame.
+    pub fn frame(&self) -> Utf8Bytes {
+        self.frame
+            .get_or_init(|| protocol::publication_frame(&self.channel, &self.publication).into())
+            .clone()
+    }
 }
 
 #[derive(Clone)]
@@ -91,7 +147,17 @@ impl Registry {
 }
 
 impl Deliver for Registry {
-    fn deliver(&self, channel: &str, payload: &Utf8Bytes) -> usize {
+    fn resync(&self) {
+        let channels = self.channels.lock().unwrap();
+        let mut told = std::collections::HashSet::new();
+        for member in channels.values().flatten() {
+            if told.insert(member.id) && member.tx.try_send(Outbound::Resync).is_err() {
+                member.slow.cancel();
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &str, publication: Publication) -> usize {
         let channels = self.channels.lock().unwrap();
         let Some(members) = channels.get(channel) else {
             return 0;
@@ -100,7 +166,7 @@ impl Deliver for Registry {
         let outbound = if channel.starts_with(SESSION_CHANNEL_PREFIX) {
             Outbound::Close(close::SESSION_ENDED.0, close::SESSION_ENDED.1)
         } else {
-            Outbound::Text(payload.clone())
+            Outbound::Message(Arc::new(Delivery::new(channel, publication)))
         };
         let mut delivered = 0;
         for member in members {
@@ -191,9 +257,23 @@ impl Hub {
         self.inner.registry.generation.load(Ordering::Relaxed)
     }
 
-    /// Sends `payload` to every connection on `channel`, on every node.
-    pub async fn publish(&self, channel: &str, payload: Utf8Bytes) -> Result<Receipt, BrokerError> {
-        self.inner.broker.publish(channel, payload).await
+    /// Publishes `data` (JSON text) to every connection on `channel`, on every node.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        options: &PublishOptions,
+    ) -> Result<Receipt, BrokerError> {
+        self.inner.broker.publish(channel, data, options).await
+    }
+
+    /// The channel's position, and with `since` what was published after it.
+    pub async fn recover(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Recovery, BrokerError> {
+        self.inner.broker.recover(channel, since).await
     }
 
     /// Local connections on `channel`.
@@ -218,7 +298,8 @@ impl Hub {
 
     /// Tells every connection bound to session `id`, on every node, that the session ended.
     pub async fn end_session(&self, id: &SessionId) -> Result<Receipt, BrokerError> {
-        self.publish(&session_channel(id), Utf8Bytes::from_static("ended"))
+        let data = Utf8Bytes::from_static("\"ended\"");
+        self.publish(&session_channel(id), data, &PublishOptions::default())
             .await
     }
 }
@@ -297,6 +378,21 @@ impl Connection {
     /// The next thing to send.
     pub async fn recv(&mut self) -> Option<Outbound> {
         self.rx.recv().await
+    }
+
+    /// This connection's id on this node.
+    pub fn id(&self) -> u64 {
+        self.member.id
+    }
+
+    /// Whether the connection joined `channel`.
+    pub fn joined(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| c == channel)
+    }
+
+    /// How many channels the connection joined.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
     }
 
     /// Cancelled when the connection fell too far behind and must be closed.

@@ -4,8 +4,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::broker::StreamPosition;
 
 /// Longest user id accepted, in bytes.
 pub const MAX_USER_ID_LEN: usize = 128;
@@ -64,6 +67,81 @@ impl fmt::Display for UserId {
     }
 }
 
+/// Longest channel name accepted, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 160;
+
+/// What a valid channel name is, for error messages.
+pub const INVALID_CHANNEL: &str =
+    "a channel is 1 to 160 characters of letters, digits and - _ . @ : and not session:*";
+
+/// Whether `name` may be used as a channel by clients and the API: the user-id alphabet,
+/// and not one of the internal `session:` channels.
+pub fn is_public_channel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHANNEL_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+        && !name.starts_with("session:")
+}
+
+/// A frame a client sends on the protocol v1 endpoint (`GET /ws`).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Join a channel; with `recover`, get what was published since that position first.
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// The last position the client saw on this channel.
+        #[serde(default)]
+        recover: Option<StreamPosition>,
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    /// Leave a channel.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    /// Publish to a channel (where the channel rules allow it).
+    Publish {
+        /// The channel.
+        channel: String,
+        /// Any JSON value.
+        data: Box<RawValue>,
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: Option<u64>,
+        /// A retried publish with the same key is published once.
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    },
+    /// Answered with `pong`.
+    Ping {
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: Option<u64>,
+    },
+}
+
+impl ClientMessage {
+    /// Parses a text frame.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        serde_json::from_str(text).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                FrameError::NotJson(e.to_string())
+            } else {
+                FrameError::Message(e.to_string())
+            }
+        })
+    }
+}
+
 /// A frame a client sent on `/websocket/{id}`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
@@ -71,8 +149,8 @@ pub enum ClientFrame {
     Push {
         /// The recipient.
         to: UserId,
-        /// The text every connection of `to` receives.
-        message: String,
+        /// VALUE as JSON text (a string VALUE arrives on seed sockets as the string itself).
+        data: String,
     },
 }
 
@@ -89,6 +167,9 @@ pub enum FrameError {
     /// KEY is not a valid user id.
     #[error("KEY: {0}")]
     Key(InvalidUserId),
+    /// JSON, but not a valid protocol v1 message.
+    #[error("invalid message: {0}")]
+    Message(String),
     /// The client may not publish to that channel (see channel rules).
     #[error("you may not publish to that channel")]
     PublishForbidden,
@@ -110,6 +191,7 @@ impl FrameError {
             Self::NotJson(_) => "invalid_json",
             Self::Shape => "invalid_frame",
             Self::Key(_) => "invalid_key",
+            Self::Message(_) => "invalid_message",
             Self::PublishForbidden => "forbidden",
             Self::Binary => "binary_not_supported",
         }
@@ -117,8 +199,7 @@ impl FrameError {
 }
 
 impl ClientFrame {
-    /// Parses a text frame. KEY may be a number or a string; VALUE a string (sent as is) or
-    /// any other JSON value (sent as its compact JSON text).
+    /// Parses a text frame. KEY may be a number or a string; VALUE any JSON value.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
         let value: Value =
             serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
@@ -134,11 +215,10 @@ impl ClientFrame {
             _ => Err(InvalidUserId),
         }
         .map_err(FrameError::Key)?;
-        let message = match value {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        Ok(Self::Push { to, message })
+        Ok(Self::Push {
+            to,
+            data: value.to_string(),
+        })
     }
 }
 
@@ -169,6 +249,19 @@ impl ServerFrame<'_> {
     }
 }
 
+/// The protocol v1 frame for a publication: built by hand around the data, which is JSON
+/// already, so that it is not parsed and printed again for every publication.
+pub fn publication_frame(channel: &str, publication: &crate::broker::Publication) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    format!(
+        r#"{{"type":"publication","channel":{},"epoch":{},"offset":{},"data":{}}}"#,
+        quote(channel),
+        quote(&publication.epoch),
+        publication.offset,
+        publication.data.as_str()
+    )
+}
+
 /// The close codes the server uses, with the reason text it sends.
 pub mod close {
     /// The server is shutting down; reconnect (to another node).
@@ -183,12 +276,24 @@ pub mod close {
     pub const SESSION_ENDED: (u16, &str) = (4002, "session ended");
     /// The token the socket was opened with expired; connect again with a fresh one.
     pub const TOKEN_EXPIRED: (u16, &str) = (4003, "token expired");
+    /// The server may have missed publications for this connection (a broken link to Redis
+    /// or an offset gap): reconnect and recover from the last positions.
+    pub const INSUFFICIENT_STATE: (u16, &str) = (4010, "insufficient state");
     /// The client sent more messages per second than allowed.
     pub const RATE_LIMITED: (u16, &str) = (4029, "rate limited");
     /// Nothing arrived from the client for longer than the idle timeout.
     pub const IDLE_TIMEOUT: (u16, &str) = (4000, "idle timeout");
     /// The client did not read fast enough and its outbound queue filled up.
     pub const SLOW_CONSUMER: (u16, &str) = (4008, "slow consumer");
+
+    /// Whether a client should reconnect after this close code (told in the protocol v1
+    /// `disconnect` frame): yes unless reconnecting cannot help.
+    pub fn reconnect(code: u16) -> bool {
+        !matches!(
+            code,
+            1002 | 1009 | 4002 // protocol error, too big, session ended: log in again first
+        )
+    }
 }
 
 #[cfg(test)]
@@ -199,7 +304,7 @@ mod tests {
     fn parses_the_seed_frame_with_a_number_or_a_string_key() {
         let expected = ClientFrame::Push {
             to: "456".parse().unwrap(),
-            message: "aaaa".into(),
+            data: r#""aaaa""#.into(),
         };
         assert_eq!(
             ClientFrame::parse(r#"{"KEY":456,"VALUE":"aaaa"}"#),
@@ -214,8 +319,8 @@ mod tests {
     #[test]
     fn non_string_values_travel_as_json() {
         let frame = ClientFrame::parse(r#"{"KEY":1,"VALUE":{"a":[1,2]}}"#).unwrap();
-        let ClientFrame::Push { message, .. } = frame;
-        assert_eq!(message, r#"{"a":[1,2]}"#);
+        let ClientFrame::Push { data, .. } = frame;
+        assert_eq!(data, r#"{"a":[1,2]}"#);
     }
 
     #[test]

@@ -1,8 +1,17 @@
-//! How a push reaches the node that holds the socket.
+//! How a publication reaches the nodes that hold its subscribers, and how a client that
+//! missed some gets them back.
 //!
-//! A [`Broker`] carries payloads by channel between nodes; a [`Deliver`] sink (the hub's
-//! registry of local connections) receives what arrives on the channels this node is
-//! subscribed to. The embedded [`LocalBroker`] serves one node; the Redis broker serves many.
+//! A [`Broker`] does three things per channel, atomically where it matters:
+//! - **publish**: assign the next offset in the channel's history, append the publication
+//!   to the history (the last [`HistoryConfig::size`] for [`HistoryConfig::ttl`]), and fan
+//!   it out to every subscribed node, in one step, so every live publication carries its
+//!   offset and epoch;
+//! - **recover**: give back every publication after a position, or say it cannot
+//!   (never a partial result);
+//! - **subscribe / unsubscribe**: tell which channels this node's clients want.
+//!
+//! A [`Deliver`] sink (the hub's registry of local connections) receives what arrives. The
+//! embedded [`LocalBroker`] serves one node from memory; [`RedisBroker`] serves many.
 
 mod local;
 mod redis;
@@ -10,34 +19,183 @@ mod redis;
 pub use self::local::LocalBroker;
 pub use self::redis::{DEFAULT_PREFIX, RedisBroker, RedisBrokerConfig};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
 
-/// Receives the messages that arrive on subscribed channels.
-pub trait Deliver: Send + Sync + 'static {
-    /// Hands `payload` to every local connection on `channel`; returns how many took it.
-    fn deliver(&self, channel: &str, payload: &Utf8Bytes) -> usize;
+/// One publication on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Position in the channel's history, from 1; 0 on channels without history.
+    pub offset: u64,
+    /// The generation of the channel's history; a new epoch means the old history is gone.
+    pub epoch: Arc<str>,
+    /// The data, as JSON text.
+    pub data: Utf8Bytes,
+}
+
+/// A position in a channel's history: the last publication a client saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The history's epoch.
+    pub epoch: String,
+    /// The offset of the last publication seen.
+    pub offset: u64,
+}
+
+/// How to publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Keep the publication in the channel's history and give it an offset.
+    pub history: bool,
+    /// A publish with a key seen within [`HistoryConfig::idempotency_window`] is not
+    /// published again; the first publish's receipt is returned, marked duplicate.
+    pub idempotency_key: Option<String>,
+}
+
+impl PublishOptions {
+    /// With history, without an idempotency key.
+    pub fn with_history() -> Self {
+        Self {
+            history: true,
+            idempotency_key: None,
+        }
+    }
 }
 
 /// What a publish reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// Nodes that were subscribed to the channel and took the message.
     pub nodes: usize,
     /// Connections that took it, when the broker can know (the local broker can; a
     /// cross-node broker learns only how many nodes took it).
     pub connections: Option<usize>,
+    /// The publication's offset (0 without history).
+    pub offset: u64,
+    /// The history's epoch ("" without history).
+    pub epoch: Arc<str>,
+    /// The idempotency key was seen before: nothing was published this time.
+    pub duplicate: bool,
 }
 
-/// Carries messages by channel between the nodes that share it.
+/// The answer to [`Broker::recover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The history's current epoch.
+    pub epoch: Arc<str>,
+    /// The offset of the newest publication (0 if none yet).
+    pub offset: u64,
+    /// Whether `publications` holds everything after the asked position. False when the
+    /// epoch changed or the history no longer reaches back that far; then
+    /// `publications` is empty: never a partial result.
+    pub recovered: bool,
+    /// The missed publications, in order.
+    pub publications: Vec<Publication>,
+}
+
+impl Recovery {
+    /// Decides a recovery from what a backend read in one step: the current `epoch` and
+    /// top `offset`, and the history entries after `since.offset` it found (in order).
+    pub(crate) fn decide(
+        epoch: Arc<str>,
+        offset: u64,
+        since: Option<&StreamPosition>,
+        entries: Vec<Publication>,
+    ) -> Self {
+        let Some(since) = since else {
+            return Self {
+                epoch,
+                offset,
+                recovered: true,
+                publications: Vec::new(),
+            };
+        };
+        let complete = *since.epoch == *epoch
+            && since.offset <= offset
+            && entries.len() as u64 == offset - since.offset
+            && entries
+                .iter()
+                .zip(since.offset + 1..)
+                .all(|(p, expected)| p.offset == expected);
+        Self {
+            epoch,
+            offset,
+            recovered: complete,
+            publications: if complete { entries } else { Vec::new() },
+        }
+    }
+}
+
+/// How much history each channel keeps.
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    /// Publications kept per channel.
+    pub size: usize,
+    /// How long a publication is kept.
+    pub ttl: Duration,
+    /// How long a channel's epoch and top offset outlive its last use; past it, the channel
+    /// starts a new epoch.
+    pub meta_ttl: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl: Duration::from_secs(300),
+            meta_ttl: Duration::from_secs(86_400),
+            idempotency_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A fresh random epoch.
+pub(crate) fn new_epoch() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Receives the publications that arrive on subscribed channels.
+pub trait Deliver: Send + Sync + 'static {
+    /// Hands `publication` to every local connection on `channel`; returns how many took it.
+    fn deliver(&self, channel: &str, publication: Publication) -> usize;
+
+    /// The node may have missed publications (its link to the other nodes broke and came
+    /// back): connections that can recover should do so.
+    fn resync(&self);
+}
+
+/// Carries publications by channel between the nodes that share it, and keeps history.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Sends `payload` to every node subscribed to `channel`. An error means it was not
-    /// sent: callers report that rather than a success that delivered nothing.
-    async fn publish(&self, channel: &str, payload: Utf8Bytes) -> Result<Receipt, BrokerError>;
+    /// Publishes `data` (JSON text) on `channel`. An error means it was not published:
+    /// callers report that rather than a success that delivered nothing.
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        options: &PublishOptions,
+    ) -> Result<Receipt, BrokerError>;
+
+    /// The channel's current position, and with `since` every publication after it (see
+    /// [`Recovery`]). Starts the channel's epoch if it has none yet, so the position a new
+    /// subscriber gets stays valid.
+    async fn recover(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Recovery, BrokerError>;
 
     /// Starts receiving `channel`. The request is queued before this returns, so calls made
     /// in some order take effect in that order; the future resolves once messages published
@@ -50,5 +208,66 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker can carry messages right now (for `/readyz`).
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            offset,
+            epoch: "e".into(),
+            data: Utf8Bytes::from(offset.to_string()),
+        }
+    }
+
+    fn since(epoch: &str, offset: u64) -> StreamPosition {
+        StreamPosition {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_covered_gap_is_recovered_whole() {
+        let r = Recovery::decide(
+            "e".into(),
+            5,
+            Some(&since("e", 2)),
+            (3..=5).map(publication).collect(),
+        );
+        assert!(r.recovered);
+        assert_eq!(r.publications.len(), 3);
+    }
+
+    #[test]
+    fn a_gap_wider_than_the_history_is_not_recovered_and_nothing_partial_is_returned() {
+        let r = Recovery::decide(
+            "e".into(),
+            9,
+            Some(&since("e", 2)),
+            (5..=9).map(publication).collect(),
+        );
+        assert!(!r.recovered);
+        assert!(r.publications.is_empty());
+    }
+
+    #[test]
+    fn another_epoch_is_not_recovered() {
+        let r = Recovery::decide("f".into(), 1, Some(&since("e", 0)), vec![publication(1)]);
+        assert!(!r.recovered);
+    }
+
+    #[test]
+    fn up_to_date_is_recovered_with_nothing() {
+        let r = Recovery::decide("e".into(), 4, Some(&since("e", 4)), vec![]);
+        assert!(r.recovered && r.publications.is_empty());
+        let ahead = Recovery::decide("e".into(), 4, Some(&since("e", 7)), vec![]);
+        assert!(
+            !ahead.recovered,
+            "a position past the top is from another history"
+        );
     }
 }

@@ -21,7 +21,22 @@
 //! drops, the task reports the broker unhealthy, reconnects with jittered exponential
 //! backoff, subscribes to the whole set again in one SUBSCRIBE, and only then reports
 //! healthy again. Messages published while a node is disconnected do not reach it: Redis
-//! pub/sub is fire-and-forget, and PUBLISH's count does not include that node.
+//! pub/sub is fire-and-forget, and PUBLISH's count does not include that node. So after a
+//! reconnection the task tells the sink to resync: clients recover what they missed from
+//! the history.
+//!
+//! # History
+//!
+//! A publish is one Lua script on keys that share the channel's hash tag:
+//! `<prefix>ch:{c}:meta` (hash: `e` epoch, `t` top offset; expires [`HistoryConfig::meta_ttl`]
+//! after its last use), `<prefix>ch:{c}:history` (a stream capped at
+//! [`HistoryConfig::size`] entries with ids `<offset>-0` and one field `d`, the data;
+//! expires [`HistoryConfig::ttl`] after the last publish) and, with an idempotency key,
+//! `<prefix>ch:{c}:idem:<key>` (the first publish's offset). The script assigns the next
+//! offset, appends, and PUBLISHes `<offset>:<epoch>:<data>`, so the history and the live
+//! stream can never disagree. A channel whose meta is gone (Redis lost its data, or the
+//! channel was idle past the meta TTL) starts a new epoch, which tells clients that what
+//! they remember no longer applies.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -38,7 +53,10 @@ use redis::{Msg, RedisResult};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
-use super::{Broker, Deliver, Receipt};
+use super::{
+    Broker, Deliver, HistoryConfig, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
+    new_epoch,
+};
 use crate::error::BrokerError;
 
 /// The prefix of every Redis channel name unless configured otherwise.
@@ -88,6 +106,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct RedisBrokerConfig {
     client: redis::Client,
     prefix: String,
+    history: HistoryConfig,
 }
 
 impl RedisBrokerConfig {
@@ -98,7 +117,14 @@ impl RedisBrokerConfig {
         Ok(Self {
             client,
             prefix: DEFAULT_PREFIX.to_owned(),
+            history: HistoryConfig::default(),
         })
+    }
+
+    /// Replaces how much history each channel keeps.
+    pub fn history(mut self, history: HistoryConfig) -> Self {
+        self.history = history;
+        self
     }
 
     /// Replaces the channel name prefix (default [`DEFAULT_PREFIX`]).
@@ -145,6 +171,9 @@ impl RedisBrokerConfig {
             requests,
             names,
             state,
+            history: self.history,
+            publish_script: redis::Script::new(PUBLISH_SCRIPT),
+            recover_script: redis::Script::new(RECOVER_SCRIPT),
         })
     }
 }
@@ -164,7 +193,63 @@ pub struct RedisBroker {
     requests: mpsc::UnboundedSender<Request>,
     names: ChannelNames,
     state: Arc<LinkState>,
+    history: HistoryConfig,
+    publish_script: redis::Script,
+    recover_script: redis::Script,
 }
+
+/// Assigns the next offset, appends to the capped history and publishes, atomically.
+/// KEYS: meta, history stream, idempotency key (or "" for none).
+/// ARGV: data, size, ttl ms, meta ttl ms, idempotency window ms, pub/sub channel, new epoch,
+/// whether to keep history ("1"/"0").
+/// Returns {offset, epoch, nodes, duplicate}.
+const PUBLISH_SCRIPT: &str = r#"
+if ARGV[8] == '0' then
+  local nodes = redis.call('PUBLISH', ARGV[6], '0::' .. ARGV[1])
+  return {0, '', nodes, 0}
+end
+if KEYS[3] ~= '' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    return {tonumber(seen), redis.call('HGET', KEYS[1], 'e') or '', 0, 1}
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if KEYS[3] ~= '' then
+  redis.call('SET', KEYS[3], offset, 'PX', ARGV[5])
+end
+local nodes = redis.call('PUBLISH', ARGV[6], offset .. ':' .. epoch .. ':' .. ARGV[1])
+return {offset, epoch, nodes, 0}
+"#;
+
+/// Reads a channel's position and, if the caller's epoch matches, the history after its
+/// offset; starts an epoch for a channel without one.
+/// KEYS: meta, history stream. ARGV: since epoch ("" for none), since offset, new epoch,
+/// meta ttl ms. Returns {epoch, top offset, XRANGE entries}.
+const RECOVER_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local top = tonumber(redis.call('HGET', KEYS[1], 't'))
+local entries = {}
+if ARGV[1] ~= '' and ARGV[1] == epoch and tonumber(ARGV[2]) < top then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+')
+end
+return {epoch, top, entries}
+"#;
 
 impl RedisBroker {
     /// Connects to `url` with channel names under `prefix`, and waits until the
@@ -199,15 +284,75 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, channel: &str, payload: Utf8Bytes) -> Result<Receipt, BrokerError> {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        options: &PublishOptions,
+    ) -> Result<Receipt, BrokerError> {
+        let names = &self.names;
+        let idempotency = match &options.idempotency_key {
+            Some(key) if options.history => names.key(channel, &format!("idem:{key}")),
+            _ => String::new(),
+        };
+        let mut invocation = self.publish_script.prepare_invoke();
+        invocation
+            .key(names.key(channel, "meta"))
+            .key(names.key(channel, "history"))
+            .key(idempotency)
+            .arg(data.as_str())
+            .arg(self.history.size)
+            .arg(self.history.ttl.as_millis() as u64)
+            .arg(self.history.meta_ttl.as_millis() as u64)
+            .arg(self.history.idempotency_window.as_millis() as u64)
+            .arg(names.redis(channel))
+            .arg(new_epoch())
+            .arg(if options.history { "1" } else { "0" });
         let mut commands = self.commands.clone();
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.names.redis(channel)).arg(payload.as_str());
-        let nodes: usize = bounded("PUBLISH", publish.query_async(&mut commands)).await?;
+        let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) =
+            bounded("publish", invocation.invoke_async(&mut commands)).await?;
         Ok(Receipt {
             nodes,
             connections: None,
+            offset,
+            epoch: epoch.into(),
+            duplicate: duplicate == 1,
         })
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Recovery, BrokerError> {
+        let names = &self.names;
+        let mut invocation = self.recover_script.prepare_invoke();
+        invocation
+            .key(names.key(channel, "meta"))
+            .key(names.key(channel, "history"))
+            .arg(since.map_or("", |s| s.epoch.as_str()))
+            .arg(since.map_or(0, |s| s.offset))
+            .arg(new_epoch())
+            .arg(self.history.meta_ttl.as_millis() as u64);
+        let mut commands = self.commands.clone();
+        let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) =
+            bounded("recover", invocation.invoke_async(&mut commands)).await?;
+        let epoch: Arc<str> = epoch.into();
+        let mut publications = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            let offset = id.split('-').next().and_then(|o| o.parse().ok());
+            let data = fields.into_iter().find(|(f, _)| f == "d").map(|(_, d)| d);
+            let (Some(offset), Some(data)) = (offset, data) else {
+                // Not ours: treat the history as unusable rather than guess.
+                return Ok(Recovery::decide(epoch.clone(), u64::MAX, since, Vec::new()));
+            };
+            publications.push(Publication {
+                offset,
+                epoch: epoch.clone(),
+                data: data.into(),
+            });
+        }
+        Ok(Recovery::decide(epoch, offset, since, publications))
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
@@ -285,6 +430,11 @@ impl ChannelNames {
 
     fn redis(&self, channel: &str) -> String {
         format!("{}{channel}}}", self.head)
+    }
+
+    /// A key of the channel's history, in the channel's hash slot.
+    fn key(&self, channel: &str, suffix: &str) -> String {
+        format!("{}{channel}}}:{suffix}", self.head)
     }
 
     fn broker<'a>(&self, redis: &'a str) -> Option<&'a str> {
@@ -461,6 +611,8 @@ impl Subscriber {
                         if recovering {
                             self.state.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(channels = subscribed.len(), "redis broker: reconnected and resubscribed");
+                            // Whatever was published while we were away never reached us.
+                            self.sink.resync();
                         } else {
                             tracing::info!(channels = subscribed.len(), "redis broker: connected");
                         }
@@ -551,11 +703,14 @@ impl Subscriber {
         if !self.wanted.contains(channel) {
             return;
         }
-        match std::str::from_utf8(message.get_payload_bytes()) {
-            Ok(text) => {
-                self.sink.deliver(channel, &Utf8Bytes::from(text));
+        match std::str::from_utf8(message.get_payload_bytes())
+            .ok()
+            .and_then(parse_envelope)
+        {
+            Some(publication) => {
+                self.sink.deliver(channel, publication);
             }
-            Err(_) => tracing::warn!(channel, "redis broker: dropped a payload that is not UTF-8"),
+            None => tracing::warn!(channel, "redis broker: dropped a malformed payload"),
         }
     }
 
@@ -585,6 +740,17 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// Splits `<offset>:<epoch>:<data>` as the publish script sends it.
+fn parse_envelope(text: &str) -> Option<Publication> {
+    let (offset, rest) = text.split_once(':')?;
+    let (epoch, data) = rest.split_once(':')?;
+    Some(Publication {
+        offset: offset.parse().ok()?,
+        epoch: epoch.into(),
+        data: data.into(),
+    })
 }
 
 /// Delays between reconnection attempts: doubling from `min` up to `max`, each spread by

@@ -3,7 +3,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /websocket/{id}` | WebSocket for user `id` ([`socket`]) |
+//! | `GET /websocket/{id}` | WebSocket for user `id`, seed protocol ([`socket`]) |
+//! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery ([`v1`]) |
+//! | `POST /api/channels/{channel}/publish` | publish to any channel |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
 //! | `GET /api/users/{id}/sessions` | how many sessions user `id` has ([`admin`]) |
@@ -11,6 +13,7 @@
 //!
 //! `/socket/*` and `/api/*` require `Authorization: Bearer <api key>` whenever API keys are
 //! configured.
+//! | `GET /sessionhub.js` | the browser client (an ES module) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
 //! | `/login`, `/get-session`, `/invalidate` | the session demo ([`demo`]) |
 
@@ -18,6 +21,7 @@ mod admin;
 mod demo;
 mod push;
 mod socket;
+mod v1;
 
 pub use self::socket::SocketConfig;
 
@@ -154,6 +158,10 @@ impl Gateway {
         let mut protected = Router::new()
             .route("/socket/{id}", get(push::push_query).post(push::push_body))
             .route("/api/online", get(online))
+            .route(
+                "/api/channels/{channel}/publish",
+                axum::routing::post(push::publish_to_channel),
+            )
             .route("/api/users/{id}/sessions", get(admin::sessions))
             .route("/api/users/{id}/logout", axum::routing::post(admin::logout));
         if !self.config.security.api_keys.is_empty() {
@@ -164,7 +172,9 @@ impl Gateway {
         }
         let mut router = Router::new()
             .route("/websocket/{id}", get(socket::upgrade))
+            .route("/ws", get(socket::upgrade_v1))
             .merge(protected)
+            .route("/sessionhub.js", get(client_js))
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(ready));
         if self.config.demo {
@@ -186,6 +196,17 @@ impl Gateway {
 
 async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError> {
     Ok(Json(gateway.presence.online().await?))
+}
+
+/// The browser client, an ES module: `import { connect } from "/sessionhub.js"`.
+async fn client_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/sessionhub.js"),
+    )
 }
 
 /// Refuses `/socket/*` and `/api/*` without a valid `Authorization: Bearer <api key>`.

@@ -1,4 +1,9 @@
-//! The push API: `POST /socket/{id}` and `GET /socket/{id}?message=`.
+//! The push API: `POST /socket/{id}`, `GET /socket/{id}?message=` (a user's personal
+//! channel), and `POST /api/channels/{channel}/publish` (any channel).
+//!
+//! A message pushed as text travels as a JSON string; a JSON body's `message` (or `data`)
+//! travels as the JSON value it is. Every push goes into the channel's history and carries
+//! an offset. An `Idempotency-Key` header makes a retried push publish once.
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -6,10 +11,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::Gateway;
+use crate::broker::PublishOptions;
 use crate::error::ApiError;
-use crate::protocol::UserId;
+use crate::protocol::{self, UserId};
 
 /// The answer to a push.
 #[derive(Debug, Serialize)]
@@ -19,6 +26,13 @@ pub(crate) struct Pushed {
     /// Connections that took it, when known (always on a single node).
     #[serde(skip_serializing_if = "Option::is_none")]
     connections: Option<usize>,
+    /// The publication's offset in the channel's history.
+    offset: u64,
+    /// The history's epoch.
+    epoch: String,
+    /// The idempotency key was seen before; nothing was published again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 #[derive(Deserialize)]
@@ -28,12 +42,14 @@ pub(crate) struct MessageQuery {
 
 #[derive(Deserialize)]
 struct MessageBody {
-    message: String,
+    #[serde(alias = "data")]
+    message: Box<RawValue>,
 }
 
 pub(crate) async fn push_query(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Query(query): Query<MessageQuery>,
 ) -> Result<Json<Pushed>, ApiError> {
     let message = query
@@ -42,7 +58,8 @@ pub(crate) async fn push_query(
     if message.len() > gateway.config.max_push_bytes {
         return Err(too_large(gateway.config.max_push_bytes));
     }
-    push(&gateway, &id, message).await
+    let data = serde_json::to_string(&message).expect("strings serialize");
+    publish(&gateway, &user_channel(&id)?, data, &headers).await
 }
 
 pub(crate) async fn push_body(
@@ -51,6 +68,39 @@ pub(crate) async fn push_body(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Pushed>, ApiError> {
+    let channel = user_channel(&id)?;
+    let data = data_from_body(&gateway, &headers, body)?;
+    publish(&gateway, &channel, data, &headers).await
+}
+
+/// `POST /api/channels/{channel}/publish`.
+pub(crate) async fn publish_to_channel(
+    State(gateway): State<Gateway>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Pushed>, ApiError> {
+    if !protocol::is_public_channel_name(&channel) {
+        return Err(ApiError::bad_request(protocol::INVALID_CHANNEL));
+    }
+    let data = data_from_body(&gateway, &headers, body)?;
+    publish(&gateway, &channel, data, &headers).await
+}
+
+fn user_channel(id: &str) -> Result<String, ApiError> {
+    let user: UserId = id
+        .parse()
+        .map_err(|e: protocol::InvalidUserId| ApiError::bad_request(e.to_string()))?;
+    Ok(user.channel())
+}
+
+/// The data to publish, as JSON text: a JSON body's `message` (or `data`) as it is, any
+/// other body as a JSON string.
+fn data_from_body(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => too_large(gateway.config.max_push_bytes),
         status => ApiError::new(status, "bad_body", rejection.body_text()),
@@ -59,25 +109,46 @@ pub(crate) async fn push_body(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
-    let message = if is_json {
-        serde_json::from_slice::<MessageBody>(&body)
-            .map_err(|e| ApiError::bad_request(format!("expected {{\"message\": \"...\"}}: {e}")))?
-            .message
+    if is_json {
+        let body: MessageBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("expected {{\"message\": <JSON>}}: {e}")))?;
+        Ok(body.message.get().to_owned())
     } else {
-        String::from_utf8(body.into())
-            .map_err(|_| ApiError::bad_request("the message must be UTF-8 text"))?
-    };
-    push(&gateway, &id, message).await
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("the message must be UTF-8 text"))?;
+        Ok(serde_json::to_string(text).expect("strings serialize"))
+    }
 }
 
-async fn push(gateway: &Gateway, id: &str, message: String) -> Result<Json<Pushed>, ApiError> {
-    let user: UserId = id
-        .parse()
-        .map_err(|e: crate::protocol::InvalidUserId| ApiError::bad_request(e.to_string()))?;
-    let receipt = gateway.hub.publish(&user.channel(), message.into()).await?;
+async fn publish(
+    gateway: &Gateway,
+    channel: &str,
+    data: String,
+    headers: &HeaderMap,
+) -> Result<Json<Pushed>, ApiError> {
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 128)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key: 1 to 128 visible characters")
+                })
+        })
+        .transpose()?;
+    let options = PublishOptions {
+        history: true,
+        idempotency_key,
+    };
+    let receipt = gateway.hub.publish(channel, data.into(), &options).await?;
     Ok(Json(Pushed {
         nodes: receipt.nodes,
         connections: receipt.connections,
+        offset: receipt.offset,
+        epoch: receipt.epoch.to_string(),
+        duplicate: receipt.duplicate,
     }))
 }
 

@@ -1,4 +1,5 @@
-//! `GET /websocket/{id}`: one connection of user `id`.
+//! The WebSocket endpoints: `GET /websocket/{id}` (the seed's protocol: raw text frames for
+//! user `id`) and `GET /ws` (protocol v1: channels, offsets, recovery; see [`super::v1`]).
 //!
 //! Before the upgrade: the origin, the per-address connection rate, who the client is
 //! (session, token or open) and the per-user connection cap. Refusals are HTTP errors with
@@ -21,7 +22,9 @@ use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Gateway;
+use super::v1::{self, V1};
 use crate::auth::WsAuth;
+use crate::broker::PublishOptions;
 use crate::error::ApiError;
 use crate::hub::{Connection, Outbound, session_channel};
 use crate::limits::MessageRate;
@@ -56,20 +59,27 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
 
 /// What ends the connection's right to stay open, besides the client.
-enum Credentials {
+pub(crate) enum Credentials {
     /// Open mode: nothing.
     None,
     /// The HTTP session it was opened with: closed when that ends.
     Session(SessionId),
     /// A token: closed when it expires.
-    Token { expires: Instant },
+    Token {
+        expires: Instant,
+        /// Channels the token lets the user join.
+        channels: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]
 pub(crate) struct ConnectQuery {
     token: Option<String>,
+    /// Protocol v1 in open mode: who the client says it is.
+    user: Option<String>,
 }
 
+/// `GET /websocket/{id}`.
 pub(crate) async fn upgrade(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
@@ -78,9 +88,58 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let user: UserId = id
-        .parse()
-        .map_err(|e: crate::protocol::InvalidUserId| ApiError::bad_request(e.to_string()))?;
+    let user = parse_user(&id)?;
+    let (user, credentials) = admit(&gateway, Some(user), &query, peer, &headers).await?;
+    let limit = gateway.config.socket.max_message_size;
+    Ok(accept(ws, limit, move |socket| {
+        run(socket, user, credentials, gateway, Protocol::Seed)
+    }))
+}
+
+/// `GET /ws`: protocol v1. The user comes from the credentials (`?user=` in open mode).
+pub(crate) async fn upgrade_v1(
+    State(gateway): State<Gateway>,
+    Query(query): Query<ConnectQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let requested = query.user.as_deref().map(parse_user).transpose()?;
+    let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
+    let limit = gateway.config.socket.max_message_size;
+    Ok(accept(ws, limit, move |socket| {
+        let protocol = Protocol::V1(V1::new(user.clone(), &credentials));
+        run(socket, user, credentials, gateway, protocol)
+    }))
+}
+
+fn parse_user(id: &str) -> Result<UserId, ApiError> {
+    id.parse()
+        .map_err(|e: crate::protocol::InvalidUserId| ApiError::bad_request(e.to_string()))
+}
+
+fn accept<F, Fut>(ws: WebSocketUpgrade, limit: usize, then: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        // A small read buffer: most of a connection's memory is its buffers.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(then)
+}
+
+/// Everything checked before an upgrade: origin, connection rate, who the client is (and
+/// that it is `requested`, if it asked to be someone), and the per-user connection cap.
+async fn admit(
+    gateway: &Gateway,
+    requested: Option<UserId>,
+    query: &ConnectQuery,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<(UserId, Credentials), ApiError> {
     let security = &gateway.config.security;
     if !security
         .origins
@@ -92,7 +151,7 @@ pub(crate) async fn upgrade(
             "this origin may not open sockets here (see --allowed-origins)",
         ));
     }
-    if let Some(ip) = peer.map(|p| client_ip(p.0.0, &headers, &gateway.sessions.trusted_proxies))
+    if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies))
         && !gateway.connection_rate.check(ip)
     {
         return Err(ApiError::new(
@@ -101,7 +160,8 @@ pub(crate) async fn upgrade(
             "too many new connections from this address; slow down",
         ));
     }
-    let credentials = authenticate(&gateway, &user, query.token.as_deref(), &headers).await?;
+    let (user, credentials) =
+        authenticate(gateway, requested, query.token.as_deref(), headers).await?;
     if gateway.hub.local_connections(&user.channel()) >= security.limits.connections_per_user {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -109,32 +169,23 @@ pub(crate) async fn upgrade(
             "this user has too many open connections on this node",
         ));
     }
-    let limit = gateway.config.socket.max_message_size;
-    Ok(ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        // A small read buffer: most of a connection's memory is its buffers.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| run(socket, user, credentials, gateway)))
+    Ok((user, credentials))
 }
 
-/// Who the client is, checked against the user it asks to connect as.
+/// Who the client is, checked against the user it asks to connect as (if it asks).
 async fn authenticate(
     gateway: &Gateway,
-    user: &UserId,
+    requested: Option<UserId>,
     query_token: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Credentials, ApiError> {
-    let forbidden = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "you may only open your own sockets",
-        )
-    };
-    match gateway.config.security.ws_auth {
-        WsAuth::Open => Ok(Credentials::None),
+) -> Result<(UserId, Credentials), ApiError> {
+    let (user, credentials) = match gateway.config.security.ws_auth {
+        WsAuth::Open => {
+            let user = requested.clone().ok_or_else(|| {
+                ApiError::bad_request("in open mode, say who you are: /ws?user=<id>")
+            })?;
+            (user, Credentials::None)
+        }
         WsAuth::Session => {
             let not_logged_in = || {
                 ApiError::new(
@@ -149,12 +200,13 @@ async fn authenticate(
                 .load(&id, gateway.sessions.idle_timeout)
                 .await?
                 .ok_or_else(not_logged_in)?;
-            let principal = record.attributes.get(PRINCIPAL).and_then(|p| p.as_str());
-            match principal {
-                None => Err(not_logged_in()),
-                Some(p) if p == user.as_str() => Ok(Credentials::Session(id)),
-                Some(_) => Err(forbidden()),
-            }
+            let user = record
+                .attributes
+                .get(PRINCIPAL)
+                .and_then(|p| p.as_str())
+                .and_then(|p| p.parse::<UserId>().ok())
+                .ok_or_else(not_logged_in)?;
+            (user, Credentials::Session(id))
         }
         WsAuth::Token => {
             let token = query_token.or_else(|| {
@@ -170,15 +222,29 @@ async fn authenticate(
                 (Some(_), None) => Err(crate::auth::TokenError::Invalid),
             }
             .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-            if claims.sub != user.as_str() {
-                return Err(forbidden());
-            }
+            let user = claims.sub.parse::<UserId>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_invalid",
+                    "the token's sub is not a valid user id",
+                )
+            })?;
             let left = claims.exp.saturating_sub(crate::store::now_ms() / 1000);
-            Ok(Credentials::Token {
+            let credentials = Credentials::Token {
                 expires: Instant::now() + Duration::from_secs(left),
-            })
+                channels: claims.channels,
+            };
+            (user, credentials)
         }
+    };
+    if requested.is_some_and(|r| r != user) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "you may only open your own sockets",
+        ));
     }
+    Ok((user, credentials))
 }
 
 /// The client's address: the peer, or the last hop a trusted proxy reports.
@@ -194,9 +260,27 @@ fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         .unwrap_or(peer.ip())
 }
 
-async fn run(mut socket: WebSocket, user: UserId, credentials: Credentials, gateway: Gateway) {
+/// Which wire protocol a connection speaks.
+enum Protocol {
+    /// `/websocket/{id}`: every message for the user as a raw text frame.
+    Seed,
+    /// `/ws`: JSON frames with channels and offsets.
+    V1(V1),
+}
+
+async fn run(
+    mut socket: WebSocket,
+    user: UserId,
+    credentials: Credentials,
+    gateway: Gateway,
+    mut protocol: Protocol,
+) {
     let mut connection = gateway.hub.connect();
-    let mut joined = connection.join(&user.channel()).await;
+    // The seed protocol is the user's personal channel; v1 clients choose their channels.
+    let mut joined = match protocol {
+        Protocol::Seed => connection.join(&user.channel()).await,
+        Protocol::V1(_) => Ok(()),
+    };
     if let (Ok(()), Credentials::Session(id)) = (&joined, &credentials) {
         joined = connection.join(&session_channel(id)).await;
     }
@@ -206,10 +290,22 @@ async fn run(mut socket: WebSocket, user: UserId, credentials: Credentials, gate
         return;
     }
     tracing::debug!(user = %user, "socket open");
-    let reason = drive(&mut socket, &mut connection, &user, &credentials, &gateway).await;
+    let reason = drive(
+        &mut socket,
+        &mut connection,
+        &mut protocol,
+        &user,
+        &credentials,
+        &gateway,
+    )
+    .await;
     drop(connection);
     tracing::debug!(user = %user, reason = reason.1, "socket closed");
     if reason.0 != 0 {
+        if let Protocol::V1(_) = protocol {
+            let frame = v1::disconnect_frame(reason);
+            let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(frame.into()))).await;
+        }
         let _ = send_close(&mut socket, reason).await;
     }
 }
@@ -219,7 +315,7 @@ async fn next_credentials_check(credentials: &Credentials, gateway: &Gateway) ->
     let far = Instant::now() + Duration::from_secs(86_400);
     match credentials {
         Credentials::None => far,
-        Credentials::Token { expires } => *expires,
+        Credentials::Token { expires, .. } => *expires,
         Credentials::Session(id) => match gateway.store.expires_in(id).await {
             Ok(Some(left)) => Instant::now() + left + EXPIRY_SLACK,
             // Gone: check again at once, which closes the socket.
@@ -235,20 +331,21 @@ async fn next_credentials_check(credentials: &Credentials, gateway: &Gateway) ->
 async fn drive(
     socket: &mut WebSocket,
     connection: &mut Connection,
+    protocol: &mut Protocol,
     user: &UserId,
     credentials: &Credentials,
     gateway: &Gateway,
 ) -> (u16, &'static str) {
     let config = &gateway.config.socket;
-    let greeting = ServerFrame::Connected {
-        id: user.as_str(),
-        node: gateway.hub.node_id(),
+    let greeting = match protocol {
+        Protocol::Seed => ServerFrame::Connected {
+            id: user.as_str(),
+            node: gateway.hub.node_id(),
+        }
+        .to_text(),
+        Protocol::V1(v1) => v1.greeting(gateway.hub.node_id(), connection.id()),
     };
-    if socket
-        .send(Message::Text(greeting.to_text().into()))
-        .await
-        .is_err()
-    {
+    if socket.send(Message::Text(greeting.into())).await.is_err() {
         return (0, "gone");
     }
     let ping_every = config
@@ -278,10 +375,18 @@ async fn drive(
                 }
             }
             outbound = connection.recv() => {
-                let text = match outbound {
-                    Some(Outbound::Text(text)) => text,
-                    Some(Outbound::Close(code, reason)) => return (code, reason),
-                    None => return close::GOING_AWAY,
+                let text = match (outbound, &mut *protocol) {
+                    (Some(Outbound::Message(delivery)), Protocol::Seed) => delivery.text(),
+                    (Some(Outbound::Message(delivery)), Protocol::V1(v1)) => match v1.outbound(&delivery) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => continue,
+                        Err(close) => return close,
+                    },
+                    // Seed clients cannot recover; they keep receiving what comes.
+                    (Some(Outbound::Resync), Protocol::Seed) => continue,
+                    (Some(Outbound::Resync), Protocol::V1(_)) => return close::INSUFFICIENT_STATE,
+                    (Some(Outbound::Close(code, reason)), _) => return (code, reason),
+                    (None, _) => return close::GOING_AWAY,
                 };
                 // A send that blocks (the client stopped reading) must not outlive a
                 // slow-consumer verdict or a shutdown.
@@ -298,18 +403,23 @@ async fn drive(
             }
             inbound = socket.next() => {
                 idle_deadline = Instant::now() + config.idle_timeout;
-                let reply = match inbound {
-                    None | Some(Ok(Message::Close(_))) => return (0, "client closed"),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Err(e)) => return read_error(e),
-                    Some(Ok(_)) if !rate.check() => return close::RATE_LIMITED,
-                    Some(Ok(Message::Text(text))) => handle_frame(&text, gateway).await,
-                    Some(Ok(Message::Binary(_))) => Some(error_frame(&FrameError::Binary)),
+                let replies = match (inbound, &mut *protocol) {
+                    (None | Some(Ok(Message::Close(_))), _) => return (0, "client closed"),
+                    (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => continue,
+                    (Some(Err(e)), _) => return read_error(e),
+                    (Some(Ok(_)), _) if !rate.check() => return close::RATE_LIMITED,
+                    (Some(Ok(Message::Text(text))), Protocol::Seed) => {
+                        handle_frame(&text, gateway).await.into_iter().collect()
+                    }
+                    (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => {
+                        v1.inbound(&text, connection, credentials, gateway).await
+                    }
+                    (Some(Ok(Message::Binary(_))), _) => vec![error_frame(&FrameError::Binary)],
                 };
-                if let Some(reply) = reply
-                    && socket.send(Message::Text(reply.into())).await.is_err()
-                {
-                    return (0, "gone");
+                for reply in replies {
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        return (0, "gone");
+                    }
                 }
             }
         }
@@ -318,7 +428,7 @@ async fn drive(
 
 /// Handles one client text frame; returns the error frame to send back, if any.
 async fn handle_frame(text: &str, gateway: &Gateway) -> Option<String> {
-    let ClientFrame::Push { to, message } = match ClientFrame::parse(text) {
+    let ClientFrame::Push { to, data } = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err(e) => return Some(error_frame(&e)),
     };
@@ -327,7 +437,8 @@ async fn handle_frame(text: &str, gateway: &Gateway) -> Option<String> {
     if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
         return Some(error_frame(&FrameError::PublishForbidden));
     }
-    match gateway.hub.publish(&channel, message.into()).await {
+    let options = PublishOptions::with_history();
+    match gateway.hub.publish(&channel, data.into(), &options).await {
         Ok(_) => None,
         Err(e) => Some(
             ServerFrame::Error {
@@ -339,7 +450,7 @@ async fn handle_frame(text: &str, gateway: &Gateway) -> Option<String> {
     }
 }
 
-fn error_frame(e: &FrameError) -> String {
+pub(crate) fn error_frame(e: &FrameError) -> String {
     ServerFrame::Error {
         code: e.code(),
         message: e.to_string(),

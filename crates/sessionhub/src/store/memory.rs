@@ -171,6 +171,16 @@ impl MemoryStore {
         Ok(store)
     }
 
+    /// Decodes one row of the journal's session table the way [`open`](Self::open) does:
+    /// the record and its expiry deadline in milliseconds since the Unix epoch. `None` if the
+    /// row is undecodable (`open` skips such rows).
+    ///
+    /// For tools that read a journal directly, and for fuzzing the decoder.
+    pub fn decode_journal_entry(bytes: &[u8]) -> Option<(Record, u64)> {
+        let entry = serde_json::from_slice::<Entry>(bytes).ok()?;
+        Some((entry.record, entry.expires_ms))
+    }
+
     /// How many live sessions the store holds.
     pub fn len(&self) -> usize {
         let now = now_ms();

@@ -371,6 +371,20 @@ impl RedisStore {
         })
     }
 
+    /// Decodes a session hash given as its field/value pairs (what `HGETALL` returns), with
+    /// the same rules as [`load`](SessionStore::load): `m:v` must be `1`, `m:created` decimal
+    /// milliseconds, every `a:<name>` JSON text, and no field outside `a:`/`m:`. `None` if the
+    /// hash is empty or is not such a record.
+    ///
+    /// For tools that read records from Redis directly, and for fuzzing the decoder.
+    pub fn decode_hash(fields: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Option<Record> {
+        let items = fields
+            .into_iter()
+            .flat_map(|(field, value)| [Value::BulkString(field), Value::BulkString(value)])
+            .collect();
+        decode_record(Value::Array(items)).ok().flatten()
+    }
+
     fn key(&self, id: &SessionId) -> String {
         format!("{}session:{{{}}}", self.prefix, id.as_str())
     }

@@ -1,0 +1,2 @@
+// sessionhub browser client: placeholder until the client lands.
+export const VERSION = "0";

@@ -1,0 +1,346 @@
+//! Protocol v1 (`GET /ws`): JSON frames with a `type`; channels with offsets and epochs;
+//! recovery of what a client missed. `docs/protocol.md` specifies every frame.
+//!
+//! The connection keeps, per channel, the position of the last publication it sent. A live
+//! publication is sent only if it is the next one; an older one is a duplicate (it was
+//! already sent, e.g. during a recovery) and is dropped; a newer one means something was
+//! lost, and the client is told to reconnect and recover ([`close::INSUFFICIENT_STATE`]),
+//! so a client never silently skips a publication.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::Gateway;
+use super::socket::{Credentials, error_frame};
+use crate::auth::WsAuth;
+use crate::broker::{Publication, PublishOptions, StreamPosition};
+use crate::hub::{Connection, Delivery};
+use crate::protocol::{self, ClientMessage, FrameError, UserId, close};
+
+/// Most channels one connection may join.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 128;
+
+/// A v1 connection's state.
+pub(crate) struct V1 {
+    user: UserId,
+    /// Channels a token lets the user join.
+    token_channels: Vec<String>,
+    /// Channel -> (epoch, offset) of the last publication sent.
+    positions: HashMap<String, (Arc<str>, u64)>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Reply<'a> {
+    Connected {
+        client: String,
+        node: &'a str,
+        user: &'a str,
+    },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+        publications: Vec<Recovered<'a>>,
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+    },
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: &'a str,
+        message: String,
+    },
+    Disconnect {
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct Recovered<'a> {
+    offset: u64,
+    data: &'a RawValue,
+}
+
+impl Reply<'_> {
+    fn text(&self) -> String {
+        serde_json::to_string(self).expect("replies serialize")
+    }
+}
+
+/// The `disconnect` frame sent before a close frame.
+pub(crate) fn disconnect_frame((code, reason): (u16, &'static str)) -> String {
+    Reply::Disconnect {
+        code,
+        reason,
+        reconnect: close::reconnect(code),
+    }
+    .text()
+}
+
+fn error(id: Option<u64>, code: &str, message: impl Into<String>) -> String {
+    Reply::Error {
+        id,
+        code,
+        message: message.into(),
+    }
+    .text()
+}
+
+impl V1 {
+    pub(crate) fn new(user: UserId, credentials: &Credentials) -> Self {
+        let token_channels = match credentials {
+            Credentials::Token { channels, .. } => channels.clone(),
+            _ => Vec::new(),
+        };
+        Self {
+            user,
+            token_channels,
+            positions: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn greeting(&self, node: &str, connection: u64) -> String {
+        Reply::Connected {
+            client: format!("{node}/{connection}"),
+            node,
+            user: self.user.as_str(),
+        }
+        .text()
+    }
+
+    /// What to send for a live publication: the frame, nothing (a duplicate, or a channel
+    /// left meanwhile), or a close when something was lost.
+    pub(crate) fn outbound(
+        &mut self,
+        delivery: &Delivery,
+    ) -> Result<Option<Utf8Bytes>, (u16, &'static str)> {
+        let Some((epoch, offset)) = self.positions.get_mut(delivery.channel()) else {
+            return Ok(None);
+        };
+        let publication = delivery.publication();
+        if publication.offset == 0 {
+            return Ok(Some(delivery.frame()));
+        }
+        if publication.epoch != *epoch {
+            return Err(close::INSUFFICIENT_STATE);
+        }
+        match publication.offset.cmp(&(*offset + 1)) {
+            std::cmp::Ordering::Less => Ok(None),
+            std::cmp::Ordering::Equal => {
+                *offset = publication.offset;
+                Ok(Some(delivery.frame()))
+            }
+            std::cmp::Ordering::Greater => {
+                tracing::info!(
+                    channel = delivery.channel(),
+                    "offset gap on a live channel: asking the client to recover"
+                );
+                Err(close::INSUFFICIENT_STATE)
+            }
+        }
+    }
+
+    /// Handles one client frame; returns the frames to send back.
+    pub(crate) async fn inbound(
+        &mut self,
+        text: &str,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        let message = match ClientMessage::parse(text) {
+            Ok(message) => message,
+            Err(e) => return vec![error_frame(&e)],
+        };
+        match message {
+            ClientMessage::Ping { id } => vec![Reply::Pong { id }.text()],
+            ClientMessage::Subscribe {
+                channel,
+                recover,
+                id,
+            } => vec![
+                self.subscribe(
+                    id,
+                    &channel,
+                    recover.as_ref(),
+                    connection,
+                    credentials,
+                    gateway,
+                )
+                .await,
+            ],
+            ClientMessage::Unsubscribe { channel, id } => {
+                self.positions.remove(&channel);
+                if !is_control(&channel, credentials) {
+                    connection.leave(&channel);
+                }
+                vec![
+                    Reply::Unsubscribed {
+                        id,
+                        channel: &channel,
+                    }
+                    .text(),
+                ]
+            }
+            ClientMessage::Publish {
+                channel,
+                data,
+                id,
+                idempotency_key,
+            } => vec![
+                self.publish(id, &channel, data, idempotency_key, gateway)
+                    .await,
+            ],
+        }
+    }
+
+    fn may_subscribe(&self, channel: &str, gateway: &Gateway) -> bool {
+        let security = &gateway.config.security;
+        if let Some(owner) = UserId::from_channel(channel) {
+            return owner == self.user || security.ws_auth == WsAuth::Open;
+        }
+        security.ws_auth == WsAuth::Open
+            || security.channels.can_subscribe(channel)
+            || self.token_channels.iter().any(|c| c == channel)
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> String {
+        if !protocol::is_public_channel_name(channel) {
+            return error(id, "invalid_channel", protocol::INVALID_CHANNEL);
+        }
+        if !self.may_subscribe(channel, gateway) {
+            return error(id, "forbidden", "you may not subscribe to that channel");
+        }
+        if self.positions.contains_key(channel) {
+            return error(
+                id,
+                "already_subscribed",
+                "already subscribed to that channel",
+            );
+        }
+        if connection.channel_count() >= MAX_SUBSCRIPTIONS + usize::from(is_session(credentials)) {
+            return error(
+                id,
+                "too_many_subscriptions",
+                format!("at most {MAX_SUBSCRIPTIONS} channels per connection"),
+            );
+        }
+        // Join first, so that nothing published between the recovery read and the join is
+        // lost: publications that arrive meanwhile wait in the queue and are filtered by
+        // position (older ones are duplicates of what the recovery returned).
+        if let Err(e) = connection.join(channel).await {
+            return error(id, "broker_unavailable", e.to_string());
+        }
+        let recovery = match gateway.hub.recover(channel, since).await {
+            Ok(recovery) => recovery,
+            Err(e) => {
+                connection.leave(channel);
+                return error(id, "broker_unavailable", e.to_string());
+            }
+        };
+        let last = recovery
+            .publications
+            .last()
+            .map_or(recovery.offset, |p| p.offset.max(recovery.offset));
+        self.positions
+            .insert(channel.to_owned(), (recovery.epoch.clone(), last));
+        let publications = recovery
+            .publications
+            .iter()
+            .filter_map(|p: &Publication| {
+                Some(Recovered {
+                    offset: p.offset,
+                    data: serde_json::from_str(p.data.as_str()).ok()?,
+                })
+            })
+            .collect();
+        Reply::Subscribed {
+            id,
+            channel,
+            epoch: &recovery.epoch,
+            offset: recovery.offset,
+            recovered: recovery.recovered,
+            publications,
+        }
+        .text()
+    }
+
+    async fn publish(
+        &self,
+        id: Option<u64>,
+        channel: &str,
+        data: Box<RawValue>,
+        idempotency_key: Option<String>,
+        gateway: &Gateway,
+    ) -> String {
+        if !protocol::is_public_channel_name(channel) {
+            return error(id, "invalid_channel", protocol::INVALID_CHANNEL);
+        }
+        let security = &gateway.config.security;
+        if security.ws_auth != WsAuth::Open && !security.channels.can_publish(channel) {
+            return error_frame(&FrameError::PublishForbidden);
+        }
+        let options = PublishOptions {
+            history: true,
+            idempotency_key,
+        };
+        let data = Utf8Bytes::from(data.get().to_owned());
+        match gateway.hub.publish(channel, data, &options).await {
+            Ok(receipt) => Reply::Published {
+                id,
+                channel,
+                epoch: &receipt.epoch,
+                offset: receipt.offset,
+                duplicate: receipt.duplicate,
+            }
+            .text(),
+            Err(e) => error(id, "broker_unavailable", e.to_string()),
+        }
+    }
+}
+
+fn is_session(credentials: &Credentials) -> bool {
+    matches!(credentials, Credentials::Session(_))
+}
+
+/// The session control channel is never left on a client's request.
+fn is_control(channel: &str, credentials: &Credentials) -> bool {
+    match credentials {
+        Credentials::Session(id) => channel == crate::hub::session_channel(id),
+        _ => false,
+    }
+}
