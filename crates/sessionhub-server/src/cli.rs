@@ -3,12 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use sessionhub::auth::ChannelRule;
 
 /// sessionhub: shared HTTP sessions and WebSocket push for apps on many nodes.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "sessionhub", version, about)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -26,7 +27,7 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// Directory for the embedded session journal.
+    /// Directory for the embedded session journal (unused with --redis).
     #[arg(long, env = "SESSIONHUB_DATA_DIR", default_value = "sessionhub-data")]
     pub(crate) data_dir: PathBuf,
 
@@ -50,11 +51,11 @@ pub(crate) struct Serve {
     pub(crate) node_id: Option<String>,
 
     /// Do not serve the session demo (/login, /get-session, /invalidate).
-    #[arg(long, env = "SESSIONHUB_NO_DEMO")]
+    #[arg(long, env = "SESSIONHUB_NO_DEMO", value_parser = BoolishValueParser::new())]
     pub(crate) no_demo: bool,
 
     /// Allow listening on a non-loopback address although the endpoints are open.
-    #[arg(long, env = "SESSIONHUB_INSECURE")]
+    #[arg(long, env = "SESSIONHUB_INSECURE", value_parser = BoolishValueParser::new())]
     pub(crate) insecure: bool,
 
     /// How sockets authenticate: session (the HTTP session's logged-in user), token (HS256
@@ -110,7 +111,7 @@ pub(crate) struct Serve {
     pub(crate) max_sessions_per_user: Option<usize>,
 
     /// Name the cookie __Host-SESSION (forces Secure, Path=/, no Domain): serve over HTTPS.
-    #[arg(long, env = "SESSIONHUB_COOKIE_HOST_PREFIX")]
+    #[arg(long, env = "SESSIONHUB_COOKIE_HOST_PREFIX", value_parser = BoolishValueParser::new())]
     pub(crate) cookie_host_prefix: bool,
 
     /// New WebSocket connections per second from one client address.

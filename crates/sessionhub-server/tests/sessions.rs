@@ -287,8 +287,60 @@ async fn sessions_survive_sigkill_up_to_about_a_second() {
 #[tokio::test]
 async fn no_demo_removes_the_demo_routes() {
     let node = node(&["--no-demo"]);
-    let (status, _, _) = get(&http(), &node.http(), "/login", None).await;
+    let (status, _, body) = get(&http(), &node.http(), "/login", None).await;
     assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn boolean_environment_variables_accept_1_and_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--listen", "10.1.2.3:9", "--ws-auth", "open"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SESSIONHUB_NO_DEMO", "1")
+        .env("SESSIONHUB_INSECURE", "yes")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Accepted as true: it gets as far as binding the (unroutable here) address.
+    assert!(!stderr.contains("invalid value"), "{stderr}");
+    assert!(stderr.contains("binding 10.1.2.3:9"), "{stderr}");
+}
+
+#[tokio::test]
+async fn every_error_is_json_even_for_unknown_routes_and_methods() {
+    let node = node(&[]);
+    let client = http();
+    let cases = [
+        (
+            client.get(format!("{}/nope", node.http())),
+            404,
+            "not_found",
+        ),
+        (
+            client.delete(format!("{}/socket/1", node.http())),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            client.get(format!("{}/websocket/1", node.http())),
+            426,
+            "upgrade_required",
+        ),
+        (
+            client.get(format!("{}/ws?user=1", node.http())),
+            426,
+            "upgrade_required",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code);
+    }
 }
 
 #[tokio::test]
@@ -327,6 +379,34 @@ async fn every_flag_is_in_help_with_its_environment_variable() {
         ("--node-id", "SESSIONHUB_NODE_ID"),
         ("--no-demo", "SESSIONHUB_NO_DEMO"),
         ("--insecure", "SESSIONHUB_INSECURE"),
+        ("--session-max-lifetime", "SESSIONHUB_SESSION_MAX_LIFETIME"),
+        ("--redis", "SESSIONHUB_REDIS_URL"),
+        ("--redis-prefix", "SESSIONHUB_REDIS_PREFIX"),
+        ("--trusted-proxies", "SESSIONHUB_TRUSTED_PROXIES"),
+        ("--ws-auth", "SESSIONHUB_WS_AUTH"),
+        ("--api-key", "SESSIONHUB_API_KEY"),
+        ("--api-key-file", "SESSIONHUB_API_KEY_FILE"),
+        ("--token-secret", "SESSIONHUB_TOKEN_SECRET"),
+        ("--token-secret-file", "SESSIONHUB_TOKEN_SECRET_FILE"),
+        ("--allowed-origins", "SESSIONHUB_ALLOWED_ORIGINS"),
+        ("--channel-rule", "SESSIONHUB_CHANNEL_RULES"),
+        (
+            "--max-sessions-per-user",
+            "SESSIONHUB_MAX_SESSIONS_PER_USER",
+        ),
+        ("--cookie-host-prefix", "SESSIONHUB_COOKIE_HOST_PREFIX"),
+        (
+            "--max-connections-per-ip",
+            "SESSIONHUB_MAX_CONNECTIONS_PER_IP",
+        ),
+        ("--max-messages-per-sec", "SESSIONHUB_MAX_MESSAGES_PER_SEC"),
+        (
+            "--max-connections-per-user",
+            "SESSIONHUB_MAX_CONNECTIONS_PER_USER",
+        ),
+        ("--max-message-size", "SESSIONHUB_MAX_MESSAGE_SIZE"),
+        ("--history-size", "SESSIONHUB_HISTORY_SIZE"),
+        ("--history-ttl", "SESSIONHUB_HISTORY_TTL"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");

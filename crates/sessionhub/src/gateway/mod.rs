@@ -185,6 +185,16 @@ impl Gateway {
         let node = HeaderValue::from_str(self.hub.node_id())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
         router
+            .fallback(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this route does not take that method",
+                )
+            })
             .layer(DefaultBodyLimit::max(self.config.max_push_bytes))
             .layer(SetResponseHeaderLayer::overriding(
                 HeaderName::from_static("x-sessionhub-node"),

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::Extension;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -86,8 +87,9 @@ pub(crate) async fn upgrade(
     Query(query): Query<ConnectQuery>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(upgrade_required)?;
     let user = parse_user(&id)?;
     let (user, credentials) = admit(&gateway, Some(user), &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
@@ -102,8 +104,9 @@ pub(crate) async fn upgrade_v1(
     Query(query): Query<ConnectQuery>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(upgrade_required)?;
     let requested = query.user.as_deref().map(parse_user).transpose()?;
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
@@ -111,6 +114,14 @@ pub(crate) async fn upgrade_v1(
         let protocol = Protocol::V1(V1::new(user.clone(), &credentials));
         run(socket, user, credentials, gateway, protocol)
     }))
+}
+
+fn upgrade_required(rejection: WebSocketUpgradeRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "upgrade_required",
+        format!("this is a WebSocket endpoint: {}", rejection.body_text()),
+    )
 }
 
 fn parse_user(id: &str) -> Result<UserId, ApiError> {

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Starts a three-node sessionhub cluster on this machine:
+#
+#   redis-server  127.0.0.1:6390   (skipped when REDIS_URL is set; no persistence)
+#   node-a        127.0.0.1:8081   ┐
+#   node-b        127.0.0.1:8082   ├ sessionhub serve --redis ...
+#   node-c        127.0.0.1:8083   ┘
+#   nginx         127.0.0.1:8080   round robin over the nodes, WebSocket upgrades passed on
+#
+# Everything it creates (pid files, logs, data dirs, nginx scratch) goes under
+# examples/cluster/run/. Stop it all with stop.sh.
+#
+# Environment:
+#   REDIS_URL                 use this Redis instead of starting one on 6390
+#   SESSIONHUB_REDIS_PREFIX   key/channel prefix (default sessionhub:), read by the nodes
+#   SESSIONHUB_BIN            run this sessionhub binary instead of building one
+#   CARGO_TARGET_DIR          where cargo puts the binary (default <repo>/target)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+run="$here/run"
+redis_port=6390
+nodes=(node-a:8081 node-b:8082 node-c:8083)
+proxy_port=8080
+
+die() { echo "start.sh: $*" >&2; exit 1; }
+
+# Whether something accepts connections on 127.0.0.1:<port>.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Whether the pid in file $1 is a live process whose command line contains $2.
+alive() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid="$(cat "$1" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+}
+
+# Polls command "$@" for up to 10 s.
+wait_for() {
+  local what="$1"; shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  die "$what did not come up; see the logs in $run/"
+}
+
+for tool in curl nginx; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found (nginx: apt-get install nginx)"
+done
+if [ -z "${REDIS_URL:-}" ]; then
+  command -v redis-server >/dev/null 2>&1 || die "redis-server not found (apt-get install redis-server), or set REDIS_URL"
+fi
+
+mkdir -p "$run"
+# If anything fails after the first process started, take everything down again.
+started=0
+trap 'rc=$?; if [ "$rc" -ne 0 ] && [ "$started" = 1 ]; then echo "start.sh: stopping what was started" >&2; "$here/stop.sh" >&2; fi' EXIT
+for f in "$run"/*.pid; do
+  [ -e "$f" ] || continue
+  if alive "$f" "sessionhub\|redis-server\|nginx"; then
+    die "already running ($(basename "$f")); run $here/stop.sh first"
+  fi
+  rm -f "$f"
+done
+
+ports=("$proxy_port")
+for n in "${nodes[@]}"; do ports+=("${n#*:}"); done
+[ -n "${REDIS_URL:-}" ] || ports+=("$redis_port")
+for port in "${ports[@]}"; do
+  if listening "$port"; then die "port $port is taken (ss -ltnp 'sport = :$port')"; fi
+done
+
+if [ -n "${SESSIONHUB_BIN:-}" ]; then
+  binary="$SESSIONHUB_BIN"
+else
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust from rustup.rs"
+  echo "building the release binary..."
+  (cd "$root" && cargo build --release --locked -p sessionhub-server)
+  binary="${CARGO_TARGET_DIR:-$root/target}/release/sessionhub"
+fi
+[ -x "$binary" ] || die "no executable at $binary"
+
+if [ -z "${REDIS_URL:-}" ]; then
+  REDIS_URL="redis://127.0.0.1:$redis_port"
+  echo "starting redis-server on 127.0.0.1:$redis_port"
+  started=1
+  nohup redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$run" >"$run/redis.log" 2>&1 &
+  echo $! >"$run/redis.pid"
+  wait_for "redis-server" listening "$redis_port"
+fi
+
+for n in "${nodes[@]}"; do
+  id="${n%%:*}"
+  port="${n#*:}"
+  echo "starting $id on 127.0.0.1:$port"
+  started=1
+  nohup "$binary" serve \
+    --listen "127.0.0.1:$port" \
+    --node-id "$id" \
+    --data-dir "$run/$id" \
+    --redis "$REDIS_URL" \
+    --trusted-proxies 127.0.0.1 \
+    >"$run/$id.log" 2>&1 &
+  echo $! >"$run/$id.pid"
+done
+for n in "${nodes[@]}"; do
+  wait_for "${n%%:*}" curl -fsS "http://127.0.0.1:${n#*:}/readyz"
+done
+
+# The URL may carry a password: show it only if it does not.
+case "$REDIS_URL" in *@*) redis_shown="(from REDIS_URL)" ;; *) redis_shown="$REDIS_URL" ;; esac
+
+echo "starting nginx on 127.0.0.1:$proxy_port"
+nginx -p "$run" -c "$here/nginx.conf" -e "$run/nginx-error.log"
+wait_for "nginx" curl -fsS "http://127.0.0.1:$proxy_port/readyz"
+
+cat <<EOF
+
+cluster up: nginx http://127.0.0.1:$proxy_port -> nodes 8081 8082 8083, Redis $redis_shown
+logs and pids in $run/
+
+  curl -si -c /tmp/jar -b /tmp/jar 'http://127.0.0.1:$proxy_port/login?username=alice'
+  curl -si -c /tmp/jar -b /tmp/jar  http://127.0.0.1:$proxy_port/get-session
+  curl -s http://127.0.0.1:$proxy_port/api/online
+
+stop everything with: $here/stop.sh
+EOF
