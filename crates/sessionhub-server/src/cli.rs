@@ -1,10 +1,13 @@
-//! Command-line flags. Every flag also reads `SESSIONHUB_<NAME>` from the environment.
+//! Command-line flags. Every flag also reads `SESSIONHUB_<NAME>` from the environment, and
+//! `--config FILE` (TOML) may set any of them: flags beat the environment, which beats the
+//! file, which beats the defaults.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sessionhub::auth::ChannelRule;
 
 /// sessionhub: shared HTTP sessions and WebSocket push for apps on many nodes.
@@ -23,6 +26,17 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct Serve {
+    /// TOML file with any of these settings, keyed by flag name (`listen = "127.0.0.1:8080"`,
+    /// `api-key = ["k1", "k2"]`). Flags and environment variables take precedence.
+    #[arg(long, env = "SESSIONHUB_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Log output: pretty (for people) or json (one object per line, for collectors).
+    /// Levels come from RUST_LOG (default info).
+    #[arg(long, env = "SESSIONHUB_LOG_FORMAT", default_value = "pretty",
+          value_parser = ["pretty", "json"])]
+    pub(crate) log_format: String,
+
     /// Address to listen on. A non-loopback address needs --insecure.
     #[arg(long, env = "SESSIONHUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
@@ -155,4 +169,80 @@ pub(crate) struct Serve {
     /// Proxies whose X-Forwarded-Proto is believed (comma-separated IP addresses).
     #[arg(long, env = "SESSIONHUB_TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<IpAddr>,
+}
+
+impl Cli {
+    /// Parses the command line, then fills every setting that neither a flag nor an
+    /// environment variable gave from `--config`, if any.
+    pub(crate) fn load() -> anyhow::Result<Self> {
+        Self::load_from(std::env::args_os().collect())
+    }
+
+    fn load_from(args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
+        let command = Self::command();
+        let matches = command.clone().get_matches_from(args.clone());
+        let Some(("serve", serve)) = matches.subcommand() else {
+            return Ok(Self::from_arg_matches(&matches)?);
+        };
+        let Some(path) = serve.get_one::<PathBuf>("config") else {
+            return Ok(Self::from_arg_matches(&matches)?);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("parsing the config file {}", path.display()))?;
+        let serve_command = command
+            .find_subcommand("serve")
+            .expect("serve is a subcommand");
+        let mut extra = Vec::new();
+        for (key, value) in &table {
+            let long = key.replace('_', "-");
+            let arg = serve_command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+                .with_context(|| {
+                    format!("unknown key `{key}` in the config file {}", path.display())
+                })?;
+            let id = arg.get_id().as_str();
+            // Only what neither a flag nor the environment set.
+            if !matches!(
+                serve.value_source(id),
+                None | Some(clap::parser::ValueSource::DefaultValue)
+            ) {
+                continue;
+            }
+            let values = match value {
+                toml::Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>(),
+                other => scalar(other).map(|v| vec![v]),
+            }
+            .with_context(|| {
+                format!("config key `{key}`: expected a string, number, boolean or list")
+            })?;
+            let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
+            for value in values {
+                if is_switch {
+                    if value == "true" {
+                        extra.push(format!("--{long}"));
+                    }
+                } else {
+                    extra.push(format!("--{long}={value}"));
+                }
+            }
+        }
+        let mut all = args;
+        all.extend(extra.into_iter().map(Into::into));
+        Ok(Self::try_parse_from(all)?)
+    }
+}
+
+/// A TOML scalar as the text a flag takes.
+fn scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sessionhub::SessionConfig;
 use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
 use sessionhub::broker::{HistoryConfig, LocalBroker, RedisBrokerConfig};
@@ -19,7 +19,7 @@ use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::Limits;
 use sessionhub::presence::RedisPresence;
-use sessionhub::store::{MemoryStore, RedisStore, SessionStore};
+use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,14 +28,29 @@ use crate::cli::{Cli, Command, Serve};
 /// Everything a stop may take before the process exits anyway.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with causes), not a backtrace: these are operator errors.
+            eprintln!("sessionhub: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
+    let cli = Cli::load()?;
+    let Command::Serve(serve) = &cli.command;
+    let filter =
+        || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr);
+    match serve.log_format.as_str() {
+        "json" => logs.json().flatten_event(true).init(),
+        _ => logs.init(),
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
         Command::Serve(serve) => runtime.block_on(run(serve)),
@@ -44,6 +59,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Serve) -> anyhow::Result<()> {
     let security = security(&args)?;
+    let prometheus = prometheus()?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -97,6 +113,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         security,
     };
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
+    gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
     let stop_presence = CancellationToken::new();
     let mut heartbeat = None;
     if let Some(presence) = presence {
@@ -142,6 +159,20 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         .context("persisting sessions")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs the Prometheus recorder behind the `metrics` facade. Buckets matter: without
+/// them histograms render as summaries, which cannot be aggregated across nodes.
+fn prometheus() -> anyhow::Result<PrometheusHandle> {
+    let seconds = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&seconds)
+        .context("configuring metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    Ok(handle)
 }
 
 /// Checks the flags for a deployment that would expose users by accident, and builds the
@@ -226,7 +257,7 @@ fn embedded(data_dir: &Path, node_id: &str, history: HistoryConfig) -> anyhow::R
     let store = MemoryStore::open(&journal, Duration::from_secs(1))
         .with_context(|| format!("opening the session journal {}", journal.display()))?;
     Ok(Backends {
-        store: Arc::new(store),
+        store: Arc::new(Instrumented::new(store)),
         hub: Hub::with_broker(node_id, |sink| {
             Arc::new(LocalBroker::with_history(sink, history))
         }),
@@ -257,7 +288,7 @@ async fn cluster(
         "cluster mode: sessions, pushes and presence in Redis"
     );
     Ok(Backends {
-        store: Arc::new(store),
+        store: Arc::new(Instrumented::new(store)),
         hub,
         presence: Some(Arc::new(presence)),
     })

@@ -111,6 +111,7 @@ struct Inner<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("sessionhub_errors_total", "code" => self.code).increment(1);
         let body = Body {
             error: Inner {
                 code: self.code,

@@ -55,6 +55,8 @@ pub enum Outbound {
 pub struct Delivery {
     channel: String,
     publication: Publication,
+    /// When it reached this node, for the delivery latency metric.
+    arrived: std::time::Instant,
     text: OnceLock<Utf8Bytes>,
     frame: OnceLock<Utf8Bytes>,
 }
@@ -64,9 +66,15 @@ impl Delivery {
         Self {
             channel: channel.to_owned(),
             publication,
+            arrived: std::time::Instant::now(),
             text: OnceLock::new(),
             frame: OnceLock::new(),
         }
+    }
+
+    /// How long ago it reached this node.
+    pub fn age(&self) -> std::time::Duration {
+        self.arrived.elapsed()
     }
 
     /// The channel it was published on.
@@ -148,6 +156,7 @@ impl Registry {
 
 impl Deliver for Registry {
     fn resync(&self) {
+        metrics::counter!("sessionhub_broker_reconnects_total").increment(1);
         let channels = self.channels.lock().unwrap();
         let mut told = std::collections::HashSet::new();
         for member in channels.values().flatten() {
@@ -174,12 +183,14 @@ impl Deliver for Registry {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::info!(channel, "slow consumer: outbound queue full, disconnecting");
+                    metrics::counter!("sessionhub_slow_consumers_total").increment(1);
                     member.slow.cancel();
                 }
                 // The connection is closing; it leaves the registry on its own.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        metrics::counter!("sessionhub_messages_out_total").increment(delivered as u64);
         delivered
     }
 }
@@ -264,7 +275,13 @@ impl Hub {
         data: Utf8Bytes,
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError> {
-        self.inner.broker.publish(channel, data, options).await
+        let started = std::time::Instant::now();
+        let receipt = self.inner.broker.publish(channel, data, options).await;
+        metrics::histogram!("sessionhub_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let outcome = if receipt.is_ok() { "ok" } else { "error" };
+        metrics::counter!("sessionhub_messages_in_total", "outcome" => outcome).increment(1);
+        receipt
     }
 
     /// The channel's position, and with `since` what was published after it.
@@ -299,7 +316,10 @@ impl Hub {
     /// Tells every connection bound to session `id`, on every node, that the session ended.
     pub async fn end_session(&self, id: &SessionId) -> Result<Receipt, BrokerError> {
         let data = Utf8Bytes::from_static("\"ended\"");
-        self.publish(&session_channel(id), data, &PublishOptions::default())
+        // A control message, not a publication: straight to the broker, outside the metrics.
+        self.inner
+            .broker
+            .publish(&session_channel(id), data, &PublishOptions::default())
             .await
     }
 }

@@ -110,6 +110,7 @@ pub struct Gateway {
     config: Arc<GatewayConfig>,
     presence: Arc<dyn Presence>,
     connection_rate: Arc<ConnectionRate>,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     shutdown: CancellationToken,
 }
 
@@ -130,8 +131,17 @@ impl Gateway {
             store,
             sessions,
             config: Arc::new(config),
+            metrics: None,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Serves `GET /metrics` (Prometheus text format) with what `render` returns, e.g. a
+    /// `metrics-exporter-prometheus` handle's `render`. The connection and broker gauges are
+    /// set just before each render.
+    pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
+        self.metrics = Some(render);
+        self
     }
 
     /// Counts `/api/online` with `presence` instead of this node's own connections (cluster
@@ -175,6 +185,7 @@ impl Gateway {
             .route("/ws", get(socket::upgrade_v1))
             .merge(protected)
             .route("/sessionhub.js", get(client_js))
+            .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(ready));
         if self.config.demo {
@@ -206,6 +217,30 @@ impl Gateway {
 
 async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError> {
     Ok(Json(gateway.presence.online().await?))
+}
+
+/// `GET /metrics`: counters and histograms recorded through the `metrics` facade, plus
+/// gauges read now.
+async fn metrics(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
+    let render = gateway.metrics.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        )
+    })?;
+    let online = gateway.hub.online();
+    metrics::gauge!("sessionhub_connections").set(online.online as f64);
+    metrics::gauge!("sessionhub_users").set(online.users as f64);
+    let broker_up = gateway.hub.broker().ping().await.is_ok();
+    metrics::gauge!("sessionhub_broker_up").set(if broker_up { 1.0 } else { 0.0 });
+    let store_up = gateway.store.ping().await.is_ok();
+    metrics::gauge!("sessionhub_store_up").set(if store_up { 1.0 } else { 0.0 });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(),
+    )
+        .into_response())
 }
 
 /// The browser client, an ES module: `import { connect } from "/sessionhub.js"`.

@@ -300,7 +300,13 @@ async fn run(
         let _ = send_close(&mut socket, close::BROKER_UNAVAILABLE).await;
         return;
     }
-    tracing::debug!(user = %user, "socket open");
+    let kind = match protocol {
+        Protocol::Seed => "seed",
+        Protocol::V1(_) => "v1",
+    };
+    let node = gateway.hub.node_id().to_owned();
+    let opened = std::time::Instant::now();
+    tracing::info!(%node, user = %user, protocol = kind, "socket open");
     let reason = drive(
         &mut socket,
         &mut connection,
@@ -311,7 +317,16 @@ async fn run(
     )
     .await;
     drop(connection);
-    tracing::debug!(user = %user, reason = reason.1, "socket closed");
+    tracing::info!(
+        %node,
+        user = %user,
+        protocol = kind,
+        code = reason.0,
+        reason = reason.1,
+        seconds = opened.elapsed().as_secs(),
+        "socket closed"
+    );
+    metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
     if reason.0 != 0 {
         if let Protocol::V1(_) = protocol {
             let frame = v1::disconnect_frame(reason);
@@ -386,10 +401,10 @@ async fn drive(
                 }
             }
             outbound = connection.recv() => {
-                let text = match (outbound, &mut *protocol) {
-                    (Some(Outbound::Message(delivery)), Protocol::Seed) => delivery.text(),
+                let (text, age) = match (outbound, &mut *protocol) {
+                    (Some(Outbound::Message(delivery)), Protocol::Seed) => (delivery.text(), delivery.age()),
                     (Some(Outbound::Message(delivery)), Protocol::V1(v1)) => match v1.outbound(&delivery) {
-                        Ok(Some(frame)) => frame,
+                        Ok(Some(frame)) => (frame, delivery.age()),
                         Ok(None) => continue,
                         Err(close) => return close,
                     },
@@ -399,6 +414,8 @@ async fn drive(
                     (Some(Outbound::Close(code, reason)), _) => return (code, reason),
                     (None, _) => return close::GOING_AWAY,
                 };
+                metrics::histogram!("sessionhub_delivery_latency_seconds")
+                    .record(age.as_secs_f64());
                 // A send that blocks (the client stopped reading) must not outlive a
                 // slow-consumer verdict or a shutdown.
                 tokio::select! {
@@ -414,6 +431,9 @@ async fn drive(
             }
             inbound = socket.next() => {
                 idle_deadline = Instant::now() + config.idle_timeout;
+                if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &inbound {
+                    metrics::counter!("sessionhub_client_frames_total").increment(1);
+                }
                 let replies = match (inbound, &mut *protocol) {
                     (None | Some(Ok(Message::Close(_))), _) => return (0, "client closed"),
                     (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => continue,

@@ -12,9 +12,11 @@
 //! carry their own deadline instead of following the records' expiry: a store never has to
 //! notice that a session expired to keep the index from growing without bound.
 
+mod instrumented;
 mod memory;
 mod redis;
 
+pub use self::instrumented::Instrumented;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
