@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what the tests need (redis-server;
-# the tests start their own on free ports, never 6379), then runs every test.
+# Runs the whole test suite on a fresh machine: installs what the tests need, then runs every
+# test. The tests start their own redis-server on free ports (never 6379) and real sessionhub
+# processes; the browser test drives Debian's Chromium with playwright-core from npm
+# (playwright never downloads a browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   sudo=""
@@ -15,5 +18,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup.rs" >&2; exit 1; }
+command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js 20+ for the browser test" >&2; exit 1; }
+
+browser_dir=crates/sessionhub-server/tests/browser
+if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
 
 cargo test --workspace --locked "$@"

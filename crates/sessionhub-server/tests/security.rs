@@ -234,9 +234,17 @@ async fn the_push_and_admin_apis_need_a_valid_api_key() {
     let (_redis, nodes) = session_cluster(&[]);
     let client = http();
     let base = nodes[0].http();
-    for path in ["/socket/alice", "/api/online", "/api/users/alice/logout"] {
+    let routes = [
+        (reqwest::Method::POST, "/socket/alice"),
+        (reqwest::Method::GET, "/socket/alice?message=x"),
+        (reqwest::Method::GET, "/api/online"),
+        (reqwest::Method::GET, "/api/users/alice/sessions"),
+        (reqwest::Method::POST, "/api/users/alice/logout"),
+        (reqwest::Method::POST, "/api/channels/room:1/publish"),
+    ];
+    for (method, path) in routes {
         let response = client
-            .post(format!("{base}{path}"))
+            .request(method.clone(), format!("{base}{path}"))
             .body("x")
             .send()
             .await
@@ -245,7 +253,7 @@ async fn the_push_and_admin_apis_need_a_valid_api_key() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "api_key_required");
         let response = client
-            .post(format!("{base}{path}"))
+            .request(method, format!("{base}{path}"))
             .bearer_auth("wrong-key")
             .body("x")
             .send()

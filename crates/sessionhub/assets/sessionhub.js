@@ -1,2 +1,396 @@
-// sessionhub browser client: placeholder until the client lands.
-export const VERSION = "0";
+/**
+ * sessionhub browser client for protocol v1 (`GET /ws`, specified in docs/protocol.md).
+ * An ES module without dependencies or build step:
+ *
+ *   import { connect } from "/sessionhub.js";
+ *   const hub = connect(["wss://a.example/ws", "wss://b.example/ws"], { params: { user: "alice" } });
+ *   hub.on("connected", ({ node }) => console.log("on", node));
+ *   const sub = hub.subscribe("user:alice", { onPublication: (p) => show(p.data) });
+ *   await hub.publish("room:1", { text: "hi" });
+ *
+ * It reconnects by itself (jittered exponential backoff), resubscribes every channel from the
+ * last position it delivered, delivers what it missed in order before anything live, never
+ * delivers an offset twice, and tells the app when recovery is impossible so it can reload.
+ * @module sessionhub
+ */
+
+/** @typedef {{epoch: string, offset: number}} StreamPosition */
+/**
+ * @typedef {object} Publication
+ * @property {string} channel
+ * @property {string} epoch
+ * @property {number} offset position in the channel's history (0: a channel without history)
+ * @property {any} data the published JSON value
+ * @property {boolean} recovered whether it came from history after a reconnect
+ */
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {(p: Publication) => void} [onPublication] every publication, in order, once
+ * @property {(info: {channel: string, epoch: string, offset: number, recovered: boolean, resubscribed: boolean}) => void} [onSubscribed]
+ *   each time the server confirms the subscription (first time and after every reconnect)
+ * @property {(info: {channel: string, epoch: string, offset: number, since: StreamPosition}) => void} [onRecoveryFailed]
+ *   what was missed is gone (history too short, or a new epoch): reload the channel's state
+ * @property {(error: Error & {code: string}) => void} [onError] the server refused the subscription
+ * @property {StreamPosition} [since] recover from this position on the first subscribe too
+ */
+/**
+ * @typedef {object} Options
+ * @property {object | (() => object | Promise<object>)} [params] query parameters added to
+ *   every URL, e.g. `{user: "alice"}` (open mode) or `async () => ({token: await fresh()})`
+ * @property {number} [minDelay=100] first reconnect delay, ms (each delay is ±50% jittered)
+ * @property {number} [maxDelay=10000] the delay doubles up to this, ms
+ * @property {number} [pingInterval=25000] how often to ping the server, ms (0: never)
+ * @property {number} [pongTimeout=10000] silence after a ping that counts as a dead link, ms
+ * @property {number} [connectTimeout=10000] an attempt without a greeting by then failed, ms
+ * @property {typeof WebSocket} [WebSocket] constructor to use instead of the global one
+ */
+
+/**
+ * Opens a connection at once. `url` is the `/ws` endpoint (ws:, wss:, http:, https: or
+ * relative to the page), a list of them (each attempt, including every reconnect, takes the
+ * next one, so a client whose node dies moves to the next node), or a function
+ * `(attempt) => url` (may return a Promise).
+ * @param {string | string[] | ((attempt: number) => string | Promise<string>)} url
+ * @param {Options} [options]
+ * @returns {SessionHub}
+ */
+export function connect(url, options) {
+  return new SessionHub(url, options);
+}
+
+/** One channel the app subscribed to; {@link SessionHub#subscribe} returns it. */
+export class Subscription {
+  /** @param {SessionHub} hub @param {string} channel @param {SubscribeOptions} options */
+  constructor(hub, channel, options) {
+    this.hub = hub;
+    this.channel = channel;
+    this.options = options;
+    /** @type {StreamPosition | null} the last position delivered (or confirmed) */
+    this.position = options.since ? { ...options.since } : null;
+    /** @type {"subscribing" | "subscribed" | "unsubscribed"} */
+    this.state = "subscribing";
+  }
+
+  /** Leaves the channel; no callback fires after this returns. */
+  unsubscribe() {
+    this.hub._unsubscribe(this);
+  }
+}
+
+/** A connection to sessionhub that survives node failures. Create it with {@link connect}. */
+export class SessionHub {
+  /** @param {Parameters<typeof connect>[0]} url @param {Options} [options] */
+  constructor(url, options = {}) {
+    this.options = {
+      minDelay: 100, maxDelay: 10000, pingInterval: 25000, pongTimeout: 10000, connectTimeout: 10000, ...options,
+    };
+    /** @type {"connecting" | "connected" | "closed"} */
+    this.state = "connecting";
+    /** @type {string | null} the node serving this connection */
+    this.node = null;
+    this._url = url;
+    this._urlIndex = 0;
+    this._attempt = 0;
+    this._nextId = 1;
+    this._listeners = new Map();
+    /** @type {Map<string, Subscription>} */
+    this._subs = new Map();
+    this._requests = new Map(); // id -> {sub, recover}, {publish} or {} (ping, unsubscribe)
+    this._outbox = []; // publishes waiting for a connection
+    this._open();
+  }
+
+  /**
+   * Listens to `connected` ({node, client, user, url}), `disconnected` ({code, reason,
+   * reconnect}), `reconnecting` ({attempt, delay}), `recoveryfailed` ({channel, epoch,
+   * offset, since}), `error` ({code, message}: an error frame for no request) or `closed`.
+   * @param {string} type @param {(detail: any) => void} listener
+   * @returns {() => void} removes the listener
+   */
+  on(type, listener) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(listener);
+    return () => this._listeners.get(type).delete(listener);
+  }
+
+  /**
+   * Joins `channel` now and after every reconnect, recovering what was missed.
+   * @param {string} channel @param {SubscribeOptions} [options]
+   * @returns {Subscription}
+   */
+  subscribe(channel, options = {}) {
+    if (this._subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
+    const sub = new Subscription(this, channel, options);
+    this._subs.set(channel, sub);
+    if (this.state === "connected") this._sendSubscribe(sub);
+    return sub;
+  }
+
+  /**
+   * Publishes `data` (any JSON value). Sent once connected; resent after a reconnect if it was
+   * not confirmed, with the same idempotency key, so it is published once.
+   * @param {string} channel @param {any} data
+   * @param {{idempotencyKey?: string}} [options]
+   * @returns {Promise<{channel: string, epoch: string, offset: number, duplicate: boolean}>}
+   *   rejected with an Error carrying the server's `code` if it refuses
+   */
+  publish(channel, data, options = {}) {
+    return new Promise((resolve, reject) => {
+      if (this.state === "closed") return reject(Object.assign(new Error("closed"), { code: "closed" }));
+      const key = options.idempotencyKey ?? randomKey();
+      this._outbox.push({ channel, data, key, resolve, reject });
+      this._flush();
+    });
+  }
+
+  /** Closes the connection for good: no reconnect; unconfirmed publishes are rejected. */
+  close() {
+    if (this.state === "closed") return;
+    this.state = "closed";
+    clearTimeout(this._timer);
+    if (this._ws) this._lost(this._ws, 1000, "closed by the client", false);
+    this._stop();
+  }
+
+  // ---- connection lifecycle ----
+
+  async _open() {
+    let url;
+    try {
+      url = await this._nextUrl();
+    } catch (e) {
+      if (this.state !== "closed") this._schedule();
+      return;
+    }
+    if (this.state === "closed") return;
+    const Socket = this.options.WebSocket || globalThis.WebSocket;
+    const ws = new Socket(url);
+    this._ws = ws;
+    this._said = null;
+    this._wsUrl = url;
+    this._greeting = setTimeout(() => this._lost(ws, 1006, "no greeting in time"), this.options.connectTimeout);
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = (event) => this._lost(ws, event.code, event.reason);
+    ws.onerror = () => {}; // a close event follows
+  }
+
+  async _nextUrl() {
+    const u = this._url;
+    const raw = typeof u === "function" ? await u(this._attempt)
+      : Array.isArray(u) ? u[this._urlIndex++ % u.length] : u;
+    const p = this.options.params;
+    const params = typeof p === "function" ? await p() : p;
+    const url = new URL(raw, globalThis.location?.href);
+    url.protocol = url.protocol.replace(/^http/, "ws");
+    for (const [k, v] of Object.entries(params || {})) url.searchParams.set(k, v);
+    return url.href;
+  }
+
+  /** The socket `ws` ended (or is given up on); decide whether and when to try again. */
+  _lost(ws, code, reason, reconnect = true) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    ws.onmessage = ws.onclose = null;
+    if (ws.readyState <= 1) try { ws.close(1000); } catch { /* already gone */ }
+    clearTimeout(this._greeting);
+    clearInterval(this._pinger);
+    clearTimeout(this._pongDeadline);
+    this._pongDeadline = undefined;
+    const said = this._said; // the server's `disconnect` frame, if it sent one
+    if (said) {
+      code = said.code;
+      reason = said.reason;
+      reconnect &&= said.reconnect;
+    }
+    const wasConnected = this._connected;
+    this._connected = false;
+    if (this.state === "connected") this.state = "connecting";
+    for (const sub of this._subs.values()) sub.state = "subscribing";
+    // Unconfirmed publishes go out again on the next connection (same idempotency key).
+    const unconfirmed = [...this._requests.values()].filter((r) => r.publish).map((r) => r.publish);
+    this._outbox.unshift(...unconfirmed);
+    this._requests.clear();
+    if (wasConnected) this._emit("disconnected", { code, reason, reconnect });
+    if (this.state === "closed") return;
+    if (!reconnect) {
+      this.state = "closed";
+      this._stop();
+      return;
+    }
+    this._schedule();
+  }
+
+  _schedule() {
+    const attempt = ++this._attempt;
+    const { minDelay, maxDelay } = this.options;
+    const base = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt - 1, 30));
+    const delay = Math.round(base * (0.5 + Math.random()));
+    this._emit("reconnecting", { attempt, delay });
+    this._timer = setTimeout(() => this._open(), delay);
+  }
+
+  /** Rejects what can no longer be sent; fires `closed`. */
+  _stop() {
+    const error = Object.assign(new Error("closed"), { code: "closed" });
+    for (const entry of this._outbox.splice(0)) entry.reject(error);
+    this._emit("closed", {});
+  }
+
+  _send(frame) {
+    if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(frame));
+  }
+
+  _heartbeat() {
+    const { pingInterval, pongTimeout } = this.options;
+    if (!pingInterval) return;
+    const ws = this._ws;
+    this._pinger = setInterval(() => {
+      this._request({ type: "ping" });
+      this._pongDeadline ??= setTimeout(() => this._lost(ws, 1006, "no answer to ping"), pongTimeout);
+    }, pingInterval);
+  }
+
+  // ---- frames ----
+
+  _receive(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    clearTimeout(this._pongDeadline);
+    this._pongDeadline = undefined;
+    // The server answers every frame once, in order: an error without an id (a frame it could
+    // not parse) answers the oldest request still waiting.
+    const id = msg.id ?? (msg.type === "error" ? this._requests.keys().next().value : undefined);
+    const request = this._requests.get(id);
+    this._requests.delete(id);
+    switch (msg.type) {
+      case "connected":
+        clearTimeout(this._greeting);
+        this.state = "connected";
+        this._connected = true;
+        this._attempt = 0;
+        this.node = msg.node;
+        this._emit("connected", { node: msg.node, client: msg.client, user: msg.user, url: this._wsUrl });
+        this._heartbeat();
+        for (const sub of this._subs.values()) this._sendSubscribe(sub);
+        this._flush();
+        break;
+      case "subscribed":
+        if (request?.sub) this._subscribed(request, msg);
+        break;
+      case "publication": {
+        const sub = this._subs.get(msg.channel);
+        if (sub?.state === "subscribed") this._deliver(sub, msg, false);
+        break;
+      }
+      case "published":
+        request?.publish?.resolve({ channel: msg.channel, epoch: msg.epoch, offset: msg.offset, duplicate: !!msg.duplicate });
+        break;
+      case "error":
+        this._refused(request, Object.assign(new Error(msg.message), { code: msg.code }));
+        break;
+      case "disconnect":
+        this._said = msg;
+        break;
+      default: // pong, unsubscribed: nothing to do
+    }
+  }
+
+  /** Sends `frame` with a fresh id, remembering `entry` until the answer. */
+  _request(frame, entry = {}) {
+    const id = this._nextId++;
+    this._requests.set(id, entry);
+    this._send({ ...frame, id });
+  }
+
+  _sendSubscribe(sub) {
+    const recover = sub.position ? { ...sub.position } : undefined;
+    sub.state = "subscribing";
+    this._request({ type: "subscribe", channel: sub.channel, ...(recover && { recover }) }, { sub, recover });
+  }
+
+  _subscribed({ sub, recover }, msg) {
+    if (this._subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
+    const { channel, epoch, offset, recovered } = msg;
+    sub.state = "subscribed";
+    call(sub.options.onSubscribed, { channel, epoch, offset, recovered, resubscribed: !!recover });
+    if (recovered) {
+      for (const p of msg.publications) this._deliver(sub, { channel, epoch, offset: p.offset, data: p.data }, true);
+      const at = sub.position;
+      if (!at || at.epoch !== epoch || at.offset < offset) sub.position = { epoch, offset };
+    } else {
+      // Nothing was delivered: live publications continue from the channel's current top.
+      sub.position = { epoch, offset };
+      const info = { channel, epoch, offset, since: recover };
+      if (this._subs.get(channel) === sub) call(sub.options.onRecoveryFailed, info);
+      this._emit("recoveryfailed", info);
+    }
+  }
+
+  /** Delivers `p` unless its offset was delivered already in its epoch. */
+  _deliver(sub, p, recovered) {
+    if (p.offset !== 0) {
+      const at = sub.position;
+      if (at && at.epoch === p.epoch && p.offset <= at.offset) return;
+      sub.position = { epoch: p.epoch, offset: p.offset };
+    }
+    if (sub.state !== "subscribed" || this._subs.get(sub.channel) !== sub) return;
+    call(sub.options.onPublication, { channel: p.channel, epoch: p.epoch, offset: p.offset, data: p.data, recovered });
+  }
+
+  _refused(request, error) {
+    if (request?.publish) return request.publish.reject(error);
+    const sub = request?.sub;
+    if (!sub) return this._emit("error", { code: error.code, message: error.message });
+    if (this._subs.get(sub.channel) !== sub) return;
+    if (error.code === "broker_unavailable") {
+      // The node's broker link is down: try again later on this connection, position kept
+      // (a reconnect meanwhile resubscribes anyway).
+      const ws = this._ws;
+      const retry = () => this._ws === ws && this._subs.get(sub.channel) === sub && this._sendSubscribe(sub);
+      setTimeout(retry, this.options.minDelay * (5 + 10 * Math.random()));
+      return;
+    }
+    this._subs.delete(sub.channel);
+    sub.state = "unsubscribed";
+    call(sub.options.onError, error);
+  }
+
+  _unsubscribe(sub) {
+    if (this._subs.get(sub.channel) !== sub) return;
+    this._subs.delete(sub.channel);
+    sub.state = "unsubscribed";
+    if (this.state === "connected") this._request({ type: "unsubscribe", channel: sub.channel });
+  }
+
+  _flush() {
+    if (this.state !== "connected") return;
+    for (const entry of this._outbox.splice(0)) {
+      const { channel, data, key } = entry;
+      this._request({ type: "publish", channel, data, idempotency_key: key }, { publish: entry });
+    }
+  }
+
+  _emit(type, detail) {
+    for (const listener of this._listeners.get(type) || []) call(listener, detail);
+  }
+}
+
+/** Calls an app callback; an exception in it is reported, never breaks the client. */
+function call(fn, arg) {
+  if (!fn) return;
+  try {
+    fn(arg);
+  } catch (e) {
+    setTimeout(() => { throw e; });
+  }
+}
+
+/** 128 random bits as hex (getRandomValues works outside secure contexts too). */
+function randomKey() {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}

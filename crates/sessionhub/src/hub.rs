@@ -116,41 +116,37 @@ struct Member {
     slow: CancellationToken,
 }
 
-/// Channel -> the local connections that joined it.
+/// Channel -> the local connections that joined it, and user -> how many connections the
+/// user has here (whatever channels they joined).
 #[derive(Default)]
 pub struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
-    /// Bumped on every join and leave, so presence can tell whether anything changed.
+    users: Mutex<HashMap<UserId, usize>>,
+    /// Bumped whenever a connection opens or closes, so presence can tell whether anything
+    /// changed.
     generation: AtomicU64,
 }
 
 impl Registry {
     /// Counts the local connections and distinct users.
     pub fn online(&self) -> Online {
-        let channels = self.channels.lock().unwrap();
-        channels
-            .iter()
-            .filter(|(name, _)| UserId::from_channel(name).is_some())
-            .fold(Online::default(), |acc, (_, members)| Online {
-                online: acc.online + members.len(),
-                users: acc.users + 1,
-            })
+        let users = self.users.lock().unwrap();
+        Online {
+            online: users.values().sum(),
+            users: users.len(),
+        }
     }
 
     /// The users with at least one local connection.
     pub fn users(&self) -> Vec<String> {
-        let channels = self.channels.lock().unwrap();
-        channels
-            .keys()
-            .filter_map(|name| UserId::from_channel(name))
-            .map(|user| user.as_str().to_owned())
-            .collect()
+        let users = self.users.lock().unwrap();
+        users.keys().map(|u| u.as_str().to_owned()).collect()
     }
 
-    /// Local connections that joined `channel`.
-    pub fn members(&self, channel: &str) -> usize {
-        let channels = self.channels.lock().unwrap();
-        channels.get(channel).map_or(0, Vec::len)
+    /// Local connections of `user`.
+    pub fn connections_of(&self, user: &UserId) -> usize {
+        let users = self.users.lock().unwrap();
+        users.get(user).copied().unwrap_or(0)
     }
 }
 
@@ -263,7 +259,7 @@ impl Hub {
         self.inner.registry.users()
     }
 
-    /// A number that changes whenever a connection joins or leaves.
+    /// A number that changes whenever a connection opens or closes.
     pub fn generation(&self) -> u64 {
         self.inner.registry.generation.load(Ordering::Relaxed)
     }
@@ -293,16 +289,26 @@ impl Hub {
         self.inner.broker.recover(channel, since).await
     }
 
-    /// Local connections on `channel`.
-    pub fn local_connections(&self, channel: &str) -> usize {
-        self.inner.registry.members(channel)
+    /// Local connections of `user`.
+    pub fn local_connections(&self, user: &UserId) -> usize {
+        self.inner.registry.connections_of(user)
     }
 
-    /// A new local connection, in no channel yet.
-    pub fn connect(&self) -> Connection {
+    /// A new local connection of `user`, in no channel yet. It counts as online until
+    /// dropped.
+    pub fn connect(&self, user: &UserId) -> Connection {
         let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
+        let registry = &self.inner.registry;
+        *registry
+            .users
+            .lock()
+            .unwrap()
+            .entry(user.clone())
+            .or_default() += 1;
+        registry.generation.fetch_add(1, Ordering::Relaxed);
         Connection {
             hub: self.clone(),
+            user: user.clone(),
             member: Member {
                 id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
                 tx,
@@ -343,6 +349,7 @@ pub fn session_channel(id: &SessionId) -> String {
 /// every channel.
 pub struct Connection {
     hub: Hub,
+    user: UserId,
     member: Member,
     rx: mpsc::Receiver<Outbound>,
     channels: Vec<String>,
@@ -357,7 +364,6 @@ impl Connection {
         let registry = &self.hub.inner.registry;
         let subscribed = {
             let mut channels = registry.channels.lock().unwrap();
-            registry.generation.fetch_add(1, Ordering::Relaxed);
             match channels.entry(channel.to_owned()) {
                 Entry::Occupied(mut e) => {
                     e.get_mut().push(self.member.clone());
@@ -385,7 +391,6 @@ impl Connection {
         self.channels.retain(|c| c != channel);
         let registry = &self.hub.inner.registry;
         let mut channels = registry.channels.lock().unwrap();
-        registry.generation.fetch_add(1, Ordering::Relaxed);
         if let Some(members) = channels.get_mut(channel) {
             members.retain(|m| m.id != self.member.id);
             if members.is_empty() {
@@ -426,5 +431,14 @@ impl Drop for Connection {
         for channel in std::mem::take(&mut self.channels) {
             self.leave(&channel);
         }
+        let registry = &self.hub.inner.registry;
+        let mut users = registry.users.lock().unwrap();
+        if let Entry::Occupied(mut count) = users.entry(self.user.clone()) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        registry.generation.fetch_add(1, Ordering::Relaxed);
     }
 }

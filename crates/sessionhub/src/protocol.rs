@@ -86,18 +86,15 @@ pub fn is_public_channel_name(name: &str) -> bool {
 }
 
 /// A frame a client sends on the protocol v1 endpoint (`GET /ws`).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug)]
 pub enum ClientMessage {
     /// Join a channel; with `recover`, get what was published since that position first.
     Subscribe {
         /// The channel.
         channel: String,
         /// The last position the client saw on this channel.
-        #[serde(default)]
         recover: Option<StreamPosition>,
         /// Echoed in the reply.
-        #[serde(default)]
         id: Option<u64>,
     },
     /// Leave a channel.
@@ -105,41 +102,154 @@ pub enum ClientMessage {
         /// The channel.
         channel: String,
         /// Echoed in the reply.
-        #[serde(default)]
         id: Option<u64>,
     },
     /// Publish to a channel (where the channel rules allow it).
     Publish {
         /// The channel.
         channel: String,
-        /// Any JSON value.
+        /// Any JSON value, as its text.
         data: Box<RawValue>,
         /// Echoed in the reply.
-        #[serde(default)]
         id: Option<u64>,
-        /// A retried publish with the same key is published once.
-        #[serde(default)]
+        /// A retried publish with the same key is published once (1 to 128 characters).
         idempotency_key: Option<String>,
     },
     /// Answered with `pong`.
     Ping {
         /// Echoed in the reply.
-        #[serde(default)]
         id: Option<u64>,
     },
 }
 
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+// The wire shapes. `type` is read first and the rest parsed into the matching shape, because
+// serde cannot borrow raw JSON (`data`) through an internally tagged enum.
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeWire {
+    #[serde(rename = "type")]
+    _kind: String,
+    channel: String,
+    #[serde(default)]
+    recover: Option<StreamPosition>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelWire {
+    #[serde(rename = "type")]
+    _kind: String,
+    channel: String,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishWire {
+    #[serde(rename = "type")]
+    _kind: String,
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingWire {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
 impl ClientMessage {
-    /// Parses a text frame.
-    pub fn parse(text: &str) -> Result<Self, FrameError> {
-        serde_json::from_str(text).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
+    /// Parses a text frame. On error, also returns the frame's `id` if it had a readable
+    /// one, so the error reply can carry it.
+    pub fn parse(text: &str) -> Result<Self, (FrameError, Option<u64>)> {
+        let tag: Tag<'_> = serde_json::from_str(text).map_err(|e| {
+            let error = if e.is_syntax() || e.is_eof() {
                 FrameError::NotJson(e.to_string())
             } else {
                 FrameError::Message(e.to_string())
+            };
+            (error, lenient_id(text))
+        })?;
+        let invalid = |e: serde_json::Error| (FrameError::Message(e.to_string()), tag.id);
+        Ok(match tag.kind.as_ref() {
+            "subscribe" => {
+                let w: SubscribeWire = serde_json::from_str(text).map_err(invalid)?;
+                Self::Subscribe {
+                    channel: w.channel,
+                    recover: w.recover,
+                    id: w.id,
+                }
+            }
+            "unsubscribe" => {
+                let w: ChannelWire = serde_json::from_str(text).map_err(invalid)?;
+                Self::Unsubscribe {
+                    channel: w.channel,
+                    id: w.id,
+                }
+            }
+            "publish" => {
+                let w: PublishWire = serde_json::from_str(text).map_err(invalid)?;
+                if w.idempotency_key
+                    .as_ref()
+                    .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
+                {
+                    return Err((
+                        FrameError::Message(format!(
+                            "idempotency_key: 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+                        )),
+                        w.id,
+                    ));
+                }
+                Self::Publish {
+                    channel: w.channel,
+                    data: w.data,
+                    id: w.id,
+                    idempotency_key: w.idempotency_key,
+                }
+            }
+            "ping" => {
+                let w: PingWire = serde_json::from_str(text).map_err(invalid)?;
+                Self::Ping { id: w.id }
+            }
+            other => {
+                return Err((
+                    FrameError::Message(format!(
+                        "unknown type {other:?}: expected subscribe, unsubscribe, publish or ping"
+                    )),
+                    tag.id,
+                ));
             }
         })
     }
+}
+
+/// The `id` of a frame that is JSON but not a valid message, if it has a numeric one.
+fn lenient_id(text: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(text)
+        .ok()?
+        .get("id")?
+        .as_u64()
 }
 
 /// A frame a client sent on `/websocket/{id}`.
@@ -332,6 +442,63 @@ mod tests {
         assert_eq!(code(r#"{"KEY":1.5,"VALUE":"x"}"#), "invalid_key");
         assert_eq!(code(r#"{"KEY":"a{b}","VALUE":"x"}"#), "invalid_key");
         assert_eq!(code(r#"{"KEY":null,"VALUE":"x"}"#), "invalid_key");
+    }
+
+    #[test]
+    fn v1_messages_parse_with_raw_data_and_ids() {
+        let m = ClientMessage::parse(
+            r#"{"type":"publish","channel":"room:1","data":{"a":[1,"x"]},"id":4,"idempotency_key":"k"}"#,
+        )
+        .unwrap();
+        let ClientMessage::Publish {
+            channel,
+            data,
+            id,
+            idempotency_key,
+        } = m
+        else {
+            panic!("not a publish");
+        };
+        assert_eq!(
+            (channel.as_str(), data.get(), id),
+            ("room:1", r#"{"a":[1,"x"]}"#, Some(4))
+        );
+        assert_eq!(idempotency_key.as_deref(), Some("k"));
+        let m = ClientMessage::parse(
+            r#"{"type":"subscribe","channel":"c","recover":{"epoch":"e","offset":3}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Subscribe {
+                recover: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping { id: None })
+        ));
+    }
+
+    #[test]
+    fn v1_errors_keep_the_id_when_there_is_one() {
+        let (e, id) =
+            ClientMessage::parse(r#"{"type":"publish","channel":"c","id":9}"#).unwrap_err();
+        assert_eq!((e.code(), id), ("invalid_message", Some(9)));
+        let (e, id) = ClientMessage::parse(r#"{"type":"nope","id":2}"#).unwrap_err();
+        assert_eq!((e.code(), id), ("invalid_message", Some(2)));
+        let (e, id) = ClientMessage::parse("{not json").unwrap_err();
+        assert_eq!((e.code(), id), ("invalid_json", None));
+        let (_, id) =
+            ClientMessage::parse(r#"{"type":"subscribe","id":5,"extra":1,"channel":"c"}"#)
+                .unwrap_err();
+        assert_eq!(id, Some(5));
+        let long = "k".repeat(129);
+        let frame = format!(
+            r#"{{"type":"publish","channel":"c","data":1,"id":1,"idempotency_key":"{long}"}}"#
+        );
+        assert!(ClientMessage::parse(&frame).is_err());
     }
 
     #[test]

@@ -249,6 +249,8 @@ async fn client_js() -> impl IntoResponse {
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            // A public script: pages on other origins import it as a module, which needs CORS.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         include_str!("../../assets/sessionhub.js"),
     )

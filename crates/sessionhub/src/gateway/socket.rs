@@ -173,7 +173,7 @@ async fn admit(
     }
     let (user, credentials) =
         authenticate(gateway, requested, query.token.as_deref(), headers).await?;
-    if gateway.hub.local_connections(&user.channel()) >= security.limits.connections_per_user {
+    if gateway.hub.local_connections(&user) >= security.limits.connections_per_user {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_connections",
@@ -286,7 +286,7 @@ async fn run(
     gateway: Gateway,
     mut protocol: Protocol,
 ) {
-    let mut connection = gateway.hub.connect();
+    let mut connection = gateway.hub.connect(&user);
     // The seed protocol is the user's personal channel; v1 clients choose their channels.
     let mut joined = match protocol {
         Protocol::Seed => connection.join(&user.channel()).await,

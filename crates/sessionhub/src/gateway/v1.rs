@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::Gateway;
-use super::socket::{Credentials, error_frame};
+use super::socket::Credentials;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::hub::{Connection, Delivery};
@@ -176,7 +176,7 @@ impl V1 {
     ) -> Vec<String> {
         let message = match ClientMessage::parse(text) {
             Ok(message) => message,
-            Err(e) => return vec![error_frame(&e)],
+            Err((e, id)) => return vec![error(id, e.code(), e.to_string())],
         };
         match message {
             ClientMessage::Ping { id } => vec![Reply::Pong { id }.text()],
@@ -312,7 +312,8 @@ impl V1 {
         }
         let security = &gateway.config.security;
         if security.ws_auth != WsAuth::Open && !security.channels.can_publish(channel) {
-            return error_frame(&FrameError::PublishForbidden);
+            let e = FrameError::PublishForbidden;
+            return error(id, e.code(), e.to_string());
         }
         let options = PublishOptions {
             history: true,

@@ -1,0 +1,271 @@
+// Unit tests of sessionhub.js against a scripted fake WebSocket: `node --test client.test.mjs`
+// (run by `cargo test -p sessionhub-server --test browser client_logic`). The browser test
+// (run.mjs) covers the real thing end to end; these cover the corners a real server does not
+// produce on demand: duplicates, stale offsets, refusals, timeouts.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect } from "../../../sessionhub/assets/sessionhub.js";
+
+/** A WebSocket whose server side the test plays. */
+class FakeSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    FakeSocket.all.push(this);
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    this.readyState = 3;
+  }
+  /** The upgrade succeeded and the server greets. */
+  open(node = "n1") {
+    this.readyState = 1;
+    this.frame({ type: "connected", client: `${node}/1`, node, user: "alice" });
+  }
+  frame(frame) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+  drop(code = 1006, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  /** The last frame sent of `type`. */
+  last(type) {
+    return this.sent.filter((f) => f.type === type).at(-1);
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits (bounded) for the `n`th socket (1-based) to be created. */
+async function socket(n) {
+  for (let i = 0; i < 500 && FakeSocket.all.length < n; i++) await sleep(2);
+  assert.ok(FakeSocket.all.length >= n, `socket ${n} was never opened`);
+  return FakeSocket.all[n - 1];
+}
+
+function hub(url = ["ws://a/ws", "ws://b/ws"], options = {}) {
+  FakeSocket.all = [];
+  return connect(url, { WebSocket: FakeSocket, minDelay: 2, maxDelay: 8, params: { user: "alice" }, ...options });
+}
+
+const pub = (channel, epoch, offset, data) => ({ type: "publication", channel, epoch, offset, data });
+
+test("delivers in order, once, recovered before live, and resubscribes from the last offset", async () => {
+  const h = hub();
+  const got = [];
+  const events = [];
+  h.on("reconnecting", (e) => events.push(["reconnecting", e]));
+  h.on("connected", (e) => events.push(["connected", e.node]));
+  h.on("disconnected", (e) => events.push(["disconnected", e.code]));
+  h.subscribe("room:1", { onPublication: (p) => got.push([p.offset, p.data, p.recovered]) });
+  const a = await socket(1);
+  assert.equal(a.url, "ws://a/ws?user=alice");
+  a.open("n1");
+  const sub = a.last("subscribe");
+  assert.equal(sub.channel, "room:1");
+  assert.equal(sub.recover, undefined, "a first subscribe has nothing to recover");
+  a.frame({ type: "subscribed", id: sub.id, channel: "room:1", epoch: "E", offset: 4, recovered: true, publications: [] });
+  a.frame(pub("room:1", "E", 5, "five"));
+  a.frame(pub("room:1", "E", 5, "five again")); // duplicate
+  a.frame(pub("room:1", "E", 3, "old")); // older than what was confirmed
+  a.frame(pub("room:1", "E", 6, "six"));
+  a.drop();
+
+  const b = await socket(2);
+  assert.equal(b.url, "ws://b/ws?user=alice", "the next URL in the list");
+  b.open("n2");
+  const again = b.last("subscribe");
+  assert.deepEqual(again.recover, { epoch: "E", offset: 6 });
+  b.frame({
+    type: "subscribed", id: again.id, channel: "room:1", epoch: "E", offset: 8, recovered: true,
+    publications: [{ offset: 7, data: "seven" }, { offset: 8, data: "eight" }],
+  });
+  b.frame(pub("room:1", "E", 8, "eight live")); // already recovered
+  b.frame(pub("room:1", "E", 9, "nine"));
+  assert.deepEqual(got, [
+    [5, "five", false], [6, "six", false], [7, "seven", true], [8, "eight", true], [9, "nine", false],
+  ]);
+  const delay = events.find(([t]) => t === "reconnecting")[1];
+  assert.equal(delay.attempt, 1);
+  assert.ok(delay.delay >= 1 && delay.delay <= 3, `first delay ${delay.delay} within 2 ms ±50%`);
+  assert.deepEqual(events.filter(([t]) => t !== "reconnecting"), [
+    ["connected", "n1"], ["disconnected", 1006], ["connected", "n2"],
+  ]);
+  h.close();
+});
+
+test("a failed recovery is reported and live delivery continues from the new position", async () => {
+  const h = hub("ws://a/ws");
+  const got = [];
+  const failed = [];
+  const global = [];
+  h.on("recoveryfailed", (e) => global.push(e.channel));
+  h.subscribe("user:alice", {
+    onPublication: (p) => got.push(p.offset),
+    onRecoveryFailed: (e) => failed.push(e),
+    since: { epoch: "E", offset: 2 },
+  });
+  const a = await socket(1);
+  a.open();
+  const s = a.last("subscribe");
+  assert.deepEqual(s.recover, { epoch: "E", offset: 2 }, "`since` recovers on the first subscribe");
+  a.frame({ type: "subscribed", id: s.id, channel: "user:alice", epoch: "F", offset: 20, recovered: false, publications: [] });
+  a.frame(pub("user:alice", "F", 21, "x"));
+  assert.deepEqual(got, [21]);
+  assert.deepEqual(failed, [{ channel: "user:alice", epoch: "F", offset: 20, since: { epoch: "E", offset: 2 } }]);
+  assert.deepEqual(global, ["user:alice"]);
+  h.close();
+});
+
+test("publish resolves on published, rejects on error, and is resent with its key after a drop", async () => {
+  const h = hub("ws://a/ws");
+  const early = h.publish("room:1", { n: 1 }); // before the connection: queued
+  const a = await socket(1);
+  a.open();
+  const first = a.last("publish");
+  assert.deepEqual(first.data, { n: 1 });
+  assert.match(first.idempotency_key, /^[0-9a-f]{32}$/);
+  a.frame({ type: "published", id: first.id, channel: "room:1", epoch: "E", offset: 1 });
+  assert.deepEqual(await early, { channel: "room:1", epoch: "E", offset: 1, duplicate: false });
+
+  const refused = h.publish("session:x", 1);
+  a.frame({ type: "error", id: a.last("publish").id, code: "invalid_channel", message: "no" });
+  await assert.rejects(refused, (e) => e.code === "invalid_channel");
+
+  // An error without an id (a frame the server could not parse) answers the oldest request.
+  const unparsed = h.publish("room:1", 1);
+  const next = h.publish("room:1", 2);
+  a.frame({ type: "error", code: "invalid_message", message: "bad frame" });
+  await assert.rejects(unparsed, (e) => e.code === "invalid_message");
+  a.frame({ type: "published", id: a.last("publish").id, channel: "room:1", epoch: "E", offset: 3 });
+  assert.equal((await next).offset, 3);
+
+  const lost = h.publish("room:1", "retry me", { idempotencyKey: "k-1" });
+  const sent = a.last("publish");
+  a.drop();
+  const b = await socket(2);
+  b.open();
+  const resent = b.last("publish");
+  assert.equal(resent.idempotency_key, "k-1");
+  assert.equal(resent.data, "retry me");
+  assert.notEqual(resent.id, sent.id);
+  b.frame({ type: "published", id: resent.id, channel: "room:1", epoch: "E", offset: 2, duplicate: true });
+  assert.equal((await lost).duplicate, true);
+  h.close();
+  await assert.rejects(h.publish("room:1", 1), (e) => e.code === "closed");
+});
+
+test("disconnect with reconnect:false stops for good", async () => {
+  const h = hub("ws://a/ws");
+  const seen = [];
+  h.on("disconnected", (e) => seen.push(e));
+  h.on("closed", () => seen.push("closed"));
+  const a = await socket(1);
+  a.open();
+  const pending = h.publish("room:1", 1);
+  a.frame({ type: "disconnect", code: 4002, reason: "session ended", reconnect: false });
+  a.drop(4002, "session ended");
+  await assert.rejects(pending, (e) => e.code === "closed");
+  await sleep(30);
+  assert.equal(FakeSocket.all.length, 1, "no reconnect");
+  assert.equal(h.state, "closed");
+  assert.deepEqual(seen, [{ code: 4002, reason: "session ended", reconnect: false }, "closed"]);
+});
+
+test("4010 (insufficient state) reconnects and recovers", async () => {
+  const h = hub("ws://a/ws");
+  h.subscribe("room:1", {});
+  const a = await socket(1);
+  a.open();
+  const s = a.last("subscribe");
+  a.frame({ type: "subscribed", id: s.id, channel: "room:1", epoch: "E", offset: 7, recovered: true, publications: [] });
+  a.frame({ type: "disconnect", code: 4010, reason: "insufficient state", reconnect: true });
+  a.drop(4010, "insufficient state");
+  const b = await socket(2);
+  b.open();
+  assert.deepEqual(b.last("subscribe").recover, { epoch: "E", offset: 7 });
+  h.close();
+});
+
+test("an unsubscribe while the subscribe is in flight silences the channel", async () => {
+  const h = hub("ws://a/ws");
+  const got = [];
+  const sub = h.subscribe("room:1", { onPublication: (p) => got.push(p), onSubscribed: (e) => got.push(e) });
+  const a = await socket(1);
+  a.open();
+  const s = a.last("subscribe");
+  sub.unsubscribe();
+  assert.equal(a.last("unsubscribe").channel, "room:1");
+  a.frame({ type: "subscribed", id: s.id, channel: "room:1", epoch: "E", offset: 0, recovered: true, publications: [] });
+  a.frame(pub("room:1", "E", 1, "late"));
+  assert.deepEqual(got, []);
+  // The channel can be joined again.
+  h.subscribe("room:1", {});
+  assert.equal(a.last("subscribe").channel, "room:1");
+  h.close();
+});
+
+test("a refused subscription reports the error; broker_unavailable is retried", async () => {
+  const h = hub("ws://a/ws");
+  const errors = [];
+  h.subscribe("user:bob", { onError: (e) => errors.push(e.code) });
+  h.subscribe("room:1", { onError: (e) => errors.push(e.code) });
+  const a = await socket(1);
+  a.open();
+  const [bob, room] = a.sent.filter((f) => f.type === "subscribe");
+  a.frame({ type: "error", id: bob.id, code: "forbidden", message: "no" });
+  a.frame({ type: "error", id: room.id, code: "broker_unavailable", message: "later" });
+  assert.deepEqual(errors, ["forbidden"]);
+  for (let i = 0; i < 100 && a.sent.filter((f) => f.type === "subscribe").length < 3; i++) await sleep(2);
+  const retried = a.last("subscribe");
+  assert.equal(retried.channel, "room:1");
+  assert.notEqual(retried.id, room.id);
+  assert.throws(() => h.subscribe("room:1", {}), /already subscribed/);
+  h.close();
+});
+
+test("backoff doubles up to maxDelay with ±50% jitter, and a URL function is awaited", async () => {
+  const asked = [];
+  const h = hub(async (attempt) => {
+    asked.push(attempt);
+    return "http://a/ws"; // http: becomes ws:
+  }, { minDelay: 4, maxDelay: 16 });
+  const delays = [];
+  h.on("reconnecting", (e) => delays.push(e));
+  for (let n = 1; n <= 5; n++) (await socket(n)).drop();
+  await socket(6);
+  assert.equal(FakeSocket.all[0].url, "ws://a/ws?user=alice");
+  assert.deepEqual(asked, [0, 1, 2, 3, 4, 5]);
+  assert.deepEqual(delays.map((d) => d.attempt), [1, 2, 3, 4, 5]);
+  const bases = [4, 8, 16, 16, 16];
+  delays.forEach((d, i) => assert.ok(d.delay >= bases[i] / 2 && d.delay <= bases[i] * 1.5, `delay ${i + 1}: ${d.delay}`));
+  FakeSocket.all[5].open();
+  FakeSocket.all[5].drop();
+  await socket(7);
+  assert.equal(delays.at(-1).attempt, 1, "a greeting resets the backoff");
+  h.close();
+});
+
+test("a server that stops answering pings is left", async () => {
+  const h = hub("ws://a/ws", { pingInterval: 5, pongTimeout: 10 });
+  const seen = [];
+  h.on("disconnected", (e) => seen.push(e.reason));
+  const a = await socket(1);
+  a.open();
+  await socket(2);
+  assert.ok(a.sent.some((f) => f.type === "ping"));
+  assert.deepEqual(seen, ["no answer to ping"]);
+  h.close();
+});
+
+test("an attempt that gets no greeting is abandoned", async () => {
+  const h = hub("ws://a/ws", { connectTimeout: 10 });
+  await socket(1); // never greets
+  await socket(2);
+  h.close();
+});
