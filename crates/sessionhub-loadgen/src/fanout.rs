@@ -21,8 +21,8 @@ use crate::client::{self, Flavor, Incoming, Ws};
 use crate::clock;
 use crate::engineio;
 use crate::pacing::Schedule;
-use crate::procfs::{CpuMeters, CpuUse};
 use crate::payload::Payload;
+use crate::procfs::{CpuMeters, CpuUse};
 use crate::stats::{ConnTally, Delivery, Latency, LatencySummary};
 
 /// How the publisher pushes.
@@ -258,7 +258,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         eprintln!(
             "[{}] step {step}: rate {:.0}/s published {:.0}/s delivered {:.0}/s p50 {:.2} ms p99 \
              {:.2} ms p999 {:.2} ms lost {} dup {} errors {} disconnects {} cpu server {:.0}% redis {:.0}% \
-             loadgen {:.0}% -> {}",
+             loadgen {:.0}% other {:.0}% -> {}",
             args.label,
             result.rate,
             result.publish_rate,
@@ -273,6 +273,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             result.cpu.server,
             result.cpu.redis,
             result.cpu.loadgen,
+            result.cpu.other,
             if result.pass { "pass" } else { "FAIL" }
         );
         let pass = result.pass;

@@ -54,8 +54,30 @@ impl CpuMeter {
     }
 }
 
+/// Busy (not idle, not waiting for I/O) ticks of the whole machine, all CPUs together.
+pub(crate) fn machine_busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| parse_busy_ticks(&s))
+        .unwrap_or(0)
+}
+
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some(total - idle)
+}
+
 /// CPU use of the target's processes, Redis and the load generator during a measurement,
-/// each in percent of one core.
+/// each in percent of one core; and of everything else on the machine, which on a shared
+/// machine tells how disturbed a measurement was.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(crate) struct CpuUse {
     /// The target's server processes together.
@@ -64,6 +86,9 @@ pub(crate) struct CpuUse {
     pub(crate) redis: f64,
     /// This load generator.
     pub(crate) loadgen: f64,
+    /// Every other process and the kernel's own work (machine busy time minus the above).
+    #[serde(default)]
+    pub(crate) other: f64,
 }
 
 /// Meters for [`CpuUse`].
@@ -72,6 +97,7 @@ pub(crate) struct CpuMeters {
     server: CpuMeter,
     redis: CpuMeter,
     loadgen: CpuMeter,
+    busy: u64,
 }
 
 impl CpuMeters {
@@ -81,15 +107,25 @@ impl CpuMeters {
             server: CpuMeter::start(server),
             redis: CpuMeter::start(&redis.into_iter().collect::<Vec<_>>()),
             loadgen: CpuMeter::start(&[std::process::id()]),
+            busy: machine_busy_ticks(),
         }
     }
 
     /// What was used since the start.
     pub(crate) fn read(&self) -> CpuUse {
+        let secs = self.loadgen.start.elapsed().as_secs_f64().max(1e-3);
+        let busy =
+            machine_busy_ticks().saturating_sub(self.busy) as f64 / TICKS_PER_SEC / secs * 100.0;
+        let (server, redis, loadgen) = (
+            self.server.percent(),
+            self.redis.percent(),
+            self.loadgen.percent(),
+        );
         CpuUse {
-            server: self.server.percent(),
-            redis: self.redis.percent(),
-            loadgen: self.loadgen.percent(),
+            server,
+            redis,
+            loadgen,
+            other: (busy - server - redis - loadgen).max(0.0),
         }
     }
 }
@@ -185,6 +221,13 @@ mod tests {
         assert!(x > 0);
         assert!(meter.percent() >= 0.0);
         assert_eq!(CpuMeter::start(&[]).percent(), 0.0);
+    }
+
+    #[test]
+    fn reads_machine_busy_time() {
+        let stat = "cpu  100 5 50 1000 20 1 4 3 0 0\ncpu0 50 2 25 500 10 0 2 1 0 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(163));
+        assert_eq!(parse_busy_ticks("intr 1 2 3"), None);
     }
 
     #[test]

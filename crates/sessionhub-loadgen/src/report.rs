@@ -299,6 +299,15 @@ fn checks(r: &Results) -> Vec<Check> {
     out
 }
 
+/// CPU microseconds per operation, from percent of a core and operations per second.
+fn per_op_us(percent: f64, per_sec: f64) -> f64 {
+    if per_sec > 0.0 {
+        percent / 100.0 * 1e6 / per_sec
+    } else {
+        0.0
+    }
+}
+
 fn commands(m: &BTreeMap<String, f64>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k} {v:.2}"))
@@ -507,9 +516,13 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
         let _ = writeln!(
             s,
             "| target | nodes | push | clients | best pushes/s | delivered msgs/s | p50 ms | p99 ms \
-             | p99.9 ms | lost | dup | sessionhub / this |"
+             | p99.9 ms | lost | dup | CPU % server / Redis / loadgen / other | server CPU µs per delivery | \
+             sessionhub / this |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for f in &r.fanout {
             let reference = if f.publish == PublishMode::Frame {
                 "sessionhub-frame"
@@ -521,7 +534,8 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
                 Some(b) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | \
+                         {:.0} / {:.0} / {:.0} / {:.0} | {:.1} | {} |",
                         f.label,
                         f.nodes,
                         mode(f.publish),
@@ -533,13 +547,18 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
                         b.latency.p999_ms,
                         b.delivery.lost,
                         b.delivery.duplicated,
+                        b.cpu.server,
+                        b.cpu.redis,
+                        b.cpu.loadgen,
+                        b.cpu.other,
+                        per_op_us(b.cpu.server, b.delivered_per_sec),
                         ratio(ours, b.delivered_per_sec)
                     );
                 }
                 None => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | none passed | 0 | | | | | | n/a |",
+                        "| {} | {} | {} | {} | none passed | 0 | | | | | | | | n/a |",
                         f.label,
                         f.nodes,
                         mode(f.publish),
@@ -552,14 +571,15 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
         let _ = writeln!(
             s,
             "| target | pushes/s asked | pushes/s done | delivered msgs/s | p50 ms | p99 ms | \
-             p99.9 ms | max ms | lost | dup | errors | pass |"
+             p99.9 ms | max ms | lost | dup | errors | CPU % server / Redis / loadgen / other | pass |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for f in &r.fanout {
             for st in &f.steps {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |",
+                    "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | \
+                     {:.0} / {:.0} / {:.0} / {:.0} | {} |",
                     f.label,
                     st.rate,
                     st.publish_rate,
@@ -571,6 +591,10 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
                     st.delivery.lost,
                     st.delivery.duplicated,
                     st.publish_errors,
+                    st.cpu.server,
+                    st.cpu.redis,
+                    st.cpu.loadgen,
+                    st.cpu.other,
                     if st.pass { "yes" } else { "no" }
                 );
             }
@@ -611,9 +635,13 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
             s,
             "| target | VUs | req/s | p50 ms | p99 ms | errors | count mismatches | Redis cmds/req \
              (INFO, incl. scripted) | sent per read+write | sent per read | sent per login | \
+             CPU % server / Redis / loadgen / other | CPU µs per request server / Redis | \
              sessionhub / this |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         let ours =
             find(&r.sessions, "sessionhub", |x| &x.label).map_or(0.0, |x| x.requests_per_sec);
         let probe = |p: &Option<crate::sessions::Probe>| {
@@ -631,7 +659,8 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
         for x in &r.sessions {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {} | {} | {:.0} / {:.0} \
+                 / {:.0} / {:.0} | {:.1} / {:.1} | {} |",
                 x.label,
                 x.vus,
                 x.requests_per_sec,
@@ -643,6 +672,12 @@ pub(crate) fn markdown(r: &Results, charts: &[String]) -> String {
                 probe(&x.probe_write),
                 probe(&x.probe_read),
                 probe(&x.probe_login),
+                x.cpu.server,
+                x.cpu.redis,
+                x.cpu.loadgen,
+                x.cpu.other,
+                per_op_us(x.cpu.server, x.requests_per_sec),
+                per_op_us(x.cpu.redis, x.requests_per_sec),
                 ratio(ours, x.requests_per_sec)
             );
         }
@@ -691,6 +726,13 @@ mod tests {
             "\"test\",\"rps\",\"avg_latency_ms\"\n\"publish ch hello\",\"166666.67\",\"0.175\"\n";
         assert_eq!(parse_benchmark_csv(csv), Some(166_666.67));
         assert_eq!(parse_benchmark_csv("\"test\",\"rps\"\n"), None);
+    }
+
+    #[test]
+    fn cpu_per_operation() {
+        // Half a core for 10 000 operations per second: 50 µs each.
+        assert!((per_op_us(50.0, 10_000.0) - 50.0).abs() < 1e-9);
+        assert_eq!(per_op_us(50.0, 0.0), 0.0);
     }
 
     #[test]

@@ -241,13 +241,14 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
     let per_request = |n: u64| n as f64 / requests.max(1) as f64;
     eprintln!(
         "[{}] {requests} requests ({errors} errors) in {elapsed:.1} s: {:.0}/s, {:.2} Redis \
-         commands per request; cpu server {:.0}% redis {:.0}% loadgen {:.0}%",
+         commands per request; cpu server {:.0}% redis {:.0}% loadgen {:.0}% other {:.0}%",
         args.label,
         requests as f64 / elapsed,
         per_request(delta.total),
         cpu.server,
         cpu.redis,
-        cpu.loadgen
+        cpu.loadgen,
+        cpu.other
     );
 
     let (probe_login, probe_write, probe_read) = if args.probe_requests > 0 {

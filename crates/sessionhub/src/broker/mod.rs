@@ -179,8 +179,12 @@ pub trait Deliver: Send + Sync + 'static {
 /// Carries publications by channel between the nodes that share it, and keeps history.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes `data` (JSON text) on `channel`. An error means it was not published:
-    /// callers report that rather than a success that delivered nothing.
+    /// Publishes `data` (JSON text) on `channel`. Callers report an error rather than a
+    /// success that delivered nothing. An error means it was not published, except when the
+    /// link to a shared backend broke with the publish in flight: then the broker cannot
+    /// tell. It never sends such a publish again by itself unless
+    /// [`PublishOptions::idempotency_key`] makes that harmless; a caller that retries
+    /// should pass a key too.
     async fn publish(
         &self,
         channel: &str,

@@ -19,11 +19,22 @@
 //! The task keeps the set of channels the hub asked for, updated in call order, and brings
 //! the connection to that set with SUBSCRIBE and UNSUBSCRIBE rounds. When the connection
 //! drops, the task reports the broker unhealthy, reconnects with jittered exponential
-//! backoff, subscribes to the whole set again in one SUBSCRIBE, and only then reports
-//! healthy again. Messages published while a node is disconnected do not reach it: Redis
-//! pub/sub is fire-and-forget, and PUBLISH's count does not include that node. So after a
+//! backoff, subscribes to the whole set again in one SUBSCRIBE, makes sure the command
+//! connection is a live one too (see below), and only then reports healthy again. Messages
+//! published while a node is disconnected do not reach it: Redis pub/sub is
+//! fire-and-forget, and PUBLISH's count does not include that node. So after a
 //! reconnection the task tells the sink to resync: clients recover what they missed from
 //! the history.
+//!
+//! The command connection cannot notice on its own that Redis went away: over RESP2,
+//! redis-rs's connection manager replaces a dead connection only after a command has failed
+//! on it. Two things keep that failure away from callers. When the subscription task has
+//! (re)connected, it PINGs over the command connection before reporting healthy, so the
+//! manager has replaced a dead connection by then. And a command that fails because the
+//! connection was lost is sent once more, on a fresh one, when sending it twice cannot do
+//! harm (see `Retry`): always for PING and recover, for a publish only with an
+//! idempotency key or when the error proves Redis never got it. Retries stay within the
+//! same [`COMMAND_TIMEOUT`].
 //!
 //! # History
 //!
@@ -49,9 +60,9 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::future::{self, BoxFuture};
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{Msg, RedisResult};
+use redis::{Msg, RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 
 use super::{
     Broker, Deliver, HistoryConfig, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
@@ -66,8 +77,8 @@ pub const DEFAULT_PREFIX: &str = "sessionhub:";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One reply on the command connection, once connected.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The whole of one PUBLISH or PING, including waiting for a reconnection in progress: the
-/// caller hears about an outage within this, never later.
+/// The whole of one PUBLISH, recover or PING, including waiting for a reconnection in
+/// progress and a retry: the caller hears about an outage within this, never later.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long `subscribe` waits for Redis to confirm.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -143,8 +154,9 @@ impl RedisBrokerConfig {
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // One attempt per command: retrying inside a command would hold a publish
-            // longer than an outage needs to be reported.
+            // One connection attempt per command: retrying inside a command would hold a
+            // publish longer than an outage needs to be reported. Whether a failed command
+            // is sent again is decided per command, see `Retry`.
             .set_number_of_retries(0);
         let commands = ConnectionManager::new_lazy_with_config(self.client.clone(), manager)
             // It fails only for push-sender and resubscription settings, which are not used.
@@ -157,6 +169,7 @@ impl RedisBrokerConfig {
         });
         let task = Subscriber {
             client: self.client,
+            commands: commands.clone(),
             names: names.clone(),
             sink,
             inbox,
@@ -295,6 +308,14 @@ impl Broker for RedisBroker {
             Some(key) if options.history => names.key(channel, &format!("idem:{key}")),
             _ => String::new(),
         };
+        // With a key, a second run of the script finds it and publishes nothing, so a
+        // retry is harmless; without one, only an attempt that never reached Redis may be
+        // repeated.
+        let retry = if idempotency.is_empty() {
+            Retry::IfNeverSent
+        } else {
+            Retry::OnLostConnection
+        };
         let mut invocation = self.publish_script.prepare_invoke();
         invocation
             .key(names.key(channel, "meta"))
@@ -308,9 +329,14 @@ impl Broker for RedisBroker {
             .arg(names.redis(channel))
             .arg(new_epoch())
             .arg(if options.history { "1" } else { "0" });
-        let mut commands = self.commands.clone();
-        let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) =
-            bounded("publish", invocation.invoke_async(&mut commands)).await?;
+        let invocation = &invocation;
+        let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) = run(
+            &self.commands,
+            "publish",
+            retry,
+            |mut commands| async move { invocation.invoke_async(&mut commands).await },
+        )
+        .await?;
         Ok(Receipt {
             nodes,
             connections: None,
@@ -334,20 +360,32 @@ impl Broker for RedisBroker {
             .arg(since.map_or(0, |s| s.offset))
             .arg(new_epoch())
             .arg(self.history.meta_ttl.as_millis() as u64);
-        let mut commands = self.commands.clone();
-        let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) =
-            bounded("recover", invocation.invoke_async(&mut commands)).await?;
+        let invocation = &invocation;
+        // Running it twice is harmless: a second run finds the epoch the first one created.
+        let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) = run(
+            &self.commands,
+            "recover",
+            Retry::OnLostConnection,
+            |mut commands| async move { invocation.invoke_async(&mut commands).await },
+        )
+        .await?;
         let epoch: Arc<str> = epoch.into();
         let mut publications = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
-            let offset = id.split('-').next().and_then(|o| o.parse().ok());
+            let at = id.split('-').next().and_then(|o| o.parse().ok());
             let data = fields.into_iter().find(|(f, _)| f == "d").map(|(_, d)| d);
-            let (Some(offset), Some(data)) = (offset, data) else {
-                // Not ours: treat the history as unusable rather than guess.
-                return Ok(Recovery::decide(epoch.clone(), u64::MAX, since, Vec::new()));
+            let (Some(at), Some(data)) = (at, data) else {
+                // Not ours: treat the history as unusable rather than guess, but still
+                // tell the channel's real position.
+                return Ok(Recovery {
+                    epoch,
+                    offset,
+                    recovered: false,
+                    publications: Vec::new(),
+                });
             };
             publications.push(Publication {
-                offset,
+                offset: at,
                 epoch: epoch.clone(),
                 data: data.into(),
             });
@@ -390,23 +428,90 @@ impl Broker for RedisBroker {
                 "the redis subscription connection is down".to_owned(),
             ));
         }
-        let mut commands = self.commands.clone();
-        let _: String = bounded("PING", redis::cmd("PING").query_async(&mut commands)).await?;
-        Ok(())
+        ping_commands(&self.commands).await
     }
 }
 
-/// Runs one command with the hard bound of [`COMMAND_TIMEOUT`].
-async fn bounded<T>(
+/// PINGs over the command connection (retried once on a lost connection).
+async fn ping_commands(commands: &ConnectionManager) -> Result<(), BrokerError> {
+    let _: String = run(
+        commands,
+        "PING",
+        Retry::OnLostConnection,
+        |mut commands| async move { redis::cmd("PING").query_async(&mut commands).await },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether a command that failed may be sent again: once, on the connection the manager
+/// put in place of the one that failed, and within the same [`COMMAND_TIMEOUT`].
+///
+/// A retry must never publish twice. redis-rs cannot always say whether a failed command
+/// reached Redis: "broken pipe" is what it reports both for a connection that was already
+/// dead when the command was handed to it (nothing was sent: the case after Redis
+/// restarted) and for one that died with the command in flight (the script may have run).
+/// A timeout or an error reply comes after sending. So for a publish without an
+/// idempotency key only a refused connection counts as proof that nothing was sent; a
+/// publish with a key may be repeated after any lost connection, because the script
+/// records the key atomically with the publication, and a second run finds it and returns
+/// the first offset, marked duplicate, without publishing (as long as the idempotency
+/// window is longer than [`COMMAND_TIMEOUT`]). Timeouts are never retried: Redis is slow
+/// rather than gone, and the deadline would leave too little time anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Running the command twice is harmless: PING, recover, a publish with an
+    /// idempotency key.
+    OnLostConnection,
+    /// A publish without an idempotency key: a second run would publish it twice.
+    IfNeverSent,
+}
+
+impl Retry {
+    fn allows(self, error: &RedisError) -> bool {
+        match self {
+            Self::OnLostConnection => {
+                error.is_connection_refusal()
+                    || (error.is_connection_dropped() && !error.is_timeout())
+            }
+            Self::IfNeverSent => error.is_connection_refusal(),
+        }
+    }
+}
+
+/// Runs one command on the command connection with the hard bound of [`COMMAND_TIMEOUT`],
+/// making one more attempt if `retry` allows it for the first one's error.
+async fn run<T, F, Fut>(
+    commands: &ConnectionManager,
     command: &str,
-    reply: impl Future<Output = RedisResult<T>>,
-) -> Result<T, BrokerError> {
-    match timeout(COMMAND_TIMEOUT, reply).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(BrokerError::Unavailable(format!("redis {command}: {e}"))),
-        Err(_) => Err(BrokerError::Unavailable(format!(
+    retry: Retry,
+    attempt: F,
+) -> Result<T, BrokerError>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let failed = |e: RedisError| BrokerError::Unavailable(format!("redis {command}: {e}"));
+    let timed_out = || {
+        BrokerError::Unavailable(format!(
             "redis {command}: no reply within {COMMAND_TIMEOUT:?}"
-        ))),
+        ))
+    };
+    match timeout_at(deadline, attempt(commands.clone())).await {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(e)) if retry.allows(&e) => {
+            // The manager has already started replacing the connection; the second attempt
+            // waits for that.
+            tracing::debug!(error = %e, command, "redis broker: connection lost, sending again");
+        }
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => return Err(timed_out()),
+    }
+    match timeout_at(deadline, attempt(commands.clone())).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Err(timed_out()),
     }
 }
 
@@ -493,6 +598,9 @@ struct Round {
 /// whether or not Redis is there.
 struct Subscriber {
     client: redis::Client,
+    /// The broker's command connection, checked before each new connection reports
+    /// healthy.
+    commands: ConnectionManager,
     names: ChannelNames,
     sink: Arc<dyn Deliver>,
     inbox: mpsc::UnboundedReceiver<Request>,
@@ -579,7 +687,8 @@ impl Subscriber {
         probes.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             if round.is_none() && (!healthy || self.dirty || !self.waiting.is_empty()) {
-                round = Some(self.start_round(&sink, &subscribed));
+                // The first round of a connection also checks the command connection.
+                round = Some(self.start_round(&sink, &subscribed, !healthy));
             }
             tokio::select! {
                 message = messages.next() => match message {
@@ -652,7 +761,18 @@ impl Subscriber {
 
     /// Sends what it takes to bring `subscribed` to `wanted`; everything missing goes in
     /// one SUBSCRIBE, which after a reconnection is every wanted channel.
-    fn start_round(&mut self, sink: &PubSubSink, subscribed: &HashSet<String>) -> Round {
+    ///
+    /// With `check_commands`, a confirmed round then PINGs over the command connection: if
+    /// Redis went away, that connection is dead too, and the manager replaces it only after
+    /// a command failed on it. Paying for that here, before the broker reports healthy,
+    /// keeps the failure away from the first publish, which could not always be retried.
+    /// The round does not fail if the PING does: [`Broker::ping`] reports that half.
+    fn start_round(
+        &mut self,
+        sink: &PubSubSink,
+        subscribed: &HashSet<String>,
+        check_commands: bool,
+    ) -> Round {
         self.dirty = false;
         let subscribe: Vec<String> = self.wanted.difference(subscribed).cloned().collect();
         let unsubscribe: Vec<String> = subscribed.difference(&self.wanted).cloned().collect();
@@ -661,6 +781,7 @@ impl Subscriber {
         };
         let (on, off) = (to_redis(&subscribe), to_redis(&unsubscribe));
         let (mut sink_on, mut sink_off) = (sink.clone(), sink.clone());
+        let commands = check_commands.then(|| self.commands.clone());
         let confirmed = async move {
             let exchange = future::try_join(
                 async {
@@ -676,7 +797,13 @@ impl Subscriber {
                     }
                 },
             );
-            match timeout(ROUND_TIMEOUT, exchange).await {
+            let exchanged = timeout(ROUND_TIMEOUT, exchange).await;
+            if let (Ok(Ok(_)), Some(commands)) = (&exchanged, commands)
+                && let Err(e) = ping_commands(&commands).await
+            {
+                tracing::debug!(error = %e, "redis broker: the command connection is not ready");
+            }
+            match exchanged {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("SUBSCRIBE failed: {e}")),
                 Err(_) => Err(format!("SUBSCRIBE not confirmed within {ROUND_TIMEOUT:?}")),
