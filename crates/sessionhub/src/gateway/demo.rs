@@ -1,4 +1,5 @@
-//! The seed's session demo: `/login`, `/get-session`, `/invalidate`.
+//! The seed's session demo: `/login`, `/get-session`, `/invalidate`, and a page at `/` to try
+//! everything in a browser.
 
 use axum::Form;
 use axum::Router;
@@ -16,9 +17,15 @@ use crate::store::now_ms;
 
 pub(crate) fn routes() -> Router<Gateway> {
     Router::new()
+        .route("/", get(page))
         .route("/login", get(login).post(login))
         .route("/get-session", get(get_session).post(get_session))
         .route("/invalidate", get(invalidate).post(invalidate))
+}
+
+/// A page to try sessionhub in a browser: log in, watch the session, send and receive.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../assets/demo.html"))
 }
 
 #[derive(Deserialize)]
