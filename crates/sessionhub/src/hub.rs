@@ -364,22 +364,19 @@ impl Connection {
         let registry = &self.hub.inner.registry;
         let subscribed = {
             let mut channels = registry.channels.lock().unwrap();
-            match channels.entry(channel.to_owned()) {
-                Entry::Occupied(mut e) => {
-                    e.get_mut().push(self.member.clone());
-                    None
-                }
-                Entry::Vacant(e) => {
-                    e.insert(vec![self.member.clone()]);
-                    // Queued under the lock so subscribe and unsubscribe keep their order.
-                    Some(self.hub.inner.broker.subscribe(channel))
-                }
-            }
+            channels
+                .entry(channel.to_owned())
+                .or_default()
+                .push(self.member.clone());
+            // Asked on every join, not only the first: an earlier member's SUBSCRIBE may still
+            // be in flight, and this member must not be told it is subscribed before the node
+            // is. The broker answers once a subscription round that started after this call
+            // is confirmed (a no-op round when nothing changes). Queued under the lock so
+            // subscribe and unsubscribe keep their order.
+            self.hub.inner.broker.subscribe(channel)
         };
         self.channels.push(channel.to_owned());
-        if let Some(subscribed) = subscribed
-            && let Err(e) = subscribed.await
-        {
+        if let Err(e) = subscribed.await {
             self.leave(channel);
             return Err(e);
         }

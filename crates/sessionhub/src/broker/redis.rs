@@ -52,7 +52,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -166,6 +166,7 @@ impl RedisBrokerConfig {
         let state = Arc::new(LinkState {
             healthy: watch::Sender::new(false),
             reconnects: AtomicU64::new(0),
+            durable: AtomicBool::new(false),
         });
         let task = Subscriber {
             client: self.client,
@@ -211,27 +212,54 @@ pub struct RedisBroker {
     recover_script: redis::Script,
 }
 
+/// The channel's epoch, started afresh when there is none, or (with `bind` = "1") when the
+/// epoch was started by another Redis process (`run_id`): a Redis that restarted from a
+/// snapshot, or a replica promoted after a failover, may have lost the newest publications
+/// while keeping the epoch, and reusing their offsets in the same epoch would let clients
+/// skip publications silently. A Redis whose every write is on disk before it is answered
+/// (`appendonly yes`, `appendfsync always`) loses nothing on a restart, so there the broker
+/// passes `bind` = "0" and histories survive restarts.
+macro_rules! epoch_lua {
+    () => {
+        r#"
+local function epoch_of(meta, stream, fresh, bind)
+  local epoch = redis.call('HGET', meta, 'e')
+  local run = ''
+  if bind == '1' then
+    run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+    if epoch and redis.call('HGET', meta, 'r') ~= run then
+      epoch = false
+    end
+  end
+  if not epoch then
+    epoch = fresh
+    redis.call('DEL', meta, stream)
+    redis.call('HSET', meta, 'e', epoch, 't', 0, 'r', run)
+  end
+  return epoch
+end
+"#
+    };
+}
+
 /// Assigns the next offset, appends to the capped history and publishes, atomically.
 /// KEYS: meta, history stream, idempotency key (or "" for none).
 /// ARGV: data, size, ttl ms, meta ttl ms, idempotency window ms, pub/sub channel, new epoch,
-/// whether to keep history ("1"/"0").
+/// whether to keep history ("1"/"0"), whether to bind the epoch to the Redis process.
 /// Returns {offset, epoch, nodes, duplicate}.
-const PUBLISH_SCRIPT: &str = r#"
+const PUBLISH_SCRIPT: &str = concat!(
+    epoch_lua!(),
+    r#"
 if ARGV[8] == '0' then
   local nodes = redis.call('PUBLISH', ARGV[6], '0::' .. ARGV[1])
   return {0, '', nodes, 0}
 end
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[7], ARGV[9])
 if KEYS[3] ~= '' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
-    return {tonumber(seen), redis.call('HGET', KEYS[1], 'e') or '', 0, 1}
+    return {tonumber(seen), epoch, 0, 1}
   end
-end
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
-  redis.call('DEL', KEYS[2])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -242,19 +270,18 @@ if KEYS[3] ~= '' then
 end
 local nodes = redis.call('PUBLISH', ARGV[6], offset .. ':' .. epoch .. ':' .. ARGV[1])
 return {offset, epoch, nodes, 0}
-"#;
+"#
+);
 
 /// Reads a channel's position and, if the caller's epoch matches, the history after its
-/// offset; starts an epoch for a channel without one.
+/// offset; starts an epoch for a channel without a valid one.
 /// KEYS: meta, history stream. ARGV: since epoch ("" for none), since offset, new epoch,
-/// meta ttl ms. Returns {epoch, top offset, XRANGE entries}.
-const RECOVER_SCRIPT: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
-  redis.call('DEL', KEYS[2])
-end
+/// meta ttl ms, whether to bind the epoch to the Redis process.
+/// Returns {epoch, top offset, XRANGE entries}.
+const RECOVER_SCRIPT: &str = concat!(
+    epoch_lua!(),
+    r#"
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
 local entries = {}
@@ -262,7 +289,8 @@ if ARGV[1] ~= '' and ARGV[1] == epoch and tonumber(ARGV[2]) < top then
   entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+')
 end
 return {epoch, top, entries}
-"#;
+"#
+);
 
 impl RedisBroker {
     /// Connects to `url` with channel names under `prefix`, and waits until the
@@ -328,7 +356,8 @@ impl Broker for RedisBroker {
             .arg(self.history.idempotency_window.as_millis() as u64)
             .arg(names.redis(channel))
             .arg(new_epoch())
-            .arg(if options.history { "1" } else { "0" });
+            .arg(if options.history { "1" } else { "0" })
+            .arg(self.state.bind());
         let invocation = &invocation;
         let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) = run(
             &self.commands,
@@ -359,7 +388,8 @@ impl Broker for RedisBroker {
             .arg(since.map_or("", |s| s.epoch.as_str()))
             .arg(since.map_or(0, |s| s.offset))
             .arg(new_epoch())
-            .arg(self.history.meta_ttl.as_millis() as u64);
+            .arg(self.history.meta_ttl.as_millis() as u64)
+            .arg(self.state.bind());
         let invocation = &invocation;
         // Running it twice is harmless: a second run finds the epoch the first one created.
         let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) = run(
@@ -433,6 +463,30 @@ impl Broker for RedisBroker {
 }
 
 /// PINGs over the command connection (retried once on a lost connection).
+/// Whether Redis writes every command to disk before answering (`appendonly yes` and
+/// `appendfsync always`). Anything else, including a Redis that refuses CONFIG (managed
+/// services often do), counts as not durable: the safe answer.
+async fn durable(commands: &ConnectionManager) -> bool {
+    let get = |name: &'static str| async move {
+        let mut commands = commands.clone();
+        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut commands)
+            .await;
+        reply.ok().and_then(|pair| pair.get(1).cloned())
+    };
+    let appendonly = timeout(COMMAND_TIMEOUT, get("appendonly"))
+        .await
+        .ok()
+        .flatten();
+    let appendfsync = timeout(COMMAND_TIMEOUT, get("appendfsync"))
+        .await
+        .ok()
+        .flatten();
+    appendonly.as_deref() == Some("yes") && appendfsync.as_deref() == Some("always")
+}
+
 async fn ping_commands(commands: &ConnectionManager) -> Result<(), BrokerError> {
     let _: String = run(
         commands,
@@ -552,6 +606,20 @@ struct LinkState {
     /// Subscribed to every wanted channel on a live connection.
     healthy: watch::Sender<bool>,
     reconnects: AtomicU64,
+    /// Redis writes every command to disk before answering it (checked at each
+    /// connection), so its data survives a restart whole.
+    durable: AtomicBool,
+}
+
+impl LinkState {
+    /// The scripts' `bind` argument.
+    fn bind(&self) -> &'static str {
+        if self.durable.load(Ordering::Relaxed) {
+            "0"
+        } else {
+            "1"
+        }
+    }
 }
 
 /// Reports the broker down when the task ends for any reason, a panic included, so that
@@ -782,6 +850,7 @@ impl Subscriber {
         let (on, off) = (to_redis(&subscribe), to_redis(&unsubscribe));
         let (mut sink_on, mut sink_off) = (sink.clone(), sink.clone());
         let commands = check_commands.then(|| self.commands.clone());
+        let state = self.state.clone();
         let confirmed = async move {
             let exchange = future::try_join(
                 async {
@@ -798,10 +867,17 @@ impl Subscriber {
                 },
             );
             let exchanged = timeout(ROUND_TIMEOUT, exchange).await;
-            if let (Ok(Ok(_)), Some(commands)) = (&exchanged, commands)
-                && let Err(e) = ping_commands(&commands).await
-            {
-                tracing::debug!(error = %e, "redis broker: the command connection is not ready");
+            if let (Ok(Ok(_)), Some(commands)) = (&exchanged, commands) {
+                if let Err(e) = ping_commands(&commands).await {
+                    tracing::debug!(error = %e, "redis broker: the command connection is not ready");
+                }
+                let durable = durable(&commands).await;
+                if !durable {
+                    tracing::debug!(
+                        "redis broker: redis may lose writes on a restart; epochs are bound to its run_id"
+                    );
+                }
+                state.durable.store(durable, Ordering::Relaxed);
             }
             match exchanged {
                 Ok(Ok(_)) => Ok(()),

@@ -1,0 +1,1507 @@
+//! Delivery guarantees of protocol v1 (`GET /ws`), black-box: real nodes, real Redis, real
+//! WebSocket clients that remember their positions and recover when they reconnect.
+//!
+//! The recovery edge cases each build a small deployment and check one rule; the chaos test
+//! runs 200 clients through a load balancer while a node is killed and Redis restarts, and
+//! then checks that every client got every message of each of its channels exactly once, in
+//! order.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sessionhub_testkit::{Balancer, Node, RedisServer};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+
+// ---------------------------------------------------------------------------------------
+// A protocol v1 client.
+// ---------------------------------------------------------------------------------------
+
+/// The last publication a client saw on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    epoch: String,
+    offset: u64,
+}
+
+/// A `subscribed` reply.
+#[derive(Debug, Clone)]
+struct Subscribed {
+    channel: String,
+    epoch: String,
+    offset: u64,
+    recovered: bool,
+    publications: Vec<(u64, Value)>,
+}
+
+/// A server frame, as far as these tests care.
+#[derive(Debug)]
+enum Frame {
+    Connected {
+        node: String,
+    },
+    Subscribed(Subscribed),
+    Publication {
+        channel: String,
+        epoch: String,
+        offset: u64,
+        data: Value,
+    },
+    Disconnect {
+        code: u16,
+        reconnect: bool,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    /// A close frame (its code), or the end of the stream (`None`).
+    Closed(Option<u16>),
+    /// Anything else; only ever shown in a failure message.
+    Other(#[allow(dead_code)] Value),
+}
+
+fn parse(text: &str) -> Frame {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let s = |key: &str| v[key].as_str().unwrap_or_default().to_owned();
+    match v["type"].as_str() {
+        Some("connected") => Frame::Connected { node: s("node") },
+        Some("subscribed") => Frame::Subscribed(Subscribed {
+            channel: s("channel"),
+            epoch: s("epoch"),
+            offset: v["offset"].as_u64().expect("subscribed has an offset"),
+            recovered: v["recovered"].as_bool().expect("subscribed says recovered"),
+            publications: v["publications"]
+                .as_array()
+                .expect("subscribed has publications")
+                .iter()
+                .map(|p| (p["offset"].as_u64().unwrap(), p["data"].clone()))
+                .collect(),
+        }),
+        Some("publication") => Frame::Publication {
+            channel: s("channel"),
+            epoch: s("epoch"),
+            offset: v["offset"].as_u64().expect("publication has an offset"),
+            data: v["data"].clone(),
+        },
+        Some("disconnect") => Frame::Disconnect {
+            code: v["code"].as_u64().expect("disconnect has a code") as u16,
+            reconnect: v["reconnect"].as_bool().expect("disconnect says reconnect"),
+        },
+        Some("error") => Frame::Error {
+            code: s("code"),
+            message: s("message"),
+        },
+        _ => Frame::Other(v),
+    }
+}
+
+fn subscribe_frame(channel: &str, recover: Option<&Position>) -> String {
+    let mut frame = json!({"type": "subscribe", "channel": channel});
+    if let Some(p) = recover {
+        frame["recover"] = json!({"epoch": p.epoch, "offset": p.offset});
+    }
+    frame.to_string()
+}
+
+/// Reads the next frame that is not a ping or pong.
+async fn read_frame(ws: &mut Ws) -> anyhow::Result<Frame> {
+    loop {
+        match ws.next().await {
+            None => return Ok(Frame::Closed(None)),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Message::Text(t))) => return Ok(parse(&t)),
+            Some(Ok(Message::Close(frame))) => {
+                return Ok(Frame::Closed(frame.map(|f| u16::from(f.code))));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(other)) => bail!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Opens `/ws?user=<user>` and reads the greeting; returns the node's name.
+async fn open_v1(base_ws: &str, user: &str) -> anyhow::Result<(Ws, String)> {
+    let url = format!("{base_ws}/ws?user={user}");
+    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .context("connecting in time")??;
+    match timeout(WAIT, read_frame(&mut ws))
+        .await
+        .context("a greeting in time")??
+    {
+        Frame::Connected { node } => Ok((ws, node)),
+        other => bail!("expected a greeting, got {other:?}"),
+    }
+}
+
+/// A v1 client for the edge cases: it remembers its positions, recovers from them when it
+/// reconnects, and panics on anything out of order.
+struct V1Client {
+    user: String,
+    ws: Option<Ws>,
+    node: String,
+    channels: Vec<String>,
+    positions: HashMap<String, Position>,
+    /// Every publication taken, recovered or live: (channel, offset, data).
+    received: Vec<(String, u64, Value)>,
+}
+
+impl V1Client {
+    async fn connect(base_ws: &str, user: &str) -> Self {
+        let (ws, node) = open_v1(base_ws, user).await.expect("a v1 socket opens");
+        Self {
+            user: user.to_owned(),
+            ws: Some(ws),
+            node,
+            channels: Vec::new(),
+            positions: HashMap::new(),
+            received: Vec::new(),
+        }
+    }
+
+    async fn next_frame(&mut self) -> Frame {
+        let ws = self.ws.as_mut().expect("connected");
+        timeout(WAIT, read_frame(ws))
+            .await
+            .unwrap_or_else(|_| panic!("{}: no frame within {WAIT:?}", self.user))
+            .expect("the socket reads")
+    }
+
+    /// Subscribes (recovering from the remembered position, if any) and waits for the reply.
+    async fn subscribe(&mut self, channel: &str) -> Subscribed {
+        if !self.channels.iter().any(|c| c == channel) {
+            self.channels.push(channel.to_owned());
+        }
+        let recover = self.positions.get(channel).cloned();
+        let frame = subscribe_frame(channel, recover.as_ref());
+        let ws = self.ws.as_mut().expect("connected");
+        ws.send(Message::Text(frame.into())).await.expect("send");
+        loop {
+            match self.next_frame().await {
+                Frame::Subscribed(s) if s.channel == channel => {
+                    self.apply_subscribed(&s, recover.as_ref());
+                    return s;
+                }
+                Frame::Publication {
+                    channel,
+                    epoch,
+                    offset,
+                    data,
+                } => self.take(&channel, &epoch, offset, data),
+                other => panic!("{}: subscribing to {channel}, got {other:?}", self.user),
+            }
+        }
+    }
+
+    fn apply_subscribed(&mut self, s: &Subscribed, recover: Option<&Position>) {
+        match recover {
+            Some(from) if s.recovered => {
+                assert_eq!(s.epoch, from.epoch, "recovered across epochs: {s:?}");
+                for (offset, data) in &s.publications {
+                    self.take(&s.channel, &s.epoch, *offset, data.clone());
+                }
+                assert_eq!(
+                    self.positions[&s.channel].offset, s.offset,
+                    "a recovery reaches the top: {s:?}"
+                );
+            }
+            _ => {
+                assert!(
+                    s.publications.is_empty(),
+                    "nothing partial comes with an unrecovered subscription: {s:?}"
+                );
+                self.positions.insert(
+                    s.channel.clone(),
+                    Position {
+                        epoch: s.epoch.clone(),
+                        offset: s.offset,
+                    },
+                );
+            }
+        }
+    }
+
+    fn take(&mut self, channel: &str, epoch: &str, offset: u64, data: Value) {
+        let user = &self.user;
+        let at = self
+            .positions
+            .get_mut(channel)
+            .unwrap_or_else(|| panic!("{user}: a publication on {channel} before subscribing"));
+        assert_eq!(epoch, at.epoch, "{user}: a publication of another epoch");
+        assert_eq!(
+            offset,
+            at.offset + 1,
+            "{user} on {channel}: offset {offset} after {}",
+            at.offset
+        );
+        at.offset = offset;
+        self.received.push((channel.to_owned(), offset, data));
+    }
+
+    /// The next frame, which must be a publication.
+    async fn next_publication(&mut self) -> (String, u64, Value) {
+        match self.next_frame().await {
+            Frame::Publication {
+                channel,
+                epoch,
+                offset,
+                data,
+            } => {
+                self.take(&channel, &epoch, offset, data.clone());
+                (channel, offset, data)
+            }
+            other => panic!("{}: expected a publication, got {other:?}", self.user),
+        }
+    }
+
+    /// Closes the socket; the positions stay.
+    async fn disconnect(&mut self) {
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
+        }
+    }
+
+    /// Opens a new socket on `base_ws` and subscribes to every channel again, recovering.
+    async fn reconnect(&mut self, base_ws: &str) -> Vec<Subscribed> {
+        self.disconnect().await;
+        let (ws, node) = open_v1(base_ws, &self.user).await.expect("reconnects");
+        self.ws = Some(ws);
+        self.node = node;
+        let mut replies = Vec::new();
+        for channel in self.channels.clone() {
+            replies.push(self.subscribe(&channel).await);
+        }
+        replies
+    }
+
+    async fn assert_silent(&mut self, wait: Duration) {
+        let ws = self.ws.as_mut().expect("connected");
+        if let Ok(frame) = timeout(wait, read_frame(ws)).await {
+            panic!("{}: expected silence, got {frame:?}", self.user);
+        }
+    }
+
+    /// Waits for the server's `disconnect` frame and the close that follows; returns the
+    /// code. Publications before it are taken (checked) as usual.
+    async fn expect_disconnect(&mut self, within: Duration) -> (u16, bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ws = self.ws.as_mut().expect("connected");
+            let frame = tokio::time::timeout_at(deadline, read_frame(ws))
+                .await
+                .unwrap_or_else(|_| panic!("{}: no disconnect within {within:?}", self.user))
+                .expect("the socket reads");
+            match frame {
+                Frame::Publication {
+                    channel,
+                    epoch,
+                    offset,
+                    data,
+                } => self.take(&channel, &epoch, offset, data),
+                Frame::Disconnect { code, reconnect } => {
+                    let ws = self.ws.as_mut().unwrap();
+                    let close = timeout(WAIT, read_frame(ws)).await.expect("a close").ok();
+                    assert!(
+                        matches!(close, Some(Frame::Closed(Some(c))) if c == code),
+                        "the close frame repeats {code}: {close:?}"
+                    );
+                    self.ws = None;
+                    return (code, reconnect);
+                }
+                other => panic!("{}: expected a disconnect, got {other:?}", self.user),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deployments and the push API.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    /// One node on the embedded broker.
+    Embedded,
+    /// Nodes sharing a Redis.
+    Redis,
+}
+
+struct Deployment {
+    redis: Option<RedisServer>,
+    nodes: Vec<Node>,
+}
+
+impl Deployment {
+    fn http(&self, i: usize) -> String {
+        self.nodes[i % self.nodes.len()].http()
+    }
+
+    fn ws(&self, i: usize) -> String {
+        self.nodes[i % self.nodes.len()].ws()
+    }
+}
+
+/// `n` nodes (one, when embedded) with `args`.
+fn deploy(backend: Backend, n: usize, args: &[&str]) -> Deployment {
+    match backend {
+        Backend::Embedded => Deployment {
+            redis: None,
+            nodes: vec![node(&[&["--node-id", "solo"], args].concat())],
+        },
+        Backend::Redis => {
+            let redis = RedisServer::start().expect("redis-server starts");
+            let url = redis.url();
+            let nodes = (0..n)
+                .map(|i| {
+                    let name = format!("node-{i}");
+                    node(&[&["--redis", url.as_str(), "--node-id", &name], args].concat())
+                })
+                .collect();
+            Deployment {
+                redis: Some(redis),
+                nodes,
+            }
+        }
+    }
+}
+
+/// The URL that publishes to `channel`: `/socket/{id}` for a personal channel, the channel
+/// API otherwise.
+fn publish_url(base: &str, channel: &str) -> String {
+    match channel.strip_prefix("user:") {
+        Some(user) => format!("{base}/socket/{user}"),
+        None => format!("{base}/api/channels/{channel}/publish"),
+    }
+}
+
+/// Publishes `data` through the push API; returns the status and answer.
+async fn publish(
+    client: &reqwest::Client,
+    base: &str,
+    channel: &str,
+    data: Value,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut request = client
+        .post(publish_url(base, channel))
+        .json(&json!({ "message": data }));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("the push API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Publishes `{"n": n}` for each `n`, through node `via` of the deployment; returns the
+/// answers' offsets.
+async fn publish_many(
+    d: &Deployment,
+    via: usize,
+    channel: &str,
+    values: impl IntoIterator<Item = u64>,
+) -> Vec<u64> {
+    let client = http();
+    let mut offsets = Vec::new();
+    for n in values {
+        let (status, answer) = publish(&client, &d.http(via), channel, json!({"n": n}), None).await;
+        assert_eq!(status, 200, "{answer}");
+        offsets.push(answer["offset"].as_u64().expect("an offset"));
+    }
+    offsets
+}
+
+fn ns(received: &[(String, u64, Value)], channel: &str) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|(c, _, _)| c == channel)
+        .map(|(_, _, d)| d["n"].as_u64().expect("data is {n}"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Recovery edge cases.
+// ---------------------------------------------------------------------------------------
+
+async fn gap_wider_than_the_history(backend: Backend) {
+    let d = deploy(backend, 2, &["--history-size", "5"]);
+    let channel = "user:gap";
+    let mut far = V1Client::connect(&d.ws(0), "gap").await;
+    let mut near = V1Client::connect(&d.ws(1), "gap").await;
+    far.subscribe(channel).await;
+    near.subscribe(channel).await;
+    publish_many(&d, 1, channel, 1..=2).await;
+    for client in [&mut far, &mut near] {
+        for _ in 0..2 {
+            client.next_publication().await;
+        }
+    }
+    far.disconnect().await;
+    publish_many(&d, 0, channel, 3..=7).await;
+    for _ in 3..=7 {
+        near.next_publication().await;
+    }
+    near.disconnect().await;
+    // far missed 10 (3..=12), more than the 5 kept; near missed exactly 5 (8..=12).
+    assert_eq!(
+        publish_many(&d, 1, channel, 8..=12).await,
+        (8..=12).collect::<Vec<_>>()
+    );
+
+    let epoch = far.positions[channel].epoch.clone();
+    let replies = far.reconnect(&d.ws(1)).await;
+    let s = &replies[0];
+    assert!(!s.recovered, "10 missed, 5 kept: {s:?}");
+    assert!(s.publications.is_empty(), "never a partial recovery: {s:?}");
+    assert_eq!((s.epoch.as_str(), s.offset), (epoch.as_str(), 12));
+
+    let replies = near.reconnect(&d.ws(0)).await;
+    let s = &replies[0];
+    assert!(s.recovered, "exactly the 5 kept were missed: {s:?}");
+    assert_eq!(ns(&near.received, channel), (1..=12).collect::<Vec<_>>());
+
+    // Both go on live from the top.
+    publish_many(&d, 0, channel, [13]).await;
+    for client in [&mut far, &mut near] {
+        let (_, offset, data) = client.next_publication().await;
+        assert_eq!((offset, data), (13, json!({"n": 13})));
+    }
+}
+
+#[tokio::test]
+async fn a_gap_wider_than_the_history_is_not_recovered_on_redis() {
+    gap_wider_than_the_history(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn a_gap_wider_than_the_history_is_not_recovered_embedded() {
+    gap_wider_than_the_history(Backend::Embedded).await;
+}
+
+async fn expired_history(backend: Backend) {
+    let d = deploy(backend, 2, &["--history-ttl", "1"]);
+    let channel = "room:ttl";
+    let mut behind = V1Client::connect(&d.ws(0), "behind").await;
+    let mut current = V1Client::connect(&d.ws(1), "current").await;
+    behind.subscribe(channel).await;
+    current.subscribe(channel).await;
+    publish_many(&d, 0, channel, [1]).await;
+    behind.next_publication().await;
+    current.next_publication().await;
+    behind.disconnect().await;
+    publish_many(&d, 1, channel, 2..=4).await;
+    for _ in 2..=4 {
+        current.next_publication().await;
+    }
+    current.disconnect().await;
+    sleep(Duration::from_secs(2)).await;
+
+    let s = behind.reconnect(&d.ws(1)).await.remove(0);
+    assert!(!s.recovered, "the 3 missed expired: {s:?}");
+    assert!(s.publications.is_empty(), "{s:?}");
+    assert_eq!(s.offset, 4, "the position survives its history");
+
+    let s = current.reconnect(&d.ws(0)).await.remove(0);
+    assert!(
+        s.recovered,
+        "a client that missed nothing recovers, even with the history gone: {s:?}"
+    );
+    assert!(s.publications.is_empty(), "{s:?}");
+    assert_eq!(s.offset, 4);
+}
+
+#[tokio::test]
+async fn expired_history_is_not_recovered_but_an_up_to_date_client_is_on_redis() {
+    expired_history(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn expired_history_is_not_recovered_but_an_up_to_date_client_is_embedded() {
+    expired_history(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn after_redis_lost_its_data_the_epoch_changes_and_nothing_is_recovered() {
+    let mut d = deploy(Backend::Redis, 2, &[]);
+    let channel = "user:epoch";
+    let mut client = V1Client::connect(&d.ws(0), "epoch").await;
+    let first = client.subscribe(channel).await;
+    publish_many(&d, 1, channel, 1..=3).await;
+    for _ in 1..=3 {
+        client.next_publication().await;
+    }
+
+    d.redis.as_mut().unwrap().restart().expect("redis restarts");
+    // The node's link to Redis broke: it may have missed publications, so its v1 clients are
+    // told to reconnect and recover.
+    let (code, reconnect) = client.expect_disconnect(Duration::from_secs(10)).await;
+    assert_eq!((code, reconnect), (4010, true));
+
+    // The first publish after the restart may meet a command connection still reconnecting.
+    let http = http();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let (status, answer) = publish(&http, &d.http(1), channel, json!({"n": 4}), None).await;
+        if status == 200 {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish after the restart: {answer}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(
+        answer["epoch"],
+        first.epoch.as_str(),
+        "a new history: {answer}"
+    );
+    assert_eq!(answer["offset"], 1);
+
+    let s = client.reconnect(&d.ws(1)).await.remove(0);
+    assert!(
+        !s.recovered,
+        "offset 3 of the old epoch means nothing now: {s:?}"
+    );
+    assert!(s.publications.is_empty());
+    assert_eq!(
+        (s.epoch.as_str(), s.offset),
+        (answer["epoch"].as_str().unwrap(), 1)
+    );
+
+    publish_many(&d, 0, channel, [5]).await;
+    let (_, offset, data) = client.next_publication().await;
+    assert_eq!((offset, data), (2, json!({"n": 5})));
+}
+
+/// A Redis that comes back with *part* of its data (a crash
+/// with RDB snapshots or `appendfsync everysec`, a restored backup, a failover to a replica
+/// that lagged) keeps the channel's epoch, since the meta hash survived, but its top offset
+/// went back. The next publishes reuse offsets clients already saw, in the same epoch, so a
+/// client that saw up to offset 10 before the loss later "recovers" from 10 with nothing
+/// and never gets the new publications that now have offsets 8 to 10: a silent loss, where
+/// the protocol promises a `recovered: false`.
+#[tokio::test]
+async fn a_redis_that_rolls_back_to_a_snapshot_must_not_let_clients_skip_publications() {
+    let mut d = deploy(Backend::Redis, 2, &[]);
+    let channel = "user:rollback";
+    let mut client = V1Client::connect(&d.ws(0), "rollback").await;
+    client.subscribe(channel).await;
+    publish_many(&d, 1, channel, 1..=7).await;
+    let saved = d.redis.as_ref().unwrap().command("SAVE").unwrap();
+    assert!(saved.starts_with("+OK"), "{saved}");
+    publish_many(&d, 1, channel, 8..=10).await;
+    for _ in 1..=10 {
+        client.next_publication().await;
+    }
+    let seen = client.positions[channel].clone();
+
+    // Redis dies and comes back from its last snapshot: offsets 8..=10 are gone, the epoch
+    // is not.
+    let redis = d.redis.as_mut().unwrap();
+    redis.restart().expect("redis restarts from its snapshot");
+    let (code, _) = client.expect_disconnect(Duration::from_secs(10)).await;
+    assert_eq!(code, 4010);
+    let http = http();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = Vec::new();
+    for n in 11..=13 {
+        let answer = loop {
+            let (status, answer) = publish(&http, &d.http(1), channel, json!({"n": n}), None).await;
+            if status == 200 {
+                break answer;
+            }
+            assert!(Instant::now() < deadline, "no publish after the restart");
+            sleep(Duration::from_millis(100)).await;
+        };
+        after.push(answer);
+    }
+
+    let s = client.reconnect(&d.ws(1)).await.remove(0);
+    let got = ns(&client.received, channel);
+    assert!(
+        !s.recovered || got.ends_with(&[11, 12, 13]),
+        "recovered: true from {seen:?}, yet 11, 12 and 13 never arrive: the client took \
+         {got:?}; reply {s:?}; the publishes after the rollback were answered {after:?}"
+    );
+}
+
+/// A TCP proxy in front of Redis that holds back, by `lag`, what a node sends on its
+/// subscription connection (the one that says SUBSCRIBE); everything else passes at once.
+/// Returns the port it listens on.
+async fn laggy_subscriptions_proxy(redis_port: u16, lag: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let (queue, mut queued) =
+                    tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    while let Some((due, bytes)) = queued.recv().await {
+                        sleep_until(due).await;
+                        if to_server.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut laggy = false;
+                let mut buffer = vec![0; 16 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let chunk = buffer[..n].to_vec();
+                    laggy |= chunk
+                        .to_ascii_uppercase()
+                        .windows(9)
+                        .any(|w| w == b"SUBSCRIBE");
+                    let due = Instant::now() + if laggy { lag } else { Duration::ZERO };
+                    if queue.send((due, chunk)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// BUG (reported, not fixed here): `Connection::join` returns at once when another local
+/// connection already joined the channel, even if that one's SUBSCRIBE is still on its way
+/// to Redis. The second subscriber then reads its position and gets `subscribed` while the
+/// node does not receive the channel yet; a publication in that window never reaches it,
+/// and nothing tells it so until a later publication reveals the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_subscriber_gets_what_is_published_after_its_subscribed_reply() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let lag = Duration::from_millis(500);
+    let port = laggy_subscriptions_proxy(redis.port(), lag).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    // The proxy runs on this test's runtime: start the node without blocking it.
+    let node = blocking(|| node(&["--redis", &url, "--node-id", "laggy"]));
+    let channel = "room:race";
+    let mut first = V1Client::connect(&node.ws(), "first").await;
+    let mut second = V1Client::connect(&node.ws(), "second").await;
+    // The first asks, and its SUBSCRIBE is held back on the way to Redis.
+    let ws = first.ws.as_mut().unwrap();
+    ws.send(Message::Text(subscribe_frame(channel, None).into()))
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    let s = second.subscribe(channel).await;
+    let answered_in = asked.elapsed();
+
+    // Published after `second` was told it is subscribed.
+    let (status, answer) = publish(&http(), &node.http(), channel, json!({"n": 1}), None).await;
+    assert_eq!(status, 200);
+    let next = timeout(Duration::from_secs(3), second.next_frame()).await;
+    assert!(
+        matches!(next, Ok(Frame::Publication { offset: 1, .. })),
+        "subscribed ({s:?}) in {answered_in:?}, before the node's SUBSCRIBE reached Redis; \
+         the publish after it was answered {answer} and the subscriber got {next:?}"
+    );
+}
+
+async fn a_repeated_idempotency_key(backend: Backend) {
+    let d = deploy(backend, 2, &[]);
+    let http = http();
+    let mut client = V1Client::connect(&d.ws(0), "idem").await;
+    for channel in ["room:idem", "user:idem"] {
+        client.subscribe(channel).await;
+        let (status, first) =
+            publish(&http, &d.http(0), channel, json!({"n": 1}), Some("key-1")).await;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first["offset"], 1);
+        assert_eq!(first.get("duplicate"), None, "{first}");
+        // The retry goes to another node (on Redis) and even carries other data.
+        let (status, again) =
+            publish(&http, &d.http(1), channel, json!({"n": 2}), Some("key-1")).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(
+            (&again["offset"], &again["epoch"]),
+            (&first["offset"], &first["epoch"]),
+            "the first publish's receipt"
+        );
+        let (_, other) = publish(&http, &d.http(1), channel, json!({"n": 3}), Some("key-2")).await;
+        assert_eq!(other["offset"], 2, "{other}");
+
+        assert_eq!(client.next_publication().await.1, 1);
+        assert_eq!(client.next_publication().await.1, 2);
+        client.assert_silent(Duration::from_millis(300)).await;
+        assert_eq!(ns(&client.received, channel), [1, 3]);
+    }
+    // A newcomer recovering from the start sees the history without the duplicate either.
+    let mut late = V1Client::connect(&d.ws(1), "late").await;
+    late.positions.insert(
+        "room:idem".into(),
+        Position {
+            epoch: client.positions["room:idem"].epoch.clone(),
+            offset: 0,
+        },
+    );
+    let s = late.subscribe("room:idem").await;
+    assert!(s.recovered, "{s:?}");
+    assert_eq!(ns(&late.received, "room:idem"), [1, 3]);
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_publishes_once_on_redis() {
+    a_repeated_idempotency_key(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_publishes_once_embedded() {
+    a_repeated_idempotency_key(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn reconnecting_to_another_node_recovers_exactly_the_missed_publications_in_order() {
+    let d = deploy(Backend::Redis, 3, &[]);
+    let (personal, room) = ("user:mover", "room:movers");
+    let mut mover = V1Client::connect(&d.ws(0), "mover").await;
+    assert_eq!(mover.node, "node-0");
+    let mut stayer = V1Client::connect(&d.ws(1), "stayer").await;
+    for channel in [personal, room] {
+        mover.subscribe(channel).await;
+    }
+    stayer.subscribe(room).await;
+    publish_many(&d, 2, personal, 1..=2).await;
+    publish_many(&d, 2, room, 1..=3).await;
+    for _ in 0..5 {
+        mover.next_publication().await;
+    }
+    for _ in 0..3 {
+        stayer.next_publication().await;
+    }
+
+    mover.disconnect().await;
+    // Interleaved, through two nodes, while the mover is away.
+    for n in 3..=9 {
+        publish_many(&d, n as usize, personal, [n]).await;
+        if n % 2 == 0 {
+            publish_many(&d, n as usize + 1, room, [n + 1]).await;
+        }
+    }
+    for _ in 0..3 {
+        stayer.next_publication().await;
+    }
+
+    let replies = mover.reconnect(&d.ws(2)).await;
+    assert_eq!(mover.node, "node-2");
+    let offsets = |s: &Subscribed| s.publications.iter().map(|p| p.0).collect::<Vec<_>>();
+    assert!(replies.iter().all(|s| s.recovered), "{replies:?}");
+    assert_eq!(offsets(&replies[0]), (3..=9).collect::<Vec<_>>());
+    assert_eq!(offsets(&replies[1]), (4..=6).collect::<Vec<_>>());
+    assert_eq!(ns(&mover.received, personal), (1..=9).collect::<Vec<_>>());
+    assert_eq!(ns(&mover.received, room), [1, 2, 3, 5, 7, 9]);
+    assert_eq!(ns(&stayer.received, room), ns(&mover.received, room));
+
+    // Live again, with nothing twice.
+    publish_many(&d, 0, room, [11]).await;
+    publish_many(&d, 1, personal, [10]).await;
+    let mut live = vec![
+        mover.next_publication().await,
+        mover.next_publication().await,
+    ];
+    live.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        live,
+        [
+            (room.to_owned(), 7, json!({"n": 11})),
+            (personal.to_owned(), 10, json!({"n": 10})),
+        ]
+    );
+    mover.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn the_embedded_node_recovers_a_reconnecting_client_and_starts_a_new_epoch_on_restart() {
+    let mut d = deploy(Backend::Embedded, 1, &[]);
+    let channel = "user:solo";
+    let mut client = V1Client::connect(&d.ws(0), "solo").await;
+    let first = client.subscribe(channel).await;
+    assert_eq!((first.offset, first.recovered), (0, true));
+    publish_many(&d, 0, channel, 1..=2).await;
+    client.next_publication().await;
+    client.next_publication().await;
+    client.disconnect().await;
+    publish_many(&d, 0, channel, 3..=6).await;
+
+    let s = client.reconnect(&d.ws(0)).await.remove(0);
+    assert!(s.recovered, "{s:?}");
+    assert_eq!(
+        s.publications,
+        (3..=6).map(|n| (n, json!({"n": n}))).collect::<Vec<_>>()
+    );
+    publish_many(&d, 0, channel, [7]).await;
+    assert_eq!(client.next_publication().await.1, 7);
+    client.assert_silent(Duration::from_millis(200)).await;
+
+    // The history lives in memory: a restarted node starts a new epoch.
+    client.disconnect().await;
+    d.nodes[0].restart().expect("the node restarts");
+    let s = client.reconnect(&d.ws(0)).await.remove(0);
+    assert!(!s.recovered, "{s:?}");
+    assert_ne!(s.epoch, first.epoch);
+    assert_eq!(s.offset, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Chaos: 200 clients behind a load balancer, a node killed, Redis restarted.
+// ---------------------------------------------------------------------------------------
+
+/// Clients, each on its personal channel and one room.
+const CLIENTS: usize = 200;
+/// Rooms; client `i` joins `room:<i % ROOMS>`.
+const ROOMS: usize = 5;
+/// Publications per second, all channels together.
+const RATE: u64 = 500;
+/// How long the publisher runs.
+const PUBLISH_FOR: Duration = Duration::from_secs(16);
+/// Share of publications that go to a room (the rest go to a personal channel).
+const ROOM_SHARE_PERCENT: u64 = 10;
+/// Share of messages sent a second time with the same idempotency key.
+const RESEND_PERCENT: u64 = 2;
+/// Publishes in flight at most.
+const IN_FLIGHT: usize = 128;
+
+/// A small deterministic generator (splitmix64), for jitter and channel picks.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// `d` spread by ±50%.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        d.mul_f64(0.5 + self.below(1000) as f64 / 1000.0)
+    }
+}
+
+/// What one chaos client saw.
+#[derive(Default)]
+struct Track {
+    positions: HashMap<String, Position>,
+    /// Where each channel's first subscription started.
+    first: HashMap<String, Position>,
+    /// Channel -> (offset, message id), in the order taken.
+    log: HashMap<String, Vec<(u64, u64)>>,
+    /// Anything that breaks the delivery rules.
+    problems: Vec<String>,
+    /// From losing a connection to having every channel recovered on a new one.
+    recoveries: Vec<Duration>,
+    /// Why connections ended: "4010", "closed", "subscribe:broker_unavailable", ...
+    endings: BTreeMap<String, usize>,
+    connections: usize,
+}
+
+impl Track {
+    fn subscribed(&mut self, s: &Subscribed) {
+        let channel = &s.channel;
+        let Some(at) = self.positions.get(channel).cloned() else {
+            let start = Position {
+                epoch: s.epoch.clone(),
+                offset: s.offset,
+            };
+            self.first.insert(channel.clone(), start.clone());
+            self.positions.insert(channel.clone(), start);
+            return;
+        };
+        if !s.recovered {
+            self.problems.push(format!(
+                "{channel}: not recovered from {at:?} (now {}/{})",
+                s.epoch, s.offset
+            ));
+            self.positions.insert(
+                channel.clone(),
+                Position {
+                    epoch: s.epoch.clone(),
+                    offset: s.offset,
+                },
+            );
+            return;
+        }
+        for (offset, data) in &s.publications {
+            self.take(channel, &s.epoch, *offset, data, "recovered");
+        }
+        if self.positions[channel].offset != s.offset {
+            self.problems.push(format!(
+                "{channel}: recovered up to {} but the top is {}",
+                self.positions[channel].offset, s.offset
+            ));
+        }
+    }
+
+    fn take(&mut self, channel: &str, epoch: &str, offset: u64, data: &Value, how: &str) {
+        let id = data["id"].as_u64().unwrap_or(u64::MAX);
+        let Some(at) = self.positions.get_mut(channel) else {
+            self.problems.push(format!(
+                "{channel}: {how} offset {offset} before subscribing"
+            ));
+            return;
+        };
+        if epoch != at.epoch {
+            self.problems.push(format!(
+                "{channel}: {how} offset {offset} of epoch {epoch}, expected {}",
+                at.epoch
+            ));
+        } else if offset != at.offset + 1 {
+            self.problems.push(format!(
+                "{channel}: {how} offset {offset} after {}",
+                at.offset
+            ));
+        }
+        at.offset = at.offset.max(offset);
+        self.log
+            .entry(channel.to_owned())
+            .or_default()
+            .push((offset, id));
+    }
+
+    fn ended(&mut self, why: impl Into<String>) {
+        *self.endings.entry(why.into()).or_default() += 1;
+    }
+}
+
+/// One chaos client: connects through the balancer, subscribes (recovering) to its
+/// channels, takes what comes, and on any trouble reconnects with backoff, until `stop`.
+async fn chaos_client(
+    base_ws: String,
+    user: String,
+    channels: Vec<String>,
+    track: Arc<Mutex<Track>>,
+    mut stop: watch::Receiver<bool>,
+    seed: u64,
+) {
+    const BACKOFF_MIN: Duration = Duration::from_millis(50);
+    const BACKOFF_MAX: Duration = Duration::from_secs(1);
+    let mut rng = Rng(seed);
+    let mut backoff = BACKOFF_MIN;
+    let mut lost_at: Option<Instant> = None;
+    while !*stop.borrow() {
+        let opened = tokio::select! {
+            opened = open_v1(&base_ws, &user) => opened,
+            _ = stop.changed() => return,
+        };
+        if let Ok((mut ws, _node)) = opened {
+            track.lock().unwrap().connections += 1;
+            let frames: Vec<String> = {
+                let track = track.lock().unwrap();
+                channels
+                    .iter()
+                    .map(|c| subscribe_frame(c, track.positions.get(c)))
+                    .collect()
+            };
+            let mut pending: HashSet<&str> = channels.iter().map(String::as_str).collect();
+            let mut sent = true;
+            for frame in frames {
+                sent &= ws.send(Message::Text(frame.into())).await.is_ok();
+            }
+            let why = loop {
+                if !sent {
+                    break "send failed".to_owned();
+                }
+                let frame = tokio::select! {
+                    frame = read_frame(&mut ws) => frame,
+                    _ = stop.changed() => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                };
+                let mut track = track.lock().unwrap();
+                match frame {
+                    Ok(Frame::Subscribed(s)) => {
+                        track.subscribed(&s);
+                        pending.remove(s.channel.as_str());
+                        if pending.is_empty() {
+                            if let Some(at) = lost_at.take() {
+                                track.recoveries.push(at.elapsed());
+                            }
+                            backoff = BACKOFF_MIN;
+                        }
+                    }
+                    Ok(Frame::Publication {
+                        channel,
+                        epoch,
+                        offset,
+                        data,
+                    }) => track.take(&channel, &epoch, offset, &data, "live"),
+                    Ok(Frame::Disconnect { code, reconnect }) => {
+                        if !reconnect {
+                            track
+                                .problems
+                                .push(format!("told not to reconnect ({code})"));
+                        }
+                        break code.to_string();
+                    }
+                    // A subscribe the node could not serve (Redis unreachable): try again.
+                    Ok(Frame::Error { code, message }) => {
+                        if code != "broker_unavailable" {
+                            track.problems.push(format!("error {code}: {message}"));
+                        }
+                        break format!("subscribe:{code}");
+                    }
+                    Ok(Frame::Closed(code)) => break format!("closed {code:?}"),
+                    Ok(other) => track.problems.push(format!("unexpected frame {other:?}")),
+                    Err(_) => break "read error".to_owned(),
+                }
+            };
+            track.lock().unwrap().ended(why);
+        } else {
+            track.lock().unwrap().ended("connect failed");
+        }
+        lost_at.get_or_insert_with(Instant::now);
+        let pause = rng.jitter(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            () = sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// What the publisher did: per channel, the offset each message id got.
+#[derive(Default)]
+struct Ledger {
+    offsets: HashMap<String, BTreeMap<u64, u64>>,
+    /// Message ids sent to each channel.
+    sent: HashMap<String, Vec<u64>>,
+    epochs: HashMap<String, HashSet<String>>,
+    problems: Vec<String>,
+    attempts: u64,
+    unavailable: u64,
+    connection_errors: u64,
+    /// First answers that were duplicates (an earlier attempt had published).
+    duplicates: u64,
+    /// Messages deliberately sent a second time.
+    resent: u64,
+    /// The longest a message took from its first attempt to being taken, and its id.
+    slowest: (Duration, u64),
+}
+
+/// Sends message `id` to `channel` through the balancer until a node answers 200 (503s and
+/// connection errors are retried with the same idempotency key, so it is published once);
+/// `None` if that took too long or the answer was another error.
+async fn send_until_answered(
+    client: &reqwest::Client,
+    base: &str,
+    channel: &str,
+    id: u64,
+    ledger: &Mutex<Ledger>,
+) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = format!("chaos-{id}");
+    loop {
+        let sent = client
+            .post(publish_url(base, channel))
+            .header("idempotency-key", &key)
+            .json(&json!({ "message": { "id": id } }))
+            .send()
+            .await;
+        ledger.lock().unwrap().attempts += 1;
+        match sent {
+            Ok(response) if response.status() == 200 => match response.json::<Value>().await {
+                Ok(answer) => return Some(answer),
+                // The node died while answering: whether it published, only a retry tells.
+                Err(_) => ledger.lock().unwrap().connection_errors += 1,
+            },
+            Ok(response) if response.status() == 503 || response.status() == 502 => {
+                ledger.lock().unwrap().unavailable += 1;
+            }
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                let problem = format!("message {id}: {status} {body}");
+                ledger.lock().unwrap().problems.push(problem);
+                return None;
+            }
+            Err(_) => ledger.lock().unwrap().connection_errors += 1,
+        }
+        if Instant::now() > deadline {
+            let problem = format!("message {id}: not published within 30 s");
+            ledger.lock().unwrap().problems.push(problem);
+            return None;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes message `id` once; with `again`, sends it a second time afterwards (as a
+/// client that never saw the first answer would) and checks it is not published twice.
+async fn publish_until_taken(
+    client: reqwest::Client,
+    base: String,
+    channel: String,
+    id: u64,
+    again: bool,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let began = Instant::now();
+    let Some(first) = send_until_answered(&client, &base, &channel, id, &ledger).await else {
+        return;
+    };
+    record(&ledger, &channel, id, &first);
+    {
+        let mut ledger = ledger.lock().unwrap();
+        ledger.slowest = ledger.slowest.max((began.elapsed(), id));
+    }
+    if !again {
+        return;
+    }
+    let Some(second) = send_until_answered(&client, &base, &channel, id, &ledger).await else {
+        return;
+    };
+    let mut ledger = ledger.lock().unwrap();
+    ledger.resent += 1;
+    if second["duplicate"] != true || second["offset"] != first["offset"] {
+        ledger.problems.push(format!(
+            "message {id} sent again on {channel}: {second}, first {first}"
+        ));
+    }
+}
+
+/// Notes the offset a message got.
+fn record(ledger: &Mutex<Ledger>, channel: &str, id: u64, answer: &Value) {
+    let mut ledger = ledger.lock().unwrap();
+    let offset = answer["offset"].as_u64().unwrap_or(0);
+    if answer["duplicate"] == true {
+        ledger.duplicates += 1;
+    }
+    let epoch = answer["epoch"].as_str().unwrap_or_default().to_owned();
+    ledger
+        .epochs
+        .entry(channel.to_owned())
+        .or_default()
+        .insert(epoch);
+    let previous = ledger
+        .offsets
+        .entry(channel.to_owned())
+        .or_default()
+        .insert(offset, id);
+    if previous.is_some_and(|p| p != id) {
+        ledger.problems.push(format!(
+            "{channel}: offset {offset} given to messages {previous:?} and {id}"
+        ));
+    }
+}
+
+/// Publishes `RATE` messages a second for `PUBLISH_FOR` through the balancer.
+async fn publisher(base: String, ledger: Arc<Mutex<Ledger>>, seed: u64) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        // A connection per request: the balancer picks the node per connection.
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
+    let mut rng = Rng(seed);
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let total = RATE * PUBLISH_FOR.as_secs();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for id in 0..total {
+        sleep_until(start + Duration::from_micros(id * 1_000_000 / RATE)).await;
+        let channel = if rng.below(100) < ROOM_SHARE_PERCENT {
+            format!("room:{}", rng.below(ROOMS as u64))
+        } else {
+            format!("user:u{}", rng.below(CLIENTS as u64))
+        };
+        ledger
+            .lock()
+            .unwrap()
+            .sent
+            .entry(channel.clone())
+            .or_default()
+            .push(id);
+        let again = rng.below(100) < RESEND_PERCENT;
+        let permit = in_flight.clone().acquire_owned().await.unwrap();
+        let (client, base, ledger) = (client.clone(), base.clone(), ledger.clone());
+        tasks.push(tokio::spawn(async move {
+            publish_until_taken(client, base, channel, id, again, ledger).await;
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `f`, which blocks (processes start and stop), without stalling the clients.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_client_gets_every_message_once_in_order_through_a_node_kill_and_a_redis_restart()
+ {
+    let began = Instant::now();
+    let mut redis = RedisServer::start_persistent().expect("redis-server starts");
+    let url = redis.url();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let name = format!("chaos-{i}");
+            node(&[
+                "--redis",
+                &url,
+                "--node-id",
+                &name,
+                "--history-size",
+                "1000",
+                "--max-connections-per-ip",
+                "100000",
+            ])
+        })
+        .collect();
+    let addrs: Vec<_> = nodes.iter().map(Node::addr).collect();
+    let balancer = Balancer::start(&addrs).expect("the balancer starts");
+
+    // Clients.
+    let (stop, stopped) = watch::channel(false);
+    let mut tracks = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let channels = vec![format!("user:u{i}"), format!("room:{}", i % ROOMS)];
+        let track = Arc::new(Mutex::new(Track::default()));
+        tracks.push((channels.clone(), track.clone()));
+        clients.push(tokio::spawn(chaos_client(
+            balancer.ws(),
+            format!("u{i}"),
+            channels,
+            track,
+            stopped.clone(),
+            i as u64,
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tracks.iter().all(|(channels, track)| {
+        let track = track.lock().unwrap();
+        channels.iter().all(|c| track.positions.contains_key(c))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the clients did not all subscribe"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    let subscribed_after = began.elapsed();
+
+    // The publisher, and the chaos meanwhile.
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let publishing = Instant::now();
+    let publisher = tokio::spawn(publisher(balancer.http(), ledger.clone(), 7));
+    sleep_until(publishing + Duration::from_secs(4)).await;
+    blocking(|| nodes[1].kill());
+    let killed_at = publishing.elapsed();
+    sleep_until(publishing + Duration::from_secs(7)).await;
+    blocking(|| nodes[1].restart()).expect("the killed node restarts");
+    sleep_until(publishing + Duration::from_secs(10)).await;
+    let redis_down_at = publishing.elapsed();
+    blocking(|| redis.restart()).expect("redis restarts with its data");
+    let redis_back_at = publishing.elapsed();
+    publisher.await.unwrap();
+    let published_in = publishing.elapsed();
+
+    // Drain: until every client has its channels' last offsets.
+    let tops: HashMap<String, u64> = {
+        let ledger = ledger.lock().unwrap();
+        ledger
+            .offsets
+            .iter()
+            .map(|(c, o)| (c.clone(), o.keys().next_back().copied().unwrap_or(0)))
+            .collect()
+    };
+    let caught_up = |channels: &[String], track: &Track| {
+        channels.iter().all(|c| {
+            let have = track.positions.get(c).map_or(0, |p| p.offset);
+            have >= tops.get(c).copied().unwrap_or(0)
+        })
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < drain_deadline
+        && !tracks
+            .iter()
+            .all(|(channels, track)| caught_up(channels, &track.lock().unwrap()))
+    {
+        sleep(Duration::from_millis(100)).await;
+    }
+    let drained_in = publishing.elapsed() - published_in;
+    stop.send_replace(true);
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    // The publisher's side: every message published exactly once.
+    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    let mut failures: Vec<String> = ledger.problems.clone();
+    for (channel, ids) in &ledger.sent {
+        let offsets = ledger.offsets.get(channel).cloned().unwrap_or_default();
+        if offsets.keys().copied().ne(1..=ids.len() as u64) {
+            failures.push(format!(
+                "{channel}: {} messages sent, offsets {:?}..{:?} ({} of them)",
+                ids.len(),
+                offsets.keys().next(),
+                offsets.keys().next_back(),
+                offsets.len()
+            ));
+        }
+        let mut got: Vec<u64> = offsets.values().copied().collect();
+        got.sort_unstable();
+        let mut want = ids.clone();
+        want.sort_unstable();
+        if got != want {
+            failures.push(format!("{channel}: the ids published are not the ids sent"));
+        }
+        if ledger.epochs.get(channel).map_or(0, HashSet::len) != 1 {
+            failures.push(format!(
+                "{channel}: epochs {:?} (Redis kept its data)",
+                ledger.epochs.get(channel)
+            ));
+        }
+    }
+
+    // The clients' side: every message of each channel once, in offset order, from where
+    // the client first subscribed.
+    let mut recoveries = Vec::new();
+    let mut endings: BTreeMap<String, usize> = BTreeMap::new();
+    let mut connections = 0;
+    let mut deliveries = 0;
+    for (i, (channels, track)) in tracks.iter().enumerate() {
+        let track = track.lock().unwrap();
+        for problem in &track.problems {
+            failures.push(format!("u{i}: {problem}"));
+        }
+        for channel in channels {
+            let from = track.first.get(channel).map_or(0, |p| p.offset);
+            let want: Vec<(u64, u64)> = ledger
+                .offsets
+                .get(channel)
+                .map(|o| o.range(from + 1..).map(|(o, id)| (*o, *id)).collect())
+                .unwrap_or_default();
+            let got = track.log.get(channel).cloned().unwrap_or_default();
+            deliveries += got.len();
+            if got != want {
+                let first_difference = got.iter().zip(&want).position(|(g, w)| g != w);
+                failures.push(format!(
+                    "u{i} on {channel}: {} taken, {} published since offset {from}; first \
+                     difference at index {first_difference:?}; last taken {:?}, last \
+                     published {:?}",
+                    got.len(),
+                    want.len(),
+                    got.last(),
+                    want.last()
+                ));
+            }
+        }
+        recoveries.extend(track.recoveries.iter().copied());
+        for (why, n) in &track.endings {
+            *endings.entry(why.clone()).or_default() += n;
+        }
+        connections += track.connections;
+    }
+    recoveries.sort_unstable();
+    let p50 = percentile(&recoveries, 50.0);
+    let p99 = percentile(&recoveries, 99.0);
+    let max = recoveries.last().copied().unwrap_or_default();
+    let relayed = balancer.stats().relayed();
+
+    println!(
+        "chaos: {CLIENTS} clients ({ROOMS} rooms of {}), {} messages at {RATE}/s, \
+         subscribed after {subscribed_after:.1?}",
+        CLIENTS / ROOMS,
+        ledger.sent.values().map(Vec::len).sum::<usize>()
+    );
+    println!(
+        "chaos: node-1 killed at {killed_at:.1?} and restarted at 7s; redis down at \
+         {redis_down_at:.1?}, back at {redis_back_at:.1?}; publishing took {published_in:.1?}, \
+         drain {drained_in:.1?}"
+    );
+    println!(
+        "chaos: publisher: {} attempts, {} unavailable (503/502), {} connection errors, {} \
+         retries answered duplicate, {} sent twice on purpose (all answered duplicate); \
+         slowest message {:?} took {:.2?}",
+        ledger.attempts,
+        ledger.unavailable,
+        ledger.connection_errors,
+        ledger.duplicates,
+        ledger.resent,
+        ledger.slowest.1,
+        ledger.slowest.0,
+    );
+    println!(
+        "chaos: clients: {connections} connections, {deliveries} publications taken, endings \
+         {endings:?}"
+    );
+    println!(
+        "chaos: reconnect-to-recovered: {} recoveries, p50 {} ms, p99 {} ms, max {} ms",
+        recoveries.len(),
+        p50.as_millis(),
+        p99.as_millis(),
+        max.as_millis()
+    );
+    println!(
+        "chaos: balancer relayed {relayed:?}, {} backend refusals, {} dropped; total {:.1?}",
+        balancer.stats().refused(),
+        balancer.stats().dropped(),
+        began.elapsed()
+    );
+
+    if !failures.is_empty() {
+        let shown: Vec<_> = failures.iter().take(30).collect();
+        panic!(
+            "{} delivery failures, first ones:\n{}",
+            failures.len(),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert!(
+        recoveries.len() >= CLIENTS / 3,
+        "the chaos should have made clients reconnect: {endings:?}"
+    );
+    assert!(
+        p99 < Duration::from_secs(10),
+        "reconnect-to-recovered p99 {p99:?}"
+    );
+}
