@@ -21,7 +21,9 @@ pub enum StoreError {
 /// A broker failed to publish or subscribe.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend is down or answered with an error; the message was not sent.
+    /// The backend is down or answered with an error. A publish that failed this way was
+    /// most likely not published, but may have been if the link broke with it in flight:
+    /// retry with an idempotency key to be sure it is published exactly once.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
 }
