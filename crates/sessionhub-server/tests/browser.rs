@@ -6,14 +6,13 @@
 //! Prerequisites: Node.js 20+, Debian's `chromium` at /usr/bin/chromium, and
 //! `npm ci` in tests/browser (playwright-core only; it never downloads a browser).
 //! `scripts/test.sh` installs them; this test runs `npm ci` itself if node_modules is
-//! missing and fails with instructions if Chromium is. Screenshots and the driver's log go
-//! to `target/browser-artifacts/<case>/`.
+//! missing and fails with instructions if Chromium is. The driver is tests/browser/run.mjs
+//! (see tests/common/browser.rs). Screenshots and the driver's log go to
+//! `target/browser-artifacts/<case>/`.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -22,63 +21,23 @@ use axum::response::Html;
 use axum::routing::get;
 use serde_json::{Value, json};
 use sessionhub_testkit::{Node, RedisServer};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-/// Where the page, the driver and the npm project live.
-const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-const CHROMIUM: &str = "/usr/bin/chromium";
+use common::browser::{BROWSER_DIR, Browser, Driver, STEP};
+
+/// `node run.mjs`: one page, the client's test harness.
+const DRIVER: Driver = Driver {
+    script: "run.mjs",
+    test: "browser test",
+    launch_within: Duration::from_secs(40),
+};
 /// The client as the repository has it; the node must serve exactly this.
 const CLIENT_JS: &str = include_str!("../../sessionhub/assets/sessionhub.js");
 const INDEX_HTML: &str = include_str!("browser/index.html");
 const PAGE_JS: &str = include_str!("browser/page.mjs");
-/// The longest one browser step (a page load, a wait for messages) may take.
-const STEP: Duration = Duration::from_secs(20);
-
-/// Checks (once per process) what the browser tests need; installs the npm side if missing.
-fn prerequisites() -> &'static Path {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let dir = Path::new(BROWSER_DIR);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return dir;
-    }
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "the browser test needs Node.js 20+ (`node` on PATH): {node:?}"
-    );
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "the browser test needs Chromium at {CHROMIUM}: run scripts/test.sh, or \
-         `sudo apt-get install -y chromium` (Debian/Ubuntu)"
-    );
-    if !dir.join("node_modules/playwright-core").exists() {
-        eprintln!("browser test: installing playwright-core (npm ci in {BROWSER_DIR})");
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {BROWSER_DIR} failed ({status:?}); run scripts/test.sh or install \
-             npm and retry"
-        );
-    }
-    *ready = true;
-    dir
-}
 
 /// `target/browser-artifacts/<case>/`, emptied.
 fn artifacts(case: &str) -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("CARGO_TARGET_TMPDIR is inside the target directory");
-    let dir = target.join("browser-artifacts").join(case);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the artifacts directory");
-    dir
+    common::browser::artifacts(Path::new("browser-artifacts").join(case))
 }
 
 /// The test page's origin: a static server of the test's own, serving the page and the
@@ -183,120 +142,10 @@ async fn publish(http: &reqwest::Client, base: &str, channel: &str, data: Value)
     assert_eq!(status, 200, "publish to {channel} via {base}: {body}");
 }
 
-/// `node run.mjs`, driving Chromium over JSON lines on stdin/stdout.
-struct Browser {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
-    log: PathBuf,
-    artifacts: PathBuf,
-}
-
 impl Browser {
-    async fn launch(artifacts: &Path) -> Self {
-        let dir = prerequisites();
-        let log = artifacts.join("driver.log");
-        let stderr = std::fs::File::create(&log).expect("creating the driver log");
-        let mut child = Command::new("node")
-            .arg(dir.join("run.mjs"))
-            .arg(artifacts)
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut browser = Self {
-            child,
-            stdin,
-            stdout,
-            next_id: 0,
-            log,
-            artifacts: artifacts.to_owned(),
-        };
-        let launched = browser
-            .call("launch", json!({}), Duration::from_secs(40))
-            .await;
-        eprintln!("browser test: Chromium {}", launched["version"]);
-        browser
-    }
-
-    /// Runs one driver command; its own waits are bounded by `within`, and so is this.
-    async fn call(&mut self, op: &str, args: Value, within: Duration) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut command = args;
-        command["id"] = json!(id);
-        command["op"] = json!(op);
-        command["timeoutMs"] = json!(within.as_millis() as u64);
-        let mut line = command.to_string();
-        line.push('\n');
-        let stdin = self.stdin.as_mut().expect("driver running");
-        if let Err(e) = stdin.write_all(line.as_bytes()).await {
-            self.fail(&format!("{op}: the driver is gone ({e})"));
-        }
-        // The driver times out first (and says what it waited for); this is the backstop.
-        let reply =
-            match tokio::time::timeout(within + Duration::from_secs(10), self.stdout.next_line())
-                .await
-            {
-                Ok(Ok(Some(reply))) => reply,
-                Ok(_) => self.fail(&format!("{op}: the driver exited")),
-                Err(_) => self.fail(&format!("{op}: no answer within {within:?}")),
-            };
-        let reply: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply}: {e}"));
-        assert_eq!(reply["id"], json!(id), "replies come in order");
-        if let Some(error) = reply.get("error") {
-            self.fail(&format!("{op} failed: {error}"));
-        }
-        reply["ok"].clone()
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "{what}\nartifacts (screenshots, driver log): {}\n--- driver log tail ---\n{}",
-            self.artifacts.display(),
-            tail.join("\n")
-        );
-    }
-
     async fn screenshot(&mut self, name: &str) {
         let shot = self.call("screenshot", json!({ "name": name }), STEP).await;
         eprintln!("browser test: screenshot {}", shot["path"]);
-    }
-
-    /// Closes Chromium and waits for the driver to exit.
-    async fn close(mut self) {
-        self.call("close", json!({}), STEP).await;
-        drop(self.stdin.take());
-        let exited = tokio::time::timeout(STEP, self.child.wait()).await;
-        assert!(
-            matches!(exited, Ok(Ok(status)) if status.success()),
-            "driver exit: {exited:?}"
-        );
-    }
-}
-
-impl Drop for Browser {
-    /// On a failed test: EOF on stdin makes the driver close Chromium and exit; it is
-    /// killed if it has not after a few seconds.
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.start_kill();
     }
 }
 
@@ -335,7 +184,7 @@ async fn the_page_gets_every_message_once_and_in_order_across_a_node_kill() {
     let mut site = Site::bind().await;
     let (_redis, mut nodes) = cluster(3, &site.origin, &[]);
     site.serve(&nodes[0]).await;
-    let mut browser = Browser::launch(&artifacts).await;
+    let mut browser = Browser::launch(&DRIVER, &artifacts).await;
 
     // The page gets every node's URL and moves to the next one on each reconnect.
     let urls: Vec<String> = nodes.iter().map(|n| format!("{}/ws", n.ws())).collect();
@@ -462,7 +311,7 @@ async fn a_gap_longer_than_the_history_is_reported_as_recovery_failed() {
     let mut site = Site::bind().await;
     let (_redis, mut nodes) = cluster(2, &site.origin, &["--history-size", "3"]);
     site.serve(&nodes[0]).await;
-    let mut browser = Browser::launch(&artifacts).await;
+    let mut browser = Browser::launch(&DRIVER, &artifacts).await;
 
     // Gated: while held, the page's URL function does not return, so the reconnect waits
     // until the test has published more than the history keeps.
@@ -600,7 +449,7 @@ async fn the_page_publishes_and_receives_its_own_publication() {
     let mut site = Site::bind().await;
     let node = common::node(&["--allowed-origins", &site.origin]);
     site.serve(&node).await;
-    let mut browser = Browser::launch(&artifacts).await;
+    let mut browser = Browser::launch(&DRIVER, &artifacts).await;
     let url = format!("{}/ws", node.ws());
     let options = json!({ "urls": [url], "user": "alice", "channels": ["room:lobby"] });
     let args = json!({ "url": site.url(), "options": options });

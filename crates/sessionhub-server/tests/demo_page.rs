@@ -6,149 +6,27 @@
 //!
 //! Needs what tests/browser.rs needs (Node.js 20+, Debian's `chromium` at /usr/bin/chromium,
 //! `npm ci` in tests/browser; scripts/test.sh installs them). The driver is
-//! tests/browser/demo.mjs. Screenshots and the driver's log go to `target/demo-artifacts/`.
+//! tests/browser/demo.mjs (see tests/common/browser.rs). Screenshots and the driver's log go
+//! to `target/demo-artifacts/`.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// The longest one browser step (a page load, a wait for the DOM) may take.
-const STEP: Duration = Duration::from_secs(20);
+use common::browser::{Browser, Driver, STEP};
 
-/// Checks (once per process) what the test needs; installs the npm side if missing.
-fn prerequisites() -> &'static Path {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let dir = Path::new(BROWSER_DIR);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return dir;
-    }
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "the demo page test needs Node.js 20+ (`node` on PATH): {node:?}"
-    );
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "the demo page test needs Chromium at {CHROMIUM}: run scripts/test.sh, or \
-         `sudo apt-get install -y chromium` (Debian/Ubuntu)"
-    );
-    if !dir.join("node_modules/playwright-core").exists() {
-        eprintln!("demo page test: installing playwright-core (npm ci in {BROWSER_DIR})");
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {BROWSER_DIR} failed ({status:?}); run scripts/test.sh"
-        );
-    }
-    *ready = true;
-    dir
-}
+/// `node demo.mjs`: several pages, each in a browser context of its own.
+const DRIVER: Driver = Driver {
+    script: "demo.mjs",
+    test: "demo page test",
+    launch_within: STEP,
+};
 
-/// `target/demo-artifacts/`, emptied.
-fn artifacts() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("CARGO_TARGET_TMPDIR is inside the target directory");
-    let dir = target.join("demo-artifacts");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the artifacts directory");
-    dir
-}
-
-/// `node demo.mjs`, driving Chromium over JSON lines on stdin/stdout.
-struct Browser {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
-    log: PathBuf,
-    artifacts: PathBuf,
-}
-
+/// The demo page's own controls, as the test uses them.
 impl Browser {
-    async fn launch(artifacts: &Path) -> Self {
-        let dir = prerequisites();
-        let log = artifacts.join("driver.log");
-        let stderr = std::fs::File::create(&log).expect("creating the driver log");
-        let mut child = Command::new("node")
-            .arg(dir.join("demo.mjs"))
-            .arg(artifacts)
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut browser = Self {
-            child,
-            stdin,
-            stdout,
-            next_id: 0,
-            log,
-            artifacts: artifacts.to_owned(),
-        };
-        let launched = browser.call("launch", json!({}), STEP).await;
-        eprintln!("demo page test: Chromium {}", launched["version"]);
-        browser
-    }
-
-    /// Runs one driver command; its own waits are bounded by `within`, and so is this.
-    async fn call(&mut self, op: &str, args: Value, within: Duration) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut command = args;
-        command["id"] = json!(id);
-        command["op"] = json!(op);
-        command["timeoutMs"] = json!(within.as_millis() as u64);
-        let mut line = command.to_string();
-        line.push('\n');
-        let stdin = self.stdin.as_mut().expect("driver running");
-        if let Err(e) = stdin.write_all(line.as_bytes()).await {
-            self.fail(&format!("{op}: the driver is gone ({e})"));
-        }
-        // The driver times out first (and says what it waited for); this is the backstop.
-        let next = tokio::time::timeout(within + Duration::from_secs(10), self.stdout.next_line());
-        let reply = match next.await {
-            Ok(Ok(Some(reply))) => reply,
-            Ok(_) => self.fail(&format!("{op}: the driver exited")),
-            Err(_) => self.fail(&format!("{op}: no answer within {within:?}")),
-        };
-        let reply: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply}: {e}"));
-        assert_eq!(reply["id"], json!(id), "replies come in order");
-        if let Some(error) = reply.get("error") {
-            self.fail(&format!("{op} {command} failed: {error}"));
-        }
-        reply["ok"].clone()
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "{what}\nartifacts (screenshots, driver log): {}\n--- driver log tail ---\n{}",
-            self.artifacts.display(),
-            tail.join("\n")
-        );
-    }
-
     async fn open(&mut self, page: &str, url: &str) -> Value {
         self.call("open", json!({ "name": page, "url": url }), STEP)
             .await
@@ -213,33 +91,6 @@ impl Browser {
         self.wait_text(page, "#send-status", &format!("Sent to {to}"))
             .await;
     }
-
-    /// Closes Chromium and waits for the driver to exit.
-    async fn close(mut self) {
-        self.call("close", json!({}), STEP).await;
-        drop(self.stdin.take());
-        let exited = tokio::time::timeout(STEP, self.child.wait()).await;
-        assert!(
-            matches!(exited, Ok(Ok(status)) if status.success()),
-            "driver exit: {exited:?}"
-        );
-    }
-}
-
-impl Drop for Browser {
-    /// On a failed test: EOF on stdin makes the driver close Chromium and exit; it is
-    /// killed if it has not after a few seconds.
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.start_kill();
-    }
 }
 
 /// The session view's user, count and the node that answered last.
@@ -259,9 +110,9 @@ fn texts<'a>(read: &'a Value, selectors: &[&str]) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_on_two_nodes_log_in_count_and_message_each_other_through_the_page() {
     let started = Instant::now();
-    let artifacts = artifacts();
+    let artifacts = common::browser::artifacts("demo-artifacts");
     let (_redis, mut nodes) = common::cluster(2);
-    let mut browser = Browser::launch(&artifacts).await;
+    let mut browser = Browser::launch(&DRIVER, &artifacts).await;
     let launched = started.elapsed();
 
     // Each page is served by its node, straight from the binary.

@@ -4,36 +4,16 @@
 //
 //   node demo.mjs <artifacts dir>
 //
-// Same wire as run.mjs: one JSON command per line on stdin ({"id": n, "op": ..., ...}), one
-// JSON line per command on stdout ({"id": n, "ok": result} or {"id": n, "error": message}).
-// Every wait is bounded by the command's timeoutMs. On stdin EOF it closes the browser and
-// exits. Uses Debian's /usr/bin/chromium: playwright-core never downloads a browser.
-import { mkdirSync } from "node:fs";
+// The wire, the launch and the loop are driver.mjs's (as for run.mjs).
 import { join } from "node:path";
-import readline from "node:readline";
 import { chromium } from "playwright-core";
-
-const artifacts = process.argv[2] ?? ".";
-mkdirSync(artifacts, { recursive: true });
-const CHROMIUM = process.env.SESSIONHUB_CHROMIUM ?? "/usr/bin/chromium";
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
+import { artifacts, launchOptions, log, serve, withTimeout } from "./driver.mjs";
 
 let browser = null;
 /** @type {Map<string, import("playwright-core").Page>} */
 const pages = new Map();
 /** Uncaught exceptions per page. */
 const pageErrors = new Map();
-
-const log = (...args) => console.error(new Date().toISOString(), ...args);
 
 function page(name) {
   const p = pages.get(name);
@@ -43,7 +23,7 @@ function page(name) {
 
 const ops = {
   async launch({ timeoutMs }) {
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: timeoutMs });
+    browser = await chromium.launch({ ...launchOptions, timeout: timeoutMs });
     return { version: browser.version() };
   },
 
@@ -131,20 +111,7 @@ const ops = {
     await page(name).screenshot({ path, fullPage: true, timeout: 10_000 });
     return { path };
   },
-
-  async close() {
-    await shutdown();
-    return true;
-  },
 };
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 async function shutdown() {
   if (browser) {
@@ -155,34 +122,12 @@ async function shutdown() {
   }
 }
 
-const input = readline.createInterface({ input: process.stdin });
-let queue = Promise.resolve();
-input.on("line", (text) => {
-  queue = queue.then(async () => {
-    let command;
-    try {
-      command = JSON.parse(text);
-    } catch {
-      return;
+serve(ops, {
+  shutdown,
+  bounded: true,
+  async onFailure(op, id) {
+    for (const [name, p] of pages) {
+      await p.screenshot({ path: join(artifacts, `failure-${op}-${id}-${name}.png`), timeout: 5_000 }).catch(() => {});
     }
-    const { id, op } = command;
-    let reply;
-    try {
-      if (!ops[op]) throw new Error(`unknown op ${op}`);
-      const work = ops[op](command);
-      reply = { id, ok: (await withTimeout(work, (command.timeoutMs ?? 20_000) + 1_000, op)) ?? null };
-    } catch (e) {
-      log(`op ${op} failed:`, e.stack ?? e);
-      for (const [name, p] of pages) {
-        await p
-          .screenshot({ path: join(artifacts, `failure-${op}-${id}-${name}.png`), timeout: 5_000 })
-          .catch(() => {});
-      }
-      reply = { id, error: String(e.message ?? e) };
-    }
-    process.stdout.write(JSON.stringify(reply) + "\n");
-  });
-});
-input.on("close", () => {
-  queue.then(shutdown).finally(() => process.exit(0));
+  },
 });

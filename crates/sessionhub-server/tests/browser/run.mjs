@@ -1,46 +1,25 @@
-// Drives headless Chromium for crates/sessionhub-server/tests/browser.rs.
+// Drives headless Chromium for crates/sessionhub-server/tests/browser.rs: one page, the client's
+// test harness (index.html, page.mjs).
 //
 //   node run.mjs <artifacts dir>
 //
-// Reads one JSON command per line on stdin ({"id": n, "op": ..., ...}) and answers each with
-// one JSON line on stdout ({"id": n, "ok": result} or {"id": n, "error": message}). Every wait
-// is bounded by the command's timeoutMs. On stdin EOF it closes the browser and exits, so a
-// test that dies leaves no Chromium behind. Uses Debian's /usr/bin/chromium: playwright-core
-// never downloads a browser.
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+// The wire, the launch and the loop are driver.mjs's.
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import readline from "node:readline";
 import { chromium } from "playwright-core";
-
-const artifacts = process.argv[2] ?? ".";
-mkdirSync(artifacts, { recursive: true });
-const CHROMIUM = process.env.SESSIONHUB_CHROMIUM ?? "/usr/bin/chromium";
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
+import { artifacts, launchOptions, log, serve, withTimeout } from "./driver.mjs";
 
 let context = null;
 let page = null;
 let profile = null;
-
-const log = (...args) => console.error(new Date().toISOString(), ...args);
 
 const ops = {
   /** Starts Chromium with a fresh profile (--user-data-dir). */
   async launch() {
     profile = mkdtempSync(join(tmpdir(), "sessionhub-chromium-"));
     context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: FLAGS,
+      ...launchOptions,
       timeout: 30_000,
       viewport: { width: 1200, height: 900 },
     });
@@ -123,20 +102,7 @@ const ops = {
     await page.screenshot({ path, fullPage: true, timeout: 10_000 });
     return { path };
   },
-
-  async close() {
-    await shutdown();
-    return true;
-  },
 };
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 async function shutdown() {
   if (context) {
@@ -150,33 +116,11 @@ async function shutdown() {
   }
 }
 
-const input = readline.createInterface({ input: process.stdin });
-let queue = Promise.resolve();
-input.on("line", (text) => {
-  queue = queue.then(async () => {
-    let command;
-    try {
-      command = JSON.parse(text);
-    } catch {
-      return;
+serve(ops, {
+  shutdown,
+  async onFailure(op, id) {
+    if (page && op !== "close") {
+      await page.screenshot({ path: join(artifacts, `failure-${op}-${id}.png`), timeout: 5_000 }).catch(() => {});
     }
-    const { id, op } = command;
-    let reply;
-    try {
-      if (!ops[op]) throw new Error(`unknown op ${op}`);
-      reply = { id, ok: (await ops[op](command)) ?? null };
-    } catch (e) {
-      log(`op ${op} failed:`, e.stack ?? e);
-      if (page && op !== "close") {
-        await page
-          .screenshot({ path: join(artifacts, `failure-${op}-${id}.png`), timeout: 5_000 })
-          .catch(() => {});
-      }
-      reply = { id, error: String(e.message ?? e) };
-    }
-    process.stdout.write(JSON.stringify(reply) + "\n");
-  });
-});
-input.on("close", () => {
-  queue.then(shutdown).finally(() => process.exit(0));
+  },
 });

@@ -2,6 +2,8 @@
 //! clients.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
+
 use std::path::Path;
 use std::time::Duration;
 
