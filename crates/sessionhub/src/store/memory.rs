@@ -520,3 +520,24 @@ fn write_rows<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As `store::redis`'s test of the same name: a float attribute must come back from the
+    /// journal as the same f64 (serde_json's default float parsing is not correctly rounded).
+    #[test]
+    fn float_attributes_survive_a_write_and_a_load() {
+        let mut record = Record::new();
+        record
+            .attributes
+            .insert("f".into(), serde_json::Value::from(1.0715660391465826e-75));
+        let entry = Entry {
+            record: record.clone(),
+            expires_ms: 1,
+        };
+        let row = serde_json::to_vec(&entry).unwrap();
+        assert_eq!(MemoryStore::decode_journal_entry(&row), Some((record, 1)));
+    }
+}
