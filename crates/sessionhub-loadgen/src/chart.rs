@@ -127,7 +127,7 @@ pub(crate) fn latency_panel(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -203,7 +203,7 @@ pub(crate) fn bar_panel(
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(170)
+        .y_label_area_size(210)
         .build_cartesian_2d(0f64..max_x, 0f64..n)?;
     let names: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
     chart
