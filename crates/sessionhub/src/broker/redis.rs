@@ -52,7 +52,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -166,7 +166,7 @@ impl RedisBrokerConfig {
         let state = Arc::new(LinkState {
             healthy: watch::Sender::new(false),
             reconnects: AtomicU64::new(0),
-            durable: AtomicBool::new(false),
+            durable: AtomicU8::new(UNKNOWN),
         });
         let task = Subscriber {
             client: self.client,
@@ -357,7 +357,7 @@ impl Broker for RedisBroker {
             .arg(names.redis(channel))
             .arg(new_epoch())
             .arg(if options.history { "1" } else { "0" })
-            .arg(self.state.bind());
+            .arg(self.state.bind(&self.commands).await);
         let invocation = &invocation;
         let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) = run(
             &self.commands,
@@ -389,7 +389,7 @@ impl Broker for RedisBroker {
             .arg(since.map_or(0, |s| s.offset))
             .arg(new_epoch())
             .arg(self.history.meta_ttl.as_millis() as u64)
-            .arg(self.state.bind());
+            .arg(self.state.bind(&self.commands).await);
         let invocation = &invocation;
         // Running it twice is harmless: a second run finds the epoch the first one created.
         let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) = run(
@@ -462,31 +462,31 @@ impl Broker for RedisBroker {
     }
 }
 
-/// PINGs over the command connection (retried once on a lost connection).
 /// Whether Redis writes every command to disk before answering (`appendonly yes` and
-/// `appendfsync always`). Anything else, including a Redis that refuses CONFIG (managed
-/// services often do), counts as not durable: the safe answer.
-async fn durable(commands: &ConnectionManager) -> bool {
-    let get = |name: &'static str| async move {
-        let mut commands = commands.clone();
-        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(&mut commands)
-            .await;
-        reply.ok().and_then(|pair| pair.get(1).cloned())
-    };
-    let appendonly = timeout(COMMAND_TIMEOUT, get("appendonly"))
-        .await
-        .ok()
-        .flatten();
-    let appendfsync = timeout(COMMAND_TIMEOUT, get("appendfsync"))
-        .await
-        .ok()
-        .flatten();
-    appendonly.as_deref() == Some("yes") && appendfsync.as_deref() == Some("always")
+/// `appendfsync always`); `None` if it could not be asked (connection trouble). A Redis that
+/// refuses CONFIG (managed services often do) counts as not durable: the safe answer.
+async fn durable(commands: &ConnectionManager) -> Option<bool> {
+    let mut connection = commands.clone();
+    let mut pipe = redis::pipe();
+    pipe.cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync");
+    let ask = pipe.query_async::<(Vec<String>, Vec<String>)>(&mut connection);
+    match timeout(COMMAND_TIMEOUT, ask).await {
+        Ok(Ok((appendonly, appendfsync))) => Some(
+            appendonly.get(1).map(String::as_str) == Some("yes")
+                && appendfsync.get(1).map(String::as_str) == Some("always"),
+        ),
+        // Redis answered with an error: CONFIG is refused or renamed.
+        Ok(Err(e)) if e.code().is_some() => Some(false),
+        _ => None,
+    }
 }
 
+/// PINGs over the command connection (retried once on a lost connection).
 async fn ping_commands(commands: &ConnectionManager) -> Result<(), BrokerError> {
     let _: String = run(
         commands,
@@ -606,19 +606,35 @@ struct LinkState {
     /// Subscribed to every wanted channel on a live connection.
     healthy: watch::Sender<bool>,
     reconnects: AtomicU64,
-    /// Redis writes every command to disk before answering it (checked at each
-    /// connection), so its data survives a restart whole.
-    durable: AtomicBool,
+    /// Whether Redis writes every command to disk before answering it, so that its data
+    /// survives a restart whole: [`UNKNOWN`], [`DURABLE`] or [`NOT_DURABLE`]. Checked at
+    /// each connection; a check that could not get an answer leaves the last known value.
+    durable: AtomicU8,
 }
 
+const UNKNOWN: u8 = 0;
+const DURABLE: u8 = 1;
+const NOT_DURABLE: u8 = 2;
+
 impl LinkState {
-    /// The scripts' `bind` argument.
-    fn bind(&self) -> &'static str {
-        if self.durable.load(Ordering::Relaxed) {
-            "0"
-        } else {
-            "1"
+    /// The scripts' `bind` argument, asking Redis first if nobody has yet: a wrong "bind"
+    /// on a durable Redis would start new epochs for nothing, a wrong "don't" on a lossy one
+    /// would let clients skip publications.
+    async fn bind(&self, commands: &ConnectionManager) -> &'static str {
+        if self.durable.load(Ordering::Relaxed) == UNKNOWN
+            && let Some(durable) = durable(commands).await
+        {
+            self.remember_durable(durable);
         }
+        match self.durable.load(Ordering::Relaxed) {
+            DURABLE => "0",
+            _ => "1",
+        }
+    }
+
+    fn remember_durable(&self, durable: bool) {
+        let value = if durable { DURABLE } else { NOT_DURABLE };
+        self.durable.store(value, Ordering::Relaxed);
     }
 }
 
@@ -871,13 +887,17 @@ impl Subscriber {
                 if let Err(e) = ping_commands(&commands).await {
                     tracing::debug!(error = %e, "redis broker: the command connection is not ready");
                 }
-                let durable = durable(&commands).await;
-                if !durable {
-                    tracing::debug!(
-                        "redis broker: redis may lose writes on a restart; epochs are bound to its run_id"
-                    );
+                match durable(&commands).await {
+                    Some(durable) => {
+                        if !durable {
+                            tracing::debug!(
+                                "redis broker: redis may lose writes on a restart; epochs are bound to its run_id"
+                            );
+                        }
+                        state.remember_durable(durable);
+                    }
+                    None => tracing::debug!("redis broker: could not ask redis about durability"),
                 }
-                state.durable.store(durable, Ordering::Relaxed);
             }
             match exchanged {
                 Ok(Ok(_)) => Ok(()),

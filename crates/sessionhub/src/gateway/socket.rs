@@ -18,12 +18,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use futures_util::StreamExt;
+use futures_util::future::{self, BoxFuture};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Gateway;
-use super::v1::{self, V1};
+use super::v1::{self, Plan, V1};
 use crate::auth::WsAuth;
 use crate::broker::PublishOptions;
 use crate::error::ApiError;
@@ -53,6 +55,9 @@ impl Default for SocketConfig {
         }
     }
 }
+
+/// Publishes one client may have under way at once.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
 /// How long a close frame may take to go out before the connection is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -136,8 +141,10 @@ where
 {
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        // A small read buffer: most of a connection's memory is its buffers.
-        .read_buffer_size(4 * 1024)
+        // A small read buffer: an idle connection's memory is mostly its buffers (4 KiB made
+        // 9.8 KiB per idle connection, 1 KiB makes 6.8; docs/benchmarks.md). Larger frames
+        // still arrive whole: the buffer grows for them.
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(then)
 }
@@ -382,6 +389,8 @@ async fn drive(
     let mut idle_deadline = Instant::now() + config.idle_timeout;
     let mut credentials_check = next_credentials_check(credentials, gateway).await;
     let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
+    // Publishes from this client under way, their replies sent in the order of the frames.
+    let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
     let slow = connection.slow().clone();
     let shutdown = gateway.shutdown.clone();
     loop {
@@ -424,6 +433,13 @@ async fn drive(
                     () = shutdown.cancelled() => return close::GOING_AWAY,
                 }
             }
+            Some(replies) = in_flight.next(), if !in_flight.is_empty() => {
+                for reply in replies {
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        return (0, "gone");
+                    }
+                }
+            }
             _ = ping.tick() => {
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
                     return (0, "gone");
@@ -434,18 +450,43 @@ async fn drive(
                 if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &inbound {
                     metrics::counter!("sessionhub_client_frames_total").increment(1);
                 }
-                let replies = match (inbound, &mut *protocol) {
+                let plan = match (inbound, &mut *protocol) {
                     (None | Some(Ok(Message::Close(_))), _) => return (0, "client closed"),
                     (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => continue,
                     (Some(Err(e)), _) => return read_error(e),
                     (Some(Ok(_)), _) if !rate.check() => return close::RATE_LIMITED,
-                    (Some(Ok(Message::Text(text))), Protocol::Seed) => {
-                        handle_frame(&text, gateway).await.into_iter().collect()
+                    (Some(Ok(Message::Text(text))), Protocol::Seed) => plan_seed_frame(&text, gateway),
+                    (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => v1.plan(&text, gateway),
+                    (Some(Ok(Message::Binary(_))), _) => Plan::Reply(vec![error_frame(&FrameError::Binary)]),
+                };
+                let replies = match plan {
+                    Plan::Reply(replies) if in_flight.is_empty() => replies,
+                    Plan::Reply(replies) => {
+                        in_flight.push_back(future::ready(replies).boxed());
+                        continue;
                     }
-                    (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => {
-                        v1.inbound(&text, connection, credentials, gateway).await
+                    Plan::Later(publish) => {
+                        // Bounded: a client that publishes faster than the broker answers
+                        // waits for its oldest publish instead of piling up more.
+                        let replies = if in_flight.len() >= MAX_PUBLISHES_IN_FLIGHT {
+                            in_flight.next().await.unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        };
+                        in_flight.push_back(publish);
+                        replies
                     }
-                    (Some(Ok(Message::Binary(_))), _) => vec![error_frame(&FrameError::Binary)],
+                    Plan::Exclusive(message) => {
+                        let Protocol::V1(v1) = &mut *protocol else {
+                            unreachable!("only protocol v1 plans exclusive frames")
+                        };
+                        let mut replies = Vec::new();
+                        while let Some(earlier) = in_flight.next().await {
+                            replies.extend(earlier);
+                        }
+                        replies.extend(v1.exclusive(message, connection, credentials, gateway).await);
+                        replies
+                    }
                 };
                 for reply in replies {
                     if socket.send(Message::Text(reply.into())).await.is_err() {
@@ -457,28 +498,34 @@ async fn drive(
     }
 }
 
-/// Handles one client text frame; returns the error frame to send back, if any.
-async fn handle_frame(text: &str, gateway: &Gateway) -> Option<String> {
+/// Plans one seed-protocol frame: `{"KEY", "VALUE"}` becomes a publish under way.
+fn plan_seed_frame(text: &str, gateway: &Gateway) -> Plan {
     let ClientFrame::Push { to, data } = match ClientFrame::parse(text) {
         Ok(frame) => frame,
-        Err(e) => return Some(error_frame(&e)),
+        Err(e) => return Plan::Reply(vec![error_frame(&e)]),
     };
     let security = &gateway.config.security;
     let channel = to.channel();
     if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
-        return Some(error_frame(&FrameError::PublishForbidden));
+        return Plan::Reply(vec![error_frame(&FrameError::PublishForbidden)]);
     }
-    let options = PublishOptions::with_history();
-    match gateway.hub.publish(&channel, data.into(), &options).await {
-        Ok(_) => None,
-        Err(e) => Some(
-            ServerFrame::Error {
-                code: "broker_unavailable",
-                message: e.to_string(),
+    let gateway = gateway.clone();
+    Plan::Later(
+        async move {
+            let options = PublishOptions::with_history();
+            match gateway.hub.publish(&channel, data.into(), &options).await {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![
+                    ServerFrame::Error {
+                        code: "broker_unavailable",
+                        message: e.to_string(),
+                    }
+                    .to_text(),
+                ],
             }
-            .to_text(),
-        ),
-    }
+        }
+        .boxed(),
+    )
 }
 
 pub(crate) fn error_frame(e: &FrameError) -> String {

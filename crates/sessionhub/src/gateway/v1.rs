@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -166,20 +168,34 @@ impl V1 {
         }
     }
 
-    /// Handles one client frame; returns the frames to send back.
-    pub(crate) async fn inbound(
+    /// Decides what one client frame needs (see [`Plan`]).
+    pub(crate) fn plan(&self, text: &str, gateway: &Gateway) -> Plan {
+        let message = match ClientMessage::parse(text) {
+            Ok(message) => message,
+            Err((e, id)) => return Plan::Reply(vec![error(id, e.code(), e.to_string())]),
+        };
+        match message {
+            ClientMessage::Ping { id } => Plan::Reply(vec![Reply::Pong { id }.text()]),
+            ClientMessage::Publish {
+                channel,
+                data,
+                id,
+                idempotency_key,
+            } => publish(id, channel, data, idempotency_key, gateway),
+            exclusive => Plan::Exclusive(exclusive),
+        }
+    }
+
+    /// Runs a frame that changes the connection's channels; the caller has sent every reply
+    /// before it, so replies stay in the order of the frames.
+    pub(crate) async fn exclusive(
         &mut self,
-        text: &str,
+        message: ClientMessage,
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
     ) -> Vec<String> {
-        let message = match ClientMessage::parse(text) {
-            Ok(message) => message,
-            Err((e, id)) => return vec![error(id, e.code(), e.to_string())],
-        };
         match message {
-            ClientMessage::Ping { id } => vec![Reply::Pong { id }.text()],
             ClientMessage::Subscribe {
                 channel,
                 recover,
@@ -208,15 +224,9 @@ impl V1 {
                     .text(),
                 ]
             }
-            ClientMessage::Publish {
-                channel,
-                data,
-                id,
-                idempotency_key,
-            } => vec![
-                self.publish(id, &channel, data, idempotency_key, gateway)
-                    .await,
-            ],
+            ClientMessage::Ping { .. } | ClientMessage::Publish { .. } => {
+                unreachable!("planned as a reply or a publish")
+            }
         }
     }
 
@@ -298,40 +308,62 @@ impl V1 {
         }
         .text()
     }
+}
 
-    async fn publish(
-        &self,
-        id: Option<u64>,
-        channel: &str,
-        data: Box<RawValue>,
-        idempotency_key: Option<String>,
-        gateway: &Gateway,
-    ) -> String {
-        if !protocol::is_public_channel_name(channel) {
-            return error(id, "invalid_channel", protocol::INVALID_CHANNEL);
-        }
-        let security = &gateway.config.security;
-        if security.ws_auth != WsAuth::Open && !security.channels.can_publish(channel) {
-            let e = FrameError::PublishForbidden;
-            return error(id, e.code(), e.to_string());
-        }
-        let options = PublishOptions {
-            history: true,
-            idempotency_key,
-        };
-        let data = Utf8Bytes::from(data.get().to_owned());
-        match gateway.hub.publish(channel, data, &options).await {
-            Ok(receipt) => Reply::Published {
-                id,
-                channel,
-                epoch: &receipt.epoch,
-                offset: receipt.offset,
-                duplicate: receipt.duplicate,
-            }
-            .text(),
-            Err(e) => error(id, "broker_unavailable", e.to_string()),
-        }
+/// What one client frame needs from the connection's loop. Publishes do not hold up the
+/// frames behind them: the loop keeps several in flight and sends the replies in order.
+pub(crate) enum Plan {
+    /// Replies that are ready now.
+    Reply(Vec<String>),
+    /// A publish under way; resolves to its replies.
+    Later(BoxFuture<'static, Vec<String>>),
+    /// A subscribe or unsubscribe, which needs the connection itself.
+    Exclusive(ClientMessage),
+}
+
+/// Plans a publish from the client: checked now, sent to the broker by the returned future.
+fn publish(
+    id: Option<u64>,
+    channel: String,
+    data: Box<RawValue>,
+    idempotency_key: Option<String>,
+    gateway: &Gateway,
+) -> Plan {
+    if !protocol::is_public_channel_name(&channel) {
+        return Plan::Reply(vec![error(
+            id,
+            "invalid_channel",
+            protocol::INVALID_CHANNEL,
+        )]);
     }
+    let security = &gateway.config.security;
+    if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
+        let e = FrameError::PublishForbidden;
+        return Plan::Reply(vec![error(id, e.code(), e.to_string())]);
+    }
+    let gateway = gateway.clone();
+    Plan::Later(
+        async move {
+            let options = PublishOptions {
+                history: true,
+                idempotency_key,
+            };
+            let data = Utf8Bytes::from(data.get().to_owned());
+            let reply = match gateway.hub.publish(&channel, data, &options).await {
+                Ok(receipt) => Reply::Published {
+                    id,
+                    channel: &channel,
+                    epoch: &receipt.epoch,
+                    offset: receipt.offset,
+                    duplicate: receipt.duplicate,
+                }
+                .text(),
+                Err(e) => error(id, "broker_unavailable", e.to_string()),
+            };
+            vec![reply]
+        }
+        .boxed(),
+    )
 }
 
 fn is_session(credentials: &Credentials) -> bool {
