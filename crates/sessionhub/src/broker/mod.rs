@@ -166,6 +166,28 @@ pub(crate) fn new_epoch() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Epoch candidates without a system call each: a random prefix per source and a counter.
+/// Every Redis publish must offer one (the script adopts it only when the channel has no
+/// valid epoch), so this is on the hot path; uniqueness is all an epoch needs.
+pub(crate) struct Epochs {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Epochs {
+    pub(crate) fn new() -> Self {
+        Self {
+            prefix: new_epoch(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n:x}", self.prefix)
+    }
+}
+
 /// Receives the publications that arrive on subscribed channels.
 pub trait Deliver: Send + Sync + 'static {
     /// Hands `publication` to every local connection on `channel`; returns how many took it.

@@ -66,7 +66,7 @@ use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 
 use super::{
     Broker, Deliver, HistoryConfig, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
-    new_epoch,
+    Epochs,
 };
 use crate::error::BrokerError;
 
@@ -188,6 +188,7 @@ impl RedisBrokerConfig {
             history: self.history,
             publish_script: redis::Script::new(PUBLISH_SCRIPT),
             recover_script: redis::Script::new(RECOVER_SCRIPT),
+            epochs: Epochs::new(),
         })
     }
 }
@@ -210,6 +211,7 @@ pub struct RedisBroker {
     history: HistoryConfig,
     publish_script: redis::Script,
     recover_script: redis::Script,
+    epochs: Epochs,
 }
 
 /// The channel's epoch, started afresh when there is none, or (with `bind` = "1") when the
@@ -355,7 +357,7 @@ impl Broker for RedisBroker {
             .arg(self.history.meta_ttl.as_millis() as u64)
             .arg(self.history.idempotency_window.as_millis() as u64)
             .arg(names.redis(channel))
-            .arg(new_epoch())
+            .arg(self.epochs.next())
             .arg(if options.history { "1" } else { "0" })
             .arg(self.state.bind(&self.commands).await);
         let invocation = &invocation;
@@ -387,7 +389,7 @@ impl Broker for RedisBroker {
             .key(names.key(channel, "history"))
             .arg(since.map_or("", |s| s.epoch.as_str()))
             .arg(since.map_or(0, |s| s.offset))
-            .arg(new_epoch())
+            .arg(self.epochs.next())
             .arg(self.history.meta_ttl.as_millis() as u64)
             .arg(self.state.bind(&self.commands).await);
         let invocation = &invocation;
