@@ -65,8 +65,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 
 use super::{
-    Broker, Deliver, HistoryConfig, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
-    Epochs,
+    Broker, Deliver, Epochs, HistoryConfig, Publication, PublishOptions, Receipt, Recovery,
+    StreamPosition,
 };
 use crate::error::BrokerError;
 
