@@ -272,17 +272,16 @@ async fn cluster(
     node_id: &str,
     history: HistoryConfig,
 ) -> anyhow::Result<Backends> {
-    let store = RedisStore::connect(url, prefix)
-        .await
-        .context("connecting the session store to Redis")?;
+    // Lazily: a node started while Redis is down comes up unready (/readyz 503) and serves
+    // as soon as Redis answers, rather than exiting and leaving that to a supervisor.
+    let store =
+        RedisStore::connect_lazily(url, prefix).context("setting up the Redis session store")?;
     let broker = RedisBrokerConfig::new(url)
         .context("configuring the Redis broker")?
         .prefix(prefix)
         .history(history);
     let hub = Hub::with_broker(node_id, |sink| broker.start(sink));
-    let presence = RedisPresence::connect(url, prefix)
-        .await
-        .context("connecting presence to Redis")?;
+    let presence = RedisPresence::new(url, prefix).context("setting up presence in Redis")?;
     tracing::info!(
         prefix,
         "cluster mode: sessions, pushes and presence in Redis"

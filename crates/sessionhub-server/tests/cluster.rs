@@ -323,3 +323,32 @@ async fn an_undecodable_session_in_redis_is_a_fresh_session_not_a_500() {
     assert_eq!(body.get("username"), None);
     assert_eq!(body["count"], 1);
 }
+
+#[tokio::test]
+async fn a_node_started_while_redis_is_down_comes_up_unready_and_serves_once_it_is_back() {
+    let mut redis = sessionhub_testkit::RedisServer::start().unwrap();
+    let url = redis.url();
+    redis.stop();
+    let node = node(&["--redis", &url, "--node-id", "early"]);
+    let client = http();
+    let ready = client
+        .get(format!("{}/readyz", node.http()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let (status, answer) = push(&client, &node.http(), "1", "too early").await;
+    assert_eq!(status, 503, "{answer}");
+    let (status, _, body) = get(&client, &node.http(), "/get-session", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable");
+
+    redis.restart().unwrap();
+    wait_ready(&client, &node.http(), true, Duration::from_secs(10)).await;
+    let (mut ws, _) = connect(&node.ws(), "1").await;
+    let (status, _) = push(&client, &node.http(), "1", "on time").await;
+    assert_eq!(status, 200);
+    assert_eq!(next_text(&mut ws).await, "on time");
+    let (status, _, body) = get(&client, &node.http(), "/get-session", None).await;
+    assert_eq!((status, &body["count"]), (200, &json!(1)));
+}

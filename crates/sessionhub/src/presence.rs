@@ -63,17 +63,17 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    /// Connects to `url`; keys go under `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+    /// Sets up presence on `url` (keys under `prefix`); it connects on first use, so a node
+    /// can start while Redis is down. Fails only for an invalid URL.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, BrokerError> {
         let client = redis::Client::open(url)
             .map_err(|e| BrokerError::Unavailable(format!("invalid redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)));
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(unavailable)?;
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(Self {
             connection,
             nodes_key: format!("{prefix}presence:{{presence}}:nodes"),

@@ -348,6 +348,30 @@ impl RedisStore {
     /// re-established on its own after a failure, and the calls made while it is down fail
     /// with [`StoreError::Unavailable`].
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let (client, config) = Self::client(url)?;
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to redis: {e}")))?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Like [`RedisStore::connect`], but connects on first use: a node can start while
+    /// Redis is down, answer 503 and stay unready, and serve as soon as Redis is back.
+    /// Fails only for an invalid URL.
+    pub fn connect_lazily(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let (client, config) = Self::client(url)?;
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Unavailable(format!("cannot set up redis: {e}")))?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn client(url: &str) -> Result<(redis::Client, ConnectionManagerConfig), StoreError> {
         // rustls needs a process-wide crypto provider for `rediss://`. Installing fails only
         // if the application installed one already, which is then used instead.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -362,13 +386,7 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_millis(400))
             .set_connection_timeout(Some(Duration::from_secs(1)));
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to redis: {e}")))?;
-        Ok(Self {
-            connection,
-            prefix: prefix.to_owned(),
-        })
+        Ok((client, config))
     }
 
     /// Decodes a session hash given as its field/value pairs (what `HGETALL` returns), with
