@@ -74,15 +74,7 @@ async fn greeting_then_every_connection_of_an_id_gets_every_push() {
     // A closed tab stops counting; the others keep receiving.
     tab1.close(None).await.unwrap();
     wait_online(&client, &node.http(), 3, WAIT).await;
-    let answer: Value = client
-        .post(format!("{}/socket/456", node.http()))
-        .body("after close")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = push(&client, &node.http(), "456", "after close").await;
     assert_eq!(answer["connections"], 2);
     assert_eq!(next_text(&mut tab2).await, "after close");
     assert_eq!(next_text(&mut phone).await, "after close");
@@ -91,15 +83,7 @@ async fn greeting_then_every_connection_of_an_id_gets_every_push() {
 #[tokio::test]
 async fn a_push_to_nobody_says_so() {
     let node = node(&[]);
-    let answer: Value = http()
-        .post(format!("{}/socket/nobody", node.http()))
-        .body("x")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = push(&http(), &node.http(), "nobody", "x").await;
     assert_eq!(
         (&answer["nodes"], &answer["connections"]),
         (&json!(0), &json!(0)),
@@ -273,15 +257,7 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_bounded() {
     // ~60 MiB pushed at a client that reads nothing.
     let mut dropped = false;
     for _ in 0..1000 {
-        let answer: Value = client
-            .post(format!("{}/socket/slow", node.http()))
-            .body(chunk.clone())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, answer) = push(&client, &node.http(), "slow", &chunk).await;
         if answer["connections"] == 0 {
             dropped = true;
             break;
@@ -295,12 +271,8 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_bounded() {
     );
     wait_online(&client, &node.http(), 1, WAIT).await;
     // Others are unaffected.
-    client
-        .post(format!("{}/socket/fast", node.http()))
-        .body("ok")
-        .send()
-        .await
-        .unwrap();
+    let (status, _) = push(&client, &node.http(), "fast", "ok").await;
+    assert_eq!(status, 200);
     assert_eq!(next_text(&mut healthy).await, "ok");
     // The stuck client, when it finally reads, learns why (if the close frame fit).
     let mut stuck = stuck;
