@@ -89,6 +89,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A path or query names a user id that is not one: 400.
+impl From<crate::protocol::InvalidUserId> for ApiError {
+    fn from(err: crate::protocol::InvalidUserId) -> Self {
+        Self::bad_request(err.to_string())
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
         tracing::warn!(error = %err, "broker failed");

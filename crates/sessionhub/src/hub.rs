@@ -26,6 +26,9 @@ use crate::error::BrokerError;
 use crate::protocol::{self, UserId, close};
 use crate::session::{SessionEvents, SessionId};
 
+/// Messages that may wait for one connection before it counts as a slow consumer.
+const OUTBOUND_QUEUE: usize = 256;
+
 /// Prefix of the control channel of each session's sockets.
 const SESSION_CHANNEL_PREFIX: &str = "session:";
 
@@ -202,7 +205,6 @@ struct HubInner {
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
     node_id: String,
-    outbound_queue: usize,
     next_member: AtomicU64,
 }
 
@@ -224,19 +226,9 @@ impl Hub {
                 registry,
                 broker,
                 node_id: node_id.into(),
-                outbound_queue: 256,
                 next_member: AtomicU64::new(0),
             }),
         }
-    }
-
-    /// Sets how many messages may wait for one slow connection before it is dropped
-    /// (default 256). Call before the first connection joins.
-    pub fn with_outbound_queue(mut self, messages: usize) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.outbound_queue = messages.max(1);
-        }
-        self
     }
 
     /// This node's id.
@@ -297,7 +289,7 @@ impl Hub {
     /// A new local connection of `user`, in no channel yet. It counts as online until
     /// dropped.
     pub fn connect(&self, user: &UserId) -> Connection {
-        let (tx, rx) = mpsc::channel(self.inner.outbound_queue);
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let registry = &self.inner.registry;
         *registry
             .users
@@ -405,11 +397,6 @@ impl Connection {
     /// This connection's id on this node.
     pub fn id(&self) -> u64 {
         self.member.id
-    }
-
-    /// Whether the connection joined `channel`.
-    pub fn joined(&self, channel: &str) -> bool {
-        self.channels.iter().any(|c| c == channel)
     }
 
     /// How many channels the connection joined.

@@ -6,12 +6,7 @@ use serde::Serialize;
 
 use super::Gateway;
 use crate::error::ApiError;
-use crate::protocol::{InvalidUserId, UserId};
-
-fn user(id: &str) -> Result<UserId, ApiError> {
-    id.parse()
-        .map_err(|e: InvalidUserId| ApiError::bad_request(e.to_string()))
-}
+use crate::protocol::UserId;
 
 #[derive(Serialize)]
 pub(crate) struct Sessions {
@@ -27,7 +22,7 @@ pub(crate) async fn sessions(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
 ) -> Result<Json<Sessions>, ApiError> {
-    let user = user(&id)?;
+    let user: UserId = id.parse()?;
     let mut expires_in_ms = Vec::new();
     for session in gateway.store.index_list(user.as_str()).await? {
         if let Some(left) = gateway.store.expires_in(&session).await? {
@@ -52,7 +47,7 @@ pub(crate) async fn logout(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
 ) -> Result<Json<LoggedOut>, ApiError> {
-    let user = user(&id)?;
+    let user: UserId = id.parse()?;
     let mut ended = 0;
     for session in gateway.store.index_list(user.as_str()).await? {
         if gateway.store.delete(&session).await? {

@@ -88,10 +88,7 @@ pub(crate) async fn publish_to_channel(
 }
 
 fn user_channel(id: &str) -> Result<String, ApiError> {
-    let user: UserId = id
-        .parse()
-        .map_err(|e: protocol::InvalidUserId| ApiError::bad_request(e.to_string()))?;
-    Ok(user.channel())
+    Ok(id.parse::<UserId>()?.channel())
 }
 
 /// The data to publish, as JSON text: a JSON body's `message` (or `data`) as it is, any

@@ -95,7 +95,7 @@ pub(crate) async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(upgrade_required)?;
-    let user = parse_user(&id)?;
+    let user: UserId = id.parse()?;
     let (user, credentials) = admit(&gateway, Some(user), &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
     Ok(accept(ws, limit, move |socket| {
@@ -112,7 +112,11 @@ pub(crate) async fn upgrade_v1(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(upgrade_required)?;
-    let requested = query.user.as_deref().map(parse_user).transpose()?;
+    let requested = query
+        .user
+        .as_deref()
+        .map(str::parse::<UserId>)
+        .transpose()?;
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
     Ok(accept(ws, limit, move |socket| {
@@ -127,11 +131,6 @@ fn upgrade_required(rejection: WebSocketUpgradeRejection) -> ApiError {
         "upgrade_required",
         format!("this is a WebSocket endpoint: {}", rejection.body_text()),
     )
-}
-
-fn parse_user(id: &str) -> Result<UserId, ApiError> {
-    id.parse()
-        .map_err(|e: crate::protocol::InvalidUserId| ApiError::bad_request(e.to_string()))
 }
 
 fn accept<F, Fut>(ws: WebSocketUpgrade, limit: usize, then: F) -> Response

@@ -182,7 +182,18 @@ impl V1 {
                 id,
                 idempotency_key,
             } => publish(id, channel, data, idempotency_key, gateway),
-            exclusive => Plan::Exclusive(exclusive),
+            ClientMessage::Subscribe {
+                channel,
+                recover,
+                id,
+            } => Plan::Exclusive(ChannelChange::Subscribe {
+                channel,
+                recover,
+                id,
+            }),
+            ClientMessage::Unsubscribe { channel, id } => {
+                Plan::Exclusive(ChannelChange::Unsubscribe { channel, id })
+            }
         }
     }
 
@@ -190,13 +201,13 @@ impl V1 {
     /// before it, so replies stay in the order of the frames.
     pub(crate) async fn exclusive(
         &mut self,
-        message: ClientMessage,
+        change: ChannelChange,
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
     ) -> Vec<String> {
-        match message {
-            ClientMessage::Subscribe {
+        match change {
+            ChannelChange::Subscribe {
                 channel,
                 recover,
                 id,
@@ -211,7 +222,7 @@ impl V1 {
                 )
                 .await,
             ],
-            ClientMessage::Unsubscribe { channel, id } => {
+            ChannelChange::Unsubscribe { channel, id } => {
                 self.positions.remove(&channel);
                 if !is_control(&channel, credentials) {
                     connection.leave(&channel);
@@ -223,9 +234,6 @@ impl V1 {
                     }
                     .text(),
                 ]
-            }
-            ClientMessage::Ping { .. } | ClientMessage::Publish { .. } => {
-                unreachable!("planned as a reply or a publish")
             }
         }
     }
@@ -318,7 +326,20 @@ pub(crate) enum Plan {
     /// A publish under way; resolves to its replies.
     Later(BoxFuture<'static, Vec<String>>),
     /// A subscribe or unsubscribe, which needs the connection itself.
-    Exclusive(ClientMessage),
+    Exclusive(ChannelChange),
+}
+
+/// A frame that changes the connection's channels.
+pub(crate) enum ChannelChange {
+    Subscribe {
+        channel: String,
+        recover: Option<StreamPosition>,
+        id: Option<u64>,
+    },
+    Unsubscribe {
+        channel: String,
+        id: Option<u64>,
+    },
 }
 
 /// Plans a publish from the client: checked now, sent to the broker by the returned future.
