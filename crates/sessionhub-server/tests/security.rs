@@ -429,13 +429,18 @@ async fn tokens_are_verified_with_rotation_and_expiry() {
         assert_eq!(refused, Some((status, code.to_owned())), "{url}");
     }
     // A token that expires while connected closes the socket.
-    let (mut ws, _) = connect_with(&url("gail", &token("new-secret", "gail", 2)), &[])
-        .await
-        .unwrap();
+    let short = token("new-secret", "gail", 2);
+    let (mut ws, _) = connect_with(&url("gail", &short), &[]).await.unwrap();
     let close = next_close(&mut ws, Duration::from_secs(5))
         .await
         .expect("a close frame");
     assert_eq!(u16::from(close.code), 4003);
+    // Tokens and secrets never reach the log, not even in a logged request line.
+    let logs = node.stderr();
+    let signature = short.rsplit('.').next().unwrap();
+    for secret in [signature, "new-secret", "old-secret"] {
+        assert!(!logs.contains(secret), "{secret} reached the log");
+    }
 }
 
 #[tokio::test]
