@@ -26,41 +26,48 @@
 //! reconnection the task tells the sink to resync: clients recover what they missed from
 //! the history.
 //!
-//! The command connection cannot notice on its own that Redis went away: over RESP2,
-//! redis-rs's connection manager replaces a dead connection only after a command has failed
-//! on it. Two things keep that failure away from callers. When the subscription task has
-//! (re)connected, it PINGs over the command connection before reporting healthy, so the
-//! manager has replaced a dead connection by then. And a command that fails because the
-//! connection was lost is sent once more, on a fresh one, when sending it twice cannot do
-//! harm (see `Retry`): always for PING and recover, for a publish only with an
-//! idempotency key or when the error proves Redis never got it. Retries stay within the
-//! same [`COMMAND_TIMEOUT`].
+//! The command connection cannot notice on its own that Redis went away: it is replaced
+//! only after a command has failed on it. Two things keep that failure away from callers.
+//! When the subscription task has (re)connected, it PINGs over the command connection
+//! before reporting healthy, so a dead connection has been replaced by then. And a command
+//! that fails because the connection was lost is sent once more, on a fresh one, when
+//! sending it twice cannot do harm (see `Retry`): always for PING and recover, for a
+//! publish only with an idempotency key or when the error proves Redis never got it.
+//! Retries stay within the same [`COMMAND_TIMEOUT`].
+//!
+//! Each command connection, when it opens, asks Redis who it is (`INFO server`: the
+//! `run_id` of the process) and whether it keeps every write (`CONFIG GET`: `appendonly
+//! yes` and `appendfsync always`). A TCP connection talks to one Redis process for its whole
+//! life, so what it learned stays true for every command sent over it; the history scripts
+//! get the answer as an argument instead of asking Redis on every publish.
 //!
 //! # History
 //!
 //! A publish is one Lua script on keys that share the channel's hash tag:
 //! `<prefix>ch:{c}:meta` (hash: `e` epoch, `t` top offset; expires [`HistoryConfig::meta_ttl`]
-//! after its last use), `<prefix>ch:{c}:history` (a stream capped at
-//! [`HistoryConfig::size`] entries with ids `<offset>-0` and one field `d`, the data;
-//! expires [`HistoryConfig::ttl`] after the last publish) and, with an idempotency key,
+//! after its last use), `<prefix>ch:{c}:history` (a stream of entries with ids
+//! `<offset>-0` and one field `d`, the data, trimmed to about [`HistoryConfig::size`]
+//! entries, of which recovery serves the last `size`; expires [`HistoryConfig::ttl`] after
+//! the last publish) and, with an idempotency key,
 //! `<prefix>ch:{c}:idem:<key>` (the first publish's offset). The script assigns the next
 //! offset, appends, and PUBLISHes `<offset>:<epoch>:<data>`, so the history and the live
 //! stream can never disagree. A channel whose meta is gone (Redis lost its data, or the
 //! channel was idle past the meta TTL) starts a new epoch, which tells clients that what
 //! they remember no longer applies.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::{self, BoxFuture};
 use futures_util::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{Msg, RedisError, RedisResult};
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::{AsyncConnectionConfig, Msg, RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 
@@ -151,22 +158,12 @@ impl RedisBrokerConfig {
     ///
     /// Outside a Tokio runtime, since it spawns the subscription task.
     pub fn start(self, sink: Arc<dyn Deliver>) -> Arc<RedisBroker> {
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // One connection attempt per command: retrying inside a command would hold a
-            // publish longer than an outage needs to be reported. Whether a failed command
-            // is sent again is decided per command, see `Retry`.
-            .set_number_of_retries(0);
-        let commands = ConnectionManager::new_lazy_with_config(self.client.clone(), manager)
-            // It fails only for push-sender and resubscription settings, which are not used.
-            .expect("a connection manager without push settings always builds");
+        let commands = Commands::new(self.client.clone());
         let names = ChannelNames::new(&self.prefix);
         let (requests, inbox) = mpsc::unbounded_channel();
         let state = Arc::new(LinkState {
             healthy: watch::Sender::new(false),
             reconnects: AtomicU64::new(0),
-            durable: AtomicU8::new(UNKNOWN),
         });
         let task = Subscriber {
             client: self.client,
@@ -204,7 +201,7 @@ impl RedisBrokerConfig {
 ///
 /// Dropping the last handle stops the task and closes both connections.
 pub struct RedisBroker {
-    commands: ConnectionManager,
+    commands: Commands,
     requests: mpsc::UnboundedSender<Request>,
     names: ChannelNames,
     state: Arc<LinkState>,
@@ -214,24 +211,21 @@ pub struct RedisBroker {
     epochs: Epochs,
 }
 
-/// The channel's epoch, started afresh when there is none, or (with `bind` = "1") when the
-/// epoch was started by another Redis process (`run_id`): a Redis that restarted from a
-/// snapshot, or a replica promoted after a failover, may have lost the newest publications
-/// while keeping the epoch, and reusing their offsets in the same epoch would let clients
-/// skip publications silently. A Redis whose every write is on disk before it is answered
-/// (`appendonly yes`, `appendfsync always`) loses nothing on a restart, so there the broker
-/// passes `bind` = "0" and histories survive restarts.
+/// The channel's epoch, started afresh when there is none, or when the epoch was started by
+/// another Redis process than `run` (the `run_id` of the Redis the command connection talks
+/// to): a Redis that restarted from a snapshot, or a replica promoted after a failover, may
+/// have lost the newest publications while keeping the epoch, and reusing their offsets in
+/// the same epoch would let clients skip publications silently. A Redis whose every write
+/// is on disk before it is answered (`appendonly yes`, `appendfsync always`) loses nothing
+/// on a restart, so there the broker passes `run` = "" and histories survive restarts.
 macro_rules! epoch_lua {
     () => {
         r#"
-local function epoch_of(meta, stream, fresh, bind)
-  local epoch = redis.call('HGET', meta, 'e')
-  local run = ''
-  if bind == '1' then
-    run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
-    if epoch and redis.call('HGET', meta, 'r') ~= run then
-      epoch = false
-    end
+local function epoch_of(meta, stream, fresh, run)
+  local current = redis.call('HMGET', meta, 'e', 'r')
+  local epoch = current[1]
+  if epoch and run ~= '' and current[2] ~= run then
+    epoch = false
   end
   if not epoch then
     epoch = fresh
@@ -247,7 +241,7 @@ end
 /// Assigns the next offset, appends to the capped history and publishes, atomically.
 /// KEYS: meta, history stream, idempotency key (or "" for none).
 /// ARGV: data, size, ttl ms, meta ttl ms, idempotency window ms, pub/sub channel, new epoch,
-/// whether to keep history ("1"/"0"), whether to bind the epoch to the Redis process.
+/// whether to keep history ("1"/"0"), the Redis `run_id` to bind the epoch to ("" for none).
 /// Returns {offset, epoch, nodes, duplicate}.
 const PUBLISH_SCRIPT: &str = concat!(
     epoch_lua!(),
@@ -265,7 +259,9 @@ if KEYS[3] ~= '' then
 end
 local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+-- '~' trims whole stream nodes only, several times cheaper than an exact cap; the stream
+-- may hold a few more entries than `size`, and recovery serves only the last `size`.
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], offset, 'PX', ARGV[5])
@@ -278,7 +274,7 @@ return {offset, epoch, nodes, 0}
 /// Reads a channel's position and, if the caller's epoch matches, the history after its
 /// offset; starts an epoch for a channel without a valid one.
 /// KEYS: meta, history stream. ARGV: since epoch ("" for none), since offset, new epoch,
-/// meta ttl ms, whether to bind the epoch to the Redis process.
+/// meta ttl ms, the Redis `run_id` to bind the epoch to ("" for none), history size.
 /// Returns {epoch, top offset, XRANGE entries}.
 const RECOVER_SCRIPT: &str = concat!(
     epoch_lua!(),
@@ -287,7 +283,8 @@ local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
 local entries = {}
-if ARGV[1] ~= '' and ARGV[1] == epoch and tonumber(ARGV[2]) < top then
+local since = tonumber(ARGV[2])
+if ARGV[1] ~= '' and ARGV[1] == epoch and since < top and top - since <= tonumber(ARGV[6]) then
   entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+')
 end
 return {epoch, top, entries}
@@ -346,28 +343,28 @@ impl Broker for RedisBroker {
         } else {
             Retry::OnLostConnection
         };
-        let mut invocation = self.publish_script.prepare_invoke();
-        invocation
-            .key(names.key(channel, "meta"))
-            .key(names.key(channel, "history"))
-            .key(idempotency)
-            .arg(data.as_str())
-            .arg(self.history.size)
-            .arg(self.history.ttl.as_millis() as u64)
-            .arg(self.history.meta_ttl.as_millis() as u64)
-            .arg(self.history.idempotency_window.as_millis() as u64)
-            .arg(names.redis(channel))
-            .arg(self.epochs.next())
-            .arg(if options.history { "1" } else { "0" })
-            .arg(self.state.bind(&self.commands).await);
-        let invocation = &invocation;
-        let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) = run(
-            &self.commands,
-            "publish",
-            retry,
-            |mut commands| async move { invocation.invoke_async(&mut commands).await },
-        )
-        .await?;
+        let (meta, history) = (names.key(channel, "meta"), names.key(channel, "history"));
+        let redis_channel = names.redis(channel);
+        let epoch = self.epochs.next();
+        let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) =
+            run(&self.commands, "publish", retry, |mut link| {
+                let mut invocation = self.publish_script.prepare_invoke();
+                invocation
+                    .key(&meta)
+                    .key(&history)
+                    .key(&idempotency)
+                    .arg(data.as_str())
+                    .arg(self.history.size)
+                    .arg(self.history.ttl.as_millis() as u64)
+                    .arg(self.history.meta_ttl.as_millis() as u64)
+                    .arg(self.history.idempotency_window.as_millis() as u64)
+                    .arg(&redis_channel)
+                    .arg(&epoch)
+                    .arg(if options.history { "1" } else { "0" })
+                    .arg(&*link.bind);
+                async move { invocation.invoke_async(&mut link.connection).await }
+            })
+            .await?;
         Ok(Receipt {
             nodes,
             connections: None,
@@ -383,22 +380,26 @@ impl Broker for RedisBroker {
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError> {
         let names = &self.names;
-        let mut invocation = self.recover_script.prepare_invoke();
-        invocation
-            .key(names.key(channel, "meta"))
-            .key(names.key(channel, "history"))
-            .arg(since.map_or("", |s| s.epoch.as_str()))
-            .arg(since.map_or(0, |s| s.offset))
-            .arg(self.epochs.next())
-            .arg(self.history.meta_ttl.as_millis() as u64)
-            .arg(self.state.bind(&self.commands).await);
-        let invocation = &invocation;
+        let (meta, history) = (names.key(channel, "meta"), names.key(channel, "history"));
+        let fresh = self.epochs.next();
         // Running it twice is harmless: a second run finds the epoch the first one created.
         let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) = run(
             &self.commands,
             "recover",
             Retry::OnLostConnection,
-            |mut commands| async move { invocation.invoke_async(&mut commands).await },
+            |mut link| {
+                let mut invocation = self.recover_script.prepare_invoke();
+                invocation
+                    .key(&meta)
+                    .key(&history)
+                    .arg(since.map_or("", |s| s.epoch.as_str()))
+                    .arg(since.map_or(0, |s| s.offset))
+                    .arg(&fresh)
+                    .arg(self.history.meta_ttl.as_millis() as u64)
+                    .arg(&*link.bind)
+                    .arg(self.history.size);
+                async move { invocation.invoke_async(&mut link.connection).await }
+            },
         )
         .await?;
         let epoch: Arc<str> = epoch.into();
@@ -464,44 +465,142 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Whether Redis writes every command to disk before answering (`appendonly yes` and
-/// `appendfsync always`); `None` if it could not be asked (connection trouble). A Redis that
-/// refuses CONFIG (managed services often do) counts as not durable: the safe answer.
-async fn durable(commands: &ConnectionManager) -> Option<bool> {
-    let mut connection = commands.clone();
-    let mut pipe = redis::pipe();
-    pipe.cmd("CONFIG")
-        .arg("GET")
-        .arg("appendonly")
-        .cmd("CONFIG")
-        .arg("GET")
-        .arg("appendfsync");
-    let ask = pipe.query_async::<(Vec<String>, Vec<String>)>(&mut connection);
-    match timeout(COMMAND_TIMEOUT, ask).await {
-        Ok(Ok((appendonly, appendfsync))) => Some(
-            appendonly.get(1).map(String::as_str) == Some("yes")
-                && appendfsync.get(1).map(String::as_str) == Some("always"),
-        ),
-        // Redis answered with an error: CONFIG is refused or renamed.
-        Ok(Err(e)) if e.code().is_some() => Some(false),
-        _ => None,
+/// The command connection: opened on first use, replaced after a command failed in a way
+/// that means it is dead. Each [`Link`] knows the Redis process it talks to.
+#[derive(Clone)]
+struct Commands {
+    client: redis::Client,
+    current: Arc<Mutex<Option<Link>>>,
+    /// Held while a connection is being opened, so that a burst of commands after an
+    /// outage opens one connection, not one each.
+    opening: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One command connection and what it learned when it opened.
+#[derive(Clone)]
+struct Link {
+    connection: MultiplexedConnection,
+    /// The scripts' `run` argument: the `run_id` of the Redis process, or "" when that
+    /// Redis keeps every write on disk before answering, so its histories survive
+    /// restarts.
+    bind: Arc<str>,
+    /// Tells this link from the one that replaces it.
+    generation: u64,
+}
+
+impl Commands {
+    fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            current: Arc::new(Mutex::new(None)),
+            opening: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    fn current(&self) -> Option<Link> {
+        self.current.lock().expect("never poisoned").clone()
+    }
+
+    /// The live link, opening one if there is none.
+    async fn link(&self) -> RedisResult<Link> {
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let generation = self
+            .current
+            .lock()
+            .expect("never poisoned")
+            .as_ref()
+            .map_or(0, |l| l.generation)
+            + 1;
+        let link = self.open(generation).await?;
+        *self.current.lock().expect("never poisoned") = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Forgets `link` after `error` if the error means the connection is dead; the next
+    /// command opens a new one.
+    fn failed(&self, link: &Link, error: &RedisError) {
+        if !error.is_unrecoverable_error() {
+            return;
+        }
+        let mut current = self.current.lock().expect("never poisoned");
+        if current
+            .as_ref()
+            .is_some_and(|l| l.generation == link.generation)
+        {
+            *current = None;
+        }
+    }
+
+    async fn open(&self, generation: u64) -> RedisResult<Link> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync");
+        // A map over RESP3, pairs in an array over RESP2: both read as a map.
+        type Config = HashMap<String, String>;
+        let durable = match pipe.query_async::<(Config, Config)>(&mut connection).await {
+            Ok((appendonly, appendfsync)) => {
+                appendonly.get("appendonly").map(String::as_str) == Some("yes")
+                    && appendfsync.get("appendfsync").map(String::as_str) == Some("always")
+            }
+            // Redis answered with an error: CONFIG is refused or renamed (managed services
+            // often do that). Not durable is the safe answer.
+            Err(e) if e.code().is_some() => false,
+            Err(e) => return Err(e),
+        };
+        if !durable {
+            tracing::debug!(
+                run_id,
+                "redis broker: redis may lose writes on a restart; epochs are bound to its run_id"
+            );
+        }
+        Ok(Link {
+            connection,
+            bind: if durable { "".into() } else { run_id.into() },
+            generation,
+        })
     }
 }
 
 /// PINGs over the command connection (retried once on a lost connection).
-async fn ping_commands(commands: &ConnectionManager) -> Result<(), BrokerError> {
+async fn ping_commands(commands: &Commands) -> Result<(), BrokerError> {
     let _: String = run(
         commands,
         "PING",
         Retry::OnLostConnection,
-        |mut commands| async move { redis::cmd("PING").query_async(&mut commands).await },
+        |mut link| async move { redis::cmd("PING").query_async(&mut link.connection).await },
     )
     .await?;
     Ok(())
 }
 
-/// Whether a command that failed may be sent again: once, on the connection the manager
-/// put in place of the one that failed, and within the same [`COMMAND_TIMEOUT`].
+/// Whether a command that failed may be sent again: once, on a connection opened in place
+/// of the one that failed, and within the same [`COMMAND_TIMEOUT`].
 ///
 /// A retry must never publish twice. redis-rs cannot always say whether a failed command
 /// reached Redis: "broken pipe" is what it reports both for a connection that was already
@@ -538,13 +637,13 @@ impl Retry {
 /// Runs one command on the command connection with the hard bound of [`COMMAND_TIMEOUT`],
 /// making one more attempt if `retry` allows it for the first one's error.
 async fn run<T, F, Fut>(
-    commands: &ConnectionManager,
+    commands: &Commands,
     command: &str,
     retry: Retry,
     attempt: F,
 ) -> Result<T, BrokerError>
 where
-    F: Fn(ConnectionManager) -> Fut,
+    F: Fn(Link) -> Fut,
     Fut: Future<Output = RedisResult<T>>,
 {
     let deadline = Instant::now() + COMMAND_TIMEOUT;
@@ -554,19 +653,30 @@ where
             "redis {command}: no reply within {COMMAND_TIMEOUT:?}"
         ))
     };
-    match timeout_at(deadline, attempt(commands.clone())).await {
-        Ok(Ok(value)) => return Ok(value),
+    let once = async |retry: Option<Retry>| -> Result<RedisResult<T>, RedisError> {
+        let link = commands.link().await?;
+        let result = attempt(link.clone()).await;
+        if let Err(e) = &result {
+            commands.failed(&link, e);
+            if retry.is_some_and(|r| r.allows(e)) {
+                return Err(result.err().expect("an error"));
+            }
+        }
+        Ok(result)
+    };
+    match timeout_at(deadline, once(Some(retry))).await {
+        Ok(Ok(Ok(value))) => return Ok(value),
+        Ok(Ok(Err(e))) => return Err(failed(e)),
         Ok(Err(e)) if retry.allows(&e) => {
-            // The manager has already started replacing the connection; the second attempt
-            // waits for that.
             tracing::debug!(error = %e, command, "redis broker: connection lost, sending again");
         }
+        // Opening a connection failed in a way that does not allow another try.
         Ok(Err(e)) => return Err(failed(e)),
         Err(_) => return Err(timed_out()),
     }
-    match timeout_at(deadline, attempt(commands.clone())).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(failed(e)),
+    match timeout_at(deadline, once(None)).await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e)) | Err(e)) => Err(failed(e)),
         Err(_) => Err(timed_out()),
     }
 }
@@ -608,36 +718,6 @@ struct LinkState {
     /// Subscribed to every wanted channel on a live connection.
     healthy: watch::Sender<bool>,
     reconnects: AtomicU64,
-    /// Whether Redis writes every command to disk before answering it, so that its data
-    /// survives a restart whole: [`UNKNOWN`], [`DURABLE`] or [`NOT_DURABLE`]. Checked at
-    /// each connection; a check that could not get an answer leaves the last known value.
-    durable: AtomicU8,
-}
-
-const UNKNOWN: u8 = 0;
-const DURABLE: u8 = 1;
-const NOT_DURABLE: u8 = 2;
-
-impl LinkState {
-    /// The scripts' `bind` argument, asking Redis first if nobody has yet: a wrong "bind"
-    /// on a durable Redis would start new epochs for nothing, a wrong "don't" on a lossy one
-    /// would let clients skip publications.
-    async fn bind(&self, commands: &ConnectionManager) -> &'static str {
-        if self.durable.load(Ordering::Relaxed) == UNKNOWN
-            && let Some(durable) = durable(commands).await
-        {
-            self.remember_durable(durable);
-        }
-        match self.durable.load(Ordering::Relaxed) {
-            DURABLE => "0",
-            _ => "1",
-        }
-    }
-
-    fn remember_durable(&self, durable: bool) {
-        let value = if durable { DURABLE } else { NOT_DURABLE };
-        self.durable.store(value, Ordering::Relaxed);
-    }
 }
 
 /// Reports the broker down when the task ends for any reason, a panic included, so that
@@ -686,7 +766,7 @@ struct Subscriber {
     client: redis::Client,
     /// The broker's command connection, checked before each new connection reports
     /// healthy.
-    commands: ConnectionManager,
+    commands: Commands,
     names: ChannelNames,
     sink: Arc<dyn Deliver>,
     inbox: mpsc::UnboundedReceiver<Request>,
@@ -849,7 +929,7 @@ impl Subscriber {
     /// one SUBSCRIBE, which after a reconnection is every wanted channel.
     ///
     /// With `check_commands`, a confirmed round then PINGs over the command connection: if
-    /// Redis went away, that connection is dead too, and the manager replaces it only after
+    /// Redis went away, that connection is dead too, and it is replaced only after
     /// a command failed on it. Paying for that here, before the broker reports healthy,
     /// keeps the failure away from the first publish, which could not always be retried.
     /// The round does not fail if the PING does: [`Broker::ping`] reports that half.
@@ -868,7 +948,6 @@ impl Subscriber {
         let (on, off) = (to_redis(&subscribe), to_redis(&unsubscribe));
         let (mut sink_on, mut sink_off) = (sink.clone(), sink.clone());
         let commands = check_commands.then(|| self.commands.clone());
-        let state = self.state.clone();
         let confirmed = async move {
             let exchange = future::try_join(
                 async {
@@ -885,21 +964,10 @@ impl Subscriber {
                 },
             );
             let exchanged = timeout(ROUND_TIMEOUT, exchange).await;
-            if let (Ok(Ok(_)), Some(commands)) = (&exchanged, commands) {
-                if let Err(e) = ping_commands(&commands).await {
-                    tracing::debug!(error = %e, "redis broker: the command connection is not ready");
-                }
-                match durable(&commands).await {
-                    Some(durable) => {
-                        if !durable {
-                            tracing::debug!(
-                                "redis broker: redis may lose writes on a restart; epochs are bound to its run_id"
-                            );
-                        }
-                        state.remember_durable(durable);
-                    }
-                    None => tracing::debug!("redis broker: could not ask redis about durability"),
-                }
+            if let (Ok(Ok(_)), Some(commands)) = (&exchanged, commands)
+                && let Err(e) = ping_commands(&commands).await
+            {
+                tracing::debug!(error = %e, "redis broker: the command connection is not ready");
             }
             match exchanged {
                 Ok(Ok(_)) => Ok(()),
