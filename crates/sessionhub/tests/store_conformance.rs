@@ -740,6 +740,228 @@ mod checks {
         assert_eq!(store.load(&id, ttl).await.unwrap(), None);
     }
 
+    pub(crate) async fn update_and_load_returns_the_record_after_the_changes(
+        store: Arc<dyn SessionStore>,
+    ) {
+        let (id, _) = created(
+            &*store,
+            json!({"a": 1, "b": "x", "c": true, "n": 5, "big": 9_007_199_254_740_993_i64}),
+        )
+        .await;
+        let outcome = store
+            .update_and_load(
+                &id,
+                &[
+                    set("b", json!("y")),
+                    remove("c"),
+                    remove("never-there"),
+                    incr("n", 2),
+                    set("e", json!({"k": [1, 2.5]})),
+                    incr("fresh", -3),
+                    incr("n", 1),
+                    incr("big", 2),
+                ],
+                TTL,
+                None,
+            )
+            .await
+            .unwrap();
+        let expected = record(json!({
+            "a": 1,
+            "b": "y",
+            "n": 8,
+            "e": {"k": [1, 2.5]},
+            "fresh": -3,
+            "big": 9_007_199_254_740_995_i64,
+        }));
+        assert_eq!(
+            outcome,
+            Some((expected.clone(), vec![7, -3, 8, 9_007_199_254_740_995]))
+        );
+        // What it returned is what the store holds.
+        assert_eq!(load(&*store, &id).await, Some(expected.clone()));
+
+        // No changes: a load.
+        assert_eq!(
+            store.update_and_load(&id, &[], TTL, None).await.unwrap(),
+            Some((expected, vec![]))
+        );
+        let (empty, record) = created(&*store, json!({})).await;
+        assert_eq!(
+            store.update_and_load(&empty, &[], TTL, None).await.unwrap(),
+            Some((record, vec![]))
+        );
+    }
+
+    pub(crate) async fn update_and_load_of_missing_does_not_resurrect(
+        store: Arc<dyn SessionStore>,
+    ) {
+        let id = SessionId::generate();
+        for changes in [vec![set("x", json!(1))], vec![incr("n", 1)], vec![]] {
+            assert_eq!(
+                store
+                    .update_and_load(&id, &changes, TTL, Some(TTL))
+                    .await
+                    .unwrap(),
+                None,
+                "{changes:?}"
+            );
+        }
+        assert_eq!(load(&*store, &id).await, None);
+        assert_eq!(store.expires_in(&id).await.unwrap(), None);
+        let fresh = record(json!({"fresh": true}));
+        assert!(store.create(&id, &fresh, TTL).await.unwrap());
+
+        // Deleted, then written: still gone.
+        assert!(store.delete(&id).await.unwrap());
+        assert_eq!(
+            store
+                .update_and_load(&id, &[incr("n", 1)], TTL, None)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(load(&*store, &id).await, None);
+    }
+
+    pub(crate) async fn update_and_load_failures_change_nothing(store: Arc<dyn SessionStore>) {
+        let (id, record) = created(
+            &*store,
+            json!({"text": "abc", "max": i64::MAX, "n": 1, "float": 1.5}),
+        )
+        .await;
+        let ttl = Duration::from_secs(30);
+        match store
+            .update_and_load(
+                &id,
+                &[set("x", json!(1)), incr("n", 1), incr("text", 1)],
+                ttl,
+                None,
+            )
+            .await
+        {
+            Err(StoreError::NotAnInteger(name)) => assert_eq!(name, "text"),
+            other => panic!("expected NotAnInteger, got {other:?}"),
+        }
+        match store
+            .update_and_load(&id, &[incr("n", 1), incr("float", 1)], ttl, None)
+            .await
+        {
+            Err(StoreError::NotAnInteger(name)) => assert_eq!(name, "float"),
+            other => panic!("expected NotAnInteger, got {other:?}"),
+        }
+        match store
+            .update_and_load(&id, &[remove("n"), incr("max", 1)], ttl, None)
+            .await
+        {
+            Err(StoreError::Overflow(name)) => assert_eq!(name, "max"),
+            other => panic!("expected Overflow, got {other:?}"),
+        }
+        // Not even the expiry moved: a failed write is no use of the session.
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(left > ttl, "{left:?}");
+        assert_eq!(load(&*store, &id).await, Some(record));
+    }
+
+    pub(crate) async fn concurrent_update_and_load_never_loses_an_increment(
+        store: Arc<dyn SessionStore>,
+    ) {
+        let (id, _) = created(&*store, json!({"user": "ann"})).await;
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (store, id) = (store.clone(), id.clone());
+                tokio::spawn(async move {
+                    store
+                        .update_and_load(&id, &[incr("n", 1)], TTL, None)
+                        .await
+                        .unwrap()
+                        .expect("the session exists")
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for task in tasks {
+            let (record, values) = task.await.unwrap();
+            // One step: the record returned is the one this increment produced.
+            assert_eq!(record.attributes["n"], json!(values[0]));
+            assert_eq!(record.attributes["user"], json!("ann"));
+            seen.extend(values);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=200).collect::<Vec<i64>>());
+        assert_eq!(
+            load(&*store, &id).await.unwrap().attributes["n"],
+            json!(200)
+        );
+    }
+
+    /// The expiry is the idle TTL, cut short by the absolute lifetime counted from the
+    /// record's creation (which only the store knows when the call is made).
+    pub(crate) async fn update_and_load_slides_expiry_within_the_lifetime(
+        store: Arc<dyn SessionStore>,
+    ) {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let short = Duration::from_secs(2);
+        let id = SessionId::generate();
+        let young = Record {
+            attributes: attrs(json!({"a": 1})),
+            created_ms: now(),
+        };
+        assert!(store.create(&id, &young, short).await.unwrap());
+        // No lifetime, or one far off: the TTL given.
+        store
+            .update_and_load(&id, &[incr("n", 1)], TTL, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(left > TTL - Duration::from_secs(5), "{left:?}");
+        store
+            .update_and_load(&id, &[], short, Some(TTL * 10))
+            .await
+            .unwrap()
+            .unwrap();
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(left <= short && left > Duration::from_secs(1), "{left:?}");
+
+        // Created 10 s ago with a lifetime of 15 s: about 5 s left, whatever the TTL.
+        let id = SessionId::generate();
+        let older = Record {
+            attributes: attrs(json!({})),
+            created_ms: now() - 10_000,
+        };
+        assert!(store.create(&id, &older, TTL).await.unwrap());
+        store
+            .update_and_load(&id, &[], TTL, Some(Duration::from_secs(15)))
+            .await
+            .unwrap()
+            .unwrap();
+        let left = store.expires_in(&id).await.unwrap().unwrap();
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(3),
+            "{left:?}"
+        );
+
+        // Past its lifetime: returned (the caller decides what an outlived session is), and
+        // gone moments later.
+        let id = SessionId::generate();
+        assert!(store.create(&id, &older, TTL).await.unwrap());
+        let (record, values) = store
+            .update_and_load(&id, &[incr("n", 1)], TTL, Some(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.created_ms, values), (older.created_ms, vec![1]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.expires_in(&id).await.unwrap(), None);
+        assert_eq!(load(&*store, &id).await, None);
+    }
+
     pub(crate) async fn update_slides_expiry(store: Arc<dyn SessionStore>) {
         let ttl = Duration::from_millis(400);
         let id = SessionId::generate();
@@ -796,6 +1018,11 @@ every_backend!(
     records_expire,
     load_slides_expiry,
     update_slides_expiry,
+    update_and_load_returns_the_record_after_the_changes,
+    update_and_load_of_missing_does_not_resurrect,
+    update_and_load_failures_change_nothing,
+    concurrent_update_and_load_never_loses_an_increment,
+    update_and_load_slides_expiry_within_the_lifetime,
     index_lists_by_deadline,
     index_remove_forgets,
     index_of_unknown_principal_is_empty,
@@ -1050,6 +1277,7 @@ mod redis_only {
             // Warm up: the first call of each script costs a NOSCRIPT + SCRIPT LOAD.
             load(&store, &id).await.unwrap();
             store.update(&id, &[incr("n", 1)], TTL).await.unwrap();
+            store.update_and_load(&id, &[], TTL, None).await.unwrap();
             let (scratch, _) = created(&store, json!({})).await;
             store
                 .rotate(&scratch, &SessionId::generate(), &[], TTL)
@@ -1074,11 +1302,34 @@ mod redis_only {
             )
             .await;
             assert_eq!(updated.unwrap(), Updated::Applied(vec![3]));
-            // HGET: the version check, and the current value of `n`.
+            // One HMGET: the version check and the current value of `n`.
             assert_eq!(
                 run,
-                calls(&[("evalsha", 1), ("hget", 2), ("hset", 1), ("pexpire", 1)]),
+                calls(&[("evalsha", 1), ("hmget", 1), ("hset", 1), ("pexpire", 1)]),
                 "update"
+            );
+
+            // What a request that writes before it reads sends: one HGETALL is the
+            // existence check, the value to increment and the record returned.
+            let (run, loaded) = commands_run(
+                &server,
+                store.update_and_load(&id, &[incr("n", 1)], TTL, Some(TTL)),
+            )
+            .await;
+            let (after, values) = loaded.unwrap().unwrap();
+            assert_eq!((after.attributes["n"].as_i64(), values), (Some(4), vec![4]));
+            assert_eq!(
+                run,
+                calls(&[("evalsha", 1), ("hgetall", 1), ("hset", 1), ("pexpire", 1)]),
+                "update_and_load"
+            );
+            let (run, loaded) =
+                commands_run(&server, store.update_and_load(&id, &[], TTL, None)).await;
+            assert!(loaded.unwrap().is_some());
+            assert_eq!(
+                run,
+                calls(&[("evalsha", 1), ("hgetall", 1), ("pexpire", 1)]),
+                "update_and_load without changes"
             );
 
             let fresh = SessionId::generate();
@@ -1099,7 +1350,7 @@ mod redis_only {
                 run,
                 calls(&[
                     ("evalsha", 1),
-                    ("hget", 1),
+                    ("hmget", 1),
                     ("exists", 1),
                     ("rename", 1),
                     ("pexpire", 1)
@@ -1190,8 +1441,17 @@ mod redis_only {
                 Updated::Missing
             );
             assert_eq!(store.expires_in(&id).await.unwrap(), None);
+            assert_eq!(
+                store
+                    .update_and_load(&id, &[set("a", json!(2)), incr("n", 1)], TTL, None)
+                    .await
+                    .unwrap(),
+                None
+            );
             let a: String = raw.hget(key(&id), "a:a").await.unwrap();
             assert_eq!(a, "1");
+            let n: Option<String> = raw.hget(key(&id), "a:n").await.unwrap();
+            assert_eq!(n, None);
 
             let garbage: [&[(&[u8], &[u8])]; 6] = [
                 &[(b"m:v", b"1"), (b"m:created", b"1"), (b"a:x", b"{not json")],
@@ -1201,10 +1461,23 @@ mod redis_only {
                 &[(b"m:v", b"1"), (b"m:created", b"1"), (b"other", b"1")],
                 &[(b"m:v", b"1"), (b"m:created", b"1"), (b"a:\xff", b"1")],
             ];
-            for fields in garbage {
+            for (i, fields) in garbage.iter().enumerate() {
                 let id = SessionId::generate();
                 let () = raw.hset_multiple(key(&id), fields).await.unwrap();
                 assert_eq!(load(&store, &id).await, None, "{fields:?}");
+                assert_eq!(
+                    store
+                        .update_and_load(&id, &[incr("n", 1)], TTL, None)
+                        .await
+                        .unwrap(),
+                    None,
+                    "{fields:?}"
+                );
+                // Never written to, but for the flaws the script does not look for (see
+                // UPDATE_LOAD): an attribute that is not JSON, a name that is not UTF-8.
+                let n: Option<String> = raw.hget(key(&id), "a:n").await.unwrap();
+                let unchecked = i == 0 || i == 5;
+                assert_eq!(n.is_some(), unchecked, "{fields:?}");
             }
 
             // A key of another type.
@@ -1215,6 +1488,15 @@ mod redis_only {
                 store.update(&id, &[incr("n", 1)], TTL).await.unwrap(),
                 Updated::Missing
             );
+            assert_eq!(
+                store
+                    .update_and_load(&id, &[incr("n", 1)], TTL, None)
+                    .await
+                    .unwrap(),
+                None
+            );
+            let value: String = raw.get(key(&id)).await.unwrap();
+            assert_eq!(value, "a string");
             assert!(!store.create(&id, &record(json!({})), TTL).await.unwrap());
             assert_eq!(store.expires_in(&id).await.unwrap(), None);
 

@@ -64,6 +64,23 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         timed("update", self.inner.update(id, changes, ttl)).await
     }
 
+    async fn update_and_load(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+        lifetime: Option<Duration>,
+    ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
+        // A read and a write, in one step.
+        metrics::counter!("sessionhub_session_reads_total").increment(1);
+        metrics::counter!("sessionhub_session_writes_total").increment(1);
+        timed(
+            "update_and_load",
+            self.inner.update_and_load(id, changes, ttl, lifetime),
+        )
+        .await
+    }
+
     async fn rotate(
         &self,
         old: &SessionId,

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Change, Record, SessionStore, Updated, apply_changes, now_ms};
+use super::{Change, Record, SessionStore, Updated, apply_changes, expiry, now_ms};
 use crate::error::StoreError;
 use crate::session::SessionId;
 
@@ -270,6 +270,26 @@ impl SessionStore for MemoryStore {
             entry.expires_ms = deadline(now, ttl);
             state.dirty.insert(id.clone());
             Ok(Updated::Applied(values))
+        })
+    }
+
+    async fn update_and_load(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+        lifetime: Option<Duration>,
+    ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
+        self.with_state(|state, now| {
+            let Some(entry) = state.entries.get_mut(id).filter(|e| e.live(now)) else {
+                return Ok(None);
+            };
+            let values = apply_changes(&mut entry.record.attributes, changes)?;
+            let ttl = expiry(ttl, lifetime, entry.record.created_ms, now);
+            entry.expires_ms = deadline(now, ttl);
+            let record = entry.record.clone();
+            state.dirty.insert(id.clone());
+            Ok(Some((record, values)))
         })
     }
 

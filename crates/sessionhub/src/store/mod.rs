@@ -108,6 +108,40 @@ pub trait SessionStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Updated, StoreError>;
 
+    /// Applies `changes` like [`update`](Self::update) and returns the record as it is after
+    /// them, in the same step: `None` if the record does not exist (nothing changed, as for
+    /// [`Updated::Missing`]); otherwise the record and the new value of each
+    /// [`Change::Incr`], in the order the changes were given. A request whose first use of a
+    /// session is a write needs both, and so pays one round trip instead of a
+    /// [`load`](Self::load) and an `update`.
+    ///
+    /// The caller cannot know the record's creation time before this call, so the expiry is
+    /// worked out here, as the session layer does for `update`: now + `ttl`, but never past
+    /// the record's `created_ms` + `lifetime` when `lifetime` is given, and at least 1 ms
+    /// from now (see [`expiry()`]). An undecodable record is `None`, as for `load`.
+    ///
+    /// The default implementation is a `load` and an `update`: two steps, not one. A deletion
+    /// that lands between them makes it return `None` as if it had come first.
+    async fn update_and_load(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+        lifetime: Option<Duration>,
+    ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
+        let Some(mut record) = self.load(id, ttl).await? else {
+            return Ok(None);
+        };
+        let ttl = expiry(ttl, lifetime, record.created_ms, now_ms());
+        match self.update(id, changes, ttl).await? {
+            Updated::Applied(values) => {
+                apply_results(&mut record.attributes, changes, &values);
+                Ok(Some((record, values)))
+            }
+            Updated::Missing => Ok(None),
+        }
+    }
+
     /// Moves the record from `old` to `new` and applies `changes`, in one step. `old` stops
     /// existing. [`Updated::Missing`] if `old` does not exist.
     async fn rotate(
@@ -173,6 +207,46 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The expiry to give a record created at `created_ms` when it is used at `now_ms`: `ttl`
+/// (the idle timeout), cut short by the absolute `lifetime` counted from creation, and never
+/// less than 1 ms.
+pub fn expiry(ttl: Duration, lifetime: Option<Duration>, created_ms: u64, now_ms: u64) -> Duration {
+    match lifetime {
+        Some(lifetime) => {
+            let end =
+                created_ms.saturating_add(lifetime.as_millis().min(u128::from(u64::MAX)) as u64);
+            ttl.min(Duration::from_millis(end.saturating_sub(now_ms).max(1)))
+        }
+        None => ttl,
+    }
+}
+
+/// Applies changes that a store has applied already to a copy of the record's attributes:
+/// sets and removals as given, each increment's result from `results` (in order). What an
+/// `update` leaves in the store, without recomputing the increments.
+pub(crate) fn apply_results(
+    attributes: &mut Attributes,
+    changes: &[(String, Change)],
+    results: &[i64],
+) {
+    let mut results = results.iter();
+    for (name, change) in changes {
+        match change {
+            Change::Set(value) => {
+                attributes.insert(name.clone(), value.clone());
+            }
+            Change::Remove => {
+                attributes.remove(name);
+            }
+            Change::Incr(_) => {
+                if let Some(value) = results.next() {
+                    attributes.insert(name.clone(), Value::from(*value));
+                }
+            }
+        }
+    }
 }
 
 /// Applies changes to attributes in memory, with the same semantics every backend must have:

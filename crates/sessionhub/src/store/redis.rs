@@ -18,7 +18,8 @@
 //! An integer attribute is stored as a plain decimal, so `HINCRBY` works on it as is.
 //! Other `m:` fields are ignored, which leaves room for additions within version 1; a record
 //! with any other version, a field outside `a:`/`m:`, or invalid JSON is undecodable: it
-//! loads as no session and is never written to.
+//! loads as no session and is never written to (but for the one case `UPDATE_LOAD` cannot
+//! see: an otherwise well-formed record with an attribute that is not JSON).
 //!
 //! ## Index by principal
 //!
@@ -45,6 +46,11 @@
 //! Every operation is one Lua script, so it is one round trip and atomic. Redis does not roll
 //! back a script that fails halfway, so the update scripts first compute every change (with
 //! exact 64-bit arithmetic: Lua numbers are doubles) and only then write.
+//!
+//! Each command a script runs costs Redis CPU (the call, and turning its reply into Lua
+//! values and back), so the scripts read once: one HMGET for the format version and the
+//! values to increment (`update`, `rotate`), or one HGETALL that is at once the existence
+//! check, those values and the record to return (`update_and_load`).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -54,7 +60,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation, Value};
 use serde_json::Value as Json;
 
-use super::{Attributes, Change, Record, SessionStore, Updated};
+use super::{Attributes, Change, Record, SessionStore, Updated, apply_results, now_ms};
 use crate::error::StoreError;
 use crate::session::SessionId;
 
@@ -130,28 +136,29 @@ local function format_int(v)
   return s
 end
 
--- Changes are ARGV triples from index 3: op ('s', 'r' or 'i'), field, JSON text or delta.
--- Returns the final value of every touched field (false: removed) and the reply, or nil and
--- an error reply naming the failing change by its index.
-local function compute(source)
+-- Changes are ARGV triples from index `first`: op ('s', 'r' or 'i'), field, JSON text or
+-- delta. `current` holds the stored value of every incremented field (nil or false: absent).
+-- Returns the final value of every touched field (false: removed) and `reply` with the new
+-- value of each increment appended, or nil and an error reply naming the failing change by
+-- its index.
+local function compute(first, current, reply)
   local pending = {}
-  local reply = {'ok'}
-  for i = 3, #ARGV, 3 do
+  for i = first, #ARGV, 3 do
     local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if op == 's' then
       pending[field] = value
     elseif op == 'r' then
       pending[field] = false
     else
-      local current = pending[field]
-      if current == nil then current = redis.call('HGET', source, field) end
+      local stored = pending[field]
+      if stored == nil then stored = current[field] end
       local n
-      if current == false or current == 'null' then
+      if not stored or stored == 'null' then
         n = {false, 0, 0}
       else
-        n = parse_int(current)
+        n = parse_int(stored)
       end
-      local index = (i - 3) / 3
+      local index = (i - first) / 3
       if n == nil then return nil, {'nan', index} end
       local sum = add(n, parse_int(value))
       if sum == nil then return nil, {'overflow', index} end
@@ -182,9 +189,24 @@ local function write(target, pending)
   end
 end
 
--- pcall: a key of another type is "not a session", not an error.
-local function is_session(key)
-  return redis.pcall('HGET', key, 'm:v') == ARGV[2]
+-- One HMGET for the format version and the stored value of every field the changes (from
+-- index 3) increment: the table `compute` wants, or nil unless `key` holds a session of this
+-- format (pcall: a key of another type is "not a session", not an error).
+local function prefetch(key)
+  local fields = {}
+  for i = 3, #ARGV, 3 do
+    if ARGV[i] == 'i' then fields[#fields + 1] = ARGV[i + 1] end
+  end
+  local first = math.min(#fields, 199)
+  local got = redis.pcall('HMGET', key, 'm:v', unpack(fields, 1, first))
+  if got.err or got[1] ~= ARGV[2] then return nil end
+  local current = {}
+  for j = 1, first do current[fields[j]] = got[j + 1] end
+  for j = 200, #fields, 200 do
+    local more = redis.call('HMGET', key, unpack(fields, j, math.min(j + 199, #fields)))
+    for k = 1, #more do current[fields[j + k - 1]] = more[k] end
+  end
+  return current
 end
 "#;
 
@@ -220,11 +242,55 @@ static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{PRELUDE}
 local key = KEYS[1]
-if not is_session(key) then return {{'missing'}} end
-local pending, reply = compute(key)
+local current = prefetch(key)
+if not current then return {{'missing'}} end
+local pending, reply = compute(3, current, {{'ok'}})
 if not pending then return reply end
 write(key, pending)
 redis.call('PEXPIRE', key, ARGV[1])
+return reply
+"#
+    ))
+});
+
+/// KEYS[1] session; ARGV[1] ttl ms, ARGV[2] version, ARGV[3] absolute lifetime in ms or ''
+/// for none, ARGV[4] the node's time in ms since the Unix epoch, then change triples from
+/// ARGV[5]. Returns `{'ok', <the hash before the changes, as HGETALL>, <incremented
+/// values>...}`, or the replies of UPDATE.
+///
+/// One HGETALL serves as the existence and format check, the current values of incremented
+/// fields and the record to return. A hash with a field outside `a:`/`m:` or without a
+/// decimal `m:created` is not a session here either, so it is never written to. Attribute
+/// values and the encoding of names are not checked (that would mean decoding every value as
+/// JSON in Lua), so a record whose only flaw is an attribute that is not JSON or a name that
+/// is not UTF-8 takes the changes before the node finds it undecodable and treats it as
+/// absent.
+static UPDATE_LOAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{PRELUDE}
+local key = KEYS[1]
+local h = redis.pcall('HGETALL', key)
+if h.err then return {{'missing'}} end
+local current = {{}}
+for j = 1, #h, 2 do
+  local field = h[j]
+  local kind = string.byte(field, 1)
+  if string.byte(field, 2) ~= 58 or (kind ~= 97 and kind ~= 109) then return {{'missing'}} end
+  current[field] = h[j + 1]
+end
+local created = current['m:created']
+if current['m:v'] ~= ARGV[2] or not created or not string.match(created, '^%d+$') then
+  return {{'missing'}}
+end
+local pending, reply = compute(5, current, {{'ok', h}})
+if not pending then return reply end
+write(key, pending)
+local ttl = ARGV[1]
+if ARGV[3] ~= '' then
+  local left = tonumber(created) + tonumber(ARGV[3]) - tonumber(ARGV[4])
+  if left < tonumber(ttl) then ttl = string.format('%.0f', math.max(left, 1)) end
+end
+redis.call('PEXPIRE', key, ttl)
 return reply
 "#
     ))
@@ -239,9 +305,10 @@ static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{PRELUDE}
 local old, new = KEYS[1], KEYS[2]
-if not is_session(old) then return {{'missing'}} end
+local current = prefetch(old)
+if not current then return {{'missing'}} end
 if redis.call('EXISTS', new) == 1 then return {{'taken'}} end
-local pending, reply = compute(old)
+local pending, reply = compute(3, current, {{'ok'}})
 if not pending then return reply end
 redis.call('RENAME', old, new)
 write(new, pending)
@@ -437,18 +504,23 @@ impl RedisStore {
             .map_err(redis_error)
     }
 
-    async fn apply(
-        &self,
-        script: &Script,
+    /// An invocation of `script` on `keys` with ARGV: the TTL in ms, the format version,
+    /// `extra`, then each change as a triple (see `compute` in the scripts' prelude).
+    fn changes_invocation<'s>(
+        script: &'s Script,
         keys: &[String],
-        changes: &[(String, Change)],
         ttl: Duration,
-    ) -> Result<Updated, StoreError> {
+        extra: &[String],
+        changes: &[(String, Change)],
+    ) -> Result<ScriptInvocation<'s>, StoreError> {
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key);
         }
         invocation.arg(ttl_ms(ttl)).arg(VERSION);
+        for arg in extra {
+            invocation.arg(arg);
+        }
         for (name, change) in changes {
             let field = format!("{ATTRIBUTE}{name}");
             match change {
@@ -457,6 +529,17 @@ impl RedisStore {
                 Change::Incr(delta) => invocation.arg("i").arg(field).arg(delta.to_string()),
             };
         }
+        Ok(invocation)
+    }
+
+    async fn apply(
+        &self,
+        script: &Script,
+        keys: &[String],
+        changes: &[(String, Change)],
+        ttl: Duration,
+    ) -> Result<Updated, StoreError> {
+        let invocation = Self::changes_invocation(script, keys, ttl, &[], changes)?;
         let reply = self.invoke(&invocation).await?;
         decode_outcome(reply, changes)
     }
@@ -514,6 +597,55 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> Result<Updated, StoreError> {
         self.apply(&UPDATE, &[self.key(id)], changes, ttl).await
+    }
+
+    async fn update_and_load(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+        lifetime: Option<Duration>,
+    ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
+        let lifetime = match lifetime {
+            // Capped like index deadlines: created + lifetime stays exact as a Lua number.
+            Some(lifetime) => vec![index_keep_ms(lifetime).to_string(), now_ms().to_string()],
+            None => vec![String::new(), String::new()],
+        };
+        let keys = [self.key(id)];
+        let invocation = Self::changes_invocation(&UPDATE_LOAD, &keys, ttl, &lifetime, changes)?;
+        let reply = self.invoke(&invocation).await?;
+        let Value::Array(mut items) = reply else {
+            return Err(unexpected(&reply));
+        };
+        if items.first().and_then(text) != Some("ok") || items.len() < 2 {
+            return match decode_outcome(Value::Array(items), changes)? {
+                Updated::Missing => Ok(None),
+                // Only an error or `missing` come without the record.
+                Updated::Applied(_) => Err(StoreError::Unavailable(
+                    "redis: a session script answered ok without the record".into(),
+                )),
+            };
+        }
+        let results = items[2..]
+            .iter()
+            .map(|v| text(v).and_then(|t| t.parse::<i64>().ok()))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| StoreError::Unavailable("redis: malformed increment result".into()))?;
+        let hash = std::mem::replace(&mut items[1], Value::Nil);
+        match decode_record(hash) {
+            Ok(Some(mut record)) => {
+                apply_results(&mut record.attributes, changes, &results);
+                Ok(Some((record, results)))
+            }
+            Ok(None) => Ok(None),
+            Err(reason) => {
+                tracing::warn!(
+                    reason,
+                    "undecodable session record in redis; treating it as absent"
+                );
+                Ok(None)
+            }
+        }
     }
 
     async fn rotate(
