@@ -133,26 +133,63 @@ async fn logout_on_one_node_racing_writes_on_others_stays_logged_out() {
 }
 
 #[tokio::test]
-async fn a_get_session_costs_two_redis_round_trips() {
+async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
     let (redis, nodes) = cluster(1);
     let client = http();
-    let (_, id, _) = get(&client, &nodes[0].http(), "/login", None).await;
+    let base = nodes[0].http();
+    let (_, id, _) = get(&client, &base, "/login?username=ann", None).await;
     let id = id.unwrap();
     // Warm up: the first call of each script may load it.
-    get(&client, &nodes[0].http(), "/get-session", Some(&id)).await;
+    get(&client, &base, "/get-session", Some(&id)).await;
+    get(&client, &base, "/read-session", Some(&id)).await;
+
     let before = commandstats(&redis);
     for _ in 0..10 {
-        get(&client, &nodes[0].http(), "/get-session", Some(&id)).await;
+        let (status, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+        assert_eq!((status, &body["username"]), (200, &json!("ann")));
     }
     let after = commandstats(&redis);
     let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
     assert_eq!(
         delta("evalsha"),
-        20,
-        "a read + increment is one load and one update"
+        10,
+        "a read + increment is one script that writes and loads"
     );
-    assert_eq!(delta("eval"), 0);
-    assert_eq!(delta("script|load"), 0);
+    // Inside it: one HGETALL (existence, format, current value, the record), one HSET, one
+    // PEXPIRE. Nothing else of the session's.
+    for (command, calls) in [
+        ("hgetall", 10),
+        ("hset", 10),
+        ("pexpire", 10),
+        ("hget", 0),
+        ("hmget", 0),
+        ("hincrby", 0),
+        ("exists", 0),
+        ("eval", 0),
+        ("script|load", 0),
+    ] {
+        assert_eq!(delta(command), calls, "{command} per 10 /get-session");
+    }
+
+    let before = commandstats(&redis);
+    for _ in 0..10 {
+        let (status, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
+        assert_eq!((status, &body["count"]), (200, &json!(11)));
+    }
+    let after = commandstats(&redis);
+    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    assert_eq!(delta("evalsha"), 10, "a read is one script");
+    for (command, calls) in [
+        ("hgetall", 10),
+        ("pexpire", 10),
+        ("hset", 0),
+        ("hget", 0),
+        ("hmget", 0),
+        ("eval", 0),
+        ("script|load", 0),
+    ] {
+        assert_eq!(delta(command), calls, "{command} per 10 /read-session");
+    }
 }
 
 fn commandstats(redis: &sessionhub_testkit::RedisServer) -> std::collections::HashMap<String, u64> {

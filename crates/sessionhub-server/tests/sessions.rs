@@ -38,6 +38,62 @@ async fn login_rotates_the_id_and_get_session_counts() {
 }
 
 #[tokio::test]
+async fn read_session_answers_every_attribute_and_changes_nothing() {
+    let node = node(&[]);
+    let client = http();
+    let base = node.http();
+    let (_, id, _) = get(&client, &base, "/login?username=rita", None).await;
+    let id = id.unwrap();
+    get(&client, &base, "/get-session", Some(&id)).await;
+    let (_, _, written) = get(&client, &base, "/get-session", Some(&id)).await;
+    assert_eq!(written["count"], 2);
+
+    for _ in 0..3 {
+        let (status, set, body) = get(&client, &base, "/read-session", Some(&id)).await;
+        assert_eq!(status, 200);
+        assert_eq!(set, None, "nothing for the client to change");
+        assert_eq!(
+            body, written,
+            "the same answer as /get-session, without the increment"
+        );
+    }
+    let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+    assert_eq!(body["count"], 3);
+
+    // Without a session: nothing to answer, and nothing created.
+    let (status, set, body) = get(&client, &base, "/read-session", None).await;
+    assert_eq!((status, set, body), (200, None, json!({})));
+    // With an id that names no session: the client is told to drop it.
+    let unknown = "AAAAAAAAAAAAAAAAAAAAAA";
+    let (status, set, body) = get(&client, &base, "/read-session", Some(unknown)).await;
+    assert_eq!((status, set.as_deref(), body), (200, Some(""), json!({})));
+    // POST is for the routes that write.
+    let response = client
+        .post(format!("{base}/read-session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+#[tokio::test]
+async fn reading_the_session_slides_its_expiry() {
+    let node = node(&["--session-timeout", "2"]);
+    let client = http();
+    let base = node.http();
+    let (_, id, _) = get(&client, &base, "/login?username=sam", None).await;
+    let id = id.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (_, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
+        assert_eq!(body["username"], "sam");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
+    assert_eq!(body, json!({}), "idle past the timeout: expired");
+}
+
+#[tokio::test]
 async fn login_defaults_the_username_and_accepts_a_form_post() {
     let node = node(&[]);
     let client = http();
@@ -287,9 +343,11 @@ async fn sessions_survive_sigkill_up_to_about_a_second() {
 #[tokio::test]
 async fn no_demo_removes_the_demo_routes() {
     let node = node(&["--no-demo"]);
-    let (status, _, body) = get(&http(), &node.http(), "/login", None).await;
-    assert_eq!(status, 404);
-    assert_eq!(body["error"]["code"], "not_found");
+    for path in ["/login", "/get-session", "/read-session", "/invalidate"] {
+        let (status, _, body) = get(&http(), &node.http(), path, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
 }
 
 #[tokio::test]

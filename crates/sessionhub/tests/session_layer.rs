@@ -42,6 +42,16 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.update(id, changes, ttl).await
     }
+    async fn update_and_load(
+        &self,
+        id: &SessionId,
+        changes: &[(String, Change)],
+        ttl: Duration,
+        lifetime: Option<Duration>,
+    ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.update_and_load(id, changes, ttl, lifetime).await
+    }
     async fn rotate(
         &self,
         old: &SessionId,
@@ -93,6 +103,37 @@ async fn slow_incr(session: Session) -> Result<String, ApiError> {
     Ok(session.incr("n", 1).await?.to_string())
 }
 
+/// Writes before it reads anything: never loads first.
+async fn slow_blind_set(
+    session: Session,
+    Path((k, v)): Path<(String, String)>,
+) -> Result<(), ApiError> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.insert(&k, v).await?;
+    Ok(())
+}
+
+async fn slow_blind_incr(session: Session) -> Result<String, ApiError> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(session.incr("n", 1).await?.to_string())
+}
+
+/// Increments, then answers every attribute (what the demo's `/get-session` does).
+async fn incr_all(session: Session) -> Result<axum::Json<Map<String, Value>>, ApiError> {
+    session.incr("n", 1).await?;
+    Ok(axum::Json(session.attributes().await?))
+}
+
+/// Reads, then writes.
+async fn read_set(
+    session: Session,
+    Path((k, v)): Path<(String, String)>,
+) -> Result<axum::Json<Map<String, Value>>, ApiError> {
+    let before = session.attributes().await?;
+    session.insert(&k, v).await?;
+    Ok(axum::Json(before))
+}
+
 async fn all(session: Session) -> Result<axum::Json<Map<String, Value>>, ApiError> {
     Ok(axum::Json(session.attributes().await?))
 }
@@ -118,6 +159,10 @@ async fn app(store: impl SessionStore, redis: Option<RedisServer>) -> App {
         .route("/set/{k}/{v}", get(set))
         .route("/slow-set/{k}/{v}", get(slow_set))
         .route("/slow-incr", get(slow_incr))
+        .route("/slow-blind-set/{k}/{v}", get(slow_blind_set))
+        .route("/slow-blind-incr", get(slow_blind_incr))
+        .route("/incr-all", get(incr_all))
+        .route("/read-set/{k}/{v}", get(read_set))
         .route("/all", get(all))
         .route("/invalidate", get(invalidate))
         .route("/untouched", get(|| async { "no session here" }))
@@ -218,6 +263,39 @@ async fn a_write_that_started_before_invalidate_does_not_resurrect(app: App) {
     );
 }
 
+/// The same race for a request whose first use of the session is a write, sent together
+/// with the load: the write lands after the invalidate, and starts a new session.
+async fn a_blind_write_after_invalidate_does_not_resurrect(app: App) {
+    let (id, _) = app.get("/set/user/alice", None).await;
+    let id = id.unwrap();
+    let app = Arc::new(app);
+    let writer = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::spawn(async move { app.get("/slow-blind-set/cart/full", Some(&id)).await })
+    };
+    let incr = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::spawn(async move { app.get("/slow-blind-incr", Some(&id)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.get("/invalidate", Some(&id)).await;
+    let (issued, _) = writer.await.unwrap();
+    let issued = issued.expect("the write went into a new session");
+    assert_ne!(issued, id);
+    assert_eq!(
+        app.attributes(&issued).await,
+        serde_json::from_str::<Map<String, Value>>(r#"{"cart":"full"}"#).unwrap(),
+        "the new session has only what this request wrote"
+    );
+    let (issued, n) = incr.await.unwrap();
+    assert_eq!(n, "1");
+    assert_ne!(issued.as_deref(), Some(id.as_str()));
+    assert!(
+        app.attributes(&id).await.is_empty(),
+        "the ended session came back"
+    );
+}
+
 async fn store_calls_per_request_are_minimal(app: App) {
     app.get("/untouched", None).await;
     assert_eq!(
@@ -233,9 +311,28 @@ async fn store_calls_per_request_are_minimal(app: App) {
     app.get("/set/b/2", Some(&id)).await;
     assert_eq!(
         app.calls(),
-        2,
-        "a read and a write are a load and an update"
+        1,
+        "a write that nothing read before is one update_and_load"
     );
+    let (_, body) = app.get("/incr-all", Some(&id)).await;
+    assert_eq!(app.calls(), 1, "an increment loads the session with it");
+    assert_eq!(body, r#"{"a":"1","b":"2","n":1}"#);
+    app.get("/read-set/c/3", Some(&id)).await;
+    assert_eq!(
+        app.calls(),
+        2,
+        "a read then a write are a load and an update"
+    );
+    assert_eq!(app.attributes(&id).await["c"], "3");
+    app.calls();
+    let (issued, body) = app.get("/incr-all", Some("AAAAAAAAAAAAAAAAAAAAAQ")).await;
+    assert_eq!(
+        app.calls(),
+        2,
+        "a write to an unknown id finds nothing, then creates a new session"
+    );
+    assert_eq!(body, r#"{"n":1}"#);
+    assert_ne!(issued.as_deref(), Some("AAAAAAAAAAAAAAAAAAAAAQ"));
     let (issued, _) = app.get("/all", Some("AAAAAAAAAAAAAAAAAAAAAA")).await;
     assert_eq!(app.calls(), 1);
     assert_eq!(
@@ -267,6 +364,7 @@ macro_rules! on_every_store {
 on_every_store!(
     concurrent_writes_to_different_attributes_are_all_kept,
     a_write_that_started_before_invalidate_does_not_resurrect,
+    a_blind_write_after_invalidate_does_not_resurrect,
     store_calls_per_request_are_minimal,
 );
 

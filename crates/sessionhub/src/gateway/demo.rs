@@ -1,5 +1,5 @@
-//! The seed's session demo: `/login`, `/get-session`, `/invalidate`, and a page at `/` to try
-//! everything in a browser.
+//! The seed's session demo: `/login`, `/get-session`, `/invalidate`, the read-only
+//! `/read-session`, and a page at `/` to try everything in a browser.
 
 use axum::Form;
 use axum::Router;
@@ -20,6 +20,7 @@ pub(crate) fn routes() -> Router<Gateway> {
         .route("/", get(page))
         .route("/login", get(login).post(login))
         .route("/get-session", get(get_session).post(get_session))
+        .route("/read-session", get(read_session))
         .route("/invalidate", get(invalidate).post(invalidate))
 }
 
@@ -56,6 +57,15 @@ async fn login(
 /// Bumps `count` atomically, answers every attribute.
 async fn get_session(session: Session) -> Result<Json<Map<String, Value>>, ApiError> {
     session.incr("count", 1).await?;
+    describe(&session).await
+}
+
+/// Answers every attribute like `/get-session` and changes nothing (but the expiry, which
+/// every use slides): one load. `{}` without a session; none is created.
+async fn read_session(session: Session) -> Result<Json<Map<String, Value>>, ApiError> {
+    if !session.exists().await? {
+        return Ok(Json(Map::new()));
+    }
     describe(&session).await
 }
 

@@ -16,7 +16,10 @@
 //!
 //! The session is loaded on first use, not for every request. Changes are tracked per
 //! attribute and only those are written, after the handler returns; an increment is sent to
-//! the store at once and applied there, so concurrent requests never lose one.
+//! the store at once and applied there, so concurrent requests never lose one. When the first
+//! use of a stored session is a write (an increment, or changes with no read before the
+//! handler returns), the store applies it and returns the record in one step
+//! ([`SessionStore::update_and_load`]): one round trip, not a load and then an update.
 
 mod id;
 mod layer;
@@ -38,7 +41,9 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::error::{ApiError, StoreError};
-use crate::store::{Attributes, Change, Record, SessionStore, Updated, apply_changes, now_ms};
+use crate::store::{
+    Attributes, Change, Record, SessionStore, Updated, apply_changes, expiry, now_ms,
+};
 
 /// The attribute that holds the logged-in user (see [`Session::login`]).
 pub const PRINCIPAL: &str = "sessionhub.principal";
@@ -110,7 +115,9 @@ struct State {
     stored: bool,
     /// The attributes as this request sees them, local changes included.
     record: Record,
-    /// Changes to a stored record not yet written.
+    /// Changes to a stored record not yet written. Before the record is loaded, the sets and
+    /// removals made so far (only with a presented id): they are applied to the record when
+    /// it is loaded, or sent together with the load when nothing reads it first.
     pending: Vec<(String, Change)>,
     /// The presented session was ended by this request or by a concurrent one.
     ended: bool,
@@ -189,7 +196,14 @@ impl Session {
     }
 
     async fn change(&self, name: &str, change: Change) -> Result<(), StoreError> {
-        let mut state = self.loaded().await?;
+        let mut state = self.inner.state.lock().await;
+        if !state.loaded && state.presented.is_some() {
+            // Nothing read yet: no need to load for this. It is applied to the record when a
+            // read loads it, or sent with the load at the end (`finish`).
+            state.pending.push((name.to_owned(), change));
+            return Ok(());
+        }
+        self.load(&mut state).await?;
         let change = [(name.to_owned(), change)];
         apply_changes(&mut state.record.attributes, &change)?;
         if state.stored {
@@ -202,8 +216,18 @@ impl Session {
     /// Applied by the store at once, together with any pending changes, so that concurrent
     /// requests on the same session never lose an increment.
     pub async fn incr(&self, name: &str, delta: i64) -> Result<i64, StoreError> {
-        let mut state = self.loaded().await?;
+        let mut state = self.inner.state.lock().await;
         let change = (name.to_owned(), Change::Incr(delta));
+        if !state.loaded
+            && let Some(id) = state.presented.clone()
+        {
+            // The first use is a write: apply it and load the record in one step.
+            let mut changes = std::mem::take(&mut state.pending);
+            changes.push(change);
+            let values = self.load_by_writing(&mut state, &id, changes).await?;
+            return Ok(*values.last().expect("one value per increment"));
+        }
+        self.load(&mut state).await?;
         if state.stored {
             let id = state.id.clone().expect("a stored session has an id");
             let mut changes = std::mem::take(&mut state.pending);
@@ -333,6 +357,11 @@ impl Session {
     /// Writes after this go into a new session.
     pub async fn invalidate(&self) -> Result<(), StoreError> {
         let mut state = self.inner.state.lock().await;
+        if !state.pending.is_empty() {
+            // Changes waiting for the load: load now (they are dropped with the session), so
+            // that the principal is known and its index entry goes too.
+            self.load(&mut state).await?;
+        }
         let ended = state.id.clone().filter(|_| state.stored || !state.loaded);
         if let Some(id) = &ended {
             self.inner.store.delete(id).await?;
@@ -359,6 +388,15 @@ impl Session {
     /// Writes what the handler changed. Called by the layer after the handler returns.
     pub(crate) async fn finish(&self) -> Result<Outcome, StoreError> {
         let mut state = self.inner.state.lock().await;
+        if !state.loaded && !state.pending.is_empty() {
+            // Written, never read: apply the changes and load in one step.
+            let id = state
+                .presented
+                .clone()
+                .expect("changes wait for a load only with an id");
+            let changes = std::mem::take(&mut state.pending);
+            self.load_by_writing(&mut state, &id, changes).await?;
+        }
         if state.stored && !state.pending.is_empty() {
             let id = state.id.clone().expect("a stored session has an id");
             let changes = std::mem::take(&mut state.pending);
@@ -395,8 +433,15 @@ impl Session {
     /// Locks the state, loading the record on first use.
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, StoreError> {
         let mut state = self.inner.state.lock().await;
+        self.load(&mut state).await?;
+        Ok(state)
+    }
+
+    /// Loads the presented session unless that was done already. Changes made before (see
+    /// `pending`) are applied to what was loaded, and stay pending for a stored record.
+    async fn load(&self, state: &mut State) -> Result<(), StoreError> {
         if state.loaded {
-            return Ok(state);
+            return Ok(());
         }
         if let Some(id) = state.presented.clone() {
             let config = &self.inner.config;
@@ -404,17 +449,58 @@ impl Session {
                 Some(record) if !self.outlived(&record) => {
                     state.record = record;
                     state.stored = true;
-                    self.refresh_index(&mut state, &id).await?;
+                    let State {
+                        record, pending, ..
+                    } = &mut *state;
+                    apply_changes(&mut record.attributes, pending)?;
+                    self.refresh_index(state, &id).await?;
                 }
-                Some(_) => {
-                    self.inner.store.delete(&id).await?;
+                found => {
+                    if found.is_some() {
+                        self.inner.store.delete(&id).await?;
+                    }
                     state.id = None;
+                    // A new session, if anything is written: it starts with these changes.
+                    let pending = std::mem::take(&mut state.pending);
+                    apply_changes(&mut state.record.attributes, &pending)?;
                 }
-                None => state.id = None,
             }
         }
         state.loaded = true;
-        Ok(state)
+        Ok(())
+    }
+
+    /// Loads the presented session `id` by applying `changes` to it in the store, in one step.
+    /// Returns the new value of each increment among them. If the session does not exist (or
+    /// has outlived its absolute lifetime), the changes go into a new session instead, as they
+    /// would after a load that found nothing.
+    async fn load_by_writing(
+        &self,
+        state: &mut State,
+        id: &SessionId,
+        changes: Vec<(String, Change)>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let config = &self.inner.config;
+        let store = &self.inner.store;
+        let found = store
+            .update_and_load(id, &changes, config.idle_timeout, config.max_lifetime)
+            .await?;
+        state.loaded = true;
+        match found {
+            Some((record, values)) if !self.outlived(&record) => {
+                state.record = record;
+                state.stored = true;
+                self.refresh_index(state, id).await?;
+                Ok(values)
+            }
+            found => {
+                if found.is_some() {
+                    store.delete(id).await?;
+                }
+                state.id = None;
+                apply_changes(&mut state.record.attributes, &changes)
+            }
+        }
     }
 
     /// Keeps a logged-in session's index entry from lapsing while the session is in use:
@@ -453,15 +539,12 @@ impl Session {
     /// lifetime.
     fn ttl(&self, record: &Record) -> Duration {
         let config = &self.inner.config;
-        let idle = config.idle_timeout;
-        match config.max_lifetime {
-            Some(max) => {
-                let end = record.created_ms.saturating_add(max.as_millis() as u64);
-                let left = Duration::from_millis(end.saturating_sub(now_ms()).max(1));
-                idle.min(left)
-            }
-            None => idle,
-        }
+        expiry(
+            config.idle_timeout,
+            config.max_lifetime,
+            record.created_ms,
+            now_ms(),
+        )
     }
 }
 
