@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, Serve};
 
+/// glibc's malloc was ~10% of a node's CPU under push load (perf), and its per-thread
+/// arenas held memory that idle sockets no longer used; see docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Everything a stop may take before the process exits anyway.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 

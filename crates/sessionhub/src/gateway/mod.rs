@@ -106,7 +106,9 @@ impl Default for GatewayConfig {
 pub struct Gateway {
     hub: Hub,
     store: Arc<dyn SessionStore>,
-    sessions: SessionConfig,
+    // Behind an Arc: axum clones the state several times per request, and the config
+    // holds strings.
+    sessions: Arc<SessionConfig>,
     config: Arc<GatewayConfig>,
     presence: Arc<dyn Presence>,
     connection_rate: Arc<ConnectionRate>,
@@ -129,7 +131,7 @@ impl Gateway {
             )),
             hub,
             store,
-            sessions,
+            sessions: Arc::new(sessions),
             config: Arc::new(config),
             metrics: None,
             shutdown: CancellationToken::new(),
@@ -189,8 +191,9 @@ impl Gateway {
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(ready));
         if self.config.demo {
-            let sessions = SessionLayer::from_arc(self.store.clone(), self.sessions.clone())
-                .with_events(Arc::new(self.hub.clone()));
+            let sessions =
+                SessionLayer::from_arc(self.store.clone(), SessionConfig::clone(&self.sessions))
+                    .with_events(Arc::new(self.hub.clone()));
             router = router.merge(demo::routes().layer(sessions));
         }
         let node = HeaderValue::from_str(self.hub.node_id())
