@@ -31,7 +31,7 @@ pub struct InvalidUserId;
 impl UserId {
     /// The user's personal channel.
     pub fn channel(&self) -> String {
-        format!("{USER_CHANNEL_PREFIX}{}", self.0)
+        [USER_CHANNEL_PREFIX, &self.0].concat()
     }
 
     /// The user whose personal channel `channel` is, if it is one.

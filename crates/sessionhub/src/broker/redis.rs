@@ -699,13 +699,25 @@ impl ChannelNames {
         }
     }
 
+    // Built by hand rather than with `format!`, which cost ~900 instructions a name and
+    // four names a publish (callgrind).
     fn redis(&self, channel: &str) -> String {
-        format!("{}{channel}}}", self.head)
+        self.join(&[channel, "}"])
     }
 
     /// A key of the channel's history, in the channel's hash slot.
     fn key(&self, channel: &str, suffix: &str) -> String {
-        format!("{}{channel}}}:{suffix}", self.head)
+        self.join(&[channel, "}:", suffix])
+    }
+
+    fn join(&self, parts: &[&str]) -> String {
+        let len = self.head.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut name = String::with_capacity(len);
+        name.push_str(&self.head);
+        for part in parts {
+            name.push_str(part);
+        }
+        name
     }
 
     fn broker<'a>(&self, redis: &'a str) -> Option<&'a str> {
