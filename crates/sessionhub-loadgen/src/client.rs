@@ -6,19 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::TcpSocket;
 
 use crate::engineio::{self, Packet, SioPacket};
+use crate::http::push_u64;
 use crate::payload::Payload;
-
-/// An open client WebSocket.
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+use crate::ws::Msg;
+pub(crate) use crate::ws::Ws;
 
 /// How long opening one connection (TCP, upgrade, handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -47,34 +42,45 @@ impl Flavor {
         }
     }
 
-    /// The frame a publisher socket sends to push `text` to `user`.
-    pub(crate) fn push_frame(self, user: &str, text: &str) -> String {
-        match self {
-            Self::Sessionhub => json!({"KEY": user, "VALUE": text}).to_string(),
-            Self::Socketio => engineio::event("push", &[json!({"to": user, "msg": text})]),
-        }
+    /// Appends the frame a publisher socket sends to push `text` (a payload: it needs no
+    /// JSON escaping) to user number `user`.
+    pub(crate) fn push_frame_into(self, user: u32, text: &[u8], out: &mut Vec<u8>) {
+        debug_assert!(!text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20));
+        let (before_user, before_text, end): (&[u8], &[u8], &[u8]) = match self {
+            Self::Sessionhub => (br#"{"KEY":"u"#, br#"","VALUE":""#, br#""}"#),
+            Self::Socketio => (br#"42["push",{"to":"u"#, br#"","msg":""#, br#""}]"#),
+        };
+        out.extend_from_slice(before_user);
+        push_u64(out, u64::from(user));
+        out.extend_from_slice(before_text);
+        out.extend_from_slice(text);
+        out.extend_from_slice(end);
     }
 
     /// What a received text frame means.
-    pub(crate) fn classify(self, text: &str) -> Incoming {
+    pub(crate) fn classify(self, text: &[u8]) -> Incoming {
         match self {
             Self::Sessionhub => match Payload::decode(text) {
                 Some(p) => Incoming::Payload(p),
                 None => Incoming::Other,
             },
             Self::Socketio => {
-                if text == "2" {
+                if text == b"2" {
                     return Incoming::Ping;
                 }
                 // Fast path: the payload alphabet needs no JSON escaping, so it can be read
                 // straight out of `42["msg","lg1 ..."]`.
-                if let Some(rest) = text.strip_prefix(r#"42["msg",""#) {
+                if let Some(rest) = text.strip_prefix(br#"42["msg",""#) {
                     return match Payload::decode(rest) {
                         Some(p) => Incoming::Payload(p),
                         None => Incoming::Other,
                     };
                 }
-                match engineio::event_text(text, "msg").and_then(|t| Payload::decode(&t)) {
+                match std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| engineio::event_text(t, "msg"))
+                    .and_then(|t| Payload::decode(t.as_bytes()))
+                {
                     Some(p) => Incoming::Payload(p),
                     None => Incoming::Other,
                 }
@@ -134,11 +140,7 @@ async fn connect_inner(
     }
     let stream = socket.connect(node).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{node}{}", flavor.ws_path(user));
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+    let mut ws = Ws::handshake(stream, node, &flavor.ws_path(user))
         .await
         .context("WebSocket upgrade")?;
     match flavor {
@@ -151,12 +153,12 @@ async fn connect_inner(
             if !matches!(engineio::parse(&open), Ok(Packet::Open(_))) {
                 bail!("expected an Engine.IO open packet, got {open:?}");
             }
-            ws.send(Message::Text(engineio::CONNECT.into())).await?;
+            ws.send_text(engineio::CONNECT.as_bytes()).await?;
             loop {
                 let text = next_text(&mut ws).await.context("Socket.IO connect")?;
                 match engineio::parse(&text) {
                     Ok(Packet::Message(SioPacket::Connect)) => break,
-                    Ok(Packet::Ping) => ws.send(Message::Text(engineio::PONG.into())).await?,
+                    Ok(Packet::Ping) => ws.send_text(engineio::PONG.as_bytes()).await?,
                     Ok(Packet::Message(SioPacket::ConnectError(e))) => {
                         bail!("namespace refused: {e}")
                     }
@@ -169,19 +171,19 @@ async fn connect_inner(
 }
 
 async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
-    while let Some(message) = ws.next().await {
-        match message? {
-            Message::Text(t) => return Ok(t.as_str().to_owned()),
-            Message::Close(c) => bail!("closed: {c:?}"),
-            _ => {}
+    loop {
+        match ws.next().await? {
+            Some(Msg::Text(t)) => return Ok(String::from_utf8_lossy(t).into_owned()),
+            Some(Msg::Binary(_)) => {}
+            None => bail!("connection ended"),
         }
     }
-    bail!("connection ended")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn paths() {
@@ -201,13 +203,22 @@ mod tests {
             due_us: 11,
         };
         let text = p.encode(32);
-        let frame = Flavor::Sessionhub.push_frame("u7", &text);
-        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
-        assert_eq!(v["KEY"], "u7");
-        assert_eq!(v["VALUE"], text.as_str());
-        let frame = Flavor::Socketio.push_frame("u7", &text);
-        assert_eq!(Payload::decode(&frame), Some(p));
+        let mut frame = Vec::new();
+        Flavor::Sessionhub.push_frame_into(7, text.as_bytes(), &mut frame);
+        let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(v, json!({"KEY": "u7", "VALUE": text}));
+        let mut frame = Vec::new();
+        Flavor::Socketio.push_frame_into(7, text.as_bytes(), &mut frame);
+        let frame = String::from_utf8(frame).unwrap();
+        assert_eq!(Payload::decode(frame.as_bytes()), Some(p));
         assert!(frame.starts_with("42[\"push\","));
+        assert_eq!(
+            engineio::parse(&frame).unwrap(),
+            Packet::Message(SioPacket::Event {
+                name: "push".into(),
+                args: vec![json!({"to": "u7", "msg": text})],
+            })
+        );
     }
 
     #[test]
@@ -219,15 +230,27 @@ mod tests {
             due_us: 3,
         };
         let text = p.encode(0);
-        assert_eq!(Flavor::Sessionhub.classify(&text), Incoming::Payload(p));
         assert_eq!(
-            Flavor::Sessionhub.classify(r#"{"type":"connected","id":"u1"}"#),
+            Flavor::Sessionhub.classify(text.as_bytes()),
+            Incoming::Payload(p)
+        );
+        assert_eq!(
+            Flavor::Sessionhub.classify(br#"{"type":"connected","id":"u1"}"#),
             Incoming::Other
         );
         let frame = engineio::event("msg", &[json!(text)]);
-        assert_eq!(Flavor::Socketio.classify(&frame), Incoming::Payload(p));
-        assert_eq!(Flavor::Socketio.classify("2"), Incoming::Ping);
-        assert_eq!(Flavor::Socketio.classify("40"), Incoming::Other);
+        assert_eq!(
+            Flavor::Socketio.classify(frame.as_bytes()),
+            Incoming::Payload(p)
+        );
+        // Not the fast path: a namespace, then the slow one finds the payload.
+        let frame = format!("42/,[\"msg\",\"{text}\"]");
+        assert_eq!(
+            Flavor::Socketio.classify(frame.as_bytes()),
+            Incoming::Payload(p)
+        );
+        assert_eq!(Flavor::Socketio.classify(b"2"), Incoming::Ping);
+        assert_eq!(Flavor::Socketio.classify(b"40"), Incoming::Other);
     }
 
     #[test]

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt, stream};
+use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Flavor, Incoming};
 use crate::engineio;
 use crate::procfs;
+use crate::ws::Msg;
 
 /// Flags of `connections`.
 #[derive(Debug, Clone, clap::Args)]
@@ -203,16 +203,13 @@ async fn idle(
             () = stop.cancelled() => return,
             m = ws.next() => m,
         };
-        match message {
-            Some(Ok(Message::Text(t))) => {
-                if flavor.classify(&t) == Incoming::Ping
-                    && ws.send(Message::Text(engineio::PONG.into())).await.is_err()
-                {
-                    break;
-                }
-            }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            Some(Ok(_)) => {}
+        let ping = match message {
+            Ok(Some(Msg::Text(t))) => flavor.classify(t) == Incoming::Ping,
+            Ok(Some(Msg::Binary(_))) => false,
+            Ok(None) | Err(_) => break,
+        };
+        if ping && ws.send_text(engineio::PONG.as_bytes()).await.is_err() {
+            break;
         }
     }
     disconnects.fetch_add(1, Ordering::Relaxed);

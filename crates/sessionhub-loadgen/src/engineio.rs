@@ -117,6 +117,7 @@ fn parse_sio(packet: &str) -> Result<SioPacket, ParseError> {
 }
 
 /// The frame that emits event `name` with `args` on the default namespace.
+#[cfg(test)]
 pub(crate) fn event(name: &str, args: &[Value]) -> String {
     let mut items = Vec::with_capacity(args.len() + 1);
     items.push(Value::String(name.to_owned()));

@@ -10,20 +10,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt, stream};
+use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Flavor, Incoming, Ws};
 use crate::clock;
 use crate::engineio;
+use crate::http::{self, push_u64};
 use crate::pacing::Schedule;
 use crate::payload::Payload;
 use crate::procfs::{CpuMeters, CpuUse};
 use crate::stats::{ConnTally, Delivery, Latency, LatencySummary};
+use crate::ws::Msg;
 
 /// How the publisher pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -229,7 +229,6 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         current: RwLock::new(Arc::new(StepState::new(u32::MAX, 0))),
         disconnects: AtomicU64::new(0),
     });
-    let stop = CancellationToken::new();
     let sources = client::source_ips(args.source_ips);
     eprintln!(
         "[{}] connecting {} clients ({} users) to {} node(s)",
@@ -239,7 +238,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         args.nodes.len()
     );
     let started = Instant::now();
-    let clients = open_clients(&args, &sources, shared.clone(), stop.clone()).await?;
+    let clients = open_clients(&args, &sources, shared.clone()).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     eprintln!("[{}] connected in {connect_secs:.1} s", args.label);
 
@@ -309,7 +308,6 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         // Let queues drain before the next step.
         sleep(Duration::from_secs(1)).await;
     }
-    stop.cancel();
     for c in clients {
         c.abort();
     }
@@ -341,7 +339,6 @@ async fn open_clients(
     args: &FanoutArgs,
     sources: &[IpAddr],
     shared: Arc<Shared>,
-    stop: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let opened = stream::iter(0..args.clients)
         .map(|i| {
@@ -375,37 +372,28 @@ async fn open_clients(
             user,
             ws,
             shared.clone(),
-            stop.clone(),
         )));
     }
     Ok(handles)
 }
 
-async fn client_loop(
-    flavor: Flavor,
-    index: usize,
-    user: u32,
-    mut ws: Ws,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
+/// One client: reads its socket until it ends (or the task is aborted at the end of the
+/// run), recording every benchmark message into the current step.
+async fn client_loop(flavor: Flavor, index: usize, user: u32, mut ws: Ws, shared: Arc<Shared>) {
     loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => return,
-            m = ws.next() => m,
-        };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+        let message = ws.next().await;
+        let now = clock::now_us();
+        let incoming = match message {
+            Ok(Some(Msg::Text(text))) => flavor.classify(text),
+            Ok(Some(Msg::Binary(_))) => continue,
+            Ok(None) | Err(_) => {
                 shared.disconnects.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Some(Ok(_)) => continue,
         };
-        let now = clock::now_us();
-        match flavor.classify(&text) {
+        match incoming {
             Incoming::Payload(p) => {
-                let state = shared.current.read().unwrap().clone();
+                let state = shared.current.read().unwrap();
                 if p.step != state.step {
                     continue;
                 }
@@ -424,7 +412,7 @@ async fn client_loop(
                     .record(now.saturating_sub(p.due_us));
             }
             Incoming::Ping => {
-                if ws.send(Message::Text(engineio::PONG.into())).await.is_err() {
+                if ws.send_text(engineio::PONG.as_bytes()).await.is_err() {
                     shared.disconnects.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -434,13 +422,13 @@ async fn client_loop(
     }
 }
 
-/// Pushes messages: an HTTP client, or publisher sockets.
+/// Pushes messages: HTTP connections, or publisher sockets.
 enum Publisher {
     Http {
-        client: reqwest::Client,
-        nodes: Vec<SocketAddr>,
-        concurrency: usize,
-        api_key: Option<String>,
+        /// Per worker, one keep-alive connection per node.
+        workers: Vec<Vec<http::Conn>>,
+        /// `Bearer <key>`, if the target wants one.
+        authorization: Option<Arc<str>>,
     },
     Frame {
         flavor: Flavor,
@@ -452,14 +440,10 @@ impl Publisher {
     async fn new(args: &FanoutArgs, sources: &[IpAddr]) -> anyhow::Result<Self> {
         Ok(match args.publish {
             PublishMode::Http => Self::Http {
-                client: reqwest::Client::builder()
-                    .pool_max_idle_per_host(args.publishers)
-                    .timeout(Duration::from_secs(10))
-                    .tcp_nodelay(true)
-                    .build()?,
-                nodes: args.nodes.clone(),
-                concurrency: args.publishers,
-                api_key: args.api_key.clone(),
+                workers: (0..args.publishers.max(1))
+                    .map(|_| args.nodes.iter().map(|&n| http::Conn::new(n)).collect())
+                    .collect(),
+                authorization: args.api_key.as_ref().map(|k| format!("Bearer {k}").into()),
             },
             PublishMode::Frame => {
                 let mut sockets = Vec::new();
@@ -478,6 +462,14 @@ impl Publisher {
                 }
             }
         })
+    }
+}
+
+/// Waits until `due` unless it has passed already (no timer for a publisher that is
+/// behind).
+async fn wait_until(due: Instant) {
+    if due > Instant::now() {
+        sleep_until(due).await;
     }
 }
 
@@ -501,89 +493,91 @@ async fn run_step(
 
     match publisher {
         Publisher::Http {
-            client,
-            nodes,
-            concurrency,
-            api_key,
+            workers,
+            authorization,
         } => {
-            let workers: Vec<_> = (0..*concurrency)
-                .map(|_| {
-                    let (client, nodes, schedule, errors, key) = (
-                        client.clone(),
-                        nodes.clone(),
-                        schedule.clone(),
-                        errors.clone(),
-                        api_key.clone(),
-                    );
+            let tasks: Vec<_> = workers
+                .drain(..)
+                .map(|mut conns| {
+                    let (schedule, errors, authorization) =
+                        (schedule.clone(), errors.clone(), authorization.clone());
                     tokio::spawn(async move {
+                        let mut body = Vec::with_capacity(size.max(64));
                         while let Some((index, due)) = schedule.claim() {
-                            sleep_until(due).await;
+                            wait_until(due).await;
                             let (user, seq) = route(index, users);
-                            let body = Payload {
+                            body.clear();
+                            Payload {
                                 step,
                                 user,
                                 seq,
                                 due_us: clock::us_of(due),
                             }
-                            .encode(size);
-                            let node = nodes[index as usize % nodes.len()];
-                            let url = format!("http://{node}/socket/{}", client::user_id(user));
-                            let mut request = client
-                                .post(url)
-                                .header("content-type", "text/plain")
-                                .body(body);
-                            if let Some(key) = &key {
-                                request = request.bearer_auth(key);
+                            .encode_into(size, &mut body);
+                            let n = conns.len();
+                            let conn = &mut conns[index as usize % n];
+                            conn.start("POST", |path| {
+                                path.extend_from_slice(b"/socket/u");
+                                push_u64(path, u64::from(user));
+                            })
+                            .header("content-type", b"text/plain");
+                            if let Some(value) = &authorization {
+                                conn.header("authorization", value.as_bytes());
                             }
-                            match request.send().await {
-                                Ok(r) if r.status().is_success() => {
-                                    // Drain the body so the connection is reused.
-                                    let _ = r.bytes().await;
-                                }
+                            // The whole answer is read, so the connection is reused.
+                            match conn.send(&body).await {
+                                Ok(r) if r.is_success() => {}
                                 _ => {
                                     errors.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
                         }
+                        conns
                     })
                 })
                 .collect();
-            for w in workers {
-                w.await?;
+            for t in tasks {
+                workers.push(t.await?);
             }
         }
         Publisher::Frame { flavor, sockets } => {
             let flavor = *flavor;
-            let workers: Vec<_> = sockets
+            let tasks: Vec<_> = sockets
                 .drain(..)
                 .map(|mut ws| {
                     let (schedule, errors) = (schedule.clone(), errors.clone());
                     tokio::spawn(async move {
+                        let (mut text, mut frame) = (Vec::new(), Vec::new());
                         while let Some((index, due)) = schedule.claim() {
                             // Answer pings while waiting for the message to be due.
-                            loop {
+                            while due > Instant::now() {
                                 tokio::select! {
                                     biased;
                                     () = sleep_until(due) => break,
-                                    m = ws.next() => match m {
-                                        Some(Ok(Message::Text(t))) if flavor.classify(&t) == Incoming::Ping => {
-                                            let _ = ws.send(Message::Text(engineio::PONG.into())).await;
+                                    m = ws.next() => {
+                                        let ping = match m {
+                                            Ok(Some(Msg::Text(t))) => flavor.classify(t) == Incoming::Ping,
+                                            Ok(Some(Msg::Binary(_))) => false,
+                                            Ok(None) | Err(_) => break,
+                                        };
+                                        if ping {
+                                            let _ = ws.send_text(engineio::PONG.as_bytes()).await;
                                         }
-                                        Some(Ok(_)) => {}
-                                        _ => break,
-                                    },
+                                    }
                                 }
                             }
                             let (user, seq) = route(index, users);
-                            let text = Payload {
+                            text.clear();
+                            Payload {
                                 step,
                                 user,
                                 seq,
                                 due_us: clock::us_of(due),
                             }
-                            .encode(size);
-                            let frame = flavor.push_frame(&client::user_id(user), &text);
-                            if ws.send(Message::Text(frame.into())).await.is_err() {
+                            .encode_into(size, &mut text);
+                            frame.clear();
+                            flavor.push_frame_into(user, &text, &mut frame);
+                            if ws.send_text(&frame).await.is_err() {
                                 errors.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -591,8 +585,8 @@ async fn run_step(
                     })
                 })
                 .collect();
-            for w in workers {
-                sockets.push(w.await?);
+            for t in tasks {
+                sockets.push(t.await?);
             }
         }
     }

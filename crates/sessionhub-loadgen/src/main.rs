@@ -19,6 +19,7 @@ mod clock;
 mod connections;
 mod engineio;
 mod fanout;
+mod http;
 mod pacing;
 mod payload;
 mod procfs;
@@ -26,6 +27,7 @@ mod redisprobe;
 mod report;
 mod sessions;
 mod stats;
+mod ws;
 
 use std::path::Path;
 
@@ -37,6 +39,11 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Threads of the async runtime. 1 (the default) runs everything on one thread, which
+    /// costs the least CPU per message: no cross-thread wakeups. Raise it only if the load
+    /// generator itself saturates a core (its CPU is in every step's results).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +64,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Start the shared clock before anything is stamped.
     let _ = clock::now_us();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cli.threads);
+        builder
+    }
+    .enable_all()
+    .build()
+    .context("starting the async runtime")?;
     match cli.command {
         Command::Fanout(args) => {
             let out = args.out.clone();

@@ -13,10 +13,10 @@
 //! the actual send avoids coordinated omission: a publisher that falls behind shows up as
 //! latency instead of hiding it.
 
-use std::fmt::Write as _;
+use crate::http::push_u64;
 
 /// Marks a benchmark message and the format version.
-const MAGIC: &str = "lg1";
+const MAGIC: &[u8] = b"lg1 ";
 
 /// One benchmark message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,28 +33,45 @@ pub(crate) struct Payload {
 
 impl Payload {
     /// The text form, padded with `x` to at least `size` bytes.
+    #[cfg(test)]
     pub(crate) fn encode(&self, size: usize) -> String {
-        let mut text = String::with_capacity(size.max(48));
-        let _ = write!(
-            text,
-            "{MAGIC} {} {} {} {} ",
-            self.step, self.user, self.seq, self.due_us
-        );
-        while text.len() < size {
-            text.push('x');
+        let mut out = Vec::new();
+        self.encode_into(size, &mut out);
+        String::from_utf8(out).expect("the payload alphabet is ASCII")
+    }
+
+    /// Appends the text form, padded with `x` to at least `size` bytes, to `out`. The text
+    /// is ASCII letters, digits and spaces: it needs no escaping in JSON.
+    pub(crate) fn encode_into(&self, size: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(MAGIC);
+        push_u64(out, u64::from(self.step));
+        out.push(b' ');
+        push_u64(out, u64::from(self.user));
+        out.push(b' ');
+        push_u64(out, self.seq);
+        out.push(b' ');
+        push_u64(out, self.due_us);
+        out.push(b' ');
+        let len = out.len() - start;
+        if len < size {
+            out.resize(start + size, b'x');
         }
-        text
     }
 
     /// Reads a payload from `text`, which may carry other text around it (a Socket.IO
     /// frame); `None` if there is none.
-    pub(crate) fn decode(text: &str) -> Option<Self> {
-        let start = text.find("lg1 ")?;
-        let mut fields = text[start + MAGIC.len() + 1..].split(' ');
-        let step = fields.next()?.parse().ok()?;
-        let user = fields.next()?.parse().ok()?;
-        let seq = fields.next()?.parse().ok()?;
-        let due_us = fields.next()?.parse().ok()?;
+    pub(crate) fn decode(text: &[u8]) -> Option<Self> {
+        let start = if text.starts_with(MAGIC) {
+            0
+        } else {
+            text.windows(MAGIC.len()).position(|w| w == MAGIC)?
+        };
+        let mut rest = &text[start + MAGIC.len()..];
+        let step = u32::try_from(field(&mut rest)?).ok()?;
+        let user = u32::try_from(field(&mut rest)?).ok()?;
+        let seq = field(&mut rest)?;
+        let due_us = field(&mut rest)?;
         Some(Self {
             step,
             user,
@@ -62,6 +79,24 @@ impl Payload {
             due_us,
         })
     }
+}
+
+/// A decimal field ended by a space or by the end of `rest`; `rest` moves past the space.
+fn field(rest: &mut &[u8]) -> Option<u64> {
+    let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    let (digits, after) = rest.split_at(end);
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    *rest = after.get(1..).unwrap_or(&[]);
+    Some(n)
 }
 
 #[cfg(test)]
@@ -79,7 +114,7 @@ mod tests {
         let text = p.encode(100);
         assert_eq!(text.len(), 100);
         assert!(text.starts_with("lg1 3 41 1000000 123456789 x"));
-        assert_eq!(Payload::decode(&text), Some(p));
+        assert_eq!(Payload::decode(text.as_bytes()), Some(p));
     }
 
     #[test]
@@ -91,7 +126,7 @@ mod tests {
             due_us: 0,
         };
         assert_eq!(p.encode(0), "lg1 0 0 0 0 ");
-        assert_eq!(Payload::decode(&p.encode(0)), Some(p));
+        assert_eq!(Payload::decode(p.encode(0).as_bytes()), Some(p));
     }
 
     #[test]
@@ -103,13 +138,26 @@ mod tests {
             due_us: 4,
         };
         let frame = format!("42[\"msg\",\"{}\"]", p.encode(20));
-        assert_eq!(Payload::decode(&frame), Some(p));
+        assert_eq!(Payload::decode(frame.as_bytes()), Some(p));
     }
 
     #[test]
     fn rejects_other_text() {
-        assert_eq!(Payload::decode("{\"type\":\"connected\"}"), None);
-        assert_eq!(Payload::decode("lg1 1 2"), None);
-        assert_eq!(Payload::decode("lg1 a b c d"), None);
+        assert_eq!(Payload::decode(b"{\"type\":\"connected\"}"), None);
+        assert_eq!(Payload::decode(b"lg1 1 2"), None);
+        assert_eq!(Payload::decode(b"lg1 a b c d"), None);
+        assert_eq!(
+            Payload::decode(b"lg1 1 2 3 4"),
+            Some(Payload {
+                step: 1,
+                user: 2,
+                seq: 3,
+                due_us: 4
+            })
+        );
+        assert_eq!(Payload::decode(b"lg1 1  3 4 "), None);
+        assert_eq!(Payload::decode(b"lg1 4294967296 2 3 4 "), None);
+        assert_eq!(Payload::decode(b"lg1 1 2 3 99999999999999999999 "), None);
+        assert_eq!(Payload::decode(b"lg1 1 2 3 4\"]"), None);
     }
 }

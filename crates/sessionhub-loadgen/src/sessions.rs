@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use reqwest::header::{COOKIE, SET_COOKIE};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+use crate::http;
 
 use crate::procfs::{CpuMeters, CpuUse};
 use crate::redisprobe::{self, Counters, Monitor, PhaseCommands};
@@ -119,44 +120,70 @@ pub(crate) struct SessionsReport {
     pub(crate) probe_read: Option<Probe>,
 }
 
-/// A client with one session: keeps the cookies the server sets.
+/// A client with one session over one keep-alive connection: keeps the cookies the
+/// server sets.
 struct Vu {
-    client: reqwest::Client,
-    base: String,
+    conn: http::Conn,
     cookies: BTreeMap<String, String>,
+    /// The `Cookie` header for `cookies`.
+    cookie_header: String,
+}
+
+/// The part of a `/get-session` answer the scenario reads.
+#[derive(Deserialize)]
+struct Answer {
+    count: Option<u64>,
 }
 
 impl Vu {
-    fn new(client: reqwest::Client, node: SocketAddr) -> Self {
+    fn new(node: SocketAddr) -> Self {
         Self {
-            client,
-            base: format!("http://{node}"),
+            conn: http::Conn::new(node),
             cookies: BTreeMap::new(),
+            cookie_header: String::new(),
         }
     }
 
-    /// GETs `path` with the session cookie; the JSON answer.
-    async fn get(&mut self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let mut request = self.client.get(format!("{}{path}", self.base));
-        if !self.cookies.is_empty() {
-            request = request.header(COOKIE, cookie_header(&self.cookies));
+    /// Starts a new session on the same connection: forgets the cookies.
+    fn forget(&mut self) {
+        self.cookies.clear();
+        self.cookie_header.clear();
+    }
+
+    /// GETs `path` with the session cookie; the `count` of the JSON answer, if any.
+    async fn get(&mut self, path: &str) -> anyhow::Result<Option<u64>> {
+        self.conn
+            .start("GET", |p| p.extend_from_slice(path.as_bytes()));
+        if !self.cookie_header.is_empty() {
+            self.conn.header("cookie", self.cookie_header.as_bytes());
         }
-        let response = request.send().await?;
-        for value in response.headers().get_all(SET_COOKIE) {
-            if let Some((name, value)) = value.to_str().ok().and_then(parse_set_cookie) {
-                if value.is_empty() {
-                    self.cookies.remove(&name);
-                } else {
-                    self.cookies.insert(name, value);
-                }
+        let response = self.conn.send(b"").await?;
+        let mut changed = false;
+        for value in response.headers("set-cookie") {
+            let Some((name, value)) = std::str::from_utf8(value).ok().and_then(parse_set_cookie)
+            else {
+                continue;
+            };
+            if value.is_empty() {
+                changed |= self.cookies.remove(&name).is_some();
+            } else if self.cookies.get(&name) != Some(&value) {
+                self.cookies.insert(name, value);
+                changed = true;
             }
         }
-        let status = response.status();
-        let body = response.bytes().await?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {}", String::from_utf8_lossy(&body));
+        if changed {
+            self.cookie_header = cookie_header(&self.cookies);
         }
-        Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        if !response.is_success() {
+            bail!(
+                "{path}: {}: {}",
+                response.status,
+                String::from_utf8_lossy(response.body)
+            );
+        }
+        Ok(serde_json::from_slice::<Answer>(response.body)
+            .ok()
+            .and_then(|a| a.count))
     }
 }
 
@@ -182,15 +209,10 @@ pub(crate) fn cookie_header(cookies: &BTreeMap<String, String>) -> String {
 /// Runs `sessions`.
 pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
     let redis = redisprobe::addr_of(&args.redis)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.vus + 4)
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .build()?;
     eprintln!("[{}] logging in {} virtual users", args.label, args.vus);
     let mut vus = Vec::with_capacity(args.vus);
     for i in 0..args.vus {
-        let mut vu = Vu::new(client.clone(), args.node);
+        let mut vu = Vu::new(args.node);
         vu.get(&format!("/login?username=vu{i}"))
             .await
             .with_context(|| format!("login of vu{i}"))?;
@@ -210,10 +232,10 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     match vu.get("/get-session").await {
-                        Ok(body) => {
+                        Ok(count) => {
                             latency.record(t.elapsed().as_micros() as u64);
                             ok += 1;
-                            last_count = body.get("count").and_then(serde_json::Value::as_u64);
+                            last_count = count;
                         }
                         Err(_) => errors += 1,
                     }
@@ -252,7 +274,7 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
     );
 
     let (probe_login, probe_write, probe_read) = if args.probe_requests > 0 {
-        let (l, w, r) = probe(&args, &client, redis).await?;
+        let (l, w, r) = probe(&args, redis).await?;
         (Some(l), Some(w), r)
     } else {
         (None, None, None)
@@ -284,11 +306,10 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
 /// Sequential requests under MONITOR: logins, read+write requests, read-only requests.
 async fn probe(
     args: &SessionsArgs,
-    client: &reqwest::Client,
     redis: SocketAddr,
 ) -> anyhow::Result<(Probe, Probe, Option<Probe>)> {
     let n = args.probe_requests;
-    let mut vu = Vu::new(client.clone(), args.node);
+    let mut vu = Vu::new(args.node);
     vu.get("/login?username=probe").await?;
     vu.get("/get-session").await?;
     let read_ok = match &args.read_path {
@@ -297,8 +318,10 @@ async fn probe(
     };
     let monitor = Monitor::start(redis).await?;
     monitor.mark("login").await?;
+    // Fresh sessions (no cookie), over one connection.
+    let mut fresh = Vu::new(args.node);
     for i in 0..n {
-        let mut fresh = Vu::new(client.clone(), args.node);
+        fresh.forget();
         fresh.get(&format!("/login?username=probe{i}")).await?;
     }
     monitor.mark("write").await?;
