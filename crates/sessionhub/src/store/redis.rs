@@ -18,8 +18,8 @@
 //! An integer attribute is stored as a plain decimal, so `HINCRBY` works on it as is.
 //! Other `m:` fields are ignored, which leaves room for additions within version 1; a record
 //! with any other version, a field outside `a:`/`m:`, or invalid JSON is undecodable: it
-//! loads as no session and is never written to (but for the one case `UPDATE_LOAD` cannot
-//! see: an otherwise well-formed record with an attribute that is not JSON).
+//! loads as no session. It is never written to unless it carries version 1: the scripts check
+//! only the version, and `update_and_load` writes before the node decodes what it read.
 //!
 //! ## Index by principal
 //!
@@ -71,40 +71,50 @@ const FIELD_CREATED: &str = "m:created";
 const ATTRIBUTE: &str = "a:";
 const META: &str = "m:";
 
-/// Exact signed 64-bit integers in Lua 5.1 (whose numbers are doubles), as
-/// `{negative, high, low}` with magnitude `high * 1e9 + low`; both parts stay below 2^53.
-/// Plus the shared part of `update` and `rotate`: compute every change first, write after.
-const PRELUDE: &str = r#"
-local BASE = 1000000000
-local MAX_HI, MAX_LO = 9223372036, 854775807
+/// Integer arithmetic for the update scripts: `add_text(stored, delta)`, the decimal text of
+/// a stored integer plus a delta, exact over all of i64 although Lua 5.1 numbers are doubles.
+/// Below 10^15 both ways doubles add exactly, which is the fast path; anything else (and the
+/// check that the stored text is an integer at all) goes through `exact_add`, which works on
+/// `{negative, high, low}` with magnitude `high * 1e9 + low`, both parts below 2^53.
+///
+/// Every Lua operation costs Redis far more than the same work in C (tens of instructions per
+/// VM instruction, and about a thousand per call of a library function), so the common case
+/// is kept short: `exact_add` defines its helpers only when it runs.
+const ARITHMETIC: &str = r#"
+local find, format, tonumber = string.find, string.format, tonumber
 
-local function fits(neg, hi, lo)
-  if hi ~= MAX_HI then return hi < MAX_HI end
-  if neg then return lo <= MAX_LO + 1 end
-  return lo <= MAX_LO
-end
+local function exact_add(stored, delta)
+  local BASE = 1000000000
+  local MAX_HI, MAX_LO = 9223372036, 854775807
 
-local function parse_int(s)
-  local neg = false
-  local digits = s
-  if string.sub(s, 1, 1) == '-' then
-    neg = true
-    digits = string.sub(s, 2)
+  local function fits(neg, hi, lo)
+    if hi ~= MAX_HI then return hi < MAX_HI end
+    if neg then return lo <= MAX_LO + 1 end
+    return lo <= MAX_LO
   end
-  local n = string.len(digits)
-  if n == 0 or n > 19 or not string.match(digits, '^%d+$') then return nil end
-  if n > 1 and string.sub(digits, 1, 1) == '0' then return nil end
-  local hi, lo = 0, tonumber(digits)
-  if n > 9 then
-    hi = tonumber(string.sub(digits, 1, n - 9))
-    lo = tonumber(string.sub(digits, n - 8))
-  end
-  if hi == 0 and lo == 0 then neg = false end
-  if not fits(neg, hi, lo) then return nil end
-  return {neg, hi, lo}
-end
 
-local function add(a, b)
+  local function parse_int(s)
+    local neg = false
+    local digits = s
+    if string.sub(s, 1, 1) == '-' then
+      neg = true
+      digits = string.sub(s, 2)
+    end
+    local n = string.len(digits)
+    if n == 0 or n > 19 or not string.match(digits, '^%d+$') then return nil end
+    if n > 1 and string.sub(digits, 1, 1) == '0' then return nil end
+    local hi, lo = 0, tonumber(digits)
+    if n > 9 then
+      hi = tonumber(string.sub(digits, 1, n - 9))
+      lo = tonumber(string.sub(digits, n - 8))
+    end
+    if hi == 0 and lo == 0 then neg = false end
+    if not fits(neg, hi, lo) then return nil end
+    return {neg, hi, lo}
+  end
+
+  local a, b = parse_int(stored), parse_int(delta)
+  if a == nil then return nil, 'nan' end
   local sa = a[1] and -1 or 1
   local sb = b[1] and -1 or 1
   local hi = sa * a[2] + sb * b[2]
@@ -121,94 +131,112 @@ local function add(a, b)
       hi = -hi
     end
   end
-  if not fits(neg, hi, lo) then return nil end
-  return {neg, hi, lo}
-end
-
-local function format_int(v)
+  if not fits(neg, hi, lo) then return nil, 'overflow' end
   local s
-  if v[2] > 0 then
-    s = string.format('%.0f%09.0f', v[2], v[3])
+  -- '%.0f': tostring() would print a large number in exponent form, losing digits.
+  if hi > 0 then
+    s = format('%.0f%09.0f', hi, lo)
   else
-    s = string.format('%.0f', v[3])
+    s = format('%.0f', lo)
   end
-  if v[1] then s = '-' .. s end
+  if neg then s = '-' .. s end
   return s
 end
 
--- Changes are ARGV triples from index `first`: op ('s', 'r' or 'i'), field, JSON text or
--- delta. `current` holds the stored value of every incremented field (nil or false: absent).
--- Returns the final value of every touched field (false: removed) and `reply` with the new
--- value of each increment appended, or nil and an error reply naming the failing change by
--- its index.
-local function compute(first, current, reply)
-  local pending = {}
-  for i = first, #ARGV, 3 do
-    local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    if op == 's' then
-      pending[field] = value
-    elseif op == 'r' then
-      pending[field] = false
-    else
-      local stored = pending[field]
-      if stored == nil then stored = current[field] end
-      local n
-      if not stored or stored == 'null' then
-        n = {false, 0, 0}
-      else
-        n = parse_int(stored)
-      end
-      local index = (i - first) / 3
-      if n == nil then return nil, {'nan', index} end
-      local sum = add(n, parse_int(value))
-      if sum == nil then return nil, {'overflow', index} end
-      local text = format_int(sum)
-      pending[field] = text
-      reply[#reply + 1] = text
-    end
+-- `stored` (text; false or nil: absent) plus `delta` (decimal text), as decimal text; or nil
+-- and 'nan' (`stored` is not an integer) or 'overflow'. Absent and JSON null count as 0.
+local function add_text(stored, delta)
+  if not stored or stored == 'null' then stored = '0' end
+  if #stored <= 15 and #delta <= 15 and (stored == '0' or find(stored, '^%-?[1-9]%d*$')) then
+    return format('%.0f', tonumber(stored) + tonumber(delta))
   end
-  return pending, reply
-end
-
-local function write(target, pending)
-  local sets, dels = {}, {}
-  for field, value in pairs(pending) do
-    if value then
-      sets[#sets + 1] = field
-      sets[#sets + 1] = value
-    else
-      dels[#dels + 1] = field
-    end
-  end
-  -- In chunks: unpack() of a long list overflows the Lua stack.
-  for j = 1, #sets, 200 do
-    redis.call('HSET', target, unpack(sets, j, math.min(j + 199, #sets)))
-  end
-  for j = 1, #dels, 200 do
-    redis.call('HDEL', target, unpack(dels, j, math.min(j + 199, #dels)))
-  end
-end
-
--- One HMGET for the format version and the stored value of every field the changes (from
--- index 3) increment: the table `compute` wants, or nil unless `key` holds a session of this
--- format (pcall: a key of another type is "not a session", not an error).
-local function prefetch(key)
-  local fields = {}
-  for i = 3, #ARGV, 3 do
-    if ARGV[i] == 'i' then fields[#fields + 1] = ARGV[i + 1] end
-  end
-  local first = math.min(#fields, 199)
-  local got = redis.pcall('HMGET', key, 'm:v', unpack(fields, 1, first))
-  if got.err or got[1] ~= ARGV[2] then return nil end
-  local current = {}
-  for j = 1, first do current[fields[j]] = got[j + 1] end
-  for j = 200, #fields, 200 do
-    local more = redis.call('HMGET', key, unpack(fields, j, math.min(j + 199, #fields)))
-    for k = 1, #more do current[fields[j + k - 1]] = more[k] end
-  end
-  return current
+  return exact_add(stored, delta)
 end
 "#;
+
+/// The batch part of the update scripts, `batch()`: compute every change first, write after,
+/// since Redis does not roll back a script that fails halfway.
+const BATCH: &str = r#"
+-- The batch helpers, defined when asked for: UPDATE_LOAD's single change needs none of them.
+local function batch()
+  -- Changes are ARGV triples from index `first`: op ('s', 'r' or 'i'), field, JSON text or
+  -- delta. `stored(field)` is what the hash holds in an incremented field (false: absent).
+  -- Returns the final value of every touched field (false: removed), having appended the new
+  -- value of each increment to `reply`; or nil and an error reply naming the failing change by
+  -- its index ('nan 2').
+  local function compute(first, stored, reply)
+    local pending = {}
+    for i = first, #ARGV, 3 do
+      local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+      if op == 's' then
+        pending[field] = value
+      elseif op == 'r' then
+        pending[field] = false
+      else
+        local current = pending[field]
+        if current == nil then current = stored(field) end
+        local text, err = add_text(current, value)
+        if not text then return nil, err .. ' ' .. ((i - first) / 3) end
+        pending[field] = text
+        reply[#reply + 1] = text
+      end
+    end
+    return pending
+  end
+
+  -- Writes each touched field once, with its final value, in the order of the changes.
+  local function write(key, first, pending)
+    local sets, dels = {}, {}
+    for i = first + 1, #ARGV, 3 do
+      local field = ARGV[i]
+      local value = pending[field]
+      if value then
+        sets[#sets + 1] = field
+        sets[#sets + 1] = value
+      elseif value == false then
+        dels[#dels + 1] = field
+      end
+      pending[field] = nil
+    end
+    -- In chunks: unpack() of a long list overflows the Lua stack.
+    for j = 1, #sets, 200 do
+      redis.call('HSET', key, unpack(sets, j, math.min(j + 199, #sets)))
+    end
+    for j = 1, #dels, 200 do
+      redis.call('HDEL', key, unpack(dels, j, math.min(j + 199, #dels)))
+    end
+  end
+
+  -- One HMGET for the format version and what the hash holds in every field the changes (from
+  -- index `first`) increment: the table behind `stored`, or nil unless `key` holds a session of
+  -- this format (pcall: a key of another type is "not a session", not an error).
+  local function prefetch(key, first)
+    local fields = {}
+    for i = first, #ARGV, 3 do
+      if ARGV[i] == 'i' then fields[#fields + 1] = ARGV[i + 1] end
+    end
+    local head = math.min(#fields, 199)
+    local got = redis.pcall('HMGET', key, 'm:v', unpack(fields, 1, head))
+    if got.err or got[1] ~= VERSION then return nil end
+    local current = {}
+    for j = 1, head do current[fields[j]] = got[j + 1] end
+    for j = 200, #fields, 200 do
+      local more = redis.call('HMGET', key, unpack(fields, j, math.min(j + 199, #fields)))
+      for k = 1, #more do current[fields[j + k - 1]] = more[k] end
+    end
+    return current
+  end
+  return compute, write, prefetch
+end
+"#;
+
+/// A script that applies changes: the version constant, the arithmetic, the batch helpers,
+/// then `body`.
+fn changes_script(body: &str) -> Script {
+    Script::new(&format!(
+        "local VERSION = '{VERSION}'\n{ARITHMETIC}{BATCH}{body}"
+    ))
+}
 
 /// KEYS[1] session; ARGV[1] ttl ms. Returns the flat HGETALL reply, or -1 if the key is not
 /// a hash.
@@ -237,85 +265,112 @@ return 1
     )
 });
 
-/// KEYS[1] session; ARGV[1] ttl ms, ARGV[2] version, then change triples.
+/// KEYS[1] session; ARGV[1] ttl ms, then change triples. Returns the new value of each
+/// increment, or 'missing', or 'nan <index>' / 'overflow <index>' (nothing changed).
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{PRELUDE}
+    changes_script(
+        r#"
+local compute, write, prefetch = batch()
 local key = KEYS[1]
-local current = prefetch(key)
-if not current then return {{'missing'}} end
-local pending, reply = compute(3, current, {{'ok'}})
-if not pending then return reply end
-write(key, pending)
+local current = prefetch(key, 2)
+if not current then return 'missing' end
+local reply = {}
+local pending, err = compute(2, function(field) return current[field] end, reply)
+if not pending then return err end
+write(key, 2, pending)
 redis.call('PEXPIRE', key, ARGV[1])
 return reply
-"#
-    ))
+"#,
+    )
 });
 
-/// KEYS[1] session; ARGV[1] ttl ms, ARGV[2] version, ARGV[3] absolute lifetime in ms or ''
-/// for none, ARGV[4] the node's time in ms since the Unix epoch, then change triples from
-/// ARGV[5]. Returns `{'ok', <the hash before the changes, as HGETALL>, <incremented
-/// values>...}`, or the replies of UPDATE.
+/// KEYS[1] session; ARGV[1] ttl ms, ARGV[2] the oldest creation time in ms since the Unix
+/// epoch that the absolute lifetime allows (the node's now - lifetime), or '' for none; then
+/// change triples from ARGV[3]. Returns the hash as it was before the changes (flat, as
+/// HGETALL) followed by the new value of each increment, or the failures of UPDATE.
 ///
-/// One HGETALL serves as the existence and format check, the current values of incremented
-/// fields and the record to return. A hash with a field outside `a:`/`m:` or without a
-/// decimal `m:created` is not a session here either, so it is never written to. Attribute
-/// values and the encoding of names are not checked (that would mean decoding every value as
-/// JSON in Lua), so a record whose only flaw is an attribute that is not JSON or a name that
-/// is not UTF-8 takes the changes before the node finds it undecodable and treats it as
-/// absent.
+/// One HGETALL is the existence and format check, the values to increment and the record to
+/// return. Only the version is checked here, as by UPDATE and ROTATE: a record of this version
+/// that the node cannot decode (a field outside `a:`/`m:`, an attribute that is not JSON...)
+/// takes the changes before the node finds that out and treats it as absent. Checking more in
+/// Lua would cost every request for the sake of records only corruption produces.
+///
+/// A single change, the common case (`/get-session`'s increment), skips the batch helpers.
 static UPDATE_LOAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{PRELUDE}
+    changes_script(
+        r#"
 local key = KEYS[1]
 local h = redis.pcall('HGETALL', key)
-if h.err then return {{'missing'}} end
-local current = {{}}
-for j = 1, #h, 2 do
+if h.err then return 'missing' end
+local n = #h
+local version, created
+for j = 1, n, 2 do
   local field = h[j]
-  local kind = string.byte(field, 1)
-  if string.byte(field, 2) ~= 58 or (kind ~= 97 and kind ~= 109) then return {{'missing'}} end
-  current[field] = h[j + 1]
+  if field == 'm:v' then
+    version = h[j + 1]
+  elseif field == 'm:created' then
+    created = h[j + 1]
+  end
 end
-local created = current['m:created']
-if current['m:v'] ~= ARGV[2] or not created or not string.match(created, '^%d+$') then
-  return {{'missing'}}
+if version ~= VERSION then return 'missing' end
+local function stored(field)
+  for j = 1, n, 2 do
+    if h[j] == field then return h[j + 1] end
+  end
+  return false
 end
-local pending, reply = compute(5, current, {{'ok', h}})
-if not pending then return reply end
-write(key, pending)
+if #ARGV == 5 then
+  local op, field, value = ARGV[3], ARGV[4], ARGV[5]
+  if op == 's' then
+    redis.call('HSET', key, field, value)
+  elseif op == 'r' then
+    redis.call('HDEL', key, field)
+  else
+    local text, err = add_text(stored(field), value)
+    if not text then return err .. ' 0' end
+    redis.call('HSET', key, field, text)
+    h[n + 1] = text
+  end
+elseif #ARGV > 5 then
+  local compute, write = batch()
+  local pending, err = compute(3, stored, h)
+  if not pending then return err end
+  write(key, 3, pending)
+end
 local ttl = ARGV[1]
-if ARGV[3] ~= '' then
-  local left = tonumber(created) + tonumber(ARGV[3]) - tonumber(ARGV[4])
-  if left < tonumber(ttl) then ttl = string.format('%.0f', math.max(left, 1)) end
+created = tonumber(created)
+if ARGV[2] ~= '' and created then
+  local left = created - tonumber(ARGV[2])
+  if left < tonumber(ttl) then ttl = format('%.0f', math.max(left, 1)) end
 end
 redis.call('PEXPIRE', key, ttl)
-return reply
-"#
-    ))
+return h
+"#,
+    )
 });
 
-/// KEYS[1] old session, KEYS[2] new session; ARGV as for UPDATE.
+/// KEYS[1] old session, KEYS[2] new session; ARGV as for UPDATE; also answers 'taken'.
 ///
 /// The two keys hash to different slots, so on Redis Cluster this script would fail with
 /// CROSSSLOT; cluster support needs another scheme (e.g. copy to the new key, then delete the
 /// old one in a second step that tolerates a retry).
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{PRELUDE}
+    changes_script(
+        r#"
+local compute, write, prefetch = batch()
 local old, new = KEYS[1], KEYS[2]
-local current = prefetch(old)
-if not current then return {{'missing'}} end
-if redis.call('EXISTS', new) == 1 then return {{'taken'}} end
-local pending, reply = compute(3, current, {{'ok'}})
-if not pending then return reply end
+local current = prefetch(old, 2)
+if not current then return 'missing' end
+if redis.call('EXISTS', new) == 1 then return 'taken' end
+local reply = {}
+local pending, err = compute(2, function(field) return current[field] end, reply)
+if not pending then return err end
 redis.call('RENAME', old, new)
-write(new, pending)
+write(new, 2, pending)
 redis.call('PEXPIRE', new, ARGV[1])
 return reply
-"#
-    ))
+"#,
+    )
 });
 
 /// The current time in milliseconds by the server's clock, and the lapsed-entry cleanup
@@ -504,8 +559,8 @@ impl RedisStore {
             .map_err(redis_error)
     }
 
-    /// An invocation of `script` on `keys` with ARGV: the TTL in ms, the format version,
-    /// `extra`, then each change as a triple (see `compute` in the scripts' prelude).
+    /// An invocation of `script` on `keys` with ARGV: the TTL in ms, `extra`, then each change
+    /// as a triple (see `compute` in [`BATCH`]).
     fn changes_invocation<'s>(
         script: &'s Script,
         keys: &[String],
@@ -517,7 +572,7 @@ impl RedisStore {
         for key in keys {
             invocation.key(key);
         }
-        invocation.arg(ttl_ms(ttl)).arg(VERSION);
+        invocation.arg(ttl_ms(ttl));
         for arg in extra {
             invocation.arg(arg);
         }
@@ -606,33 +661,34 @@ impl SessionStore for RedisStore {
         ttl: Duration,
         lifetime: Option<Duration>,
     ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
-        let lifetime = match lifetime {
-            // Capped like index deadlines: created + lifetime stays exact as a Lua number.
-            Some(lifetime) => vec![index_keep_ms(lifetime).to_string(), now_ms().to_string()],
-            None => vec![String::new(), String::new()],
+        let oldest = match lifetime {
+            // Capped like index deadlines, so that the difference stays exact in Lua; may be
+            // negative for a lifetime longer than the epoch is old.
+            Some(lifetime) => {
+                (i128::from(now_ms()) - i128::from(index_keep_ms(lifetime))).to_string()
+            }
+            None => String::new(),
         };
         let keys = [self.key(id)];
-        let invocation = Self::changes_invocation(&UPDATE_LOAD, &keys, ttl, &lifetime, changes)?;
+        let invocation = Self::changes_invocation(&UPDATE_LOAD, &keys, ttl, &[oldest], changes)?;
         let reply = self.invoke(&invocation).await?;
         let Value::Array(mut items) = reply else {
-            return Err(unexpected(&reply));
-        };
-        if items.first().and_then(text) != Some("ok") || items.len() < 2 {
-            return match decode_outcome(Value::Array(items), changes)? {
+            return match failure(&reply, changes)? {
                 Updated::Missing => Ok(None),
-                // Only an error or `missing` come without the record.
-                Updated::Applied(_) => Err(StoreError::Unavailable(
-                    "redis: a session script answered ok without the record".into(),
-                )),
+                Updated::Applied(_) => Err(unexpected(&reply)),
             };
-        }
-        let results = items[2..]
+        };
+        // The hash, then one value per increment.
+        let increments = changes
             .iter()
-            .map(|v| text(v).and_then(|t| t.parse::<i64>().ok()))
-            .collect::<Option<Vec<i64>>>()
-            .ok_or_else(|| StoreError::Unavailable("redis: malformed increment result".into()))?;
-        let hash = std::mem::replace(&mut items[1], Value::Nil);
-        match decode_record(hash) {
+            .filter(|(_, change)| matches!(change, Change::Incr(_)))
+            .count();
+        let Some(hash_len) = items.len().checked_sub(increments).filter(|n| n % 2 == 0) else {
+            return Err(unexpected(&Value::Array(items)));
+        };
+        let results = items.split_off(hash_len);
+        let results = increments_of(&results).ok_or_else(|| unexpected(&Value::Array(results)))?;
+        match decode_record(Value::Array(items)) {
             Ok(Some(mut record)) => {
                 apply_results(&mut record.attributes, changes, &results);
                 Ok(Some((record, results)))
@@ -821,34 +877,42 @@ fn text(value: &Value) -> Option<&str> {
     }
 }
 
-/// Decodes the UPDATE/ROTATE reply: `{'ok', <incremented values>...}`, `{'missing'}`,
-/// `{'taken'}`, or `{'nan' | 'overflow', <index of the change>}`.
+/// Decodes the UPDATE/ROTATE reply: the new value of each increment, or a failure.
 fn decode_outcome(reply: Value, changes: &[(String, Change)]) -> Result<Updated, StoreError> {
-    let Value::Array(items) = &reply else {
-        return Err(unexpected(&reply));
-    };
-    let failed_name = || match items.get(1) {
-        Some(Value::Int(i)) => usize::try_from(*i)
+    match &reply {
+        Value::Array(items) => increments_of(items)
+            .map(Updated::Applied)
+            .ok_or_else(|| unexpected(&reply)),
+        _ => failure(&reply, changes),
+    }
+}
+
+/// The new values of increments, as the scripts reply them (decimal text).
+fn increments_of(items: &[Value]) -> Option<Vec<i64>> {
+    items.iter().map(|v| text(v)?.parse::<i64>().ok()).collect()
+}
+
+/// Decodes the reply of an update script that did not apply the changes: `missing`, `taken`,
+/// or `nan <index of the change>` / `overflow <index>`. Never [`Updated::Applied`].
+fn failure(reply: &Value, changes: &[(String, Change)]) -> Result<Updated, StoreError> {
+    let reply_text = text(reply).ok_or_else(|| unexpected(reply))?;
+    let (what, index) = reply_text.split_once(' ').unwrap_or((reply_text, ""));
+    let failed_name = || {
+        index
+            .parse::<usize>()
             .ok()
             .and_then(|i| changes.get(i))
             .map(|(name, _)| name.clone())
-            .ok_or_else(|| unexpected(&reply)),
-        _ => Err(unexpected(&reply)),
+            .ok_or_else(|| unexpected(reply))
     };
-    match items.first().and_then(text) {
-        Some("ok") => items[1..]
-            .iter()
-            .map(|v| text(v).and_then(|t| t.parse::<i64>().ok()))
-            .collect::<Option<Vec<i64>>>()
-            .map(Updated::Applied)
-            .ok_or_else(|| unexpected(&reply)),
-        Some("missing") => Ok(Updated::Missing),
-        Some("taken") => Err(StoreError::Unavailable(
+    match what {
+        "missing" => Ok(Updated::Missing),
+        "taken" => Err(StoreError::Unavailable(
             "rotation target id is taken".into(),
         )),
-        Some("nan") => Err(StoreError::NotAnInteger(failed_name()?)),
-        Some("overflow") => Err(StoreError::Overflow(failed_name()?)),
-        _ => Err(unexpected(&reply)),
+        "nan" => Err(StoreError::NotAnInteger(failed_name()?)),
+        "overflow" => Err(StoreError::Overflow(failed_name()?)),
+        _ => Err(unexpected(reply)),
     }
 }
 
