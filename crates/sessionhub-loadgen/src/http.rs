@@ -9,6 +9,7 @@
 //! closed an idle keep-alive connection (checked before reusing one that waited).
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -51,9 +52,14 @@ pub(crate) struct Conn {
     /// The response being read (`filled` bytes of it).
     buf: Vec<u8>,
     filled: usize,
+    /// The headers of the response in `buf`.
+    headers: Vec<HeaderPos>,
     /// A decoded chunked body.
     chunked: Vec<u8>,
 }
+
+/// Where a header's name and value are in the response buffer.
+type HeaderPos = (Range<usize>, Range<usize>);
 
 /// A response, borrowed from the connection's buffers until the next request.
 #[derive(Debug)]
@@ -61,30 +67,24 @@ pub(crate) struct Response<'a> {
     /// Status code.
     pub(crate) status: u16,
     head: &'a [u8],
+    headers: &'a [HeaderPos],
     /// The body, decoded.
     pub(crate) body: &'a [u8],
 }
 
-impl Response<'_> {
+impl<'a> Response<'a> {
     /// `true` for 2xx.
     pub(crate) fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
 
     /// The values of every header called `name` (case-insensitive).
-    pub(crate) fn headers(&self, name: &str) -> Vec<&[u8]> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        // The head was parsed once already, so this cannot fail.
-        if !matches!(response.parse(self.head), Ok(httparse::Status::Complete(_))) {
-            return Vec::new();
-        }
-        response
-            .headers
+    pub(crate) fn headers<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'a [u8]> + 'b {
+        let head = self.head;
+        self.headers
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-            .collect()
+            .filter(move |(n, _)| head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |(_, v)| &head[v.clone()])
     }
 }
 
@@ -105,8 +105,13 @@ struct Head {
     close: bool,
 }
 
-/// Parses a response head at the start of `buf`; `None` while incomplete.
-fn parse_head(buf: &[u8], method_is_head: bool) -> anyhow::Result<Option<Head>> {
+/// Parses a response head at the start of `buf`; `None` while incomplete. Where each
+/// header is goes into `positions`.
+fn parse_head(
+    buf: &[u8],
+    method_is_head: bool,
+    positions: &mut Vec<HeaderPos>,
+) -> anyhow::Result<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let len = match response.parse(buf).context("malformed HTTP response")? {
@@ -116,7 +121,14 @@ fn parse_head(buf: &[u8], method_is_head: bool) -> anyhow::Result<Option<Head>> 
     let status = response.code.context("no status")?;
     let mut framing = Framing::UntilClose;
     let mut close = response.version == Some(0);
+    let base = buf.as_ptr() as usize;
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    positions.clear();
     for h in response.headers.iter() {
+        positions.push((at(h.name.as_bytes()), at(h.value)));
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -207,6 +219,7 @@ impl Conn {
             out: Vec::with_capacity(512),
             buf: vec![0; 4096],
             filled: 0,
+            headers: Vec::with_capacity(MAX_HEADERS),
             chunked: Vec::new(),
         }
     }
@@ -267,6 +280,7 @@ impl Conn {
         Ok(Response {
             status: head.status,
             head: &self.buf[..head.len],
+            headers: &self.headers,
             body,
         })
     }
@@ -291,7 +305,7 @@ impl Conn {
         let mut head = None;
         loop {
             if head.is_none() {
-                head = parse_head(&self.buf[..self.filled], is_head)?;
+                head = parse_head(&self.buf[..self.filled], is_head, &mut self.headers)?;
             }
             let mut eof = false;
             if let Some(h) = head {
@@ -363,9 +377,14 @@ mod tests {
 
     #[test]
     fn heads() {
-        let h = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", false)
-            .unwrap()
-            .unwrap();
+        let mut positions = Vec::new();
+        let h = parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            false,
+            &mut positions,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             h,
             Head {
@@ -376,18 +395,19 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", false).unwrap(),
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", false, &mut positions).unwrap(),
             None
         );
         let h = parse_head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
             false,
+            &mut positions,
         )
         .unwrap()
         .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
         assert!(h.close);
-        let h = parse_head(b"HTTP/1.0 200 OK\r\n\r\n", false)
+        let h = parse_head(b"HTTP/1.0 200 OK\r\n\r\n", false, &mut positions)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::UntilClose);
@@ -395,17 +415,29 @@ mod tests {
         let h = parse_head(
             b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\n\r\n",
             false,
+            &mut positions,
         )
         .unwrap()
         .unwrap();
         assert_eq!(h.framing, Framing::Length(0));
         assert!(!h.close);
-        let h = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
-            .unwrap()
-            .unwrap();
+        let h = parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            true,
+            &mut positions,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.framing, Framing::Length(0));
-        assert!(parse_head(b"garbage\r\n\r\n", false).is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).is_err());
+        assert!(parse_head(b"garbage\r\n\r\n", false, &mut positions).is_err());
+        assert!(
+            parse_head(
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                false,
+                &mut positions
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -434,13 +466,99 @@ mod tests {
     #[test]
     fn response_headers() {
         let head = b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nx: y\r\nset-cookie: b=2\r\n\r\n";
+        let mut positions = Vec::new();
+        parse_head(head, false, &mut positions).unwrap().unwrap();
+        assert_eq!(positions.len(), 3);
         let r = Response {
             status: 200,
             head,
+            headers: &positions,
             body: b"",
         };
         assert!(r.is_success());
-        assert_eq!(r.headers("set-cookie"), vec![&b"a=1"[..], &b"b=2"[..]]);
-        assert!(r.headers("cookie").is_empty());
+        assert_eq!(
+            r.headers("set-cookie").collect::<Vec<_>>(),
+            vec![&b"a=1"[..], &b"b=2"[..]]
+        );
+        assert_eq!(r.headers("x").collect::<Vec<_>>(), vec![&b"y"[..]]);
+        assert_eq!(r.headers("cookie").count(), 0);
+    }
+
+    /// A keep-alive server on a local socket: a sized answer, a chunked one, then it closes
+    /// the idle connection and the client opens a new one.
+    #[tokio::test]
+    async fn talks_to_a_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            async fn request(s: &mut TcpStream) -> String {
+                let mut req = Vec::new();
+                while !req.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).await.unwrap();
+                    req.push(b[0]);
+                }
+                let req = String::from_utf8(req).unwrap();
+                if let Some(len) = req.split("content-length: ").nth(1) {
+                    let len: usize = len.split("\r\n").next().unwrap().parse().unwrap();
+                    let mut body = vec![0u8; len];
+                    s.read_exact(&mut body).await.unwrap();
+                    return req + &String::from_utf8(body).unwrap();
+                }
+                req
+            }
+            let (mut s, _) = listener.accept().await.unwrap();
+            let req = request(&mut s).await;
+            assert!(
+                req.starts_with("POST /socket/u42 HTTP/1.1\r\nhost: 127.0.0.1:"),
+                "{req}"
+            );
+            assert!(
+                req.contains("\r\nx-a: 1\r\ncontent-length: 5\r\n\r\nhello"),
+                "{req}"
+            );
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nset-cookie: id=7; Path=/\r\ncontent-length: 2\r\n\r\nok",
+            )
+            .await
+            .unwrap();
+            let req = request(&mut s).await;
+            assert!(req.starts_with("GET /x HTTP/1.1\r\n"), "{req}");
+            assert!(!req.contains("content-length"), "{req}");
+            // The chunked answer arrives in two pieces.
+            s.write_all(b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nno")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.write_all(b"!\r\n0\r\n\r\n").await.unwrap();
+            drop(s);
+            let (mut s, _) = listener.accept().await.unwrap();
+            request(&mut s).await;
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let mut conn = Conn::new(addr);
+        conn.start("POST", |p| {
+            p.extend_from_slice(b"/socket/u");
+            push_u64(p, 42);
+        })
+        .header("x-a", b"1");
+        let r = conn.send(b"hello").await.unwrap();
+        assert_eq!((r.status, r.body), (200, &b"ok"[..]));
+        assert_eq!(
+            r.headers("Set-Cookie").collect::<Vec<_>>(),
+            vec![&b"id=7; Path=/"[..]]
+        );
+        conn.start("GET", |p| p.extend_from_slice(b"/x"));
+        let r = conn.send(b"").await.unwrap();
+        assert!(!r.is_success());
+        assert_eq!((r.status, r.body), (404, &b"no!"[..]));
+        // The server closed the connection while it idled: a new one is opened.
+        tokio::time::sleep(STALE_AFTER + Duration::from_millis(50)).await;
+        conn.start("GET", |p| p.extend_from_slice(b"/y"));
+        let r = conn.send(b"").await.unwrap();
+        assert_eq!((r.status, r.body), (204, &b""[..]));
+        server.await.unwrap();
     }
 }

@@ -83,19 +83,22 @@ impl Payload {
 
 /// A decimal field ended by a space or by the end of `rest`; `rest` moves past the space.
 fn field(rest: &mut &[u8]) -> Option<u64> {
-    let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-    let (digits, after) = rest.split_at(end);
-    if digits.is_empty() {
-        return None;
-    }
     let mut n: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
+    let mut len = 0;
+    for &b in rest.iter() {
+        if b == b' ' {
+            break;
+        }
+        if !b.is_ascii_digit() {
             return None;
         }
-        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        len += 1;
     }
-    *rest = after.get(1..).unwrap_or(&[]);
+    if len == 0 {
+        return None;
+    }
+    *rest = rest.get(len + 1..).unwrap_or(&[]);
     Some(n)
 }
 

@@ -165,9 +165,9 @@ impl Vu {
                 continue;
             };
             if value.is_empty() {
-                changed |= self.cookies.remove(&name).is_some();
-            } else if self.cookies.get(&name) != Some(&value) {
-                self.cookies.insert(name, value);
+                changed |= self.cookies.remove(name).is_some();
+            } else if self.cookies.get(name).map(String::as_str) != Some(value) {
+                self.cookies.insert(name.to_owned(), value.to_owned());
                 changed = true;
             }
         }
@@ -188,13 +188,10 @@ impl Vu {
 }
 
 /// `name=value` of a Set-Cookie header.
-pub(crate) fn parse_set_cookie(header: &str) -> Option<(String, String)> {
+pub(crate) fn parse_set_cookie(header: &str) -> Option<(&str, &str)> {
     let pair = header.split(';').next()?.trim();
     let (name, value) = pair.split_once('=')?;
-    Some((
-        name.trim().to_owned(),
-        value.trim().trim_matches('"').to_owned(),
-    ))
+    Some((name.trim(), value.trim().trim_matches('"')))
 }
 
 /// The Cookie header for a set of cookies.
@@ -358,11 +355,11 @@ mod tests {
     fn cookies() {
         assert_eq!(
             parse_set_cookie("id=abc123; Path=/; HttpOnly; SameSite=Lax"),
-            Some(("id".into(), "abc123".into()))
+            Some(("id", "abc123"))
         );
         assert_eq!(
             parse_set_cookie("connect.sid=s%3Axyz.sig; Path=/"),
-            Some(("connect.sid".into(), "s%3Axyz.sig".into()))
+            Some(("connect.sid", "s%3Axyz.sig"))
         );
         assert_eq!(parse_set_cookie("garbage"), None);
         let jar = BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);

@@ -102,8 +102,14 @@ fn parse_frame_head(buf: &[u8]) -> anyhow::Result<Option<FrameHead>> {
 }
 
 fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= key[i % 4];
+    let word = u32::from_ne_bytes(key);
+    let mut chunks = data.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let masked = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&masked.to_ne_bytes());
+    }
+    for (b, k) in chunks.into_remainder().iter_mut().zip(key) {
+        *b ^= k;
     }
 }
 
@@ -386,6 +392,22 @@ mod tests {
             .unwrap();
         assert_eq!(h.mask, Some([1, 2, 3, 4]));
         assert_eq!(h.header, 6);
+    }
+
+    #[test]
+    fn masks_like_the_rfc() {
+        for len in 0..20 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37) as u8).collect();
+            let key = [0x37, 0xfa, 0x21, 0x3d];
+            let mut masked = data.clone();
+            apply_mask(&mut masked, key);
+            let expected: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            assert_eq!(masked, expected);
+        }
     }
 
     #[test]
