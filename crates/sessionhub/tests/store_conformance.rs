@@ -169,6 +169,7 @@ mod checks {
                 "": "empty name",
                 "a:b {x} m:v": "name with separators",
                 "ünï": "çødé ✓",
+                "quote\"back\\slash/": "\u{0}\u{1f}\"\\/\u{7f}\u{2028}",
             }),
         )
         .await;
@@ -1557,19 +1558,24 @@ mod redis_only {
 
             // Unknown meta fields are room for compatible additions.
             let id = SessionId::generate();
-            let fields: &[(&str, &str)] = &[
-                ("m:v", "1"),
-                ("m:created", "7"),
-                ("m:future", "x"),
-                ("a:k", "\"v\""),
+            // Whatever bytes they hold: scripts answer with the hash as JSON text (see
+            // `decode_json_reply`), which must carry bytes that are not UTF-8 through.
+            let fields: &[(&[u8], &[u8])] = &[
+                (b"m:v", b"1"),
+                (b"m:created", b"7"),
+                (b"m:future", b"x"),
+                (b"m:binary", b"\xff\x00\"\\/\n"),
+                (b"a:k", b"\"v\""),
             ];
             let () = raw.hset_multiple(key(&id), fields).await.unwrap();
+            let expected = Record {
+                attributes: attrs(json!({"k": "v"})),
+                created_ms: 7,
+            };
+            assert_eq!(load(&store, &id).await, Some(expected.clone()));
             assert_eq!(
-                load(&store, &id).await,
-                Some(Record {
-                    attributes: attrs(json!({"k": "v"})),
-                    created_ms: 7
-                })
+                store.update_and_load(&id, &[], TTL, None).await.unwrap(),
+                Some((expected, vec![]))
             );
         })
         .await
