@@ -1,8 +1,10 @@
 //! A store wrapper that records metrics for every operation.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use metrics::{Counter, Histogram};
 
 use super::{Change, Record, SessionStore, Updated};
 use crate::error::StoreError;
@@ -12,36 +14,98 @@ use crate::session::SessionId;
 /// `sessionhub_session_reads_total`, `sessionhub_session_writes_total`,
 /// `sessionhub_session_creates_total`, `sessionhub_session_invalidations_total`,
 /// `sessionhub_store_duration_seconds{op}` and `sessionhub_store_errors_total{op}`.
+///
+/// Each metric is registered with the recorder installed at its first use and kept (looking
+/// it up on every call cost some 4 % of a request's instructions), so install the recorder
+/// before the first store operation.
 pub struct Instrumented<S> {
     inner: S,
+    kinds: [OnceLock<Counter>; KINDS.len()],
+    durations: [OnceLock<Histogram>; OPS.len()],
+    errors: [OnceLock<Counter>; OPS.len()],
 }
+
+/// The counters of operations by kind.
+const KINDS: [&str; 4] = [
+    "sessionhub_session_reads_total",
+    "sessionhub_session_writes_total",
+    "sessionhub_session_creates_total",
+    "sessionhub_session_invalidations_total",
+];
+const READS: usize = 0;
+const WRITES: usize = 1;
+const CREATES: usize = 2;
+const INVALIDATIONS: usize = 3;
+
+/// The `op` label of each operation, indexed by the constants below.
+const OPS: [&str; 11] = [
+    "load",
+    "create",
+    "update",
+    "update_and_load",
+    "rotate",
+    "delete",
+    "expires_in",
+    "index_add",
+    "index_remove",
+    "index_list",
+    "persist",
+];
+const LOAD: usize = 0;
+const CREATE: usize = 1;
+const UPDATE: usize = 2;
+const UPDATE_AND_LOAD: usize = 3;
+const ROTATE: usize = 4;
+const DELETE: usize = 5;
+const EXPIRES_IN: usize = 6;
+const INDEX_ADD: usize = 7;
+const INDEX_REMOVE: usize = 8;
+const INDEX_LIST: usize = 9;
+const PERSIST: usize = 10;
 
 impl<S> Instrumented<S> {
     /// Records metrics for `inner`.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            kinds: Default::default(),
+            durations: Default::default(),
+            errors: Default::default(),
+        }
     }
-}
 
-async fn timed<T>(
-    op: &'static str,
-    work: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let started = Instant::now();
-    let result = work.await;
-    metrics::histogram!("sessionhub_store_duration_seconds", "op" => op)
-        .record(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        metrics::counter!("sessionhub_store_errors_total", "op" => op).increment(1);
+    fn count(&self, kind: usize) {
+        self.kinds[kind]
+            .get_or_init(|| metrics::counter!(KINDS[kind]))
+            .increment(1);
     }
-    result
+
+    async fn timed<T>(
+        &self,
+        op: usize,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = work.await;
+        self.durations[op]
+            .get_or_init(
+                || metrics::histogram!("sessionhub_store_duration_seconds", "op" => OPS[op]),
+            )
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.errors[op]
+                .get_or_init(|| metrics::counter!("sessionhub_store_errors_total", "op" => OPS[op]))
+                .increment(1);
+        }
+        result
+    }
 }
 
 #[async_trait]
 impl<S: SessionStore> SessionStore for Instrumented<S> {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
-        metrics::counter!("sessionhub_session_reads_total").increment(1);
-        timed("load", self.inner.load(id, ttl)).await
+        self.count(READS);
+        self.timed(LOAD, self.inner.load(id, ttl)).await
     }
 
     async fn create(
@@ -50,8 +114,8 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         record: &Record,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        metrics::counter!("sessionhub_session_creates_total").increment(1);
-        timed("create", self.inner.create(id, record, ttl)).await
+        self.count(CREATES);
+        self.timed(CREATE, self.inner.create(id, record, ttl)).await
     }
 
     async fn update(
@@ -60,8 +124,9 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         changes: &[(String, Change)],
         ttl: Duration,
     ) -> Result<Updated, StoreError> {
-        metrics::counter!("sessionhub_session_writes_total").increment(1);
-        timed("update", self.inner.update(id, changes, ttl)).await
+        self.count(WRITES);
+        self.timed(UPDATE, self.inner.update(id, changes, ttl))
+            .await
     }
 
     async fn update_and_load(
@@ -72,10 +137,10 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         lifetime: Option<Duration>,
     ) -> Result<Option<(Record, Vec<i64>)>, StoreError> {
         // A read and a write, in one step.
-        metrics::counter!("sessionhub_session_reads_total").increment(1);
-        metrics::counter!("sessionhub_session_writes_total").increment(1);
-        timed(
-            "update_and_load",
+        self.count(READS);
+        self.count(WRITES);
+        self.timed(
+            UPDATE_AND_LOAD,
             self.inner.update_and_load(id, changes, ttl, lifetime),
         )
         .await
@@ -88,17 +153,18 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         changes: &[(String, Change)],
         ttl: Duration,
     ) -> Result<Updated, StoreError> {
-        metrics::counter!("sessionhub_session_writes_total").increment(1);
-        timed("rotate", self.inner.rotate(old, new, changes, ttl)).await
+        self.count(WRITES);
+        self.timed(ROTATE, self.inner.rotate(old, new, changes, ttl))
+            .await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        metrics::counter!("sessionhub_session_invalidations_total").increment(1);
-        timed("delete", self.inner.delete(id)).await
+        self.count(INVALIDATIONS);
+        self.timed(DELETE, self.inner.delete(id)).await
     }
 
     async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError> {
-        timed("expires_in", self.inner.expires_in(id)).await
+        self.timed(EXPIRES_IN, self.inner.expires_in(id)).await
     }
 
     async fn index_add(
@@ -107,19 +173,22 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         id: &SessionId,
         keep: Duration,
     ) -> Result<(), StoreError> {
-        timed("index_add", self.inner.index_add(principal, id, keep)).await
+        self.timed(INDEX_ADD, self.inner.index_add(principal, id, keep))
+            .await
     }
 
     async fn index_remove(&self, principal: &str, id: &SessionId) -> Result<(), StoreError> {
-        timed("index_remove", self.inner.index_remove(principal, id)).await
+        self.timed(INDEX_REMOVE, self.inner.index_remove(principal, id))
+            .await
     }
 
     async fn index_list(&self, principal: &str) -> Result<Vec<SessionId>, StoreError> {
-        timed("index_list", self.inner.index_list(principal)).await
+        self.timed(INDEX_LIST, self.inner.index_list(principal))
+            .await
     }
 
     async fn persist(&self) -> Result<(), StoreError> {
-        timed("persist", self.inner.persist()).await
+        self.timed(PERSIST, self.inner.persist()).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
