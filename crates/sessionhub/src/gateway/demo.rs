@@ -4,16 +4,18 @@
 use axum::Form;
 use axum::Router;
 use axum::extract::rejection::FormRejection;
-use axum::response::Json;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Map;
 
 use super::Gateway;
 use crate::error::ApiError;
 use crate::protocol::{InvalidUserId, UserId};
 use crate::session::Session;
-use crate::store::now_ms;
+use crate::store::{Attributes, now_ms};
 
 pub(crate) fn routes() -> Router<Gateway> {
     Router::new()
@@ -38,7 +40,7 @@ struct LoginQuery {
 async fn login(
     session: Session,
     form: Result<Form<LoginQuery>, FormRejection>,
-) -> Result<Json<Map<String, Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     // Form reads the query string of a GET and the urlencoded body of a POST.
     let username = form
         .ok()
@@ -55,16 +57,16 @@ async fn login(
 }
 
 /// Bumps `count` atomically, answers every attribute.
-async fn get_session(session: Session) -> Result<Json<Map<String, Value>>, ApiError> {
+async fn get_session(session: Session) -> Result<Response, ApiError> {
     session.incr("count", 1).await?;
     describe(&session).await
 }
 
 /// Answers every attribute like `/get-session` and changes nothing (but the expiry, which
 /// every use slides): one load. `{}` without a session; none is created.
-async fn read_session(session: Session) -> Result<Json<Map<String, Value>>, ApiError> {
+async fn read_session(session: Session) -> Result<Response, ApiError> {
     if !session.exists().await? {
-        return Ok(Json(Map::new()));
+        return Ok(Json(Map::new()).into_response());
     }
     describe(&session).await
 }
@@ -75,10 +77,84 @@ async fn invalidate(session: Session) -> Result<Json<u8>, ApiError> {
     Ok(Json(1))
 }
 
-async fn describe(session: &Session) -> Result<Json<Map<String, Value>>, ApiError> {
-    let mut body = session.attributes().await?;
-    // sessionhub's own bookkeeping is not part of the demo's answer.
-    body.retain(|name, _| !name.starts_with("sessionhub."));
-    body.insert("sessionId".into(), session.id().await?.as_str().into());
-    Ok(Json(body))
+async fn describe(session: &Session) -> Result<Response, ApiError> {
+    let id = session.id().await?;
+    let body = session
+        .with_attributes(|attributes| {
+            serde_json::to_vec(&Described {
+                attributes,
+                id: id.as_str(),
+            })
+        })
+        .await?
+        .expect("JSON values and strings serialize");
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The demo's answer: every attribute but sessionhub's own bookkeeping (`sessionhub.*`), and
+/// `sessionId`, in key order, as a `Map` holding them all would serialize. Written straight
+/// from the session, without copying its attributes into a map first.
+struct Described<'a> {
+    attributes: &'a Attributes,
+    id: &'a str,
+}
+
+impl Serialize for Described<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const ID: &str = "sessionId";
+        let mut map = serializer.serialize_map(None)?;
+        let mut id = Some(self.id);
+        for (name, value) in self.attributes {
+            if name.starts_with("sessionhub.") {
+                continue;
+            }
+            if name.as_str() >= ID
+                && let Some(id) = id.take()
+            {
+                map.serialize_entry(ID, id)?;
+            }
+            // An attribute of that name is shadowed by the id.
+            if name != ID {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        if let Some(id) = id {
+            map.serialize_entry(ID, id)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The answer as `describe` built it before it wrote it straight from the session.
+    fn with_a_map(attributes: &Attributes, id: &str) -> String {
+        let mut body = attributes.clone();
+        body.retain(|name, _| !name.starts_with("sessionhub."));
+        body.insert("sessionId".into(), id.into());
+        serde_json::to_string(&body).unwrap()
+    }
+
+    #[test]
+    fn the_answer_is_what_a_map_of_it_would_be() {
+        let cases = [
+            json!({}),
+            json!({"count": 1, "username": "alice"}),
+            json!({"sessionhub.principal": "alice", "sessionhub.indexed": 1, "count": 2}),
+            json!({"a": [1, {"b": null}], "sessionId": "shadowed", "sessionI": 1, "sessionIe": 2}),
+            json!({"z": "\"quoted\" \u{0} ✓", "SESSIONID": true, "sessionhub.": 0}),
+        ];
+        for case in cases {
+            let attributes = case.as_object().unwrap();
+            let described = serde_json::to_string(&Described {
+                attributes,
+                id: "k3Xo",
+            })
+            .unwrap();
+            assert_eq!(described, with_a_map(attributes, "k3Xo"), "{case}");
+        }
+    }
 }

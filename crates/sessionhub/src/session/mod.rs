@@ -181,6 +181,16 @@ impl Session {
         Ok(self.loaded().await?.record.attributes.clone())
     }
 
+    /// Calls `f` with every attribute, by reference: what [`attributes`](Self::attributes)
+    /// returns, without copying it (e.g. to serialize them). The session is locked while `f`
+    /// runs.
+    pub async fn with_attributes<T>(
+        &self,
+        f: impl FnOnce(&Attributes) -> T,
+    ) -> Result<T, StoreError> {
+        Ok(f(&self.loaded().await?.record.attributes))
+    }
+
     /// Sets an attribute; written when the handler returns.
     ///
     /// # Panics
