@@ -64,7 +64,7 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_NODE_ID")]
     pub(crate) node_id: Option<String>,
 
-    /// Do not serve the session demo (/login, /get-session, /invalidate).
+    /// Do not serve the session demo (/login, /get-session, /read-session, /invalidate).
     #[arg(long, env = "SESSIONHUB_NO_DEMO", value_parser = BoolishValueParser::new())]
     pub(crate) no_demo: bool,
 
