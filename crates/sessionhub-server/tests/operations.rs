@@ -67,7 +67,7 @@ async fn metrics_count_connections_messages_sessions_and_errors() {
         Some(1.0)
     );
     assert_eq!(sample(&text, "sessionhub_broker_up"), Some(1.0));
-    // /get-session writes before it reads: one update_and_load (/login writes after reading).
+    // /get-session writes before it reads: one update_and_load (/login loads, then updates).
     assert!(text.contains("sessionhub_store_duration_seconds_bucket{op=\"update_and_load\""));
 }
 
