@@ -474,6 +474,8 @@ struct Commands {
     /// Held while a connection is being opened, so that a burst of commands after an
     /// outage opens one connection, not one each.
     opening: Arc<tokio::sync::Mutex<()>>,
+    /// Links opened so far: the next one's generation.
+    opened: Arc<AtomicU64>,
 }
 
 /// One command connection and what it learned when it opened.
@@ -494,6 +496,7 @@ impl Commands {
             client,
             current: Arc::new(Mutex::new(None)),
             opening: Arc::new(tokio::sync::Mutex::new(())),
+            opened: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -510,13 +513,9 @@ impl Commands {
         if let Some(link) = self.current() {
             return Ok(link);
         }
-        let generation = self
-            .current
-            .lock()
-            .expect("never poisoned")
-            .as_ref()
-            .map_or(0, |l| l.generation)
-            + 1;
+        // Counted apart from `current`, which is empty after a failure: a late error from
+        // the old link must not be taken for one of its replacement.
+        let generation = self.opened.fetch_add(1, Ordering::Relaxed);
         let link = self.open(generation).await?;
         *self.current.lock().expect("never poisoned") = Some(link.clone());
         Ok(link)

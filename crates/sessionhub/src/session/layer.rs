@@ -203,7 +203,7 @@ mod tests {
             format!("SESSIONS={id}"),
             format!("SESSION={id}=x"),
             format!("SESSION=={id}"),
-            format!("{id}"),
+            id.to_string(),
             "SESSION=".to_owned(),
             ";;".to_owned(),
             String::new(),
