@@ -29,6 +29,9 @@ use crate::session::{SessionEvents, SessionId};
 /// Messages that may wait for one connection before it counts as a slow consumer.
 const OUTBOUND_QUEUE: usize = 256;
 
+/// Queue capacity a drained outbound queue keeps, so steady traffic does not reallocate.
+const OUTBOX_KEPT: usize = 16;
+
 /// Prefix of the control channel of each session's sockets.
 const SESSION_CHANNEL_PREFIX: &str = "session:";
 
@@ -145,8 +148,16 @@ impl Outbox {
     /// The next item. Cancel-safe: an item leaves the queue only when it is returned.
     async fn pop(&self) -> Outbound {
         loop {
-            if let Some(item) = self.queue.lock().unwrap().pop_front() {
-                return item;
+            {
+                let mut queue = self.queue.lock().unwrap();
+                if let Some(item) = queue.pop_front() {
+                    // A burst leaves its capacity behind; give it back once drained, so that
+                    // a socket that was busy once does not keep it while it idles.
+                    if queue.is_empty() && queue.capacity() > OUTBOX_KEPT {
+                        queue.shrink_to(OUTBOX_KEPT);
+                    }
+                    return item;
+                }
             }
             self.ready.notified().await;
         }
@@ -452,5 +463,77 @@ impl Drop for Connection {
             }
         }
         registry.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::{OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Outbox};
+
+    fn code(item: Outbound) -> u16 {
+        match item {
+            Outbound::Close(code, _) => code,
+            _ => panic!("not a numbered close"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_is_bounded_and_keeps_order() {
+        let outbox = Outbox::default();
+        for n in 0..OUTBOUND_QUEUE {
+            assert!(outbox.push(Outbound::Close(n as u16, "")));
+        }
+        assert!(!outbox.push(Outbound::Resync), "full: a slow consumer");
+        for n in 0..OUTBOUND_QUEUE {
+            assert_eq!(code(outbox.pop().await), n as u16);
+        }
+        assert!(
+            outbox.push(Outbound::Close(7, "")),
+            "room again once drained"
+        );
+        assert_eq!(code(outbox.pop().await), 7);
+    }
+
+    #[tokio::test]
+    async fn a_drained_outbox_gives_back_its_burst() {
+        let outbox = Outbox::default();
+        assert_eq!(
+            outbox.queue.lock().unwrap().capacity(),
+            0,
+            "nothing until used"
+        );
+        for n in 0..200 {
+            outbox.push(Outbound::Close(n, ""));
+        }
+        assert!(outbox.queue.lock().unwrap().capacity() >= 200);
+        for _ in 0..200 {
+            outbox.pop().await;
+        }
+        assert!(outbox.queue.lock().unwrap().capacity() <= OUTBOX_KEPT);
+    }
+
+    #[tokio::test]
+    async fn pop_waits_for_a_push_and_loses_nothing_when_cancelled() {
+        let outbox = std::sync::Arc::new(Outbox::default());
+        // Cancelled while waiting (as a select! branch is): nothing is taken.
+        assert!(
+            timeout(Duration::from_millis(20), outbox.pop())
+                .await
+                .is_err()
+        );
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { code(outbox.pop().await) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox.push(Outbound::Close(1, ""));
+        outbox.push(Outbound::Close(2, ""));
+        let first = timeout(Duration::from_secs(2), waiting).await;
+        assert_eq!(first.expect("woken by the push").unwrap(), 1);
+        assert_eq!(code(outbox.pop().await), 2, "the second is still there");
     }
 }

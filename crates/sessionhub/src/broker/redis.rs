@@ -572,7 +572,14 @@ impl Commands {
             Err(e) if e.code().is_some() => false,
             Err(e) => return Err(e),
         };
-        if !durable {
+        if !durable && run_id.is_empty() {
+            // Some Redis-compatible servers leave it out; nothing then tells a restart.
+            tracing::warn!(
+                "redis broker: redis may lose writes on a restart and INFO names no run_id: \
+                 history epochs cannot be bound to the redis process, so a restart that loses \
+                 writes may let recovering clients skip publications"
+            );
+        } else if !durable {
             tracing::debug!(
                 run_id,
                 "redis broker: redis may lose writes on a restart; epochs are bound to its run_id"
