@@ -192,19 +192,6 @@ async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
     }
 }
 
-fn commandstats(redis: &sessionhub_testkit::RedisServer) -> std::collections::HashMap<String, u64> {
-    redis
-        .info("commandstats")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn redis_down_means_503_and_delivery_resumes_within_2s_of_its_return() {
     let (mut redis, nodes) = cluster(3);

@@ -128,6 +128,69 @@ async fn session_expiry_closes_its_sockets() {
     );
 }
 
+/// The absolute lifetime (`--session-max-lifetime`) ends a session however busy it is, and
+/// its sockets with it: HTTP use slides the idle timeout, never the lifetime.
+#[tokio::test]
+async fn the_absolute_lifetime_closes_sockets_of_a_busy_session() {
+    let (_redis, nodes) = session_cluster(&["--session-max-lifetime", "2"]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let logged_in = Instant::now();
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    // Keep it busy over HTTP meanwhile (on the other node), as a user clicking around would.
+    let busy = {
+        let base = nodes[0].http();
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            for _ in 0..12 {
+                get(&http(), &base, "/get-session", Some(&alice)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let close = next_close(&mut ws, Duration::from_secs(4))
+        .await
+        .expect("closed when the lifetime ends");
+    assert_eq!(u16::from(close.code), 4002);
+    let elapsed = logged_in.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(3000),
+        "closed {elapsed:?} after login, lifetime 2 s"
+    );
+    busy.abort();
+    // And no new socket on the outlived session, even before anything deleted it.
+    let refused = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .err();
+    assert_eq!(refused, Some((401, "not_logged_in".into())));
+}
+
+/// Admitting a session socket reads the session once (the load that also slides its expiry)
+/// and asks nothing more: when it ends is known from that load.
+#[tokio::test]
+async fn a_session_socket_costs_one_session_read_to_open() {
+    let (redis, nodes) = session_cluster(&[]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    // Warm up: the first call of each script may load it.
+    connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    let before = commandstats(&redis);
+    let (_ws, greeting) = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    assert_eq!(greeting["node"], "node-1");
+    // The greeting goes out first; anything asked after it has had time to be asked.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = commandstats(&redis);
+    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    assert_eq!(delta("hgetall"), 1, "the session is loaded once");
+    assert_eq!(delta("pttl"), 0, "and its expiry is not asked for");
+}
+
 #[tokio::test]
 async fn logging_in_again_rotates_and_closes_sockets_bound_to_the_old_id() {
     let (_redis, nodes) = session_cluster(&[]);

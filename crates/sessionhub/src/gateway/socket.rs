@@ -63,13 +63,20 @@ const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Slack after a session's expected expiry before checking it, so the store has expired it.
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+/// The next look at credentials that nothing can end.
+const FAR: Duration = Duration::from_secs(86_400);
 
 /// What ends the connection's right to stay open, besides the client.
 pub(crate) enum Credentials {
     /// Open mode: nothing.
     None,
     /// The HTTP session it was opened with: closed when that ends.
-    Session(SessionId),
+    Session {
+        id: SessionId,
+        /// When the session's absolute lifetime runs out, if it has one: HTTP use slides
+        /// the idle timeout, never this.
+        ends: Option<Instant>,
+    },
     /// A token: closed when it expires.
     Token {
         expires: Instant,
@@ -223,7 +230,21 @@ async fn authenticate(
                 .and_then(|p| p.as_str())
                 .and_then(|p| p.parse::<UserId>().ok())
                 .ok_or_else(not_logged_in)?;
-            (user, Credentials::Session(id))
+            // An outlived session is over even before a request gets to delete it.
+            let ends = match gateway.sessions.max_lifetime {
+                None => None,
+                Some(lifetime) => {
+                    let end_ms = record
+                        .created_ms
+                        .saturating_add(lifetime.as_millis() as u64);
+                    let left = end_ms
+                        .checked_sub(crate::store::now_ms())
+                        .filter(|&left| left > 0);
+                    let left = left.ok_or_else(not_logged_in)?;
+                    Some(Instant::now() + Duration::from_millis(left))
+                }
+            };
+            (user, Credentials::Session { id, ends })
         }
         WsAuth::Token => {
             let token = query_token.or_else(|| {
@@ -303,7 +324,7 @@ fn run(
             Protocol::Seed => connection.join(&user.channel()).await,
             Protocol::V1(_) => Ok(()),
         };
-        if let (Ok(()), Credentials::Session(id)) = (&joined, &credentials) {
+        if let (Ok(()), Credentials::Session { id, .. }) = (&joined, &credentials) {
             joined = connection.join(&session_channel(id)).await;
         }
         if let Err(e) = joined {
@@ -348,19 +369,39 @@ fn run(
     }
 }
 
-/// When to look at the credentials next; far away when nothing can end them.
-async fn next_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Instant {
-    let far = Instant::now() + Duration::from_secs(86_400);
+/// When to look at the credentials first, from what the connect learned: no round trip.
+fn first_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Instant {
     match credentials {
-        Credentials::None => far,
+        Credentials::None => Instant::now() + FAR,
         Credentials::Token { expires, .. } => *expires,
-        Credentials::Session(id) => match gateway.store.expires_in(id).await {
-            Ok(Some(left)) => Instant::now() + left + EXPIRY_SLACK,
-            // Gone: check again at once, which closes the socket.
-            Ok(None) => Instant::now(),
-            // The store is down: look again soon rather than close a socket on a blip.
-            Err(_) => Instant::now() + Duration::from_secs(1),
-        },
+        Credentials::Session { ends, .. } => {
+            // Loading the session to admit the socket slid its expiry to a whole idle timeout.
+            let idle = Instant::now() + gateway.sessions.idle_timeout + EXPIRY_SLACK;
+            ends.map_or(idle, |ends| ends.min(idle))
+        }
+    }
+}
+
+/// Looks at the credentials when their check is due: `None` if they ended, else when to
+/// look again.
+async fn check_credentials(credentials: &Credentials, gateway: &Gateway) -> Option<Instant> {
+    let now = Instant::now();
+    match credentials {
+        Credentials::None => Some(now + FAR),
+        // Checked only once its expiry has come.
+        Credentials::Token { .. } => None,
+        Credentials::Session { id, ends } => {
+            if ends.is_some_and(|ends| now >= ends) {
+                return None;
+            }
+            let next = match gateway.store.expires_in(id).await {
+                Ok(Some(left)) => now + left + EXPIRY_SLACK,
+                Ok(None) => return None,
+                // The store is down: look again soon rather than close a socket on a blip.
+                Err(_) => now + Duration::from_secs(1),
+            };
+            Some(ends.map_or(next, |ends| ends.min(next)))
+        }
     }
 }
 
@@ -392,7 +433,7 @@ async fn drive(
         .max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
-    let mut credentials_check = next_credentials_check(credentials, gateway).await;
+    let mut credentials_check = first_credentials_check(credentials, gateway);
     let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
@@ -405,13 +446,10 @@ async fn drive(
             () = slow.cancelled() => return close::SLOW_CONSUMER,
             () = sleep_until(idle_deadline) => return close::IDLE_TIMEOUT,
             () = sleep_until(credentials_check) => {
-                match credentials {
-                    Credentials::Token { .. } => return close::TOKEN_EXPIRED,
-                    Credentials::Session(id) => match gateway.store.expires_in(id).await {
-                        Ok(None) => return close::SESSION_ENDED,
-                        _ => credentials_check = next_credentials_check(credentials, gateway).await,
-                    },
-                    Credentials::None => credentials_check = next_credentials_check(credentials, gateway).await,
+                match check_credentials(credentials, gateway).await {
+                    Some(next) => credentials_check = next,
+                    None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,
+                    None => return close::SESSION_ENDED,
                 }
             }
             outbound = connection.recv() => {

@@ -388,13 +388,13 @@ fn publish(
 }
 
 fn is_session(credentials: &Credentials) -> bool {
-    matches!(credentials, Credentials::Session(_))
+    matches!(credentials, Credentials::Session { .. })
 }
 
 /// The session control channel is never left on a client's request.
 fn is_control(channel: &str, credentials: &Credentials) -> bool {
     match credentials {
-        Credentials::Session(id) => channel == crate::hub::session_channel(id),
+        Credentials::Session { id, .. } => channel == crate::hub::session_channel(id),
         _ => false,
     }
 }
