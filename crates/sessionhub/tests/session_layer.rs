@@ -12,7 +12,7 @@ use axum::extract::Path;
 use axum::routing::get;
 use serde_json::{Map, Value};
 use sessionhub::error::StoreError;
-use sessionhub::session::SessionId;
+use sessionhub::session::{SessionEvents, SessionId};
 use sessionhub::store::{Change, MemoryStore, Record, RedisStore, SessionStore, Updated};
 use sessionhub::{ApiError, Session, SessionConfig, SessionLayer};
 use sessionhub_testkit::RedisServer;
@@ -404,4 +404,70 @@ async fn two_nodes_on_one_redis_keep_every_write_and_every_logout() {
     b.get("/invalidate", Some(&id)).await;
     slow.await.unwrap();
     assert!(b.attributes(&id).await.is_empty(), "the logout was undone");
+}
+
+/// Records the sessions announced as ended.
+#[derive(Default)]
+struct Ended(std::sync::Mutex<Vec<String>>);
+
+#[async_trait]
+impl SessionEvents for Ended {
+    async fn ended(&self, id: &SessionId) {
+        self.0.lock().unwrap().push(id.as_str().to_owned());
+    }
+}
+
+/// A session found past its absolute lifetime is deleted and announced as ended, so that
+/// whatever is bound to it (sockets on every node) ends too, with a read and with a write.
+#[tokio::test]
+async fn an_outlived_session_is_announced_as_ended() {
+    let ended = Arc::new(Ended::default());
+    let config = SessionConfig {
+        max_lifetime: Some(Duration::from_millis(400)),
+        ..SessionConfig::default()
+    };
+    let router = Router::new()
+        .route("/set/{k}/{v}", get(set))
+        .route("/all", get(all))
+        .route("/incr-all", get(incr_all))
+        .layer(SessionLayer::new(MemoryStore::new(), config).with_events(ended.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let login = |path: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client.get(format!("{base}{path}")).send().await.unwrap();
+            response.headers()["x-auth-token"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let use_it = |path: &'static str, id: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .get(format!("{base}{path}"))
+                .header("x-auth-token", id)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+        }
+    };
+    let read = login("/set/a/1").await;
+    let written = login("/set/b/2").await;
+    // Used while young: a read slides the record's expiry a whole idle timeout, past the
+    // lifetime, so only the layer's lifetime check can end it (a session left alone expires
+    // in the store at its lifetime, unannounced, like any idle expiry).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    use_it("/all", read.clone()).await;
+    use_it("/all", written.clone()).await;
+    assert!(ended.0.lock().unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    use_it("/all", read.clone()).await;
+    use_it("/incr-all", written.clone()).await;
+    assert_eq!(*ended.0.lock().unwrap(), [read, written]);
 }

@@ -87,7 +87,8 @@ impl Default for SessionConfig {
 /// Told when a session ends, so that whatever is bound to it (sockets) can end too.
 #[async_trait]
 pub trait SessionEvents: Send + Sync + 'static {
-    /// Session `id` no longer exists: invalidated, rotated to a new id, or evicted.
+    /// Session `id` no longer exists: invalidated, rotated to a new id, evicted, or found
+    /// past its absolute lifetime (idle expiry is not announced: the store just forgets).
     async fn ended(&self, id: &SessionId);
 }
 
@@ -466,8 +467,9 @@ impl Session {
                     self.refresh_index(state, &id).await?;
                 }
                 found => {
-                    if found.is_some() {
-                        self.inner.store.delete(&id).await?;
+                    // Outlived: gone now, and whatever is bound to it (sockets) is told.
+                    if found.is_some() && self.inner.store.delete(&id).await? {
+                        self.announce_end(&id).await;
                     }
                     state.id = None;
                     // A new session, if anything is written: it starts with these changes.
@@ -504,8 +506,8 @@ impl Session {
                 Ok(values)
             }
             found => {
-                if found.is_some() {
-                    store.delete(id).await?;
+                if found.is_some() && store.delete(id).await? {
+                    self.announce_end(id).await;
                 }
                 state.id = None;
                 apply_changes(&mut state.record.attributes, &changes)
