@@ -191,6 +191,46 @@ async fn a_session_socket_costs_one_session_read_to_open() {
     assert_eq!(delta("pttl"), 0, "and its expiry is not asked for");
 }
 
+/// A socket whose client talks uses its session as HTTP requests would: the session does not
+/// idle out under it, and logging the user out everywhere still finds it (its entry in the
+/// per-user index is kept fresh too). A silent socket does not: see the test above.
+#[tokio::test]
+async fn a_talking_socket_keeps_its_session_alive() {
+    let (_redis, nodes) = session_cluster(&["--session-timeout", "2"]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
+        .await
+        .unwrap();
+    // Twice the idle timeout and then some, talking over the socket only (the index entry
+    // is kept 1.5 idle timeouts after its last refresh, so it would have lapsed too).
+    for n in 0..14 {
+        send_text(&mut ws, &format!("{{\"alice\":\"still here {n}\"}}")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, _, body) = get(&http(), &nodes[0].http(), "/read-session", Some(&alice)).await;
+    assert_eq!(
+        (status, &body["username"]),
+        (200, &json!("alice")),
+        "{body}"
+    );
+    let client = http();
+    let ended: Value = client
+        .post(format!("{}/api/users/alice/logout", nodes[0].http()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended, json!({"ended": 1}));
+    let close = next_close(&mut ws, Duration::from_secs(1))
+        .await
+        .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4002);
+}
+
 #[tokio::test]
 async fn logging_in_again_rotates_and_closes_sockets_bound_to_the_old_id() {
     let (_redis, nodes) = session_cluster(&[]);

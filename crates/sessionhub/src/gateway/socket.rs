@@ -405,6 +405,37 @@ async fn check_credentials(credentials: &Credentials, gateway: &Gateway) -> Opti
     }
 }
 
+/// Slides the socket's session as an HTTP request would (its expiry and its entry in the
+/// per-user index, so that logging the user out everywhere still finds it): `None` if the
+/// session is gone, else when to look at it next.
+async fn use_session(
+    id: &SessionId,
+    ends: Option<Instant>,
+    user: &UserId,
+    gateway: &Gateway,
+) -> Option<Instant> {
+    let idle = gateway.sessions.idle_timeout;
+    let store = &gateway.store;
+    match store.load(id, idle).await {
+        Ok(Some(_)) => {
+            if let Err(e) = store
+                .index_add(user.as_str(), id, crate::session::index_keep(idle))
+                .await
+            {
+                tracing::warn!(error = %e, "could not refresh a socket's session in the user index");
+            }
+        }
+        Ok(None) => return None,
+        Err(e) => {
+            // The store is down: look again soon, as the expiry check does.
+            tracing::warn!(error = %e, "could not slide a socket's session");
+            return Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    let next = Instant::now() + idle + EXPIRY_SLACK;
+    Some(ends.map_or(next, |ends| ends.min(next)))
+}
+
 /// Runs the connection until it ends; returns the close code to send (0: none, the client
 /// closed or vanished).
 async fn drive(
@@ -434,6 +465,8 @@ async fn drive(
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut idle_deadline = Instant::now() + config.idle_timeout;
     let mut credentials_check = first_credentials_check(credentials, gateway);
+    // Admitting the socket loaded its session, which slid the session's expiry.
+    let mut session_used = Instant::now();
     let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
@@ -491,6 +524,17 @@ async fn drive(
                 idle_deadline = Instant::now() + config.idle_timeout;
                 if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &inbound {
                     metrics::counter!("sessionhub_client_frames_total").increment(1);
+                    // A client that talks is using its session, as a request would: slide it
+                    // (at most every half idle timeout), or end if it is gone.
+                    if let Credentials::Session { id, ends } = credentials
+                        && session_used.elapsed() >= gateway.sessions.idle_timeout / 2
+                    {
+                        session_used = Instant::now();
+                        match use_session(id, *ends, user, gateway).await {
+                            Some(next) => credentials_check = next,
+                            None => return close::SESSION_ENDED,
+                        }
+                    }
                 }
                 let plan = match (inbound, &mut *protocol) {
                     (None | Some(Ok(Message::Close(_))), _) => return (0, "client closed"),

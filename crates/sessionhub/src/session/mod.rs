@@ -92,6 +92,12 @@ pub trait SessionEvents: Send + Sync + 'static {
     async fn ended(&self, id: &SessionId);
 }
 
+/// How long a per-user index entry must outlive its last refresh: a refresh happens at most
+/// every half idle timeout, and the session may then live a whole idle timeout more.
+pub(crate) fn index_keep(idle_timeout: Duration) -> Duration {
+    idle_timeout * 3 / 2
+}
+
 /// The session of the current request. Extract it in a handler; clones share state.
 #[derive(Clone)]
 pub struct Session {
@@ -352,10 +358,8 @@ impl Session {
         Ok(())
     }
 
-    /// How long an index entry must outlive its last refresh: a refresh happens at most
-    /// every half idle timeout, and the session may then live a whole idle timeout more.
     fn index_keep(&self) -> Duration {
-        self.inner.config.idle_timeout * 3 / 2
+        index_keep(self.inner.config.idle_timeout)
     }
 
     async fn announce_end(&self, id: &SessionId) {
