@@ -39,15 +39,18 @@ fn cookie(id: &str) -> String {
     format!("SESSION={id}")
 }
 
+/// Opens a socket at `url` with session `id` in the cookie.
+async fn connect_as(url: &str, id: &str) -> Result<(Ws, Value), (u16, String)> {
+    connect_with(url, &[("cookie", &cookie(id))]).await
+}
+
 #[tokio::test]
 async fn a_session_socket_is_only_for_the_logged_in_user() {
     let (_redis, nodes) = session_cluster(&[]);
     let alice = login(&nodes[0].http(), "alice").await;
     // Logged in on node 0, connects on node 1.
     let url = format!("{}/websocket/alice", nodes[1].ws());
-    let (_ws, greeting) = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    let (_ws, greeting) = connect_as(&url, &alice).await.unwrap();
     assert_eq!(greeting["node"], "node-1");
     // The header works for clients without cookies.
     connect_with(&url, &[("x-auth-token", &alice)])
@@ -55,9 +58,7 @@ async fn a_session_socket_is_only_for_the_logged_in_user() {
         .unwrap();
 
     let bob = format!("{}/websocket/bob", nodes[1].ws());
-    let refused = connect_with(&bob, &[("cookie", &cookie(&alice))])
-        .await
-        .err();
+    let refused = connect_as(&bob, &alice).await.err();
     assert_eq!(
         refused,
         Some((403, "forbidden".into())),
@@ -85,12 +86,7 @@ async fn logout_closes_the_users_sockets_on_every_node_within_a_second() {
     let mut sockets = Vec::new();
     for node in &nodes {
         let url = format!("{}/websocket/alice", node.ws());
-        sockets.push(
-            connect_with(&url, &[("cookie", &cookie(&alice))])
-                .await
-                .unwrap()
-                .0,
-        );
+        sockets.push(connect_as(&url, &alice).await.unwrap().0);
     }
     let started = Instant::now();
     get(&http(), &nodes[1].http(), "/invalidate", Some(&alice)).await;
@@ -102,9 +98,7 @@ async fn logout_closes_the_users_sockets_on_every_node_within_a_second() {
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     let url = format!("{}/websocket/alice", nodes[0].ws());
-    let refused = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .err();
+    let refused = connect_as(&url, &alice).await.err();
     assert_eq!(refused, Some((401, "not_logged_in".into())));
 }
 
@@ -113,9 +107,7 @@ async fn session_expiry_closes_its_sockets() {
     let (_redis, nodes) = session_cluster(&["--session-timeout", "2"]);
     let alice = login(&nodes[0].http(), "alice").await;
     let url = format!("{}/websocket/alice", nodes[1].ws());
-    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_as(&url, &alice).await.unwrap();
     let started = Instant::now();
     let close = next_close(&mut ws, Duration::from_secs(5))
         .await
@@ -136,9 +128,7 @@ async fn the_absolute_lifetime_closes_sockets_of_a_busy_session() {
     let alice = login(&nodes[0].http(), "alice").await;
     let logged_in = Instant::now();
     let url = format!("{}/websocket/alice", nodes[1].ws());
-    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_as(&url, &alice).await.unwrap();
     // Keep it busy over HTTP meanwhile (on the other node), as a user clicking around would.
     let busy = {
         let base = nodes[0].http();
@@ -161,9 +151,7 @@ async fn the_absolute_lifetime_closes_sockets_of_a_busy_session() {
     );
     busy.abort();
     // And no new socket on the outlived session, even before anything deleted it.
-    let refused = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .err();
+    let refused = connect_as(&url, &alice).await.err();
     assert_eq!(refused, Some((401, "not_logged_in".into())));
 }
 
@@ -175,13 +163,9 @@ async fn a_session_socket_costs_one_session_read_to_open() {
     let alice = login(&nodes[0].http(), "alice").await;
     let url = format!("{}/websocket/alice", nodes[1].ws());
     // Warm up: the first call of each script may load it.
-    connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    connect_as(&url, &alice).await.unwrap();
     let before = commandstats(&redis);
-    let (_ws, greeting) = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    let (_ws, greeting) = connect_as(&url, &alice).await.unwrap();
     assert_eq!(greeting["node"], "node-1");
     // The greeting goes out first; anything asked after it has had time to be asked.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -199,9 +183,7 @@ async fn a_talking_socket_keeps_its_session_alive() {
     let (_redis, nodes) = session_cluster(&["--session-timeout", "2"]);
     let alice = login(&nodes[0].http(), "alice").await;
     let url = format!("{}/websocket/alice", nodes[1].ws());
-    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_as(&url, &alice).await.unwrap();
     // Twice the idle timeout and then some, talking over the socket only (the index entry
     // is kept 1.5 idle timeouts after its last refresh, so it would have lapsed too).
     for n in 0..14 {
@@ -236,9 +218,7 @@ async fn logging_in_again_rotates_and_closes_sockets_bound_to_the_old_id() {
     let (_redis, nodes) = session_cluster(&[]);
     let alice = login(&nodes[0].http(), "alice").await;
     let url = format!("{}/websocket/alice", nodes[1].ws());
-    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&alice))])
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_as(&url, &alice).await.unwrap();
     let (_, rotated, _) = get(
         &http(),
         &nodes[0].http(),
@@ -267,12 +247,7 @@ async fn logout_everywhere_ends_every_session_of_a_user() {
     let mut sockets = Vec::new();
     for (node, id) in [(&nodes[0], &laptop), (&nodes[1], &phone)] {
         let url = format!("{}/websocket/carol", node.ws());
-        sockets.push(
-            connect_with(&url, &[("cookie", &cookie(id))])
-                .await
-                .unwrap()
-                .0,
-        );
+        sockets.push(connect_as(&url, id).await.unwrap().0);
     }
     let admin = |method: reqwest::Method, path: &str| {
         client
@@ -315,9 +290,7 @@ async fn a_per_user_session_limit_evicts_the_least_recently_used() {
     let client = http();
     let first = login(&nodes[0].http(), "erin").await;
     let url = format!("{}/websocket/erin", nodes[1].ws());
-    let (mut ws, _) = connect_with(&url, &[("cookie", &cookie(&first))])
-        .await
-        .unwrap();
+    let (mut ws, _) = connect_as(&url, &first).await.unwrap();
     let second = login(&nodes[1].http(), "erin").await;
     let third = login(&nodes[0].http(), "erin").await;
     let (_, _, body) = get(&client, &nodes[0].http(), "/get-session", Some(&first)).await;
