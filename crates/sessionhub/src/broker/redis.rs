@@ -242,19 +242,20 @@ end
 /// KEYS: meta, history stream, idempotency key (or "" for none).
 /// ARGV: data, size, ttl ms, meta ttl ms, idempotency window ms, pub/sub channel, new epoch,
 /// whether to keep history ("1"/"0"), the Redis `run_id` to bind the epoch to ("" for none).
-/// Returns {offset, epoch, nodes, duplicate}.
+/// Returns `<offset>:<epoch>:<nodes>:<duplicate 0/1>` as one string: redis-rs parses a RESP
+/// array at ~1 000 instructions an element, and this reply comes once per publish.
 const PUBLISH_SCRIPT: &str = concat!(
     epoch_lua!(),
     r#"
 if ARGV[8] == '0' then
   local nodes = redis.call('PUBLISH', ARGV[6], '0::' .. ARGV[1])
-  return {0, '', nodes, 0}
+  return '0::' .. nodes .. ':0'
 end
 local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[7], ARGV[9])
 if KEYS[3] ~= '' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
-    return {tonumber(seen), epoch, 0, 1}
+    return seen .. ':' .. epoch .. ':0:1'
   end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
@@ -267,7 +268,7 @@ if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], offset, 'PX', ARGV[5])
 end
 local nodes = redis.call('PUBLISH', ARGV[6], offset .. ':' .. epoch .. ':' .. ARGV[1])
-return {offset, epoch, nodes, 0}
+return offset .. ':' .. epoch .. ':' .. nodes .. ':0'
 "#
 );
 
@@ -346,31 +347,26 @@ impl Broker for RedisBroker {
         let (meta, history) = (names.key(channel, "meta"), names.key(channel, "history"));
         let redis_channel = names.redis(channel);
         let epoch = self.epochs.next();
-        let (offset, epoch, nodes, duplicate): (u64, String, usize, u8) =
-            run(&self.commands, "publish", retry, |mut link| {
-                let mut invocation = self.publish_script.prepare_invoke();
-                invocation
-                    .key(&meta)
-                    .key(&history)
-                    .key(&idempotency)
-                    .arg(data.as_str())
-                    .arg(self.history.size)
-                    .arg(self.history.ttl.as_millis() as u64)
-                    .arg(self.history.meta_ttl.as_millis() as u64)
-                    .arg(self.history.idempotency_window.as_millis() as u64)
-                    .arg(&redis_channel)
-                    .arg(&epoch)
-                    .arg(if options.history { "1" } else { "0" })
-                    .arg(&*link.bind);
-                async move { invocation.invoke_async(&mut link.connection).await }
-            })
-            .await?;
-        Ok(Receipt {
-            nodes,
-            connections: None,
-            offset,
-            epoch: epoch.into(),
-            duplicate: duplicate == 1,
+        let reply: String = run(&self.commands, "publish", retry, |mut link| {
+            let mut invocation = self.publish_script.prepare_invoke();
+            invocation
+                .key(&meta)
+                .key(&history)
+                .key(&idempotency)
+                .arg(data.as_str())
+                .arg(self.history.size)
+                .arg(self.history.ttl.as_millis() as u64)
+                .arg(self.history.meta_ttl.as_millis() as u64)
+                .arg(self.history.idempotency_window.as_millis() as u64)
+                .arg(&redis_channel)
+                .arg(&epoch)
+                .arg(if options.history { "1" } else { "0" })
+                .arg(&*link.bind);
+            async move { invocation.invoke_async(&mut link.connection).await }
+        })
+        .await?;
+        parse_receipt(&reply).ok_or_else(|| {
+            BrokerError::Unavailable(format!("redis publish: unexpected reply {reply:?}"))
         })
     }
 
@@ -1053,6 +1049,23 @@ impl Subscriber {
     }
 }
 
+/// Reads the publish script's `<offset>:<epoch>:<nodes>:<duplicate>`.
+fn parse_receipt(reply: &str) -> Option<Receipt> {
+    let mut parts = reply.split(':');
+    let receipt = Receipt {
+        offset: parts.next()?.parse().ok()?,
+        epoch: parts.next()?.into(),
+        nodes: parts.next()?.parse().ok()?,
+        connections: None,
+        duplicate: match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        },
+    };
+    parts.next().is_none().then_some(receipt)
+}
+
 /// Splits `<offset>:<epoch>:<data>` as the publish script sends it.
 fn parse_envelope(text: &str) -> Option<Publication> {
     let (offset, rest) = text.split_once(':')?;
@@ -1139,6 +1152,25 @@ mod tests {
         }
         backoff.reset();
         assert_eq!(backoff.next_delay(0.5), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn publish_replies_parse_whole_or_not_at_all() {
+        let receipt = parse_receipt("12:e1-3f:2:0").unwrap();
+        assert_eq!(
+            (
+                receipt.offset,
+                &*receipt.epoch,
+                receipt.nodes,
+                receipt.duplicate
+            ),
+            (12, "e1-3f", 2, false)
+        );
+        assert!(parse_receipt("4:e:0:1").unwrap().duplicate);
+        assert_eq!(&*parse_receipt("0::3:0").unwrap().epoch, "");
+        for bad in ["", "1:e:2", "1:e:2:0:9", "x:e:2:0", "1:e:-1:0", "1:e:2:2"] {
+            assert!(parse_receipt(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]
