@@ -210,21 +210,25 @@ impl App {
     }
 }
 
-async fn concurrent_writes_to_different_attributes_are_all_kept(app: App) {
-    let (id, _) = app.get("/set/seed/1", None).await;
-    let id = id.unwrap();
-    let app = Arc::new(app);
-    let tasks: Vec<_> = (0..50)
+/// Sets `k{i}` to `v{i}` for `i` in `0..count` on session `id`, all at once, through the
+/// `writers` in turn; then checks through `reader` that every one of them was kept.
+async fn every_concurrent_write_is_kept(
+    writers: &[Arc<App>],
+    reader: &App,
+    id: &str,
+    count: usize,
+) {
+    let tasks: Vec<_> = (0..count)
         .map(|i| {
-            let (app, id) = (app.clone(), id.clone());
-            tokio::spawn(async move { app.get(&format!("/set/k{i}/v{i}"), Some(&id)).await })
+            let (node, id) = (writers[i % writers.len()].clone(), id.to_owned());
+            tokio::spawn(async move { node.get(&format!("/set/k{i}/v{i}"), Some(&id)).await })
         })
         .collect();
     for task in tasks {
         task.await.unwrap();
     }
-    let attributes = app.attributes(&id).await;
-    for i in 0..50 {
+    let attributes = reader.attributes(id).await;
+    for i in 0..count {
         assert_eq!(
             attributes[&format!("k{i}")],
             format!("v{i}"),
@@ -233,52 +237,68 @@ async fn concurrent_writes_to_different_attributes_are_all_kept(app: App) {
     }
 }
 
-async fn a_write_that_started_before_invalidate_does_not_resurrect(app: App) {
-    let (id, _) = app.get("/set/user/alice", None).await;
+async fn concurrent_writes_to_different_attributes_are_all_kept(app: App) {
+    let (id, _) = app.get("/set/seed/1", None).await;
     let id = id.unwrap();
     let app = Arc::new(app);
-    let writer = {
+    every_concurrent_write_is_kept(std::slice::from_ref(&app), &app, &id, 50).await;
+}
+
+type Answer = (Option<String>, String);
+
+/// Starts a session, sends the slow `write` and `incr` requests on it, and invalidates it
+/// while they wait. Returns the ended id and the two requests, still running.
+async fn invalidate_under(
+    app: &Arc<App>,
+    write: &'static str,
+    incr: &'static str,
+) -> (
+    String,
+    tokio::task::JoinHandle<Answer>,
+    tokio::task::JoinHandle<Answer>,
+) {
+    let (id, _) = app.get("/set/user/alice", None).await;
+    let id = id.unwrap();
+    let spawn = |path: &'static str| {
         let (app, id) = (app.clone(), id.clone());
-        tokio::spawn(async move { app.get("/slow-set/cart/full", Some(&id)).await })
+        tokio::spawn(async move { app.get(path, Some(&id)).await })
     };
-    let incr = {
-        let (app, id) = (app.clone(), id.clone());
-        tokio::spawn(async move { app.get("/slow-incr", Some(&id)).await })
-    };
+    let (writer, incr) = (spawn(write), spawn(incr));
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.get("/invalidate", Some(&id)).await;
+    (id, writer, incr)
+}
+
+/// The increment that raced the invalidate of `id` went into a brand-new session, not the
+/// ended one, and the ended one stays ended.
+async fn incr_started_afresh(app: &App, id: &str, incr: tokio::task::JoinHandle<Answer>) {
+    let (issued, n) = incr.await.unwrap();
+    assert_eq!(n, "1");
+    assert_ne!(issued.as_deref(), Some(id));
+    assert!(
+        app.attributes(id).await.is_empty(),
+        "the ended session came back"
+    );
+}
+
+async fn a_write_that_started_before_invalidate_does_not_resurrect(app: App) {
+    let app = Arc::new(app);
+    let (id, writer, incr) = invalidate_under(&app, "/slow-set/cart/full", "/slow-incr").await;
     let (issued, _) = writer.await.unwrap();
     assert_eq!(
         issued.as_deref(),
         Some(""),
         "the late writer is told the session ended"
     );
-    let (issued, n) = incr.await.unwrap();
-    // The increment went into a brand-new session, not the ended one.
-    assert_eq!(n, "1");
-    assert_ne!(issued.as_deref(), Some(id.as_str()));
-    assert!(
-        app.attributes(&id).await.is_empty(),
-        "the ended session came back"
-    );
+    incr_started_afresh(&app, &id, incr).await;
 }
 
 /// The same race for a request whose first use of the session is a write, sent together
 /// with the load: the write lands after the invalidate, and starts a new session.
 async fn a_blind_write_after_invalidate_does_not_resurrect(app: App) {
-    let (id, _) = app.get("/set/user/alice", None).await;
-    let id = id.unwrap();
     let app = Arc::new(app);
-    let writer = {
-        let (app, id) = (app.clone(), id.clone());
-        tokio::spawn(async move { app.get("/slow-blind-set/cart/full", Some(&id)).await })
-    };
-    let incr = {
-        let (app, id) = (app.clone(), id.clone());
-        tokio::spawn(async move { app.get("/slow-blind-incr", Some(&id)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    app.get("/invalidate", Some(&id)).await;
+    let (id, writer, incr) =
+        invalidate_under(&app, "/slow-blind-set/cart/full", "/slow-blind-incr").await;
     let (issued, _) = writer.await.unwrap();
     let issued = issued.expect("the write went into a new session");
     assert_ne!(issued, id);
@@ -287,13 +307,7 @@ async fn a_blind_write_after_invalidate_does_not_resurrect(app: App) {
         serde_json::from_str::<Map<String, Value>>(r#"{"cart":"full"}"#).unwrap(),
         "the new session has only what this request wrote"
     );
-    let (issued, n) = incr.await.unwrap();
-    assert_eq!(n, "1");
-    assert_ne!(issued.as_deref(), Some(id.as_str()));
-    assert!(
-        app.attributes(&id).await.is_empty(),
-        "the ended session came back"
-    );
+    incr_started_afresh(&app, &id, incr).await;
 }
 
 async fn store_calls_per_request_are_minimal(app: App) {
@@ -378,23 +392,7 @@ async fn two_nodes_on_one_redis_keep_every_write_and_every_logout() {
     let a = Arc::new(a);
     let (id, _) = a.get("/set/seed/1", None).await;
     let id = id.unwrap();
-    let tasks: Vec<_> = (0..60)
-        .map(|i| {
-            let (node, id) = (if i % 2 == 0 { a.clone() } else { b.clone() }, id.clone());
-            tokio::spawn(async move { node.get(&format!("/set/k{i}/v{i}"), Some(&id)).await })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let attributes = b.attributes(&id).await;
-    for i in 0..60 {
-        assert_eq!(
-            attributes[&format!("k{i}")],
-            format!("v{i}"),
-            "k{i} was lost"
-        );
-    }
+    every_concurrent_write_is_kept(&[a.clone(), b.clone()], &b, &id, 60).await;
 
     let slow = {
         let (a, id) = (a.clone(), id.clone());
