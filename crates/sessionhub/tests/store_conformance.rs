@@ -39,13 +39,19 @@ where
     C: FnOnce(Arc<dyn SessionStore>) -> CF,
     CF: Future<Output = ()>,
 {
-    tokio::time::timeout(LIMIT, async {
+    within_limit(async {
         let fixture = make().await;
         check(fixture.store.clone()).await;
         drop(fixture);
     })
-    .await
-    .expect("the test did not finish in time");
+    .await;
+}
+
+/// Runs `test`, failing it if it takes longer than `LIMIT`.
+async fn within_limit(test: impl Future<Output = ()>) {
+    tokio::time::timeout(LIMIT, test)
+        .await
+        .expect("the test did not finish in time");
 }
 
 async fn start_redis() -> RedisServer {
@@ -1090,13 +1096,21 @@ every_backend!(
 mod redb_journal {
     use super::*;
 
+    /// Opens the journal at `path` again, once it is free (see `wait_for_lock`).
+    pub(crate) async fn reopen(path: &std::path::Path) -> MemoryStore {
+        wait_for_lock(|| {
+            MemoryStore::open(path, Duration::from_secs(3600)).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
     /// The journal is locked while a store has it open, and the flush task may hold the store
-    /// for a moment after the last handle is dropped.
-    async fn reopen(path: &std::path::Path) -> MemoryStore {
+    /// for a moment after the last handle is dropped: retries `open` for up to 5 s.
+    pub(crate) async fn wait_for_lock<T>(mut open: impl FnMut() -> Result<T, String>) -> T {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            match MemoryStore::open(path, Duration::from_secs(3600)) {
-                Ok(store) => return store,
+            match open() {
+                Ok(opened) => return opened,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1108,7 +1122,7 @@ mod redb_journal {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reopening_after_persist_keeps_records() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("sessions.redb");
             // A flush interval longer than the test: only persist() writes.
@@ -1138,8 +1152,7 @@ mod redb_journal {
             assert_eq!(load(&store, &new).await, Some(record(json!({"c": 3}))));
             assert_eq!(store.len(), 2);
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 }
 
@@ -1149,24 +1162,11 @@ mod redb_index {
     // `::`: the `redb` backend's test module shadows the crate here.
     use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-    /// Waits for the journal to be free (see `redb_journal::reopen`).
-    async fn wait_for_lock<T>(mut open: impl FnMut() -> Result<T, String>) -> T {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match open() {
-                Ok(opened) => return opened,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("reopening the journal: {e}"),
-            }
-        }
-    }
+    use super::redb_journal::{reopen, wait_for_lock};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reopening_after_persist_keeps_the_index() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("sessions.redb");
             // A flush interval longer than the test: only persist() writes.
@@ -1187,23 +1187,19 @@ mod redb_index {
             // The short entries lapse while the store is closed.
             tokio::time::sleep(Duration::from_millis(600)).await;
 
-            let store = wait_for_lock(|| {
-                MemoryStore::open(&path, Duration::from_secs(3600)).map_err(|e| e.to_string())
-            })
-            .await;
+            let store = reopen(&path).await;
             assert_eq!(listed(&store, ALICE).await, ids(&[&a, &b]));
             assert_eq!(listed(&store, "bob").await, ids(&[&bobs]));
             assert_eq!(listed(&store, "carol").await, Vec::<String>::new());
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     /// The periodic purge alone (no add or list touches the principal again) removes lapsed
     /// entries, from memory and then from the file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lapsed_index_entries_leave_the_journal() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("sessions.redb");
             let store = MemoryStore::open(&path, Duration::from_millis(50)).unwrap();
@@ -1244,8 +1240,7 @@ mod redb_index {
                 "only the live entry"
             );
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 }
 
@@ -1324,7 +1319,7 @@ mod redis_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_operation_is_one_round_trip() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let (server, store, _raw) = setup().await;
             let (id, _) = created(&store, json!({"n": 1})).await;
             // Warm up: the first call of each script costs a NOSCRIPT + SCRIPT LOAD.
@@ -1469,13 +1464,12 @@ mod redis_only {
             assert!(deleted.unwrap());
             assert_eq!(run, calls(&[("del", 1)]), "delete");
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn undecodable_records_load_as_none() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let (_server, store, mut raw) = setup().await;
 
             // A version this code does not know: not loaded, and never written to.
@@ -1578,13 +1572,12 @@ mod redis_only {
                 Some((expected, vec![]))
             );
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_are_hash_tagged_hashes_with_a_ttl() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let (server, store, mut raw) = setup().await;
             let (id, _) = created(&store, json!({"n": 5, "s": "x"})).await;
 
@@ -1638,13 +1631,12 @@ mod redis_only {
             assert!(exists);
             assert_eq!(load(&store, &id2).await, None);
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_outage_is_unavailable_and_passes() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let (mut server, store, _raw) = setup().await;
             let (id, _) = created(&store, json!({})).await;
             store.ping().await.unwrap();
@@ -1688,8 +1680,7 @@ mod redis_only {
             let (id, _) = created(&store, json!({"back": true})).await;
             assert!(load(&store, &id).await.is_some());
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     fn principal_key(tag: &str) -> String {
@@ -1714,7 +1705,7 @@ mod redis_only {
     /// bounded by its latest entry, and goes away on its own when that lapses.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn index_keys_never_outlive_their_entries() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let (server, store, mut raw) = setup().await;
             let key = principal_key(ALICE);
             let (short, long) = (SessionId::generate(), SessionId::generate());
@@ -1800,13 +1791,12 @@ mod redis_only {
                 "erin's lapsed entry went with the removed live one"
             );
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn index_keys_are_tagged_by_the_encoded_principal() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let (server, store, mut raw) = setup().await;
             let cases = [
                 ("alice@example.com", "alice@example.com"),
@@ -1860,13 +1850,12 @@ mod redis_only {
             let value: String = raw.get(&foreign).await.unwrap();
             assert_eq!(value, "not ours");
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 
     #[tokio::test]
     async fn connecting_to_nothing_is_unavailable() {
-        tokio::time::timeout(LIMIT, async {
+        within_limit(async {
             let port = sessionhub_testkit::free_port();
             let url = format!("redis://127.0.0.1:{port}");
             let started = std::time::Instant::now();
@@ -1884,7 +1873,6 @@ mod redis_only {
                 Err(StoreError::Unavailable(_))
             ));
         })
-        .await
-        .expect("the test did not finish in time");
+        .await;
     }
 }
