@@ -33,6 +33,7 @@ use crate::hub::{Connection, Outbound, session_channel};
 use crate::limits::MessageRate;
 use crate::protocol::{ClientFrame, FrameError, ServerFrame, UserId, close};
 use crate::session::{PRINCIPAL, SessionId, presented_id};
+use crate::store::{lifetime_left, now_ms};
 
 /// How sockets behave.
 #[derive(Debug, Clone)]
@@ -231,18 +232,10 @@ async fn authenticate(
                 .and_then(|p| p.parse::<UserId>().ok())
                 .ok_or_else(not_logged_in)?;
             // An outlived session is over even before a request gets to delete it.
-            let ends = match gateway.sessions.max_lifetime {
-                None => None,
-                Some(lifetime) => {
-                    let end_ms = record
-                        .created_ms
-                        .saturating_add(lifetime.as_millis() as u64);
-                    let left = end_ms
-                        .checked_sub(crate::store::now_ms())
-                        .filter(|&left| left > 0);
-                    let left = left.ok_or_else(not_logged_in)?;
-                    Some(Instant::now() + Duration::from_millis(left))
-                }
+            let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
+            let ends = match left {
+                Some(left) if left.is_zero() => return Err(not_logged_in()),
+                left => left.map(|left| Instant::now() + left),
             };
             (user, Credentials::Session { id, ends })
         }
@@ -267,7 +260,7 @@ async fn authenticate(
                     "the token's sub is not a valid user id",
                 )
             })?;
-            let left = claims.exp.saturating_sub(crate::store::now_ms() / 1000);
+            let left = claims.exp.saturating_sub(now_ms() / 1000);
             let credentials = Credentials::Token {
                 expires: Instant::now() + Duration::from_secs(left),
                 channels: claims.channels,

@@ -42,7 +42,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{ApiError, StoreError};
 use crate::store::{
-    Attributes, Change, Record, SessionStore, Updated, apply_changes, expiry, now_ms,
+    Attributes, Change, Record, SessionStore, Updated, apply_changes, expiry, lifetime_left, now_ms,
 };
 
 /// The attribute that holds the logged-in user (see [`Session::login`]).
@@ -545,10 +545,8 @@ impl Session {
     }
 
     fn outlived(&self, record: &Record) -> bool {
-        self.inner
-            .config
-            .max_lifetime
-            .is_some_and(|max| now_ms() >= record.created_ms.saturating_add(max.as_millis() as u64))
+        lifetime_left(self.inner.config.max_lifetime, record.created_ms, now_ms())
+            .is_some_and(|left| left.is_zero())
     }
 
     /// The expiry to give a record on write: the idle timeout, cut short by the absolute

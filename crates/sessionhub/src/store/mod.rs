@@ -213,14 +213,22 @@ pub(crate) fn now_ms() -> u64 {
 /// (the idle timeout), cut short by the absolute `lifetime` counted from creation, and never
 /// less than 1 ms.
 pub fn expiry(ttl: Duration, lifetime: Option<Duration>, created_ms: u64, now_ms: u64) -> Duration {
-    match lifetime {
-        Some(lifetime) => {
-            let end =
-                created_ms.saturating_add(lifetime.as_millis().min(u128::from(u64::MAX)) as u64);
-            ttl.min(Duration::from_millis(end.saturating_sub(now_ms).max(1)))
-        }
+    match lifetime_left(lifetime, created_ms, now_ms) {
+        Some(left) => ttl.min(left.max(Duration::from_millis(1))),
         None => ttl,
     }
+}
+
+/// How long a record created at `created_ms` has left at `now_ms` before its absolute
+/// `lifetime` ends: `None` without a lifetime, zero once it has ended.
+pub(crate) fn lifetime_left(
+    lifetime: Option<Duration>,
+    created_ms: u64,
+    now_ms: u64,
+) -> Option<Duration> {
+    let lifetime = lifetime?;
+    let end = created_ms.saturating_add(lifetime.as_millis().min(u128::from(u64::MAX)) as u64);
+    Some(Duration::from_millis(end.saturating_sub(now_ms)))
 }
 
 /// Applies changes that a store has applied already to a copy of the record's attributes:
@@ -283,4 +291,33 @@ pub(crate) fn apply_changes(
     }
     *attributes = next;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{expiry, lifetime_left};
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_lifetime_counts_from_creation_and_caps_the_idle_timeout() {
+        assert_eq!(lifetime_left(None, 1_000, 5_000), None);
+        assert_eq!(lifetime_left(Some(10 * S), 1_000, 5_000), Some(6 * S));
+        assert_eq!(
+            lifetime_left(Some(4 * S), 1_000, 5_000),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            lifetime_left(Some(4 * S), 1_000, 9_000),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(expiry(30 * S, None, 1_000, 5_000), 30 * S);
+        assert_eq!(expiry(30 * S, Some(10 * S), 1_000, 5_000), 6 * S);
+        assert_eq!(expiry(3 * S, Some(10 * S), 1_000, 5_000), 3 * S);
+        // Ended: the shortest expiry a store can set, never zero (which would mean none).
+        let ended = expiry(30 * S, Some(4 * S), 1_000, 9_000);
+        assert_eq!(ended, Duration::from_millis(1));
+    }
 }
