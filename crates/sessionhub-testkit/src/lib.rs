@@ -19,6 +19,14 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port")
 }
 
+/// Kills the process (SIGKILL), if there is one, and reaps it.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A `redis-server` of the test's own, on a free port, never the machine's 6379.
 pub struct RedisServer {
     port: u16,
@@ -69,10 +77,7 @@ impl RedisServer {
 
     /// Kills it (SIGKILL). Unless it is persistent, everything it held is lost.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port (empty, unless persistent: then with what it had
@@ -109,20 +114,22 @@ impl RedisServer {
     /// Sends one inline command and returns the raw first reply line (enough for
     /// PING, FLUSHALL, CONFIG RESETSTAT and counters).
     pub fn command(&self, command: &str) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.send(command)?.read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Sends one inline command on a new connection; the reply is to be read from it.
+    fn send(&self, command: &str) -> anyhow::Result<BufReader<TcpStream>> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(format!("{command}\r\n").as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        Ok(line)
+        Ok(BufReader::new(stream))
     }
 
     /// `INFO <section>` as text.
     pub fn info(&self, section: &str) -> anyhow::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(format!("INFO {section}\r\n").as_bytes())?;
-        let mut reader = BufReader::new(stream);
+        let mut reader = self.send(&format!("INFO {section}"))?;
         let mut header = String::new();
         reader.read_line(&mut header)?;
         let len: usize = header
@@ -264,10 +271,7 @@ impl Node {
 
     /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again with the same data directory, flags and port.
