@@ -363,8 +363,19 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Reads a request head (through the blank line) byte by byte, as a test server.
+    pub(crate) async fn read_head(s: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
 
     #[test]
     fn digits() {
@@ -492,13 +503,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             async fn request(s: &mut TcpStream) -> String {
-                let mut req = Vec::new();
-                while !req.ends_with(b"\r\n\r\n") {
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b).await.unwrap();
-                    req.push(b[0]);
-                }
-                let req = String::from_utf8(req).unwrap();
+                let req = read_head(s).await;
                 if let Some(len) = req.split("content-length: ").nth(1) {
                     let len: usize = len.split("\r\n").next().unwrap().parse().unwrap();
                     let mut body = vec![0u8; len];

@@ -436,13 +436,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut req = Vec::new();
-            while !req.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                s.read_exact(&mut b).await.unwrap();
-                req.push(b[0]);
-            }
-            let req = String::from_utf8(req).unwrap();
+            let req = crate::http::tests::read_head(&mut s).await;
             assert!(req.starts_with("GET /websocket/u1 HTTP/1.1\r\n"), "{req}");
             assert!(req.contains("sec-websocket-version: 13\r\n"));
             let mut out = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
