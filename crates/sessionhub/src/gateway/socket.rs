@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Gateway;
-use super::v1::{self, Plan, V1};
+use super::v1::{self, Plan, Step, V1};
 use crate::auth::WsAuth;
 use crate::broker::PublishOptions;
 use crate::error::ApiError;
@@ -535,7 +535,17 @@ async fn drive(
                     (Some(Err(e)), _) => return read_error(e),
                     (Some(Ok(_)), _) if !rate.check() => return close::RATE_LIMITED,
                     (Some(Ok(Message::Text(text))), Protocol::Seed) => plan_seed_frame(&text, gateway),
-                    (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => v1.plan(&text, gateway),
+                    (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => match v1.plan(&text, gateway) {
+                        Step::Plan(plan) => plan,
+                        Step::Change(change) => {
+                            let mut replies = Vec::new();
+                            while let Some(earlier) = in_flight.next().await {
+                                replies.extend(earlier);
+                            }
+                            replies.extend(v1.exclusive(change, connection, credentials, gateway).await);
+                            Plan::Reply(replies)
+                        }
+                    },
                     (Some(Ok(Message::Binary(_))), _) => Plan::Reply(vec![error_frame(&FrameError::Binary)]),
                 };
                 let replies = match plan {
@@ -553,17 +563,6 @@ async fn drive(
                             Vec::new()
                         };
                         in_flight.push_back(publish);
-                        replies
-                    }
-                    Plan::Exclusive(message) => {
-                        let Protocol::V1(v1) = &mut *protocol else {
-                            unreachable!("only protocol v1 plans exclusive frames")
-                        };
-                        let mut replies = Vec::new();
-                        while let Some(earlier) = in_flight.next().await {
-                            replies.extend(earlier);
-                        }
-                        replies.extend(v1.exclusive(message, connection, credentials, gateway).await);
                         replies
                     }
                 };

@@ -168,37 +168,39 @@ impl V1 {
         }
     }
 
-    /// Decides what one client frame needs (see [`Plan`]).
-    pub(crate) fn plan(&self, text: &str, gateway: &Gateway) -> Plan {
+    /// Decides what one client frame needs (see [`Step`]).
+    pub(crate) fn plan(&self, text: &str, gateway: &Gateway) -> Step {
         let message = match ClientMessage::parse(text) {
             Ok(message) => message,
-            Err((e, id)) => return Plan::Reply(vec![error(id, e.code(), e.to_string())]),
+            Err((e, id)) => {
+                return Step::Plan(Plan::Reply(vec![error(id, e.code(), e.to_string())]));
+            }
         };
         match message {
-            ClientMessage::Ping { id } => Plan::Reply(vec![Reply::Pong { id }.text()]),
+            ClientMessage::Ping { id } => Step::Plan(Plan::Reply(vec![Reply::Pong { id }.text()])),
             ClientMessage::Publish {
                 channel,
                 data,
                 id,
                 idempotency_key,
-            } => publish(id, channel, data, idempotency_key, gateway),
+            } => Step::Plan(publish(id, channel, data, idempotency_key, gateway)),
             ClientMessage::Subscribe {
                 channel,
                 recover,
                 id,
-            } => Plan::Exclusive(ChannelChange::Subscribe {
+            } => Step::Change(ChannelChange::Subscribe {
                 channel,
                 recover,
                 id,
             }),
             ClientMessage::Unsubscribe { channel, id } => {
-                Plan::Exclusive(ChannelChange::Unsubscribe { channel, id })
+                Step::Change(ChannelChange::Unsubscribe { channel, id })
             }
         }
     }
 
-    /// Runs a frame that changes the connection's channels; the caller has sent every reply
-    /// before it, so replies stay in the order of the frames.
+    /// Runs a frame that changes the connection's channels; the caller has waited for every
+    /// earlier frame and sends their replies ahead of these, so replies stay in frame order.
     pub(crate) async fn exclusive(
         &mut self,
         change: ChannelChange,
@@ -325,8 +327,16 @@ pub(crate) enum Plan {
     Reply(Vec<String>),
     /// A publish under way; resolves to its replies.
     Later(BoxFuture<'static, Vec<String>>),
-    /// A subscribe or unsubscribe, which needs the connection itself.
-    Exclusive(ChannelChange),
+}
+
+/// What one protocol v1 frame needs: a [`Plan`], as any frame, or a change of the
+/// connection's channels, which only a v1 connection can make and which waits for every
+/// earlier frame's replies.
+pub(crate) enum Step {
+    /// What any frame may need.
+    Plan(Plan),
+    /// A subscribe or unsubscribe.
+    Change(ChannelChange),
 }
 
 /// A frame that changes the connection's channels.
