@@ -103,14 +103,7 @@ async fn logout_on_one_node_racing_writes_on_others_stays_logged_out() {
     let (_redis, nodes) = cluster(3);
     let client = http();
     for round in 0..5 {
-        let (_, id, _) = get(
-            &client,
-            &nodes[0].http(),
-            &format!("/login?username=r{round}"),
-            None,
-        )
-        .await;
-        let id = id.unwrap();
+        let id = login(&nodes[0].http(), &format!("r{round}")).await;
         let writers: Vec<_> = (0..40)
             .map(|i| {
                 let (client, base, id) = (client.clone(), nodes[i % 2].http(), id.clone());
@@ -137,8 +130,7 @@ async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
     let (redis, nodes) = cluster(1);
     let client = http();
     let base = nodes[0].http();
-    let (_, id, _) = get(&client, &base, "/login?username=ann", None).await;
-    let id = id.unwrap();
+    let id = login(&base, "ann").await;
     // Warm up: the first call of each script may load it.
     get(&client, &base, "/get-session", Some(&id)).await;
     get(&client, &base, "/read-session", Some(&id)).await;
@@ -333,8 +325,7 @@ async fn online_counts_every_node_and_a_graceful_stop_withdraws_at_once() {
 async fn an_undecodable_session_in_redis_is_a_fresh_session_not_a_500() {
     let (redis, nodes) = cluster(1);
     let client = http();
-    let (_, id, _) = get(&client, &nodes[0].http(), "/login?username=x", None).await;
-    let id = id.unwrap();
+    let id = login(&nodes[0].http(), "x").await;
     let reply = redis
         .command(&format!(
             "HSET sessionhub:session:{{{id}}} m:v 999 a:username not-json"

@@ -29,12 +29,6 @@ fn session_cluster(extra: &[&str]) -> (sessionhub_testkit::RedisServer, Vec<Node
     (redis, nodes)
 }
 
-async fn login(base: &str, user: &str) -> String {
-    let (status, cookie, _) = get(&http(), base, &format!("/login?username={user}"), None).await;
-    assert_eq!(status, 200);
-    cookie.expect("login sets a cookie")
-}
-
 fn cookie(id: &str) -> String {
     format!("SESSION={id}")
 }

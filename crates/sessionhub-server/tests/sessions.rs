@@ -42,8 +42,7 @@ async fn read_session_answers_every_attribute_and_changes_nothing() {
     let node = node(&[]);
     let client = http();
     let base = node.http();
-    let (_, id, _) = get(&client, &base, "/login?username=rita", None).await;
-    let id = id.unwrap();
+    let id = login(&base, "rita").await;
     get(&client, &base, "/get-session", Some(&id)).await;
     let (_, _, written) = get(&client, &base, "/get-session", Some(&id)).await;
     assert_eq!(written["count"], 2);
@@ -81,8 +80,7 @@ async fn reading_the_session_slides_its_expiry() {
     let node = node(&["--session-timeout", "2"]);
     let client = http();
     let base = node.http();
-    let (_, id, _) = get(&client, &base, "/login?username=sam", None).await;
-    let id = id.unwrap();
+    let id = login(&base, "sam").await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let (_, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
@@ -193,8 +191,7 @@ async fn invalidate_ends_the_session_and_clears_the_cookie() {
     let node = node(&[]);
     let client = http();
     let base = node.http();
-    let (_, id, _) = get(&client, &base, "/login?username=carol", None).await;
-    let id = id.unwrap();
+    let id = login(&base, "carol").await;
     let (status, cleared, body) = get(&client, &base, "/invalidate", Some(&id)).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!(1));
@@ -281,8 +278,7 @@ async fn session_idle_timeout_expires_and_use_slides_it() {
     let node = node(&["--session-timeout", "2"]);
     let client = http();
     let base = node.http();
-    let (_, id, _) = get(&client, &base, "/login?username=dora", None).await;
-    let id = id.unwrap();
+    let id = login(&base, "dora").await;
     // Used every second for 3 s: never idle for 2 s.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -299,8 +295,7 @@ async fn the_absolute_lifetime_ends_a_busy_session() {
     let node = node(&["--session-max-lifetime", "2"]);
     let client = http();
     let base = node.http();
-    let (_, id, _) = get(&client, &base, "/login?username=eve", None).await;
-    let id = id.unwrap();
+    let id = login(&base, "eve").await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         get(&client, &base, "/get-session", Some(&id)).await;
@@ -313,8 +308,7 @@ async fn the_absolute_lifetime_ends_a_busy_session() {
 async fn sessions_survive_a_graceful_restart() {
     let mut node = node(&[]);
     let client = http();
-    let (_, id, _) = get(&client, &node.http(), "/login?username=frank", None).await;
-    let id = id.unwrap();
+    let id = login(&node.http(), "frank").await;
     // Changed right before the stop: only the graceful path can have persisted this.
     get(&client, &node.http(), "/get-session", Some(&id)).await;
     assert_eq!(node.terminate(Duration::from_secs(10)).unwrap(), Some(0));
@@ -328,8 +322,7 @@ async fn sessions_survive_a_graceful_restart() {
 async fn sessions_survive_sigkill_up_to_about_a_second() {
     let mut node = node(&[]);
     let client = http();
-    let (_, id, _) = get(&client, &node.http(), "/login?username=gina", None).await;
-    let id = id.unwrap();
+    let id = login(&node.http(), "gina").await;
     get(&client, &node.http(), "/get-session", Some(&id)).await;
     // The journal flushes every second.
     tokio::time::sleep(Duration::from_millis(2200)).await;

@@ -66,6 +66,13 @@ pub async fn get(
     (status, cookie, body)
 }
 
+/// `GET /login?username={user}` (with a client of its own); the session id it set.
+pub async fn login(base: &str, user: &str) -> String {
+    let (status, cookie, _) = get(&http(), base, &format!("/login?username={user}"), None).await;
+    assert_eq!(status, 200);
+    cookie.expect("login sets a cookie")
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens `/websocket/{id}` and reads the greeting.
