@@ -24,16 +24,13 @@ async fn greeting_then_every_connection_of_an_id_gets_every_push() {
 
     // Text body, byte for byte, including non-ASCII and JSON-looking text.
     let message = "héllo 世界 {\"not\": \"parsed\"} \n end";
-    let answer: Value = client
-        .post(format!("{}/socket/456", node.http()))
-        .header("content-type", "text/plain")
-        .body(message)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = status_and_json(
+        client
+            .post(format!("{}/socket/456", node.http()))
+            .header("content-type", "text/plain")
+            .body(message),
+    )
+    .await;
     assert_eq!(
         (&answer["nodes"], &answer["connections"]),
         (&json!(1), &json!(3)),
@@ -47,15 +44,12 @@ async fn greeting_then_every_connection_of_an_id_gets_every_push() {
     assert_silent(&mut other, Duration::from_millis(300)).await;
 
     // JSON body.
-    let answer: Value = client
-        .post(format!("{}/socket/456", node.http()))
-        .json(&json!({"message": "from json"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = status_and_json(
+        client
+            .post(format!("{}/socket/456", node.http()))
+            .json(&json!({"message": "from json"})),
+    )
+    .await;
     assert_eq!(answer["connections"], 3);
     for ws in [&mut tab1, &mut tab2, &mut phone] {
         assert_eq!(next_text(ws).await, "from json");
@@ -127,9 +121,8 @@ async fn bad_pushes_get_clear_json_errors() {
         ),
     ];
     for (request, status, code) in cases {
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), status);
-        let body: Value = response.json().await.unwrap();
+        let (got, body) = status_and_json(request).await;
+        assert_eq!(got, status);
         assert_eq!(body["error"]["code"], code, "{body}");
         assert!(
             body["error"]["message"]
@@ -188,8 +181,7 @@ async fn an_oversized_frame_closes_with_1009() {
     ws.send(Message::Text("x".repeat(64 * 1024 + 1).into()))
         .await
         .unwrap();
-    let close = next_close(&mut ws, WAIT).await.expect("a close frame");
-    assert_eq!(u16::from(close.code), 1009);
+    assert_closes(&mut ws, WAIT, 1009).await;
     // A frame at the limit is fine for others.
     wait_online(&client, &node.http(), 1, WAIT).await;
     let at_limit = format!(r#"{{"KEY":"big","VALUE":"{}"}}"#, "y".repeat(60 * 1024));
@@ -236,8 +228,7 @@ async fn a_silent_client_is_closed_after_the_idle_timeout_but_a_live_one_stays()
         (frames, true)
     });
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let close = next_close(&mut silent, WAIT).await.expect("a close frame");
-    assert_eq!(u16::from(close.code), 4000);
+    assert_closes(&mut silent, WAIT, 4000).await;
     let (pings, still_open) = reader.await.unwrap();
     assert!(still_open, "a client that answers pings is not idle");
     assert!(
@@ -303,8 +294,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_zero_quickly() {
         (code.unwrap(), node)
     });
     for ws in [&mut a, &mut b] {
-        let close = next_close(ws, WAIT).await.expect("a close frame");
-        assert_eq!(u16::from(close.code), 1001);
+        assert_closes(ws, WAIT, 1001).await;
     }
     let (code, _node) = exit.await.unwrap();
     assert_eq!(code, Some(0));
@@ -321,13 +311,8 @@ async fn health_and_readiness_answer() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = client
-        .get(format!("{}/readyz", node.http()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.unwrap();
+    let (status, body) = status_and_json(client.get(format!("{}/readyz", node.http()))).await;
+    assert_eq!(status, 200);
     assert_eq!(body["ready"], true);
 }
 

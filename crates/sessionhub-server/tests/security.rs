@@ -38,6 +38,16 @@ async fn connect_as(url: &str, id: &str) -> Result<(Ws, Value), (u16, String)> {
     connect_with(url, &[("cookie", &cookie(id))]).await
 }
 
+/// `method path` on `base` with the API key; the status and JSON answer.
+async fn admin(base: &str, method: reqwest::Method, path: &str) -> (u16, Value) {
+    status_and_json(
+        http()
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(KEY),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_session_socket_is_only_for_the_logged_in_user() {
     let (_redis, nodes) = session_cluster(&[]);
@@ -85,10 +95,7 @@ async fn logout_closes_the_users_sockets_on_every_node_within_a_second() {
     let started = Instant::now();
     get(&http(), &nodes[1].http(), "/invalidate", Some(&alice)).await;
     for ws in &mut sockets {
-        let close = next_close(ws, Duration::from_secs(1))
-            .await
-            .expect("a close frame");
-        assert_eq!(u16::from(close.code), 4002);
+        assert_closes(ws, Duration::from_secs(1), 4002).await;
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     let url = format!("{}/websocket/alice", nodes[0].ws());
@@ -103,10 +110,7 @@ async fn session_expiry_closes_its_sockets() {
     let url = format!("{}/websocket/alice", nodes[1].ws());
     let (mut ws, _) = connect_as(&url, &alice).await.unwrap();
     let started = Instant::now();
-    let close = next_close(&mut ws, Duration::from_secs(5))
-        .await
-        .expect("a close frame");
-    assert_eq!(u16::from(close.code), 4002);
+    assert_closes(&mut ws, Duration::from_secs(5), 4002).await;
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_millis(3000),
@@ -190,21 +194,14 @@ async fn a_talking_socket_keeps_its_session_alive() {
         (200, &json!("alice")),
         "{body}"
     );
-    let client = http();
-    let ended: Value = client
-        .post(format!("{}/api/users/alice/logout", nodes[0].http()))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ended) = admin(
+        &nodes[0].http(),
+        reqwest::Method::POST,
+        "/api/users/alice/logout",
+    )
+    .await;
     assert_eq!(ended, json!({"ended": 1}));
-    let close = next_close(&mut ws, Duration::from_secs(1))
-        .await
-        .expect("a close frame");
-    assert_eq!(u16::from(close.code), 4002);
+    assert_closes(&mut ws, Duration::from_secs(1), 4002).await;
 }
 
 #[tokio::test]
@@ -225,10 +222,7 @@ async fn logging_in_again_rotates_and_closes_sockets_bound_to_the_old_id() {
         Some(alice.as_str()),
         "login rotates the id"
     );
-    let close = next_close(&mut ws, Duration::from_secs(1))
-        .await
-        .expect("a close frame");
-    assert_eq!(u16::from(close.code), 4002);
+    assert_closes(&mut ws, Duration::from_secs(1), 4002).await;
 }
 
 #[tokio::test]
@@ -243,32 +237,13 @@ async fn logout_everywhere_ends_every_session_of_a_user() {
         let url = format!("{}/websocket/carol", node.ws());
         sockets.push(connect_as(&url, id).await.unwrap().0);
     }
-    let admin = |method: reqwest::Method, path: &str| {
-        client
-            .request(method, format!("{}{path}", nodes[0].http()))
-            .bearer_auth(KEY)
-    };
-    let listed: Value = admin(reqwest::Method::GET, "/api/users/carol/sessions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let base = nodes[0].http();
+    let (_, listed) = admin(&base, reqwest::Method::GET, "/api/users/carol/sessions").await;
     assert_eq!(listed["sessions"], 2, "{listed}");
-    let ended: Value = admin(reqwest::Method::POST, "/api/users/carol/logout")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ended) = admin(&base, reqwest::Method::POST, "/api/users/carol/logout").await;
     assert_eq!(ended, json!({"ended": 2}));
     for ws in &mut sockets {
-        let close = next_close(ws, Duration::from_secs(1))
-            .await
-            .expect("a close frame");
-        assert_eq!(u16::from(close.code), 4002);
+        assert_closes(ws, Duration::from_secs(1), 4002).await;
     }
     for id in [&laptop, &phone] {
         let (_, _, body) = get(&client, &nodes[1].http(), "/get-session", Some(id)).await;
@@ -289,10 +264,7 @@ async fn a_per_user_session_limit_evicts_the_least_recently_used() {
     let third = login(&nodes[0].http(), "erin").await;
     let (_, _, body) = get(&client, &nodes[0].http(), "/get-session", Some(&first)).await;
     assert_eq!(body.get("username"), None, "the oldest session was evicted");
-    let close = next_close(&mut ws, Duration::from_secs(1))
-        .await
-        .expect("a close frame");
-    assert_eq!(u16::from(close.code), 4002);
+    assert_closes(&mut ws, Duration::from_secs(1), 4002).await;
     for id in [&second, &third] {
         let (_, _, body) = get(&client, &nodes[1].http(), "/get-session", Some(id)).await;
         assert_eq!(body["username"], "erin");
@@ -313,24 +285,16 @@ async fn the_push_and_admin_apis_need_a_valid_api_key() {
         (reqwest::Method::POST, "/api/channels/room:1/publish"),
     ];
     for (method, path) in routes {
-        let response = client
-            .request(method.clone(), format!("{base}{path}"))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401, "{path}");
-        let body: Value = response.json().await.unwrap();
+        let request = || {
+            client
+                .request(method.clone(), format!("{base}{path}"))
+                .body("x")
+        };
+        let (status, body) = status_and_json(request()).await;
+        assert_eq!(status, 401, "{path}");
         assert_eq!(body["error"]["code"], "api_key_required");
-        let response = client
-            .request(method, format!("{base}{path}"))
-            .bearer_auth("wrong-key")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 401, "{path}");
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = status_and_json(request().bearer_auth("wrong-key")).await;
+        assert_eq!(status, 401, "{path}");
         assert_eq!(body["error"]["code"], "api_key_invalid");
     }
     let response = client
@@ -501,10 +465,7 @@ async fn tokens_are_verified_with_rotation_and_expiry() {
     // A token that expires while connected closes the socket.
     let short = token("new-secret", "gail", 2);
     let (mut ws, _) = connect_with(&url("gail", &short), &[]).await.unwrap();
-    let close = next_close(&mut ws, Duration::from_secs(5))
-        .await
-        .expect("a close frame");
-    assert_eq!(u16::from(close.code), 4003);
+    assert_closes(&mut ws, Duration::from_secs(5), 4003).await;
     // Tokens and secrets never reach the log, not even in a logged request line.
     let logs = node.stderr();
     let signature = short.rsplit('.').next().unwrap();
@@ -549,8 +510,7 @@ async fn abuse_limits_answer_429_or_4029_and_nothing_crashes() {
             break;
         }
     }
-    let close = next_close(ws, WAIT).await.expect("a close frame");
-    assert_eq!(u16::from(close.code), 4029);
+    assert_closes(ws, WAIT, 4029).await;
     // The server is fine.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     connect_with(&format!("{}/websocket/kim", node.ws()), &[])

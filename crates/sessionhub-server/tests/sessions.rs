@@ -172,15 +172,12 @@ async fn the_id_travels_in_x_auth_token_for_clients_without_cookies() {
         .unwrap()
         .to_owned();
     for expected in [1, 2] {
-        let body: serde_json::Value = client
-            .get(format!("{}/get-session", node.http()))
-            .header("x-auth-token", &token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, body) = status_and_json(
+            client
+                .get(format!("{}/get-session", node.http()))
+                .header("x-auth-token", &token),
+        )
+        .await;
         assert_eq!(body["username"], "api");
         assert_eq!(body["count"], expected);
     }
@@ -387,9 +384,8 @@ async fn every_error_is_json_even_for_unknown_routes_and_methods() {
         ),
     ];
     for (request, status, code) in cases {
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), status);
-        let body: serde_json::Value = response.json().await.unwrap();
+        let (got, body) = status_and_json(request).await;
+        assert_eq!(got, status);
         assert_eq!(body["error"]["code"], code);
     }
 }

@@ -37,6 +37,13 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Sends `request`; its status and JSON answer (which must be JSON).
+pub async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("request succeeds");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
 /// The `SESSION` cookie value a response set, if any ("" for a removal cookie).
 pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
     response
@@ -121,6 +128,12 @@ pub async fn next_close(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
     })
     .await
     .expect("the server closes in time")
+}
+
+/// Reads until the server closes, within `within`; asserts it sent a close frame with `code`.
+pub async fn assert_closes(ws: &mut Ws, within: Duration, code: u16) {
+    let close = next_close(ws, within).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), code);
 }
 
 /// Asserts nothing but pings arrive for `wait`.
