@@ -77,18 +77,26 @@ async fn read_session_answers_every_attribute_and_changes_nothing() {
 
 #[tokio::test]
 async fn reading_the_session_slides_its_expiry() {
+    let body = use_then_idle("/read-session", "sam").await;
+    assert_eq!(body, json!({}), "idle past the timeout: expired");
+}
+
+/// On a node with a 2 s idle timeout, logs `user` in and uses the session through `path`
+/// every second for 3 s (never idle for 2 s: it is still `user`'s each time), then idles for
+/// 2.5 s; returns what `path` answers then.
+async fn use_then_idle(path: &str, user: &str) -> serde_json::Value {
     let node = node(&["--session-timeout", "2"]);
     let client = http();
     let base = node.http();
-    let id = login(&base, "sam").await;
+    let id = login(&base, user).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let (_, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
-        assert_eq!(body["username"], "sam");
+        let (_, _, body) = get(&client, &base, path, Some(&id)).await;
+        assert_eq!(body["username"], user);
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
-    assert_eq!(body, json!({}), "idle past the timeout: expired");
+    let (_, _, body) = get(&client, &base, path, Some(&id)).await;
+    body
 }
 
 #[tokio::test]
@@ -272,18 +280,7 @@ async fn concurrent_get_session_never_loses_an_increment() {
 
 #[tokio::test]
 async fn session_idle_timeout_expires_and_use_slides_it() {
-    let node = node(&["--session-timeout", "2"]);
-    let client = http();
-    let base = node.http();
-    let id = login(&base, "dora").await;
-    // Used every second for 3 s: never idle for 2 s.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
-        assert_eq!(body["username"], "dora");
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+    let body = use_then_idle("/get-session", "dora").await;
     assert_eq!(body.get("username"), None, "idle past the timeout: expired");
 }
 
