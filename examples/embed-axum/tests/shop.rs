@@ -34,15 +34,11 @@ async fn sessions_and_pushes_work_inside_an_existing_app() {
     assert!(matches!(greeting, Message::Text(_)));
 
     for expected in 1..=2 {
-        let added: Value = client
-            .post(format!("http://{addr}/shop/cart/apple"))
-            .header("x-auth-token", &token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let added = with_token(
+            client.post(format!("http://{addr}/shop/cart/apple")),
+            &token,
+        )
+        .await;
         assert_eq!(added["count"], expected);
         let pushed = tokio::time::timeout(Duration::from_secs(5), tab.next())
             .await
@@ -52,14 +48,18 @@ async fn sessions_and_pushes_work_inside_an_existing_app() {
         let pushed: Value = serde_json::from_str(pushed.to_text().unwrap()).unwrap();
         assert_eq!(pushed, json!({"item": "apple", "count": expected}));
     }
-    let cart: Value = client
-        .get(format!("http://{addr}/shop/cart"))
-        .header("x-auth-token", &token)
+    let cart = with_token(client.get(format!("http://{addr}/shop/cart")), &token).await;
+    assert_eq!(cart, json!({"apple": 2}));
+}
+
+/// Sends `request` as the logged-in shopper (session id in `x-auth-token`); the JSON answer.
+async fn with_token(request: reqwest::RequestBuilder, token: &str) -> Value {
+    request
+        .header("x-auth-token", token)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    assert_eq!(cart, json!({"apple": 2}));
+        .unwrap()
 }
