@@ -521,12 +521,7 @@ async fn abuse_limits_answer_429_or_4029_and_nothing_crashes() {
 #[tokio::test]
 async fn the_host_prefix_option_makes_a_secure_host_only_cookie() {
     let node = node(&["--cookie-host-prefix"]);
-    let response = http()
-        .get(format!("{}/login", node.http()))
-        .send()
-        .await
-        .unwrap();
-    let set = response.headers()["set-cookie"].to_str().unwrap();
+    let set = header_of(http().get(format!("{}/login", node.http())), "set-cookie").await;
     assert!(set.starts_with("__Host-SESSION="), "{set}");
     assert!(
         set.contains("Secure") && set.contains("Path=/") && !set.contains("Domain"),

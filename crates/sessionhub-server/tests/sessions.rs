@@ -125,15 +125,7 @@ async fn login_defaults_the_username_and_accepts_a_form_post() {
 async fn the_session_cookie_has_safe_attributes() {
     let node = node(&["--trusted-proxies", "127.0.0.1"]);
     let client = http();
-    let response = client
-        .get(format!("{}/login", node.http()))
-        .send()
-        .await
-        .unwrap();
-    let cookie = response.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let cookie = header_of(client.get(format!("{}/login", node.http())), "set-cookie").await;
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Lax"), "{cookie}");
     assert!(cookie.contains("Path=/"), "{cookie}");
@@ -143,26 +135,26 @@ async fn the_session_cookie_has_safe_attributes() {
     );
 
     // Behind a trusted TLS-terminating proxy the cookie is Secure.
-    let response = client
-        .get(format!("{}/login", node.http()))
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap();
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    let cookie = header_of(
+        client
+            .get(format!("{}/login", node.http()))
+            .header("x-forwarded-proto", "https"),
+        "set-cookie",
+    )
+    .await;
     assert!(cookie.contains("Secure"), "{cookie}");
 }
 
 #[tokio::test]
 async fn x_forwarded_proto_from_an_untrusted_peer_is_ignored() {
     let node = node(&[]);
-    let response = http()
-        .get(format!("{}/login", node.http()))
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap();
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    let cookie = header_of(
+        http()
+            .get(format!("{}/login", node.http()))
+            .header("x-forwarded-proto", "https"),
+        "set-cookie",
+    )
+    .await;
     assert!(!cookie.contains("Secure"), "{cookie}");
 }
 
@@ -170,15 +162,8 @@ async fn x_forwarded_proto_from_an_untrusted_peer_is_ignored() {
 async fn the_id_travels_in_x_auth_token_for_clients_without_cookies() {
     let node = node(&[]);
     let client = http();
-    let response = client
-        .get(format!("{}/login?username=api", node.http()))
-        .send()
-        .await
-        .unwrap();
-    let token = response.headers()["x-auth-token"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request = client.get(format!("{}/login?username=api", node.http()));
+    let token = header_of(request, "x-auth-token").await;
     for expected in [1, 2] {
         let (_, body) = status_and_json(
             client

@@ -44,6 +44,12 @@ pub async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, response.json().await.expect("a JSON answer"))
 }
 
+/// Sends `request`; the value of the answer's `name` header (which must be there).
+pub async fn header_of(request: reqwest::RequestBuilder, name: &str) -> String {
+    let response = request.send().await.expect("request succeeds");
+    response.headers()[name].to_str().unwrap().to_owned()
+}
+
 /// The `SESSION` cookie value a response set, if any ("" for a removal cookie).
 pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
     response
