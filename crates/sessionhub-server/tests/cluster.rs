@@ -80,19 +80,7 @@ async fn concurrent_increments_over_three_nodes_are_exact() {
     let (_, id, _) = get(&client, &nodes[0].http(), "/login", None).await;
     let id = id.unwrap();
     let bases: Vec<String> = nodes.iter().map(|n| n.http()).collect();
-    let tasks: Vec<_> = (0..300)
-        .map(|i| {
-            let (client, base, id) = (client.clone(), bases[i % 3].clone(), id.clone());
-            tokio::spawn(async move { get(&client, &base, "/get-session", Some(&id)).await })
-        })
-        .collect();
-    let mut counts = Vec::new();
-    for task in tasks {
-        let (status, _, body) = task.await.unwrap();
-        assert_eq!(status, 200);
-        counts.push(body["count"].as_i64().unwrap());
-    }
-    counts.sort_unstable();
+    let counts = concurrent_counts(&client, &bases, &id, 300).await;
     assert_eq!(counts, (1..=300).collect::<Vec<_>>());
     let (_, _, body) = get(&client, &bases[1], "/get-session", Some(&id)).await;
     assert_eq!(body["count"], 301);

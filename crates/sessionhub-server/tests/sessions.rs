@@ -241,19 +241,7 @@ async fn concurrent_get_session_never_loses_an_increment() {
     let base = node.http();
     let (_, id, _) = get(&client, &base, "/login", None).await;
     let id = id.unwrap();
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let (client, base, id) = (client.clone(), base.clone(), id.clone());
-            tokio::spawn(async move { get(&client, &base, "/get-session", Some(&id)).await })
-        })
-        .collect();
-    let mut seen = Vec::new();
-    for task in tasks {
-        let (status, _, body) = task.await.unwrap();
-        assert_eq!(status, 200);
-        seen.push(body["count"].as_i64().unwrap());
-    }
-    seen.sort_unstable();
+    let seen = concurrent_counts(&client, std::slice::from_ref(&base), &id, 200).await;
     assert_eq!(
         seen,
         (1..=200).collect::<Vec<_>>(),

@@ -86,6 +86,34 @@ pub async fn login(base: &str, user: &str) -> String {
     cookie.expect("login sets a cookie")
 }
 
+/// `n` concurrent `GET /get-session` with session `id`, the i-th to `bases[i % bases.len()]`;
+/// asserts each answered 200 and returns the counts they answered, sorted.
+pub async fn concurrent_counts(
+    client: &reqwest::Client,
+    bases: &[String],
+    id: &str,
+    n: usize,
+) -> Vec<i64> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, base, id) = (
+                client.clone(),
+                bases[i % bases.len()].clone(),
+                id.to_owned(),
+            );
+            tokio::spawn(async move { get(&client, &base, "/get-session", Some(&id)).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, 200);
+        counts.push(body["count"].as_i64().unwrap());
+    }
+    counts.sort_unstable();
+    counts
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens `/websocket/{id}` and reads the greeting.
