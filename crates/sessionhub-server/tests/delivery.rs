@@ -402,6 +402,28 @@ async fn publish(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Publishes `data` until the push API answers 200, every 100 ms until `deadline` (after a
+/// Redis restart the node's command connection may still be reconnecting); the answer.
+async fn publish_until_ok(
+    client: &reqwest::Client,
+    base: &str,
+    channel: &str,
+    data: Value,
+    deadline: Instant,
+) -> Value {
+    loop {
+        let (status, answer) = publish(client, base, channel, data.clone(), None).await;
+        if status == 200 {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish after the restart: {answer}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Publishes `{"n": n}` for each `n`, through node `via` of the deployment; returns the
 /// answers' offsets.
 async fn publish_many(
@@ -549,17 +571,7 @@ async fn after_redis_lost_its_data_the_epoch_changes_and_nothing_is_recovered() 
     // The first publish after the restart may meet a command connection still reconnecting.
     let http = http();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        let (status, answer) = publish(&http, &d.http(1), channel, json!({"n": 4}), None).await;
-        if status == 200 {
-            break answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no publish after the restart: {answer}"
-        );
-        sleep(Duration::from_millis(100)).await;
-    };
+    let answer = publish_until_ok(&http, &d.http(1), channel, json!({"n": 4}), deadline).await;
     assert_ne!(
         answer["epoch"],
         first.epoch.as_str(),
@@ -615,15 +627,7 @@ async fn a_redis_that_rolls_back_to_a_snapshot_must_not_let_clients_skip_publica
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut after = Vec::new();
     for n in 11..=13 {
-        let answer = loop {
-            let (status, answer) = publish(&http, &d.http(1), channel, json!({"n": n}), None).await;
-            if status == 200 {
-                break answer;
-            }
-            assert!(Instant::now() < deadline, "no publish after the restart");
-            sleep(Duration::from_millis(100)).await;
-        };
-        after.push(answer);
+        after.push(publish_until_ok(&http, &d.http(1), channel, json!({"n": n}), deadline).await);
     }
 
     let s = client.reconnect(&d.ws(1)).await.remove(0);
