@@ -204,6 +204,32 @@ async fn a_talking_socket_keeps_its_session_alive() {
     assert_closes(&mut ws, Duration::from_secs(1), 4002).await;
 }
 
+/// WebSocket pings are not use: a socket that only pings lets its session idle out.
+#[tokio::test]
+async fn a_pinging_socket_does_not_keep_its_session_alive() {
+    let (_redis, nodes) = session_cluster(&["--session-timeout", "2"]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    let (mut ws, _) = connect_as(&url, &alice).await.unwrap();
+    let started = Instant::now();
+    let pinging = async {
+        loop {
+            if ws.send(Message::Ping(Default::default())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    // The pings go out until the server closes the socket (or the bound runs out).
+    let _ = tokio::time::timeout(Duration::from_millis(2600), pinging).await;
+    assert_closes(&mut ws, Duration::from_secs(2), 4002).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed only {:?} after connect",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn logging_in_again_rotates_and_closes_sockets_bound_to_the_old_id() {
     let (_redis, nodes) = session_cluster(&[]);
