@@ -68,9 +68,13 @@ pub(crate) struct FanoutArgs {
     /// Rate multiplier between search steps.
     #[arg(long, default_value_t = 1.6)]
     pub(crate) factor: f64,
-    /// Most steps of a search (the last may be a midpoint between a pass and a fail).
+    /// Most steps of a search, not counting the refinements.
     #[arg(long, default_value_t = 10)]
     pub(crate) max_steps: u32,
+    /// After the first failure, how many times the search halves the gap between the best
+    /// passing rate and the lowest failing one (each halving is one more step).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) refine: u32,
     /// A failed step is run again this many times (0 or 1) before the search moves on.
     #[arg(long, default_value_t = 1)]
     pub(crate) retries: u32,
@@ -247,11 +251,11 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     sleep(Duration::from_millis(500)).await;
 
     let mut steps: Vec<StepResult> = Vec::new();
+    let mut search = Search::new(args.factor, args.refine);
     let mut rate = args.rate;
-    let mut last_fail: Option<f64> = None;
     let mut retried = false;
     let mut step = 0;
-    while step < args.max_steps + args.retries {
+    while step < args.max_steps + args.refine + args.retries {
         let result = run_step(&args, step, rate, users, &shared, &mut publisher).await?;
         step += 1;
         eprintln!(
@@ -288,16 +292,10 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             continue;
         }
         retried = false;
-        let best_rate = best_of(&steps).map(|b| b.rate);
-        match (pass, last_fail, best_rate) {
-            (true, None, _) => rate *= args.factor,
-            // One refinement between the best pass and the first failure, then stop.
-            (false, None, Some(best)) => {
-                last_fail = Some(rate);
-                rate = (best + rate) / 2.0;
-            }
-            _ => break,
-        }
+        let Some(next) = search.next(rate, pass) else {
+            break;
+        };
+        rate = next;
         if shared.disconnects.load(Ordering::Relaxed) > 0 {
             eprintln!(
                 "[{}] clients were disconnected; stopping the search",
@@ -326,6 +324,48 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         best: best_of(&steps).cloned(),
         steps,
     })
+}
+
+/// Where a rate search stands: the rate goes up by `factor` until a step fails, then the gap
+/// between the best passing rate and the lowest failing one is halved `refine` times, so
+/// the figure reported is within `factor^(1/2^refine)` of the limit rather than a whole
+/// factor below it (two targets a step apart would otherwise read as equal).
+#[derive(Debug, Clone)]
+struct Search {
+    factor: f64,
+    refine_left: u32,
+    best_pass: Option<f64>,
+    lowest_fail: Option<f64>,
+}
+
+impl Search {
+    fn new(factor: f64, refine: u32) -> Self {
+        Self {
+            factor,
+            refine_left: refine,
+            best_pass: None,
+            lowest_fail: None,
+        }
+    }
+
+    /// Records how a step at `rate` went; the next rate to try, or `None` when done.
+    fn next(&mut self, rate: f64, pass: bool) -> Option<f64> {
+        if pass {
+            self.best_pass = Some(self.best_pass.map_or(rate, |b| b.max(rate)));
+        } else {
+            self.lowest_fail = Some(self.lowest_fail.map_or(rate, |f| f.min(rate)));
+        }
+        match (self.best_pass, self.lowest_fail) {
+            (_, None) => Some(rate * self.factor),
+            // Not even the first rate passed: nothing to refine.
+            (None, Some(_)) => None,
+            (Some(_), Some(_)) if self.refine_left == 0 => None,
+            (Some(pass), Some(fail)) => {
+                self.refine_left -= 1;
+                Some((pass + fail) / 2.0)
+            }
+        }
+    }
 }
 
 fn best_of(steps: &[StepResult]) -> Option<&StepResult> {
@@ -656,6 +696,35 @@ mod tests {
         assert_eq!(user_count(30, 2), 15);
         assert_eq!(user_count(31, 2), 16);
         assert_eq!(user_count(5, 0), 5);
+    }
+
+    #[test]
+    fn the_search_climbs_then_halves_the_gap() {
+        let mut search = Search::new(2.0, 2);
+        assert_eq!(search.next(1000.0, true), Some(2000.0));
+        assert_eq!(search.next(2000.0, true), Some(4000.0));
+        // First failure: halfway between the best pass and it.
+        assert_eq!(search.next(4000.0, false), Some(3000.0));
+        // A pass moves the lower bound up...
+        assert_eq!(search.next(3000.0, true), Some(3500.0));
+        // ...and after `refine` halvings the search stops, whatever the last step did.
+        assert_eq!(search.next(3500.0, false), None);
+
+        let mut search = Search::new(2.0, 2);
+        assert_eq!(search.next(1000.0, true), Some(2000.0));
+        assert_eq!(search.next(2000.0, false), Some(1500.0));
+        // A failure moves the upper bound down.
+        assert_eq!(search.next(1500.0, false), Some(1250.0));
+        assert_eq!(search.next(1250.0, true), None);
+    }
+
+    #[test]
+    fn a_search_whose_first_rate_fails_stops() {
+        assert_eq!(Search::new(1.6, 3).next(1000.0, false), None);
+        // Without refinement, the first failure ends it.
+        let mut search = Search::new(1.6, 0);
+        assert_eq!(search.next(1000.0, true), Some(1600.0));
+        assert_eq!(search.next(1600.0, false), None);
     }
 
     #[test]
