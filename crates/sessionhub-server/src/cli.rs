@@ -37,6 +37,13 @@ pub(crate) struct Serve {
           value_parser = ["pretty", "json"])]
     pub(crate) log_format: String,
 
+    /// Worker threads that serve connections (default: one per CPU core). With 1, no
+    /// wake-ups between workers: the cheapest per message where the node shares its cores
+    /// with other nodes or with Redis (docs/benchmarks.md).
+    #[arg(long, env = "SESSIONHUB_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) threads: Option<u16>,
+
     /// Address to listen on. A non-loopback address needs --insecure.
     #[arg(long, env = "SESSIONHUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,

@@ -100,6 +100,25 @@ async fn a_slow_consumer_shows_in_the_metrics() {
 }
 
 #[tokio::test]
+async fn threads_sets_the_worker_threads_and_zero_is_refused() {
+    for threads in ["1", "3"] {
+        let node = node(&["--threads", threads, "--log-format", "json"]);
+        let (mut socket, _) = connect(&node.ws(), "alice").await;
+        let (status, _) = push(&http(), &node.http(), "alice", "hello").await;
+        assert_eq!(status, 200);
+        wait_for_text(&mut socket, "hello", Duration::from_secs(5)).await;
+        let stderr = node.stderr();
+        assert!(
+            stderr.contains(&format!("\"threads\":{threads}")),
+            "--threads {threads}: {stderr}"
+        );
+    }
+    let (code, stderr) = Node::run_once(&binary(), &["serve", "--threads", "0"]).unwrap();
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--threads"), "{stderr}");
+}
+
+#[tokio::test]
 async fn json_logs_have_one_line_per_connection_open_and_close() {
     let node = node(&["--log-format", "json", "--node-id", "log-node"]);
     let (ws, _) = connect(&node.ws(), "42").await;

@@ -448,6 +448,7 @@ async fn every_flag_is_in_help_with_its_environment_variable() {
         ("--max-message-size", "SESSIONHUB_MAX_MESSAGE_SIZE"),
         ("--history-size", "SESSIONHUB_HISTORY_SIZE"),
         ("--history-ttl", "SESSIONHUB_HISTORY_TTL"),
+        ("--threads", "SESSIONHUB_THREADS"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
