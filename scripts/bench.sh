@@ -10,7 +10,9 @@
 #
 # Environment: SESSIONHUB_BIN=path uses a prebuilt sessionhub binary instead of building
 # one (SESSIONHUB_REV=text names its version in the results); BENCH_KEEP=1 keeps the
-# scratch directory (logs, raw results).
+# scratch directory (logs, raw results); BENCH_THREADS=N gives every Rust target N worker
+# threads (default 1, like the single-threaded Node peers; empty: each runtime's default,
+# one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -91,6 +93,15 @@ SH_HELP=$("$SESSIONHUB" serve --help)
 grep -q -- '--max-connections-per-ip' <<<"$SH_HELP" && SH_FLAGS+=(--max-connections-per-ip 1000000)
 grep -q -- '--max-messages-per-sec' <<<"$SH_HELP" && SH_FLAGS+=(--max-messages-per-sec 1000000)
 grep -q -- '--max-connections-per-user' <<<"$SH_HELP" && SH_FLAGS+=(--max-connections-per-user 1000)
+# Every Rust target gets the same number of worker threads: sessionhub with --threads, the
+# peers (#[tokio::main]) with TOKIO_WORKER_THREADS. Three nodes, Redis and the load generator
+# share 2 cores, where wake-ups between workers cost more than a second worker brings.
+THREADS=${BENCH_THREADS-1}
+PEER_ENV=()
+if [ -n "$THREADS" ]; then
+  grep -q -- '--threads' <<<"$SH_HELP" && SH_FLAGS+=(--threads "$THREADS")
+  PEER_ENV=(env "TOKIO_WORKER_THREADS=$THREADS")
+fi
 
 # --- processes -----------------------------------------------------------------------------
 NEXT_PORT=$((20000 + RANDOM % 5000))
@@ -150,9 +161,9 @@ peer_node() {
   local kind=$1 name=$2
   free_port
   case "$kind" in
-    socketioxide) start "$name" "$PORT" "$PEER_SIOX" "$PORT" "$REDIS" ;;
+    socketioxide) start "$name" "$PORT" "${PEER_ENV[@]}" "$PEER_SIOX" "$PORT" "$REDIS" ;;
     socketio) start "$name" "$PORT" node "$NODE_PEERS/socketio.js" "$PORT" "$REDIS" ;;
-    tower-sessions) start "$name" "$PORT" "$PEER_TOWER" "$PORT" "$REDIS" ;;
+    tower-sessions) start "$name" "$PORT" "${PEER_ENV[@]}" "$PEER_TOWER" "$PORT" "$REDIS" ;;
     express-session) start "$name" "$PORT" node "$NODE_PEERS/express-session.js" "$PORT" "$REDIS" ;;
   esac
   ADDR="127.0.0.1:$PORT"
@@ -160,13 +171,13 @@ peer_node() {
 
 # --- scenario sizes ------------------------------------------------------------------------
 if [ $QUICK = 1 ]; then
-  FAN=(--clients 500 --duration 2 --max-steps 4 --rate 1000 --factor 2)
+  FAN=(--clients 500 --duration 2 --max-steps 4 --rate 1000 --factor 2 --refine 1)
   FAN_MODES=(http)
   CONNS=5000
   SESS=(--vus 32 --duration 3 --probe-requests 50)
   BENCH_N=50000
 else
-  FAN=(--clients 1000 --duration 5 --max-steps 9 --rate 1000 --factor 1.6)
+  FAN=(--clients 1000 --duration 5 --max-steps 9 --rate 2000 --factor 1.6 --refine 2)
   FAN_MODES=(http frame)
   # 50 000 wanted; a process cannot hold more sockets than its descriptor limit.
   CONNS=$((FD_LIMIT - 1000)); [ $CONNS -gt 50000 ] && CONNS=50000
@@ -259,6 +270,7 @@ git diff --quiet HEAD -- crates 2>/dev/null || commit="$commit+uncommitted"
   --markdown "bench/results/$NAME.md" \
   --note "date=$(date -u +%Y-%m-%dT%H:%MZ)" --note "quick=$QUICK" \
   --note "fd_limit=$FD_LIMIT" --note "sessionhub=$commit" \
+  --note "rust_worker_threads=${THREADS:-default}" \
   --note "redis=$(redis-server --version | grep -o 'v=[^ ]*')" \
   --note "node=$(node --version)"
 log "done: bench/results/$NAME.json, .md and charts"
