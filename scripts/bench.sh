@@ -174,14 +174,18 @@ if [ $QUICK = 1 ]; then
   FAN=(--clients 500 --duration 2 --max-steps 4 --rate 1000 --factor 2 --refine 1)
   FAN_MODES=(http)
   CONNS=5000
-  SESS=(--vus 32 --duration 3 --probe-requests 50)
+  SESS=(--vus 32 --duration 3)
+  SESS_PROBE=50
+  SESS_ROUNDS=1
   BENCH_N=50000
 else
   FAN=(--clients 1000 --duration 5 --max-steps 9 --rate 2000 --factor 1.6 --refine 2)
   FAN_MODES=(http frame)
   # 50 000 wanted; a process cannot hold more sockets than its descriptor limit.
   CONNS=$((FD_LIMIT - 1000)); [ $CONNS -gt 50000 ] && CONNS=50000
-  SESS=(--vus 64 --duration 10 --probe-requests 100)
+  SESS=(--vus 64 --duration 5)
+  SESS_PROBE=100
+  SESS_ROUNDS=3
   BENCH_N=300000
 fi
 
@@ -232,18 +236,25 @@ peer_node socketioxide socketioxide; connections socketioxide socketio
 peer_node socketio socketio; connections socketio socketio
 
 # --- sessions ------------------------------------------------------------------------------
+# sessions LABEL ROUND: one round against the node just started; the first round also
+# probes which commands each request sends. The report keeps each target's median round.
 sessions() {
-  local label=$1; shift
+  local label=$1 round=$2; shift 2
+  local probe=$SESS_PROBE; [ "$round" = 1 ] || probe=0
   "$LOADGEN" sessions --label "$label" --node "$ADDR" --redis "$REDIS" "${SESS[@]}" "$@" \
-    --pid "$PID" --redis-pid "$REDIS_PID" \
-    --out "$RAW/sessions-$label.json" >/dev/null \
-    || log "FAILED: sessions $label (continuing)"
+    --probe-requests "$probe" --pid "$PID" --redis-pid "$REDIS_PID" \
+    --out "$RAW/sessions-$label.r$round.json" >/dev/null \
+    || log "FAILED: sessions $label round $round (continuing)"
   stop_all_targets
 }
-log "sessions: one node each on the same Redis"
-sessionhub_node sessionhub cluster; sessions sessionhub --read-path /read-session
-peer_node tower-sessions tower-sessions; sessions tower-sessions --read-path /read-session
-peer_node express-session express-session; sessions express-session --read-path /read-session
+# Rounds alternate the targets, so a spell of foreign load on a shared machine lands on all of
+# them rather than on whichever ran at the time.
+for round in $(seq 1 "$SESS_ROUNDS"); do
+  log "sessions: one node each on the same Redis, round $round of $SESS_ROUNDS"
+  sessionhub_node sessionhub cluster; sessions sessionhub "$round" --read-path /read-session
+  peer_node tower-sessions tower-sessions; sessions tower-sessions "$round" --read-path /read-session
+  peer_node express-session express-session; sessions express-session "$round" --read-path /read-session
+done
 
 # --- Redis ceiling -------------------------------------------------------------------------
 log "Redis ceiling: redis-benchmark"

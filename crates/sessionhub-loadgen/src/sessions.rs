@@ -118,6 +118,10 @@ pub(crate) struct SessionsReport {
     pub(crate) probe_write: Option<Probe>,
     /// Sequential probe of the read-only route.
     pub(crate) probe_read: Option<Probe>,
+    /// Requests per second of every round, when `report` merged several runs of this
+    /// target into this one (the median round); empty for a single run.
+    #[serde(default)]
+    pub(crate) rounds: Vec<f64>,
 }
 
 /// A client with one session over one keep-alive connection: keeps the cookies the
@@ -297,6 +301,7 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
         probe_login,
         probe_write,
         probe_read,
+        rounds: Vec::new(),
     })
 }
 
