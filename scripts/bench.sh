@@ -273,6 +273,8 @@ redis-cli -p "$REDIS_PORT" flushall >/dev/null
 
 # --- report --------------------------------------------------------------------------------
 NAME=$(date -u +%Y-%m-%d); [ $QUICK = 1 ] && NAME="$NAME-quick"
+# A second run on the same day gets the time too, rather than replacing the first.
+[ -e "bench/results/$NAME.json" ] && NAME="$NAME-$(date -u +%H%M)"
 mkdir -p bench/results
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- crates 2>/dev/null || commit="$commit+uncommitted"
