@@ -113,7 +113,7 @@ async fn threads_sets_the_worker_threads_and_zero_is_refused() {
             "--threads {threads}: {stderr}"
         );
     }
-    let (code, stderr) = Node::run_once(&binary(), &["serve", "--threads", "0"]).unwrap();
+    let (code, stderr) = Node::run_once(binary(), &["serve", "--threads", "0"]).unwrap();
     assert_ne!(code, Some(0));
     assert!(stderr.contains("--threads"), "{stderr}");
 }
