@@ -88,7 +88,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     });
 
     let history = HistoryConfig {
-        size: args.history_size.max(1),
+        size: args.history_size,
         ttl: Duration::from_secs(args.history_ttl),
         ..HistoryConfig::default()
     };

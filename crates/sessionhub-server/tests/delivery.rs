@@ -781,6 +781,82 @@ async fn a_repeated_idempotency_key_publishes_once_embedded() {
     a_repeated_idempotency_key(Backend::Embedded).await;
 }
 
+/// The next publication of a server without history, taken raw: (channel, epoch, offset, data).
+async fn next_bare(client: &mut V1Client) -> (String, String, u64, Value) {
+    match client.next_frame().await {
+        Frame::Publication {
+            channel,
+            epoch,
+            offset,
+            data,
+        } => (channel, epoch, offset, data),
+        other => panic!("{}: expected a publication, got {other:?}", client.user),
+    }
+}
+
+async fn without_history(backend: Backend) {
+    let d = deploy(backend, 2, &["--history-size", "0"]);
+    let http = http();
+    let channel = "room:bare";
+    let mut a = V1Client::connect(&d.ws(0), "bare-a").await;
+    let mut b = V1Client::connect(&d.ws(1), "bare-b").await;
+    for client in [&mut a, &mut b] {
+        let s = client.subscribe(channel).await;
+        assert_eq!((s.epoch.as_str(), s.offset), ("", 0), "{s:?}");
+    }
+    // Pushes through any node reach every subscriber, in order, unnumbered.
+    for n in 1..=3 {
+        let (status, answer) = publish(&http, &d.http(n), channel, json!({"n": n}), None).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            (&answer["offset"], &answer["epoch"]),
+            (&json!(0), &json!(""))
+        );
+    }
+    for client in [&mut a, &mut b] {
+        for n in 1..=3 {
+            let publication = next_bare(client).await;
+            assert_eq!(
+                publication,
+                (channel.to_owned(), String::new(), 0, json!({"n": n}))
+            );
+        }
+    }
+    // A client that comes back may have missed anything: it is never told it is up to date.
+    b.disconnect().await;
+    publish_many(&d, 0, channel, [4]).await;
+    assert_eq!(next_bare(&mut a).await.3, json!({"n": 4}));
+    let s = b.reconnect(&d.ws(0)).await.remove(0);
+    assert!(!s.recovered, "{s:?}");
+    assert!(s.publications.is_empty(), "{s:?}");
+    // An idempotency key is refused rather than silently not honoured.
+    let (status, answer) = publish(&http, &d.http(0), channel, json!({"n": 5}), Some("k")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "idempotency_unavailable",
+        "{answer}"
+    );
+    a.assert_silent(Duration::from_millis(300)).await;
+    // In Redis a push is a bare PUBLISH: no stream, no meta, no script.
+    if let Some(redis) = &d.redis {
+        let keys = redis.command("KEYS *").expect("KEYS answers");
+        assert!(!keys.contains("ch:"), "channel keys in redis: {keys}");
+        let stats = redis.info("commandstats").expect("INFO answers");
+        assert!(!stats.contains("cmdstat_evalsha"), "{stats}");
+        assert!(stats.contains("cmdstat_publish:calls=4"), "{stats}");
+    }
+}
+
+#[tokio::test]
+async fn without_history_pushes_arrive_unnumbered_and_nothing_is_recovered_on_redis() {
+    without_history(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn without_history_pushes_arrive_unnumbered_and_nothing_is_recovered_embedded() {
+    without_history(Backend::Embedded).await;
+}
+
 #[tokio::test]
 async fn reconnecting_to_another_node_recovers_exactly_the_missed_publications_in_order() {
     let d = deploy(Backend::Redis, 3, &[]);

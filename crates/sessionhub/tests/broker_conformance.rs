@@ -666,6 +666,39 @@ mod check {
         );
     }
 
+    pub(super) async fn a_broker_without_history_publishes_unnumbered_and_recovers_nothing(
+        backend: &Backend,
+    ) {
+        let node = backend
+            .node_with(history(0, HistoryConfig::default().ttl))
+            .await;
+        assert!(!node.broker.keeps_history());
+        assert!(backend.node().await.broker.keeps_history());
+        let channel = "room:bare";
+        node.join(channel).await;
+        // Asked for history, it has none to give: the publish is delivered, unnumbered.
+        let first = node.publish(channel, "{\"n\":1}").await;
+        let second = node.publish(channel, "{\"n\":2}").await;
+        for receipt in [&first, &second] {
+            assert_eq!((receipt.offset, &*receipt.epoch), (0, ""));
+            assert_eq!((receipt.nodes, receipt.duplicate), (1, false));
+        }
+        let live = node.expect_publications(channel, 2).await;
+        assert_eq!(
+            live,
+            [
+                publication(&first, "{\"n\":1}"),
+                publication(&second, "{\"n\":2}")
+            ]
+        );
+        let fresh = node.recover(channel, None).await;
+        assert_eq!((&*fresh.epoch, fresh.offset), ("", 0));
+        // Whoever comes back with a position may have missed anything.
+        let back = node.recover(channel, Some(&at("", 0))).await;
+        assert!(!back.recovered, "{back:?}");
+        assert!(back.publications.is_empty(), "{back:?}");
+    }
+
     pub(super) async fn concurrent_publishes_take_consecutive_offsets_in_order(backend: &Backend) {
         const COUNT: u64 = 200;
         let node = backend.node().await;
@@ -753,6 +786,7 @@ conformance!(
     another_epoch_is_not_recovered,
     an_idempotency_key_publishes_once,
     publishes_without_history_have_no_offset_and_are_not_kept,
+    a_broker_without_history_publishes_unnumbered_and_recovers_nothing,
     concurrent_publishes_take_consecutive_offsets_in_order,
 );
 

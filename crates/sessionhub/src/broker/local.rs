@@ -102,7 +102,7 @@ impl Broker for LocalBroker {
         data: Utf8Bytes,
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError> {
-        if !options.history {
+        if !options.history || !self.config.keeps_history() {
             let publication = Publication {
                 offset: 0,
                 epoch: "".into(),
@@ -161,6 +161,9 @@ impl Broker for LocalBroker {
         channel: &str,
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError> {
+        if !self.config.keeps_history() {
+            return Ok(Recovery::without_history(since));
+        }
         Ok(self.with_channel(channel, |history| {
             let after = since.map_or(u64::MAX, |s| s.offset);
             let entries = history
@@ -179,4 +182,8 @@ impl Broker for LocalBroker {
     }
 
     fn unsubscribe(&self, _channel: &str) {}
+
+    fn keeps_history(&self) -> bool {
+        self.config.keeps_history()
+    }
 }

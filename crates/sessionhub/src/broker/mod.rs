@@ -101,6 +101,18 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// The answer of a broker that keeps no history: nothing to recover, at a position
+    /// (epoch "", offset 0) that no publication moves. A client that comes back with a
+    /// position may have missed anything, so it is told `recovered: false`.
+    pub(crate) fn without_history(since: Option<&StreamPosition>) -> Self {
+        Self {
+            epoch: "".into(),
+            offset: 0,
+            recovered: since.is_none(),
+            publications: Vec::new(),
+        }
+    }
+
     /// Decides a recovery from what a backend read in one step: the current `epoch` and
     /// top `offset`, and the history entries after `since.offset` it found (in order).
     pub(crate) fn decide(
@@ -136,7 +148,9 @@ impl Recovery {
 /// How much history each channel keeps.
 #[derive(Debug, Clone)]
 pub struct HistoryConfig {
-    /// Publications kept per channel.
+    /// Publications kept per channel. 0 keeps no history at all: every publication has
+    /// offset 0 and epoch "", nothing can be recovered, and a publish costs the backend only
+    /// its delivery (in Redis a bare PUBLISH instead of a script that also writes a stream).
     pub size: usize,
     /// How long a publication is kept.
     pub ttl: Duration,
@@ -155,6 +169,13 @@ impl Default for HistoryConfig {
             meta_ttl: Duration::from_secs(86_400),
             idempotency_window: Duration::from_secs(120),
         }
+    }
+}
+
+impl HistoryConfig {
+    /// Whether channels keep any history (`size` > 0).
+    pub fn keeps_history(&self) -> bool {
+        self.size > 0
     }
 }
 
@@ -230,6 +251,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops receiving `channel`, ordered with [`Broker::subscribe`] like it.
     fn unsubscribe(&self, channel: &str);
+
+    /// Whether channels keep history ([`HistoryConfig::size`] > 0). Without it a publish
+    /// cannot honour [`PublishOptions::idempotency_key`], so callers refuse keys.
+    fn keeps_history(&self) -> bool;
 
     /// Whether the broker can carry messages right now (for `/readyz`).
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -240,8 +240,8 @@ end
 
 /// Assigns the next offset, appends to the capped history and publishes, atomically.
 /// KEYS: meta, history stream, idempotency key (or "" for none).
-/// ARGV: data, pub/sub channel, new epoch, whether to keep history ("1"/"0"), the Redis
-/// `run_id` to bind the epoch to ("" for none).
+/// ARGV: data, pub/sub channel, new epoch, the Redis `run_id` to bind the epoch to ("" for
+/// none). A publish kept out of history does not come here: it is a bare PUBLISH.
 /// Returns `<offset>:<epoch>:<nodes>:<duplicate 0/1>` as one string: redis-rs parses a RESP
 /// array at ~1 000 instructions an element, and this reply comes once per publish.
 ///
@@ -259,11 +259,7 @@ fn publish_script(history: &HistoryConfig) -> String {
         idem = history.idempotency_window.as_millis(),
         epoch = epoch_lua!(),
         body = r#"
-if ARGV[4] == '0' then
-  local nodes = redis.call('PUBLISH', ARGV[2], '0::' .. ARGV[1])
-  return '0::' .. string.format('%d', nodes) .. ':0'
-end
-local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[3], ARGV[5])
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[3], ARGV[4])
 if KEYS[3] ~= '' then
   local seen = redis.call('GET', KEYS[3])
   if seen then
@@ -334,6 +330,26 @@ impl RedisBroker {
     pub fn redis_channel(&self, channel: &str) -> String {
         self.names.redis(channel)
     }
+
+    /// A publish kept out of history: a bare PUBLISH of `0::<data>` (offset 0, epoch ""),
+    /// with no script, stream or meta key behind it.
+    async fn publish_only(&self, channel: &str, data: Utf8Bytes) -> Result<Receipt, BrokerError> {
+        let redis_channel = self.names.redis(channel);
+        let payload = format!("0::{}", data.as_str());
+        let nodes: usize = run(&self.commands, "publish", Retry::IfNeverSent, |mut link| {
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(&redis_channel).arg(&payload);
+            async move { command.query_async(&mut link.connection).await }
+        })
+        .await?;
+        Ok(Receipt {
+            offset: 0,
+            epoch: "".into(),
+            nodes,
+            connections: None,
+            duplicate: false,
+        })
+    }
 }
 
 #[async_trait]
@@ -345,6 +361,9 @@ impl Broker for RedisBroker {
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError> {
         let names = &self.names;
+        if !options.history || !self.history.keeps_history() {
+            return self.publish_only(channel, data).await;
+        }
         let idempotency = match &options.idempotency_key {
             Some(key) if options.history => names.key(channel, &format!("idem:{key}")),
             _ => String::new(),
@@ -369,7 +388,6 @@ impl Broker for RedisBroker {
                 .arg(data.as_str())
                 .arg(&redis_channel)
                 .arg(&epoch)
-                .arg(if options.history { "1" } else { "0" })
                 .arg(&*link.bind);
             async move { invocation.invoke_async(&mut link.connection).await }
         })
@@ -384,6 +402,9 @@ impl Broker for RedisBroker {
         channel: &str,
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError> {
+        if !self.history.keeps_history() {
+            return Ok(Recovery::without_history(since));
+        }
         let names = &self.names;
         let (meta, history) = (names.key(channel, "meta"), names.key(channel, "history"));
         let fresh = self.epochs.next();
@@ -457,6 +478,10 @@ impl Broker for RedisBroker {
         let _ = self.requests.send(Request::Unsubscribe {
             channel: channel.to_owned(),
         });
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.history.keeps_history()
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -352,6 +352,11 @@ pub(crate) enum ChannelChange {
     },
 }
 
+/// Why a publish with an idempotency key is refused on a server that keeps no history: the
+/// key is remembered beside the channel's history, so without one a retry would publish twice.
+pub(crate) const NO_IDEMPOTENCY_WITHOUT_HISTORY: &str =
+    "idempotency keys need channel history, and this server keeps none (--history-size 0)";
+
 /// Plans a publish from the client: checked now, sent to the broker by the returned future.
 fn publish(
     id: Option<u64>,
@@ -371,6 +376,13 @@ fn publish(
     if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
         let e = FrameError::PublishForbidden;
         return Plan::Reply(vec![error(id, e.code(), e.to_string())]);
+    }
+    if idempotency_key.is_some() && !gateway.hub.broker().keeps_history() {
+        return Plan::Reply(vec![error(
+            id,
+            "idempotency_unavailable",
+            NO_IDEMPOTENCY_WITHOUT_HISTORY,
+        )]);
     }
     let gateway = gateway.clone();
     Plan::Later(
