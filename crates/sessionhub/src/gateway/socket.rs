@@ -456,36 +456,24 @@ async fn drive(
         .min(config.idle_timeout / 2)
         .max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    // The timers and cancellation waits live across iterations: made afresh inside
-    // `select!`, each would register with the timer wheel or the token and deregister again
-    // on every message, several locks per delivery.
-    let mut last_heard = Instant::now();
-    let idle = sleep_until(last_heard + config.idle_timeout);
-    let credentials_check = sleep_until(first_credentials_check(credentials, gateway));
-    let slow = connection.slow().clone().cancelled_owned();
-    let shutdown = gateway.shutdown.clone().cancelled_owned();
-    tokio::pin!(idle, credentials_check, slow, shutdown);
+    let mut idle_deadline = Instant::now() + config.idle_timeout;
+    let mut credentials_check = first_credentials_check(credentials, gateway);
     // Admitting the socket loaded its session, which slid the session's expiry.
     let mut session_used = Instant::now();
     let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
+    let slow = connection.slow().clone();
+    let shutdown = gateway.shutdown.clone();
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => return close::GOING_AWAY,
-            () = &mut slow => return close::SLOW_CONSUMER,
-            () = &mut idle => {
-                // Inbound frames only note when they came; the timer catches up here.
-                let deadline = last_heard + config.idle_timeout;
-                if deadline <= Instant::now() {
-                    return close::IDLE_TIMEOUT;
-                }
-                idle.as_mut().reset(deadline);
-            }
-            () = &mut credentials_check => {
+            () = shutdown.cancelled() => return close::GOING_AWAY,
+            () = slow.cancelled() => return close::SLOW_CONSUMER,
+            () = sleep_until(idle_deadline) => return close::IDLE_TIMEOUT,
+            () = sleep_until(credentials_check) => {
                 match check_credentials(credentials, gateway).await {
-                    Some(next) => credentials_check.as_mut().reset(next),
+                    Some(next) => credentials_check = next,
                     None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,
                     None => return close::SESSION_ENDED,
                 }
@@ -509,8 +497,8 @@ async fn drive(
                 // slow-consumer verdict or a shutdown.
                 tokio::select! {
                     sent = socket.send(Message::Text(text)) => if sent.is_err() { return (0, "gone") },
-                    () = &mut slow => return close::SLOW_CONSUMER,
-                    () = &mut shutdown => return close::GOING_AWAY,
+                    () = slow.cancelled() => return close::SLOW_CONSUMER,
+                    () = shutdown.cancelled() => return close::GOING_AWAY,
                 }
             }
             Some(replies) = in_flight.next(), if !in_flight.is_empty() => {
@@ -526,17 +514,17 @@ async fn drive(
                 }
             }
             inbound = socket.next() => {
-                last_heard = Instant::now();
+                idle_deadline = Instant::now() + config.idle_timeout;
                 if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &inbound {
                     metrics::counter!("sessionhub_client_frames_total").increment(1);
                     // A client that talks is using its session, as a request would: slide it
                     // (at most every half idle timeout), or end if it is gone.
                     if let Credentials::Session { id, ends } = credentials
-                        && last_heard.duration_since(session_used) >= gateway.sessions.idle_timeout / 2
+                        && session_used.elapsed() >= gateway.sessions.idle_timeout / 2
                     {
-                        session_used = last_heard;
+                        session_used = Instant::now();
                         match use_session(id, *ends, user, gateway).await {
-                            Some(next) => credentials_check.as_mut().reset(next),
+                            Some(next) => credentials_check = next,
                             None => return close::SESSION_ENDED,
                         }
                     }
