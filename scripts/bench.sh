@@ -147,12 +147,13 @@ start redis "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --s
 REDIS="redis://127.0.0.1:$REDIS_PORT"
 REDIS_PID=$PID
 
-# sessionhub NAME [cluster|embedded]: one node; its address in $ADDR, pid in $PID.
+# sessionhub NAME [cluster|embedded] [FLAG...]: one node; its address in $ADDR, pid in $PID.
 sessionhub_node() {
   local name=$1 mode=$2
   free_port
   local args=(serve --listen "127.0.0.1:$PORT" --node-id "$name" --data-dir "$SCRATCH/data-$name")
   [ "$mode" = cluster ] && args+=(--redis "$REDIS")
+  args+=("${@:3}")
   start "$name" "$PORT" "$SESSIONHUB" "${args[@]}" "${SH_FLAGS[@]}"
   ADDR="127.0.0.1:$PORT"
 }
@@ -206,6 +207,15 @@ log "fan-out: sessionhub, 3 nodes on Redis"
 A=(); NODE_PIDS=()
 for i in 1 2 3; do sessionhub_node "sessionhub-$i" cluster; A+=("$ADDR"); NODE_PIDS+=("$PID"); done
 for m in "${FAN_MODES[@]}"; do fanout sessionhub sessionhub "$m" "${A[@]}"; done
+stop_all_targets
+
+# The peers keep no history; this is sessionhub doing exactly their job.
+log "fan-out: sessionhub without history (--history-size 0), 3 nodes on Redis"
+A=(); NODE_PIDS=()
+for i in 1 2 3; do
+  sessionhub_node "sessionhub-nohistory-$i" cluster --history-size 0; A+=("$ADDR"); NODE_PIDS+=("$PID")
+done
+for m in "${FAN_MODES[@]}"; do fanout sessionhub-nohistory sessionhub "$m" "${A[@]}"; done
 stop_all_targets
 
 log "fan-out: sessionhub embedded, 1 node"
