@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks sessionhub against its peers, side by side, in one run (docs/benchmarks.md).
 #
-#   scripts/bench.sh           full run, ~12 minutes on 2 cores
+#   scripts/bench.sh           full run, ~14 minutes on 2 cores
 #   scripts/bench.sh --quick   smoke run, ~3 minutes
 #
 # Builds everything in release mode, starts a private redis-server on a free port (never
