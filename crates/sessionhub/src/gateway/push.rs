@@ -139,7 +139,7 @@ async fn publish(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "idempotency_unavailable",
-            super::v1::NO_IDEMPOTENCY_WITHOUT_HISTORY,
+            super::NO_IDEMPOTENCY_WITHOUT_HISTORY,
         ));
     }
     let options = PublishOptions {

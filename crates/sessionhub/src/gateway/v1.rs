@@ -352,11 +352,6 @@ pub(crate) enum ChannelChange {
     },
 }
 
-/// Why a publish with an idempotency key is refused on a server that keeps no history: the
-/// key is remembered beside the channel's history, so without one a retry would publish twice.
-pub(crate) const NO_IDEMPOTENCY_WITHOUT_HISTORY: &str =
-    "idempotency keys need channel history, and this server keeps none (--history-size 0)";
-
 /// Plans a publish from the client: checked now, sent to the broker by the returned future.
 fn publish(
     id: Option<u64>,
@@ -381,7 +376,7 @@ fn publish(
         return Plan::Reply(vec![error(
             id,
             "idempotency_unavailable",
-            NO_IDEMPOTENCY_WITHOUT_HISTORY,
+            super::NO_IDEMPOTENCY_WITHOUT_HISTORY,
         )]);
     }
     let gateway = gateway.clone();
