@@ -818,6 +818,67 @@ mod tests {
         }
     }
 
+    /// A fan-out result whose best step delivered `delivered` messages per second.
+    fn fanout(label: &str, publish: PublishMode, delivered: f64) -> FanoutReport {
+        let best = crate::fanout::StepResult {
+            rate: delivered / 2.0,
+            publish_rate: delivered / 2.0,
+            published: 0,
+            publish_errors: 0,
+            delivery: Default::default(),
+            delivered_per_sec: delivered,
+            latency: Default::default(),
+            disconnects: 0,
+            cpu: Default::default(),
+            pass: true,
+        };
+        FanoutReport {
+            scenario: "fanout".into(),
+            label: label.into(),
+            flavor: crate::client::Flavor::Sessionhub,
+            publish,
+            nodes: 3,
+            clients: 1000,
+            users: 500,
+            payload_bytes: 64,
+            duration: 5.0,
+            p99_limit_ms: 50.0,
+            connect_secs: 1.0,
+            steps: vec![best.clone()],
+            best: Some(best),
+        }
+    }
+
+    #[test]
+    fn fan_out_targets_are_checked_with_and_without_history() {
+        let results = Results {
+            machine: Machine::current(),
+            notes: BTreeMap::new(),
+            fanout: vec![
+                fanout("sessionhub", PublishMode::Http, 100.0),
+                fanout("sessionhub-nohistory", PublishMode::Http, 160.0),
+                fanout("socketioxide", PublishMode::Http, 100.0),
+            ],
+            connections: Vec::new(),
+            sessions: Vec::new(),
+            ceiling: Vec::new(),
+            checks: Vec::new(),
+        };
+        let met: Vec<(String, Option<bool>)> = checks(&results)
+            .into_iter()
+            .map(|c| (c.target, c.met))
+            .collect();
+        let target = "fan-out >= 1.5x socketioxide delivered msgs/s at p99 < 50 ms (HTTP push";
+        assert_eq!(
+            met,
+            [
+                (format!("{target})"), Some(false)),
+                (format!("{target}, without history)"), Some(true)),
+            ],
+            "one check per configuration that ran, none for peers or modes that did not"
+        );
+    }
+
     #[test]
     fn rounds_of_a_target_merge_into_the_median_one() {
         let probe = crate::sessions::Probe {
