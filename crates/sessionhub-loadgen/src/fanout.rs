@@ -68,7 +68,7 @@ pub(crate) struct FanoutArgs {
     /// Rate multiplier between search steps.
     #[arg(long, default_value_t = 1.6)]
     pub(crate) factor: f64,
-    /// Most steps of a search, not counting the refinements.
+    /// Most steps of a search, not counting the refinements and the retries of refinements.
     #[arg(long, default_value_t = 10)]
     pub(crate) max_steps: u32,
     /// After the first failure, how many times the search halves the gap between the best
@@ -255,7 +255,9 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let mut rate = args.rate;
     let mut retried = false;
     let mut step = 0;
-    while step < args.max_steps + args.refine + args.retries {
+    // A failure may be run twice, the refinements included, so that noise cannot use up
+    // the refinements.
+    while step < args.max_steps + args.retries + args.refine * (1 + args.retries) {
         let result = run_step(&args, step, rate, users, &shared, &mut publisher).await?;
         step += 1;
         eprintln!(
