@@ -155,8 +155,8 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
     pub(crate) max_message_size: usize,
 
-    /// Publications each channel keeps for recovery. 0 keeps no history: pushes cost Redis
-    /// a bare PUBLISH, clients cannot recover, and idempotency keys are refused.
+    /// Publications each channel keeps for recovery. 0 keeps no history: a push costs Redis
+    /// a bare PUBLISH and clients cannot recover (idempotency keys still work).
     #[arg(long, env = "SESSIONHUB_HISTORY_SIZE", default_value_t = 100)]
     pub(crate) history_size: usize,
 

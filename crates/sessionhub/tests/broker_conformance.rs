@@ -672,8 +672,6 @@ mod check {
         let node = backend
             .node_with(history(0, HistoryConfig::default().ttl))
             .await;
-        assert!(!node.broker.keeps_history());
-        assert!(backend.node().await.broker.keeps_history());
         let channel = "room:bare";
         node.join(channel).await;
         // Asked for history, it has none to give: the publish is delivered, unnumbered.
@@ -697,6 +695,24 @@ mod check {
         let back = node.recover(channel, Some(&at("", 0))).await;
         assert!(!back.recovered, "{back:?}");
         assert!(back.publications.is_empty(), "{back:?}");
+        // An idempotency key is still honoured: the retry publishes nothing.
+        let first = node.publish_with(channel, "{\"n\":3}", &keyed("k1")).await;
+        assert_eq!((first.offset, first.duplicate, first.nodes), (0, false, 1));
+        let again = node.publish_with(channel, "{\"n\":4}", &keyed("k1")).await;
+        assert_eq!(
+            (again.offset, &*again.epoch, again.duplicate),
+            (0, "", true)
+        );
+        let other = node.publish_with(channel, "{\"n\":5}", &keyed("k2")).await;
+        assert!(!other.duplicate);
+        let live = node.expect_publications(channel, 4).await;
+        assert_eq!(
+            live[2..]
+                .iter()
+                .map(|p| p.data.as_str())
+                .collect::<Vec<_>>(),
+            ["{\"n\":3}", "{\"n\":5}"]
+        );
     }
 
     pub(super) async fn concurrent_publishes_take_consecutive_offsets_in_order(backend: &Backend) {

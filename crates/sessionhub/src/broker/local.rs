@@ -72,6 +72,23 @@ impl LocalBroker {
         }
     }
 
+    /// Delivers a publication kept out of history: offset 0, epoch "".
+    fn deliver_unkept(&self, channel: &str, data: Utf8Bytes) -> Receipt {
+        let publication = Publication {
+            offset: 0,
+            epoch: "".into(),
+            data,
+        };
+        let connections = self.sink.deliver(channel, publication);
+        Receipt {
+            nodes: usize::from(connections > 0),
+            connections: Some(connections),
+            offset: 0,
+            epoch: "".into(),
+            duplicate: false,
+        }
+    }
+
     /// Runs `f` on the channel's history, creating it (or a new epoch, if the old one
     /// outlived its meta TTL) first.
     fn with_channel<T>(&self, channel: &str, f: impl FnOnce(&mut History) -> T) -> T {
@@ -103,19 +120,23 @@ impl Broker for LocalBroker {
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError> {
         if !options.history || !self.config.keeps_history() {
-            let publication = Publication {
-                offset: 0,
-                epoch: "".into(),
-                data,
+            let Some(key) = &options.idempotency_key else {
+                return Ok(self.deliver_unkept(channel, data));
             };
-            let connections = self.sink.deliver(channel, publication);
-            return Ok(Receipt {
-                nodes: usize::from(connections > 0),
-                connections: Some(connections),
-                offset: 0,
-                epoch: "".into(),
-                duplicate: false,
-            });
+            // Kept out of history, the key is still remembered: a retry publishes once.
+            return Ok(self.with_channel(channel, |history| {
+                if history.keys.contains_key(key) {
+                    return Receipt {
+                        nodes: 0,
+                        connections: Some(0),
+                        offset: 0,
+                        epoch: "".into(),
+                        duplicate: true,
+                    };
+                }
+                history.keys.insert(key.clone(), (0, Instant::now()));
+                self.deliver_unkept(channel, data)
+            }));
         }
         // Delivering under the channel's lock keeps live publications in offset order.
         Ok(self.with_channel(channel, |history| {
@@ -182,8 +203,4 @@ impl Broker for LocalBroker {
     }
 
     fn unsubscribe(&self, _channel: &str) {}
-
-    fn keeps_history(&self) -> bool {
-        self.config.keeps_history()
-    }
 }

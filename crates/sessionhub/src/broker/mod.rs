@@ -150,7 +150,8 @@ impl Recovery {
 pub struct HistoryConfig {
     /// Publications kept per channel. 0 keeps no history at all: every publication has
     /// offset 0 and epoch "", nothing can be recovered, and a publish costs the backend only
-    /// its delivery (in Redis a bare PUBLISH instead of a script that also writes a stream).
+    /// its delivery (in Redis a bare PUBLISH instead of a script that also writes a stream;
+    /// idempotency keys are still honoured, with a script that only remembers the key).
     pub size: usize,
     /// How long a publication is kept.
     pub ttl: Duration,
@@ -251,10 +252,6 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops receiving `channel`, ordered with [`Broker::subscribe`] like it.
     fn unsubscribe(&self, channel: &str);
-
-    /// Whether channels keep history ([`HistoryConfig::size`] > 0). Without it a publish
-    /// cannot honour [`PublishOptions::idempotency_key`], so callers refuse keys.
-    fn keeps_history(&self) -> bool;
 
     /// Whether the broker can carry messages right now (for `/readyz`).
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -183,6 +183,7 @@ impl RedisBrokerConfig {
             names,
             state,
             publish_script: redis::Script::new(&publish_script(&self.history)),
+            unkept_script: redis::Script::new(UNKEPT_SCRIPT),
             history: self.history,
             recover_script: redis::Script::new(RECOVER_SCRIPT),
             epochs: Epochs::new(),
@@ -207,6 +208,7 @@ pub struct RedisBroker {
     state: Arc<LinkState>,
     history: HistoryConfig,
     publish_script: redis::Script,
+    unkept_script: redis::Script,
     recover_script: redis::Script,
     epochs: Epochs,
 }
@@ -280,6 +282,16 @@ return offset .. ':' .. epoch .. ':' .. string.format('%d', nodes) .. ':0'
     )
 }
 
+/// Publishes a publication kept out of history once per idempotency key.
+/// KEYS: idempotency key. ARGV: the `0::<data>` payload, pub/sub channel, window ms.
+/// Returns `<nodes>:<duplicate 0/1>`.
+const UNKEPT_SCRIPT: &str = r#"
+if redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[3]) then
+  return string.format('%d', redis.call('PUBLISH', ARGV[2], ARGV[1])) .. ':0'
+end
+return '0:1'
+"#;
+
 /// Reads a channel's position and, if the caller's epoch matches, the history after its
 /// offset; starts an epoch for a channel without a valid one.
 /// KEYS: meta, history stream. ARGV: since epoch ("" for none), since offset, new epoch,
@@ -330,23 +342,58 @@ impl RedisBroker {
         self.names.redis(channel)
     }
 
-    /// A publish kept out of history: a bare PUBLISH of `0::<data>` (offset 0, epoch ""),
-    /// with no script, stream or meta key behind it.
-    async fn publish_only(&self, channel: &str, data: Utf8Bytes) -> Result<Receipt, BrokerError> {
+    /// A publish kept out of history: `0::<data>` (offset 0, epoch ""), with no stream or
+    /// meta key behind it. Without an idempotency key, a bare PUBLISH; with one, a small
+    /// script that remembers the key and publishes only if it is new.
+    async fn publish_unkept(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<Receipt, BrokerError> {
         let redis_channel = self.names.redis(channel);
         let payload = format!("0::{}", data.as_str());
-        let nodes: usize = run(&self.commands, "publish", Retry::IfNeverSent, |mut link| {
-            let mut command = redis::cmd("PUBLISH");
-            command.arg(&redis_channel).arg(&payload);
-            async move { command.query_async(&mut link.connection).await }
-        })
-        .await?;
+        let (nodes, duplicate) = match idempotency_key {
+            None => {
+                let nodes: usize =
+                    run(&self.commands, "publish", Retry::IfNeverSent, |mut link| {
+                        let mut command = redis::cmd("PUBLISH");
+                        command.arg(&redis_channel).arg(&payload);
+                        async move { command.query_async(&mut link.connection).await }
+                    })
+                    .await?;
+                (nodes, false)
+            }
+            Some(key) => {
+                let idempotency = self.names.key(channel, &format!("idem:{key}"));
+                let window = self.history.idempotency_window.as_millis() as u64;
+                // The key makes a second run harmless.
+                let reply: String = run(
+                    &self.commands,
+                    "publish",
+                    Retry::OnLostConnection,
+                    |mut link| {
+                        let mut invocation = self.unkept_script.prepare_invoke();
+                        invocation
+                            .key(&idempotency)
+                            .arg(&payload)
+                            .arg(&redis_channel)
+                            .arg(window);
+                        async move { invocation.invoke_async(&mut link.connection).await }
+                    },
+                )
+                .await?;
+                parse_unkept_receipt(&reply).ok_or_else(|| {
+                    BrokerError::Unavailable(format!("redis publish: unexpected reply {reply:?}"))
+                })?
+            }
+        };
         Ok(Receipt {
             offset: 0,
             epoch: "".into(),
             nodes,
             connections: None,
-            duplicate: false,
+            duplicate,
         })
     }
 }
@@ -361,7 +408,9 @@ impl Broker for RedisBroker {
     ) -> Result<Receipt, BrokerError> {
         let names = &self.names;
         if !options.history || !self.history.keeps_history() {
-            return self.publish_only(channel, data).await;
+            return self
+                .publish_unkept(channel, data, options.idempotency_key.as_deref())
+                .await;
         }
         let idempotency = match &options.idempotency_key {
             Some(key) => names.key(channel, &format!("idem:{key}")),
@@ -477,10 +526,6 @@ impl Broker for RedisBroker {
         let _ = self.requests.send(Request::Unsubscribe {
             channel: channel.to_owned(),
         });
-    }
-
-    fn keeps_history(&self) -> bool {
-        self.history.keeps_history()
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
@@ -1082,6 +1127,17 @@ impl Subscriber {
     }
 }
 
+/// Reads the unkept publish script's `<nodes>:<duplicate>`.
+fn parse_unkept_receipt(reply: &str) -> Option<(usize, bool)> {
+    let (nodes, duplicate) = reply.split_once(':')?;
+    let duplicate = match duplicate {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    Some((nodes.parse().ok()?, duplicate))
+}
+
 /// Reads the publish script's `<offset>:<epoch>:<nodes>:<duplicate>`.
 fn parse_receipt(reply: &str) -> Option<Receipt> {
     let mut parts = reply.split(':');
@@ -1203,6 +1259,11 @@ mod tests {
         assert_eq!(&*parse_receipt("0::3:0").unwrap().epoch, "");
         for bad in ["", "1:e:2", "1:e:2:0:9", "x:e:2:0", "1:e:-1:0", "1:e:2:2"] {
             assert!(parse_receipt(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(parse_unkept_receipt("3:0"), Some((3, false)));
+        assert_eq!(parse_unkept_receipt("0:1"), Some((0, true)));
+        for bad in ["", "3", "3:2", "x:0", "3:0:1", "-1:0"] {
+            assert!(parse_unkept_receipt(bad).is_none(), "{bad:?}");
         }
     }
 

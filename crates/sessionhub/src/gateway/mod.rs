@@ -45,12 +45,6 @@ use crate::presence::{LocalPresence, Presence};
 use crate::session::{SessionConfig, SessionLayer};
 use crate::store::SessionStore;
 
-/// Why a publish with an idempotency key is refused (HTTP push and v1 frames alike) when the
-/// broker keeps no history: the key is remembered beside the channel's history, so without
-/// one a retry would publish twice.
-const NO_IDEMPOTENCY_WITHOUT_HISTORY: &str =
-    "idempotency keys need channel history, and this server keeps none (history size 0)";
-
 /// What the gateway serves and how.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {

@@ -135,13 +135,6 @@ async fn publish(
                 })
         })
         .transpose()?;
-    if idempotency_key.is_some() && !gateway.hub.broker().keeps_history() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_unavailable",
-            super::NO_IDEMPOTENCY_WITHOUT_HISTORY,
-        ));
-    }
     let options = PublishOptions {
         history: true,
         idempotency_key,

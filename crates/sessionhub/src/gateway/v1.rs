@@ -372,13 +372,6 @@ fn publish(
         let e = FrameError::PublishForbidden;
         return Plan::Reply(vec![error(id, e.code(), e.to_string())]);
     }
-    if idempotency_key.is_some() && !gateway.hub.broker().keeps_history() {
-        return Plan::Reply(vec![error(
-            id,
-            "idempotency_unavailable",
-            super::NO_IDEMPOTENCY_WITHOUT_HISTORY,
-        )]);
-    }
     let gateway = gateway.clone();
     Plan::Later(
         async move {
