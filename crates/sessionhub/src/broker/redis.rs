@@ -54,6 +54,10 @@
 //! stream can never disagree. A channel whose meta is gone (Redis lost its data, or the
 //! channel was idle past the meta TTL) starts a new epoch, which tells clients that what
 //! they remember no longer applies.
+//!
+//! A publish kept out of history ([`HistoryConfig::size`] 0, or
+//! [`PublishOptions::history`] false) is a bare PUBLISH of `0::<data>`; with an idempotency
+//! key, a short script that sets only the key and publishes if it was new.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -345,43 +349,37 @@ impl RedisBroker {
     /// A publish kept out of history: `0::<data>` (offset 0, epoch ""), with no stream or
     /// meta key behind it. Without an idempotency key, a bare PUBLISH; with one, a small
     /// script that remembers the key and publishes only if it is new.
+    /// `idempotency` is the key's Redis key; `retry` is decided by it, as for any publish.
     async fn publish_unkept(
         &self,
         channel: &str,
         data: Utf8Bytes,
-        idempotency_key: Option<&str>,
+        idempotency: Option<&str>,
+        retry: Retry,
     ) -> Result<Receipt, BrokerError> {
         let redis_channel = self.names.redis(channel);
         let payload = format!("0::{}", data.as_str());
-        let (nodes, duplicate) = match idempotency_key {
+        let (nodes, duplicate) = match idempotency {
             None => {
-                let nodes: usize =
-                    run(&self.commands, "publish", Retry::IfNeverSent, |mut link| {
-                        let mut command = redis::cmd("PUBLISH");
-                        command.arg(&redis_channel).arg(&payload);
-                        async move { command.query_async(&mut link.connection).await }
-                    })
-                    .await?;
+                let nodes: usize = run(&self.commands, "publish", retry, |mut link| {
+                    let mut command = redis::cmd("PUBLISH");
+                    command.arg(&redis_channel).arg(&payload);
+                    async move { command.query_async(&mut link.connection).await }
+                })
+                .await?;
                 (nodes, false)
             }
-            Some(key) => {
-                let idempotency = self.names.key(channel, &format!("idem:{key}"));
+            Some(idempotency) => {
                 let window = self.history.idempotency_window.as_millis() as u64;
-                // The key makes a second run harmless.
-                let reply: String = run(
-                    &self.commands,
-                    "publish",
-                    Retry::OnLostConnection,
-                    |mut link| {
-                        let mut invocation = self.unkept_script.prepare_invoke();
-                        invocation
-                            .key(&idempotency)
-                            .arg(&payload)
-                            .arg(&redis_channel)
-                            .arg(window);
-                        async move { invocation.invoke_async(&mut link.connection).await }
-                    },
-                )
+                let reply: String = run(&self.commands, "publish", retry, |mut link| {
+                    let mut invocation = self.unkept_script.prepare_invoke();
+                    invocation
+                        .key(idempotency)
+                        .arg(&payload)
+                        .arg(&redis_channel)
+                        .arg(window);
+                    async move { invocation.invoke_async(&mut link.connection).await }
+                })
                 .await?;
                 parse_unkept_receipt(&reply).ok_or_else(|| {
                     BrokerError::Unavailable(format!("redis publish: unexpected reply {reply:?}"))
@@ -407,23 +405,24 @@ impl Broker for RedisBroker {
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError> {
         let names = &self.names;
-        if !options.history || !self.history.keeps_history() {
-            return self
-                .publish_unkept(channel, data, options.idempotency_key.as_deref())
-                .await;
-        }
-        let idempotency = match &options.idempotency_key {
-            Some(key) => names.key(channel, &format!("idem:{key}")),
-            _ => String::new(),
-        };
+        let idempotency = options
+            .idempotency_key
+            .as_ref()
+            .map(|key| names.key(channel, &format!("idem:{key}")));
         // With a key, a second run of the script finds it and publishes nothing, so a
         // retry is harmless; without one, only an attempt that never reached Redis may be
         // repeated.
-        let retry = if idempotency.is_empty() {
-            Retry::IfNeverSent
-        } else {
+        let retry = if idempotency.is_some() {
             Retry::OnLostConnection
+        } else {
+            Retry::IfNeverSent
         };
+        if !options.history || !self.history.keeps_history() {
+            return self
+                .publish_unkept(channel, data, idempotency.as_deref(), retry)
+                .await;
+        }
+        let idempotency = idempotency.unwrap_or_default();
         let (meta, history) = (names.key(channel, "meta"), names.key(channel, "history"));
         let redis_channel = names.redis(channel);
         let epoch = self.epochs.next();
