@@ -831,11 +831,16 @@ async fn without_history(backend: Backend) {
     assert!(s.publications.is_empty(), "{s:?}");
     // In Redis a push without a key is a bare PUBLISH: no stream, no meta, no script.
     if let Some(redis) = &d.redis {
-        let keys = redis.command("KEYS *").expect("KEYS answers");
-        assert!(!keys.contains("ch:"), "channel keys in redis: {keys}");
-        let stats = redis.info("commandstats").expect("INFO answers");
-        assert!(!stats.contains("cmdstat_evalsha"), "{stats}");
-        assert!(stats.contains("cmdstat_publish:calls=4"), "{stats}");
+        let kept = redis
+            .command("EXISTS sessionhub:ch:{room:bare}:meta sessionhub:ch:{room:bare}:history")
+            .expect("EXISTS answers");
+        assert_eq!(kept.trim_end(), ":0", "the channel's meta or stream exists");
+        let calls = commandstats(redis);
+        assert_eq!(calls.get("publish"), Some(&4), "{calls:?}");
+        assert!(
+            !calls.contains_key("evalsha") && !calls.contains_key("eval"),
+            "{calls:?}"
+        );
     }
     // An idempotency key is still honoured (the browser client sends one with every publish):
     // a retry, through another node and with other data, publishes nothing.

@@ -109,7 +109,7 @@ async fn threads_sets_the_worker_threads_and_zero_is_refused() {
         wait_for_text(&mut socket, "hello", Duration::from_secs(5)).await;
         let stderr = node.stderr();
         assert!(
-            stderr.contains(&format!("\"threads\":{threads}")),
+            stderr.contains(&format!("\"threads\":{threads},")),
             "--threads {threads}: {stderr}"
         );
     }
