@@ -15,14 +15,21 @@ const KEY: &str = "test-api-key-0123456789";
 
 /// Two cluster nodes with `--ws-auth session` and an API key, plus `extra` flags.
 fn session_cluster(extra: &[&str]) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    session_cluster_each(&[extra, extra])
+}
+
+/// One node per entry of `extras`, each with its own extra flags, on one Redis.
+fn session_cluster_each(extras: &[&[&str]]) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
     let redis = sessionhub_testkit::RedisServer::start().unwrap();
     let url = redis.url();
-    let nodes = (0..2)
-        .map(|i| {
+    let nodes = extras
+        .iter()
+        .enumerate()
+        .map(|(i, extra)| {
             let name = format!("node-{i}");
             let mut args = vec!["--redis", &url, "--node-id", &name, "--ws-auth", "session"];
             args.extend(["--api-key", KEY]);
-            args.extend(extra);
+            args.extend(*extra);
             node(&args)
         })
         .collect();
@@ -148,9 +155,32 @@ async fn the_absolute_lifetime_closes_sockets_of_a_busy_session() {
         "closed {elapsed:?} after login, lifetime 2 s"
     );
     busy.abort();
-    // And no new socket on the outlived session, even before anything deleted it.
+    // And no new socket on the outlived session (by then Redis has expired it: every write
+    // caps the expiry at the lifetime).
     let refused = connect_as(&url, &alice).await.err();
     assert_eq!(refused, Some((401, "not_logged_in".into())));
+}
+
+/// A session that outlived the lifetime admits no socket even while its record still lives:
+/// here a node without a lifetime wrote it (as during a rolling change of the setting), so
+/// only the admitting node's own check stands in the way.
+#[tokio::test]
+async fn no_socket_opens_on_an_outlived_session_whose_record_lives_on() {
+    let (_redis, nodes) = session_cluster_each(&[&[], &["--session-max-lifetime", "1"]]);
+    let alice = login(&nodes[0].http(), "alice").await;
+    let url = format!("{}/websocket/alice", nodes[1].ws());
+    // Within the lifetime it opens.
+    connect_as(&url, &alice).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let refused = connect_as(&url, &alice).await.err();
+    assert_eq!(refused, Some((401, "not_logged_in".into())));
+    // The record lives on for the node that has no lifetime.
+    let (status, _, body) = get(&http(), &nodes[0].http(), "/read-session", Some(&alice)).await;
+    assert_eq!(
+        (status, &body["username"]),
+        (200, &json!("alice")),
+        "{body}"
+    );
 }
 
 /// Admitting a session socket reads the session once (the load that also slides its expiry)
