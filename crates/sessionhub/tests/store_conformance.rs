@@ -1373,7 +1373,8 @@ mod redis_only {
             );
             let (run, loaded) =
                 commands_run(&server, store.update_and_load(&id, &[], TTL, None)).await;
-            assert!(loaded.unwrap().is_some());
+            let (after, values) = loaded.unwrap().unwrap();
+            assert_eq!((after.attributes["n"].as_i64(), values), (Some(4), vec![]));
             assert_eq!(
                 run,
                 calls(&[("evalsha", 1), ("hgetall", 1), ("pexpire", 1)]),
