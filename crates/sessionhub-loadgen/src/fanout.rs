@@ -68,7 +68,8 @@ pub(crate) struct FanoutArgs {
     /// Rate multiplier between search steps.
     #[arg(long, default_value_t = 1.6)]
     pub(crate) factor: f64,
-    /// Most steps of a search, not counting the refinements and the retries of refinements.
+    /// Steps budgeted for the climb; the refinements and their retries are budgeted on top,
+    /// in one cap for the whole search (a climb that runs over eats into the refinements).
     #[arg(long, default_value_t = 10)]
     pub(crate) max_steps: u32,
     /// After the first failure, how many times the search halves the gap between the best
@@ -330,8 +331,8 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
 
 /// Where a rate search stands: the rate goes up by `factor` until a step fails, then the gap
 /// between the best passing rate and the lowest failing one is halved `refine` times, so
-/// the figure reported is within `factor^(1/2^refine)` of the limit rather than a whole
-/// factor below it (two targets a step apart would otherwise read as equal).
+/// the limit lies below `1 + (factor - 1) / 2^refine` times the figure reported rather than
+/// a whole factor above it (two targets a step apart would otherwise read as equal).
 #[derive(Debug, Clone)]
 struct Search {
     factor: f64,

@@ -62,11 +62,7 @@ impl Payload {
     /// Reads a payload from `text`, which may carry other text around it (a Socket.IO
     /// frame); `None` if there is none.
     pub(crate) fn decode(text: &[u8]) -> Option<Self> {
-        let start = if text.starts_with(MAGIC) {
-            0
-        } else {
-            text.windows(MAGIC.len()).position(|w| w == MAGIC)?
-        };
+        let start = text.windows(MAGIC.len()).position(|w| w == MAGIC)?;
         let mut rest = &text[start + MAGIC.len()..];
         let step = u32::try_from(field(&mut rest)?).ok()?;
         let user = u32::try_from(field(&mut rest)?).ok()?;
