@@ -471,14 +471,9 @@ impl Session {
                     self.refresh_index(state, &id).await?;
                 }
                 found => {
-                    // Outlived: gone now, and whatever is bound to it (sockets) is told.
-                    if found.is_some() && self.inner.store.delete(&id).await? {
-                        self.announce_end(&id).await;
-                    }
-                    state.id = None;
-                    // A new session, if anything is written: it starts with these changes.
                     let pending = std::mem::take(&mut state.pending);
-                    apply_changes(&mut state.record.attributes, &pending)?;
+                    self.start_over(state, &id, found.is_some(), &pending)
+                        .await?;
                 }
             }
         }
@@ -509,14 +504,25 @@ impl Session {
                 self.refresh_index(state, id).await?;
                 Ok(values)
             }
-            found => {
-                if found.is_some() && store.delete(id).await? {
-                    self.announce_end(id).await;
-                }
-                state.id = None;
-                apply_changes(&mut state.record.attributes, &changes)
-            }
+            found => self.start_over(state, id, found.is_some(), &changes).await,
         }
+    }
+
+    /// What follows a load that found no live session `id`: a record that was found had
+    /// outlived its lifetime, so it is deleted now and whatever is bound to it (sockets) is
+    /// told; and a new session, if anything is written, starts with `changes`.
+    async fn start_over(
+        &self,
+        state: &mut State,
+        id: &SessionId,
+        outlived: bool,
+        changes: &[(String, Change)],
+    ) -> Result<Vec<i64>, StoreError> {
+        if outlived && self.inner.store.delete(id).await? {
+            self.announce_end(id).await;
+        }
+        state.id = None;
+        apply_changes(&mut state.record.attributes, changes)
     }
 
     /// Keeps a logged-in session's index entry from lapsing while the session is in use:
