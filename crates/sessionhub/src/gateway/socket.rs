@@ -362,6 +362,11 @@ fn run(
     }
 }
 
+/// `next`, or the session's absolute end if that comes first.
+fn before_end(next: Instant, ends: Option<Instant>) -> Instant {
+    ends.map_or(next, |ends| ends.min(next))
+}
+
 /// When to look at the credentials first, from what the connect learned: no round trip.
 fn first_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Instant {
     match credentials {
@@ -370,7 +375,7 @@ fn first_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Inst
         Credentials::Session { ends, .. } => {
             // Loading the session to admit the socket slid its expiry to a whole idle timeout.
             let idle = Instant::now() + gateway.sessions.idle_timeout + EXPIRY_SLACK;
-            ends.map_or(idle, |ends| ends.min(idle))
+            before_end(idle, *ends)
         }
     }
 }
@@ -393,7 +398,7 @@ async fn check_credentials(credentials: &Credentials, gateway: &Gateway) -> Opti
                 // The store is down: look again soon rather than close a socket on a blip.
                 Err(_) => now + Duration::from_secs(1),
             };
-            Some(ends.map_or(next, |ends| ends.min(next)))
+            Some(before_end(next, *ends))
         }
     }
 }
@@ -426,7 +431,7 @@ async fn use_session(
         }
     }
     let next = Instant::now() + idle + EXPIRY_SLACK;
-    Some(ends.map_or(next, |ends| ends.min(next)))
+    Some(before_end(next, ends))
 }
 
 /// Runs the connection until it ends; returns the close code to send (0: none, the client
