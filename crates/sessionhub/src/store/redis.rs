@@ -685,12 +685,7 @@ impl SessionStore for RedisStore {
         let reply = self.invoke(&invocation).await?;
         let json = match &reply {
             Value::BulkString(text) if text.first() == Some(&b'[') => text,
-            _ => {
-                return match failure(&reply, changes)? {
-                    Updated::Missing => Ok(None),
-                    Updated::Applied(_) => Err(unexpected(&reply)),
-                };
-            }
+            _ => return failure(&reply, changes).map(|()| None),
         };
         let increments = changes
             .iter()
@@ -949,7 +944,7 @@ fn decode_outcome(reply: Value, changes: &[(String, Change)]) -> Result<Updated,
             .and_then(|texts| increments_of(&texts))
             .map(Updated::Applied)
             .ok_or_else(|| unexpected(&reply)),
-        _ => failure(&reply, changes),
+        _ => failure(&reply, changes).map(|()| Updated::Missing),
     }
 }
 
@@ -961,9 +956,9 @@ fn increments_of<T: AsRef<[u8]>>(items: &[T]) -> Option<Vec<i64>> {
         .collect()
 }
 
-/// Decodes the reply of an update script that did not apply the changes: `missing`, `taken`,
-/// or `nan <index of the change>` / `overflow <index>`. Never [`Updated::Applied`].
-fn failure(reply: &Value, changes: &[(String, Change)]) -> Result<Updated, StoreError> {
+/// Decodes the reply of an update script that did not apply the changes: `Ok` for `missing`;
+/// an error for `taken`, `nan <index of the change>`, `overflow <index>` or anything else.
+fn failure(reply: &Value, changes: &[(String, Change)]) -> Result<(), StoreError> {
     let reply_text = text(reply).ok_or_else(|| unexpected(reply))?;
     let (what, index) = reply_text.split_once(' ').unwrap_or((reply_text, ""));
     let failed_name = || {
@@ -975,7 +970,7 @@ fn failure(reply: &Value, changes: &[(String, Change)]) -> Result<Updated, Store
             .ok_or_else(|| unexpected(reply))
     };
     match what {
-        "missing" => Ok(Updated::Missing),
+        "missing" => Ok(()),
         "taken" => Err(StoreError::Unavailable(
             "rotation target id is taken".into(),
         )),
