@@ -123,13 +123,16 @@ async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
     get(&client, &base, "/get-session", Some(&id)).await;
     get(&client, &base, "/read-session", Some(&id)).await;
 
-    let before = commandstats(&redis);
-    for _ in 0..10 {
-        let (status, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
-        assert_eq!((status, &body["username"]), (200, &json!("ann")));
-    }
-    let after = commandstats(&redis);
-    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    let (calls, ()) = redis
+        .calls_during(async {
+            for _ in 0..10 {
+                let (status, _, body) = get(&client, &base, "/get-session", Some(&id)).await;
+                assert_eq!((status, &body["username"]), (200, &json!("ann")));
+            }
+        })
+        .await
+        .unwrap();
+    let delta = |name: &str| calls.get(name).copied().unwrap_or(0);
     assert_eq!(
         delta("evalsha"),
         10,
@@ -151,13 +154,16 @@ async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
         assert_eq!(delta(command), calls, "{command} per 10 /get-session");
     }
 
-    let before = commandstats(&redis);
-    for _ in 0..10 {
-        let (status, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
-        assert_eq!((status, &body["count"]), (200, &json!(11)));
-    }
-    let after = commandstats(&redis);
-    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    let (calls, ()) = redis
+        .calls_during(async {
+            for _ in 0..10 {
+                let (status, _, body) = get(&client, &base, "/read-session", Some(&id)).await;
+                assert_eq!((status, &body["count"]), (200, &json!(11)));
+            }
+        })
+        .await
+        .unwrap();
+    let delta = |name: &str| calls.get(name).copied().unwrap_or(0);
     assert_eq!(delta("evalsha"), 10, "a read is one script");
     for (command, calls) in [
         ("hgetall", 10),

@@ -835,7 +835,7 @@ async fn without_history(backend: Backend) {
             .command("EXISTS sessionhub:ch:{room:bare}:meta sessionhub:ch:{room:bare}:history")
             .expect("EXISTS answers");
         assert_eq!(kept.trim_end(), ":0", "the channel's meta or stream exists");
-        let calls = commandstats(redis);
+        let calls = redis.commandstats().unwrap();
         assert_eq!(calls.get("publish"), Some(&4), "{calls:?}");
         assert!(
             !calls.contains_key("evalsha") && !calls.contains_key("eval"),

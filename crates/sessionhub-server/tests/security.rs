@@ -192,15 +192,25 @@ async fn a_session_socket_costs_one_session_read_to_open() {
     let url = format!("{}/websocket/alice", nodes[1].ws());
     // Warm up: the first call of each script may load it.
     connect_as(&url, &alice).await.unwrap();
-    let before = commandstats(&redis);
-    let (_ws, greeting) = connect_as(&url, &alice).await.unwrap();
+    let (calls, (_ws, greeting)) = redis
+        .calls_during(async {
+            let opened = connect_as(&url, &alice).await.unwrap();
+            // The greeting goes out first; anything asked after it has had time to be asked.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            opened
+        })
+        .await
+        .unwrap();
     assert_eq!(greeting["node"], "node-1");
-    // The greeting goes out first; anything asked after it has had time to be asked.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = commandstats(&redis);
-    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+    let delta = |name: &str| calls.get(name).copied().unwrap_or(0);
     assert_eq!(delta("hgetall"), 1, "the session is loaded once");
     assert_eq!(delta("pttl"), 0, "and its expiry is not asked for");
+    // Nothing else of the session's (SUBSCRIBE for the socket's channels and the presence
+    // heartbeat's MULTI go on around it): one script, the load.
+    assert_eq!(delta("evalsha"), 1, "{calls:?}");
+    for command in ["exists", "hget", "hmget", "hset", "ttl", "eval"] {
+        assert_eq!(delta(command), 0, "{command}: {calls:?}");
+    }
 }
 
 /// A socket whose client talks uses its session as HTTP requests would: the session does not

@@ -2,6 +2,7 @@
 //! stopped when dropped. Blocking on purpose, so it works from any test, async or not.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -140,6 +141,39 @@ impl RedisServer {
         let mut body = vec![0; len + 2];
         std::io::Read::read_exact(&mut reader, &mut body)?;
         Ok(String::from_utf8_lossy(&body[..len]).into_owned())
+    }
+
+    /// Calls per command so far (`INFO commandstats`), the commands scripts ran included.
+    pub fn commandstats(&self) -> anyhow::Result<HashMap<String, u64>> {
+        Ok(self
+            .info("commandstats")?
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The calls per command Redis ran while `work` ran (commands with none left out; the
+    /// `INFO` that measured before counts once), and what `work` returned.
+    pub async fn calls_during<F: std::future::Future>(
+        &self,
+        work: F,
+    ) -> anyhow::Result<(HashMap<String, u64>, F::Output)> {
+        let before = self.commandstats()?;
+        let output = work.await;
+        let calls = self
+            .commandstats()?
+            .into_iter()
+            .map(|(name, n)| {
+                let was = before.get(&name).copied().unwrap_or(0);
+                (name, n - was)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Ok((calls, output))
     }
 
     /// Total commands Redis has processed (`total_commands_processed`), for counting

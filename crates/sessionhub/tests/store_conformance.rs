@@ -1267,17 +1267,6 @@ mod redis_only {
     }
 
     /// Calls per command name (`INFO commandstats`).
-    fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
-        let info = server.info("commandstats").unwrap();
-        info.lines()
-            .filter_map(|line| {
-                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = stats.strip_prefix("calls=")?.split(',').next()?;
-                Some((name.to_owned(), calls.parse().ok()?))
-            })
-            .collect()
-    }
-
     /// The commands `operation` made Redis execute, by name. Redis counts the commands a
     /// script runs as well as the script itself, so `total_commands()` alone cannot tell one
     /// round trip from several; per-command counts can: only EVALSHA/EVAL/SCRIPT/DEL/... come
@@ -1286,11 +1275,13 @@ mod redis_only {
         server: &RedisServer,
         operation: F,
     ) -> (HashMap<String, u64>, F::Output) {
-        let before = command_calls(server);
+        let before = server.commandstats().unwrap();
         let total_before = server.total_commands().unwrap();
         let output = operation.await;
         let total_after = server.total_commands().unwrap();
-        let mut delta: HashMap<String, u64> = command_calls(server)
+        let mut delta: HashMap<String, u64> = server
+            .commandstats()
+            .unwrap()
             .into_iter()
             .map(|(name, calls)| {
                 (

@@ -289,20 +289,3 @@ pub async fn connect_with(
         Err(e) => panic!("unexpected connect error: {e}"),
     }
 }
-
-/// Calls per Redis command so far (`INFO commandstats`), commands run inside scripts
-/// included.
-pub fn commandstats(
-    redis: &sessionhub_testkit::RedisServer,
-) -> std::collections::HashMap<String, u64> {
-    redis
-        .info("commandstats")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
