@@ -806,6 +806,35 @@ conformance!(
     concurrent_publishes_take_consecutive_offsets_in_order,
 );
 
+/// What a command connection learns about Redis (its run_id, whether it keeps every write)
+/// it learns once, when it opens: a publish is the script and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publishes_ask_redis_nothing_but_the_script() {
+    within(async {
+        let redis = RedisServer::start().unwrap();
+        let (node, _broker) = redis_node(&redis).await;
+        node.join("room:asks").await;
+        // Opens the command connection, which asks INFO and CONFIG GET.
+        node.publish("room:asks", "0").await;
+        let (calls, ()) = redis
+            .calls_during(async {
+                for n in 1..=20 {
+                    node.publish("room:asks", &n.to_string()).await;
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls.get("evalsha"), Some(&20), "{calls:?}");
+        assert_eq!(
+            calls.get("info"),
+            Some(&1),
+            "only the INFO that measured: {calls:?}"
+        );
+        assert!(!calls.contains_key("config|get"), "{calls:?}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_unsubscribed_node_is_sent_nothing() {
     within(async {
