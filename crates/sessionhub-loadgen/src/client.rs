@@ -47,11 +47,11 @@ impl Flavor {
     pub(crate) fn push_frame_into(self, user: u32, text: &[u8], out: &mut Vec<u8>) {
         debug_assert!(!text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20));
         let (before_user, before_text, end): (&[u8], &[u8], &[u8]) = match self {
-            Self::Sessionhub => (br#"{"KEY":"u"#, br#"","VALUE":""#, br#""}"#),
-            Self::Socketio => (br#"42["push",{"to":"u"#, br#"","msg":""#, br#""}]"#),
+            Self::Sessionhub => (br#"{"KEY":""#, br#"","VALUE":""#, br#""}"#),
+            Self::Socketio => (br#"42["push",{"to":""#, br#"","msg":""#, br#""}]"#),
         };
         out.extend_from_slice(before_user);
-        push_u64(out, u64::from(user));
+        push_user_id(out, user);
         out.extend_from_slice(before_text);
         out.extend_from_slice(text);
         out.extend_from_slice(end);
@@ -102,7 +102,16 @@ pub(crate) enum Incoming {
 
 /// The user id of user number `index`.
 pub(crate) fn user_id(index: u32) -> String {
-    format!("u{index}")
+    let mut id = Vec::new();
+    push_user_id(&mut id, index);
+    String::from_utf8(id).expect("an id is ASCII")
+}
+
+/// Appends the user id of user number `index`: the one spelling of a user id for sockets,
+/// push frames and push URLs alike (a mismatch would read as lost messages).
+pub(crate) fn push_user_id(out: &mut Vec<u8>, index: u32) {
+    out.push(b'u');
+    push_u64(out, u64::from(index));
 }
 
 /// `count` loopback source addresses from 127.0.0.2 up (0: let the kernel choose). Each

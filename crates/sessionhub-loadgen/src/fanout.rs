@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::client::{self, Flavor, Incoming, Ws};
 use crate::clock;
 use crate::engineio;
-use crate::http::{self, push_u64};
+use crate::http;
 use crate::pacing::Schedule;
 use crate::payload::Payload;
 use crate::procfs::{CpuMeters, CpuUse};
@@ -560,8 +560,8 @@ async fn run_step(
                             let n = conns.len();
                             let conn = &mut conns[index as usize % n];
                             conn.start("POST", |path| {
-                                path.extend_from_slice(b"/socket/u");
-                                push_u64(path, u64::from(user));
+                                path.extend_from_slice(b"/socket/");
+                                client::push_user_id(path, user);
                             })
                             .header("content-type", b"text/plain");
                             if let Some(value) = &authorization {
