@@ -830,53 +830,21 @@ fn unexpected(reply: &Value) -> StoreError {
     ))
 }
 
-/// One string of a script's JSON reply, as the bytes it stands for. `cjson.encode` copies
-/// bytes as they are (it escapes quotes, backslashes, slashes and control characters only),
-/// so the text need not be UTF-8; serde_json hands a string over as bytes, unchecked, when
-/// asked for bytes.
-struct JsonBytes<'a>(Cow<'a, [u8]>);
-
-impl AsRef<[u8]> for JsonBytes<'_> {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for JsonBytes<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Bytes;
-        impl<'de> serde::de::Visitor<'de> for Bytes {
-            type Value = JsonBytes<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(JsonBytes(Cow::Borrowed(v)))
-            }
-
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
-                Ok(JsonBytes(Cow::Owned(v.to_vec())))
-            }
-        }
-        deserializer.deserialize_bytes(Bytes)
-    }
-}
+/// One string of a script's JSON reply: borrowed from the reply unless it had escapes.
+type Text<'a> = Cow<'a, [u8]>;
 
 /// Decodes what LOAD and UPDATE_LOAD answer: `cjson.encode` of the HGETALL reply, with
 /// `extra` more strings appended (the increments' results), which come back as they are.
 ///
 /// One JSON text rather than a RESP array because of what each costs (measured with
 /// callgrind): redis-rs parses a RESP array element by element, at about 1,000 instructions
-/// each, serde_json this text in a fraction of that; and Redis turns one string out of Lua
-/// more cheaply than an array. The strings are the same bytes either way, so a record
-/// decodes exactly as it would from RESP.
+/// each; and Redis turns one string out of Lua more cheaply than an array. The strings are
+/// the same bytes either way, so a record decodes exactly as it would from RESP.
 fn decode_json_reply(
     json: &[u8],
     extra: usize,
-) -> Result<(Option<Record>, Vec<JsonBytes<'_>>), &'static str> {
-    let mut items: Vec<JsonBytes> = serde_json::from_slice(json).map_err(|_| "unexpected reply")?;
+) -> Result<(Option<Record>, Vec<Text<'_>>), &'static str> {
+    let mut items = cjson_strings(json).ok_or("unexpected reply")?;
     let Some(fields) = items
         .len()
         .checked_sub(extra)
@@ -886,6 +854,79 @@ fn decode_json_reply(
     };
     let results = items.split_off(fields);
     Ok((decode_fields(&items)?, results))
+}
+
+/// The strings of a JSON array of strings as `cjson.encode` writes it (no whitespace), each
+/// as the bytes it stands for; `None` for anything else.
+///
+/// cjson copies bytes as they are, so the text need not be UTF-8, and escapes only `"`,
+/// `\`, `/` and the control characters (`\b \t \n \f \r`, others and DEL as `\u00XX`).
+/// A string without a backslash, nearly every one, is borrowed from the reply. Written here
+/// rather than left to serde_json, which spent ~450 instructions a string on this (a third of
+/// the node's part of decoding a session, callgrind); a `\u` escape above `\u007f`, which
+/// cjson never writes, is refused.
+fn cjson_strings(json: &[u8]) -> Option<Vec<Text<'_>>> {
+    let mut rest = json.strip_prefix(b"[")?;
+    let mut items = Vec::with_capacity(16);
+    if rest == b"]" {
+        return Some(items);
+    }
+    loop {
+        rest = rest.strip_prefix(b"\"")?;
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        if rest[end] == b'"' {
+            items.push(Cow::Borrowed(&rest[..end]));
+            rest = &rest[end + 1..];
+        } else {
+            let (text, after) = unescape(rest, end)?;
+            items.push(Cow::Owned(text));
+            rest = after;
+        }
+        match rest.split_first()? {
+            (b',', after) => rest = after,
+            (b']', after) => return after.is_empty().then_some(items),
+            _ => return None,
+        }
+    }
+}
+
+/// The rest of a JSON string whose first escape is at `escape`: its bytes, and what follows
+/// the closing quote.
+fn unescape(text: &[u8], escape: usize) -> Option<(Vec<u8>, &[u8])> {
+    let mut out = text[..escape].to_vec();
+    let mut i = escape;
+    loop {
+        match *text.get(i)? {
+            b'"' => return Some((out, &text[i + 1..])),
+            b'\\' => {
+                let byte = match *text.get(i + 1)? {
+                    b'"' => b'"',
+                    b'\\' => b'\\',
+                    b'/' => b'/',
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'u' => {
+                        let hex = text.get(i + 2..i + 6)?;
+                        let code = hex.iter().try_fold(0u32, |code, &digit| {
+                            Some(code * 16 + char::from(digit).to_digit(16)?)
+                        })?;
+                        i += 4;
+                        u8::try_from(code).ok().filter(u8::is_ascii)?
+                    }
+                    _ => return None,
+                };
+                out.push(byte);
+                i += 2;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
 }
 
 /// Decodes a hash from its flat field/value list, by the rules of
@@ -999,6 +1040,85 @@ mod tests {
             .chain(attributes)
             .map(|(f, v)| (f.into_bytes(), v.into_bytes()))
             .collect()
+    }
+
+    /// What `cjson.encode` writes for a string (Redis' lua_cjson.c, `char2escape`).
+    fn cjson_string(bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![b'"'];
+        for &b in bytes {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'/' => out.extend_from_slice(b"\\/"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                0..0x20 | 0x7f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                _ => out.push(b),
+            }
+        }
+        out.push(b'"');
+        out
+    }
+
+    #[test]
+    fn cjson_arrays_of_strings_decode_to_their_bytes() {
+        let strings: [&[u8]; 8] = [
+            b"",
+            b"m:v",
+            b"\"vu0\"",
+            b"quote\"back\\slash/",
+            b"\x00\x01\x08\t\n\x0b\x0c\r\x1f\x7f",
+            "\u{2028} \u{e9}".as_bytes(),
+            b"\xff\xfe not UTF-8",
+            b"{\"a\":[1,2]}",
+        ];
+        let mut json = b"[".to_vec();
+        for (i, s) in strings.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend(cjson_string(s));
+        }
+        json.push(b']');
+        let decoded = cjson_strings(&json).unwrap();
+        assert_eq!(decoded, strings.map(Cow::Borrowed));
+        // Only the strings with an escape are copied.
+        assert!(matches!(decoded[1], Cow::Borrowed(_)));
+        assert!(matches!(decoded[2], Cow::Owned(_)));
+        assert_eq!(cjson_strings(b"[]").unwrap(), Vec::<Cow<[u8]>>::new());
+    }
+
+    #[test]
+    fn anything_but_a_cjson_array_of_strings_is_refused() {
+        let bad: [&[u8]; 16] = [
+            b"",
+            b"[",
+            b"{}",
+            b"[\"a\"",
+            b"[\"a]",
+            b"[\"a\",]",
+            b"[\"a\" ]",
+            b"[\"a\"]x",
+            b"[1]",
+            b"[\"a\"\"b\"]",
+            b"[\"\\x\"]",
+            b"[\"\\u00\"]",
+            b"[\"\\u+07f\"]",
+            b"[\"\\u0080\"]",
+            b"[\"\\u12g4\"]",
+            b"[\"a\\\"]",
+        ];
+        for json in bad {
+            assert_eq!(
+                cjson_strings(json),
+                None,
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
     }
 
     /// Found by the `stored_record` fuzz target: serde_json's default float parsing is not
