@@ -79,70 +79,11 @@ const META: &str = "m:";
 /// `{negative, high, low}` with magnitude `high * 1e9 + low`, both parts below 2^53.
 ///
 /// Every Lua operation costs Redis far more than the same work in C (tens of instructions per
-/// VM instruction, and about a thousand per call of a library function), so the common case
-/// is kept short: `exact_add` defines its helpers only when it runs.
+/// VM instruction, and about a thousand per call of a library function; a script's top-level
+/// `local function` makes a closure on every run), so the common case is kept short:
+/// `exact_add` is defined only when the fast path does not apply.
 const ARITHMETIC: &str = r#"
 local find, format, tonumber = string.find, string.format, tonumber
-
-local function exact_add(stored, delta)
-  local BASE = 1000000000
-  local MAX_HI, MAX_LO = 9223372036, 854775807
-
-  local function fits(neg, hi, lo)
-    if hi ~= MAX_HI then return hi < MAX_HI end
-    if neg then return lo <= MAX_LO + 1 end
-    return lo <= MAX_LO
-  end
-
-  local function parse_int(s)
-    local neg = false
-    local digits = s
-    if string.sub(s, 1, 1) == '-' then
-      neg = true
-      digits = string.sub(s, 2)
-    end
-    local n = string.len(digits)
-    if n == 0 or n > 19 or not string.match(digits, '^%d+$') then return nil end
-    if n > 1 and string.sub(digits, 1, 1) == '0' then return nil end
-    local hi, lo = 0, tonumber(digits)
-    if n > 9 then
-      hi = tonumber(string.sub(digits, 1, n - 9))
-      lo = tonumber(string.sub(digits, n - 8))
-    end
-    if hi == 0 and lo == 0 then neg = false end
-    if not fits(neg, hi, lo) then return nil end
-    return {neg, hi, lo}
-  end
-
-  local a, b = parse_int(stored), parse_int(delta)
-  if a == nil then return nil, 'nan' end
-  local sa = a[1] and -1 or 1
-  local sb = b[1] and -1 or 1
-  local hi = sa * a[2] + sb * b[2]
-  local lo = sa * a[3] + sb * b[3]
-  local carry = math.floor(lo / BASE)
-  lo = lo - carry * BASE
-  hi = hi + carry
-  local neg = hi < 0
-  if neg then
-    if lo > 0 then
-      hi = -hi - 1
-      lo = BASE - lo
-    else
-      hi = -hi
-    end
-  end
-  if not fits(neg, hi, lo) then return nil, 'overflow' end
-  local s
-  -- '%.0f': tostring() would print a large number in exponent form, losing digits.
-  if hi > 0 then
-    s = format('%.0f%09.0f', hi, lo)
-  else
-    s = format('%.0f', lo)
-  end
-  if neg then s = '-' .. s end
-  return s
-end
 
 -- `stored` (text; false or nil: absent) plus `delta` (decimal text), as decimal text; or nil
 -- and 'nan' (`stored` is not an integer) or 'overflow'. Absent and JSON null count as 0.
@@ -153,6 +94,67 @@ local function add_text(stored, delta)
     -- formats a float digit by digit.
     return format('%d', tonumber(stored) + tonumber(delta))
   end
+
+  local function exact_add(stored, delta)
+    local BASE = 1000000000
+    local MAX_HI, MAX_LO = 9223372036, 854775807
+
+    local function fits(neg, hi, lo)
+      if hi ~= MAX_HI then return hi < MAX_HI end
+      if neg then return lo <= MAX_LO + 1 end
+      return lo <= MAX_LO
+    end
+
+    local function parse_int(s)
+      local neg = false
+      local digits = s
+      if string.sub(s, 1, 1) == '-' then
+        neg = true
+        digits = string.sub(s, 2)
+      end
+      local n = string.len(digits)
+      if n == 0 or n > 19 or not string.match(digits, '^%d+$') then return nil end
+      if n > 1 and string.sub(digits, 1, 1) == '0' then return nil end
+      local hi, lo = 0, tonumber(digits)
+      if n > 9 then
+        hi = tonumber(string.sub(digits, 1, n - 9))
+        lo = tonumber(string.sub(digits, n - 8))
+      end
+      if hi == 0 and lo == 0 then neg = false end
+      if not fits(neg, hi, lo) then return nil end
+      return {neg, hi, lo}
+    end
+
+    local a, b = parse_int(stored), parse_int(delta)
+    if a == nil then return nil, 'nan' end
+    local sa = a[1] and -1 or 1
+    local sb = b[1] and -1 or 1
+    local hi = sa * a[2] + sb * b[2]
+    local lo = sa * a[3] + sb * b[3]
+    local carry = math.floor(lo / BASE)
+    lo = lo - carry * BASE
+    hi = hi + carry
+    local neg = hi < 0
+    if neg then
+      if lo > 0 then
+        hi = -hi - 1
+        lo = BASE - lo
+      else
+        hi = -hi
+      end
+    end
+    if not fits(neg, hi, lo) then return nil, 'overflow' end
+    local s
+    -- '%.0f': tostring() would print a large number in exponent form, losing digits.
+    if hi > 0 then
+      s = format('%.0f%09.0f', hi, lo)
+    else
+      s = format('%.0f', lo)
+    end
+    if neg then s = '-' .. s end
+    return s
+  end
+
   return exact_add(stored, delta)
 end
 "#;
@@ -308,35 +310,39 @@ local key = KEYS[1]
 local h = redis.pcall('HGETALL', key)
 if h.err then return 'missing' end
 local n = #h
-local version, created
+-- One scan finds the meta fields and, for a single change, what its field holds.
+local single = #ARGV == 5 and ARGV[4]
+local version, created, current = nil, nil, false
 for j = 1, n, 2 do
   local field = h[j]
   if field == 'm:v' then
     version = h[j + 1]
   elseif field == 'm:created' then
     created = h[j + 1]
+  elseif field == single then
+    current = h[j + 1]
   end
 end
 if version ~= VERSION then return 'missing' end
-local function stored(field)
-  for j = 1, n, 2 do
-    if h[j] == field then return h[j + 1] end
-  end
-  return false
-end
-if #ARGV == 5 then
-  local op, field, value = ARGV[3], ARGV[4], ARGV[5]
+if single then
+  local op, value = ARGV[3], ARGV[5]
   if op == 's' then
-    redis.call('HSET', key, field, value)
+    redis.call('HSET', key, single, value)
   elseif op == 'r' then
-    redis.call('HDEL', key, field)
+    redis.call('HDEL', key, single)
   else
-    local text, err = add_text(stored(field), value)
+    local text, err = add_text(current, value)
     if not text then return err .. ' 0' end
-    redis.call('HSET', key, field, text)
+    redis.call('HSET', key, single, text)
     h[n + 1] = text
   end
 elseif #ARGV > 5 then
+  local function stored(field)
+    for j = 1, n, 2 do
+      if h[j] == field then return h[j + 1] end
+    end
+    return false
+  end
   local compute, write = batch()
   local pending, err = compute(3, stored, h)
   if not pending then return err end
