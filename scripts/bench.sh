@@ -190,6 +190,8 @@ else
   BENCH_N=300000
 fi
 
+# HTTP push: 128 requests in flight. With 32 (before 2026-11-21 05:00) the publisher's round
+# trips bounded every target alike: all landed on the same step of the search.
 fanout() {
   local label=$1 flavor=$2 mode=$3; shift 3
   local nodes=()
@@ -197,7 +199,7 @@ fanout() {
   for p in "${NODE_PIDS[@]}"; do nodes+=(--pid "$p"); done
   local suffix=""; [ "$mode" = frame ] && suffix="-frame"
   "$LOADGEN" fanout --label "$label$suffix" --flavor "$flavor" --publish "$mode" \
-    --publishers $([ "$mode" = frame ] && echo 8 || echo 32) --search "${FAN[@]}" --redis-pid "$REDIS_PID" \
+    --publishers $([ "$mode" = frame ] && echo 8 || echo 128) --search "${FAN[@]}" --redis-pid "$REDIS_PID" \
     "${nodes[@]}" --out "$RAW/fanout-$label$suffix.json" >/dev/null \
     || log "FAILED: fan-out $label$suffix (continuing)"
 }
