@@ -361,3 +361,41 @@ async fn a_node_started_while_redis_is_down_comes_up_unready_and_serves_once_it_
     let (status, _, body) = get(&client, &node.http(), "/get-session", None).await;
     assert_eq!((status, &body["count"]), (200, &json!(1)));
 }
+
+/// Redis down under a logged-in user: every session route answers 503 `store_unavailable`
+/// at once and leaves the cookie alone, and once Redis is back the session is there, with
+/// no increment lost or counted twice.
+#[tokio::test]
+async fn a_session_outlives_a_redis_outage_and_its_routes_answer_503_meanwhile() {
+    let mut redis = sessionhub_testkit::RedisServer::start_persistent().unwrap();
+    let node = node(&["--redis", &redis.url(), "--node-id", "outage"]);
+    let client = http();
+    let id = login(&node.http(), "ada").await;
+    let (status, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
+    assert_eq!((status, &body["count"]), (200, &json!(1)));
+
+    redis.stop();
+    for path in ["/get-session", "/read-session", "/login?username=bob"] {
+        let started = Instant::now();
+        let (status, cookie, body) = get(&client, &node.http(), path, Some(&id)).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "store_unavailable", "{path}");
+        assert_eq!(cookie, None, "{path} must not touch the cookie");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path}: slow 503"
+        );
+    }
+
+    redis.restart().unwrap();
+    wait_ready(&client, &node.http(), true, Duration::from_secs(10)).await;
+    let (status, cookie, body) = get(&client, &node.http(), "/read-session", Some(&id)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cookie, None);
+    assert_eq!(
+        (&body["username"], &body["count"]),
+        (&json!("ada"), &json!(1))
+    );
+    let (status, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
+    assert_eq!((status, &body["count"]), (200, &json!(2)));
+}

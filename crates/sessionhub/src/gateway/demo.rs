@@ -62,8 +62,9 @@ async fn get_session(session: Session) -> Result<Response, ApiError> {
     describe(&session).await
 }
 
-/// Answers every attribute like `/get-session` and changes nothing (but the expiry, which
-/// every use slides): one load. `{}` without a session; none is created.
+/// Answers every attribute like `/get-session` and changes none: one load, which slides the
+/// expiry like every use (and, for a logged-in session, refreshes its entry in the user's
+/// index at most once per half idle timeout). `{}` without a session; none is created.
 async fn read_session(session: Session) -> Result<Response, ApiError> {
     if !session.exists().await? {
         return Ok(Json(Map::new()).into_response());
