@@ -341,6 +341,10 @@ fn run(
             &gateway,
         )
         .await;
+        // Counted before the connection leaves the hub: once a socket is off the online count
+        // its disconnect is in the metrics (a test that waited for the count read them too
+        // early under load).
+        metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
         drop(connection);
         tracing::info!(
             %node,
@@ -351,7 +355,6 @@ fn run(
             seconds = opened.elapsed().as_secs(),
             "socket closed"
         );
-        metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
         if reason.0 != 0 {
             if let Protocol::V1(_) = protocol {
                 let frame = v1::disconnect_frame(reason);
