@@ -190,7 +190,7 @@ else
   BENCH_N=300000
 fi
 
-# HTTP push: 128 requests in flight. With 32 (before 2026-11-21 05:00) the publisher's round
+# HTTP push: 128 requests in flight. With 32 (before 2026-11-21 04:40) the publisher's round
 # trips bounded every target alike: all landed on the same step of the search.
 fanout() {
   local label=$1 flavor=$2 mode=$3; shift 3
