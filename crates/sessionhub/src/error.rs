@@ -28,6 +28,15 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+impl BrokerError {
+    /// The stable machine-readable code clients see for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "broker_unavailable",
+        }
+    }
+}
+
 /// The one error type users see: an HTTP status with a JSON body
 /// `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone)]
@@ -99,11 +108,7 @@ impl From<crate::protocol::InvalidUserId> for ApiError {
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
         tracing::warn!(error = %err, "broker failed");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            err.to_string(),
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string())
     }
 }
 
