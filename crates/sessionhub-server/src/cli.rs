@@ -171,7 +171,7 @@ pub(crate) struct Serve {
     pub(crate) redis_url: Option<String>,
 
     /// Prefix of every Redis key and channel this node uses.
-    #[arg(long, env = "SESSIONHUB_REDIS_PREFIX", default_value = "sessionhub:")]
+    #[arg(long, env = "SESSIONHUB_REDIS_PREFIX", default_value = sessionhub::redis::DEFAULT_PREFIX)]
     pub(crate) redis_prefix: String,
 
     /// Proxies whose X-Forwarded-Proto is believed (comma-separated IP addresses).

@@ -19,6 +19,7 @@ use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::Limits;
 use sessionhub::presence::RedisPresence;
+use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -288,16 +289,15 @@ async fn cluster(
     node_id: &str,
     history: HistoryConfig,
 ) -> anyhow::Result<Backends> {
+    let redis = RedisConfig::new(url)
+        .context("configuring Redis")?
+        .prefix(prefix);
     // Lazily: a node started while Redis is down comes up unready (/readyz 503) and serves
     // as soon as Redis answers, rather than exiting and leaving that to a supervisor.
-    let store =
-        RedisStore::connect_lazily(url, prefix).context("setting up the Redis session store")?;
-    let broker = RedisBrokerConfig::new(url)
-        .context("configuring the Redis broker")?
-        .prefix(prefix)
-        .history(history);
+    let store = RedisStore::lazy(&redis).context("setting up the Redis session store")?;
+    let presence = RedisPresence::lazy(&redis).context("setting up presence in Redis")?;
+    let broker = RedisBrokerConfig::from(redis).history(history);
     let hub = Hub::with_broker(node_id, |sink| broker.start(sink));
-    let presence = RedisPresence::new(url, prefix).context("setting up presence in Redis")?;
     tracing::info!(
         prefix,
         "cluster mode: sessions, pushes and presence in Redis"

@@ -1,35 +1,123 @@
 //! Error types: typed errors per backend, and the one error users see over HTTP.
 
+use std::borrow::Cow;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// A backend's own error, kept as the source of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a backend was doing when it failed, and its own error: the message reads
+/// `<context>: <error>`, and the error stays reachable through
+/// [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct BackendError {
+    context: Cow<'static, str>,
+    source: BoxError,
+}
+
+impl BackendError {
+    /// `source`, which happened while doing `context` (e.g. `"redis"`, `"session journal"`).
+    pub fn new(context: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Self {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
 /// A session store failed to answer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The backend could not be reached or answered with an error.
     #[error("session store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BackendError),
     /// An increment was asked of an attribute that does not hold an integer.
     #[error("attribute `{0}` is not an integer")]
     NotAnInteger(String),
     /// An increment would leave the range of a signed 64-bit integer.
     #[error("attribute `{0}` would overflow")]
     Overflow(String),
+    /// [`rotate`](crate::store::SessionStore::rotate)'s new id holds a live session. Ids
+    /// are 256 random bits, so this means a bug, not bad luck; nothing was changed.
+    #[error("the id to rotate the session to is taken")]
+    RotationTargetTaken,
+    /// An attribute could not be encoded for the backend.
+    #[error("cannot encode a session attribute: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`] for `source`, met while doing `context`.
+    pub fn unavailable(context: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable(BackendError::new(context, source))
+    }
+
+    /// The stable machine-readable code clients see for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "store_unavailable",
+            Self::NotAnInteger(_) | Self::Overflow(_) => "not_an_integer",
+            Self::RotationTargetTaken => "rotation_target_taken",
+            Self::Encode(_) => "encode_failed",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotAnInteger(_) | Self::Overflow(_) => StatusCode::CONFLICT,
+            Self::RotationTargetTaken | Self::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
 }
 
 /// A broker failed to publish or subscribe.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// The backend is down or answered with an error. A publish that failed this way was
     /// most likely not published, but may have been if the link broke with it in flight:
     /// retry with an idempotency key to be sure it is published exactly once.
     #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BackendError),
 }
 
 impl BrokerError {
+    /// [`BrokerError::Unavailable`] for `source`, met while doing `context`.
+    pub fn unavailable(context: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable(BackendError::new(context, source))
+    }
+
     /// The stable machine-readable code clients see for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "broker_unavailable",
+        }
+    }
+}
+
+/// Presence could not count who is online.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The backend is down or answered with an error.
+    #[error("presence unavailable: {0}")]
+    Unavailable(#[source] BackendError),
+}
+
+impl PresenceError {
+    /// [`PresenceError::Unavailable`] for `source`, met while doing `context`.
+    pub fn unavailable(context: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable(BackendError::new(context, source))
+    }
+
+    /// The stable machine-readable code clients see for this error: presence shares the
+    /// broker's, since it is the cluster view that is missing (clients already handle it).
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unavailable(_) => "broker_unavailable",
@@ -82,19 +170,7 @@ impl std::error::Error for ApiError {}
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unavailable(_) => {
-                tracing::warn!(error = %err, "session store failed");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    err.to_string(),
-                )
-            }
-            StoreError::NotAnInteger(_) | StoreError::Overflow(_) => {
-                Self::new(StatusCode::CONFLICT, "not_an_integer", err.to_string())
-            }
-        }
+        Self::new(err.status(), err.code(), err.to_string())
     }
 }
 
@@ -107,7 +183,12 @@ impl From<crate::protocol::InvalidUserId> for ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
-        tracing::warn!(error = %err, "broker failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string())
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(err: PresenceError) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string())
     }
 }
@@ -124,7 +205,11 @@ struct Inner<'a> {
 }
 
 impl IntoResponse for ApiError {
+    /// Logs a server-side failure here, where it becomes the answer, once per request.
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, error = %self.message, "request failed");
+        }
         metrics::counter!("sessionhub_errors_total", "code" => self.code).increment(1);
         let body = Body {
             error: Inner {

@@ -13,6 +13,7 @@
 //! - [`limits`]: abuse limits (connection and message rates).
 //! - [`hub`]: the connections on this node and the fan-out to them.
 //! - [`presence`]: who is online, on this node or across the cluster.
+//! - [`redis`]: how the Redis backends reach Redis (one configuration, key names, scripts).
 //! - [`protocol`]: the frames a client may send.
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod hub;
 pub mod limits;
 pub mod presence;
 pub mod protocol;
+pub mod redis;
 pub mod session;
 pub mod store;
 

@@ -17,7 +17,7 @@ mod local;
 mod redis;
 
 pub use self::local::LocalBroker;
-pub use self::redis::{DEFAULT_PREFIX, RedisBroker, RedisBrokerConfig};
+pub use self::redis::{RedisBroker, RedisBrokerConfig};
 
 use std::sync::Arc;
 use std::time::Duration;

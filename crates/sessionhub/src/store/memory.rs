@@ -214,8 +214,8 @@ impl Default for MemoryStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("session journal: {e}"))
+fn unavailable(e: impl Into<crate::error::BoxError>) -> StoreError {
+    StoreError::unavailable("session journal", e)
 }
 
 fn deadline(now: u64, ttl: Duration) -> u64 {
@@ -302,9 +302,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<Updated, StoreError> {
         self.with_state(|state, now| {
             if state.entries.get(new).is_some_and(|e| e.live(now)) {
-                return Err(StoreError::Unavailable(
-                    "rotation target id is taken".into(),
-                ));
+                return Err(StoreError::RotationTargetTaken);
             }
             let Some(mut entry) = state.entries.remove(old).filter(|e| e.live(now)) else {
                 return Ok(Updated::Missing);

@@ -1,9 +1,4 @@
-//! Who is online across the cluster.
-//!
-//! On one node the hub's registry knows. With many nodes each one publishes a snapshot of
-//! its own connections to Redis under a key with a TTL and refreshes it while alive, so a
-//! node that dies (SIGKILL, power loss) drops out of the count when its key expires rather
-//! than haunting it forever.
+//! Presence across every node that shares a Redis.
 //!
 //! Keys (all in the `{presence}` hash slot, so one MGET reads them on Redis Cluster too):
 //! - `<prefix>presence:{presence}:nodes`: sorted set of node ids, scored by the time (ms)
@@ -15,14 +10,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::redis::AsyncCommands;
+use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::BrokerError;
+use super::Presence;
+use crate::error::PresenceError;
 use crate::hub::{Hub, Online};
+use crate::redis::{Keys, Reconnect, RedisConfig};
 use crate::store::now_ms;
 
 /// How long a node's snapshot outlives its last refresh.
@@ -31,23 +28,6 @@ pub const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
 const REFRESH: Duration = Duration::from_secs(3);
 /// How often a node checks for changes to publish.
 const CHANGE_CHECK: Duration = Duration::from_millis(250);
-
-/// Counts what is connected, on this node or across the cluster.
-#[async_trait]
-pub trait Presence: Send + Sync + 'static {
-    /// Connections and distinct users.
-    async fn online(&self) -> Result<Online, BrokerError>;
-}
-
-/// Presence of a single node: the hub's own registry.
-pub struct LocalPresence(pub Hub);
-
-#[async_trait]
-impl Presence for LocalPresence {
-    async fn online(&self) -> Result<Online, BrokerError> {
-        Ok(self.0.online())
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
@@ -59,25 +39,33 @@ struct Snapshot {
 pub struct RedisPresence {
     connection: ConnectionManager,
     nodes_key: String,
-    node_key_prefix: String,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("nodes_key", &self.nodes_key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisPresence {
     /// Sets up presence on `url` (keys under `prefix`); it connects on first use, so a node
     /// can start while Redis is down. Fails only for an invalid URL.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| BrokerError::Unavailable(format!("invalid redis url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+    pub fn new(url: &str, prefix: &str) -> Result<Self, PresenceError> {
+        let config = RedisConfig::new(url).map_err(|e| PresenceError::unavailable("redis", e))?;
+        Self::lazy(&config.prefix(prefix))
+    }
+
+    /// Sets up presence on `config`'s Redis; it connects on first use.
+    pub fn lazy(config: &RedisConfig) -> Result<Self, PresenceError> {
+        let connection = config.managed(Reconnect::PRESENCE).map_err(unavailable)?;
+        let keys = config.keys();
         Ok(Self {
             connection,
-            nodes_key: format!("{prefix}presence:{{presence}}:nodes"),
-            node_key_prefix: format!("{prefix}presence:{{presence}}:node:"),
+            nodes_key: keys.presence_nodes(),
+            keys: keys.clone(),
         })
     }
 
@@ -116,7 +104,7 @@ impl RedisPresence {
         })
     }
 
-    async fn publish(&self, hub: &Hub) -> Result<(), BrokerError> {
+    async fn publish(&self, hub: &Hub) -> Result<(), PresenceError> {
         let online = hub.online();
         let snapshot = Snapshot {
             online: online.online,
@@ -125,14 +113,14 @@ impl RedisPresence {
         let json = serde_json::to_string(&snapshot).expect("snapshots serialize");
         let now = now_ms();
         let ttl = SNAPSHOT_TTL.as_millis() as u64;
-        let key = format!("{}{}", self.node_key_prefix, hub.node_id());
+        let key = self.keys.presence_node(hub.node_id());
         let mut connection = self.connection.clone();
-        redis::pipe()
+        ::redis::pipe()
             .atomic()
             .set_options(
                 &key,
                 json,
-                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl)),
+                ::redis::SetOptions::default().with_expiration(::redis::SetExpiry::PX(ttl)),
             )
             .ignore()
             .zadd(&self.nodes_key, hub.node_id(), now + ttl)
@@ -144,10 +132,10 @@ impl RedisPresence {
             .map_err(unavailable)
     }
 
-    async fn withdraw(&self, node_id: &str) -> Result<(), BrokerError> {
-        let key = format!("{}{node_id}", self.node_key_prefix);
+    async fn withdraw(&self, node_id: &str) -> Result<(), PresenceError> {
+        let key = self.keys.presence_node(node_id);
         let mut connection = self.connection.clone();
-        redis::pipe()
+        ::redis::pipe()
             .atomic()
             .del(&key)
             .ignore()
@@ -161,7 +149,7 @@ impl RedisPresence {
 
 #[async_trait]
 impl Presence for RedisPresence {
-    async fn online(&self) -> Result<Online, BrokerError> {
+    async fn online(&self) -> Result<Online, PresenceError> {
         let mut connection = self.connection.clone();
         let nodes: Vec<String> = connection
             .zrangebyscore(&self.nodes_key, now_ms(), "+inf")
@@ -170,10 +158,7 @@ impl Presence for RedisPresence {
         if nodes.is_empty() {
             return Ok(Online::default());
         }
-        let keys: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("{}{n}", self.node_key_prefix))
-            .collect();
+        let keys: Vec<String> = nodes.iter().map(|n| self.keys.presence_node(n)).collect();
         let snapshots: Vec<Option<String>> = connection.mget(&keys).await.map_err(unavailable)?;
         let mut online = 0;
         let mut users = HashSet::new();
@@ -192,6 +177,6 @@ impl Presence for RedisPresence {
     }
 }
 
-fn unavailable(e: redis::RedisError) -> BrokerError {
-    BrokerError::Unavailable(format!("presence: {e}"))
+fn unavailable(e: ::redis::RedisError) -> PresenceError {
+    PresenceError::unavailable("presence", e)
 }

@@ -1,0 +1,438 @@
+//! A broker on Redis pub/sub, for nodes that share one Redis.
+//!
+//! The broker is three parts: this file (its configuration and the [`Broker`] calls),
+//! [`commands`] (the command connection and when a failed command may be sent again) and
+//! [`subscriber`] (the task that owns the subscription connection); [`reply`] reads what
+//! the scripts answer. How to reach Redis, the key names and the scripts themselves are in
+//! [`crate::redis`].
+//!
+//! # Channel names
+//!
+//! The broker channel `c` travels on the Redis channel `<prefix>ch:{c}`, and the prefix
+//! defaults to `sessionhub:`: the personal channel `user:42` is `sessionhub:ch:{user:42}`.
+//! The braces make `c` the hash tag, so each channel maps to one cluster slot and the same
+//! names keep working with Redis Cluster's sharded pub/sub (see [`crate::redis::keys`]).
+//!
+//! # Connections
+//!
+//! Each node holds two connections. PUBLISH and PING go over a multiplexed command
+//! connection. Subscriptions live on a connection of their own, owned by one background
+//! task. Because every node has exactly one subscription connection, the subscriber count
+//! that PUBLISH returns is the number of nodes the message reached.
+//!
+//! The task keeps the set of channels the hub asked for, updated in call order, and brings
+//! the connection to that set with SUBSCRIBE and UNSUBSCRIBE rounds. When the connection
+//! drops, the task reports the broker unhealthy, reconnects with jittered exponential
+//! backoff, subscribes to the whole set again in one SUBSCRIBE, makes sure the command
+//! connection is a live one too (see below), and only then reports healthy again. Messages
+//! published while a node is disconnected do not reach it: Redis pub/sub is
+//! fire-and-forget, and PUBLISH's count does not include that node. So after a
+//! reconnection the task tells the sink to resync: clients recover what they missed from
+//! the history.
+//!
+//! The command connection cannot notice on its own that Redis went away: it is replaced
+//! only after a command has failed on it. Two things keep that failure away from callers.
+//! When the subscription task has (re)connected, it PINGs over the command connection
+//! before reporting healthy, so a dead connection has been replaced by then. And a command
+//! that fails because the connection was lost is sent once more, on a fresh one, when
+//! sending it twice cannot do harm (see `commands::Retry`): always for PING and recover, for a
+//! publish only with an idempotency key or when the error proves Redis never got it.
+//! Retries stay within the same deadline (`commands::COMMAND_TIMEOUT`).
+//!
+//! Each command connection, when it opens, asks Redis who it is (`INFO server`: the
+//! `run_id` of the process) and whether it keeps every write (`CONFIG GET`: `appendonly
+//! yes` and `appendfsync always`). A TCP connection talks to one Redis process for its whole
+//! life, so what it learned stays true for every command sent over it; the history scripts
+//! get the answer as an argument instead of asking Redis on every publish.
+//!
+//! # History
+//!
+//! A publish is one Lua script (`src/redis/scripts/broker_publish.lua`) on keys that share the channel's hash tag:
+//! `<prefix>ch:{c}:meta` (hash: `e` epoch, `t` top offset; expires [`HistoryConfig::meta_ttl`]
+//! after its last use), `<prefix>ch:{c}:history` (a stream of entries with ids
+//! `<offset>-0` and one field `d`, the data, trimmed to about [`HistoryConfig::size`]
+//! entries, of which recovery serves the last `size`; expires [`HistoryConfig::ttl`] after
+//! the last publish) and, with an idempotency key,
+//! `<prefix>ch:{c}:idem:<key>` (the first publish's offset). The script assigns the next
+//! offset, appends, and PUBLISHes `<offset>:<epoch>:<data>`, so the history and the live
+//! stream can never disagree. A channel whose meta is gone (Redis lost its data, or the
+//! channel was idle past the meta TTL) starts a new epoch, which tells clients that what
+//! they remember no longer applies.
+//!
+//! A publish kept out of history ([`HistoryConfig::size`] 0, or
+//! [`PublishOptions::history`] false) is a bare PUBLISH of `0::<data>`; with an idempotency
+//! key, a short script that sets only the key and publishes if it was new.
+
+mod commands;
+mod reply;
+mod subscriber;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::redis::Script;
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{self, BoxFuture};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+
+use self::commands::{Commands, Retry, ping_commands, run};
+use self::reply::{parse_receipt, parse_unkept_receipt};
+use self::subscriber::{LinkState, Request, Subscriber};
+use super::{
+    Broker, Deliver, Epochs, HistoryConfig, Publication, PublishOptions, Receipt, Recovery,
+    StreamPosition,
+};
+use crate::error::BrokerError;
+use crate::redis::{Keys, RedisConfig, scripts};
+
+/// How long `subscribe` waits for Redis to confirm.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a [`RedisBroker`] connects and how it names its channels.
+///
+/// Validating the URL is separate from starting so that a node can reject a bad URL up
+/// front and still build its broker inside [`crate::hub::Hub::with_broker`]:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sessionhub::error::BrokerError> {
+/// use sessionhub::broker::RedisBrokerConfig;
+/// use sessionhub::hub::Hub;
+///
+/// let config = RedisBrokerConfig::new("redis://127.0.0.1:6379")?.prefix("myapp:");
+/// let hub = Hub::with_broker("node-1", |sink| config.start(sink));
+/// # let _ = hub;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisBrokerConfig {
+    redis: RedisConfig,
+    history: HistoryConfig,
+}
+
+/// A broker on `redis`, with the default [`HistoryConfig`].
+impl From<RedisConfig> for RedisBrokerConfig {
+    fn from(redis: RedisConfig) -> Self {
+        Self {
+            redis,
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl RedisBrokerConfig {
+    /// Checks `url` (`redis://`, or `rediss://` for TLS) without connecting.
+    pub fn new(url: &str) -> Result<Self, BrokerError> {
+        let redis = RedisConfig::new(url).map_err(|e| BrokerError::unavailable("redis", e))?;
+        Ok(redis.into())
+    }
+
+    /// Replaces how much history each channel keeps.
+    pub fn history(mut self, history: HistoryConfig) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// Replaces the channel name prefix (default [`crate::redis::DEFAULT_PREFIX`]).
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.redis = self.redis.prefix(prefix);
+        self
+    }
+
+    /// Starts the broker; it connects in the background. Until the first subscription
+    /// connection is up, [`Broker::ping`] fails and `subscribe` waits for it (bounded).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, since it spawns the subscription task.
+    pub fn start(self, sink: Arc<dyn Deliver>) -> Arc<RedisBroker> {
+        let commands = Commands::new(self.redis.clone());
+        let keys = self.redis.keys().clone();
+        let (requests, inbox) = mpsc::unbounded_channel();
+        let state = Arc::new(LinkState::new());
+        Subscriber::spawn(self.redis, commands.clone(), sink, inbox, state.clone());
+        Arc::new(RedisBroker {
+            commands,
+            requests,
+            keys,
+            state,
+            publish_script: scripts::broker_publish(
+                self.history.size,
+                self.history.ttl.as_millis(),
+                self.history.meta_ttl.as_millis(),
+                self.history.idempotency_window.as_millis(),
+            ),
+            history: self.history,
+            epochs: Epochs::new(),
+        })
+    }
+}
+
+/// The broker of a node among many: channels are Redis pub/sub channels.
+///
+/// The broker channel `c` is the Redis channel `<prefix>ch:{c}` (`sessionhub:ch:{c}` by
+/// default; the braces make `c` the cluster hash tag). PUBLISH goes over a command
+/// connection; subscriptions live on a second connection owned by a background task, so
+/// [`Receipt::nodes`] counts the nodes that took a message. When the subscription
+/// connection drops, [`Broker::ping`] fails until the task has reconnected (jittered
+/// exponential backoff, 50 ms doubling to 1 s) and subscribed to every channel again.
+///
+/// Dropping the last handle stops the task and closes both connections.
+pub struct RedisBroker {
+    commands: Commands,
+    requests: mpsc::UnboundedSender<Request>,
+    keys: Keys,
+    state: Arc<LinkState>,
+    history: HistoryConfig,
+    /// Made per broker: the history settings are part of its text.
+    publish_script: Script,
+    epochs: Epochs,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("keys", &self.keys)
+            .field("history", &self.history)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `url` with channel names under `prefix`, and waits until the
+    /// subscription connection is up; fails if Redis cannot be reached within about two
+    /// seconds. Use [`RedisBrokerConfig`] to start without waiting.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        sink: Arc<dyn Deliver>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let broker = RedisBrokerConfig::new(url)?.prefix(prefix).start(sink);
+        let mut healthy = broker.state.healthy.subscribe();
+        match timeout(SUBSCRIBE_TIMEOUT, healthy.wait_for(|up| *up)).await {
+            Ok(Ok(_)) => Ok(broker),
+            Ok(Err(_)) => Err(task_stopped()),
+            Err(_) => Err(BrokerError::unavailable(
+                "redis",
+                format!("not reached within {SUBSCRIBE_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    /// How many times the subscription connection was restored after it had been lost.
+    pub fn reconnects(&self) -> u64 {
+        self.state.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The Redis channel that carries the broker channel `channel`.
+    pub fn redis_channel(&self, channel: &str) -> String {
+        self.keys.channel(channel)
+    }
+
+    /// A publish kept out of history: `0::<data>` (offset 0, epoch ""), with no stream or
+    /// meta key behind it. Without an idempotency key, a bare PUBLISH; with one, a small
+    /// script that remembers the key and publishes only if it is new.
+    /// `idempotency` is the key's Redis key; `retry` is decided by it, as for any publish.
+    async fn publish_unkept(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        idempotency: Option<&str>,
+        retry: Retry,
+    ) -> Result<Receipt, BrokerError> {
+        let redis_channel = self.keys.channel(channel);
+        let payload = format!("0::{}", data.as_str());
+        let (nodes, duplicate) = match idempotency {
+            None => {
+                let nodes: usize = run(&self.commands, "publish", retry, |mut link| {
+                    let mut command = ::redis::cmd("PUBLISH");
+                    command.arg(&redis_channel).arg(&payload);
+                    async move { command.query_async(&mut link.connection).await }
+                })
+                .await?;
+                (nodes, false)
+            }
+            Some(idempotency) => {
+                let window = self.history.idempotency_window.as_millis() as u64;
+                let reply: String = run(&self.commands, "publish", retry, |mut link| {
+                    let mut invocation = scripts::BROKER_PUBLISH_UNKEPT.prepare_invoke();
+                    invocation
+                        .key(idempotency)
+                        .arg(&payload)
+                        .arg(&redis_channel)
+                        .arg(window);
+                    async move { invocation.invoke_async(&mut link.connection).await }
+                })
+                .await?;
+                parse_unkept_receipt(&reply).ok_or_else(|| {
+                    BrokerError::unavailable("redis publish", format!("unexpected reply {reply:?}"))
+                })?
+            }
+        };
+        Ok(Receipt {
+            offset: 0,
+            epoch: "".into(),
+            nodes,
+            connections: None,
+            duplicate,
+        })
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        options: &PublishOptions,
+    ) -> Result<Receipt, BrokerError> {
+        let keys = &self.keys;
+        let idempotency = options
+            .idempotency_key
+            .as_ref()
+            .map(|key| keys.channel_key(channel, &format!("idem:{key}")));
+        // With a key, a second run of the script finds it and publishes nothing, so a
+        // retry is harmless; without one, only an attempt that never reached Redis may be
+        // repeated.
+        let retry = if idempotency.is_some() {
+            Retry::OnLostConnection
+        } else {
+            Retry::IfNeverSent
+        };
+        if !options.history || !self.history.keeps_history() {
+            return self
+                .publish_unkept(channel, data, idempotency.as_deref(), retry)
+                .await;
+        }
+        let idempotency = idempotency.unwrap_or_default();
+        let (meta, history) = (
+            keys.channel_key(channel, "meta"),
+            keys.channel_key(channel, "history"),
+        );
+        let redis_channel = keys.channel(channel);
+        let epoch = self.epochs.next();
+        let reply: String = run(&self.commands, "publish", retry, |mut link| {
+            let mut invocation = self.publish_script.prepare_invoke();
+            invocation
+                .key(&meta)
+                .key(&history)
+                .key(&idempotency)
+                .arg(data.as_str())
+                .arg(&redis_channel)
+                .arg(&epoch)
+                .arg(&*link.bind);
+            async move { invocation.invoke_async(&mut link.connection).await }
+        })
+        .await?;
+        parse_receipt(&reply).ok_or_else(|| {
+            BrokerError::unavailable("redis publish", format!("unexpected reply {reply:?}"))
+        })
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Recovery, BrokerError> {
+        if !self.history.keeps_history() {
+            return Ok(Recovery::without_history(since));
+        }
+        let keys = &self.keys;
+        let (meta, history) = (
+            keys.channel_key(channel, "meta"),
+            keys.channel_key(channel, "history"),
+        );
+        let fresh = self.epochs.next();
+        // Running it twice is harmless: a second run finds the epoch the first one created.
+        let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) = run(
+            &self.commands,
+            "recover",
+            Retry::OnLostConnection,
+            |mut link| {
+                let mut invocation = scripts::BROKER_RECOVER.prepare_invoke();
+                invocation
+                    .key(&meta)
+                    .key(&history)
+                    .arg(since.map_or("", |s| s.epoch.as_str()))
+                    .arg(since.map_or(0, |s| s.offset))
+                    .arg(&fresh)
+                    .arg(self.history.meta_ttl.as_millis() as u64)
+                    .arg(&*link.bind)
+                    .arg(self.history.size);
+                async move { invocation.invoke_async(&mut link.connection).await }
+            },
+        )
+        .await?;
+        let epoch: Arc<str> = epoch.into();
+        let mut publications = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            let at = id.split('-').next().and_then(|o| o.parse().ok());
+            let data = fields.into_iter().find(|(f, _)| f == "d").map(|(_, d)| d);
+            let (Some(at), Some(data)) = (at, data) else {
+                // Not ours: treat the history as unusable rather than guess, but still
+                // tell the channel's real position.
+                return Ok(Recovery {
+                    epoch,
+                    offset,
+                    recovered: false,
+                    publications: Vec::new(),
+                });
+            };
+            publications.push(Publication {
+                offset: at,
+                epoch: epoch.clone(),
+                data: data.into(),
+            });
+        }
+        Ok(Recovery::decide(epoch, offset, since, publications))
+    }
+
+    fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (done, confirmed) = oneshot::channel();
+        let request = Request::Subscribe {
+            channel: channel.to_owned(),
+            done,
+        };
+        if self.requests.send(request).is_err() {
+            return future::ready(Err(task_stopped())).boxed();
+        }
+        async move {
+            match timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(task_stopped()),
+                Err(_) => Err(BrokerError::unavailable(
+                    "redis",
+                    format!("SUBSCRIBE not confirmed within {SUBSCRIBE_TIMEOUT:?}"),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        // A stopped task has no subscriptions left to drop.
+        let _ = self.requests.send(Request::Unsubscribe {
+            channel: channel.to_owned(),
+        });
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        // Publishing may work while this node hears nothing; readiness covers both halves.
+        if !*self.state.healthy.borrow() {
+            return Err(BrokerError::unavailable(
+                "redis",
+                "the subscription connection is down",
+            ));
+        }
+        ping_commands(&self.commands).await
+    }
+}
+
+fn task_stopped() -> BrokerError {
+    BrokerError::unavailable("redis", "the subscription task has stopped")
+}

@@ -1,0 +1,87 @@
+//! The Lua scripts, each in its own file under `scripts/` (`<component>_<operation>.lua`),
+//! with what it takes and answers at its top. Fragments that several scripts share live in
+//! `scripts/lib/` and are put in front of them at compile time.
+//!
+//! Every operation on a session or a channel's history is one script: one round trip, and
+//! atomic. redis-rs sends a script by its SHA1 (EVALSHA) and only on NOSCRIPT its text.
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
+/// A script from `scripts/`, after the fragment from `scripts/lib/` it builds on, if any.
+macro_rules! script {
+    ($file:literal $(after $lib:literal)?) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                $(include_str!(concat!("scripts/lib/", $lib)),)?
+                include_str!(concat!("scripts/", $file))
+            ))
+        })
+    };
+}
+
+pub(crate) static STORE_LOAD: LazyLock<Script> = script!("store_load.lua");
+pub(crate) static STORE_CREATE: LazyLock<Script> = script!("store_create.lua");
+pub(crate) static STORE_UPDATE: LazyLock<Script> =
+    script!("store_update.lua" after "store_changes.lua");
+pub(crate) static STORE_UPDATE_LOAD: LazyLock<Script> =
+    script!("store_update_load.lua" after "store_changes.lua");
+pub(crate) static STORE_ROTATE: LazyLock<Script> =
+    script!("store_rotate.lua" after "store_changes.lua");
+pub(crate) static STORE_EXPIRES_IN: LazyLock<Script> = script!("store_expires_in.lua");
+pub(crate) static STORE_INDEX_ADD: LazyLock<Script> =
+    script!("store_index_add.lua" after "store_index.lua");
+pub(crate) static STORE_INDEX_REMOVE: LazyLock<Script> =
+    script!("store_index_remove.lua" after "store_index.lua");
+pub(crate) static STORE_INDEX_LIST: LazyLock<Script> =
+    script!("store_index_list.lua" after "store_index.lua");
+
+pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
+pub(crate) static BROKER_RECOVER: LazyLock<Script> =
+    script!("broker_recover.lua" after "broker_epoch.lua");
+
+/// The record format the session scripts write and accept; `scripts/lib/store_changes.lua`
+/// spells it too (checked below).
+pub(crate) const STORE_VERSION: &str = "1";
+
+/// The publish script for one broker: the history settings are written into its text (see
+/// the top of `broker_publish.lua` for why).
+pub(crate) fn broker_publish(
+    size: usize,
+    ttl_ms: u128,
+    meta_ttl_ms: u128,
+    idem_ms: u128,
+) -> Script {
+    Script::new(&broker_publish_text(size, ttl_ms, meta_ttl_ms, idem_ms))
+}
+
+fn broker_publish_text(size: usize, ttl_ms: u128, meta_ttl_ms: u128, idem_ms: u128) -> String {
+    concat!(
+        include_str!("scripts/lib/broker_epoch.lua"),
+        include_str!("scripts/broker_publish.lua")
+    )
+    .replacen("{size}", &size.to_string(), 1)
+    .replacen("{ttl}", &ttl_ms.to_string(), 1)
+    .replacen("{meta_ttl}", &meta_ttl_ms.to_string(), 1)
+    .replacen("{idem}", &idem_ms.to_string(), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lua_version_is_the_rust_version() {
+        let changes = include_str!("scripts/lib/store_changes.lua");
+        assert!(changes.contains(&format!("\nlocal VERSION = '{STORE_VERSION}'\n")));
+    }
+
+    #[test]
+    fn publish_settings_are_written_into_the_text() {
+        let text = broker_publish_text(100, 300_000, 600_000, 120_000);
+        let line = "\nlocal SIZE, TTL, META_TTL, IDEM = '100', '300000', '600000', '120000'\n";
+        assert!(text.contains(line));
+        assert!(!text.contains("{size}") && !text.contains("{idem}"));
+    }
+}
