@@ -4,9 +4,9 @@
 //!   `sessionhub serve` process ([`Node`], `node.rs`) and a TCP [`Balancer`] in front of
 //!   nodes (`balancer.rs`). Blocking on purpose, so they work from any test, async or not.
 //!   A fixture for another server (Sentinel, Cluster, NATS) goes beside them, one file each.
-//! - [`conformance`]: the checks every `SessionStore` and `Broker` backend must pass, as one
-//!   macro per trait that a backend's own test file calls with a factory
-//!   ([`store_conformance!`], [`broker_conformance!`]). They
+//! - [`conformance`]: the checks every `SessionStore`, `Broker` and `Presence` backend must
+//!   pass, as one macro per trait that a backend's own test file calls with a factory
+//!   ([`store_conformance!`], [`broker_conformance!`], [`presence_conformance!`]). They
 //!   live here, not in `sessionhub`'s tests, so that a backend needs only a test file of its
 //!   own, and so that a backend kept outside this workspace can be held to the same contract.
 #![forbid(unsafe_code)]

@@ -1,7 +1,7 @@
 //! What every backend of a sessionhub trait must do, as checks any test file can run.
 //!
-//! The session layer, the hub and the gateway are written against `SessionStore` and
-//! `Broker`, not against a backend: a behaviour they rely on must hold for every
+//! The session layer, the hub and the gateway are written against `SessionStore`, `Broker`
+//! and `Presence`, not against a backend: a behaviour they rely on must hold for every
 //! backend, or it silently breaks on the one nobody tested. So the checks live here, once,
 //! and each backend's own test file (`crates/sessionhub/tests/<component>_<backend>.rs`)
 //! runs all of them with one macro call, beside the tests of what only that backend does
@@ -35,11 +35,14 @@
 //! - [`store`]: [`store_conformance!`](crate::store_conformance) over a [`store::StoreFixture`].
 //! - [`broker`]: [`broker_conformance!`](crate::broker_conformance) over a
 //!   [`broker::BrokerFixture`], which starts nodes (brokers) on one shared backend.
+//! - [`presence`]: [`presence_conformance!`](crate::presence_conformance) over a
+//!   [`presence::PresenceFixture`], a hub and what counts its connections.
 
 use std::future::Future;
 use std::time::Duration;
 
 pub mod broker;
+pub mod presence;
 pub mod store;
 
 /// Whatever must live as long as the backend under test: a temp dir, a server, a task's

@@ -1,0 +1,180 @@
+//! The `Presence` contract: `/api/online` counts open connections and distinct users, and
+//! follows connections as they come and go.
+//!
+//! A [`PresenceFixture`] is a hub (connections are opened with `Hub::connect`, as the
+//! gateway does for each socket) and the presence that counts it. A backend may publish its
+//! counts a little later than they change (Redis: on a heartbeat every 250 ms), so every
+//! check waits up to [`SETTLE`] for the count it expects.
+//!
+//! [`presence_conformance!`](crate::presence_conformance) runs [`checks`] against a backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionhub::hub::{Hub, Online};
+use sessionhub::presence::Presence;
+use sessionhub::protocol::UserId;
+use tokio::time::{Instant, sleep};
+
+/// Upper bound for one test, setup included.
+pub const LIMIT: Duration = Duration::from_secs(30);
+/// How long a count may lag behind the connections: eight of Redis presence's 250 ms
+/// heartbeats, for a loaded machine.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// A hub, the presence that counts it, and whatever must live as long as they do.
+pub struct PresenceFixture {
+    hub: Hub,
+    presence: Arc<dyn Presence>,
+    _guard: super::Guard,
+}
+
+impl PresenceFixture {
+    /// `presence`, counting the connections of `hub`; `guard` keeps it working (a server,
+    /// a heartbeat's stop token; `()` when it needs nothing).
+    pub fn new(hub: Hub, presence: Arc<dyn Presence>, guard: impl std::any::Any + Send) -> Self {
+        Self {
+            hub,
+            presence,
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// The hub to open connections on.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The presence under test.
+    pub fn presence(&self) -> &Arc<dyn Presence> {
+        &self.presence
+    }
+
+    /// What the presence counts now; panics if it fails.
+    pub async fn online(&self) -> Online {
+        self.presence.online().await.expect("presence answers")
+    }
+
+    /// Waits (up to [`SETTLE`]) until the presence counts `online` connections of `users`
+    /// distinct users.
+    pub async fn settles_at(&self, online: usize, users: usize) {
+        settles_at(&*self.presence, online, users).await;
+    }
+}
+
+/// Waits (up to [`SETTLE`]) until `presence` counts `online` connections of `users`
+/// distinct users.
+pub async fn settles_at(presence: &dyn Presence, online: usize, users: usize) {
+    let expected = Online { online, users };
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let counted = presence.online().await.expect("presence answers");
+        if counted == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted {counted:?}, expected {expected:?} within {SETTLE:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A user id; panics if `id` is not a valid one.
+pub fn user(id: &str) -> UserId {
+    id.parse().expect("a valid user id")
+}
+
+/// The checks, each given the fixture.
+pub mod checks {
+    use super::*;
+
+    /// A hub nobody connected to counts zero, also once the backend had time to report it.
+    pub async fn an_empty_hub_counts_zero(fixture: &PresenceFixture) {
+        assert_eq!(fixture.online().await, Online::default());
+        sleep(SETTLE / 2).await;
+        assert_eq!(fixture.online().await, Online::default());
+    }
+
+    /// Every connection counts, and every user once however many connections they have.
+    pub async fn connections_and_distinct_users_are_counted(fixture: &PresenceFixture) {
+        let (alice, bob) = (user("alice@example.com"), user("bob"));
+        let hub = fixture.hub();
+        let _connections = [hub.connect(&alice), hub.connect(&alice), hub.connect(&bob)];
+        fixture.settles_at(3, 2).await;
+    }
+
+    /// Channels are not connections: a connection counts once whatever it joined, and
+    /// leaving a channel is not leaving.
+    pub async fn joined_channels_do_not_count(fixture: &PresenceFixture) {
+        let (alice, bob) = (user("alice@example.com"), user("bob"));
+        let hub = fixture.hub();
+        let mut a = hub.connect(&alice);
+        a.join(&alice.channel()).await.expect("joins");
+        a.join("room:lobby").await.expect("joins");
+        let mut b = hub.connect(&bob);
+        b.join("room:lobby").await.expect("joins");
+        fixture.settles_at(2, 2).await;
+        a.leave("room:lobby");
+        b.leave("room:lobby");
+        sleep(SETTLE / 2).await;
+        assert_eq!(
+            fixture.online().await,
+            Online {
+                online: 2,
+                users: 2
+            }
+        );
+    }
+
+    /// The counts drop as connections close, down to zero.
+    pub async fn counts_drop_as_connections_leave(fixture: &PresenceFixture) {
+        let (alice, bob) = (user("alice@example.com"), user("bob"));
+        let hub = fixture.hub();
+        let (a1, a2, b) = (hub.connect(&alice), hub.connect(&alice), hub.connect(&bob));
+        fixture.settles_at(3, 2).await;
+        drop(a1);
+        fixture.settles_at(2, 2).await;
+        drop(b);
+        fixture.settles_at(1, 1).await;
+        drop(a2);
+        fixture.settles_at(0, 0).await;
+    }
+
+    /// A burst of connections opening and closing, faster than any heartbeat, ends at
+    /// exactly what is left open.
+    pub async fn counts_settle_after_churn(fixture: &PresenceFixture) {
+        let users: Vec<UserId> = (0..10).map(|i| user(&format!("user-{i}"))).collect();
+        let hub = fixture.hub();
+        let (open, closed): (Vec<_>, Vec<_>) = (0..100)
+            .map(|i| (i, hub.connect(&users[i % 10])))
+            .partition(|(i, _)| i % 2 == 0);
+        // Users 1, 3, 5, 7 and 9 have nothing left open.
+        drop(closed);
+        fixture.settles_at(50, 5).await;
+        drop(open);
+        fixture.settles_at(0, 0).await;
+    }
+}
+
+/// Runs every presence check against the backend `$factory` returns, one test each:
+/// `sessionhub_testkit::presence_conformance!(my_factory);` where
+/// `async fn my_factory() -> PresenceFixture`. See [`conformance`](crate::conformance).
+#[macro_export]
+macro_rules! presence_conformance {
+    ($factory:path) => {
+        $crate::__conformance_tests!(
+            suite: presence,
+            worker_threads: 2,
+            factory: $factory,
+            fixture => &fixture,
+            checks: [
+                an_empty_hub_counts_zero,
+                connections_and_distinct_users_are_counted,
+                joined_channels_do_not_count,
+                counts_drop_as_connections_leave,
+                counts_settle_after_churn,
+            ]
+        );
+    };
+}
