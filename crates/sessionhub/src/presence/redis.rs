@@ -178,5 +178,5 @@ impl Presence for RedisPresence {
 }
 
 fn unavailable(e: ::redis::RedisError) -> PresenceError {
-    PresenceError::unavailable("presence", e)
+    PresenceError::unavailable("redis", e)
 }

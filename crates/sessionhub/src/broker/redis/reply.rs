@@ -41,8 +41,6 @@ pub(super) fn parse_envelope(text: &str) -> Option<Publication> {
     })
 }
 
-/// Delays between reconnection attempts: doubling from `min` up to `max`, each spread by
-
 #[cfg(test)]
 mod tests {
     use super::*;
