@@ -1,5 +1,5 @@
-//! The frames a client sends: seed sockets (`/websocket/{id}`, `ClientFrame`) and protocol
-//! v1 (`/ws`, `ClientMessage`), plus user ids and channel names.
+//! The frames a client sends: seed sockets (`/websocket/{id}`, `seed::Request`) and protocol
+//! v1 (`/ws`, `v1::Request`), plus user ids and channel names.
 //!
 //! Input: any bytes, read as (lossy) UTF-8 text. Checks that parsing never panics, that every
 //! user id that parses is in the documented alphabet and round-trips through its text and
@@ -11,22 +11,22 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use sessionhub::protocol::{
-    ClientFrame, ClientMessage, FrameError, MAX_CHANNEL_LEN, MAX_IDEMPOTENCY_KEY_LEN,
-    MAX_USER_ID_LEN, ServerFrame, UserId, is_public_channel_name,
+    FrameError, MAX_CHANNEL_LEN, MAX_IDEMPOTENCY_KEY_LEN, MAX_USER_ID_LEN, UserId,
+    is_public_channel_name, seed, v1,
 };
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
 
-    match ClientFrame::parse(&text) {
+    match seed::Request::parse(&text) {
         Ok(frame) => {
-            let ClientFrame::Push { to, data } = &frame;
+            let seed::Request::Push { to, data } = &frame;
             check_user_id(to);
             // VALUE travels as JSON text; the same frame, re-encoded, parses the same.
             assert!(serde_json::from_str::<serde_json::Value>(data).is_ok());
             let key = serde_json::to_string(to.as_str()).unwrap();
             let again = format!(r#"{{"KEY":{key},"VALUE":{data}}}"#);
-            assert_eq!(ClientFrame::parse(&again).as_ref(), Ok(&frame));
+            assert_eq!(seed::Request::parse(&again).as_ref(), Ok(&frame));
         }
         Err(error) => check_error(&error),
     }
@@ -37,13 +37,13 @@ fuzz_target!(|data: &[u8]| {
     let frame_id = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .map(|v| v.get("id").and_then(serde_json::Value::as_u64));
-    match ClientMessage::parse(&text) {
+    match v1::Request::parse(&text) {
         Ok(message) => {
             let id = match &message {
-                ClientMessage::Subscribe { id, .. }
-                | ClientMessage::Unsubscribe { id, .. }
-                | ClientMessage::Ping { id } => *id,
-                ClientMessage::Publish {
+                v1::Request::Subscribe { id, .. }
+                | v1::Request::Unsubscribe { id, .. }
+                | v1::Request::Ping { id } => *id,
+                v1::Request::Publish {
                     data,
                     id,
                     idempotency_key,
@@ -100,7 +100,7 @@ fn check_user_id(id: &UserId) {
 
 /// The error frame sent back must always serialize, whatever the input was.
 fn check_error(error: &FrameError) {
-    let reply = ServerFrame::Error {
+    let reply = seed::Reply::Error {
         code: error.code(),
         message: error.to_string(),
     }

@@ -23,7 +23,7 @@ use crate::broker::{
     Broker, Deliver, LocalBroker, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use crate::error::BrokerError;
-use crate::protocol::{self, UserId, close};
+use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
 use crate::session::{SessionEvents, SessionId};
 
 /// Messages that may wait for one connection before it counts as a slow consumer.
@@ -31,9 +31,6 @@ const OUTBOUND_QUEUE: usize = 256;
 
 /// Queue capacity a drained outbound queue keeps, so steady traffic does not reallocate.
 const OUTBOX_KEPT: usize = 16;
-
-/// Prefix of the control channel of each session's sockets.
-const SESSION_CHANNEL_PREFIX: &str = "session:";
 
 /// Counts of what is connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -55,16 +52,16 @@ pub enum Outbound {
     Close(u16, &'static str),
 }
 
-/// One publication on its way to every local subscriber, rendered at most once per wire
-/// format however many connections take it.
+/// One publication on its way to every local subscriber, rendered at most once per
+/// protocol however many connections take it.
 #[derive(Debug)]
 pub struct Delivery {
     channel: String,
     publication: Publication,
     /// When it reached this node, for the delivery latency metric.
     arrived: std::time::Instant,
-    text: OnceLock<Utf8Bytes>,
-    frame: OnceLock<Utf8Bytes>,
+    seed_frame: OnceLock<Utf8Bytes>,
+    v1_frame: OnceLock<Utf8Bytes>,
 }
 
 impl Delivery {
@@ -73,8 +70,8 @@ impl Delivery {
             channel: channel.to_owned(),
             publication,
             arrived: std::time::Instant::now(),
-            text: OnceLock::new(),
-            frame: OnceLock::new(),
+            seed_frame: OnceLock::new(),
+            v1_frame: OnceLock::new(),
         }
     }
 
@@ -93,24 +90,17 @@ impl Delivery {
         &self.publication
     }
 
-    /// The message as the seed endpoint sends it: a JSON string's contents byte for byte,
-    /// any other JSON value as its text.
-    pub fn text(&self) -> Utf8Bytes {
-        self.text
-            .get_or_init(|| {
-                let data = self.publication.data.as_str();
-                match serde_json::from_str::<String>(data) {
-                    Ok(text) => text.into(),
-                    Err(_) => self.publication.data.clone(),
-                }
-            })
+    /// The frame the seed endpoint sends ([`seed::message`]).
+    pub fn seed_frame(&self) -> Utf8Bytes {
+        self.seed_frame
+            .get_or_init(|| seed::message(&self.publication))
             .clone()
     }
 
-    /// The protocol v1 `publication` frame.
-    pub fn frame(&self) -> Utf8Bytes {
-        self.frame
-            .get_or_init(|| protocol::publication_frame(&self.channel, &self.publication).into())
+    /// The protocol v1 `publication` frame ([`v1::publication_frame`]).
+    pub fn v1_frame(&self) -> Utf8Bytes {
+        self.v1_frame
+            .get_or_init(|| v1::publication_frame(&self.channel, &self.publication).into())
             .clone()
     }
 }
@@ -241,6 +231,14 @@ impl Deliver for Registry {
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node_id", &self.inner.node_id)
+            .finish_non_exhaustive()
+    }
 }
 
 struct HubInner {

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::response::Json;
 use serde::Serialize;
 
-use super::Gateway;
+use super::state::Gateway;
 use crate::error::ApiError;
 use crate::protocol::UserId;
 

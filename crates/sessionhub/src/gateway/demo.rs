@@ -11,7 +11,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Map;
 
-use super::Gateway;
+use super::state::Gateway;
 use crate::error::ApiError;
 use crate::protocol::{InvalidUserId, UserId};
 use crate::session::Session;

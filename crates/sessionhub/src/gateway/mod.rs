@@ -3,27 +3,37 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /websocket/{id}` | WebSocket for user `id`, seed protocol ([`socket`]) |
-//! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery ([`v1`]) |
-//! | `POST /api/channels/{channel}/publish` | publish to any channel |
+//! | `GET /websocket/{id}` | WebSocket for user `id`, seed protocol (`socket.rs`, `seed.rs`) |
+//! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery (`socket.rs`, `v1.rs`) |
+//! | `POST /api/channels/{channel}/publish` | publish to any channel (`push.rs`) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
-//! | `GET /api/users/{id}/sessions` | how many sessions user `id` has ([`admin`]) |
+//! | `GET /api/users/{id}/sessions` | how many sessions user `id` has (`admin.rs`) |
 //! | `POST /api/users/{id}/logout` | ends every session of user `id` ("log out everywhere") |
+//! | `GET /sessionhub.js` | the browser client (an ES module) |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
+//! | `/login`, `/get-session`, `/invalidate` | the session demo (`demo.rs`) |
 //!
 //! `/socket/*` and `/api/*` require `Authorization: Bearer <api key>` whenever API keys are
 //! configured.
-//! | `GET /sessionhub.js` | the browser client (an ES module) |
-//! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
-//! | `/login`, `/get-session`, `/invalidate` | the session demo ([`demo`]) |
+//!
+//! The files import one way only, so that none needs another that needs it back: this file
+//! wires the routes; `socket.rs` runs a connection and hands each frame to its protocol's
+//! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `admission.rs` decides
+//! who may connect and for how long, and its credentials are read by the loop and by v1's
+//! channel rules; every module sees `state.rs` (the shared [`Gateway`]), which sees none.
 
 mod admin;
+mod admission;
 mod demo;
+mod plan;
 mod push;
+mod seed;
 mod socket;
+mod state;
 mod v1;
 
-pub use self::socket::SocketConfig;
+pub use self::state::{Gateway, GatewayConfig, Security, SocketConfig};
 
 use std::sync::Arc;
 
@@ -34,136 +44,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
 use crate::error::ApiError;
-use crate::hub::{Hub, Online};
-use crate::limits::{ConnectionRate, Limits};
-use crate::presence::{LocalPresence, Presence};
+use crate::hub::Online;
 use crate::session::{SessionConfig, SessionLayer};
-use crate::store::SessionStore;
-
-/// What the gateway serves and how.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// Serve the seed's session demo (`/login`, `/get-session`, `/invalidate`).
-    pub demo: bool,
-    /// WebSocket behaviour.
-    pub socket: SocketConfig,
-    /// Largest request body accepted, in bytes (a pushed message becomes one frame, so this
-    /// matches the socket's inbound limit by default).
-    pub max_push_bytes: usize,
-    /// Authentication, authorization and abuse limits.
-    pub security: Security,
-}
-
-/// Who may do what. The default is the seed's open mode, fit only for loopback.
-#[derive(Debug, Clone)]
-pub struct Security {
-    /// How sockets authenticate.
-    pub ws_auth: WsAuth,
-    /// Keys for `/socket/*` and `/api/*`; none configured means those are open.
-    pub api_keys: ApiKeys,
-    /// Verifies tokens when `ws_auth` is [`WsAuth::Token`].
-    pub tokens: Option<TokenVerifier>,
-    /// Which web origins may open sockets.
-    pub origins: OriginPolicy,
-    /// What clients may publish themselves (in every mode but open).
-    pub channels: ChannelRules,
-    /// Abuse limits.
-    pub limits: Limits,
-}
-
-impl Default for Security {
-    fn default() -> Self {
-        Self {
-            ws_auth: WsAuth::Open,
-            api_keys: ApiKeys::default(),
-            tokens: None,
-            origins: OriginPolicy::SameHost,
-            channels: ChannelRules::default(),
-            limits: Limits::default(),
-        }
-    }
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        let socket = SocketConfig::default();
-        Self {
-            demo: true,
-            max_push_bytes: socket.max_message_size,
-            socket,
-            security: Security::default(),
-        }
-    }
-}
-
-/// Everything the routes share. Cheap to clone.
-#[derive(Clone)]
-pub struct Gateway {
-    hub: Hub,
-    store: Arc<dyn SessionStore>,
-    // Behind an Arc: axum clones the state several times per request, and the config
-    // holds strings.
-    sessions: Arc<SessionConfig>,
-    config: Arc<GatewayConfig>,
-    presence: Arc<dyn Presence>,
-    connection_rate: Arc<ConnectionRate>,
-    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
-    shutdown: CancellationToken,
-}
 
 impl Gateway {
-    /// A gateway over `hub` (sockets and pushes) and `store` (sessions).
-    pub fn new(
-        hub: Hub,
-        store: Arc<dyn SessionStore>,
-        sessions: SessionConfig,
-        config: GatewayConfig,
-    ) -> Self {
-        Self {
-            presence: Arc::new(LocalPresence(hub.clone())),
-            connection_rate: Arc::new(ConnectionRate::new(
-                config.security.limits.connections_per_ip_per_sec,
-            )),
-            hub,
-            store,
-            sessions: Arc::new(sessions),
-            config: Arc::new(config),
-            metrics: None,
-            shutdown: CancellationToken::new(),
-        }
-    }
-
-    /// Serves `GET /metrics` (Prometheus text format) with what `render` returns, e.g. a
-    /// `metrics-exporter-prometheus` handle's `render`. The connection and broker gauges are
-    /// set just before each render.
-    pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
-        self.metrics = Some(render);
-        self
-    }
-
-    /// Counts `/api/online` with `presence` instead of this node's own connections (cluster
-    /// mode).
-    pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Self {
-        self.presence = presence;
-        self
-    }
-
-    /// Closes every open socket with 1001 (going away) and refuses new ones. Call when the
-    /// server stops, so clients reconnect to another node at once.
-    pub fn close_sockets(&self) {
-        self.shutdown.cancel();
-    }
-
-    /// The session store, to persist it on shutdown.
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
-    }
-
     /// The routes. Serve them with `into_make_service_with_connect_info::<SocketAddr>()` so
     /// that trusted proxies can be recognised.
     pub fn router(&self) -> Router {
@@ -265,12 +152,7 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
+    match admission::bearer(request.headers()) {
         Some(key) if gateway.config.security.api_keys.verify(key.trim()) => {
             Ok(next.run(request).await)
         }

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::Gateway;
+use super::state::Gateway;
 use crate::broker::PublishOptions;
 use crate::error::ApiError;
-use crate::protocol::{self, UserId};
+use crate::protocol::{self, MAX_IDEMPOTENCY_KEY_LEN, UserId};
 
 /// The answer to a push.
 #[derive(Debug, Serialize)]
@@ -128,10 +128,12 @@ async fn publish(
         .map(|v| {
             v.to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 128)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN)
                 .map(str::to_owned)
                 .ok_or_else(|| {
-                    ApiError::bad_request("Idempotency-Key: 1 to 128 visible characters")
+                    ApiError::bad_request(format!(
+                        "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible characters"
+                    ))
                 })
         })
         .transpose()?;

@@ -1,97 +1,41 @@
-//! The WebSocket endpoints: `GET /websocket/{id}` (the seed's protocol: raw text frames for
-//! user `id`) and `GET /ws` (protocol v1: channels, offsets, recovery; see [`super::v1`]).
-//!
-//! Before the upgrade: the origin, the per-address connection rate, who the client is
-//! (session, token or open) and the per-user connection cap. Refusals are HTTP errors with
-//! a JSON code, so nothing is allocated for a client that may not connect.
-//!
-//! After it, one task per connection drives both directions with `select!`, so every way a
-//! connection can end (client close, idle timeout, slow consumer, server shutdown,
-//! oversized frame, credentials ending, message rate) is visible in one place.
+//! The WebSocket endpoints, `GET /websocket/{id}` (the seed's protocol) and `GET /ws`
+//! (protocol v1), and the one task per connection that drives both directions with
+//! `select!`, so that every way a connection can end (client close, idle timeout, slow
+//! consumer, server shutdown, oversized frame, credentials ending, message rate) is visible
+//! in one place. Who may connect is [`super::admission`]'s; what a frame means is the
+//! protocol's ([`super::seed`], [`super::v1`]), answered as a [`Plan`] this loop carries out.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::future::{self, BoxFuture};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use serde::Deserialize;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::Gateway;
-use super::v1::{self, Plan, Step, V1};
-use crate::auth::WsAuth;
-use crate::broker::PublishOptions;
+use super::admission::{
+    ConnectQuery, Credentials, admit, check_credentials, first_credentials_check, use_session,
+};
+use super::plan::Plan;
+use super::seed;
+use super::state::Gateway;
+use super::v1::{self, Step, V1};
 use crate::error::ApiError;
 use crate::hub::{Connection, Outbound, session_channel};
 use crate::limits::MessageRate;
-use crate::protocol::{ClientFrame, FrameError, ServerFrame, UserId, close};
-use crate::session::{PRINCIPAL, SessionId, presented_id};
-use crate::store::{lifetime_left, now_ms};
-
-/// How sockets behave.
-#[derive(Debug, Clone)]
-pub struct SocketConfig {
-    /// A connection that sends nothing (not even a pong) for this long is closed.
-    pub idle_timeout: Duration,
-    /// How often the server pings; at most half the idle timeout, so a live client that
-    /// only answers pings is never taken for idle.
-    pub ping_interval: Duration,
-    /// Largest inbound message, in bytes; a larger one closes the connection with 1009.
-    pub max_message_size: usize,
-}
-
-impl Default for SocketConfig {
-    fn default() -> Self {
-        Self {
-            idle_timeout: Duration::from_secs(600),
-            ping_interval: Duration::from_secs(25),
-            max_message_size: 64 * 1024,
-        }
-    }
-}
+use crate::protocol::{FrameError, UserId, close};
 
 /// Publishes one client may have under way at once.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
 /// How long a close frame may take to go out before the connection is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Slack after a session's expected expiry before checking it, so the store has expired it.
-const EXPIRY_SLACK: Duration = Duration::from_millis(50);
-/// The next look at credentials that nothing can end.
-const FAR: Duration = Duration::from_secs(86_400);
-
-/// What ends the connection's right to stay open, besides the client.
-pub(crate) enum Credentials {
-    /// Open mode: nothing.
-    None,
-    /// The HTTP session it was opened with: closed when that ends.
-    Session {
-        id: SessionId,
-        /// When the session's absolute lifetime runs out, if it has one: HTTP use slides
-        /// the idle timeout, never this.
-        ends: Option<Instant>,
-    },
-    /// A token: closed when it expires.
-    Token {
-        expires: Instant,
-        /// Channels the token lets the user join.
-        channels: Vec<String>,
-    },
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ConnectQuery {
-    token: Option<String>,
-    /// Protocol v1 in open mode: who the client says it is.
-    user: Option<String>,
-}
 
 /// `GET /websocket/{id}`.
 pub(crate) async fn upgrade(
@@ -156,147 +100,22 @@ where
         .on_upgrade(then)
 }
 
-/// Everything checked before an upgrade: origin, connection rate, who the client is (and
-/// that it is `requested`, if it asked to be someone), and the per-user connection cap.
-async fn admit(
-    gateway: &Gateway,
-    requested: Option<UserId>,
-    query: &ConnectQuery,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-) -> Result<(UserId, Credentials), ApiError> {
-    let security = &gateway.config.security;
-    if !security
-        .origins
-        .allows(headers.get(header::ORIGIN), headers.get(header::HOST))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this origin may not open sockets here (see --allowed-origins)",
-        ));
-    }
-    if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies))
-        && !gateway.connection_rate.check(ip)
-    {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many new connections from this address; slow down",
-        ));
-    }
-    let (user, credentials) =
-        authenticate(gateway, requested, query.token.as_deref(), headers).await?;
-    if gateway.hub.local_connections(&user) >= security.limits.connections_per_user {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            "this user has too many open connections on this node",
-        ));
-    }
-    Ok((user, credentials))
-}
-
-/// Who the client is, checked against the user it asks to connect as (if it asks).
-async fn authenticate(
-    gateway: &Gateway,
-    requested: Option<UserId>,
-    query_token: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<(UserId, Credentials), ApiError> {
-    let (user, credentials) = match gateway.config.security.ws_auth {
-        WsAuth::Open => {
-            let user = requested.clone().ok_or_else(|| {
-                ApiError::bad_request("in open mode, say who you are: /ws?user=<id>")
-            })?;
-            (user, Credentials::None)
-        }
-        WsAuth::Session => {
-            let not_logged_in = || {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "not_logged_in",
-                    "log in first: the socket's user comes from the HTTP session",
-                )
-            };
-            let id = presented_id(headers, &gateway.sessions).ok_or_else(not_logged_in)?;
-            let record = gateway
-                .store
-                .load(&id, gateway.sessions.idle_timeout)
-                .await?
-                .ok_or_else(not_logged_in)?;
-            let user = record
-                .attributes
-                .get(PRINCIPAL)
-                .and_then(|p| p.as_str())
-                .and_then(|p| p.parse::<UserId>().ok())
-                .ok_or_else(not_logged_in)?;
-            // An outlived session is over even before a request gets to delete it.
-            let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
-            let ends = match left {
-                Some(left) if left.is_zero() => return Err(not_logged_in()),
-                left => left.map(|left| Instant::now() + left),
-            };
-            (user, Credentials::Session { id, ends })
-        }
-        WsAuth::Token => {
-            let token = query_token.or_else(|| {
-                headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-            });
-            let verifier = gateway.config.security.tokens.as_ref();
-            let claims = match (token, verifier) {
-                (Some(token), Some(verifier)) => verifier.verify(token.trim()),
-                (None, _) => Err(crate::auth::TokenError::Missing),
-                (Some(_), None) => Err(crate::auth::TokenError::Invalid),
-            }
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-            let user = claims.sub.parse::<UserId>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "token_invalid",
-                    "the token's sub is not a valid user id",
-                )
-            })?;
-            let left = claims.exp.saturating_sub(now_ms() / 1000);
-            let credentials = Credentials::Token {
-                expires: Instant::now() + Duration::from_secs(left),
-                channels: claims.channels,
-            };
-            (user, credentials)
-        }
-    };
-    if requested.is_some_and(|r| r != user) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "you may only open your own sockets",
-        ));
-    }
-    Ok((user, credentials))
-}
-
-/// The client's address: the peer, or the last hop a trusted proxy reports.
-fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer.ip()) {
-        return peer.ip();
-    }
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|ip| ip.trim().parse().ok())
-        .unwrap_or(peer.ip())
-}
-
 /// Which wire protocol a connection speaks.
 enum Protocol {
     /// `/websocket/{id}`: every message for the user as a raw text frame.
     Seed,
     /// `/ws`: JSON frames with channels and offsets.
     V1(V1),
+}
+
+impl Protocol {
+    /// The error frame for a frame refused whatever it said (a binary one).
+    fn refusal(&self, e: &FrameError) -> String {
+        match self {
+            Self::Seed => seed::refusal(e),
+            Self::V1(_) => v1::refusal(None, e),
+        }
+    }
 }
 
 // Not an `async fn`: those move their arguments into fresh locals inside the future while
@@ -357,84 +176,12 @@ fn run(
         );
         if reason.0 != 0 {
             if let Protocol::V1(_) = protocol {
-                let frame = v1::disconnect_frame(reason);
+                let frame = crate::protocol::v1::Reply::disconnect(reason);
                 let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(frame.into()))).await;
             }
             let _ = send_close(&mut socket, reason).await;
         }
     }
-}
-
-/// `next`, or the session's absolute end if that comes first.
-fn before_end(next: Instant, ends: Option<Instant>) -> Instant {
-    ends.map_or(next, |ends| ends.min(next))
-}
-
-/// When to look at the credentials first, from what the connect learned: no round trip.
-fn first_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Instant {
-    match credentials {
-        Credentials::None => Instant::now() + FAR,
-        Credentials::Token { expires, .. } => *expires,
-        Credentials::Session { ends, .. } => {
-            // Loading the session to admit the socket slid its expiry to a whole idle timeout.
-            let idle = Instant::now() + gateway.sessions.idle_timeout + EXPIRY_SLACK;
-            before_end(idle, *ends)
-        }
-    }
-}
-
-/// Looks at the credentials when their check is due: `None` if they ended, else when to
-/// look again.
-async fn check_credentials(credentials: &Credentials, gateway: &Gateway) -> Option<Instant> {
-    let now = Instant::now();
-    match credentials {
-        Credentials::None => Some(now + FAR),
-        // Checked only once its expiry has come.
-        Credentials::Token { .. } => None,
-        Credentials::Session { id, ends } => {
-            if ends.is_some_and(|ends| now >= ends) {
-                return None;
-            }
-            let next = match gateway.store.expires_in(id).await {
-                Ok(Some(left)) => now + left + EXPIRY_SLACK,
-                Ok(None) => return None,
-                // The store is down: look again soon rather than close a socket on a blip.
-                Err(_) => now + Duration::from_secs(1),
-            };
-            Some(before_end(next, *ends))
-        }
-    }
-}
-
-/// Slides the socket's session as an HTTP request would (its expiry and its entry in the
-/// per-user index, so that logging the user out everywhere still finds it): `None` if the
-/// session is gone, else when to look at it next.
-async fn use_session(
-    id: &SessionId,
-    ends: Option<Instant>,
-    user: &UserId,
-    gateway: &Gateway,
-) -> Option<Instant> {
-    let idle = gateway.sessions.idle_timeout;
-    let store = &gateway.store;
-    match store.load(id, idle).await {
-        Ok(Some(_)) => {
-            if let Err(e) = store
-                .index_add(user.as_str(), id, crate::session::index_keep(idle))
-                .await
-            {
-                tracing::warn!(error = %e, "could not refresh a socket's session in the user index");
-            }
-        }
-        Ok(None) => return None,
-        Err(e) => {
-            // The store is down: look again soon, as the expiry check does.
-            tracing::warn!(error = %e, "could not slide a socket's session");
-            return Some(Instant::now() + Duration::from_secs(1));
-        }
-    }
-    let next = Instant::now() + idle + EXPIRY_SLACK;
-    Some(before_end(next, ends))
 }
 
 /// Runs the connection until it ends; returns the close code to send (0: none, the client
@@ -449,11 +196,7 @@ async fn drive(
 ) -> (u16, &'static str) {
     let config = &gateway.config.socket;
     let greeting = match protocol {
-        Protocol::Seed => ServerFrame::Connected {
-            id: user.as_str(),
-            node: gateway.hub.node_id(),
-        }
-        .to_text(),
+        Protocol::Seed => seed::greeting(user, gateway.hub.node_id()),
         Protocol::V1(v1) => v1.greeting(gateway.hub.node_id(), connection.id()),
     };
     if socket.send(Message::Text(greeting.into())).await.is_err() {
@@ -488,7 +231,7 @@ async fn drive(
             }
             outbound = connection.recv() => {
                 let (text, age) = match (outbound, &mut *protocol) {
-                    (Outbound::Message(delivery), Protocol::Seed) => (delivery.text(), delivery.age()),
+                    (Outbound::Message(delivery), Protocol::Seed) => (delivery.seed_frame(), delivery.age()),
                     (Outbound::Message(delivery), Protocol::V1(v1)) => match v1.outbound(&delivery) {
                         Ok(Some(frame)) => (frame, delivery.age()),
                         Ok(None) => continue,
@@ -542,7 +285,7 @@ async fn drive(
                     (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => continue,
                     (Some(Err(e)), _) => return read_error(e),
                     (Some(Ok(_)), _) if !rate.check() => return close::RATE_LIMITED,
-                    (Some(Ok(Message::Text(text))), Protocol::Seed) => plan_seed_frame(&text, gateway),
+                    (Some(Ok(Message::Text(text))), Protocol::Seed) => seed::plan(&text, gateway),
                     (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => match v1.plan(&text, gateway) {
                         Step::Plan(plan) => plan,
                         Step::Change(change) => {
@@ -554,7 +297,7 @@ async fn drive(
                             Plan::Reply(replies)
                         }
                     },
-                    (Some(Ok(Message::Binary(_))), _) => Plan::Reply(vec![error_frame(&FrameError::Binary)]),
+                    (Some(Ok(Message::Binary(_))), protocol) => Plan::Reply(vec![protocol.refusal(&FrameError::Binary)]),
                 };
                 let replies = match plan {
                     Plan::Reply(replies) if in_flight.is_empty() => replies,
@@ -582,44 +325,6 @@ async fn drive(
             }
         }
     }
-}
-
-/// Plans one seed-protocol frame: `{"KEY", "VALUE"}` becomes a publish under way.
-fn plan_seed_frame(text: &str, gateway: &Gateway) -> Plan {
-    let ClientFrame::Push { to, data } = match ClientFrame::parse(text) {
-        Ok(frame) => frame,
-        Err(e) => return Plan::Reply(vec![error_frame(&e)]),
-    };
-    let security = &gateway.config.security;
-    let channel = to.channel();
-    if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
-        return Plan::Reply(vec![error_frame(&FrameError::PublishForbidden)]);
-    }
-    let gateway = gateway.clone();
-    Plan::Later(
-        async move {
-            let options = PublishOptions::with_history();
-            match gateway.hub.publish(&channel, data.into(), &options).await {
-                Ok(_) => Vec::new(),
-                Err(e) => vec![
-                    ServerFrame::Error {
-                        code: "broker_unavailable",
-                        message: e.to_string(),
-                    }
-                    .to_text(),
-                ],
-            }
-        }
-        .boxed(),
-    )
-}
-
-pub(crate) fn error_frame(e: &FrameError) -> String {
-    ServerFrame::Error {
-        code: e.code(),
-        message: e.to_string(),
-    }
-    .to_text()
 }
 
 fn read_error(e: axum::Error) -> (u16, &'static str) {

@@ -1,5 +1,6 @@
-//! Protocol v1 (`GET /ws`): JSON frames with a `type`; channels with offsets and epochs;
-//! recovery of what a client missed. `docs/protocol.md` specifies every frame.
+//! What a frame means on a protocol v1 connection (`GET /ws`): a v1 connection has state
+//! (its channels and positions), which the seed's has not, so its decisions live here and
+//! its wire formats in [`crate::protocol::v1`]. `docs/protocol.md` specifies every frame.
 //!
 //! The connection keeps, per channel, the position of the last publication it sent. A live
 //! publication is sent only if it is the next one; an older one is a duplicate (it was
@@ -12,22 +13,19 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::Gateway;
-use super::socket::Credentials;
+use super::admission::Credentials;
+use super::plan::Plan;
+use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
-use crate::hub::{Connection, Delivery};
-use crate::protocol::{self, ClientMessage, FrameError, UserId, close};
-
-/// Most channels one connection may join.
-pub(crate) const MAX_SUBSCRIPTIONS: usize = 128;
+use crate::hub::{Connection, Delivery, session_channel};
+use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
+use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 
 /// A v1 connection's state.
-pub(crate) struct V1 {
+pub(super) struct V1 {
     user: UserId,
     /// Channels a token lets the user join.
     token_channels: Vec<String>,
@@ -35,87 +33,17 @@ pub(crate) struct V1 {
     positions: HashMap<String, (Arc<str>, u64)>,
 }
 
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Reply<'a> {
-    Connected {
-        client: String,
-        node: &'a str,
-        user: &'a str,
-    },
-    Subscribed {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        channel: &'a str,
-        epoch: &'a str,
-        offset: u64,
-        recovered: bool,
-        publications: Vec<Recovered<'a>>,
-    },
-    Unsubscribed {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        channel: &'a str,
-    },
-    Published {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        channel: &'a str,
-        epoch: &'a str,
-        offset: u64,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        duplicate: bool,
-    },
-    Pong {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-    },
-    Error {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        code: &'a str,
-        message: String,
-    },
-    Disconnect {
-        code: u16,
-        reason: &'a str,
-        reconnect: bool,
-    },
+fn error(id: Option<u64>, code: &str, message: String) -> String {
+    Reply::Error { id, code, message }.to_text()
 }
 
-#[derive(Serialize)]
-struct Recovered<'a> {
-    offset: u64,
-    data: &'a RawValue,
-}
-
-impl Reply<'_> {
-    fn text(&self) -> String {
-        serde_json::to_string(self).expect("replies serialize")
-    }
-}
-
-/// The `disconnect` frame sent before a close frame.
-pub(crate) fn disconnect_frame((code, reason): (u16, &'static str)) -> String {
-    Reply::Disconnect {
-        code,
-        reason,
-        reconnect: close::reconnect(code),
-    }
-    .text()
-}
-
-fn error(id: Option<u64>, code: &str, message: impl Into<String>) -> String {
-    Reply::Error {
-        id,
-        code,
-        message: message.into(),
-    }
-    .text()
+/// The error reply to a refused frame, with the frame's `id` if it had one.
+pub(super) fn refusal(id: Option<u64>, e: &FrameError) -> String {
+    error(id, e.code(), e.to_string())
 }
 
 impl V1 {
-    pub(crate) fn new(user: UserId, credentials: &Credentials) -> Self {
+    pub(super) fn new(user: UserId, credentials: &Credentials) -> Self {
         let token_channels = match credentials {
             Credentials::Token { channels, .. } => channels.clone(),
             _ => Vec::new(),
@@ -127,18 +55,18 @@ impl V1 {
         }
     }
 
-    pub(crate) fn greeting(&self, node: &str, connection: u64) -> String {
+    pub(super) fn greeting(&self, node: &str, connection: u64) -> String {
         Reply::Connected {
             client: format!("{node}/{connection}"),
             node,
             user: self.user.as_str(),
         }
-        .text()
+        .to_text()
     }
 
     /// What to send for a live publication: the frame, nothing (a duplicate, or a channel
     /// left meanwhile), or a close when something was lost.
-    pub(crate) fn outbound(
+    pub(super) fn outbound(
         &mut self,
         delivery: &Delivery,
     ) -> Result<Option<Utf8Bytes>, (u16, &'static str)> {
@@ -147,7 +75,7 @@ impl V1 {
         };
         let publication = delivery.publication();
         if publication.offset == 0 {
-            return Ok(Some(delivery.frame()));
+            return Ok(Some(delivery.v1_frame()));
         }
         if publication.epoch != *epoch {
             return Err(close::INSUFFICIENT_STATE);
@@ -156,7 +84,7 @@ impl V1 {
             std::cmp::Ordering::Less => Ok(None),
             std::cmp::Ordering::Equal => {
                 *offset = publication.offset;
-                Ok(Some(delivery.frame()))
+                Ok(Some(delivery.v1_frame()))
             }
             std::cmp::Ordering::Greater => {
                 tracing::info!(
@@ -169,22 +97,20 @@ impl V1 {
     }
 
     /// Decides what one client frame needs (see [`Step`]).
-    pub(crate) fn plan(&self, text: &str, gateway: &Gateway) -> Step {
-        let message = match ClientMessage::parse(text) {
-            Ok(message) => message,
-            Err((e, id)) => {
-                return Step::Plan(Plan::Reply(vec![error(id, e.code(), e.to_string())]));
-            }
+    pub(super) fn plan(&self, text: &str, gateway: &Gateway) -> Step {
+        let request = match Request::parse(text) {
+            Ok(request) => request,
+            Err((e, id)) => return Step::Plan(Plan::Reply(vec![refusal(id, &e)])),
         };
-        match message {
-            ClientMessage::Ping { id } => Step::Plan(Plan::Reply(vec![Reply::Pong { id }.text()])),
-            ClientMessage::Publish {
+        match request {
+            Request::Ping { id } => Step::Plan(Plan::Reply(vec![Reply::Pong { id }.to_text()])),
+            Request::Publish {
                 channel,
                 data,
                 id,
                 idempotency_key,
             } => Step::Plan(publish(id, channel, data, idempotency_key, gateway)),
-            ClientMessage::Subscribe {
+            Request::Subscribe {
                 channel,
                 recover,
                 id,
@@ -193,7 +119,7 @@ impl V1 {
                 recover,
                 id,
             }),
-            ClientMessage::Unsubscribe { channel, id } => {
+            Request::Unsubscribe { channel, id } => {
                 Step::Change(ChannelChange::Unsubscribe { channel, id })
             }
         }
@@ -201,7 +127,7 @@ impl V1 {
 
     /// Runs a frame that changes the connection's channels; the caller has waited for every
     /// earlier frame and sends their replies ahead of these, so replies stay in frame order.
-    pub(crate) async fn exclusive(
+    pub(super) async fn exclusive(
         &mut self,
         change: ChannelChange,
         connection: &mut Connection,
@@ -234,7 +160,7 @@ impl V1 {
                         id,
                         channel: &channel,
                     }
-                    .text(),
+                    .to_text(),
                 ]
             }
         }
@@ -259,37 +185,29 @@ impl V1 {
         credentials: &Credentials,
         gateway: &Gateway,
     ) -> String {
-        if !protocol::is_public_channel_name(channel) {
-            return error(id, "invalid_channel", protocol::INVALID_CHANNEL);
+        if !is_public_channel_name(channel) {
+            return refusal(id, &FrameError::InvalidChannel);
         }
         if !self.may_subscribe(channel, gateway) {
-            return error(id, "forbidden", "you may not subscribe to that channel");
+            return refusal(id, &FrameError::SubscribeForbidden);
         }
         if self.positions.contains_key(channel) {
-            return error(
-                id,
-                "already_subscribed",
-                "already subscribed to that channel",
-            );
+            return refusal(id, &FrameError::AlreadySubscribed);
         }
         if connection.channel_count() >= MAX_SUBSCRIPTIONS + usize::from(is_session(credentials)) {
-            return error(
-                id,
-                "too_many_subscriptions",
-                format!("at most {MAX_SUBSCRIPTIONS} channels per connection"),
-            );
+            return refusal(id, &FrameError::TooManySubscriptions);
         }
         // Join first, so that nothing published between the recovery read and the join is
         // lost: publications that arrive meanwhile wait in the queue and are filtered by
         // position (older ones are duplicates of what the recovery returned).
         if let Err(e) = connection.join(channel).await {
-            return error(id, "broker_unavailable", e.to_string());
+            return error(id, e.code(), e.to_string());
         }
         let recovery = match gateway.hub.recover(channel, since).await {
             Ok(recovery) => recovery,
             Err(e) => {
                 connection.leave(channel);
-                return error(id, "broker_unavailable", e.to_string());
+                return error(id, e.code(), e.to_string());
             }
         };
         let last = recovery
@@ -316,23 +234,14 @@ impl V1 {
             recovered: recovery.recovered,
             publications,
         }
-        .text()
+        .to_text()
     }
-}
-
-/// What one client frame needs from the connection's loop. Publishes do not hold up the
-/// frames behind them: the loop keeps several in flight and sends the replies in order.
-pub(crate) enum Plan {
-    /// Replies that are ready now.
-    Reply(Vec<String>),
-    /// A publish under way; resolves to its replies.
-    Later(BoxFuture<'static, Vec<String>>),
 }
 
 /// What one protocol v1 frame needs: a [`Plan`], as any frame, or a change of the
 /// connection's channels, which only a v1 connection can make and which waits for every
 /// earlier frame's replies.
-pub(crate) enum Step {
+pub(super) enum Step {
     /// What any frame may need.
     Plan(Plan),
     /// A subscribe or unsubscribe.
@@ -340,7 +249,7 @@ pub(crate) enum Step {
 }
 
 /// A frame that changes the connection's channels.
-pub(crate) enum ChannelChange {
+pub(super) enum ChannelChange {
     Subscribe {
         channel: String,
         recover: Option<StreamPosition>,
@@ -360,17 +269,11 @@ fn publish(
     idempotency_key: Option<String>,
     gateway: &Gateway,
 ) -> Plan {
-    if !protocol::is_public_channel_name(&channel) {
-        return Plan::Reply(vec![error(
-            id,
-            "invalid_channel",
-            protocol::INVALID_CHANNEL,
-        )]);
+    if !is_public_channel_name(&channel) {
+        return Plan::Reply(vec![refusal(id, &FrameError::InvalidChannel)]);
     }
-    let security = &gateway.config.security;
-    if security.ws_auth != WsAuth::Open && !security.channels.can_publish(&channel) {
-        let e = FrameError::PublishForbidden;
-        return Plan::Reply(vec![error(id, e.code(), e.to_string())]);
+    if !gateway.config.security.client_may_publish(&channel) {
+        return Plan::Reply(vec![refusal(id, &FrameError::PublishForbidden)]);
     }
     let gateway = gateway.clone();
     Plan::Later(
@@ -388,8 +291,8 @@ fn publish(
                     offset: receipt.offset,
                     duplicate: receipt.duplicate,
                 }
-                .text(),
-                Err(e) => error(id, "broker_unavailable", e.to_string()),
+                .to_text(),
+                Err(e) => error(id, e.code(), e.to_string()),
             };
             vec![reply]
         }
@@ -404,7 +307,7 @@ fn is_session(credentials: &Credentials) -> bool {
 /// The session control channel is never left on a client's request.
 fn is_control(channel: &str, credentials: &Credentials) -> bool {
     match credentials {
-        Credentials::Session { id, .. } => channel == crate::hub::session_channel(id),
+        Credentials::Session { id, .. } => channel == session_channel(id),
         _ => false,
     }
 }

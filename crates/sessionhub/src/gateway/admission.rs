@@ -1,0 +1,264 @@
+//! Who a socket belongs to, and for how long. Checked before the upgrade (origin, connection
+//! rate, credentials, per-user cap) so that a client that may not connect is refused with an
+//! HTTP error and costs no socket task; then looked at again while the socket lives, because
+//! a session can end and a token expire long after the connect.
+//!
+//! Both protocols' endpoints admit the same way; only the connection loop and the v1
+//! channel rules read the resulting [`Credentials`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::state::Gateway;
+use crate::auth::{TokenError, WsAuth};
+use crate::error::ApiError;
+use crate::protocol::UserId;
+use crate::session::{PRINCIPAL, SessionId, index_keep, presented_id};
+use crate::store::{lifetime_left, now_ms};
+
+/// Slack after a session's expected expiry before checking it, so the store has expired it.
+const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+/// The next look at credentials that nothing can end.
+const FAR: Duration = Duration::from_secs(86_400);
+
+/// What ends the connection's right to stay open, besides the client.
+pub(super) enum Credentials {
+    /// Open mode: nothing.
+    None,
+    /// The HTTP session it was opened with: closed when that ends.
+    Session {
+        id: SessionId,
+        /// When the session's absolute lifetime runs out, if it has one: HTTP use slides
+        /// the idle timeout, never this.
+        ends: Option<Instant>,
+    },
+    /// A token: closed when it expires.
+    Token {
+        expires: Instant,
+        /// Channels the token lets the user join.
+        channels: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+pub(super) struct ConnectQuery {
+    token: Option<String>,
+    /// Protocol v1 in open mode: who the client says it is.
+    pub(super) user: Option<String>,
+}
+
+/// The credential of `Authorization: Bearer <credential>`, untrimmed.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Everything checked before an upgrade: origin, connection rate, who the client is (and
+/// that it is `requested`, if it asked to be someone), and the per-user connection cap.
+pub(super) async fn admit(
+    gateway: &Gateway,
+    requested: Option<UserId>,
+    query: &ConnectQuery,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<(UserId, Credentials), ApiError> {
+    let security = &gateway.config.security;
+    if !security
+        .origins
+        .allows(headers.get(header::ORIGIN), headers.get(header::HOST))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open sockets here (see --allowed-origins)",
+        ));
+    }
+    if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies))
+        && !gateway.connection_rate.check(ip)
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many new connections from this address; slow down",
+        ));
+    }
+    let (user, credentials) =
+        authenticate(gateway, requested, query.token.as_deref(), headers).await?;
+    if gateway.hub.local_connections(&user) >= security.limits.connections_per_user {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "this user has too many open connections on this node",
+        ));
+    }
+    Ok((user, credentials))
+}
+
+/// Who the client is, checked against the user it asks to connect as (if it asks).
+async fn authenticate(
+    gateway: &Gateway,
+    requested: Option<UserId>,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(UserId, Credentials), ApiError> {
+    let (user, credentials) = match gateway.config.security.ws_auth {
+        WsAuth::Open => {
+            let user = requested.clone().ok_or_else(|| {
+                ApiError::bad_request("in open mode, say who you are: /ws?user=<id>")
+            })?;
+            (user, Credentials::None)
+        }
+        WsAuth::Session => {
+            let not_logged_in = || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "not_logged_in",
+                    "log in first: the socket's user comes from the HTTP session",
+                )
+            };
+            let id = presented_id(headers, &gateway.sessions).ok_or_else(not_logged_in)?;
+            let record = gateway
+                .store
+                .load(&id, gateway.sessions.idle_timeout)
+                .await?
+                .ok_or_else(not_logged_in)?;
+            let user = record
+                .attributes
+                .get(PRINCIPAL)
+                .and_then(|p| p.as_str())
+                .and_then(|p| p.parse::<UserId>().ok())
+                .ok_or_else(not_logged_in)?;
+            // An outlived session is over even before a request gets to delete it.
+            let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
+            let ends = match left {
+                Some(left) if left.is_zero() => return Err(not_logged_in()),
+                left => left.map(|left| Instant::now() + left),
+            };
+            (user, Credentials::Session { id, ends })
+        }
+        WsAuth::Token => {
+            let token = query_token.or_else(|| bearer(headers));
+            let verifier = gateway.config.security.tokens.as_ref();
+            let claims = match (token, verifier) {
+                (Some(token), Some(verifier)) => verifier.verify(token.trim()),
+                (None, _) => Err(TokenError::Missing),
+                (Some(_), None) => Err(TokenError::Invalid),
+            }
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+            let user = claims.sub.parse::<UserId>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_invalid",
+                    "the token's sub is not a valid user id",
+                )
+            })?;
+            let left = claims.exp.saturating_sub(now_ms() / 1000);
+            let credentials = Credentials::Token {
+                expires: Instant::now() + Duration::from_secs(left),
+                channels: claims.channels,
+            };
+            (user, credentials)
+        }
+    };
+    if requested.is_some_and(|r| r != user) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "you may only open your own sockets",
+        ));
+    }
+    Ok((user, credentials))
+}
+
+/// The client's address: the peer, or the last hop a trusted proxy reports.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(peer.ip())
+}
+
+/// `next`, or the session's absolute end if that comes first.
+fn before_end(next: Instant, ends: Option<Instant>) -> Instant {
+    ends.map_or(next, |ends| ends.min(next))
+}
+
+/// When to look at the credentials first, from what the connect learned: no round trip.
+pub(super) fn first_credentials_check(credentials: &Credentials, gateway: &Gateway) -> Instant {
+    match credentials {
+        Credentials::None => Instant::now() + FAR,
+        Credentials::Token { expires, .. } => *expires,
+        Credentials::Session { ends, .. } => {
+            // Loading the session to admit the socket slid its expiry to a whole idle timeout.
+            let idle = Instant::now() + gateway.sessions.idle_timeout + EXPIRY_SLACK;
+            before_end(idle, *ends)
+        }
+    }
+}
+
+/// Looks at the credentials when their check is due: `None` if they ended, else when to
+/// look again.
+pub(super) async fn check_credentials(
+    credentials: &Credentials,
+    gateway: &Gateway,
+) -> Option<Instant> {
+    let now = Instant::now();
+    match credentials {
+        Credentials::None => Some(now + FAR),
+        // Checked only once its expiry has come.
+        Credentials::Token { .. } => None,
+        Credentials::Session { id, ends } => {
+            if ends.is_some_and(|ends| now >= ends) {
+                return None;
+            }
+            let next = match gateway.store.expires_in(id).await {
+                Ok(Some(left)) => now + left + EXPIRY_SLACK,
+                Ok(None) => return None,
+                // The store is down: look again soon rather than close a socket on a blip.
+                Err(_) => now + Duration::from_secs(1),
+            };
+            Some(before_end(next, *ends))
+        }
+    }
+}
+
+/// Slides the socket's session as an HTTP request would (its expiry and its entry in the
+/// per-user index, so that logging the user out everywhere still finds it): `None` if the
+/// session is gone, else when to look at it next.
+pub(super) async fn use_session(
+    id: &SessionId,
+    ends: Option<Instant>,
+    user: &UserId,
+    gateway: &Gateway,
+) -> Option<Instant> {
+    let idle = gateway.sessions.idle_timeout;
+    let store = &gateway.store;
+    match store.load(id, idle).await {
+        Ok(Some(_)) => {
+            if let Err(e) = store.index_add(user.as_str(), id, index_keep(idle)).await {
+                tracing::warn!(error = %e, "could not refresh a socket's session in the user index");
+            }
+        }
+        Ok(None) => return None,
+        Err(e) => {
+            // The store is down: look again soon, as the expiry check does.
+            tracing::warn!(error = %e, "could not slide a socket's session");
+            return Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    let next = Instant::now() + idle + EXPIRY_SLACK;
+    Some(before_end(next, ends))
+}

@@ -1,0 +1,165 @@
+//! What every route shares: the [`Gateway`] and its configuration. Kept apart from the
+//! routes (`mod.rs` wires them) so that every route module depends on this one and none
+//! on another, and `mod.rs` on all of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
+use crate::hub::Hub;
+use crate::limits::{ConnectionRate, Limits};
+use crate::presence::{LocalPresence, Presence};
+use crate::session::SessionConfig;
+use crate::store::SessionStore;
+
+/// What the gateway serves and how.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Serve the seed's session demo (`/login`, `/get-session`, `/invalidate`).
+    pub demo: bool,
+    /// WebSocket behaviour.
+    pub socket: SocketConfig,
+    /// Largest request body accepted, in bytes (a pushed message becomes one frame, so this
+    /// matches the socket's inbound limit by default).
+    pub max_push_bytes: usize,
+    /// Authentication, authorization and abuse limits.
+    pub security: Security,
+}
+
+/// Who may do what. The default is the seed's open mode, fit only for loopback.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// How sockets authenticate.
+    pub ws_auth: WsAuth,
+    /// Keys for `/socket/*` and `/api/*`; none configured means those are open.
+    pub api_keys: ApiKeys,
+    /// Verifies tokens when `ws_auth` is [`WsAuth::Token`].
+    pub tokens: Option<TokenVerifier>,
+    /// Which web origins may open sockets.
+    pub origins: OriginPolicy,
+    /// What clients may publish themselves (in every mode but open).
+    pub channels: ChannelRules,
+    /// Abuse limits.
+    pub limits: Limits,
+}
+
+impl Security {
+    /// Whether a socket client may publish to `channel` itself: anywhere in open mode, else
+    /// where the channel rules allow it.
+    pub(crate) fn client_may_publish(&self, channel: &str) -> bool {
+        self.ws_auth == WsAuth::Open || self.channels.can_publish(channel)
+    }
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            ws_auth: WsAuth::Open,
+            api_keys: ApiKeys::default(),
+            tokens: None,
+            origins: OriginPolicy::SameHost,
+            channels: ChannelRules::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How sockets behave.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often the server pings; at most half the idle timeout, so a live client that
+    /// only answers pings is never taken for idle.
+    pub ping_interval: Duration,
+    /// Largest inbound message, in bytes; a larger one closes the connection with 1009.
+    pub max_message_size: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(600),
+            ping_interval: Duration::from_secs(25),
+            max_message_size: 64 * 1024,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let socket = SocketConfig::default();
+        Self {
+            demo: true,
+            max_push_bytes: socket.max_message_size,
+            socket,
+            security: Security::default(),
+        }
+    }
+}
+
+/// Everything the routes share. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(super) hub: Hub,
+    pub(super) store: Arc<dyn SessionStore>,
+    // Behind an Arc: axum clones the state several times per request, and the config
+    // holds strings.
+    pub(super) sessions: Arc<SessionConfig>,
+    pub(super) config: Arc<GatewayConfig>,
+    pub(super) presence: Arc<dyn Presence>,
+    pub(super) connection_rate: Arc<ConnectionRate>,
+    pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// A gateway over `hub` (sockets and pushes) and `store` (sessions).
+    pub fn new(
+        hub: Hub,
+        store: Arc<dyn SessionStore>,
+        sessions: SessionConfig,
+        config: GatewayConfig,
+    ) -> Self {
+        Self {
+            presence: Arc::new(LocalPresence(hub.clone())),
+            connection_rate: Arc::new(ConnectionRate::new(
+                config.security.limits.connections_per_ip_per_sec,
+            )),
+            hub,
+            store,
+            sessions: Arc::new(sessions),
+            config: Arc::new(config),
+            metrics: None,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Serves `GET /metrics` (Prometheus text format) with what `render` returns, e.g. a
+    /// `metrics-exporter-prometheus` handle's `render`. The connection and broker gauges are
+    /// set just before each render.
+    pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
+        self.metrics = Some(render);
+        self
+    }
+
+    /// Counts `/api/online` with `presence` instead of this node's own connections (cluster
+    /// mode).
+    pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Self {
+        self.presence = presence;
+        self
+    }
+
+    /// Closes every open socket with 1001 (going away) and refuses new ones. Call when the
+    /// server stops, so clients reconnect to another node at once.
+    pub fn close_sockets(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The session store, to persist it on shutdown.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+}
