@@ -1,7 +1,7 @@
 //! The connections on this node, and the fan-out of messages to them.
 //!
 //! A connection joins a channel (a user's personal channel for `/websocket/{id}`). The
-//! [`Registry`] keeps channel -> local members and is the broker's delivery sink; the first
+//! registry keeps channel -> local members and is the broker's delivery sink; the first
 //! member of a channel subscribes the node to it and the last one to leave unsubscribes, so
 //! a node receives only messages that some local client wants.
 //!
@@ -43,7 +43,7 @@ pub struct Online {
 
 /// What a connection's queue carries.
 #[derive(Debug, Clone)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A publication on one of the connection's channels.
     Message(Arc<Delivery>),
     /// The node may have missed publications: recover, if the connection can.
@@ -55,7 +55,7 @@ pub enum Outbound {
 /// One publication on its way to every local subscriber, rendered at most once per
 /// protocol however many connections take it.
 #[derive(Debug)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     channel: String,
     publication: Publication,
     /// When it reached this node, for the delivery latency metric.
@@ -76,29 +76,29 @@ impl Delivery {
     }
 
     /// How long ago it reached this node.
-    pub fn age(&self) -> std::time::Duration {
+    pub(crate) fn age(&self) -> std::time::Duration {
         self.arrived.elapsed()
     }
 
     /// The channel it was published on.
-    pub fn channel(&self) -> &str {
+    pub(crate) fn channel(&self) -> &str {
         &self.channel
     }
 
     /// The publication.
-    pub fn publication(&self) -> &Publication {
+    pub(crate) fn publication(&self) -> &Publication {
         &self.publication
     }
 
     /// The frame the seed endpoint sends ([`seed::message`]).
-    pub fn seed_frame(&self) -> Utf8Bytes {
+    pub(crate) fn seed_frame(&self) -> Utf8Bytes {
         self.seed_frame
             .get_or_init(|| seed::message(&self.publication))
             .clone()
     }
 
     /// The protocol v1 `publication` frame ([`v1::publication_frame`]).
-    pub fn v1_frame(&self) -> Utf8Bytes {
+    pub(crate) fn v1_frame(&self) -> Utf8Bytes {
         self.v1_frame
             .get_or_init(|| v1::publication_frame(&self.channel, &self.publication).into())
             .clone()
@@ -157,7 +157,7 @@ impl Outbox {
 /// Channel -> the local connections that joined it, and user -> how many connections the
 /// user has here (whatever channels they joined).
 #[derive(Default)]
-pub struct Registry {
+struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
     users: Mutex<HashMap<UserId, usize>>,
     /// Bumped whenever a connection opens or closes, so presence can tell whether anything
@@ -167,7 +167,7 @@ pub struct Registry {
 
 impl Registry {
     /// Counts the local connections and distinct users.
-    pub fn online(&self) -> Online {
+    fn online(&self) -> Online {
         let users = self.users.lock().unwrap();
         Online {
             online: users.values().sum(),
@@ -176,13 +176,13 @@ impl Registry {
     }
 
     /// The users with at least one local connection.
-    pub fn users(&self) -> Vec<String> {
+    fn users(&self) -> Vec<String> {
         let users = self.users.lock().unwrap();
         users.keys().map(|u| u.as_str().to_owned()).collect()
     }
 
     /// Local connections of `user`.
-    pub fn connections_of(&self, user: &UserId) -> usize {
+    fn connections_of(&self, user: &UserId) -> usize {
         let users = self.users.lock().unwrap();
         users.get(user).copied().unwrap_or(0)
     }
@@ -272,12 +272,12 @@ impl Hub {
     }
 
     /// This node's id.
-    pub fn node_id(&self) -> &str {
+    pub(crate) fn node_id(&self) -> &str {
         &self.inner.node_id
     }
 
     /// The broker, for readiness checks.
-    pub fn broker(&self) -> &Arc<dyn Broker> {
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
     }
 
@@ -287,12 +287,12 @@ impl Hub {
     }
 
     /// The users with at least one connection on this node.
-    pub fn users(&self) -> Vec<String> {
+    pub(crate) fn users(&self) -> Vec<String> {
         self.inner.registry.users()
     }
 
     /// A number that changes whenever a connection opens or closes.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.inner.registry.generation.load(Ordering::Relaxed)
     }
 
@@ -313,7 +313,7 @@ impl Hub {
     }
 
     /// The channel's position, and with `since` what was published after it.
-    pub async fn recover(
+    pub(crate) async fn recover(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
@@ -322,12 +322,14 @@ impl Hub {
     }
 
     /// Local connections of `user`.
-    pub fn local_connections(&self, user: &UserId) -> usize {
+    pub(crate) fn local_connections(&self, user: &UserId) -> usize {
         self.inner.registry.connections_of(user)
     }
 
     /// A new local connection of `user`, in no channel yet. It counts as online until
-    /// dropped.
+    /// dropped. Public for the presence conformance suite (`sessionhub-testkit`), which
+    /// opens connections without sockets.
+    #[doc(hidden)]
     pub fn connect(&self, user: &UserId) -> Connection {
         let registry = &self.inner.registry;
         *registry
@@ -350,7 +352,7 @@ impl Hub {
     }
 
     /// Tells every connection bound to session `id`, on every node, that the session ended.
-    pub async fn end_session(&self, id: &SessionId) -> Result<Receipt, BrokerError> {
+    pub(crate) async fn end_session(&self, id: &SessionId) -> Result<Receipt, BrokerError> {
         let data = Utf8Bytes::from_static("\"ended\"");
         // A control message, not a publication: straight to the broker, outside the metrics.
         self.inner
@@ -371,12 +373,13 @@ impl SessionEvents for Hub {
 }
 
 /// The channel of the connections bound to session `id`.
-pub fn session_channel(id: &SessionId) -> String {
+pub(crate) fn session_channel(id: &SessionId) -> String {
     format!("{SESSION_CHANNEL_PREFIX}{}", id.as_str())
 }
 
 /// One local connection: its outbound queue and the channels it joined. Dropping it leaves
-/// every channel.
+/// every channel. Public only for [`Hub::connect`]'s test use.
+#[doc(hidden)]
 pub struct Connection {
     hub: Hub,
     user: UserId,
@@ -427,23 +430,33 @@ impl Connection {
     }
 
     /// The next thing to send. Cancel-safe.
-    pub async fn recv(&self) -> Outbound {
+    pub(crate) async fn recv(&self) -> Outbound {
         self.member.outbox.pop().await
     }
 
     /// This connection's id on this node.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.member.id
     }
 
     /// How many channels the connection joined.
-    pub fn channel_count(&self) -> usize {
+    pub(crate) fn channel_count(&self) -> usize {
         self.channels.len()
     }
 
     /// Cancelled when the connection fell too far behind and must be closed.
-    pub fn slow(&self) -> &CancellationToken {
+    pub(crate) fn slow(&self) -> &CancellationToken {
         &self.member.slow
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.member.id)
+            .field("user", &self.user)
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
     }
 }
 

@@ -115,6 +115,17 @@ pub struct Gateway {
     pub(super) shutdown: CancellationToken,
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("hub", &self.hub)
+            .field("config", &self.config)
+            .field("metrics", &self.metrics.is_some())
+            .field("closing", &self.shutdown.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// A gateway over `hub` (sockets and pushes) and `store` (sessions).
     pub fn new(

@@ -78,7 +78,7 @@ impl fmt::Display for UserId {
 pub const MAX_CHANNEL_LEN: usize = 160;
 
 /// What a valid channel name is, for error messages.
-pub const INVALID_CHANNEL: &str =
+pub(crate) const INVALID_CHANNEL: &str =
     "a channel is 1 to 160 characters of letters, digits and - _ . @ : and not session:*";
 
 /// Whether `name` may be used as a channel by clients and the API: the user-id alphabet,
@@ -157,32 +157,32 @@ impl FrameError {
 }
 
 /// The close codes the server uses, with the reason text it sends.
-pub mod close {
+pub(crate) mod close {
     /// The server is shutting down; reconnect (to another node).
-    pub const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
+    pub(crate) const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
     /// The client broke the WebSocket protocol.
-    pub const PROTOCOL_ERROR: (u16, &str) = (1002, "protocol error");
+    pub(crate) const PROTOCOL_ERROR: (u16, &str) = (1002, "protocol error");
     /// An inbound message was larger than the limit (64 KiB by default).
-    pub const MESSAGE_TOO_BIG: (u16, &str) = (1009, "message too big");
+    pub(crate) const MESSAGE_TOO_BIG: (u16, &str) = (1009, "message too big");
     /// The broker could not be joined; reconnect later.
-    pub const BROKER_UNAVAILABLE: (u16, &str) = (1011, "broker unavailable");
+    pub(crate) const BROKER_UNAVAILABLE: (u16, &str) = (1011, "broker unavailable");
     /// The HTTP session the socket was opened with ended (logout, invalidation, expiry).
-    pub const SESSION_ENDED: (u16, &str) = (4002, "session ended");
+    pub(crate) const SESSION_ENDED: (u16, &str) = (4002, "session ended");
     /// The token the socket was opened with expired; connect again with a fresh one.
-    pub const TOKEN_EXPIRED: (u16, &str) = (4003, "token expired");
+    pub(crate) const TOKEN_EXPIRED: (u16, &str) = (4003, "token expired");
     /// The server may have missed publications for this connection (a broken link to Redis
     /// or an offset gap): reconnect and recover from the last positions.
-    pub const INSUFFICIENT_STATE: (u16, &str) = (4010, "insufficient state");
+    pub(crate) const INSUFFICIENT_STATE: (u16, &str) = (4010, "insufficient state");
     /// The client sent more messages per second than allowed.
-    pub const RATE_LIMITED: (u16, &str) = (4029, "rate limited");
+    pub(crate) const RATE_LIMITED: (u16, &str) = (4029, "rate limited");
     /// Nothing arrived from the client for longer than the idle timeout.
-    pub const IDLE_TIMEOUT: (u16, &str) = (4000, "idle timeout");
+    pub(crate) const IDLE_TIMEOUT: (u16, &str) = (4000, "idle timeout");
     /// The client did not read fast enough and its outbound queue filled up.
-    pub const SLOW_CONSUMER: (u16, &str) = (4008, "slow consumer");
+    pub(crate) const SLOW_CONSUMER: (u16, &str) = (4008, "slow consumer");
 
     /// Whether a client should reconnect after this close code (told in the protocol v1
     /// `disconnect` frame): yes unless reconnecting cannot help.
-    pub fn reconnect(code: u16) -> bool {
+    pub(crate) fn reconnect(code: u16) -> bool {
         !matches!(
             code,
             1002 | 1009 | 4002 // protocol error, too big, session ended: log in again first

@@ -255,7 +255,7 @@ impl Reply<'_> {
 
 /// The `publication` frame: built by hand around the data, which is JSON already, so that it
 /// is not parsed and printed again for every publication.
-pub fn publication_frame(channel: &str, publication: &Publication) -> String {
+pub(crate) fn publication_frame(channel: &str, publication: &Publication) -> String {
     let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
     format!(
         r#"{{"type":"publication","channel":{},"epoch":{},"offset":{},"data":{}}}"#,
