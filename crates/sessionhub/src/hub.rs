@@ -65,7 +65,7 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn new(channel: &str, publication: Publication) -> Self {
+    pub(crate) fn new(channel: &str, publication: Publication) -> Self {
         Self {
             channel: channel.to_owned(),
             publication,

@@ -50,3 +50,63 @@ pub(super) fn plan(text: &str, gateway: &Gateway) -> Plan {
         .boxed(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::state::test_gateway;
+    use super::*;
+    use crate::auth::WsAuth;
+    use crate::hub::Outbound;
+
+    fn replies_now(plan: Plan) -> Vec<String> {
+        match plan {
+            Plan::Reply(replies) => replies,
+            Plan::Later(_) => panic!("a publish, not a refusal"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_frame_reaches_every_connection_of_its_user() {
+        let gateway = test_gateway(WsAuth::Open, &[]);
+        let bob: UserId = "456".parse().unwrap();
+        let mut connection = gateway.hub.connect(&bob);
+        connection.join(&bob.channel()).await.unwrap();
+        let Plan::Later(publish) = plan(r#"{"KEY":456,"VALUE":"aaaa"}"#, &gateway) else {
+            panic!("not a publish");
+        };
+        assert!(
+            publish.await.is_empty(),
+            "a push that worked answers nothing"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(2), connection.recv());
+        let Outbound::Message(delivery) = next.await.unwrap() else {
+            panic!("not a publication");
+        };
+        assert_eq!(delivery.seed_frame().as_str(), "aaaa");
+    }
+
+    #[test]
+    fn bad_and_forbidden_frames_are_refused_at_once() {
+        let open = test_gateway(WsAuth::Open, &[]);
+        assert_eq!(
+            replies_now(plan(r#"{"KEY":456}"#, &open)),
+            [
+                r#"{"type":"error","code":"invalid_frame","message":"expected {\"KEY\": <user id>, \"VALUE\": <message>}"}"#
+            ]
+        );
+        let guarded = test_gateway(WsAuth::Session, &["user:=subscribe"]);
+        assert_eq!(
+            replies_now(plan(r#"{"KEY":456,"VALUE":"x"}"#, &guarded)),
+            [
+                r#"{"type":"error","code":"forbidden","message":"you may not publish to that channel"}"#
+            ]
+        );
+        let user: UserId = "456".parse().unwrap();
+        assert_eq!(
+            greeting(&user, "n1"),
+            r#"{"type":"connected","id":"456","node":"n1"}"#
+        );
+    }
+}

@@ -174,3 +174,20 @@ impl Gateway {
         &self.store
     }
 }
+
+/// A gateway on one node, memory only, with `ws_auth` and channel `rules`
+/// (`PREFIX=subscribe,publish`): for the protocol handlers' tests.
+#[cfg(test)]
+pub(super) fn test_gateway(ws_auth: WsAuth, rules: &[&str]) -> Gateway {
+    let security = Security {
+        ws_auth,
+        channels: ChannelRules::new(rules.iter().map(|r| r.parse().unwrap()).collect()),
+        ..Security::default()
+    };
+    let config = GatewayConfig {
+        security,
+        ..GatewayConfig::default()
+    };
+    let store = Arc::new(crate::store::MemoryStore::new());
+    Gateway::new(Hub::local("n1"), store, SessionConfig::default(), config)
+}

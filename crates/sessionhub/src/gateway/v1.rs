@@ -7,6 +7,9 @@
 //! already sent, e.g. during a recovery) and is dropped; a newer one means something was
 //! lost, and the client is told to reconnect and recover ([`close::INSUFFICIENT_STATE`]),
 //! so a client never silently skips a publication.
+//!
+//! Over 600 lines with its tests, which drive that state through whole conversations on a
+//! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -309,5 +312,341 @@ fn is_control(channel: &str, credentials: &Credentials) -> bool {
     match credentials {
         Credentials::Session { id, .. } => channel == session_channel(id),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::super::state::test_gateway as gateway;
+    use super::*;
+    use crate::auth::WsAuth;
+    use crate::hub::Outbound;
+    use crate::session::SessionId;
+
+    fn alice() -> UserId {
+        "alice".parse().unwrap()
+    }
+
+    /// A client of `gateway`: the v1 state, its connection and credentials.
+    struct Client {
+        v1: V1,
+        connection: Connection,
+        credentials: Credentials,
+        gateway: Gateway,
+    }
+
+    impl Client {
+        fn new(gateway: &Gateway, credentials: Credentials) -> Self {
+            Self {
+                v1: V1::new(alice(), &credentials),
+                connection: gateway.hub.connect(&alice()),
+                credentials,
+                gateway: gateway.clone(),
+            }
+        }
+
+        /// Sends one text frame and returns its replies, as the connection loop would.
+        async fn send(&mut self, text: &str) -> Vec<String> {
+            match self.v1.plan(text, &self.gateway) {
+                Step::Plan(Plan::Reply(replies)) => replies,
+                Step::Plan(Plan::Later(publish)) => publish.await,
+                Step::Change(change) => {
+                    let (connection, credentials) = (&mut self.connection, &self.credentials);
+                    self.v1
+                        .exclusive(change, connection, credentials, &self.gateway)
+                        .await
+                }
+            }
+        }
+
+        /// The one reply to `text`, parsed.
+        async fn ask(&mut self, text: &str) -> Value {
+            let replies = self.send(text).await;
+            assert_eq!(replies.len(), 1, "{replies:?}");
+            serde_json::from_str(&replies[0]).unwrap()
+        }
+
+        /// What the connection loop would send for the next queued publication.
+        async fn next_frame(&mut self) -> Result<Option<Utf8Bytes>, (u16, &'static str)> {
+            let next = tokio::time::timeout(Duration::from_secs(2), self.connection.recv());
+            match next.await.expect("a publication arrives") {
+                Outbound::Message(delivery) => self.v1.outbound(&delivery),
+                _ => panic!("not a publication"),
+            }
+        }
+    }
+
+    fn delivery(channel: &str, epoch: &str, offset: u64) -> Delivery {
+        let publication = Publication {
+            offset,
+            epoch: epoch.into(),
+            data: Utf8Bytes::from(format!(r#"{{"n":{offset}}}"#)),
+        };
+        Delivery::new(channel, publication)
+    }
+
+    fn at(channel: &str, epoch: &str, offset: u64) -> V1 {
+        let mut v1 = V1::new(alice(), &Credentials::None);
+        v1.positions
+            .insert(channel.to_owned(), (epoch.into(), offset));
+        v1
+    }
+
+    #[test]
+    fn outbound_sends_only_the_next_publication_of_a_joined_channel() {
+        let mut v1 = at("room:1", "e", 3);
+        let sent = v1.outbound(&delivery("room:1", "e", 4)).unwrap().unwrap();
+        assert_eq!(
+            sent.as_str(),
+            r#"{"type":"publication","channel":"room:1","epoch":"e","offset":4,"data":{"n":4}}"#
+        );
+        assert_eq!(v1.positions["room:1"].1, 4, "the position moves on");
+        assert_eq!(
+            v1.outbound(&delivery("room:1", "e", 4)),
+            Ok(None),
+            "a duplicate"
+        );
+        assert_eq!(v1.outbound(&delivery("room:1", "e", 2)), Ok(None), "older");
+        assert_eq!(
+            v1.outbound(&delivery("room:2", "e", 5)),
+            Ok(None),
+            "not joined"
+        );
+        assert_eq!(v1.positions["room:1"].1, 4, "nothing skipped moved it");
+        // Kept out of history (offset 0): passed on, and no position.
+        let sent = v1.outbound(&delivery("room:1", "", 0)).unwrap().unwrap();
+        assert_eq!(
+            sent.as_str(),
+            r#"{"type":"publication","channel":"room:1","epoch":"","offset":0,"data":{"n":0}}"#
+        );
+        assert_eq!(v1.positions["room:1"], ("e".into(), 4));
+    }
+
+    #[test]
+    fn outbound_closes_for_recovery_on_a_gap_or_a_new_epoch() {
+        let mut v1 = at("room:1", "e", 3);
+        let gap = v1.outbound(&delivery("room:1", "e", 5));
+        assert_eq!(gap, Err(close::INSUFFICIENT_STATE));
+        let new_epoch = v1.outbound(&delivery("room:1", "f", 4));
+        assert_eq!(new_epoch, Err(close::INSUFFICIENT_STATE));
+        assert_eq!(v1.positions["room:1"].1, 3);
+    }
+
+    #[tokio::test]
+    async fn greeting_pings_and_bad_frames_are_answered_at_once_with_their_id() {
+        let mut client = Client::new(&gateway(WsAuth::Open, &[]), Credentials::None);
+        assert_eq!(
+            client.v1.greeting("n1", 7),
+            r#"{"type":"connected","client":"n1/7","node":"n1","user":"alice"}"#
+        );
+        assert_eq!(
+            client.send(r#"{"type":"ping","id":7}"#).await,
+            [r#"{"type":"pong","id":7}"#]
+        );
+        assert_eq!(
+            client.send(r#"{"type":"ping"}"#).await,
+            [r#"{"type":"pong"}"#]
+        );
+        let unknown = client.ask(r#"{"type":"nope","id":3}"#).await;
+        assert_eq!(
+            (unknown["code"].as_str(), unknown["id"].as_u64()),
+            (Some("invalid_message"), Some(3))
+        );
+        let not_json = client.ask("{").await;
+        assert_eq!(not_json["code"], "invalid_json");
+        assert!(not_json.get("id").is_none());
+    }
+
+    #[test]
+    fn a_binary_frame_is_refused_in_the_same_bytes_as_on_the_seed_endpoint() {
+        let v1 = refusal(None, &FrameError::Binary);
+        assert_eq!(
+            v1,
+            r#"{"type":"error","code":"binary_not_supported","message":"binary frames are not supported; send JSON text"}"#
+        );
+        assert_eq!(v1, super::super::seed::refusal(&FrameError::Binary));
+    }
+
+    #[tokio::test]
+    async fn publishes_are_checked_at_once_and_answered_when_published() {
+        let mut open = Client::new(&gateway(WsAuth::Open, &[]), Credentials::None);
+        let invalid = open
+            .ask(r#"{"type":"publish","channel":"session:x","data":1,"id":1}"#)
+            .await;
+        assert_eq!(
+            invalid,
+            json!({"type": "error", "id": 1, "code": "invalid_channel",
+                "message": crate::protocol::INVALID_CHANNEL})
+        );
+        let frame =
+            r#"{"type":"publish","channel":"room:1","data":{"a":1},"id":2,"idempotency_key":"k"}"#;
+        let published = open.ask(frame).await;
+        let epoch = published["epoch"].as_str().unwrap().to_owned();
+        assert_eq!(
+            published,
+            json!({"type": "published", "id": 2, "channel": "room:1", "epoch": epoch, "offset": 1})
+        );
+        let again = open.ask(frame).await;
+        assert_eq!(again["duplicate"], true, "the same key publishes once");
+        assert_eq!(again["offset"], 1);
+
+        let mut guarded = Client::new(
+            &gateway(WsAuth::Session, &["chat:=publish"]),
+            Credentials::None,
+        );
+        assert_eq!(
+            guarded
+                .send(r#"{"type":"publish","channel":"room:1","data":1,"id":3}"#)
+                .await,
+            [
+                r#"{"type":"error","id":3,"code":"forbidden","message":"you may not publish to that channel"}"#
+            ]
+        );
+        let allowed = guarded
+            .ask(r#"{"type":"publish","channel":"chat:1","data":1}"#)
+            .await;
+        assert_eq!(
+            (allowed["type"].as_str(), allowed["offset"].as_u64()),
+            (Some("published"), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_recovers_then_receives_from_the_next_offset() {
+        let gateway = gateway(WsAuth::Open, &[]);
+        let options = PublishOptions::with_history();
+        let mut epoch = String::new();
+        for n in 1..=2 {
+            let data = Utf8Bytes::from(format!("{n}"));
+            let receipt = gateway.hub.publish("room:1", data, &options).await.unwrap();
+            epoch = receipt.epoch.to_string();
+        }
+        let mut client = Client::new(&gateway, Credentials::None);
+        let subscribe = format!(
+            r#"{{"type":"subscribe","channel":"room:1","id":4,"recover":{{"epoch":"{epoch}","offset":1}}}}"#
+        );
+        assert_eq!(
+            client.send(&subscribe).await,
+            [format!(
+                r#"{{"type":"subscribed","id":4,"channel":"room:1","epoch":"{epoch}","offset":2,"recovered":true,"publications":[{{"offset":2,"data":2}}]}}"#
+            )]
+        );
+        assert_eq!(client.v1.positions["room:1"], (epoch.as_str().into(), 2));
+        let data = Utf8Bytes::from_static("3");
+        gateway.hub.publish("room:1", data, &options).await.unwrap();
+        let live = client.next_frame().await.unwrap().unwrap();
+        assert_eq!(
+            live.as_str(),
+            format!(
+                r#"{{"type":"publication","channel":"room:1","epoch":"{epoch}","offset":3,"data":3}}"#
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn subscribes_are_refused_with_their_own_codes() {
+        let gateway = gateway(WsAuth::Session, &["public:=subscribe"]);
+        let mut client = Client::new(&gateway, Credentials::None);
+        for channel in ["user:alice", "public:news"] {
+            let frame = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
+            assert_eq!(client.ask(&frame).await["type"], "subscribed", "{channel}");
+        }
+        let forbidden = "you may not subscribe to that channel";
+        let refused = [
+            ("a b", "invalid_channel", crate::protocol::INVALID_CHANNEL),
+            ("user:bob", "forbidden", forbidden),
+            ("room:1", "forbidden", forbidden),
+            (
+                "public:news",
+                "already_subscribed",
+                "already subscribed to that channel",
+            ),
+        ];
+        for (id, (channel, code, message)) in refused.into_iter().enumerate() {
+            let frame = json!({"type": "subscribe", "channel": channel, "id": id});
+            let expected = json!({"type": "error", "id": id, "code": code, "message": message});
+            assert_eq!(client.ask(&frame.to_string()).await, expected, "{channel}");
+        }
+        let joined = client.connection.channel_count();
+        assert_eq!(joined, 2, "refusals joined nothing");
+    }
+
+    #[tokio::test]
+    async fn a_token_lets_its_user_join_the_channels_it_names() {
+        let gateway = gateway(WsAuth::Token, &[]);
+        let credentials = Credentials::Token {
+            expires: tokio::time::Instant::now() + Duration::from_secs(60),
+            channels: vec!["team:1".into()],
+        };
+        let mut client = Client::new(&gateway, credentials);
+        let joined = client
+            .ask(r#"{"type":"subscribe","channel":"team:1"}"#)
+            .await;
+        assert_eq!(joined["type"], "subscribed");
+        let other = client
+            .ask(r#"{"type":"subscribe","channel":"team:2"}"#)
+            .await;
+        assert_eq!(other["code"], "forbidden");
+    }
+
+    #[tokio::test]
+    async fn an_unsubscribe_leaves_and_stops_live_publications() {
+        let gateway = gateway(WsAuth::Open, &[]);
+        let mut client = Client::new(&gateway, Credentials::None);
+        client
+            .send(r#"{"type":"subscribe","channel":"room:1"}"#)
+            .await;
+        assert_eq!(
+            client
+                .send(r#"{"type":"unsubscribe","channel":"room:1","id":5}"#)
+                .await,
+            [r#"{"type":"unsubscribed","id":5,"channel":"room:1"}"#]
+        );
+        assert_eq!(client.connection.channel_count(), 0);
+        assert_eq!(client.v1.outbound(&delivery("room:1", "e", 1)), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn at_most_max_subscriptions_channels_besides_the_session_channel() {
+        let gateway = gateway(WsAuth::Open, &[]);
+        let session = SessionId::generate();
+        let credentials = Credentials::Session {
+            id: session.clone(),
+            ends: None,
+        };
+        let mut client = Client::new(&gateway, credentials);
+        // The connection loop joins the session's control channel first.
+        client
+            .connection
+            .join(&session_channel(&session))
+            .await
+            .unwrap();
+        for n in 0..MAX_SUBSCRIPTIONS {
+            let frame = format!(r#"{{"type":"subscribe","channel":"c{n}"}}"#);
+            assert_eq!(
+                client.ask(&frame).await["type"],
+                "subscribed",
+                "channel {n}"
+            );
+        }
+        assert_eq!(
+            client
+                .send(r#"{"type":"subscribe","channel":"one-more","id":9}"#)
+                .await,
+            [
+                r#"{"type":"error","id":9,"code":"too_many_subscriptions","message":"at most 128 channels per connection"}"#
+            ]
+        );
+        // The control channel cannot be left on request.
+        let leave_control = format!(
+            r#"{{"type":"unsubscribe","channel":"{}"}}"#,
+            session_channel(&session)
+        );
+        assert_eq!(client.ask(&leave_control).await["type"], "unsubscribed");
+        assert_eq!(client.connection.channel_count(), MAX_SUBSCRIPTIONS + 1);
     }
 }
