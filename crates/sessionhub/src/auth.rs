@@ -102,6 +102,7 @@ pub struct Claims {
 
 /// Why a token was refused. Each maps to a documented HTTP 401 code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenError {
     /// No token came with the request.
     #[error("a token is required: pass ?token=<jwt> or Authorization: Bearer <jwt>")]

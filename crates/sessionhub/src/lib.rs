@@ -17,6 +17,7 @@
 //! - [`protocol`]: the frames a client may send.
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
 #![forbid(unsafe_code)]
+#![warn(missing_debug_implementations)]
 
 pub mod auth;
 pub mod broker;

@@ -22,6 +22,14 @@ pub struct LocalBroker {
     channels: Mutex<HashMap<String, History>>,
 }
 
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 struct History {
     epoch: Arc<str>,
     top: u64,

@@ -100,6 +100,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// ([`seed::Reply::Error`], or v1's `error` with the frame's `id`); the connection stays
 /// open. Each refusal's code is spelled here only.
 #[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// Not JSON at all.
     #[error("frame is not valid JSON: {0}")]

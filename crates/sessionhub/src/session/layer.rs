@@ -24,6 +24,14 @@ pub struct SessionLayer {
     events: Option<Arc<dyn SessionEvents>>,
 }
 
+impl std::fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SessionLayer {
     /// Sessions kept in `store`, behaving as `config` says.
     pub fn new(store: impl SessionStore, config: SessionConfig) -> Self {
@@ -59,7 +67,7 @@ impl<S> Layer<S> for SessionLayer {
 }
 
 /// The service [`SessionLayer`] wraps around a handler.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SessionService<S> {
     inner: S,
     layer: SessionLayer,

@@ -104,6 +104,13 @@ pub struct Session {
     inner: Arc<Inner>,
 }
 
+/// Shows no id or attribute: both may be credentials.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     store: Arc<dyn SessionStore>,
     config: Arc<SessionConfig>,

@@ -25,6 +25,14 @@ pub struct Instrumented<S> {
     errors: [OnceLock<Counter>; OPS.len()],
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for Instrumented<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instrumented")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The counters of operations by kind.
 const KINDS: [&str; 4] = [
     "sessionhub_session_reads_total",

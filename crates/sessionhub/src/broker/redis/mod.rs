@@ -228,7 +228,9 @@ impl RedisBroker {
         self.state.reconnects.load(Ordering::Relaxed)
     }
 
-    /// The Redis channel that carries the broker channel `channel`.
+    /// The Redis channel that carries the broker channel `channel`, for tests that watch
+    /// Redis directly.
+    #[doc(hidden)]
     pub fn redis_channel(&self, channel: &str) -> String {
         self.keys.channel(channel)
     }
