@@ -13,9 +13,15 @@
 //! - [`limits`]: abuse limits (connection and message rates).
 //! - [`hub`]: the connections on this node and the fan-out to them.
 //! - [`presence`]: who is online, on this node or across the cluster.
-//! - [`redis`]: how the Redis backends reach Redis (one configuration, key names, scripts).
-//! - [`protocol`]: the frames a client may send.
+//! - [`redis`]: how the Redis backends reach Redis: one [`redis::RedisConfig`] parsed once,
+//!   every key name, every Lua script.
+//! - [`protocol`]: what travels over a socket, per protocol (the seed's and v1).
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
+//! - [`error`]: the backends' typed errors and [`ApiError`], the one error users see.
+//!
+//! Each backed component is a folder: the contract in `mod.rs`, one file (or folder) per
+//! backend beside it. Every backend passes the same conformance suite, in
+//! `sessionhub-testkit`.
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
