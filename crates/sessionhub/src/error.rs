@@ -76,6 +76,9 @@ impl StoreError {
     }
 }
 
+/// The code of a broker that cannot be reached, and of presence, which needs it.
+const BROKER_UNAVAILABLE: &str = "broker_unavailable";
+
 /// A broker failed to publish or subscribe.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -96,7 +99,7 @@ impl BrokerError {
     /// The stable machine-readable code clients see for this error.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Unavailable(_) => "broker_unavailable",
+            Self::Unavailable(_) => BROKER_UNAVAILABLE,
         }
     }
 }
@@ -120,7 +123,7 @@ impl PresenceError {
     /// broker's, since it is the cluster view that is missing (clients already handle it).
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Unavailable(_) => "broker_unavailable",
+            Self::Unavailable(_) => BROKER_UNAVAILABLE,
         }
     }
 }
@@ -147,6 +150,11 @@ impl ApiError {
     /// 400: the request itself is wrong.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404: there is nothing here.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     /// The HTTP status this error maps to.

@@ -156,7 +156,7 @@ async fn authenticate(
             let user = claims.sub.parse::<UserId>().map_err(|_| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "token_invalid",
+                    TokenError::Invalid.code(),
                     "the token's sub is not a valid user id",
                 )
             })?;

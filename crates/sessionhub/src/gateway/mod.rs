@@ -86,9 +86,7 @@ impl Gateway {
         let node = HeaderValue::from_str(self.hub.node_id())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-node-id"));
         router
-            .fallback(|| async {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-            })
+            .fallback(|| async { ApiError::not_found("no such route") })
             .method_not_allowed_fallback(|| async {
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -112,13 +110,10 @@ async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError
 /// `GET /metrics`: counters and histograms recorded through the `metrics` facade, plus
 /// gauges read now.
 async fn metrics(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
-    let render = gateway.metrics.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "metrics are not enabled",
-        )
-    })?;
+    let render = gateway
+        .metrics
+        .clone()
+        .ok_or_else(|| ApiError::not_found("metrics are not enabled"))?;
     let online = gateway.hub.online();
     metrics::gauge!("sessionhub_connections").set(online.online as f64);
     metrics::gauge!("sessionhub_users").set(online.users as f64);
