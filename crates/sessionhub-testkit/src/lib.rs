@@ -18,10 +18,12 @@ mod balancer;
 pub mod conformance;
 mod node;
 mod redis;
+mod sentinel;
 
 pub use self::balancer::{Balancer, BalancerStats};
 pub use self::node::Node;
 pub use self::redis::{RedisServer, redis_command};
+pub use self::sentinel::RedisSentinel;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

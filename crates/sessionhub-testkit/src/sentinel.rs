@@ -1,0 +1,511 @@
+//! A Redis Sentinel deployment of the test's own: one primary, one replica and three
+//! sentinels (quorum 2), all on free loopback ports.
+//!
+//! Why: `--redis-sentinel` is tested against real failovers, not a mock. The fixture starts
+//! the processes, waits until the deployment is settled (the replica in sync, every
+//! sentinel agreeing on the primary and knowing the replica and the other two sentinels),
+//! and then lets a test break it: [`RedisSentinel::kill_primary`] (a crash, the sentinels
+//! elect a leader and promote the replica), [`RedisSentinel::failover`] (a promotion while
+//! the old primary stays up), [`RedisSentinel::restart`] (the crashed server comes back as
+//! a replica). Every wait is bounded and fails with what it last saw.
+//!
+//! Timings are short (`down-after-milliseconds` 1000, `failover-timeout` 3000), so that a
+//! crash is noticed in about a second; the sentinels' other periods are Redis's defaults.
+//! Sentinel answers in nested arrays, which [`redis_command`] (one line) does not read:
+//! this file's `query` reads whole RESP2 replies; PING still goes through `redis_command`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{free_port, kill_child, redis_command};
+
+/// The master name the sentinels monitor unless [`RedisSentinel::start_with`] says another.
+const DEFAULT_MASTER_NAME: &str = "mymaster";
+/// How long [`RedisSentinel::start`] waits for the deployment to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one server gets to answer PING, or a restarted replica to get in sync.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two polls.
+const POLL: Duration = Duration::from_millis(50);
+/// Sentinels in the deployment, and how many must agree that the primary is down.
+const SENTINELS: usize = 3;
+const QUORUM: usize = 2;
+
+/// One primary, one replica and three sentinels (quorum 2) monitoring it, each process on a
+/// free loopback port with its config file in a temporary directory; dropping it kills them
+/// all and removes the directory.
+///
+/// Roles change: [`RedisSentinel::primary_port`] and [`RedisSentinel::replica_port`] are
+/// the roles at start, [`RedisSentinel::current_primary_port`] asks a sentinel.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    master_name: String,
+    primary: u16,
+    replica: u16,
+    servers: Vec<Process>,
+    sentinels: Vec<Process>,
+    dir: tempfile::TempDir,
+}
+
+/// One `redis-server` (data server or sentinel) started from a config file of its own.
+#[derive(Debug)]
+struct Process {
+    port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    sentinel: bool,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn new(dir: &Path, port: u16, sentinel: bool) -> Self {
+        let kind = if sentinel { "sentinel" } else { "redis" };
+        Self {
+            port,
+            conf: dir.join(format!("{kind}-{port}.conf")),
+            log: dir.join(format!("{kind}-{port}.log")),
+            sentinel,
+            child: None,
+        }
+    }
+
+    /// Writes the config file: what every process has, then `extra`.
+    fn write_conf(&self, dir: &Path, extra: &str) -> anyhow::Result<()> {
+        let conf = format!(
+            "port {}\nbind 127.0.0.1\ndaemonize no\ndir \"{}\"\nlogfile \"{}\"\n{extra}",
+            self.port,
+            dir.display(),
+            self.log.display(),
+        );
+        std::fs::write(&self.conf, conf).with_context(|| format!("writing {}", self.conf.display()))
+    }
+
+    /// Starts it from its config file, `args` overriding, and waits until it answers PING.
+    fn spawn(&mut self, args: &[String]) -> anyhow::Result<()> {
+        kill_child(&mut self.child);
+        let mut command = Command::new("redis-server");
+        command.arg(&self.conf);
+        if self.sentinel {
+            command.arg("--sentinel");
+        }
+        let child = command
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed? .ci/run installs it)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while Instant::now() < deadline {
+            if redis_command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "redis-server on port {} exited ({status}); its log:\n{}",
+                    self.port,
+                    tail(&self.log, 20)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        bail!("redis-server on port {} did not answer PING", self.port)
+    }
+}
+
+impl RedisSentinel {
+    /// Starts the deployment monitoring master name `mymaster` and waits (up to 20 s) until
+    /// it is settled: the replica in sync with the primary, and every sentinel reporting the
+    /// primary, the replica and the two other sentinels.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(DEFAULT_MASTER_NAME)
+    }
+
+    /// [`RedisSentinel::start`] for async code: it starts and waits on a blocking thread, so
+    /// the runtime's workers go on meanwhile. Panics if it does not start, since the test
+    /// cannot go on without it.
+    pub async fn start_async() -> Self {
+        tokio::task::spawn_blocking(Self::start)
+            .await
+            .expect("the blocking start did not panic")
+            .expect("the Sentinel deployment starts")
+    }
+
+    /// [`RedisSentinel::start`] with the sentinels monitoring `master_name` (a name
+    /// Sentinel accepts: no spaces).
+    pub fn start_with(master_name: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        // Five different ports: the OS may hand out a just-released one again.
+        let mut ports = Vec::with_capacity(2 + SENTINELS);
+        while ports.len() < 2 + SENTINELS {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let (primary, replica) = (ports[0], ports[1]);
+        let mut fixture = Self {
+            master_name: master_name.to_owned(),
+            primary,
+            replica,
+            servers: vec![
+                Process::new(dir.path(), primary, false),
+                Process::new(dir.path(), replica, false),
+            ],
+            sentinels: ports[2..]
+                .iter()
+                .map(|&port| Process::new(dir.path(), port, true))
+                .collect(),
+            dir,
+        };
+        fixture.spawn_all()?;
+        fixture.settle()?;
+        Ok(fixture)
+    }
+
+    fn spawn_all(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path();
+        let data = "save \"\"\nappendonly no\nreplica-announce-ip 127.0.0.1\n";
+        self.servers[0].write_conf(dir, data)?;
+        self.servers[0].spawn(&[])?;
+        let replicaof = format!("{data}replicaof 127.0.0.1 {}\n", self.primary);
+        self.servers[1].write_conf(dir, &replicaof)?;
+        self.servers[1].spawn(&[])?;
+        let name = &self.master_name;
+        let sentinel = format!(
+            "sentinel resolve-hostnames no\n\
+             sentinel announce-ip 127.0.0.1\n\
+             sentinel monitor {name} 127.0.0.1 {} {QUORUM}\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 3000\n\
+             sentinel parallel-syncs {name} 1\n",
+            self.primary
+        );
+        for process in &mut self.sentinels {
+            process.write_conf(dir, &sentinel)?;
+            process.spawn(&[])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the replica is in sync and every sentinel knows the whole deployment.
+    fn settle(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.settled() {
+                Ok(None) => return Ok(()),
+                Ok(Some(state)) => last = state,
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(POLL);
+        }
+        bail!("the Sentinel deployment did not settle within {SETTLE_TIMEOUT:?}; last seen: {last}")
+    }
+
+    /// `None` once settled, else what is missing.
+    fn settled(&self) -> anyhow::Result<Option<String>> {
+        let primary = info_field(self.primary, "replication", "connected_slaves")?;
+        let link = info_field(self.replica, "replication", "master_link_status")?;
+        if primary.as_deref() != Some("1") || link.as_deref() != Some("up") {
+            return Ok(Some(format!(
+                "primary connected_slaves:{primary:?}, replica master_link_status:{link:?}"
+            )));
+        }
+        for sentinel in &self.sentinels {
+            let port = self.master_addr(sentinel.port)?;
+            let master = query(
+                sentinel.port,
+                &format!("SENTINEL master {}", self.master_name),
+            )?;
+            let field = |key: &str| master.field(key).unwrap_or("?").to_owned();
+            let (others, slaves) = (field("num-other-sentinels"), field("num-slaves"));
+            if port != Some(self.primary) || others != "2" || slaves != "1" {
+                return Ok(Some(format!(
+                    "sentinel {}: master port {port:?}, num-other-sentinels {others}, \
+                     num-slaves {slaves}",
+                    sentinel.port
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The sentinels' addresses, `127.0.0.1:<port>` each.
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The master name the sentinels monitor (`mymaster` unless
+    /// [`RedisSentinel::start_with`] said another).
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// The port of the server that was the primary at start.
+    pub fn primary_port(&self) -> u16 {
+        self.primary
+    }
+
+    /// The port of the server that was the replica at start.
+    pub fn replica_port(&self) -> u16 {
+        self.replica
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url_of(&self, port: u16) -> String {
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    /// The primary's port as the first sentinel that answers reports it
+    /// (`SENTINEL get-master-addr-by-name`).
+    pub fn current_primary_port(&self) -> anyhow::Result<u16> {
+        let mut errors = Vec::new();
+        for sentinel in &self.sentinels {
+            match self.master_addr(sentinel.port) {
+                Ok(Some(port)) => return Ok(port),
+                Ok(None) => errors.push(format!("{}: no address", sentinel.port)),
+                Err(e) => errors.push(format!("{}: {e:#}", sentinel.port)),
+            }
+        }
+        bail!("no sentinel reported the primary: {}", errors.join("; "))
+    }
+
+    /// The role the server (or sentinel) on `port` reports (`ROLE`): `master`, `slave` or
+    /// `sentinel`.
+    pub fn role(&self, port: u16) -> anyhow::Result<String> {
+        match query(port, "ROLE")? {
+            Reply::Array(items) => match items.first() {
+                Some(Reply::Bulk(role)) => Ok(role.clone()),
+                other => bail!("ROLE on port {port}: unexpected first element {other:?}"),
+            },
+            other => bail!("ROLE on port {port}: unexpected reply {other:?}"),
+        }
+    }
+
+    /// Kills the current primary (SIGKILL, as a crash) and returns its port. The sentinels
+    /// notice after `down-after-milliseconds` (1 s) and promote the replica: see
+    /// [`RedisSentinel::wait_for_new_primary`].
+    pub fn kill_primary(&mut self) -> anyhow::Result<u16> {
+        let port = self.current_primary_port()?;
+        self.kill(port)?;
+        Ok(port)
+    }
+
+    /// Kills the data server on `port` (SIGKILL); [`RedisSentinel::restart`] brings it
+    /// back.
+    pub fn kill(&mut self, port: u16) -> anyhow::Result<()> {
+        kill_child(&mut self.server_mut(port)?.child);
+        Ok(())
+    }
+
+    /// Asks a sentinel to promote the replica now (`SENTINEL FAILOVER`), the primary
+    /// staying up: the sentinels then make the old primary a replica of the new one. Returns
+    /// once the sentinel accepted; see [`RedisSentinel::wait_for_new_primary`].
+    pub fn failover(&self) -> anyhow::Result<()> {
+        let sentinel = self.sentinels[0].port;
+        match query(sentinel, &format!("SENTINEL FAILOVER {}", self.master_name))? {
+            Reply::Line(ok) if ok == "OK" => Ok(()),
+            other => bail!("SENTINEL FAILOVER on sentinel {sentinel}: {other:?}"),
+        }
+    }
+
+    /// Waits until every sentinel reports the same primary other than `old_port`, and that
+    /// server answers `ROLE` as master; returns its port. Fails after `timeout` with what
+    /// the sentinels last reported.
+    pub fn wait_for_new_primary(&self, old_port: u16, timeout: Duration) -> anyhow::Result<u16> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reports: Vec<_> = self
+                .sentinels
+                .iter()
+                .map(|s| self.master_addr(s.port).ok().flatten())
+                .collect();
+            let last = match reports.first() {
+                Some(Some(port))
+                    if *port != old_port && reports.iter().all(|r| r == &Some(*port)) =>
+                {
+                    match self.role(*port) {
+                        Ok(role) if role == "master" => return Ok(*port),
+                        Ok(role) => format!("sentinels agree on {port}, which says {role}"),
+                        Err(e) => format!("sentinels agree on {port}, which fails: {e:#}"),
+                    }
+                }
+                _ => format!("sentinels report {reports:?}"),
+            };
+            if Instant::now() >= deadline {
+                bail!("no new primary other than {old_port} within {timeout:?}; {last}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts the data server on `port` again (killing it first if it runs), empty. If the
+    /// sentinels report another primary, it comes back as that one's replica (as the
+    /// sentinels would reconfigure it) and this waits until it is in sync; if they still
+    /// report this one, it comes back as an empty primary.
+    pub fn restart(&mut self, port: u16) -> anyhow::Result<()> {
+        kill_child(&mut self.server_mut(port)?.child);
+        let primary = self.current_primary_port()?;
+        let args = if primary == port {
+            Vec::new()
+        } else {
+            vec![
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                primary.to_string(),
+            ]
+        };
+        self.server_mut(port)?.spawn(&args)?;
+        if primary == port {
+            return Ok(());
+        }
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = info_field(port, "replication", "master_link_status")?;
+            if last.as_deref() == Some("up") {
+                return Ok(());
+            }
+            std::thread::sleep(POLL);
+        }
+        bail!(
+            "restarted server {port} not in sync with {primary} within {SERVER_TIMEOUT:?} \
+             (master_link_status {last:?})"
+        )
+    }
+
+    fn server_mut(&mut self, port: u16) -> anyhow::Result<&mut Process> {
+        self.servers
+            .iter_mut()
+            .find(|s| s.port == port)
+            .with_context(|| format!("no data server of this fixture on port {port}"))
+    }
+
+    /// The primary's port as the sentinel on `sentinel` reports it, if it knows one.
+    fn master_addr(&self, sentinel: u16) -> anyhow::Result<Option<u16>> {
+        let command = format!("SENTINEL get-master-addr-by-name {}", self.master_name);
+        match query(sentinel, &command)? {
+            Reply::Array(items) => match items.as_slice() {
+                [Reply::Bulk(_host), Reply::Bulk(port)] => Ok(Some(port.parse()?)),
+                _ => bail!("sentinel {sentinel}: unexpected address {items:?}"),
+            },
+            Reply::Nil => Ok(None),
+            other => bail!("sentinel {sentinel}: unexpected reply {other:?}"),
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for process in self.sentinels.iter_mut().chain(&mut self.servers) {
+            kill_child(&mut process.child);
+            if panicking {
+                // The test failed: its output shows what the servers logged.
+                eprintln!("--- {}:\n{}", process.log.display(), tail(&process.log, 30));
+            }
+        }
+    }
+}
+
+/// The last `lines` lines of a log file (empty if it cannot be read).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<_> = text.lines().collect();
+    let mut out = String::new();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// One field of `INFO <section>` on the server on `port`, if it is there.
+fn info_field(port: u16, section: &str, key: &str) -> anyhow::Result<Option<String>> {
+    let Reply::Bulk(info) = query(port, &format!("INFO {section}"))? else {
+        bail!("INFO on port {port} is not a bulk string");
+    };
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned()))
+}
+
+/// A RESP2 reply, as far as this fixture needs it.
+#[derive(Debug)]
+enum Reply {
+    /// A simple string or an integer, as its text.
+    Line(String),
+    Error(String),
+    Bulk(String),
+    Array(Vec<Reply>),
+    Nil,
+}
+
+impl Reply {
+    /// The value after `key` in a flat key-value array (`SENTINEL master`).
+    fn field(&self, key: &str) -> Option<&str> {
+        let Self::Array(items) = self else {
+            return None;
+        };
+        items.chunks(2).find_map(|pair| match pair {
+            [Self::Bulk(k), Self::Bulk(v)] if k == key => Some(v.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// Sends one inline command to `port` (loopback) on a connection of its own and reads the
+/// whole reply, nested arrays included; a Redis error reply is an `Err`.
+fn query(port: u16, command: &str) -> anyhow::Result<Reply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    match read_reply(&mut BufReader::new(stream))? {
+        Reply::Error(e) => bail!("{command} on port {port}: {e}"),
+        reply => Ok(reply),
+    }
+}
+
+fn read_reply(reader: &mut impl BufRead) -> anyhow::Result<Reply> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        bail!("connection closed before the reply");
+    }
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (kind, rest) = line.split_at_checked(1).context("empty reply line")?;
+    Ok(match kind {
+        "+" | ":" => Reply::Line(rest.to_owned()),
+        "-" => Reply::Error(rest.to_owned()),
+        "$" => match rest.parse::<i64>()? {
+            n if n < 0 => Reply::Nil,
+            n => {
+                let mut body = vec![0; usize::try_from(n)? + 2];
+                reader.read_exact(&mut body)?;
+                body.truncate(body.len() - 2);
+                Reply::Bulk(String::from_utf8_lossy(&body).into_owned())
+            }
+        },
+        "*" => match rest.parse::<i64>()? {
+            n if n < 0 => Reply::Nil,
+            n => Reply::Array(
+                (0..n)
+                    .map(|_| read_reply(reader))
+                    .collect::<Result<_, _>>()?,
+            ),
+        },
+        _ => bail!("not a RESP2 reply: {line:?}"),
+    })
+}
