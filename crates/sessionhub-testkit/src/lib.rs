@@ -2,8 +2,9 @@
 //!
 //! - Servers on free loopback ports, stopped when dropped: [`RedisServer`] (`redis.rs`), a
 //!   `sessionhub serve` process ([`Node`], `node.rs`) and a TCP [`Balancer`] in front of
-//!   nodes (`balancer.rs`). Blocking on purpose, so they work from any test, async or not.
-//!   A fixture for another server (Sentinel, Cluster, NATS) goes beside them, one file each.
+//!   nodes (`balancer.rs`), and a Sentinel deployment that can fail over ([`RedisSentinel`],
+//!   `sentinel.rs`). Blocking on purpose, so they work from any test, async or not. A
+//!   fixture for another server (Cluster, NATS) goes beside them, one file each.
 //! - [`conformance`]: the checks every `SessionStore`, `Broker` and `Presence` backend must
 //!   pass, as one macro per trait that a backend's own test file calls with a factory
 //!   ([`store_conformance!`], [`broker_conformance!`], [`presence_conformance!`]). They

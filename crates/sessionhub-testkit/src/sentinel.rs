@@ -33,7 +33,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(50);
-/// Sentinels in the deployment, and how many must agree that the primary is down.
+/// Sentinels in a deployment that can fail over, and how many must agree that the primary
+/// is down.
 const SENTINELS: usize = 3;
 const QUORUM: usize = 2;
 
@@ -45,6 +46,8 @@ const QUORUM: usize = 2;
 /// the roles at start, [`RedisSentinel::current_primary_port`] asks a sentinel.
 #[derive(Debug)]
 pub struct RedisSentinel {
+    /// How many sentinels must agree that the primary is down.
+    quorum: usize,
     master_name: String,
     primary: u16,
     replica: u16,
@@ -142,10 +145,29 @@ impl RedisSentinel {
     /// [`RedisSentinel::start`] with the sentinels monitoring `master_name` (a name
     /// Sentinel accepts: no spaces).
     pub fn start_with(master_name: &str) -> anyhow::Result<Self> {
+        Self::start_deployment(master_name, SENTINELS, QUORUM)
+    }
+
+    /// A deployment with one sentinel (quorum 1), settled in about a second instead of
+    /// several (sentinels find each other only through hello messages every 2 s): for tests
+    /// that need Sentinel to name the primary but fail nothing over, such as the
+    /// conformance suites. Waits on a blocking thread; panics if it does not start.
+    pub async fn start_lean() -> Self {
+        tokio::task::spawn_blocking(|| Self::start_deployment(DEFAULT_MASTER_NAME, 1, 1))
+            .await
+            .expect("the blocking start did not panic")
+            .expect("the Sentinel deployment starts")
+    }
+
+    fn start_deployment(
+        master_name: &str,
+        sentinels: usize,
+        quorum: usize,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        // Five different ports: the OS may hand out a just-released one again.
-        let mut ports = Vec::with_capacity(2 + SENTINELS);
-        while ports.len() < 2 + SENTINELS {
+        // Different ports: the OS may hand out a just-released one again.
+        let mut ports = Vec::with_capacity(2 + sentinels);
+        while ports.len() < 2 + sentinels {
             let port = free_port();
             if !ports.contains(&port) {
                 ports.push(port);
@@ -153,6 +175,7 @@ impl RedisSentinel {
         }
         let (primary, replica) = (ports[0], ports[1]);
         let mut fixture = Self {
+            quorum,
             master_name: master_name.to_owned(),
             primary,
             replica,
@@ -173,7 +196,10 @@ impl RedisSentinel {
 
     fn spawn_all(&mut self) -> anyhow::Result<()> {
         let dir = self.dir.path();
-        let data = "save \"\"\nappendonly no\nreplica-announce-ip 127.0.0.1\n";
+        // No diskless-sync delay: the primary would wait 5 s for more replicas to sync at
+        // once, and so would every test.
+        let data = "save \"\"\nappendonly no\nreplica-announce-ip 127.0.0.1\n\
+                    repl-diskless-sync-delay 0\n";
         self.servers[0].write_conf(dir, data)?;
         self.servers[0].spawn(&[])?;
         let replicaof = format!("{data}replicaof 127.0.0.1 {}\n", self.primary);
@@ -183,11 +209,11 @@ impl RedisSentinel {
         let sentinel = format!(
             "sentinel resolve-hostnames no\n\
              sentinel announce-ip 127.0.0.1\n\
-             sentinel monitor {name} 127.0.0.1 {} {QUORUM}\n\
+             sentinel monitor {name} 127.0.0.1 {} {}\n\
              sentinel down-after-milliseconds {name} 1000\n\
              sentinel failover-timeout {name} 3000\n\
              sentinel parallel-syncs {name} 1\n",
-            self.primary
+            self.primary, self.quorum
         );
         for process in &mut self.sentinels {
             process.write_conf(dir, &sentinel)?;
@@ -228,7 +254,8 @@ impl RedisSentinel {
             )?;
             let field = |key: &str| master.field(key).unwrap_or("?").to_owned();
             let (others, slaves) = (field("num-other-sentinels"), field("num-slaves"));
-            if port != Some(self.primary) || others != "2" || slaves != "1" {
+            let expected_others = (self.sentinels.len() - 1).to_string();
+            if port != Some(self.primary) || others != expected_others || slaves != "1" {
                 return Ok(Some(format!(
                     "sentinel {}: master port {port:?}, num-other-sentinels {others}, \
                      num-slaves {slaves}",
