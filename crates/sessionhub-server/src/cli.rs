@@ -167,8 +167,34 @@ pub(crate) struct Serve {
 
     /// Redis URL (redis:// or rediss://, password and db in the URL): cluster mode. Sessions
     /// and pushes go through Redis so any number of nodes can share them.
-    #[arg(long = "redis", env = "SESSIONHUB_REDIS_URL", value_name = "URL")]
+    #[arg(
+        long = "redis",
+        env = "SESSIONHUB_REDIS_URL",
+        value_name = "URL",
+        conflicts_with = "redis_sentinel"
+    )]
     pub(crate) redis_url: Option<String>,
+
+    /// Redis Sentinel addresses (HOST:PORT, or redis:// / rediss:// URLs whose password and
+    /// TLS also apply to the primary), comma-separated: cluster mode on the primary they
+    /// name, followed through failovers. Needs --redis-sentinel-master.
+    #[arg(
+        long,
+        env = "SESSIONHUB_REDIS_SENTINEL",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        requires = "redis_sentinel_master"
+    )]
+    pub(crate) redis_sentinel: Vec<String>,
+
+    /// The name the Sentinels monitor the primary under (their `sentinel monitor NAME`).
+    #[arg(
+        long,
+        env = "SESSIONHUB_REDIS_SENTINEL_MASTER",
+        value_name = "NAME",
+        requires = "redis_sentinel"
+    )]
+    pub(crate) redis_sentinel_master: Option<String>,
 
     /// Prefix of every Redis key and channel this node uses.
     #[arg(long, env = "SESSIONHUB_REDIS_PREFIX", default_value = sessionhub::redis::DEFAULT_PREFIX)]

@@ -93,8 +93,16 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         ttl: Duration::from_secs(args.history_ttl),
         ..HistoryConfig::default()
     };
-    let backends = match &args.redis_url {
-        Some(url) => cluster(url, &args.redis_prefix, &node_id, history).await?,
+    let redis = match (&args.redis_url, &args.redis_sentinel_master) {
+        (Some(url), _) => Some(RedisConfig::new(url).context("configuring Redis")?),
+        (None, Some(master)) => Some(
+            RedisConfig::sentinel(&args.redis_sentinel, master)
+                .context("configuring Redis Sentinel")?,
+        ),
+        (None, None) => None,
+    };
+    let backends = match redis {
+        Some(redis) => cluster(redis.prefix(&args.redis_prefix), &node_id, history)?,
         None => embedded(&args.data_dir, &node_id, history)?,
     };
     let Backends {
@@ -283,15 +291,8 @@ fn embedded(data_dir: &Path, node_id: &str, history: HistoryConfig) -> anyhow::R
 }
 
 /// Many nodes sharing one Redis for sessions, pushes and presence.
-async fn cluster(
-    url: &str,
-    prefix: &str,
-    node_id: &str,
-    history: HistoryConfig,
-) -> anyhow::Result<Backends> {
-    let redis = RedisConfig::new(url)
-        .context("configuring Redis")?
-        .prefix(prefix);
+fn cluster(redis: RedisConfig, node_id: &str, history: HistoryConfig) -> anyhow::Result<Backends> {
+    let mode = redis.mode();
     // Lazily: a node started while Redis is down comes up unready (/readyz 503) and serves
     // as soon as Redis answers, rather than exiting and leaving that to a supervisor.
     let store = RedisStore::lazy(&redis).context("setting up the Redis session store")?;
@@ -299,7 +300,7 @@ async fn cluster(
     let broker = RedisBrokerConfig::from(redis).history(history);
     let hub = Hub::with_broker(node_id, |sink| broker.start(sink));
     tracing::info!(
-        prefix,
+        ?mode,
         "cluster mode: sessions, pushes and presence in Redis"
     );
     Ok(Backends {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::AsyncCommands;
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::Presence;
 use crate::error::PresenceError;
 use crate::hub::{Hub, Online};
-use crate::redis::{Keys, Reconnect, RedisConfig};
+use crate::redis::{Keys, Managed, Reconnect, RedisConfig};
 use crate::store::now_ms;
 
 /// How long a node's snapshot outlives its last refresh.
@@ -37,7 +36,7 @@ struct Snapshot {
 
 /// Presence across every node that shares a Redis.
 pub struct RedisPresence {
-    connection: ConnectionManager,
+    connection: Managed,
     nodes_key: String,
     keys: Keys,
 }
@@ -60,13 +59,19 @@ impl RedisPresence {
 
     /// Sets up presence on `config`'s Redis; it connects on first use.
     pub fn lazy(config: &RedisConfig) -> Result<Self, PresenceError> {
-        let connection = config.managed(Reconnect::PRESENCE).map_err(unavailable)?;
+        let connection = Managed::lazy(config, Reconnect::PRESENCE).map_err(unavailable)?;
         let keys = config.keys();
         Ok(Self {
             connection,
             nodes_key: keys.presence_nodes(),
             keys: keys.clone(),
         })
+    }
+
+    /// A command failed: tell the connection (it may have to find a new primary).
+    fn failed(&self, e: ::redis::RedisError) -> PresenceError {
+        self.connection.failed(&e);
+        unavailable(e)
     }
 
     /// Publishes `hub`'s snapshot whenever it changes (at most every 250 ms) and at least
@@ -114,7 +119,7 @@ impl RedisPresence {
         let now = now_ms();
         let ttl = SNAPSHOT_TTL.as_millis() as u64;
         let key = self.keys.presence_node(hub.node_id());
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection.get().await.map_err(unavailable)?;
         ::redis::pipe()
             .atomic()
             .set_options(
@@ -129,12 +134,12 @@ impl RedisPresence {
             .ignore()
             .query_async::<()>(&mut connection)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn withdraw(&self, node_id: &str) -> Result<(), PresenceError> {
         let key = self.keys.presence_node(node_id);
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection.get().await.map_err(unavailable)?;
         ::redis::pipe()
             .atomic()
             .del(&key)
@@ -143,23 +148,24 @@ impl RedisPresence {
             .ignore()
             .query_async::<()>(&mut connection)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 }
 
 #[async_trait]
 impl Presence for RedisPresence {
     async fn online(&self) -> Result<Online, PresenceError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection.get().await.map_err(unavailable)?;
         let nodes: Vec<String> = connection
             .zrangebyscore(&self.nodes_key, now_ms(), "+inf")
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         if nodes.is_empty() {
             return Ok(Online::default());
         }
         let keys: Vec<String> = nodes.iter().map(|n| self.keys.presence_node(n)).collect();
-        let snapshots: Vec<Option<String>> = connection.mget(&keys).await.map_err(unavailable)?;
+        let snapshots: Vec<Option<String>> =
+            connection.mget(&keys).await.map_err(|e| self.failed(e))?;
         let mut online = 0;
         let mut users = HashSet::new();
         for snapshot in snapshots.into_iter().flatten() {

@@ -2,9 +2,12 @@
 //!
 //! The session store ([`crate::store::RedisStore`]), the broker
 //! ([`crate::broker::RedisBroker`]) and presence ([`crate::presence::RedisPresence`]) all
-//! build on a [`RedisConfig`]: the URL parsed once into a [`Mode`], one TLS setup, one set
-//! of timeouts, and the key prefix. A new way to reach Redis (Sentinel, Cluster) is a new
-//! [`Mode`] here, not a change in three components.
+//! build on a [`RedisConfig`]: the URL (or the Sentinels) parsed once into a [`Mode`], one
+//! TLS setup, one set of timeouts, and the key prefix. A new way to reach Redis (Cluster
+//! next) is a new [`Mode`] here, not a change in three components. Under Sentinel, every
+//! connection is opened to the primary the Sentinels name at that moment, and `managed.rs`
+//! (the store's and presence's self-reconnecting connection) and the broker give up a
+//! connection whose server is no longer the primary.
 //!
 //! - [`keys`]: every key and channel name, with the hash tags that keep each operation in
 //!   one cluster slot.
@@ -15,18 +18,28 @@ pub(crate) mod backoff;
 pub(crate) mod keys;
 pub(crate) mod scripts;
 
+mod managed;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub};
-use ::redis::{AsyncConnectionConfig, RedisResult};
+use ::redis::aio::{ConnectionManagerConfig, MultiplexedConnection, PubSub};
+use ::redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use ::redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    RedisError, RedisResult, TlsMode,
+};
 
 pub use self::keys::DEFAULT_PREFIX;
 pub(crate) use self::keys::Keys;
+pub(crate) use self::managed::Managed;
 
 /// One attempt to open a connection, for every connection sessionhub opens.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One reply on a connection that is not a session store's (see [`Reconnect::SESSIONS`]).
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Asking the Sentinels where the primary is, and checking with it that it is one.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How Redis is deployed, as the configuration says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +48,10 @@ pub enum Mode {
     /// One Redis server (or a proxy that looks like one), from a `redis://` or `rediss://`
     /// URL.
     Standalone,
+    /// A primary and its replicas watched by Redis Sentinel: every connection is opened to
+    /// the primary the Sentinels name at that moment, and is given up when it stops being
+    /// the primary (see [`RedisConfig::sentinel`]).
+    Sentinel,
 }
 
 /// The configuration is not usable: an invalid URL, or one for another protocol. The
@@ -66,9 +83,37 @@ pub struct InvalidConfig(#[source] ::redis::RedisError);
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    client: ::redis::Client,
-    mode: Mode,
+    target: Target,
     keys: Keys,
+}
+
+/// Where connections go.
+#[derive(Clone)]
+enum Target {
+    Standalone(Box<Client>),
+    Sentinel(Arc<Sentinels>),
+}
+
+/// The Sentinels to ask, and what to ask them.
+struct Sentinels {
+    /// redis-rs asks them one after the other, and needs `&mut` for it.
+    sentinels: tokio::sync::Mutex<Sentinel>,
+    master: String,
+    /// Credentials and TLS for the primary, taken from the first Sentinel's URL.
+    node: SentinelNodeConnectionInfo,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Not the client: its connection info may hold a password.
+            Self::Standalone(_) => f.write_str("Standalone"),
+            Self::Sentinel(s) => f
+                .debug_struct("Sentinel")
+                .field("master", &s.master)
+                .finish(),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -76,13 +121,55 @@ impl RedisConfig {
     /// certificates) without connecting. Keys go under [`DEFAULT_PREFIX`] unless
     /// [`prefix`](Self::prefix) says otherwise.
     pub fn new(url: &str) -> Result<Self, InvalidConfig> {
-        // rustls needs a process-wide crypto provider for `rediss://`. Installing fails only
-        // if the application installed one already, which is then used instead.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = ::redis::Client::open(url).map_err(InvalidConfig)?;
+        install_tls_provider();
+        let client = Client::open(url).map_err(InvalidConfig)?;
         Ok(Self {
-            client,
-            mode: Mode::Standalone,
+            target: Target::Standalone(Box::new(client)),
+            keys: Keys::new(DEFAULT_PREFIX),
+        })
+    }
+
+    /// Finds the primary named `master` through the Sentinels at `sentinels`, each
+    /// `HOST:PORT` or a `redis://` / `rediss://` URL, without connecting. The primary is
+    /// reached with the first Sentinel URL's credentials and TLS (`rediss://:pw@host:port`
+    /// sets both for the Sentinels and the primary).
+    ///
+    /// Every connection asks the Sentinels afresh when it opens, and a connection to a
+    /// server that is no longer the primary is given up: a write it refuses (`READONLY`,
+    /// `NOREPLICAS`) or, for subscriptions, a check every 2 s that the Sentinels still name
+    /// the same primary. redis-rs alone resolves the primary only once.
+    pub fn sentinel(sentinels: &[impl AsRef<str>], master: &str) -> Result<Self, InvalidConfig> {
+        install_tls_provider();
+        let invalid = |what: &'static str| {
+            InvalidConfig(RedisError::from((ErrorKind::InvalidClientConfig, what)))
+        };
+        if master.is_empty() {
+            return Err(invalid("the Sentinel master name is empty"));
+        }
+        let infos = sentinels
+            .iter()
+            .map(|s| sentinel_url(s.as_ref()).into_connection_info())
+            .collect::<RedisResult<Vec<ConnectionInfo>>>()
+            .map_err(InvalidConfig)?;
+        let first = infos
+            .first()
+            .ok_or_else(|| invalid("no Sentinel address given"))?;
+        let mut node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(first.redis_settings().clone());
+        if let ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
+            node = node.set_tls_mode(if *insecure {
+                TlsMode::Insecure
+            } else {
+                TlsMode::Secure
+            });
+        }
+        let sentinel = Sentinel::build(infos).map_err(InvalidConfig)?;
+        Ok(Self {
+            target: Target::Sentinel(Arc::new(Sentinels {
+                sentinels: tokio::sync::Mutex::new(sentinel),
+                master: master.to_owned(),
+                node,
+            })),
             keys: Keys::new(DEFAULT_PREFIX),
         })
     }
@@ -96,7 +183,10 @@ impl RedisConfig {
 
     /// How Redis is deployed.
     pub fn mode(&self) -> Mode {
-        self.mode
+        match self.target {
+            Target::Standalone(_) => Mode::Standalone,
+            Target::Sentinel(_) => Mode::Sentinel,
+        }
     }
 
     /// The names of keys and channels under this configuration's prefix.
@@ -104,15 +194,42 @@ impl RedisConfig {
         &self.keys
     }
 
-    /// A connection that reconnects by itself (redis-rs' `ConnectionManager`), opened on
-    /// first use, so a node can start while Redis is down.
-    pub(crate) fn managed(&self, reconnect: Reconnect) -> RedisResult<ConnectionManager> {
-        ConnectionManager::new_lazy_with_config(self.client.clone(), reconnect.config())
+    /// A client for the server to connect to now: the one server, or the primary the
+    /// Sentinels name (checked to be one).
+    pub(crate) async fn client(&self) -> RedisResult<Client> {
+        match &self.target {
+            Target::Standalone(client) => Ok(Client::clone(client)),
+            Target::Sentinel(target) => {
+                let resolving = async {
+                    let mut sentinels = target.sentinels.lock().await;
+                    sentinels
+                        .async_master_for(&target.master, Some(&target.node))
+                        .await
+                };
+                match tokio::time::timeout(RESOLVE_TIMEOUT, resolving).await {
+                    Ok(resolved) => resolved,
+                    Err(_) => Err(timed_out("no primary from the Sentinels", RESOLVE_TIMEOUT)),
+                }
+            }
+        }
     }
 
-    /// Like [`managed`](Self::managed), connected now: fails if Redis cannot be reached.
-    pub(crate) async fn managed_now(&self, reconnect: Reconnect) -> RedisResult<ConnectionManager> {
-        ConnectionManager::new_with_config(self.client.clone(), reconnect.config()).await
+    /// The one server's client in [`Mode::Standalone`], known without asking anyone;
+    /// `None` where the server must be asked for.
+    fn standalone_client(&self) -> Option<Client> {
+        match &self.target {
+            Target::Standalone(client) => Some(Client::clone(client)),
+            Target::Sentinel(_) => None,
+        }
+    }
+
+    /// Where the primary is now, for a connection that must leave a server once it is no
+    /// longer the primary; `None` in a mode where the server never changes.
+    pub(crate) async fn primary(&self) -> RedisResult<Option<String>> {
+        match self.target {
+            Target::Standalone(_) => Ok(None),
+            Target::Sentinel(_) => Ok(Some(address(&self.client().await?))),
+        }
     }
 
     /// A multiplexed connection that does not reconnect: its owner decides when to replace
@@ -121,21 +238,57 @@ impl RedisConfig {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        self.client
+        self.client()
+            .await?
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }
 
-    /// A connection for SUBSCRIBE, bounded by [`CONNECT_TIMEOUT`].
-    pub(crate) async fn pubsub(&self) -> RedisResult<PubSub> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await {
-            Ok(connected) => connected,
-            Err(_) => Err(::redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {CONNECT_TIMEOUT:?}"),
-            ))),
+    /// A connection for SUBSCRIBE, bounded by [`CONNECT_TIMEOUT`], and the address of the
+    /// server it went to.
+    pub(crate) async fn pubsub(&self) -> RedisResult<(PubSub, String)> {
+        let client = self.client().await?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(connected) => Ok((connected?, address(&client))),
+            Err(_) => Err(timed_out("no connection", CONNECT_TIMEOUT)),
         }
     }
+}
+
+/// The address `client` connects to, as `host:port`.
+fn address(client: &Client) -> String {
+    client.get_connection_info().addr().to_string()
+}
+
+/// A Sentinel address as a URL: `HOST:PORT` means `redis://HOST:PORT`.
+fn sentinel_url(sentinel: &str) -> String {
+    if sentinel.contains("://") {
+        sentinel.to_owned()
+    } else {
+        format!("redis://{sentinel}")
+    }
+}
+
+fn timed_out(what: &str, after: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} within {after:?}"),
+    ))
+}
+
+/// Whether `error` is a write the server refused because it is not (or no longer) a
+/// primary that may take writes: `READONLY` from a replica, or `NOREPLICAS` from a primary
+/// configured with `min-replicas-to-write` that lost its replicas (as an old primary does
+/// when its replica is promoted). Nothing was written, so the command may be sent again,
+/// to the primary the Sentinels name now.
+pub(crate) fn is_not_primary(error: &RedisError) -> bool {
+    matches!(error.code(), Some("READONLY" | "NOREPLICAS"))
+}
+
+/// rustls needs a process-wide crypto provider for `rediss://`. Installing fails only if the
+/// application installed one already, which is then used instead.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// How a self-reconnecting connection retries while Redis is away. Every caller waits for
@@ -166,7 +319,7 @@ impl Reconnect {
         response_timeout: RESPONSE_TIMEOUT,
     };
 
-    fn config(self) -> ConnectionManagerConfig {
+    pub(super) fn config(self) -> ConnectionManagerConfig {
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(self.retries)
             .set_min_delay(Duration::from_millis(100))

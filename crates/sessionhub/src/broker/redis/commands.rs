@@ -16,7 +16,7 @@ use ::redis::{RedisError, RedisResult};
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::BrokerError;
-use crate::redis::RedisConfig;
+use crate::redis::{Mode, RedisConfig, is_not_primary};
 
 /// The whole of one PUBLISH, recover or PING, including waiting for a reconnection in
 /// progress and a retry: the caller hears about an outage within this, never later.
@@ -57,6 +57,13 @@ impl Commands {
         }
     }
 
+    /// Drops the current link, whatever state it is in: the subscriber found that its
+    /// server is no longer the primary, which a command sent there might not notice (a
+    /// replica takes a bare PUBLISH).
+    pub(super) fn forget(&self) {
+        *self.current.lock().expect("never poisoned") = None;
+    }
+
     fn current(&self) -> Option<Link> {
         self.current.lock().expect("never poisoned").clone()
     }
@@ -81,7 +88,9 @@ impl Commands {
     /// Forgets `link` after `error` if the error means the connection is dead; the next
     /// command opens a new one.
     fn failed(&self, link: &Link, error: &RedisError) {
-        if !error.is_unrecoverable_error() {
+        // A server that refuses writes was demoted by a failover: the next link asks the
+        // Sentinels for the primary.
+        if !error.is_unrecoverable_error() && !is_not_primary(error) {
             return;
         }
         let mut current = self.current.lock().expect("never poisoned");
@@ -104,25 +113,10 @@ impl Commands {
             .find_map(|line| line.strip_prefix("run_id:"))
             .map(str::trim)
             .unwrap_or_default();
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("CONFIG")
-            .arg("GET")
-            .arg("appendonly")
-            .cmd("CONFIG")
-            .arg("GET")
-            .arg("appendfsync");
-        // A map over RESP3, pairs in an array over RESP2: both read as a map.
-        type Config = HashMap<String, String>;
-        let durable = match pipe.query_async::<(Config, Config)>(&mut connection).await {
-            Ok((appendonly, appendfsync)) => {
-                appendonly.get("appendonly").map(String::as_str) == Some("yes")
-                    && appendfsync.get("appendfsync").map(String::as_str) == Some("always")
-            }
-            // Redis answered with an error: CONFIG is refused or renamed (managed services
-            // often do that). Not durable is the safe answer.
-            Err(e) if e.code().is_some() => false,
-            Err(e) => return Err(e),
-        };
+        // Under Sentinel a failover may promote a replica that lacks the newest writes,
+        // whatever the disks keep (replication is asynchronous): the epoch stays bound to
+        // the primary's run_id there, so a failover always starts new epochs.
+        let durable = self.redis.mode() == Mode::Standalone && durable(&mut connection).await?;
         if !durable && run_id.is_empty() {
             // Some Redis-compatible servers leave it out; nothing then tells a restart.
             tracing::warn!(
@@ -141,6 +135,29 @@ impl Commands {
             bind: if durable { "".into() } else { run_id.into() },
             generation,
         })
+    }
+}
+
+/// Whether the Redis behind `connection` keeps every write before answering
+/// (`appendonly yes`, `appendfsync always`), so that a restart loses nothing.
+async fn durable(connection: &mut MultiplexedConnection) -> RedisResult<bool> {
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync");
+    // A map over RESP3, pairs in an array over RESP2: both read as a map.
+    type Config = HashMap<String, String>;
+    match pipe.query_async::<(Config, Config)>(connection).await {
+        Ok((appendonly, appendfsync)) => Ok(appendonly.get("appendonly").map(String::as_str)
+            == Some("yes")
+            && appendfsync.get("appendfsync").map(String::as_str) == Some("always")),
+        // Redis answered with an error: CONFIG is refused or renamed (managed services
+        // often do that). Not durable is the safe answer.
+        Err(e) if e.code().is_some() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -184,9 +201,12 @@ impl Retry {
         match self {
             Self::OnLostConnection => {
                 error.is_connection_refusal()
+                    || is_not_primary(error)
                     || (error.is_connection_dropped() && !error.is_timeout())
             }
-            Self::IfNeverSent => error.is_connection_refusal(),
+            // A READONLY refusal wrote nothing, and every publish script writes before it
+            // publishes (a bare PUBLISH is never refused so: replicas take it).
+            Self::IfNeverSent => error.is_connection_refusal() || is_not_primary(error),
         }
     }
 }

@@ -177,10 +177,10 @@ impl Subscriber {
         let redis = self.redis.clone();
         let connecting = async move { redis.pubsub().await };
         tokio::pin!(connecting);
-        let pubsub = loop {
+        let (pubsub, server) = loop {
             tokio::select! {
                 connected = &mut connecting => match connected {
-                    Ok(pubsub) => break pubsub,
+                    Ok(connected) => break connected,
                     Err(e) => return Ended::Refused(e.to_string()),
                 },
                 request = self.inbox.recv() => match request {
@@ -248,18 +248,14 @@ impl Subscriber {
                     }
                 },
                 _ = probes.tick(), if probe.is_none() => {
-                    let mut sink = sink.clone();
-                    probe = Some(async move {
-                        match timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(e)) => Err(format!("PING failed: {e}")),
-                            Err(_) => Err(format!("no PING reply within {PING_TIMEOUT:?}")),
-                        }
-                    }.boxed());
+                    probe = Some(probe_connection(sink.clone(), self.redis.clone(), server.clone()));
                 },
                 answered = async { probe.as_mut().unwrap().await }, if probe.is_some() => {
                     probe = None;
                     if let Err(reason) = answered {
+                        // The command connection may talk to the same server; if that one
+                        // was demoted, a bare PUBLISH there would still be taken.
+                        self.commands.forget();
                         return ended(healthy, reason);
                     }
                 },
@@ -388,4 +384,34 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// Checks that the subscription connection to `server` still serves: it answers a PING,
+/// and, under Sentinel, `server` is still the primary. Sentinel does not close the
+/// connections of a primary it demotes, so without the second check a node would stay
+/// subscribed to a server that no publish reaches any more, with its health green.
+fn probe_connection(
+    mut sink: PubSubSink,
+    redis: RedisConfig,
+    server: String,
+) -> BoxFuture<'static, Result<(), String>> {
+    async move {
+        match timeout(PING_TIMEOUT, sink.ping::<::redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("PING failed: {e}")),
+            Err(_) => return Err(format!("no PING reply within {PING_TIMEOUT:?}")),
+        }
+        match redis.primary().await {
+            Ok(Some(primary)) if primary != server => {
+                Err(format!("{server} is no longer the primary ({primary} is)"))
+            }
+            Ok(_) => Ok(()),
+            // The connection itself works: keep it while the Sentinels cannot be asked.
+            Err(e) => {
+                tracing::debug!(error = %e, "redis broker: cannot ask the Sentinels for the primary");
+                Ok(())
+            }
+        }
+    }
+    .boxed()
 }

@@ -51,9 +51,9 @@
 
 mod reply;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{Script, ScriptInvocation, Value};
 use async_trait::async_trait;
 use serde_json::Value as Json;
@@ -62,7 +62,7 @@ use self::reply::{decode_fields, decode_json_reply, decode_outcome, failure, inc
 use super::{Change, Record, SessionStore, Updated, apply_results, now_ms};
 use crate::error::StoreError;
 use crate::redis::scripts::{self, STORE_VERSION as VERSION};
-use crate::redis::{Keys, Reconnect, RedisConfig};
+use crate::redis::{Keys, Managed, Reconnect, RedisConfig};
 use crate::session::SessionId;
 
 const FIELD_VERSION: &str = "m:v";
@@ -75,7 +75,7 @@ const META: &str = "m:";
 /// Cloning is cheap and shares the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Arc<Managed>,
     keys: Keys,
 }
 
@@ -98,8 +98,7 @@ impl RedisStore {
         let config = RedisConfig::new(url)
             .map_err(|e| StoreError::unavailable("redis", e))?
             .prefix(prefix);
-        let connection = config
-            .managed_now(Reconnect::SESSIONS)
+        let connection = Managed::now(&config, Reconnect::SESSIONS)
             .await
             .map_err(|e| StoreError::unavailable("cannot connect to redis", e))?;
         Ok(Self::with(connection, &config))
@@ -108,15 +107,14 @@ impl RedisStore {
     /// Like [`RedisStore::connect`], but connects on first use: a node can start while
     /// Redis is down, answer 503 and stay unready, and serve as soon as Redis is back.
     pub fn lazy(config: &RedisConfig) -> Result<Self, StoreError> {
-        let connection = config
-            .managed(Reconnect::SESSIONS)
+        let connection = Managed::lazy(config, Reconnect::SESSIONS)
             .map_err(|e| StoreError::unavailable("cannot set up redis", e))?;
         Ok(Self::with(connection, config))
     }
 
-    fn with(connection: ConnectionManager, config: &RedisConfig) -> Self {
+    fn with(connection: Managed, config: &RedisConfig) -> Self {
         Self {
-            connection,
+            connection: Arc::new(connection),
             keys: config.keys().clone(),
         }
     }
@@ -139,6 +137,12 @@ impl RedisStore {
         self.keys.session(id.as_str())
     }
 
+    /// A command failed: tell the connection (it may have to find a new primary).
+    fn failed(&self, e: ::redis::RedisError) -> StoreError {
+        self.connection.failed(&e);
+        redis_error(e)
+    }
+
     async fn invoke_index(
         &self,
         script: &Script,
@@ -154,11 +158,11 @@ impl RedisStore {
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection.get().await.map_err(redis_error)?;
         invocation
             .invoke_async(&mut connection)
             .await
-            .map_err(redis_error)
+            .map_err(|e| self.failed(e))
     }
 
     /// An invocation of `script` on `keys` with ARGV: the TTL in ms, `extra`, then each change
@@ -324,21 +328,21 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
-        let removed: i64 = redis::cmd("DEL")
+        let mut connection = self.connection.get().await.map_err(redis_error)?;
+        let removed: i64 = ::redis::cmd("DEL")
             .arg(self.key(id))
             .query_async(&mut connection)
             .await
-            .map_err(redis_error)?;
+            .map_err(|e| self.failed(e))?;
         Ok(removed > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING")
+        let mut connection = self.connection.get().await.map_err(redis_error)?;
+        ::redis::cmd("PING")
             .query_async::<()>(&mut connection)
             .await
-            .map_err(redis_error)
+            .map_err(|e| self.failed(e))
     }
 
     async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError> {

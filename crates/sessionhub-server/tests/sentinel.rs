@@ -1,0 +1,134 @@
+//! `sessionhub serve --redis-sentinel`: nodes that find the primary through Redis
+//! Sentinel (a primary, a replica and three Sentinels of the test's own) and follow it
+//! through a failover, as black boxes: the seed demos across nodes, then the primary killed
+//! under them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sessionhub_testkit::{Node, RedisSentinel, redis_command};
+
+/// The nodes' Sentinel flags.
+fn sentinel_args(redis: &RedisSentinel) -> Vec<String> {
+    vec![
+        "--redis-sentinel".into(),
+        redis.sentinel_addrs().join(","),
+        "--redis-sentinel-master".into(),
+        redis.master_name().into(),
+    ]
+}
+
+fn nodes(redis: &RedisSentinel, n: usize) -> Vec<Node> {
+    let args = sentinel_args(redis);
+    (0..n)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+            all.extend(["--node-id", &name]);
+            node(&all)
+        })
+        .collect()
+}
+
+async fn is_ready(client: &reqwest::Client, base: &str) -> bool {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !is_ready(client, base).await {
+        assert!(
+            Instant::now() < deadline,
+            "{base}/readyz never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
+    let mut redis = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .unwrap()
+        .expect("the Sentinel deployment starts");
+    let nodes = nodes(&redis, 2);
+    let client = http();
+    for node in &nodes {
+        wait_ready(&client, &node.http(), Duration::from_secs(10)).await;
+    }
+
+    // A session made on one node counts on the other.
+    let (_, id, _) = get(&client, &nodes[0].http(), "/login?username=ann", None).await;
+    let id = id.unwrap();
+    let (_, _, on_b) = get(&client, &nodes[1].http(), "/get-session", Some(&id)).await;
+    assert_eq!(
+        (on_b["username"].as_str(), on_b["count"].as_i64()),
+        (Some("ann"), Some(1))
+    );
+    // A push through one node reaches a socket on the other.
+    let (mut socket, _) = connect(&nodes[1].ws(), "456").await;
+    let (status, _) = push(&client, &nodes[0].http(), "456", "before").await;
+    assert_eq!(status, 200);
+    assert_eq!(next_text(&mut socket).await, "before");
+
+    // Acknowledged writes are on the replica before the primary dies (Redis replicates
+    // asynchronously: docs/cluster.md says what a failover can lose without this).
+    assert_eq!(
+        redis_command(redis.primary_port(), "WAIT 1 5000")
+            .unwrap()
+            .trim(),
+        ":1"
+    );
+    let old = redis.kill_primary().unwrap();
+    let started = Instant::now();
+    redis
+        .wait_for_new_primary(old, Duration::from_secs(30))
+        .unwrap();
+    for node in &nodes {
+        wait_ready(&client, &node.http(), Duration::from_secs(15)).await;
+    }
+    eprintln!(
+        "both nodes ready on the new primary {:?} after the kill",
+        started.elapsed()
+    );
+
+    // The session, its count and the socket all carried over.
+    let (_, _, after) = get(&client, &nodes[0].http(), "/get-session", Some(&id)).await;
+    assert_eq!(
+        (after["username"].as_str(), after["count"].as_i64()),
+        (Some("ann"), Some(2))
+    );
+    let (status, _) = push(&client, &nodes[0].http(), "456", "after").await;
+    assert_eq!(status, 200);
+    wait_for_text(&mut socket, "after", Duration::from_secs(5)).await;
+}
+
+#[test]
+fn one_redis_mode_at_a_time() {
+    let both = [
+        "serve",
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--redis-sentinel",
+        "127.0.0.1:2",
+        "--redis-sentinel-master",
+        "mymaster",
+    ];
+    let (code, stderr) = Node::run_once(binary(), &both).unwrap();
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("--redis <URL>") && stderr.contains("--redis-sentinel"),
+        "{stderr}"
+    );
+
+    let (code, stderr) =
+        Node::run_once(binary(), &["serve", "--redis-sentinel", "127.0.0.1:2"]).unwrap();
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--redis-sentinel-master"), "{stderr}");
+}

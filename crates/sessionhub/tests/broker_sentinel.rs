@@ -1,0 +1,136 @@
+//! `RedisBroker` through Redis Sentinel (a primary, a replica and three Sentinels of each
+//! test's own, never port 6379): the broker conformance suite
+//! (`sessionhub_testkit::conformance::broker`), then failovers. After a failover a node
+//! must find the new primary, resubscribe, tell its clients to recover, and start new
+//! epochs (the promoted replica may lack the newest publications); and a primary demoted
+//! while it stays up must not keep subscribers it no longer publishes to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionhub::broker::{Broker, PublishOptions, RedisBrokerConfig};
+use sessionhub::redis::RedisConfig;
+use sessionhub_testkit::RedisSentinel;
+use sessionhub_testkit::conformance::broker::{BrokerFixture, BrokerNode, position, wait_ready};
+use tokio::time::{Instant, sleep};
+
+/// A failover test's bound: Sentinel needs ~1 s to call the primary down and a few more to
+/// promote the replica.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+/// How long a node may take to follow the primary once the Sentinels name it.
+const FOLLOW: Duration = Duration::from_secs(10);
+
+fn config(redis: &RedisSentinel) -> RedisConfig {
+    RedisConfig::sentinel(&redis.sentinel_addrs(), redis.master_name()).unwrap()
+}
+
+/// Nodes on the primary `config` finds; `guard` keeps what they need alive.
+fn nodes(config: RedisConfig, guard: impl std::any::Any + Send) -> BrokerFixture {
+    BrokerFixture::new(guard, move |sink, history| {
+        let config = config.clone();
+        async move {
+            let broker = RedisBrokerConfig::from(config).history(history).start(sink);
+            wait_ready(&*broker).await;
+            broker as Arc<dyn Broker>
+        }
+    })
+}
+
+async fn sentinel() -> BrokerFixture {
+    let redis = RedisSentinel::start_lean().await;
+    nodes(config(&redis), redis)
+}
+
+sessionhub_testkit::broker_conformance!(sentinel);
+
+/// Publishes `payload` on `channel` from `publisher` until `subscriber` takes it, each try
+/// with its own payload so that a late delivery of an earlier try is not mistaken for it;
+/// fails the test after [`FOLLOW`]. Returns the payload that arrived and its receipt's
+/// epoch.
+async fn publish_until_taken(
+    publisher: &BrokerNode,
+    subscriber: &BrokerNode,
+    channel: &str,
+) -> (String, String) {
+    let deadline = Instant::now() + FOLLOW;
+    for attempt in 0.. {
+        assert!(Instant::now() < deadline, "no publication got through");
+        let payload = format!("\"after-{attempt}\"");
+        let options = PublishOptions::with_history();
+        if let Ok(receipt) = publisher
+            .broker
+            .publish(channel, payload.clone().into(), &options)
+            .await
+        {
+            sleep(Duration::from_millis(300)).await;
+            if subscriber.sink.taken_on(channel).contains(&payload) {
+                return (payload, receipt.epoch.to_string());
+            }
+        } else {
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_followed_and_clients_told_to_recover() {
+    tokio::time::timeout(FAILOVER_LIMIT, async {
+        let mut redis = RedisSentinel::start_async().await;
+        let old = redis.primary_port();
+        // The test keeps the servers, to fail them over.
+        let backend = nodes(config(&redis), ());
+        let (subscriber, publisher) = (backend.node().await, backend.node().await);
+        subscriber.join("news").await;
+        let before = publisher.publish("news", "\"before\"").await;
+        subscriber.expect_taken("news", 1).await;
+
+        redis.kill_primary().unwrap();
+        redis
+            .wait_for_new_primary(old, Duration::from_secs(30))
+            .unwrap();
+
+        let (_, epoch) = publish_until_taken(&publisher, &subscriber, "news").await;
+        // The promoted replica is another Redis process: what a client remembers from the
+        // old primary's epoch cannot be trusted, so it starts over rather than skip.
+        assert_ne!(epoch, before.epoch.to_string());
+        let recovery = publisher.recover("news", Some(&position(&before))).await;
+        assert!(!recovery.recovered, "{recovery:?}");
+        assert!(
+            !subscriber.sink.resyncs().is_empty(),
+            "the node did not ask for a resync"
+        );
+        subscriber.broker.ping().await.unwrap();
+    })
+    .await
+    .expect("the test did not finish in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_does_not_strand_its_subscribers() {
+    tokio::time::timeout(FAILOVER_LIMIT, async {
+        let redis = RedisSentinel::start_async().await;
+        let old = redis.current_primary_port().unwrap();
+        // The test keeps the servers, to fail them over.
+        let backend = nodes(config(&redis), ());
+        let subscriber = backend.node().await;
+        subscriber.join("news").await;
+
+        // Sentinel does not close the old primary's connections: only the node's own
+        // check that its server is still the primary moves the subscription. A node that
+        // starts after the failover publishes on the new primary, so what it publishes
+        // reaches the subscriber only once it has moved.
+        redis.failover().unwrap();
+        redis
+            .wait_for_new_primary(old, Duration::from_secs(30))
+            .unwrap();
+        let publisher = backend.node().await;
+        publish_until_taken(&publisher, &subscriber, "news").await;
+        assert!(
+            !subscriber.sink.resyncs().is_empty(),
+            "the node did not ask for a resync"
+        );
+    })
+    .await
+    .expect("the test did not finish in time");
+}
