@@ -238,25 +238,6 @@ async fn redis_down_means_503_and_delivery_resumes_within_2s_of_its_return() {
     }
 }
 
-async fn is_ready(client: &reqwest::Client, base: &str) -> bool {
-    client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str, want: bool, within: Duration) {
-    let deadline = Instant::now() + within;
-    while is_ready(client, base).await != want {
-        assert!(
-            Instant::now() < deadline,
-            "{base}/readyz never became {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_killed_nodes_clients_move_on_and_the_online_count_corrects() {
     let (_redis, mut nodes) = cluster(3);

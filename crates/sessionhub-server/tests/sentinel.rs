@@ -32,25 +32,6 @@ fn nodes(redis: &RedisSentinel, n: usize) -> Vec<Node> {
         .collect()
 }
 
-async fn is_ready(client: &reqwest::Client, base: &str) -> bool {
-    client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !is_ready(client, base).await {
-        assert!(
-            Instant::now() < deadline,
-            "{base}/readyz never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
     let mut redis = tokio::task::spawn_blocking(RedisSentinel::start)
@@ -60,7 +41,7 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
     let nodes = nodes(&redis, 2);
     let client = http();
     for node in &nodes {
-        wait_ready(&client, &node.http(), Duration::from_secs(10)).await;
+        wait_ready(&client, &node.http(), true, Duration::from_secs(10)).await;
     }
 
     // A session made on one node counts on the other.
@@ -91,7 +72,7 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
         .wait_for_new_primary(old, Duration::from_secs(30))
         .unwrap();
     for node in &nodes {
-        wait_ready(&client, &node.http(), Duration::from_secs(15)).await;
+        wait_ready(&client, &node.http(), true, Duration::from_secs(15)).await;
     }
     eprintln!(
         "both nodes ready on the new primary {:?} after the kill",

@@ -57,6 +57,17 @@ async fn update_once_back(store: &RedisStore, id: &SessionId, delta: i64) -> Upd
     }
 }
 
+/// Session `id`'s attribute `n` as the server on `port` holds it.
+async fn stored_n(redis: &RedisSentinel, port: u16, id: &SessionId) -> String {
+    let mut raw = ::redis::Client::open(redis.url_of(port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("sessionhub:session:{{{}}}", id.as_str());
+    raw.hget(key, "a:n").await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_outlive_a_killed_primary() {
     tokio::time::timeout(FAILOVER_LIMIT, async {
@@ -119,14 +130,7 @@ async fn a_demoted_primary_is_left_for_the_new_one() {
             Updated::Applied(vec![2])
         );
         // On the new primary, not merely somewhere.
-        let mut raw = ::redis::Client::open(redis.url_of(new))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let key = format!("sessionhub:session:{{{}}}", id.as_str());
-        let stored: String = raw.hget(key, "a:n").await.unwrap();
-        assert_eq!(stored, "2");
+        assert_eq!(stored_n(&redis, new, &id).await, "2");
     })
     .await
     .expect("the test did not finish in time");
@@ -153,15 +157,9 @@ async fn with_min_replicas_to_write_a_demoted_primary_loses_no_write() {
             update_once_back(&store, &id, 1).await,
             Updated::Applied(vec![2])
         );
-        let mut raw = ::redis::Client::open(redis.url_of(new))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let key = format!("sessionhub:session:{{{}}}", id.as_str());
-        let stored: String = raw.hget(key, "a:n").await.unwrap();
         assert_eq!(
-            stored, "2",
+            stored_n(&redis, new, &id).await,
+            "2",
             "the write went to the old primary and was lost"
         );
     })

@@ -289,3 +289,24 @@ pub async fn connect_with(
         Err(e) => panic!("unexpected connect error: {e}"),
     }
 }
+
+/// Whether `base` answers `/readyz` with 200.
+pub async fn is_ready(client: &reqwest::Client, base: &str) -> bool {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// Waits until `base`'s readiness is `want`, failing the test after `within`.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, want: bool, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while is_ready(client, base).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base}/readyz never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
