@@ -17,6 +17,10 @@ use super::{Mode, Reconnect, RedisConfig, is_not_primary};
 pub(crate) struct Managed {
     config: RedisConfig,
     reconnect: Reconnect,
+    /// With one server, the connection for good: no lock on the way to it (a session
+    /// request's hot path).
+    fixed: Option<ConnectionManager>,
+    /// Under Sentinel, the connection to the primary as last found, if any.
     current: Mutex<Option<ConnectionManager>>,
     /// Held while a connection is being set up, so that a burst of commands after a
     /// failover asks the Sentinels once, not once each.
@@ -26,33 +30,34 @@ pub(crate) struct Managed {
 impl Managed {
     /// A connection opened on first use, so a node can start while Redis is down.
     pub(crate) fn lazy(config: &RedisConfig, reconnect: Reconnect) -> RedisResult<Self> {
-        // With one server, made now, so that every command finds it at once.
-        let current = match config.standalone_client() {
+        let fixed = match config.standalone_client() {
             Some(client) => Some(ConnectionManager::new_lazy_with_config(
                 client,
                 reconnect.config(),
             )?),
             None => None,
         };
-        Ok(Self::with(config, reconnect, current))
+        Ok(Self::with(config, reconnect, fixed))
     }
 
     /// A connection opened now: fails if Redis cannot be reached.
     pub(crate) async fn now(config: &RedisConfig, reconnect: Reconnect) -> RedisResult<Self> {
         let client = config.client().await?;
         let connection = ConnectionManager::new_with_config(client, reconnect.config()).await?;
-        Ok(Self::with(config, reconnect, Some(connection)))
+        let mut managed = Self::with(config, reconnect, None);
+        match config.mode() {
+            Mode::Standalone => managed.fixed = Some(connection),
+            Mode::Sentinel => managed.current = Mutex::new(Some(connection)),
+        }
+        Ok(managed)
     }
 
-    fn with(
-        config: &RedisConfig,
-        reconnect: Reconnect,
-        current: Option<ConnectionManager>,
-    ) -> Self {
+    fn with(config: &RedisConfig, reconnect: Reconnect, fixed: Option<ConnectionManager>) -> Self {
         Self {
             config: config.clone(),
             reconnect,
-            current: Mutex::new(current),
+            fixed,
+            current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
         }
     }
@@ -63,6 +68,9 @@ impl Managed {
 
     /// The connection to send a command on (a cheap clone sharing it).
     pub(crate) async fn get(&self) -> RedisResult<ConnectionManager> {
+        if let Some(connection) = &self.fixed {
+            return Ok(connection.clone());
+        }
         if let Some(connection) = self.current() {
             return Ok(connection);
         }
@@ -81,7 +89,7 @@ impl Managed {
     /// command ask the Sentinels again; with one server, `ConnectionManager` reconnects by
     /// itself.
     pub(crate) fn failed(&self, error: &::redis::RedisError) {
-        if self.config.mode() != Mode::Sentinel {
+        if self.fixed.is_some() {
             return;
         }
         if error.is_unrecoverable_error()
