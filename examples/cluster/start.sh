@@ -7,11 +7,16 @@
 #   node-c        127.0.0.1:8083   ┘
 #   nginx         127.0.0.1:8080   round robin over the nodes, WebSocket upgrades passed on
 #
+# With BACKEND=sentinel, Redis is a primary (6390) and a replica (6391) watched by three
+# Sentinels (26390-26392, master name "sessionhub"), and the nodes find the primary through
+# them (--redis-sentinel), so a failover can be tried.
+#
 # Everything it creates (pid files, logs, data dirs, nginx scratch) goes under
 # examples/cluster/run/. Stop it all with stop.sh.
 #
 # Environment:
-#   REDIS_URL                 use this Redis instead of starting one on 6390
+#   BACKEND                   redis (default) or sentinel
+#   REDIS_URL                 use this Redis instead of starting one on 6390 (BACKEND=redis)
 #   SESSIONHUB_REDIS_PREFIX   key/channel prefix (default sessionhub:), read by the nodes
 #   SESSIONHUB_BIN            run this sessionhub binary instead of building one
 #   CARGO_TARGET_DIR          where cargo puts the binary (default <repo>/target)
@@ -21,7 +26,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 run="$here/run"
 redis_port=6390
+replica_port=6391
+sentinel_ports=(26390 26391 26392)
+master_name=sessionhub
 nodes=(node-a:8081 node-b:8082 node-c:8083)
+backend="${BACKEND:-redis}"
+case "$backend" in
+  redis | sentinel) ;;
+  *) echo "start.sh: BACKEND must be redis or sentinel, not $backend" >&2; exit 1 ;;
+esac
 proxy_port=8080
 
 die() { echo "start.sh: $*" >&2; exit 1; }
@@ -50,6 +63,9 @@ wait_for() {
 for tool in curl nginx; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (nginx: apt-get install nginx)"
 done
+if [ "$backend" = sentinel ] && [ -n "${REDIS_URL:-}" ]; then
+  die "REDIS_URL is for BACKEND=redis; BACKEND=sentinel starts its own servers"
+fi
 if [ -z "${REDIS_URL:-}" ]; then
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found (apt-get install redis-server), or set REDIS_URL"
 fi
@@ -69,6 +85,7 @@ done
 ports=("$proxy_port")
 for n in "${nodes[@]}"; do ports+=("${n#*:}"); done
 [ -n "${REDIS_URL:-}" ] || ports+=("$redis_port")
+[ "$backend" = redis ] || ports+=("$replica_port" "${sentinel_ports[@]}")
 for port in "${ports[@]}"; do
   if listening "$port"; then die "port $port is taken (ss -ltnp 'sport = :$port')"; fi
 done
@@ -83,14 +100,62 @@ else
 fi
 [ -x "$binary" ] || die "no executable at $binary"
 
-if [ -z "${REDIS_URL:-}" ]; then
-  REDIS_URL="redis://127.0.0.1:$redis_port"
-  echo "starting redis-server on 127.0.0.1:$redis_port"
+# Starts redis-server with the config lines in $2 (one per line), logging to run/$1.log.
+start_redis() {
+  local name="$1" conf="$run/$1.conf"
+  printf '%s\n' "$2" >"$conf"
   started=1
-  nohup redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$run" >"$run/redis.log" 2>&1 &
-  echo $! >"$run/redis.pid"
+  nohup redis-server "$conf" ${3:-} >"$run/$name.log" 2>&1 &
+  echo $! >"$run/$name.pid"
+}
+
+redis_args=()
+if [ "$backend" = sentinel ]; then
+  data="bind 127.0.0.1
+dir $run
+save \"\"
+appendonly no
+repl-diskless-sync-delay 0"
+  echo "starting the primary on 127.0.0.1:$redis_port and a replica on 127.0.0.1:$replica_port"
+  start_redis redis "port $redis_port
+$data"
   wait_for "redis-server" listening "$redis_port"
+  start_redis replica "port $replica_port
+$data
+replicaof 127.0.0.1 $redis_port"
+  wait_for "the replica" listening "$replica_port"
+  sentinels=()
+  for port in "${sentinel_ports[@]}"; do
+    echo "starting a sentinel on 127.0.0.1:$port"
+    # A file of its own: a sentinel rewrites its config as it learns the deployment.
+    start_redis "sentinel-$port" "port $port
+bind 127.0.0.1
+dir $run
+sentinel resolve-hostnames no
+sentinel monitor $master_name 127.0.0.1 $redis_port 2
+sentinel down-after-milliseconds $master_name 2000
+sentinel failover-timeout $master_name 10000" --sentinel
+    sentinels+=("127.0.0.1:$port")
+  done
+  for port in "${sentinel_ports[@]}"; do
+    wait_for "the sentinel on $port" listening "$port"
+  done
+  redis_args=(--redis-sentinel "$(IFS=,; echo "${sentinels[*]}")" --redis-sentinel-master "$master_name")
+  redis_shown="the primary the Sentinels on ${sentinel_ports[*]} name ($master_name)"
+else
+  if [ -z "${REDIS_URL:-}" ]; then
+    REDIS_URL="redis://127.0.0.1:$redis_port"
+    echo "starting redis-server on 127.0.0.1:$redis_port"
+    start_redis redis "port $redis_port
+bind 127.0.0.1
+dir $run
+save \"\"
+appendonly no"
+    wait_for "redis-server" listening "$redis_port"
+  fi
+  redis_args=(--redis "$REDIS_URL")
+  # The URL may carry a password: show it only if it does not.
+  case "$REDIS_URL" in *@*) redis_shown="(from REDIS_URL)" ;; *) redis_shown="$REDIS_URL" ;; esac
 fi
 
 for n in "${nodes[@]}"; do
@@ -102,7 +167,7 @@ for n in "${nodes[@]}"; do
     --listen "127.0.0.1:$port" \
     --node-id "$id" \
     --data-dir "$run/$id" \
-    --redis "$REDIS_URL" \
+    "${redis_args[@]}" \
     --trusted-proxies 127.0.0.1 \
     >"$run/$id.log" 2>&1 &
   echo $! >"$run/$id.pid"
@@ -110,9 +175,6 @@ done
 for n in "${nodes[@]}"; do
   wait_for "${n%%:*}" curl -fsS "http://127.0.0.1:${n#*:}/readyz"
 done
-
-# The URL may carry a password: show it only if it does not.
-case "$REDIS_URL" in *@*) redis_shown="(from REDIS_URL)" ;; *) redis_shown="$REDIS_URL" ;; esac
 
 echo "starting nginx on 127.0.0.1:$proxy_port"
 nginx -p "$run" -c "$here/nginx.conf" -e "$run/nginx-error.log"

@@ -48,4 +48,8 @@ done
 wait
 # QUIT is nginx's graceful shutdown.
 stop "$run/nginx.pid" nginx QUIT
+for f in "$run"/sentinel-*.pid; do
+  [ -e "$f" ] && stop "$f" redis-server TERM
+done
+stop "$run/replica.pid" redis-server TERM
 stop "$run/redis.pid" redis-server TERM
