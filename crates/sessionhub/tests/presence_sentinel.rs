@@ -1,16 +1,19 @@
 //! `RedisPresence` through Redis Sentinel (a primary, a replica and a Sentinel of each
 //! test's own, never port 6379): the presence conformance suite
-//! (`sessionhub_testkit::conformance::presence`). Failovers are tested on the store and the
-//! broker, which share presence's connection type (`store_sentinel.rs`,
-//! `broker_sentinel.rs`).
+//! (`sessionhub_testkit::conformance::presence`), then a primary demoted while it stays up.
+//! A killed primary is tested on the store, which shares presence's connection type
+//! (`store_sentinel.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sessionhub::hub::Hub;
-use sessionhub::presence::RedisPresence;
+use sessionhub::presence::{Presence, PresenceError, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::RedisSentinel;
-use sessionhub_testkit::conformance::presence::PresenceFixture;
+use sessionhub_testkit::conformance::presence::{PresenceFixture, settles_at, user};
+use sessionhub_testkit::conformance::within;
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 async fn sentinel() -> PresenceFixture {
@@ -26,3 +29,49 @@ async fn sentinel() -> PresenceFixture {
 }
 
 sessionhub_testkit::presence_conformance!(sentinel);
+
+/// A primary demoted while it stays up drops its clients' connections (pub/sub ones
+/// excepted): presence must then ask the Sentinels again rather than reconnect to the old
+/// address, where its heartbeat's writes would be refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_is_left_for_the_new_one() {
+    within(Duration::from_secs(60), async {
+        let redis = RedisSentinel::start_async().await;
+        let config = RedisConfig::sentinel(&redis.sentinel_addrs(), redis.master_name()).unwrap();
+        let hub = Hub::local("node-a");
+        let presence = Arc::new(RedisPresence::lazy(&config).unwrap());
+        let stop = CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        presence.clone().spawn_heartbeat(hub.clone(), stop);
+        let _alice = hub.connect(&user("alice"));
+        settles_at(&*presence, 1, 1).await;
+
+        let old = redis.current_primary_port().unwrap();
+        redis.failover().unwrap();
+        redis
+            .wait_for_new_primary(old, Duration::from_secs(30))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while redis.role(old).unwrap() != "slave" {
+            assert!(
+                Instant::now() < deadline,
+                "the old primary was never demoted"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        // Written after the demotion: only a heartbeat on the new primary counts it. The
+        // demotion drops connections, so a count may fail once meanwhile.
+        let _bob = hub.connect(&user("bob"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match presence.online().await {
+                Ok(counted) if (counted.online, counted.users) == (2, 2) => break,
+                Ok(_) | Err(PresenceError::Unavailable(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "bob was never counted");
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

@@ -24,10 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManagerConfig, MultiplexedConnection, PubSub};
-use ::redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use ::redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
-    RedisError, RedisResult, TlsMode,
+    RedisError, RedisResult, Value,
 };
 
 pub use self::keys::DEFAULT_PREFIX;
@@ -95,12 +94,17 @@ enum Target {
 }
 
 /// The Sentinels to ask, and what to ask them.
+///
+/// Asked with `SENTINEL get-master-addr-by-name`, as Redis' guide for Sentinel clients says,
+/// not with redis-rs' `Sentinel` (which reads `SENTINEL MASTERS`): with that, a store kept
+/// reaching the old primary for ~10 s after a `SENTINEL FAILOVER` in our tests, and an old
+/// primary that is still up passes the `ROLE` check, so its writes would be lost.
 struct Sentinels {
-    /// redis-rs asks them one after the other, and needs `&mut` for it.
-    sentinels: tokio::sync::Mutex<Sentinel>,
+    sentinels: Vec<Client>,
     master: String,
-    /// Credentials and TLS for the primary, taken from the first Sentinel's URL.
-    node: SentinelNodeConnectionInfo,
+    /// What the primary is reached with: the first Sentinel's URL, whose credentials and
+    /// TLS it shares, with the address replaced.
+    primary: ConnectionInfo,
 }
 
 impl std::fmt::Debug for Target {
@@ -114,6 +118,76 @@ impl std::fmt::Debug for Target {
                 .finish(),
         }
     }
+}
+
+impl Sentinels {
+    /// The primary the first Sentinel that knows names, as what to connect to.
+    async fn named(&self) -> RedisResult<ConnectionInfo> {
+        let mut last = None;
+        for sentinel in &self.sentinels {
+            match self.ask(sentinel).await {
+                Ok(Some((host, port))) => {
+                    let addr = match self.primary.addr() {
+                        ConnectionAddr::TcpTls {
+                            insecure,
+                            tls_params,
+                            ..
+                        } => ConnectionAddr::TcpTls {
+                            host,
+                            port,
+                            insecure: *insecure,
+                            tls_params: tls_params.clone(),
+                        },
+                        _ => ConnectionAddr::Tcp(host, port),
+                    };
+                    return Ok(self.primary.clone().set_addr(addr));
+                }
+                Ok(None) => {
+                    last = Some(RedisError::from((
+                        ErrorKind::InvalidClientConfig,
+                        "a Sentinel does not know the master name",
+                    )))
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one Sentinel"))
+    }
+
+    async fn ask(&self, sentinel: &Client) -> RedisResult<Option<(String, u16)>> {
+        let mut connection = sentinel
+            .get_multiplexed_async_connection_with_config(&short_lived())
+            .await?;
+        ::redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master)
+            .query_async(&mut connection)
+            .await
+    }
+
+    /// The primary the Sentinels name, once it confirms (`ROLE`) that it is one: a
+    /// Sentinel may name it a moment before its promotion is done.
+    async fn primary(&self) -> RedisResult<Client> {
+        let client = Client::open(self.named().await?)?;
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&short_lived())
+            .await?;
+        let role: Vec<Value> = ::redis::cmd("ROLE").query_async(&mut connection).await?;
+        match role.first() {
+            Some(Value::BulkString(role)) if role == b"master" => Ok(client),
+            _ => Err(RedisError::from((
+                ErrorKind::Io,
+                "the server the Sentinels name is not a primary yet",
+            ))),
+        }
+    }
+}
+
+/// For a question asked once on a connection of its own.
+fn short_lived() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
 }
 
 impl RedisConfig {
@@ -151,24 +225,20 @@ impl RedisConfig {
             .map(|s| sentinel_url(s.as_ref()).into_connection_info())
             .collect::<RedisResult<Vec<ConnectionInfo>>>()
             .map_err(InvalidConfig)?;
-        let first = infos
+        let primary = infos
             .first()
+            .cloned()
             .ok_or_else(|| invalid("no Sentinel address given"))?;
-        let mut node = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(first.redis_settings().clone());
-        if let ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
-            node = node.set_tls_mode(if *insecure {
-                TlsMode::Insecure
-            } else {
-                TlsMode::Secure
-            });
-        }
-        let sentinel = Sentinel::build(infos).map_err(InvalidConfig)?;
+        let sentinels = infos
+            .into_iter()
+            .map(Client::open)
+            .collect::<RedisResult<Vec<_>>>()
+            .map_err(InvalidConfig)?;
         Ok(Self {
             target: Target::Sentinel(Arc::new(Sentinels {
-                sentinels: tokio::sync::Mutex::new(sentinel),
+                sentinels,
                 master: master.to_owned(),
-                node,
+                primary,
             })),
             keys: Keys::new(DEFAULT_PREFIX),
         })
@@ -195,18 +265,12 @@ impl RedisConfig {
     }
 
     /// A client for the server to connect to now: the one server, or the primary the
-    /// Sentinels name (checked to be one).
+    /// Sentinels name (checked with `ROLE` to be one).
     pub(crate) async fn client(&self) -> RedisResult<Client> {
         match &self.target {
             Target::Standalone(client) => Ok(Client::clone(client)),
             Target::Sentinel(target) => {
-                let resolving = async {
-                    let mut sentinels = target.sentinels.lock().await;
-                    sentinels
-                        .async_master_for(&target.master, Some(&target.node))
-                        .await
-                };
-                match tokio::time::timeout(RESOLVE_TIMEOUT, resolving).await {
+                match tokio::time::timeout(RESOLVE_TIMEOUT, target.primary()).await {
                     Ok(resolved) => resolved,
                     Err(_) => Err(timed_out("no primary from the Sentinels", RESOLVE_TIMEOUT)),
                 }
@@ -223,24 +287,27 @@ impl RedisConfig {
         }
     }
 
-    /// Where the primary is now, for a connection that must leave a server once it is no
-    /// longer the primary; `None` in a mode where the server never changes.
+    /// Where the Sentinels say the primary is now, for a connection that must leave a
+    /// server once it is no longer the primary; `None` in a mode where the server never
+    /// changes.
     pub(crate) async fn primary(&self) -> RedisResult<Option<String>> {
-        match self.target {
+        match &self.target {
             Target::Standalone(_) => Ok(None),
-            Target::Sentinel(_) => Ok(Some(address(&self.client().await?))),
+            Target::Sentinel(target) => {
+                match tokio::time::timeout(RESOLVE_TIMEOUT, target.named()).await {
+                    Ok(named) => Ok(Some(named?.addr().to_string())),
+                    Err(_) => Err(timed_out("no primary from the Sentinels", RESOLVE_TIMEOUT)),
+                }
+            }
         }
     }
 
     /// A multiplexed connection that does not reconnect: its owner decides when to replace
     /// it (see `broker::redis::commands`).
     pub(crate) async fn multiplexed(&self) -> RedisResult<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
         self.client()
             .await?
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_multiplexed_async_connection_with_config(&short_lived())
             .await
     }
 
