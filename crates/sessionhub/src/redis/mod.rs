@@ -156,7 +156,7 @@ impl Sentinels {
 
     async fn ask(&self, sentinel: &Client) -> RedisResult<Option<(String, u16)>> {
         let mut connection = sentinel
-            .get_multiplexed_async_connection_with_config(&short_lived())
+            .get_multiplexed_async_connection_with_config(&bounded())
             .await?;
         ::redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -170,7 +170,7 @@ impl Sentinels {
     async fn primary(&self) -> RedisResult<Client> {
         let client = Client::open(self.named().await?)?;
         let mut connection = client
-            .get_multiplexed_async_connection_with_config(&short_lived())
+            .get_multiplexed_async_connection_with_config(&bounded())
             .await?;
         let role: Vec<Value> = ::redis::cmd("ROLE").query_async(&mut connection).await?;
         match role.first() {
@@ -183,8 +183,9 @@ impl Sentinels {
     }
 }
 
-/// For a question asked once on a connection of its own.
-fn short_lived() -> AsyncConnectionConfig {
+/// The connect and reply bounds of a connection sessionhub opens without a
+/// `ConnectionManager`.
+fn bounded() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -307,7 +308,7 @@ impl RedisConfig {
     pub(crate) async fn multiplexed(&self) -> RedisResult<MultiplexedConnection> {
         self.client()
             .await?
-            .get_multiplexed_async_connection_with_config(&short_lived())
+            .get_multiplexed_async_connection_with_config(&bounded())
             .await
     }
 
@@ -396,5 +397,30 @@ impl Reconnect {
             Some(max) => config.set_max_delay(max),
             None => config,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sentinel_configuration_is_checked_up_front() {
+        let none: &[&str] = &[];
+        assert!(RedisConfig::sentinel(none, "mymaster").is_err());
+        assert!(RedisConfig::sentinel(&["127.0.0.1:26379"], "").is_err());
+        assert!(RedisConfig::sentinel(&["http://127.0.0.1:26379"], "mymaster").is_err());
+        let config = RedisConfig::sentinel(&["127.0.0.1:26379", "redis://h:1"], "m").unwrap();
+        assert_eq!(config.mode(), Mode::Sentinel);
+        assert_eq!(
+            RedisConfig::new("redis://h:1").unwrap().mode(),
+            Mode::Standalone
+        );
+    }
+
+    #[test]
+    fn sentinel_addresses_may_be_urls() {
+        assert_eq!(sentinel_url("10.0.0.5:26379"), "redis://10.0.0.5:26379");
+        assert_eq!(sentinel_url("rediss://:pw@h:1"), "rediss://:pw@h:1");
     }
 }
