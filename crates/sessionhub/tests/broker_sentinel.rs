@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sessionhub::broker::{Broker, PublishOptions, RedisBrokerConfig};
 use sessionhub::redis::RedisConfig;
-use sessionhub_testkit::RedisSentinel;
 use sessionhub_testkit::conformance::broker::{BrokerFixture, BrokerNode, position, wait_ready};
+use sessionhub_testkit::{RedisSentinel, redis_command};
 use tokio::time::{Instant, sleep};
 
 /// A failover test's bound: Sentinel needs ~1 s to call the primary down and a few more to
@@ -130,6 +130,40 @@ async fn a_demoted_primary_does_not_strand_its_subscribers() {
             !subscriber.sink.resyncs().is_empty(),
             "the node did not ask for a resync"
         );
+    })
+    .await
+    .expect("the test did not finish in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_refused_by_the_old_primary_is_sent_to_the_new_one() {
+    tokio::time::timeout(FAILOVER_LIMIT, async {
+        let redis = RedisSentinel::start_async().await;
+        let old = redis.current_primary_port().unwrap();
+        // Cut off from its promoted replica, the old primary refuses writes (NOREPLICAS)
+        // instead of taking them; the Sentinels demote it only ~10 s later.
+        let setting = "CONFIG SET min-replicas-to-write 1";
+        assert_eq!(redis_command(old, setting).unwrap().trim(), "+OK");
+        let backend = nodes(config(&redis), ());
+        let publisher = backend.node().await;
+        publisher.publish("news", "\"before\"").await;
+
+        redis.failover().unwrap();
+        redis
+            .wait_for_new_primary(old, Duration::from_secs(30))
+            .unwrap();
+        let subscriber = backend.node().await;
+        subscriber.join("news").await;
+        // The first publish after the failover goes to the old primary, is refused, and is
+        // sent once more, to the new one: the caller sees one success, not an error.
+        let options = PublishOptions::with_history();
+        let receipt = publisher
+            .broker
+            .publish("news", "\"after\"".into(), &options)
+            .await
+            .expect("the refused publish is sent again to the new primary");
+        assert_eq!(receipt.nodes, 1, "{receipt:?}");
+        subscriber.expect_taken("news", 1).await;
     })
     .await
     .expect("the test did not finish in time");
