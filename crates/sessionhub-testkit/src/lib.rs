@@ -3,8 +3,9 @@
 //! - Servers on free loopback ports, stopped when dropped: [`RedisServer`] (`redis.rs`), a
 //!   `sessionhub serve` process ([`Node`], `node.rs`) and a TCP [`Balancer`] in front of
 //!   nodes (`balancer.rs`), and a Sentinel deployment that can fail over ([`RedisSentinel`],
-//!   `sentinel.rs`). Blocking on purpose, so they work from any test, async or not. A
-//!   fixture for another server (Cluster, NATS) goes beside them, one file each.
+//!   `sentinel.rs`), and a Redis Cluster that can fail over and move slots ([`RedisCluster`],
+//!   `cluster.rs`). Blocking on purpose, so they work from any test, async or not. A
+//!   fixture for another server (NATS) goes beside them, one file each.
 //! - [`conformance`]: the checks every `SessionStore`, `Broker` and `Presence` backend must
 //!   pass, as one macro per trait that a backend's own test file calls with a factory
 //!   ([`store_conformance!`], [`broker_conformance!`], [`presence_conformance!`]). They
@@ -16,12 +17,15 @@ use std::net::TcpListener;
 use std::process::Child;
 
 mod balancer;
+mod cluster;
 pub mod conformance;
 mod node;
 mod redis;
+mod resp;
 mod sentinel;
 
 pub use self::balancer::{Balancer, BalancerStats};
+pub use self::cluster::RedisCluster;
 pub use self::node::Node;
 pub use self::redis::{RedisServer, redis_command};
 pub use self::sentinel::RedisSentinel;
