@@ -346,6 +346,23 @@ impl RedisSentinel {
         }
     }
 
+    /// Waits until the server on `port` reports `ROLE` slave: the sentinels reconfigure a
+    /// primary demoted while it stayed up only on their next INFO poll (~10 s after a
+    /// [`RedisSentinel::failover`]). Fails after `timeout`.
+    pub fn wait_for_demotion(&self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let role = self.role(port)?;
+            if role == "slave" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the server on port {port} is still {role} after {timeout:?}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Waits until every sentinel reports the same primary other than `old_port`, and that
     /// server answers `ROLE` as master; returns its port. Fails after `timeout` with what
     /// the sentinels last reported.

@@ -51,14 +51,9 @@ async fn a_demoted_primary_is_left_for_the_new_one() {
         redis
             .wait_for_new_primary(old, Duration::from_secs(30))
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while redis.role(old).unwrap() != "slave" {
-            assert!(
-                Instant::now() < deadline,
-                "the old primary was never demoted"
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+        redis
+            .wait_for_demotion(old, Duration::from_secs(30))
+            .unwrap();
         // Written after the demotion: only a heartbeat on the new primary counts it. The
         // demotion drops connections, so a count may fail once meanwhile.
         let _bob = hub.connect(&user("bob"));

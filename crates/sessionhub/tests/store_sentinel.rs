@@ -124,14 +124,9 @@ async fn a_demoted_primary_is_left_for_the_new_one() {
         let new = redis
             .wait_for_new_primary(old, Duration::from_secs(30))
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while redis.role(old).unwrap() != "slave" {
-            assert!(
-                Instant::now() < deadline,
-                "the old primary was never demoted"
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+        redis
+            .wait_for_demotion(old, Duration::from_secs(30))
+            .unwrap();
 
         assert_eq!(
             update_once_back(&store, &id, 1, FOLLOW).await,

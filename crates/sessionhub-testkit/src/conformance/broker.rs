@@ -4,7 +4,8 @@
 //! A check works with nodes: a [`BrokerNode`] is a broker and the [`Recorder`] it delivers
 //! into, which takes publications only for the channels it has members on, as the hub's
 //! registry does. A [`BrokerFixture`] starts nodes on one backend: for a cross-node broker,
-//! each node is a broker of its own on the shared server.
+//! each node is a broker of its own on the shared server. One subject, the contract, in one
+//! file so that a backend author reads it in one go.
 //!
 //! [`broker_conformance!`](crate::broker_conformance) runs [`checks`] against a backend.
 //! The nodes and helpers here serve a backend's own tests too (several nodes, outages).
