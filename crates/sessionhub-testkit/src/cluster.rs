@@ -10,7 +10,9 @@
 //! break it: [`RedisCluster::kill`] (a crash), [`RedisCluster::wait_for_failover`] (the
 //! replica promoted), [`RedisCluster::restart`] (the node back, rejoining with its node
 //! id), [`RedisCluster::migrate_slot`] (one slot and its keys moved, as `redis-cli
-//! --cluster reshard` does). Every wait is bounded and fails with what it last saw.
+//! --cluster reshard` does). Every wait is bounded and fails with what it last saw. One
+//! subject, a cluster's life cycle, hence one file; its server processes are spawned and
+//! pinged as `sentinel.rs` does (a shared `Process` is due when Cluster support lands).
 //!
 //! Ports: a node also listens on its port + 10000 (the cluster bus), so both must be free.
 //! They are drawn from 12000..22000 (buses 22000..32000), below the OS's ephemeral range
