@@ -11,8 +11,8 @@
 //! replica promoted), [`RedisCluster::restart`] (the node back, rejoining with its node
 //! id), [`RedisCluster::migrate_slot`] (one slot and its keys moved, as `redis-cli
 //! --cluster reshard` does). Every wait is bounded and fails with what it last saw. One
-//! subject, a cluster's life cycle, hence one file; its server processes are spawned and
-//! pinged as `sentinel.rs` does (a shared `Process` is due when Cluster support lands).
+//! subject, a cluster's life cycle, hence one file; starting and stopping one server is
+//! `process.rs`'s, shared with the Sentinel fixture.
 //!
 //! Ports: a node also listens on its port + 10000 (the cluster bus), so both must be free.
 //! They are drawn from 12000..22000 (buses 22000..32000), below the OS's ephemeral range
@@ -24,15 +24,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::kill_child;
+use crate::process::{ServerProcess, stop_all};
 use crate::resp::{Reply, info_field, query, query_args, tail};
 
 /// The hash slots of a Redis Cluster.
@@ -46,8 +45,6 @@ static RESERVED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// How long [`RedisCluster::start`] waits for the cluster to settle, and
 /// [`RedisCluster::restart`] and [`RedisCluster::migrate_slot`] for it to settle again.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one server gets to answer PING.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(50);
 /// Keys one `MIGRATE` moves.
@@ -67,15 +64,27 @@ pub struct RedisCluster {
     dir: tempfile::TempDir,
 }
 
-/// One `redis-server --cluster-enabled yes`, started from a config file of its own.
+/// One `redis-server --cluster-enabled yes`, started from a config file of its own. It
+/// is its [`ServerProcess`] (port, start, kill) plus its cluster node id.
 #[derive(Debug)]
 struct ClusterNode {
-    port: u16,
+    server: ServerProcess,
     /// Its cluster node id (`CLUSTER MYID`), kept across restarts in its `nodes.conf`.
     id: String,
-    conf: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+}
+
+impl std::ops::Deref for ClusterNode {
+    type Target = ServerProcess;
+
+    fn deref(&self) -> &ServerProcess {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for ClusterNode {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.server
+    }
 }
 
 /// A primary as it was when [`RedisCluster::kill`] killed it.
@@ -90,68 +99,21 @@ impl ClusterNode {
     fn new(dir: &Path, port: u16) -> anyhow::Result<Self> {
         let dir = dir.join(port.to_string());
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let node = Self {
-            port,
-            id: String::new(),
-            conf: dir.join("redis.conf"),
-            log: dir.join("redis.log"),
-            child: None,
-        };
+        let server = ServerProcess::new(port, dir.join("redis.conf"), dir.join("redis.log"));
         // No replica validity limit: a replica promotes itself however long ago it last
         // heard from its primary. No replica migration: the shape stays as started. No
         // diskless-sync delay: a primary would wait 5 s for more replicas to sync at once.
-        let conf = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir \"{}\"\nlogfile \"{}\"\n\
-             cluster-enabled yes\ncluster-config-file nodes.conf\n\
+        server.write_conf(
+            &dir,
+            "cluster-enabled yes\ncluster-config-file nodes.conf\n\
              cluster-node-timeout 2000\ncluster-replica-validity-factor 0\n\
              cluster-allow-replica-migration no\n\
              save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n",
-            dir.display(),
-            node.log.display(),
-        );
-        std::fs::write(&node.conf, conf)
-            .with_context(|| format!("writing {}", node.conf.display()))?;
-        Ok(node)
-    }
-
-    /// Starts it from its config file and waits until it answers PING.
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        kill_child(&mut self.child);
-        let child = Command::new("redis-server")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is it installed? .ci/run installs it)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match query(self.port, "PING") {
-                Ok(Reply::Line(pong)) if pong == "PONG" => return Ok(()),
-                Ok(other) => last = format!("{other:?}"),
-                Err(e) => last = format!("{e:#}"),
-            }
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!(
-                    "redis-server on port {} exited ({status}); its log:\n{}",
-                    self.port,
-                    tail(&self.log, 20)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-        bail!(
-            "redis-server on port {} did not answer PING within {SERVER_TIMEOUT:?}; last seen: \
-             {last}",
-            self.port
-        )
-    }
-
-    fn is_running(&self) -> bool {
-        self.child.is_some()
+        )?;
+        Ok(Self {
+            server,
+            id: String::new(),
+        })
     }
 }
 
@@ -192,7 +154,7 @@ impl RedisCluster {
             dir,
         };
         for node in &mut cluster.nodes {
-            node.spawn()?;
+            node.spawn(&[])?;
             node.id = match query(node.port, "CLUSTER MYID")? {
                 Reply::Bulk(id) => id,
                 other => bail!("CLUSTER MYID on port {}: {other:?}", node.port),
@@ -420,7 +382,7 @@ impl RedisCluster {
                 self.killed.insert(port, KilledPrimary { slots, replicas });
             }
         }
-        kill_child(&mut self.node_mut(port)?.child);
+        self.node_mut(port)?.kill();
         Ok(())
     }
 
@@ -454,7 +416,7 @@ impl RedisCluster {
     /// running nodes are settled: a primary that was failed over comes back as a replica
     /// of its successor, in sync.
     pub fn restart(&mut self, port: u16) -> anyhow::Result<()> {
-        self.node_mut(port)?.spawn()?;
+        self.node_mut(port)?.spawn(&[])?;
         self.killed.remove(&port);
         self.settle(
             SETTLE_TIMEOUT,
@@ -555,18 +517,7 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            kill_child(&mut node.child);
-        }
-        if std::thread::panicking() {
-            // The test failed: its output shows what the nodes logged. Every node is killed
-            // first, and a closed stderr is no second panic (an abort).
-            let mut stderr = std::io::stderr().lock();
-            for node in &self.nodes {
-                let log = tail(&node.log, 30);
-                let _ = writeln!(stderr, "--- {}:\n{log}", node.log.display());
-            }
-        }
+        stop_all(self.nodes.iter_mut().map(|node| &mut node.server));
     }
 }
 

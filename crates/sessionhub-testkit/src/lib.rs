@@ -20,6 +20,7 @@ mod balancer;
 mod cluster;
 pub mod conformance;
 mod node;
+mod process;
 mod redis;
 mod resp;
 mod sentinel;

@@ -11,17 +11,18 @@
 //!
 //! Timings are short (`down-after-milliseconds` 1000, `failover-timeout` 3000), so that a
 //! crash is noticed in about a second; the sentinels' other periods are Redis's defaults.
-//! Sentinel answers in nested arrays, which [`redis_command`] (one line) does not read:
-//! `resp.rs`'s `query` reads whole RESP2 replies; PING still goes through `redis_command`.
+//! Sentinel answers in nested arrays, which [`redis_command`](crate::redis_command) (one
+//! line) does not read: `resp.rs`'s `query` reads whole RESP2 replies. Each server is a
+//! `process.rs` `ServerProcess`, as the cluster fixture's nodes are.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::resp::{Reply, info_field, query, tail};
-use crate::{free_port, kill_child, redis_command};
+use crate::free_port;
+use crate::process::{ServerProcess, stop_all};
+use crate::resp::{Reply, info_field, query};
 
 /// The master name the sentinels monitor unless [`RedisSentinel::start_with`] says another.
 const DEFAULT_MASTER_NAME: &str = "mymaster";
@@ -49,77 +50,9 @@ pub struct RedisSentinel {
     master_name: String,
     primary: u16,
     replica: u16,
-    servers: Vec<Process>,
-    sentinels: Vec<Process>,
+    servers: Vec<ServerProcess>,
+    sentinels: Vec<ServerProcess>,
     dir: tempfile::TempDir,
-}
-
-/// One `redis-server` (data server or sentinel) started from a config file of its own.
-#[derive(Debug)]
-struct Process {
-    port: u16,
-    conf: PathBuf,
-    log: PathBuf,
-    sentinel: bool,
-    child: Option<Child>,
-}
-
-impl Process {
-    fn new(dir: &Path, port: u16, sentinel: bool) -> Self {
-        let kind = if sentinel { "sentinel" } else { "redis" };
-        Self {
-            port,
-            conf: dir.join(format!("{kind}-{port}.conf")),
-            log: dir.join(format!("{kind}-{port}.log")),
-            sentinel,
-            child: None,
-        }
-    }
-
-    /// Writes the config file: what every process has, then `extra`.
-    fn write_conf(&self, dir: &Path, extra: &str) -> anyhow::Result<()> {
-        let conf = format!(
-            "port {}\nbind 127.0.0.1\ndaemonize no\ndir \"{}\"\nlogfile \"{}\"\n{extra}",
-            self.port,
-            dir.display(),
-            self.log.display(),
-        );
-        std::fs::write(&self.conf, conf).with_context(|| format!("writing {}", self.conf.display()))
-    }
-
-    /// Starts it from its config file, `args` overriding, and waits until it answers PING.
-    fn spawn(&mut self, args: &[String]) -> anyhow::Result<()> {
-        kill_child(&mut self.child);
-        let mut command = Command::new("redis-server");
-        command.arg(&self.conf);
-        if self.sentinel {
-            command.arg("--sentinel");
-        }
-        let child = command
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is it installed? .ci/run installs it)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + SERVER_TIMEOUT;
-        while Instant::now() < deadline {
-            if redis_command(self.port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
-                return Ok(());
-            }
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!(
-                    "redis-server on port {} exited ({status}); its log:\n{}",
-                    self.port,
-                    tail(&self.log, 20)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-        bail!("redis-server on port {} did not answer PING", self.port)
-    }
 }
 
 impl RedisSentinel {
@@ -178,12 +111,12 @@ impl RedisSentinel {
             primary,
             replica,
             servers: vec![
-                Process::new(dir.path(), primary, false),
-                Process::new(dir.path(), replica, false),
+                server(dir.path(), primary, "redis"),
+                server(dir.path(), replica, "redis"),
             ],
             sentinels: ports[2..]
                 .iter()
-                .map(|&port| Process::new(dir.path(), port, true))
+                .map(|&port| server(dir.path(), port, "sentinel"))
                 .collect(),
             dir,
         };
@@ -215,7 +148,7 @@ impl RedisSentinel {
         );
         for process in &mut self.sentinels {
             process.write_conf(dir, &sentinel)?;
-            process.spawn(&[])?;
+            process.spawn(&["--sentinel"])?;
         }
         Ok(())
     }
@@ -331,7 +264,7 @@ impl RedisSentinel {
     /// Kills the data server on `port` (SIGKILL); [`RedisSentinel::restart`] brings it
     /// back.
     pub fn kill(&mut self, port: u16) -> anyhow::Result<()> {
-        kill_child(&mut self.server_mut(port)?.child);
+        self.server_mut(port)?.kill();
         Ok(())
     }
 
@@ -398,18 +331,15 @@ impl RedisSentinel {
     /// sentinels would reconfigure it) and this waits until it is in sync; if they still
     /// report this one, it comes back as an empty primary.
     pub fn restart(&mut self, port: u16) -> anyhow::Result<()> {
-        kill_child(&mut self.server_mut(port)?.child);
+        self.server_mut(port)?.kill();
         let primary = self.current_primary_port()?;
-        let args = if primary == port {
-            Vec::new()
+        let primary_port = primary.to_string();
+        let args: &[&str] = if primary == port {
+            &[]
         } else {
-            vec![
-                "--replicaof".to_owned(),
-                "127.0.0.1".to_owned(),
-                primary.to_string(),
-            ]
+            &["--replicaof", "127.0.0.1", &primary_port]
         };
-        self.server_mut(port)?.spawn(&args)?;
+        self.server_mut(port)?.spawn(args)?;
         if primary == port {
             return Ok(());
         }
@@ -428,7 +358,7 @@ impl RedisSentinel {
         )
     }
 
-    fn server_mut(&mut self, port: u16) -> anyhow::Result<&mut Process> {
+    fn server_mut(&mut self, port: u16) -> anyhow::Result<&mut ServerProcess> {
         self.servers
             .iter_mut()
             .find(|s| s.port == port)
@@ -451,13 +381,15 @@ impl RedisSentinel {
 
 impl Drop for RedisSentinel {
     fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        for process in self.sentinels.iter_mut().chain(&mut self.servers) {
-            kill_child(&mut process.child);
-            if panicking {
-                // The test failed: its output shows what the servers logged.
-                eprintln!("--- {}:\n{}", process.log.display(), tail(&process.log, 30));
-            }
-        }
+        stop_all(self.sentinels.iter_mut().chain(&mut self.servers));
     }
+}
+
+/// A data server (`kind` "redis") or Sentinel ("sentinel") on `port`, its files in `dir`.
+fn server(dir: &Path, port: u16, kind: &str) -> ServerProcess {
+    ServerProcess::new(
+        port,
+        dir.join(format!("{kind}-{port}.conf")),
+        dir.join(format!("{kind}-{port}.log")),
+    )
 }
