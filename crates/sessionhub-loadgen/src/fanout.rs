@@ -1,7 +1,8 @@
 //! The fan-out scenario: many WebSocket clients spread over the target's nodes, a
 //! publisher pushing to their users at a fixed rate, end-to-end latency, loss and
 //! duplicates measured by the clients; optionally a search for the highest rate whose p99
-//! stays under a limit.
+//! stays under a limit. One scenario, one file: the clients, the publisher and the search
+//! share the run's state and are read together.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! `report`: one run's results in one JSON file, Markdown tables with ratios against
-//! sessionhub, the targets checked, and PNG charts.
+//! sessionhub, the targets checked, and PNG charts. One subject, the report, whose
+//! tables and target checks read the same rows (the charts are in `chart.rs`).
 //!
 //! Labels are the convention of `scripts/bench.sh`: the sessionhub rows are `sessionhub`
 //! (3 nodes on Redis, or 1 node on Redis for connections and sessions),

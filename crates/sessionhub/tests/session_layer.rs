@@ -138,6 +138,12 @@ async fn all(session: Session) -> Result<axum::Json<Map<String, Value>>, ApiErro
     Ok(axum::Json(session.attributes().await?))
 }
 
+/// The session as `Debug` prints it, once loaded.
+async fn debug(session: Session) -> Result<String, ApiError> {
+    session.attributes().await?;
+    Ok(format!("{session:?}"))
+}
+
 async fn invalidate(session: Session) -> Result<(), ApiError> {
     Ok(session.invalidate().await?)
 }
@@ -165,6 +171,7 @@ async fn app(store: impl SessionStore, redis: Option<RedisServer>) -> App {
         .route("/read-set/{k}/{v}", get(read_set))
         .route("/all", get(all))
         .route("/invalidate", get(invalidate))
+        .route("/debug", get(debug))
         .route("/untouched", get(|| async { "no session here" }))
         .layer(SessionLayer::new(store, SessionConfig::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -468,4 +475,17 @@ async fn an_outlived_session_is_announced_as_ended() {
     use_it("/all", read.clone()).await;
     use_it("/incr-all", written.clone()).await;
     assert_eq!(*ended.0.lock().unwrap(), [read, written]);
+}
+
+/// Logs and panics print `Debug`: a session's shows neither its id (a credential) nor its
+/// attributes.
+#[tokio::test]
+async fn a_sessions_debug_output_reveals_nothing() {
+    let app = app(MemoryStore::new(), None).await;
+    let (issued, _) = app.get("/set/card/4111-secret", None).await;
+    let id = issued.expect("a new session's id");
+    let (_, printed) = app.get("/debug", Some(&id)).await;
+    assert!(printed.starts_with("Session"), "{printed}");
+    assert!(!printed.contains(&id), "{printed}");
+    assert!(!printed.contains("4111-secret"), "{printed}");
 }
