@@ -47,7 +47,7 @@ impl Managed {
         let mut managed = Self::with(config, reconnect, None);
         match config.mode() {
             Mode::Standalone => managed.fixed = Some(connection),
-            Mode::Sentinel => managed.current = Mutex::new(Some(connection)),
+            Mode::Sentinel | Mode::Cluster => managed.current = Mutex::new(Some(connection)),
         }
         Ok(managed)
     }
