@@ -12,7 +12,6 @@ use sessionhub::broker::{Broker, PublishOptions, RedisBrokerConfig};
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::conformance::broker::{BrokerFixture, BrokerNode, position, wait_ready};
 use sessionhub_testkit::{RedisSentinel, redis_command};
-use tokio::time::{Instant, sleep};
 
 /// A failover test's bound: Sentinel needs ~1 s to call the primary down and a few more to
 /// promote the replica.
@@ -43,34 +42,15 @@ async fn sentinel() -> BrokerFixture {
 
 sessionhub_testkit::broker_conformance!(sentinel);
 
-/// Publishes `payload` on `channel` from `publisher` until `subscriber` takes it, each try
-/// with its own payload so that a late delivery of an earlier try is not mistaken for it;
-/// fails the test after [`FOLLOW`]. Returns the payload that arrived and its receipt's
-/// epoch.
 async fn publish_until_taken(
     publisher: &BrokerNode,
     subscriber: &BrokerNode,
     channel: &str,
 ) -> (String, String) {
-    let deadline = Instant::now() + FOLLOW;
-    for attempt in 0.. {
-        assert!(Instant::now() < deadline, "no publication got through");
-        let payload = format!("\"after-{attempt}\"");
-        let options = PublishOptions::with_history();
-        if let Ok(receipt) = publisher
-            .broker
-            .publish(channel, payload.clone().into(), &options)
-            .await
-        {
-            sleep(Duration::from_millis(300)).await;
-            if subscriber.sink.taken_on(channel).contains(&payload) {
-                return (payload, receipt.epoch.to_string());
-            }
-        } else {
-            sleep(Duration::from_millis(100)).await;
-        }
-    }
-    unreachable!()
+    sessionhub_testkit::conformance::broker::publish_until_taken(
+        publisher, subscriber, channel, FOLLOW,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,11 @@
 //!   one cluster slot.
 //! - [`scripts`]: the Lua scripts, one `.lua` file each under `scripts/`.
 //! - [`backoff`]: the jittered exponential backoff between reconnection attempts.
+//! - [`cluster`]: the hash slot function and the broker's map of which primary owns which
+//!   slot in a Redis Cluster.
 
 pub(crate) mod backoff;
+pub(crate) mod cluster;
 pub(crate) mod keys;
 pub(crate) mod scripts;
 
@@ -38,7 +41,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One reply on a connection that is not a session store's (see [`Reconnect::SESSIONS`]).
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Asking the Sentinels where the primary is, and checking with it that it is one.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How Redis is deployed, as the configuration says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +201,7 @@ pub(crate) fn at(info: &ConnectionInfo, host: String, port: u16) -> ConnectionIn
 
 /// The connect and reply bounds of a connection sessionhub opens without a
 /// `ConnectionManager`.
-fn bounded() -> AsyncConnectionConfig {
+pub(crate) fn bounded() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -292,6 +295,15 @@ impl RedisConfig {
             Target::Standalone(_) => Mode::Standalone,
             Target::Sentinel(_) => Mode::Sentinel,
             Target::Cluster(_) => Mode::Cluster,
+        }
+    }
+
+    /// A new slot map of the cluster in [`Mode::Cluster`], not read yet; `None` in the
+    /// other modes.
+    pub(crate) fn topology(&self) -> Option<cluster::Topology> {
+        match &self.target {
+            Target::Cluster(seeds) => Some(cluster::Topology::new(seeds.clone())),
+            _ => None,
         }
     }
 
@@ -393,7 +405,7 @@ fn node_url(node: &str) -> String {
     }
 }
 
-fn timed_out(what: &str, after: Duration) -> RedisError {
+pub(crate) fn timed_out(what: &str, after: Duration) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("{what} within {after:?}"),

@@ -45,26 +45,33 @@ pub(crate) static BROKER_RECOVER: LazyLock<Script> =
 /// spells it too (checked below).
 pub(crate) const STORE_VERSION: &str = "1";
 
-/// The publish script for one broker: the history settings are written into its text (see
-/// the top of `broker_publish.lua` for why).
-pub(crate) fn broker_publish(
-    size: usize,
-    ttl_ms: u128,
-    meta_ttl_ms: u128,
-    idem_ms: u128,
-) -> Script {
-    Script::new(&broker_publish_text(size, ttl_ms, meta_ttl_ms, idem_ms))
+/// What the publish script is made for: one broker's history settings (see the top of
+/// `broker_publish.lua` for why they are in its text) and the publish command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PublishSettings {
+    pub(crate) size: usize,
+    pub(crate) ttl_ms: u128,
+    pub(crate) meta_ttl_ms: u128,
+    pub(crate) idem_ms: u128,
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    pub(crate) command: &'static str,
 }
 
-fn broker_publish_text(size: usize, ttl_ms: u128, meta_ttl_ms: u128, idem_ms: u128) -> String {
+/// The publish script for one broker, its settings written into its text.
+pub(crate) fn broker_publish(settings: PublishSettings) -> Script {
+    Script::new(&broker_publish_text(settings))
+}
+
+fn broker_publish_text(settings: PublishSettings) -> String {
     concat!(
         include_str!("scripts/lib/broker_epoch.lua"),
         include_str!("scripts/broker_publish.lua")
     )
-    .replacen("{size}", &size.to_string(), 1)
-    .replacen("{ttl}", &ttl_ms.to_string(), 1)
-    .replacen("{meta_ttl}", &meta_ttl_ms.to_string(), 1)
-    .replacen("{idem}", &idem_ms.to_string(), 1)
+    .replacen("{size}", &settings.size.to_string(), 1)
+    .replacen("{ttl}", &settings.ttl_ms.to_string(), 1)
+    .replacen("{meta_ttl}", &settings.meta_ttl_ms.to_string(), 1)
+    .replacen("{idem}", &settings.idem_ms.to_string(), 1)
+    .replacen("{publish}", settings.command, 1)
 }
 
 #[cfg(test)]
@@ -79,9 +86,18 @@ mod tests {
 
     #[test]
     fn publish_settings_are_written_into_the_text() {
-        let text = broker_publish_text(100, 300_000, 600_000, 120_000);
+        let text = broker_publish_text(PublishSettings {
+            size: 100,
+            ttl_ms: 300_000,
+            meta_ttl_ms: 600_000,
+            idem_ms: 120_000,
+            command: "SPUBLISH",
+        });
         let line = "\nlocal SIZE, TTL, META_TTL, IDEM = '100', '300000', '600000', '120000'\n";
         assert!(text.contains(line));
-        assert!(!text.contains("{size}") && !text.contains("{idem}"));
+        assert!(text.contains("\nlocal PUBLISH = 'SPUBLISH'\n"));
+        assert!(
+            !text.contains("{size}") && !text.contains("{idem}") && !text.contains("{publish}")
+        );
     }
 }
