@@ -17,9 +17,13 @@ local PUBLISH = '{publish}'
 
 local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[3], ARGV[4])
 if KEYS[3] then
+  -- `<offset>:<epoch>` of the first publish: after a failover or a loss of the meta hash
+  -- the channel has a new epoch, and the offset belongs to the old one. (A bare offset
+  -- was written by an earlier version, within the same epoch as far as it knew.)
   local seen = redis.call('GET', KEYS[3])
   if seen then
-    return seen .. ':' .. epoch .. ':0:1'
+    if not string.find(seen, ':', 1, true) then seen = seen .. ':' .. epoch end
+    return seen .. ':0:1'
   end
 end
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 't', 1))
@@ -29,7 +33,7 @@ redis.call('PEXPIRE', KEYS[1], META_TTL)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', SIZE, offset .. '-0', 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], TTL)
 if KEYS[3] then
-  redis.call('SET', KEYS[3], offset, 'PX', IDEM)
+  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', IDEM)
 end
 local nodes = redis.call(PUBLISH, ARGV[2], offset .. ':' .. epoch .. ':' .. ARGV[1])
 return offset .. ':' .. epoch .. ':' .. string.format('%d', nodes) .. ':0'
