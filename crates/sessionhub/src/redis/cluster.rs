@@ -152,20 +152,21 @@ impl Topology {
         *self.generation.lock().expect("never poisoned")
     }
 
-    /// The primary that owns `slot`, reading the map first if it has never been read or
-    /// does not cover `slot`.
+    /// The map, read again first if a reply said it is out of date or it was never read.
+    pub(crate) async fn current(&self) -> RedisResult<Arc<SlotMap>> {
+        let stale = self.stale.swap(false, Ordering::Relaxed);
+        if stale || self.map().ranges.is_empty() {
+            if let Err(e) = self.refresh().await {
+                self.invalidate();
+                return Err(e);
+            }
+        }
+        Ok(self.map())
+    }
+
+    /// The primary that owns `slot`, as [`current`](Self::current) knows it.
     pub(crate) async fn owner(&self, slot: u16) -> RedisResult<Node> {
-        if self.stale.swap(false, Ordering::Relaxed)
-            && let Err(e) = self.refresh().await
-        {
-            self.invalidate();
-            return Err(e);
-        }
-        if let Some(node) = self.map().owner(slot) {
-            return Ok(node.clone());
-        }
-        self.refresh().await?;
-        self.map().owner(slot).cloned().ok_or_else(|| {
+        self.current().await?.owner(slot).cloned().ok_or_else(|| {
             RedisError::from((
                 ErrorKind::ClusterConnectionNotFound,
                 "no primary owns the slot",
@@ -178,6 +179,12 @@ impl Topology {
     /// it again.
     pub(crate) fn invalidate(&self) {
         self.stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the map was marked out of date, clearing the mark: the caller reads it again
+    /// with [`refresh`](Self::refresh), and marks it again if that fails.
+    pub(crate) fn take_stale(&self) -> bool {
+        self.stale.swap(false, Ordering::Relaxed)
     }
 
     /// Reads the map again from the first node that answers: the primaries it knows, then

@@ -86,15 +86,11 @@ impl Commands {
         self.links.lock().expect("never poisoned").clear();
     }
 
-    /// The cluster's primaries as the slot map last named them, reading it if it never
-    /// was; `None` for one server.
+    /// The cluster's primaries as the slot map names them (read again if out of date);
+    /// `None` for one server.
     pub(super) async fn primaries(&self) -> Option<RedisResult<Vec<Node>>> {
         let topology = self.topology.as_ref()?;
-        let primaries = topology.map().primaries();
-        if !primaries.is_empty() {
-            return Some(Ok(primaries));
-        }
-        Some(topology.refresh().await.map(|_| topology.map().primaries()))
+        Some(topology.current().await.map(|map| map.primaries()))
     }
 
     /// The server a command on `route` goes to.

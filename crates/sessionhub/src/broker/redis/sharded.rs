@@ -247,11 +247,18 @@ impl Sharded {
         self.dirty = false;
         let topology = self.topology.clone();
         let map = topology.map();
-        if map.primaries().is_empty() {
-            // Nothing is known yet: read the map, and plan in the next round.
+        if map.primaries().is_empty() || topology.take_stale() {
+            // Nothing is known yet, or what is known is out of date: read the map, and
+            // plan in the next round.
             self.dirty = true;
             return async move {
-                let failed = topology.refresh().await.err().map(|e| e.to_string());
+                let failed = match topology.refresh().await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        topology.invalidate();
+                        Some(e.to_string())
+                    }
+                };
                 vec![Outcome {
                     node: Node::from(""),
                     opened: None,
