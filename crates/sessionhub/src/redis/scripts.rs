@@ -3,7 +3,9 @@
 //! `scripts/lib/` and are put in front of them at compile time.
 //!
 //! Every operation on a session or a channel's history is one script: one round trip, and
-//! atomic. redis-rs sends a script by its SHA1 (EVALSHA) and only on NOSCRIPT its text.
+//! atomic (but a session's rotation on Redis Cluster, which spans two slots: see
+//! `store/redis/rotation.rs`). redis-rs sends a script by its SHA1 (EVALSHA) and only on
+//! NOSCRIPT its text.
 
 use std::sync::LazyLock;
 
@@ -29,6 +31,9 @@ pub(crate) static STORE_UPDATE_LOAD: LazyLock<Script> =
     script!("store_update_load.lua" after "store_changes.lua");
 pub(crate) static STORE_ROTATE: LazyLock<Script> =
     script!("store_rotate.lua" after "store_changes.lua");
+pub(crate) static STORE_ROTATE_TAKE: LazyLock<Script> =
+    script!("store_rotate_take.lua" after "store_changes.lua");
+pub(crate) static STORE_ROTATE_RESTORE: LazyLock<Script> = script!("store_rotate_restore.lua");
 pub(crate) static STORE_EXPIRES_IN: LazyLock<Script> = script!("store_expires_in.lua");
 pub(crate) static STORE_INDEX_ADD: LazyLock<Script> =
     script!("store_index_add.lua" after "store_index.lua");

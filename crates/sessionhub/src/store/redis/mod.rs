@@ -50,6 +50,7 @@
 //! What the scripts answer is decoded in [`reply`].
 
 mod reply;
+mod rotation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +63,7 @@ use self::reply::{decode_fields, decode_json_reply, decode_outcome, failure, inc
 use super::{Change, Record, SessionStore, Updated, apply_results, now_ms};
 use crate::error::StoreError;
 use crate::redis::scripts::{self, STORE_VERSION as VERSION};
-use crate::redis::{Keys, Managed, Reconnect, RedisConfig};
+use crate::redis::{Keys, Managed, Mode, Reconnect, RedisConfig};
 use crate::session::SessionId;
 
 const FIELD_VERSION: &str = "m:v";
@@ -77,6 +78,9 @@ const META: &str = "m:";
 pub struct RedisStore {
     connection: Arc<Managed>,
     keys: Keys,
+    /// On Redis Cluster, where a rotation's two ids are in different slots, it takes three
+    /// steps instead of one script (see `rotation.rs`).
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -116,6 +120,7 @@ impl RedisStore {
         Self {
             connection: Arc::new(connection),
             keys: config.keys().clone(),
+            cluster: config.mode() == Mode::Cluster,
         }
     }
 
@@ -318,6 +323,9 @@ impl SessionStore for RedisStore {
         changes: &[(String, Change)],
         ttl: Duration,
     ) -> Result<Updated, StoreError> {
+        if self.cluster {
+            return self.rotate_across_slots(old, new, changes, ttl).await;
+        }
         self.apply(
             &scripts::STORE_ROTATE,
             &[self.key(old), self.key(new)],
