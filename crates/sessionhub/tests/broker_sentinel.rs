@@ -148,3 +148,43 @@ async fn a_publish_refused_by_the_old_primary_is_sent_to_the_new_one() {
     .await
     .expect("the test did not finish in time");
 }
+
+/// The subscriber asks the Sentinels every 2 s whether its server is still the primary, on
+/// one kept connection per Sentinel, not a new one each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_check_keeps_its_sentinel_connection() {
+    tokio::time::timeout(FAILOVER_LIMIT, async {
+        let redis = RedisSentinel::start_lean().await;
+        let backend = nodes(config(&redis), ());
+        let node = backend.node().await;
+        node.join("news").await;
+        let sentinel = redis.sentinel_addrs()[0].clone();
+        let received = || {
+            let sentinel = sentinel.clone();
+            async move {
+                let client = ::redis::Client::open(format!("redis://{sentinel}")).unwrap();
+                let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+                let stats: String = ::redis::cmd("INFO")
+                    .arg("stats")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix("total_connections_received:"))
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            }
+        };
+        let before = received().await;
+        // Three checks at least.
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        let after = received().await;
+        // One for our own second question, at most one more for the node.
+        assert!(after - before <= 2, "{} new connections", after - before);
+    })
+    .await
+    .expect("the test did not finish in time");
+}

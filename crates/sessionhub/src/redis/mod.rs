@@ -109,6 +109,9 @@ enum Target {
 /// primary that is still up passes the `ROLE` check, so its writes would be lost.
 struct Sentinels {
     sentinels: Vec<Client>,
+    /// A connection to each Sentinel, once one was opened, kept for the next question:
+    /// every node's subscriber asks every 2 s.
+    connections: Vec<std::sync::Mutex<Option<MultiplexedConnection>>>,
     master: String,
     /// What the primary is reached with: the first Sentinel's URL, whose credentials and
     /// TLS it shares, with the address replaced.
@@ -136,8 +139,8 @@ impl Sentinels {
     /// The primary the first Sentinel that knows names, as what to connect to.
     async fn named(&self) -> RedisResult<ConnectionInfo> {
         let mut last = None;
-        for sentinel in &self.sentinels {
-            match self.ask(sentinel).await {
+        for (sentinel, kept) in self.sentinels.iter().zip(&self.connections) {
+            match self.ask(sentinel, kept).await {
                 Ok(Some((host, port))) => return Ok(at(&self.primary, host, port)),
                 Ok(None) => {
                     last = Some(RedisError::from((
@@ -151,15 +154,32 @@ impl Sentinels {
         Err(last.expect("at least one Sentinel"))
     }
 
-    async fn ask(&self, sentinel: &Client) -> RedisResult<Option<(String, u16)>> {
-        let mut connection = sentinel
-            .get_multiplexed_async_connection_with_config(&bounded())
-            .await?;
-        ::redis::cmd("SENTINEL")
+    async fn ask(
+        &self,
+        sentinel: &Client,
+        kept: &std::sync::Mutex<Option<MultiplexedConnection>>,
+    ) -> RedisResult<Option<(String, u16)>> {
+        let cached = kept.lock().expect("never poisoned").clone();
+        let mut connection = match cached {
+            Some(connection) => connection,
+            None => {
+                let connection = sentinel
+                    .get_multiplexed_async_connection_with_config(&bounded())
+                    .await?;
+                *kept.lock().expect("never poisoned") = Some(connection.clone());
+                connection
+            }
+        };
+        let asked = ::redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.master)
             .query_async(&mut connection)
-            .await
+            .await;
+        if asked.is_err() {
+            // Whatever went wrong, the next question starts on a new connection.
+            *kept.lock().expect("never poisoned") = None;
+        }
+        asked
     }
 
     /// The primary the Sentinels name, once it confirms (`ROLE`) that it is one: a
@@ -249,6 +269,7 @@ impl RedisConfig {
             .map_err(InvalidConfig)?;
         Ok(Self {
             target: Target::Sentinel(Arc::new(Sentinels {
+                connections: sentinels.iter().map(|_| Default::default()).collect(),
                 sentinels,
                 master: master.to_owned(),
                 primary,
