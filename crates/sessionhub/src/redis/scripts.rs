@@ -42,6 +42,9 @@ pub(crate) static STORE_INDEX_REMOVE: LazyLock<Script> =
 pub(crate) static STORE_INDEX_LIST: LazyLock<Script> =
     script!("store_index_list.lua" after "store_index.lua");
 
+pub(crate) static PRESENCE_PUBLISH: LazyLock<Script> = script!("presence_publish.lua");
+pub(crate) static PRESENCE_WITHDRAW: LazyLock<Script> = script!("presence_withdraw.lua");
+
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =
     script!("broker_recover.lua" after "broker_epoch.lua");
