@@ -37,7 +37,7 @@
 //!
 //! [`StoreError::Unavailable`]: crate::error::StoreError::Unavailable
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager};
@@ -69,7 +69,8 @@ pub(crate) struct Managed {
     opening: tokio::sync::Mutex<()>,
     /// On a Redis Cluster, the client, and its connection once the first command asked for
     /// it (it starts a task, which needs the runtime).
-    cluster: Option<(ClusterClient, OnceLock<Cluster>)>,
+    /// Replaced when a PING fails (see [`Managed::ping`]).
+    cluster: Option<(ClusterClient, Mutex<Option<Cluster>>)>,
 }
 
 impl Managed {
@@ -84,7 +85,7 @@ impl Managed {
         };
         let mut managed = Self::with(config, reconnect, fixed);
         if let Some(seeds) = config.cluster_seeds() {
-            managed.cluster = Some((cluster_client(seeds, reconnect)?, OnceLock::new()));
+            managed.cluster = Some((cluster_client(seeds, reconnect)?, Mutex::new(None)));
         }
         Ok(managed)
     }
@@ -124,7 +125,8 @@ impl Managed {
         if let Some((client, connection)) = &self.cluster {
             // Connects in the background: the first commands wait for the slot map, and
             // fail (then try the seeds again) while no seed answers.
-            let connection = connection.get_or_init(|| {
+            let mut connection = connection.lock().expect("never poisoned");
+            let connection = connection.get_or_insert_with(|| {
                 let config = ::redis::cluster::ClusterConfig::new();
                 Cluster::new(
                     client.get_pending_async_connection_with_config(config),
@@ -144,6 +146,25 @@ impl Managed {
         let connection = ConnectionManager::new_lazy_with_config(client, self.reconnect.config())?;
         *self.current.lock().expect("never poisoned") = Some(connection.clone());
         Ok(Connection::Server(connection))
+    }
+
+    /// PINGs the server, or on a cluster every primary. On a cluster a failed PING also
+    /// gives up the connection, so that the next command starts from a new slot map: a PING
+    /// goes to every primary at once, and such a request failing does not make redis-rs read
+    /// the map again, so after a failover it would keep PINGing the dead primary (and a
+    /// node without session traffic would stay unready for good).
+    pub(crate) async fn ping(&self) -> RedisResult<()> {
+        let mut connection = self.get().await?;
+        let pinged = ::redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await;
+        if let (Err(_), Some((_, current))) = (&pinged, &self.cluster) {
+            *current.lock().expect("never poisoned") = None;
+        }
+        if let Err(e) = &pinged {
+            self.failed(e);
+        }
+        pinged
     }
 
     /// Whether `error` says that the command did not run: the cluster refused it (`MOVED`,
