@@ -311,17 +311,7 @@ async fn sessions_outlive_a_killed_primary() {
         tokio::task::block_in_place(|| cluster.kill(old)).unwrap();
         let new = tokio::task::block_in_place(|| cluster.wait_for_failover(old, FAILOVER)).unwrap();
         let settled = killed.elapsed();
-        let deadline = Instant::now() + FOLLOW;
-        let updated = loop {
-            match store.update(&id, &[incr("n", 1)], TTL).await {
-                Ok(updated) => break updated,
-                Err(StoreError::Unavailable(e)) => {
-                    assert!(Instant::now() < deadline, "still unavailable: {e}");
-                    sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("not an outage: {e}"),
-            }
-        };
+        let updated = update_once_back(&store, &id).await;
         let served = killed.elapsed();
         stop.cancel();
         let failures = prober.await.unwrap();
@@ -335,6 +325,85 @@ async fn sessions_outlive_a_killed_primary() {
         );
     })
     .await;
+}
+
+/// A store with no traffic through a failover (a node its balancer took out of rotation):
+/// its readiness check (`ping`) passes again once the replica took over, without a session
+/// request having shown it the new slot map first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_returns_after_a_failover_without_traffic() {
+    within(LIMIT, async {
+        let (mut cluster, store, _raw) = setup().await;
+        store.ping().await.unwrap();
+        let old = cluster.primaries().unwrap()[0];
+        tokio::task::block_in_place(|| cluster.kill(old)).unwrap();
+        tokio::task::block_in_place(|| cluster.wait_for_failover(old, FAILOVER)).unwrap();
+        let deadline = Instant::now() + FOLLOW;
+        while let Err(e) = store.ping().await {
+            assert!(Instant::now() < deadline, "still not ready: {e}");
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Scripts on a primary that never loaded them: a node restarted after a failover (empty,
+/// back as a replica) is promoted by a second failover while the first successor is dead.
+/// The store's `EVALSHA` meets `NOSCRIPT` there, loads the script and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_without_the_scripts_serves() {
+    within(LIMIT, async {
+        let (mut cluster, store, mut raw) = setup().await;
+        let (id, _) = created(&store, json!({"n": 1})).await;
+        let first = primary_of(&cluster, &id);
+        tokio::task::block_in_place(|| cluster.kill(first)).unwrap();
+        let second =
+            tokio::task::block_in_place(|| cluster.wait_for_failover(first, FAILOVER)).unwrap();
+        tokio::task::block_in_place(|| cluster.restart(first)).unwrap();
+        assert_eq!(
+            update_once_back(&store, &id).await,
+            Updated::Applied(vec![2])
+        );
+        replicated(&mut raw, &id).await;
+
+        tokio::task::block_in_place(|| cluster.kill(second)).unwrap();
+        let third =
+            tokio::task::block_in_place(|| cluster.wait_for_failover(second, FAILOVER)).unwrap();
+        assert_eq!(third, first);
+        assert_eq!(
+            update_once_back(&store, &id).await,
+            Updated::Applied(vec![3])
+        );
+        // It did load the script there: no NOSCRIPT, no test.
+        let mut node = ::redis::Client::open(format!("redis://127.0.0.1:{first}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let stats: String = ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        assert!(stats.contains("cmdstat_script|load:"), "{stats}");
+    })
+    .await;
+}
+
+/// Increments `n` of `id` as soon as the store serves it again, within [`FOLLOW`];
+/// meanwhile every failure must be `Unavailable`.
+async fn update_once_back(store: &RedisStore, id: &SessionId) -> Updated {
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        match store.update(id, &[incr("n", 1)], TTL).await {
+            Ok(updated) => return updated,
+            Err(StoreError::Unavailable(e)) => {
+                assert!(Instant::now() < deadline, "still unavailable: {e}");
+                sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("not an outage: {e}"),
+        }
+    }
 }
 
 /// A command that ran but whose reply was lost with its connection is not sent again: an
