@@ -27,8 +27,8 @@ pub(super) const PREV: &str = "Sessionhub-Prev";
 /// Present on the message that starts an epoch without a publication (`recover` on a
 /// channel without one): it holds no data and is not delivered.
 pub(super) const START: &str = "Sessionhub-Start";
-/// The subject a receiving node acknowledges to, so that the publisher can count nodes.
-pub(super) const ACK: &str = "Sessionhub-Ack";
+/// Marks a probe: a publisher asking which nodes are subscribed (see `census`).
+pub(super) const PROBE: &str = "Sessionhub-Probe";
 
 /// What a message received on a live subject stands for.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,10 +37,15 @@ pub(super) enum Live {
     Publication(Publication),
     /// An epoch's start marker: nothing to deliver.
     Start,
+    /// A probe, to answer and not deliver.
+    Probe,
 }
 
 /// Reads a live message; `None` if it is malformed (data not UTF-8, a bad offset).
 pub(super) fn live(headers: Option<&HeaderMap>, payload: Bytes) -> Option<Live> {
+    if headers.is_some_and(|h| h.get(PROBE).is_some()) {
+        return Some(Live::Probe);
+    }
     if headers.is_some_and(|h| h.get(START).is_some()) {
         return Some(Live::Start);
     }
@@ -139,6 +144,9 @@ mod tests {
         let mut start = kept.clone();
         start.insert(START, "1");
         assert_eq!(live(Some(&start), Bytes::new()), Some(Live::Start));
+        let mut probe = HeaderMap::new();
+        probe.insert(PROBE, "1");
+        assert_eq!(live(Some(&probe), Bytes::new()), Some(Live::Probe));
         assert_eq!(live(None, Bytes::from_static(b"\xff")), None, "not UTF-8");
         let mut bad = kept.clone();
         bad.insert(OFFSET, "x");

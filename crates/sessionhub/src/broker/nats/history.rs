@@ -218,14 +218,12 @@ impl History {
         tops.entry(channel.to_owned()).or_default().clone()
     }
 
-    /// Publishes `data` on `channel` with history (see the module doc), with `ack` as the
-    /// subject receiving nodes acknowledge to.
+    /// Publishes `data` on `channel` with history (see the module doc).
     pub(super) async fn publish(
         &self,
         channel: &str,
         data: Bytes,
         key: Option<&str>,
-        ack: &str,
     ) -> Result<Outcome, BrokerError> {
         self.connected()?;
         let deadline = Instant::now() + COMMAND_TIMEOUT;
@@ -245,7 +243,6 @@ impl History {
                     None => (new_epoch().into(), 1, 0),
                 };
                 let mut headers = entry_headers(offset, &epoch, &server, prev);
-                headers.insert(headers::ACK, ack);
                 if let Some(key) = key {
                     headers.insert(
                         async_nats::header::NATS_MESSAGE_ID,
@@ -285,12 +282,10 @@ impl History {
         channel: &str,
         data: Bytes,
         key: &str,
-        ack: &str,
     ) -> Result<Outcome, BrokerError> {
         self.connected()?;
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let mut headers = HeaderMap::new();
-        headers.insert(headers::ACK, ack);
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
             Subjects::message_id(channel, key),

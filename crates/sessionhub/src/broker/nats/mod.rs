@@ -4,8 +4,8 @@
 //! The broker is five parts: this file (its configuration and the [`Broker`] calls),
 //! [`subjects`] (channel names as NATS subjects), [`headers`] (what a message carries
 //! besides its data), [`history`] (the streams, offsets, epochs, recovery), [`subscriber`]
-//! (the task that owns the subscriptions and the broker's health) and [`acks`] (counting
-//! the nodes a publication reached).
+//! (the task that owns the subscriptions and the broker's health) and [`census`] (counting
+//! the nodes a publication reaches).
 //!
 //! # Subjects
 //!
@@ -37,9 +37,10 @@
 //! told so; with an idempotency key it goes through the small stream `<prefix>_keys`
 //! instead, which remembers the key and republishes the message like the history stream.
 //!
-//! NATS does not tell a publisher how many subscribers took a message, so
-//! [`Receipt::nodes`] counts the nodes that acknowledged it within
-//! [`NatsBrokerConfig::ack_wait`] (see [`acks`]): a lower bound, paid for with that wait.
+//! NATS does not tell a publisher how many subscribers took a message, so each publish
+//! sends a probe just before it, and [`Receipt::nodes`] counts the nodes that answer (see
+//! [`census`]): a lower bound, at the price of a few milliseconds, or of one round trip
+//! when no node is subscribed.
 //!
 //! # Outages
 //!
@@ -56,7 +57,7 @@
 //! store may lose its newest messages in a crash), so clients that come back are told
 //! `recovered: false`.
 
-mod acks;
+mod census;
 mod headers;
 mod history;
 mod subjects;
@@ -67,7 +68,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
+use async_nats::{ConnectOptions, ServerAddr};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -76,7 +77,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
-use self::acks::Acks;
+use self::census::Census;
 use self::history::{COMMAND_TIMEOUT, History, Outcome};
 use self::subjects::Subjects;
 use self::subscriber::{LinkState, Request, SUBSCRIBE_TIMEOUT, Subscriber};
@@ -117,9 +118,9 @@ impl NatsBrokerConfig {
     /// The default subject prefix.
     pub const DEFAULT_PREFIX: &str = subjects::DEFAULT_PREFIX;
 
-    /// How long a publisher waits for nodes to acknowledge a publication, by default.
-    /// With 50 ms, a burst of 300 concurrent publishes (the conformance suite's
-    /// `many_channels`, a debug build on 2 shared cores) now and then counted a node short.
+    /// The longest a publish waits for nodes to answer its probe, by default: in a burst
+    /// of 300 concurrent publishes (the conformance suite's `many_channels`, a debug build
+    /// on 2 shared cores), 50 ms now and then counted a node short.
     pub const DEFAULT_ACK_WAIT: Duration = Duration::from_millis(100);
 
     /// Checks `urls` (comma-separated `nats://host:port`, `tls://` for TLS; credentials
@@ -152,7 +153,7 @@ impl NatsBrokerConfig {
         self
     }
 
-    /// Replaces how long a publish waits for nodes to acknowledge it
+    /// Replaces the longest a publish waits for nodes to answer its probe
     /// (default [`Self::DEFAULT_ACK_WAIT`]); [`Receipt::nodes`] counts those that did.
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
@@ -261,18 +262,11 @@ impl NatsBroker {
     }
 
     /// A core NATS publish to the live subject, confirmed by a flush.
-    async fn publish_core(
-        &self,
-        channel: &str,
-        data: Bytes,
-        ack: &str,
-    ) -> Result<Outcome, BrokerError> {
+    async fn publish_core(&self, channel: &str, data: Bytes) -> Result<Outcome, BrokerError> {
         self.history.connected()?;
-        let mut headers = HeaderMap::new();
-        headers.insert(self::headers::ACK, ack);
         let sent = async {
             self.client
-                .publish_with_headers(self.subjects.live(channel), headers, data)
+                .publish(self.subjects.live(channel), data)
                 .await
                 .map_err(|e| BrokerError::unavailable("nats publish", e))?;
             self.client
@@ -303,24 +297,20 @@ impl Broker for NatsBroker {
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError> {
         self.history.connected()?;
-        let acks = Acks::listen(&self.client).await?;
+        let census = Census::ask(&self.client, self.subjects.live(channel)).await?;
         let data = Bytes::from(data);
         let key = options.idempotency_key.as_deref();
         let outcome = if options.history && self.history.config().keeps_history() {
-            self.history
-                .publish(channel, data, key, acks.subject())
-                .await?
+            self.history.publish(channel, data, key).await?
         } else if let Some(key) = key {
-            self.history
-                .publish_keyed(channel, data, key, acks.subject())
-                .await?
+            self.history.publish_keyed(channel, data, key).await?
         } else {
-            self.publish_core(channel, data, acks.subject()).await?
+            self.publish_core(channel, data).await?
         };
         let nodes = match outcome.duplicate {
-            // Nothing was delivered: no node will acknowledge.
+            // Nothing was delivered.
             true => 0,
-            false => acks.count(self.ack_wait).await,
+            false => census.count(self.ack_wait).await,
         };
         Ok(Receipt {
             nodes,

@@ -2,7 +2,7 @@
 //!
 //! One core NATS subscription per channel some local socket needs, on the live subject
 //! of that channel only (never a wildcard), each read by a small task of its own that
-//! hands what arrives to the sink and acknowledges it (see `acks`). Requests are applied
+//! hands what arrives to the sink and answers probes (see `census`). Requests are applied
 //! in call order; a subscribe is confirmed once a flush (PING/PONG) has come back after
 //! the SUB, so messages published afterwards will arrive.
 //!
@@ -268,7 +268,7 @@ impl Subscriber {
     }
 }
 
-/// Hands what arrives on `channel` to the sink, then acknowledges it to the publisher.
+/// Hands what arrives on `channel` to the sink, and answers probes.
 async fn forward(
     channel: String,
     mut subscription: async_nats::Subscriber,
@@ -276,17 +276,14 @@ async fn forward(
     sink: Arc<dyn Deliver>,
 ) {
     while let Some(message) = subscription.next().await {
-        let ack = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::ACK))
-            .map(|subject| subject.as_str().to_owned());
         match headers::live(message.headers.as_ref(), message.payload) {
             Some(Live::Publication(publication)) => {
                 sink.deliver(&channel, publication);
-                if let Some(ack) = ack {
-                    // Only counting is lost if this fails.
-                    let _ = client.publish(ack, Bytes::new()).await;
+            }
+            Some(Live::Probe) => {
+                if let Some(reply) = message.reply {
+                    // Only the publisher's count suffers if this fails.
+                    let _ = client.publish(reply, Bytes::new()).await;
                 }
             }
             Some(Live::Start) => {}
