@@ -11,7 +11,7 @@
 //! a push nobody receives costs one round trip more, not a wait. Otherwise the count
 //! takes the answers that arrive until as long again as the first one took (at least
 //! [`LINGER`]) after it, within
-//! [`NatsBrokerConfig::ack_wait`](super::NatsBrokerConfig::ack_wait) in all: NATS cannot
+//! [`NatsBrokerConfig::probe_wait`](super::NatsBrokerConfig::probe_wait) in all: NATS cannot
 //! say how many answers to expect, so a node slower than that is not counted (the
 //! publication still reaches it). The count is a lower bound.
 
