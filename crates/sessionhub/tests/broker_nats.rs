@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use sessionhub::broker::{
-    Broker, Deliver, HistoryConfig, NatsBroker, NatsBrokerConfig, PublishOptions,
+    Broker, Deliver, HistoryConfig, NatsBroker, NatsBrokerConfig, Publication, PublishOptions,
 };
 use sessionhub_testkit::NatsServer;
 use sessionhub_testkit::conformance::broker::{
@@ -237,4 +237,110 @@ async fn nats_restart_is_reported_then_recovered_with_resubscription() {
         eprintln!("nats-server back and the broker ready {back:?} after the restart began");
     })
     .await;
+}
+
+/// A sink whose deliveries block until `open` is called (or it is dropped): a node too
+/// slow to read.
+struct Stuck {
+    recorder: Recorder,
+    gate: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Stuck {
+    fn open(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate when the test ends, even by a panic, so that the runtime can stop.
+struct OpenOnDrop(Arc<Stuck>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+impl Deliver for Stuck {
+    fn deliver(&self, channel: &str, publication: Publication) -> usize {
+        // Off the runtime's worker: a worker blocked in place would hold the tasks queued
+        // on it, the client's among them.
+        tokio::task::block_in_place(|| {
+            let open = self.gate.lock().unwrap();
+            drop(self.opened.wait_while(open, |open| !*open).unwrap());
+        });
+        self.recorder.deliver(channel, publication)
+    }
+
+    fn resync(&self) {
+        self.recorder.resync();
+    }
+}
+
+/// A subscription whose buffer overflows loses messages (core NATS at most once, the
+/// client's buffer full): the broker asks for a resync, once, so that clients recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_an_overflowing_subscription_asks_for_a_resync() {
+    within(async {
+        let server = NatsServer::start_async().await;
+        let sink = Arc::new(Stuck {
+            recorder: Recorder::default(),
+            gate: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+        });
+        let _open = OpenOnDrop(sink.clone());
+        let broker = nats_broker(&server.url(), HistoryConfig::default(), sink.clone()).await;
+        sink.recorder.add_member("user:ivan");
+        timeout(BOUND, broker.subscribe("user:ivan"))
+            .await
+            .unwrap()
+            .unwrap();
+        // More than async-nats buffers per subscription (65 536), sent raw to the live
+        // subject while the node is stuck on the first one.
+        const SENT: usize = 70_000;
+        let subject = broker.live_subject("user:ivan");
+        let port = server.port();
+        tokio::task::spawn_blocking(move || raw_publish(port, &subject, SENT))
+            .await
+            .unwrap()
+            .unwrap();
+        let deadline = Instant::now() + BOUND;
+        while sink.recorder.resyncs().is_empty() {
+            assert!(Instant::now() < deadline, "no resync after an overflow");
+            sleep(Duration::from_millis(10)).await;
+        }
+        sink.open();
+        sleep(QUIET).await;
+        let taken = sink.recorder.taken_on("user:ivan").len();
+        assert!(taken < SENT, "{taken} of {SENT}: some were dropped");
+        assert_eq!(sink.recorder.resyncs().len(), 1, "one resync per overflow");
+    })
+    .await;
+}
+
+/// Publishes `count` messages `{}` to `subject` over a plain NATS connection, and waits
+/// until the server has them all (PING/PONG).
+fn raw_publish(port: u16, subject: &str, count: usize) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(BOUND))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // INFO
+    let mut writer = std::io::BufWriter::new(stream);
+    writer.write_all(b"CONNECT {\"verbose\":false}\r\n")?;
+    for _ in 0..count {
+        write!(writer, "PUB {subject} 2\r\n{{}}\r\n")?;
+    }
+    writer.write_all(b"PING\r\n")?;
+    writer.flush()?;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line.starts_with("PONG") || line.is_empty() {
+            return Ok(());
+        }
+    }
 }

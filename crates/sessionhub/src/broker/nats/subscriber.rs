@@ -40,6 +40,9 @@ pub(super) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// again, and how long to wait before that.
 const BRING_UP_TIMEOUT: Duration = Duration::from_secs(2);
 const BRING_UP_RETRY: Duration = Duration::from_millis(250);
+/// async-nats reports a slow consumer once per message it drops: one resync per this
+/// long is enough (each one closes the node's v1 sockets, which then recover).
+const SLOW_RESYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// What the task tells the broker handles.
 pub(super) struct LinkState {
@@ -125,6 +128,7 @@ impl Subscriber {
         let mut connected = false;
         // Set once a connection was lost: the next healthy one is a reconnection.
         let mut recovering = false;
+        let mut slow_resync: Option<Instant> = None;
         loop {
             tokio::select! {
                 request = self.inbox.recv() => match request {
@@ -147,8 +151,11 @@ impl Subscriber {
                         }
                     }
                     Some(Event::SlowConsumer(_)) => {
-                        tracing::warn!("nats broker: a subscription overflowed and dropped messages; resyncing");
-                        self.sink.resync();
+                        if slow_resync.is_none_or(|at| at.elapsed() >= SLOW_RESYNC_EVERY) {
+                            slow_resync = Some(Instant::now());
+                            tracing::warn!("nats broker: a subscription overflowed and dropped messages; resyncing");
+                            self.sink.resync();
+                        }
                     }
                     Some(event) => tracing::debug!(%event, "nats broker: client event"),
                     // The client is gone (closed): nothing will come back.
