@@ -33,8 +33,8 @@
 //!
 //! A publication kept out of history ([`HistoryConfig::size`] 0 or
 //! [`PublishOptions::history`] false) is a core NATS publish to the live subject, without
-//! offset or epoch, followed by a flush, so that the server has it before the caller is
-//! told so; with an idempotency key it goes through the small stream `<prefix>_keys`
+//! offset or epoch, followed by a round trip, so that the server has it before the caller
+//! is told so; with an idempotency key it goes through the small stream `<prefix>_keys`
 //! instead, which remembers the key and republishes the message like the history stream.
 //!
 //! NATS does not tell a publisher how many subscribers took a message, so each publish
@@ -119,10 +119,11 @@ impl NatsBrokerConfig {
     pub const DEFAULT_PREFIX: &str = subjects::DEFAULT_PREFIX;
 
     /// The longest a publish waits for nodes to answer its probe, by default. A publish
-    /// waits this long only if the first answer is that slow; in a burst of 300
-    /// concurrent publishes (the conformance suite's `many_channels`, a debug build on 2
-    /// shared cores) answers came within it.
-    pub const DEFAULT_PROBE_WAIT: Duration = Duration::from_millis(100);
+    /// waits this long only if no answer comes sooner although some node is subscribed
+    /// (with none, the server says so at once): a node stalled, or starved of CPU. With
+    /// 100 ms, a node on a test machine busy with 19 NATS tests at once (2 cores, one test
+    /// pushing 70 000 messages) was now and then not counted.
+    pub const DEFAULT_PROBE_WAIT: Duration = Duration::from_millis(500);
 
     /// Checks `urls` (comma-separated `nats://host:port`, `tls://` for TLS; credentials
     /// may be in the URL) without connecting.
@@ -215,6 +216,18 @@ impl NatsBrokerConfig {
     }
 }
 
+/// Waits until the server has processed everything this client sent before: a request to
+/// a fresh inbox nobody listens on, which the server answers "no responders" in order with
+/// the rest. (async-nats's `flush` only writes the client's buffer to the socket.)
+pub(super) async fn round_trip(client: &async_nats::Client) -> Result<(), BrokerError> {
+    use async_nats::RequestErrorKind;
+    match client.request(client.new_inbox(), Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(BrokerError::unavailable("nats round trip", e)),
+    }
+}
+
 /// The jittered exponential backoff of the Redis broker, as async-nats asks for it: by
 /// the number of attempts so far.
 fn reconnect_delay(attempts: usize) -> Duration {
@@ -262,7 +275,7 @@ impl NatsBroker {
         self.subjects.live(channel)
     }
 
-    /// A core NATS publish to the live subject, confirmed by a flush.
+    /// A core NATS publish to the live subject, confirmed by a round trip.
     async fn publish_core(&self, channel: &str, data: Bytes) -> Result<Outcome, BrokerError> {
         self.history.connected()?;
         let sent = async {
@@ -270,10 +283,7 @@ impl NatsBroker {
                 .publish(self.subjects.live(channel), data)
                 .await
                 .map_err(|e| BrokerError::unavailable("nats publish", e))?;
-            self.client
-                .flush()
-                .await
-                .map_err(|e| BrokerError::unavailable("nats flush", e))
+            round_trip(&self.client).await
         };
         timeout(COMMAND_TIMEOUT, sent).await.unwrap_or_else(|_| {
             Err(BrokerError::unavailable(

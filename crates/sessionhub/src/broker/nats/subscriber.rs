@@ -3,12 +3,12 @@
 //! One core NATS subscription per channel some local socket needs, on the live subject
 //! of that channel only (never a wildcard), each read by a small task of its own that
 //! hands what arrives to the sink and answers probes (see `census`). Requests are applied
-//! in call order; a subscribe is confirmed once a flush (PING/PONG) has come back after
-//! the SUB, so messages published afterwards will arrive.
+//! in call order; a subscribe is confirmed once a round trip to the server has come back
+//! after the SUB, so messages published afterwards will arrive.
 //!
 //! The client reconnects by itself (async-nats) and sends SUB again for every
 //! subscription, but core NATS kept nothing of what was published meanwhile. So after a
-//! reconnection the task flushes (the SUBs went out before that PING, so they are in
+//! reconnection the task makes a round trip (the SUBs went out before it, so they are in
 //! place), makes sure the streams exist (a nats-server that lost its store has none),
 //! forgets the cached channel positions, and only then reports healthy and tells the sink
 //! to resync, so that clients recover what they missed from the history. A subscription
@@ -36,7 +36,7 @@ use crate::error::BrokerError;
 
 /// How long a subscribe waits for the server to confirm.
 pub(super) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a (re)connection may take to get ready (flush, streams) before it is tried
+/// How long a (re)connection may take to get ready (round trip, streams) before it is tried
 /// again, and how long to wait before that.
 const BRING_UP_TIMEOUT: Duration = Duration::from_secs(2);
 const BRING_UP_RETRY: Duration = Duration::from_millis(250);
@@ -190,16 +190,13 @@ impl Subscriber {
         }
     }
 
-    /// Makes a fresh connection ready: the resubscriptions confirmed, the streams in
+    /// Makes a fresh connection ready: the resubscriptions processed, the streams in
     /// place, no stale channel positions.
     fn bring_up(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
         let (client, history) = (self.client.clone(), self.history.clone());
         async move {
             let ready = async {
-                client
-                    .flush()
-                    .await
-                    .map_err(|e| BrokerError::unavailable("nats flush", e))?;
+                super::round_trip(&client).await?;
                 history.ensure_streams().await?;
                 history.forget();
                 Ok(())
@@ -215,7 +212,7 @@ impl Subscriber {
     }
 
     /// Applies `request` and every request queued behind it, then confirms the
-    /// subscribes among them with one flush.
+    /// subscribes among them with one round trip.
     async fn apply(&mut self, request: Request) {
         let mut waiting = Vec::new();
         let mut next = Some(request);
@@ -237,7 +234,7 @@ impl Subscriber {
             return;
         }
         let confirmed = if *self.state.healthy.borrow() {
-            match timeout(SUBSCRIBE_TIMEOUT, self.client.flush()).await {
+            match timeout(SUBSCRIBE_TIMEOUT, super::round_trip(&self.client)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("not confirmed within {SUBSCRIBE_TIMEOUT:?}")),
