@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need, then runs every
-# test. The tests start their own redis-server on free ports (never 6379) and real sessionhub
-# processes; the browser test drives Debian's Chromium with playwright-core from npm
+# test. The tests start their own redis-server and nats-server on free ports (never 6379 or
+# 4222) and real sessionhub processes; the browser test drives Debian's Chromium with playwright-core from npm
 # (playwright never downloads a browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"

@@ -212,6 +212,17 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_REDIS_PREFIX", default_value = sessionhub::redis::DEFAULT_PREFIX)]
     pub(crate) redis_prefix: String,
 
+    /// NATS server URLs (nats:// or tls://, comma-separated): pushes go through NATS (core
+    /// NATS to the nodes, JetStream for history) instead of Redis or the embedded broker.
+    /// Sessions stay where they were (embedded, or --redis / --redis-sentinel).
+    #[arg(long = "nats", env = "SESSIONHUB_NATS", value_name = "URL[,URL...]")]
+    pub(crate) nats: Option<String>,
+
+    /// Prefix of every NATS subject and stream this node uses.
+    #[arg(long, env = "SESSIONHUB_NATS_PREFIX",
+          default_value = sessionhub::broker::NatsBrokerConfig::DEFAULT_PREFIX)]
+    pub(crate) nats_prefix: String,
+
     /// Proxies whose X-Forwarded-Proto is believed (comma-separated IP addresses).
     #[arg(long, env = "SESSIONHUB_TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<IpAddr>,

@@ -14,7 +14,9 @@ use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sessionhub::SessionConfig;
 use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
-use sessionhub::broker::{HistoryConfig, LocalBroker, RedisBrokerConfig};
+use sessionhub::broker::{
+    Broker, Deliver, HistoryConfig, LocalBroker, NatsBrokerConfig, RedisBrokerConfig,
+};
 use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::Limits;
@@ -105,9 +107,18 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    let nats = match &args.nats {
+        Some(urls) => Some(
+            NatsBrokerConfig::new(urls)
+                .and_then(|config| config.prefix(&args.nats_prefix))
+                .context("configuring NATS")?
+                .history(history.clone()),
+        ),
+        None => None,
+    };
     let backends = match redis {
-        Some(redis) => cluster(redis.prefix(&args.redis_prefix), &node_id, history)?,
-        None => embedded(&args.data_dir, &node_id, history)?,
+        Some(redis) => cluster(redis.prefix(&args.redis_prefix), &node_id, history, nats)?,
+        None => embedded(&args.data_dir, &node_id, history, nats)?,
     };
     let Backends {
         store,
@@ -278,8 +289,33 @@ struct Backends {
     presence: Option<Arc<RedisPresence>>,
 }
 
-/// One node, nothing else installed: sessions in memory journaled under `data_dir`.
-fn embedded(data_dir: &Path, node_id: &str, history: HistoryConfig) -> anyhow::Result<Backends> {
+/// The hub, on NATS if `nats` is set, otherwise on the broker `otherwise` starts.
+fn hub(
+    node_id: &str,
+    nats: Option<NatsBrokerConfig>,
+    otherwise: impl FnOnce(Arc<dyn Deliver>) -> Arc<dyn Broker>,
+) -> Hub {
+    match nats {
+        Some(nats) => Hub::with_broker(node_id, |sink| nats.start(sink)),
+        None => Hub::with_broker(node_id, otherwise),
+    }
+}
+
+/// One node, nothing else installed: sessions in memory journaled under `data_dir`. With
+/// `nats`, pushes cross nodes through NATS, but sessions and the online count stay this
+/// node's own.
+fn embedded(
+    data_dir: &Path,
+    node_id: &str,
+    history: HistoryConfig,
+    nats: Option<NatsBrokerConfig>,
+) -> anyhow::Result<Backends> {
+    if nats.is_some() {
+        tracing::warn!(
+            "pushes go through NATS, but sessions stay in this node's embedded store and \
+             /api/online counts this node only: add --redis to share them between nodes"
+        );
+    }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let journal = data_dir.join("sessions.redb");
@@ -287,25 +323,33 @@ fn embedded(data_dir: &Path, node_id: &str, history: HistoryConfig) -> anyhow::R
         .with_context(|| format!("opening the session journal {}", journal.display()))?;
     Ok(Backends {
         store: Arc::new(Instrumented::new(store)),
-        hub: Hub::with_broker(node_id, |sink| {
+        hub: hub(node_id, nats, |sink| {
             Arc::new(LocalBroker::with_history(sink, history))
         }),
         presence: None,
     })
 }
 
-/// Many nodes sharing one Redis for sessions, pushes and presence.
-fn cluster(redis: RedisConfig, node_id: &str, history: HistoryConfig) -> anyhow::Result<Backends> {
+/// Many nodes sharing one Redis for sessions, pushes and presence; with `nats`, pushes go
+/// through NATS instead.
+fn cluster(
+    redis: RedisConfig,
+    node_id: &str,
+    history: HistoryConfig,
+    nats: Option<NatsBrokerConfig>,
+) -> anyhow::Result<Backends> {
     let mode = redis.mode();
     // Lazily: a node started while Redis is down comes up unready (/readyz 503) and serves
     // as soon as Redis answers, rather than exiting and leaving that to a supervisor.
     let store = RedisStore::lazy(&redis).context("setting up the Redis session store")?;
     let presence = RedisPresence::lazy(&redis).context("setting up presence in Redis")?;
+    let pushes = if nats.is_some() { "NATS" } else { "Redis" };
     let broker = RedisBrokerConfig::from(redis).history(history);
-    let hub = Hub::with_broker(node_id, |sink| broker.start(sink));
+    let hub = hub(node_id, nats, |sink| broker.start(sink));
     tracing::info!(
         ?mode,
-        "cluster mode: sessions, pushes and presence in Redis"
+        pushes,
+        "cluster mode: sessions and presence in Redis"
     );
     Ok(Backends {
         store: Arc::new(Instrumented::new(store)),

@@ -4,8 +4,8 @@
 //!   `sessionhub serve` process ([`Node`], `node.rs`) and a TCP [`Balancer`] in front of
 //!   nodes (`balancer.rs`), and a Sentinel deployment that can fail over ([`RedisSentinel`],
 //!   `sentinel.rs`), and a Redis Cluster that can fail over and move slots ([`RedisCluster`],
-//!   `cluster.rs`). Blocking on purpose, so they work from any test, async or not. A
-//!   fixture for another server (NATS) goes beside them, one file each.
+//!   `cluster.rs`), and a `nats-server` with JetStream ([`NatsServer`], `nats.rs`). Blocking on
+//!   purpose, so they work from any test, async or not.
 //! - [`conformance`]: the checks every `SessionStore`, `Broker` and `Presence` backend must
 //!   pass, as one macro per trait that a backend's own test file calls with a factory
 //!   ([`store_conformance!`], [`broker_conformance!`], [`presence_conformance!`]). They
@@ -19,6 +19,7 @@ use std::process::Child;
 mod balancer;
 mod cluster;
 pub mod conformance;
+mod nats;
 mod node;
 mod process;
 mod redis;
@@ -27,6 +28,7 @@ mod sentinel;
 
 pub use self::balancer::{Balancer, BalancerStats};
 pub use self::cluster::RedisCluster;
+pub use self::nats::NatsServer;
 pub use self::node::Node;
 pub use self::redis::{RedisServer, redis_command};
 pub use self::sentinel::RedisSentinel;

@@ -11,12 +11,15 @@
 //! - **subscribe / unsubscribe**: tell which channels this node's clients want.
 //!
 //! A [`Deliver`] sink (the hub's registry of local connections) receives what arrives. The
-//! embedded [`LocalBroker`] serves one node from memory; [`RedisBroker`] serves many.
+//! embedded [`LocalBroker`] serves one node from memory; [`RedisBroker`] and
+//! [`NatsBroker`] serve many.
 
 mod local;
+mod nats;
 mod redis;
 
 pub use self::local::LocalBroker;
+pub use self::nats::{NatsBroker, NatsBrokerConfig};
 pub use self::redis::{RedisBroker, RedisBrokerConfig};
 
 use std::sync::Arc;
