@@ -327,6 +327,54 @@ async fn sessions_outlive_a_killed_primary() {
     .await;
 }
 
+/// A rotation whose second step meets the new id's primary just killed: the caller is told
+/// the store was unavailable, and afterwards at most one of the two ids is a session (put
+/// back if the cluster refused the step, withdrawn if its outcome is unknown), never both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_onto_a_dead_primary_never_leaves_both_ids_valid() {
+    within(LIMIT, async {
+        let (mut cluster, store, _raw) = setup().await;
+        let (old, _) = created(&store, json!({"n": 1})).await;
+        let new = id_elsewhere(&cluster, &old);
+        let dead = primary_of(&cluster, &new);
+        tokio::task::block_in_place(|| cluster.kill(dead)).unwrap();
+        let outcome = store.rotate(&old, &new, &[incr("n", 1)], TTL).await;
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "{outcome:?}"
+        );
+        tokio::task::block_in_place(|| cluster.wait_for_failover(dead, FAILOVER)).unwrap();
+        let deadline = Instant::now() + FOLLOW;
+        let (at_old, at_new) = loop {
+            match (store.load(&old, TTL).await, store.load(&new, TTL).await) {
+                (Ok(at_old), Ok(at_new)) => break (at_old, at_new),
+                (Err(e), _) | (_, Err(e)) => {
+                    assert!(Instant::now() < deadline, "still unavailable: {e}");
+                    sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert!(
+            !(at_old.is_some() && at_new.is_some()),
+            "both ids are valid"
+        );
+        eprintln!(
+            "after the failed rotation: old id {}, new id {}",
+            if at_old.is_some() {
+                "restored"
+            } else {
+                "withdrawn"
+            },
+            if at_new.is_some() {
+                "written"
+            } else {
+                "absent"
+            },
+        );
+    })
+    .await;
+}
+
 /// A store with no traffic through a failover (a node its balancer took out of rotation):
 /// its readiness check (`ping`) passes again once the replica took over, without a session
 /// request having shown it the new slot map first.
