@@ -1,11 +1,12 @@
 //! A broker on NATS: core NATS carries publications to the nodes that want them,
 //! JetStream keeps the channel history.
 //!
-//! The broker is five parts: this file (its configuration and the [`Broker`] calls),
+//! The broker is these parts: this file (its configuration and the [`Broker`] calls),
 //! [`subjects`] (channel names as NATS subjects), [`headers`] (what a message carries
 //! besides its data), [`history`] (the streams, offsets, epochs, recovery), [`subscriber`]
-//! (the task that owns the subscriptions and the broker's health) and [`census`] (counting
-//! the nodes a publication reaches).
+//! (the task that owns the subscriptions and the broker's health), [`order`] (live
+//! publications back in offset order) and [`census`] (counting the nodes a publication
+//! reaches).
 //!
 //! # Subjects
 //!
@@ -60,6 +61,7 @@
 mod census;
 mod headers;
 mod history;
+mod order;
 mod subjects;
 mod subscriber;
 
