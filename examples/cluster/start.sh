@@ -11,12 +11,15 @@
 # Sentinels (26390-26392, master name "sessionhub"), and the nodes find the primary through
 # them (--redis-sentinel), so a failover can be tried.
 #
+# With BACKEND=nats, a nats-server with JetStream (127.0.0.1:4290, store under run/) carries
+# the pushes (--nats), and Redis keeps the sessions and the online count as with redis.
+#
 # Everything it creates (pid files, logs, data dirs, nginx scratch) goes under
 # examples/cluster/run/. Stop it all with stop.sh.
 #
 # Environment:
-#   BACKEND                   redis (default) or sentinel
-#   REDIS_URL                 use this Redis instead of starting one on 6390 (BACKEND=redis)
+#   BACKEND                   redis (default), sentinel or nats
+#   REDIS_URL                 use this Redis instead of starting one on 6390 (BACKEND=redis, nats)
 #   SESSIONHUB_REDIS_PREFIX   key/channel prefix (default sessionhub:), read by the nodes
 #   SESSIONHUB_BIN            run this sessionhub binary instead of building one
 #   CARGO_TARGET_DIR          where cargo puts the binary (default <repo>/target)
@@ -29,11 +32,12 @@ redis_port=6390
 replica_port=6391
 sentinel_ports=(26390 26391 26392)
 master_name=sessionhub
+nats_port=4290
 nodes=(node-a:8081 node-b:8082 node-c:8083)
 backend="${BACKEND:-redis}"
 case "$backend" in
-  redis | sentinel) ;;
-  *) echo "start.sh: BACKEND must be redis or sentinel, not $backend" >&2; exit 1 ;;
+  redis | sentinel | nats) ;;
+  *) echo "start.sh: BACKEND must be redis, sentinel or nats, not $backend" >&2; exit 1 ;;
 esac
 proxy_port=8080
 
@@ -69,6 +73,9 @@ fi
 if [ -z "${REDIS_URL:-}" ]; then
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found (apt-get install redis-server), or set REDIS_URL"
 fi
+if [ "$backend" = nats ]; then
+  command -v nats-server >/dev/null 2>&1 || die "nats-server not found (apt-get install nats-server)"
+fi
 
 mkdir -p "$run"
 # If anything fails after the first process started, take everything down again.
@@ -76,7 +83,7 @@ started=0
 trap 'rc=$?; if [ "$rc" -ne 0 ] && [ "$started" = 1 ]; then echo "start.sh: stopping what was started" >&2; "$here/stop.sh" >&2; fi' EXIT
 for f in "$run"/*.pid; do
   [ -e "$f" ] || continue
-  if alive "$f" "sessionhub\|redis-server\|nginx"; then
+  if alive "$f" "sessionhub\|redis-server\|nats-server\|nginx"; then
     die "already running ($(basename "$f")); run $here/stop.sh first"
   fi
   rm -f "$f"
@@ -85,7 +92,8 @@ done
 ports=("$proxy_port")
 for n in "${nodes[@]}"; do ports+=("${n#*:}"); done
 [ -n "${REDIS_URL:-}" ] || ports+=("$redis_port")
-[ "$backend" = redis ] || ports+=("$replica_port" "${sentinel_ports[@]}")
+[ "$backend" = sentinel ] && ports+=("$replica_port" "${sentinel_ports[@]}")
+[ "$backend" = nats ] && ports+=("$nats_port")
 for port in "${ports[@]}"; do
   if listening "$port"; then die "port $port is taken (ss -ltnp 'sport = :$port')"; fi
 done
@@ -156,6 +164,17 @@ appendonly no"
   redis_args=(--redis "$REDIS_URL")
   # The URL may carry a password: show it only if it does not.
   case "$REDIS_URL" in *@*) redis_shown="(from REDIS_URL)" ;; *) redis_shown="$REDIS_URL" ;; esac
+fi
+
+if [ "$backend" = nats ]; then
+  echo "starting nats-server (JetStream) on 127.0.0.1:$nats_port"
+  started=1
+  nohup nats-server --addr 127.0.0.1 --port "$nats_port" --jetstream --store_dir "$run/nats" \
+    >"$run/nats.log" 2>&1 &
+  echo $! >"$run/nats.pid"
+  wait_for "nats-server" listening "$nats_port"
+  redis_args+=(--nats "nats://127.0.0.1:$nats_port")
+  redis_shown="$redis_shown, pushes through NATS on 127.0.0.1:$nats_port"
 fi
 
 for n in "${nodes[@]}"; do
