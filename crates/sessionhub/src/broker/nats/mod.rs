@@ -24,7 +24,8 @@
 //! sequence makes the server refuse it if another publication got there first (then the
 //! broker reads again and retries, which is safe since nothing was stored). Once stored,
 //! the stream republishes it to the live subject, headers included, so live delivery and
-//! history carry the same offset and epoch, in offset order, and a refused message reaches
+//! history carry the same offset and epoch, in offset order (a node puts copies that
+//! crossed on the way back in order, see [`order`]), and a refused message reaches
 //! nobody. Details and the reasons are in [`history`].
 //!
 //! An idempotency key becomes the message's `Nats-Msg-Id`, and the stream's duplicate
@@ -243,7 +244,7 @@ fn reconnect_delay(attempts: usize) -> Duration {
 }
 
 /// The broker of a node among many on NATS: core NATS subjects for delivery, JetStream
-/// for history (see the [module documentation](self) for the design).
+/// for history (`src/broker/nats/mod.rs` and the files beside it explain the design).
 ///
 /// Dropping the last handle stops its tasks and closes the connection.
 pub struct NatsBroker {
