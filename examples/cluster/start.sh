@@ -11,6 +11,10 @@
 # Sentinels (26390-26392, master name "sessionhub"), and the nodes find the primary through
 # them (--redis-sentinel), so a failover can be tried.
 #
+# With BACKEND=cluster, Redis is a Redis Cluster of three primaries with a replica each
+# (7001-7006, cluster bus 17001-17006), which the nodes reach through seed nodes
+# (--redis-cluster); pushes use sharded pub/sub.
+#
 # With BACKEND=nats, a nats-server with JetStream (127.0.0.1:4290, store under run/) carries
 # the pushes (--nats), and Redis keeps the sessions and the online count as with redis.
 #
@@ -18,7 +22,7 @@
 # examples/cluster/run/. Stop it all with stop.sh.
 #
 # Environment:
-#   BACKEND                   redis (default), sentinel or nats
+#   BACKEND                   redis (default), sentinel, cluster or nats
 #   REDIS_URL                 use this Redis instead of starting one on 6390 (BACKEND=redis, nats)
 #   SESSIONHUB_REDIS_PREFIX   key/channel prefix (default sessionhub:), read by the nodes
 #   SESSIONHUB_BIN            run this sessionhub binary instead of building one
@@ -31,13 +35,14 @@ run="$here/run"
 redis_port=6390
 replica_port=6391
 sentinel_ports=(26390 26391 26392)
+cluster_ports=(7001 7002 7003 7004 7005 7006)
 master_name=sessionhub
 nats_port=4290
 nodes=(node-a:8081 node-b:8082 node-c:8083)
 backend="${BACKEND:-redis}"
 case "$backend" in
-  redis | sentinel | nats) ;;
-  *) echo "start.sh: BACKEND must be redis, sentinel or nats, not $backend" >&2; exit 1 ;;
+  redis | sentinel | cluster | nats) ;;
+  *) echo "start.sh: BACKEND must be redis, sentinel, cluster or nats, not $backend" >&2; exit 1 ;;
 esac
 proxy_port=8080
 
@@ -67,8 +72,8 @@ wait_for() {
 for tool in curl nginx; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (nginx: apt-get install nginx)"
 done
-if [ "$backend" = sentinel ] && [ -n "${REDIS_URL:-}" ]; then
-  die "REDIS_URL is for BACKEND=redis; BACKEND=sentinel starts its own servers"
+if [ "$backend" != redis ] && [ "$backend" != nats ] && [ -n "${REDIS_URL:-}" ]; then
+  die "REDIS_URL is for BACKEND=redis or nats; BACKEND=$backend starts its own servers"
 fi
 if [ -z "${REDIS_URL:-}" ]; then
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found (apt-get install redis-server), or set REDIS_URL"
@@ -91,9 +96,12 @@ done
 
 ports=("$proxy_port")
 for n in "${nodes[@]}"; do ports+=("${n#*:}"); done
-[ -n "${REDIS_URL:-}" ] || ports+=("$redis_port")
-[ "$backend" = sentinel ] && ports+=("$replica_port" "${sentinel_ports[@]}")
-[ "$backend" = nats ] && ports+=("$nats_port")
+case "$backend" in
+  redis) [ -n "${REDIS_URL:-}" ] || ports+=("$redis_port") ;;
+  sentinel) ports+=("$redis_port" "$replica_port" "${sentinel_ports[@]}") ;;
+  cluster) for p in "${cluster_ports[@]}"; do ports+=("$p" "$((p + 10000))"); done ;;
+  nats) [ -n "${REDIS_URL:-}" ] || ports+=("$redis_port"); ports+=("$nats_port") ;;
+esac
 for port in "${ports[@]}"; do
   if listening "$port"; then die "port $port is taken (ss -ltnp 'sport = :$port')"; fi
 done
@@ -118,7 +126,35 @@ start_redis() {
 }
 
 redis_args=()
-if [ "$backend" = sentinel ]; then
+if [ "$backend" = cluster ]; then
+  # A new cluster each time: a node that finds its old view of the cluster, or the data a
+  # replica was sent, refuses to join a new one.
+  rm -f "$run"/cluster-*.nodes.conf "$run"/cluster-*.rdb
+  seeds=()
+  for port in "${cluster_ports[@]}"; do
+    echo "starting a cluster node on 127.0.0.1:$port"
+    start_redis "cluster-$port" "port $port
+bind 127.0.0.1
+dir $run
+dbfilename cluster-$port.rdb
+cluster-enabled yes
+cluster-config-file cluster-$port.nodes.conf
+cluster-node-timeout 2000
+save \"\"
+appendonly no"
+    seeds+=("127.0.0.1:$port")
+  done
+  for port in "${cluster_ports[@]}"; do
+    wait_for "the cluster node on $port" listening "$port"
+  done
+  echo "joining them: 3 primaries, a replica each"
+  redis-cli --cluster create "${seeds[@]}" --cluster-replicas 1 --cluster-yes >"$run/cluster-create.log" 2>&1 ||
+    die "redis-cli --cluster create failed; see $run/cluster-create.log"
+  cluster_ok() { redis-cli -p "${cluster_ports[0]}" CLUSTER INFO | grep -q 'cluster_state:ok'; }
+  wait_for "the Redis Cluster" cluster_ok
+  redis_args=(--redis-cluster "$(IFS=,; echo "${seeds[*]}")")
+  redis_shown="the Redis Cluster on ${cluster_ports[*]}"
+elif [ "$backend" = sentinel ]; then
   data="bind 127.0.0.1
 dir $run
 save \"\"

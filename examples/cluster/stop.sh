@@ -48,7 +48,7 @@ done
 wait
 # QUIT is nginx's graceful shutdown.
 stop "$run/nginx.pid" nginx QUIT
-for f in "$run"/sentinel-*.pid; do
+for f in "$run"/sentinel-*.pid "$run"/cluster-*.pid; do
   [ -e "$f" ] && stop "$f" redis-server TERM
 done
 stop "$run/nats.pid" nats-server TERM

@@ -22,7 +22,7 @@ use crate::engineio;
 use crate::http;
 use crate::pacing::Schedule;
 use crate::payload::Payload;
-use crate::procfs::{CpuMeters, CpuUse};
+use crate::procfs::{CpuMeters, CpuSeconds, CpuUse};
 use crate::stats::{ConnTally, Delivery, Latency, LatencySummary};
 use crate::ws::Msg;
 
@@ -98,9 +98,10 @@ pub(crate) struct FanoutArgs {
     /// Process ids of the target's servers, to report their CPU use (repeat).
     #[arg(long = "pid")]
     pub(crate) pids: Vec<u32>,
-    /// Process id of redis-server, to report its CPU use.
-    #[arg(long)]
-    pub(crate) redis_pid: Option<u32>,
+    /// Process id of a redis-server, to report its CPU use (repeat for every primary of a
+    /// Redis Cluster: each is reported on its own and all together).
+    #[arg(long = "redis-pid")]
+    pub(crate) redis_pids: Vec<u32>,
     /// Bearer key for the push API, if the target wants one.
     #[arg(long, env = "LOADGEN_API_KEY")]
     pub(crate) api_key: Option<String>,
@@ -130,6 +131,13 @@ pub(crate) struct StepResult {
     pub(crate) disconnects: u64,
     /// CPU use over the step (publishing and drain), percent of one core.
     pub(crate) cpu: CpuUse,
+    /// The same CPU use as amounts, seconds over the step, each Redis process on its own
+    /// (absent from results written before it was recorded).
+    #[serde(default)]
+    pub(crate) cpu_seconds: CpuSeconds,
+    /// [`StepResult::cpu_seconds`] per 100 000 distinct deliveries; `None` without any.
+    #[serde(default)]
+    pub(crate) cpu_per_100k: Option<CpuSeconds>,
     /// p99 under the limit, loss under the limit, no disconnect.
     pub(crate) pass: bool,
 }
@@ -264,7 +272,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         step += 1;
         eprintln!(
             "[{}] step {step}: rate {:.0}/s published {:.0}/s delivered {:.0}/s p50 {:.2} ms p99 \
-             {:.2} ms p999 {:.2} ms lost {} dup {} errors {} disconnects {} cpu server {:.0}% redis {:.0}% \
+             {:.2} ms p999 {:.2} ms lost {} dup {} errors {} disconnects {} cpu server {:.0}% redis {:.0}%{} \
              loadgen {:.0}% other {:.0}% -> {}",
             args.label,
             result.rate,
@@ -279,6 +287,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             result.disconnects,
             result.cpu.server,
             result.cpu.redis,
+            each_percent(&result.cpu_seconds),
             result.cpu.loadgen,
             result.cpu.other,
             if result.pass { "pass" } else { "FAIL" }
@@ -370,6 +379,19 @@ impl Search {
             }
         }
     }
+}
+
+/// With several Redis processes, each one's share of a core, e.g. " (11+10+12)"; else "".
+fn each_percent(used: &CpuSeconds) -> String {
+    if used.redis_each.len() < 2 || used.wall <= 0.0 {
+        return String::new();
+    }
+    let each: Vec<String> = used
+        .redis_each
+        .iter()
+        .map(|s| format!("{:.0}", s / used.wall * 100.0))
+        .collect();
+    format!(" ({})", each.join("+"))
 }
 
 fn best_of(steps: &[StepResult]) -> Option<&StepResult> {
@@ -533,7 +555,7 @@ async fn run_step(
     let schedule = Arc::new(Schedule::new(start, rate, window));
     let errors = Arc::new(AtomicU64::new(0));
     let size = args.payload_bytes;
-    let meters = CpuMeters::start(&args.pids, args.redis_pid);
+    let meters = CpuMeters::start(&args.pids, &args.redis_pids);
 
     match publisher {
         Publisher::Http {
@@ -647,7 +669,7 @@ async fn run_step(
     }
     // Later messages of this step are ignored from here on.
     *shared.current.write().unwrap() = Arc::new(StepState::new(u32::MAX, 0));
-    let cpu = meters.read();
+    let (cpu, cpu_seconds) = meters.read_both();
 
     let mut delivery = Delivery::default();
     for (i, tally) in state.tallies.iter().enumerate() {
@@ -661,6 +683,7 @@ async fn run_step(
     let latency = latency.summary();
     let publish_errors = errors.load(Ordering::Relaxed);
     let disconnects = shared.disconnects.load(Ordering::Relaxed) - disconnects_before;
+    let cpu_per_100k = cpu_seconds.per(delivery.delivered, 100_000.0);
     let pass = latency.count > 0
         && latency.p99_ms < args.p99_limit_ms
         && delivery.loss_ratio() <= args.max_loss
@@ -675,6 +698,8 @@ async fn run_step(
         latency,
         disconnects,
         cpu,
+        cpu_per_100k,
+        cpu_seconds,
         pass,
     })
 }
@@ -729,6 +754,30 @@ mod tests {
         let mut search = Search::new(1.6, 0);
         assert_eq!(search.next(1000.0, true), Some(1600.0));
         assert_eq!(search.next(1600.0, false), None);
+    }
+
+    #[test]
+    fn several_redis_processes_are_logged_each() {
+        let used = |redis_each: Vec<f64>| CpuSeconds {
+            wall: 10.0,
+            redis_each,
+            ..CpuSeconds::default()
+        };
+        assert_eq!(each_percent(&used(vec![1.0, 1.25, 0.5])), " (10+12+5)");
+        assert_eq!(each_percent(&used(vec![1.0])), "");
+        assert_eq!(each_percent(&used(vec![])), "");
+    }
+
+    #[test]
+    fn a_step_written_before_cpu_seconds_still_reads() {
+        let old = r#"{"rate":1000.0,"publish_rate":1000.0,"published":5000,"publish_errors":0,
+            "delivery":{"expected":10000,"delivered":10000,"lost":0,"duplicated":0,"misrouted":0},
+            "delivered_per_sec":2000.0,
+            "latency":{"count":10000,"mean_ms":1.0,"p50_ms":1.0,"p90_ms":2.0,"p99_ms":3.0,"p999_ms":4.0,"max_ms":5.0,"curve":[]},
+            "disconnects":0,"cpu":{"server":50.0,"redis":10.0,"loadgen":20.0,"other":1.0},"pass":true}"#;
+        let step: StepResult = serde_json::from_str(old).unwrap();
+        assert_eq!(step.cpu_seconds, CpuSeconds::default());
+        assert_eq!(step.cpu_per_100k, None);
     }
 
     #[test]

@@ -38,19 +38,16 @@ impl CpuMeter {
         }
     }
 
-    /// Percent of one core the processes used together since [`CpuMeter::start`].
-    pub(crate) fn percent(&self) -> f64 {
-        let secs = self.start.elapsed().as_secs_f64();
-        if self.pids.is_empty() || secs <= 0.0 {
-            return 0.0;
-        }
-        let used: u64 = self
-            .pids
+    /// CPU seconds each process used since [`CpuMeter::start`], in the order given (a
+    /// process that can no longer be read counts what it had used when last read: 0).
+    pub(crate) fn seconds_each(&self) -> Vec<f64> {
+        self.pids
             .iter()
             .zip(&self.ticks)
-            .map(|(&p, &before)| cpu_ticks(p).unwrap_or(before).saturating_sub(before))
-            .sum();
-        used as f64 / TICKS_PER_SEC / secs * 100.0
+            .map(|(&p, &before)| {
+                cpu_ticks(p).unwrap_or(before).saturating_sub(before) as f64 / TICKS_PER_SEC
+            })
+            .collect()
     }
 }
 
@@ -91,7 +88,43 @@ pub(crate) struct CpuUse {
     pub(crate) other: f64,
 }
 
-/// Meters for [`CpuUse`].
+/// CPU time used during a measurement, in seconds: what [`CpuUse`] gives as rates, as
+/// amounts, with each Redis process on its own (one per primary of a Redis Cluster). An
+/// amount divided by the work done (e.g. CPU seconds per 100 000 deliveries) compares
+/// setups whose wall-clock rates a shared machine's scheduler blurs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CpuSeconds {
+    /// Wall-clock seconds metered.
+    pub(crate) wall: f64,
+    /// The target's server processes together.
+    pub(crate) server: f64,
+    /// Every Redis process together.
+    pub(crate) redis: f64,
+    /// Each Redis process, in the order of `--redis-pid`.
+    pub(crate) redis_each: Vec<f64>,
+    /// This load generator.
+    pub(crate) loadgen: f64,
+}
+
+impl CpuSeconds {
+    /// The same amounts per `per` units of `work` (e.g. CPU seconds per 100 000 deliveries);
+    /// `None` when no work was done. `wall` is scaled too (seconds per `per` units).
+    pub(crate) fn per(&self, work: u64, per: f64) -> Option<CpuSeconds> {
+        if work == 0 {
+            return None;
+        }
+        let scale = per / work as f64;
+        Some(CpuSeconds {
+            wall: self.wall * scale,
+            server: self.server * scale,
+            redis: self.redis * scale,
+            redis_each: self.redis_each.iter().map(|s| s * scale).collect(),
+            loadgen: self.loadgen * scale,
+        })
+    }
+}
+
+/// Meters for [`CpuUse`] and [`CpuSeconds`].
 #[derive(Debug)]
 pub(crate) struct CpuMeters {
     server: CpuMeter,
@@ -101,11 +134,11 @@ pub(crate) struct CpuMeters {
 }
 
 impl CpuMeters {
-    /// Starts measuring.
-    pub(crate) fn start(server: &[u32], redis: Option<u32>) -> Self {
+    /// Starts measuring the target's processes `server` and the Redis processes `redis`.
+    pub(crate) fn start(server: &[u32], redis: &[u32]) -> Self {
         Self {
             server: CpuMeter::start(server),
-            redis: CpuMeter::start(&redis.into_iter().collect::<Vec<_>>()),
+            redis: CpuMeter::start(redis),
             loadgen: CpuMeter::start(&[std::process::id()]),
             busy: machine_busy_ticks(),
         }
@@ -113,20 +146,29 @@ impl CpuMeters {
 
     /// What was used since the start.
     pub(crate) fn read(&self) -> CpuUse {
+        self.read_both().0
+    }
+
+    /// What was used since the start, as rates and as amounts, from one reading of /proc.
+    pub(crate) fn read_both(&self) -> (CpuUse, CpuSeconds) {
         let secs = self.loadgen.start.elapsed().as_secs_f64().max(1e-3);
-        let busy =
-            machine_busy_ticks().saturating_sub(self.busy) as f64 / TICKS_PER_SEC / secs * 100.0;
-        let (server, redis, loadgen) = (
-            self.server.percent(),
-            self.redis.percent(),
-            self.loadgen.percent(),
-        );
-        CpuUse {
-            server,
-            redis,
-            loadgen,
-            other: (busy - server - redis - loadgen).max(0.0),
-        }
+        let busy = machine_busy_ticks().saturating_sub(self.busy) as f64 / TICKS_PER_SEC;
+        let redis_each = self.redis.seconds_each();
+        let amounts = CpuSeconds {
+            wall: secs,
+            server: self.server.seconds_each().iter().sum(),
+            redis: redis_each.iter().sum(),
+            redis_each,
+            loadgen: self.loadgen.seconds_each().iter().sum(),
+        };
+        let percent = |s: f64| s / secs * 100.0;
+        let rates = CpuUse {
+            server: percent(amounts.server),
+            redis: percent(amounts.redis),
+            loadgen: percent(amounts.loadgen),
+            other: percent((busy - amounts.server - amounts.redis - amounts.loadgen).max(0.0)),
+        };
+        (rates, amounts)
     }
 }
 
@@ -219,8 +261,49 @@ mod tests {
             x = x.wrapping_add(i * i);
         }
         assert!(x > 0);
-        assert!(meter.percent() >= 0.0);
-        assert_eq!(CpuMeter::start(&[]).percent(), 0.0);
+        assert_eq!(meter.seconds_each().len(), 1);
+        assert!(meter.seconds_each()[0] >= 0.0);
+        assert!(CpuMeter::start(&[]).seconds_each().is_empty());
+    }
+
+    #[test]
+    fn meters_several_redis_processes_each_and_together() {
+        let me = std::process::id();
+        let meters = CpuMeters::start(&[], &[me, me, u32::MAX]);
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        let (rates, amounts) = meters.read_both();
+        assert_eq!(amounts.redis_each.len(), 3);
+        // The same process twice reads the same; one that does not exist reads 0.
+        assert_eq!(amounts.redis_each[0], amounts.redis_each[1]);
+        assert_eq!(amounts.redis_each[2], 0.0);
+        assert_eq!(amounts.redis, amounts.redis_each.iter().sum::<f64>());
+        assert_eq!(amounts.server, 0.0);
+        assert!(amounts.wall > 0.0);
+        let expected = amounts.redis / amounts.wall * 100.0;
+        assert!((rates.redis - expected).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_seconds_per_unit_of_work() {
+        let used = CpuSeconds {
+            wall: 10.0,
+            server: 3.0,
+            redis: 1.5,
+            redis_each: vec![0.5, 1.0],
+            loadgen: 2.0,
+        };
+        let per = used.per(300_000, 100_000.0).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(per.server, 1.0));
+        assert!(close(per.redis, 0.5));
+        assert!(close(per.redis_each[0], 0.5 / 3.0) && close(per.redis_each[1], 1.0 / 3.0));
+        assert!(close(per.loadgen, 2.0 / 3.0));
+        assert!(close(per.wall, 10.0 / 3.0));
+        assert_eq!(used.per(0, 100_000.0), None);
     }
 
     #[test]

@@ -831,6 +831,8 @@ mod tests {
             latency: Default::default(),
             disconnects: 0,
             cpu: Default::default(),
+            cpu_seconds: Default::default(),
+            cpu_per_100k: None,
             pass: true,
         };
         FanoutReport {

@@ -221,7 +221,10 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
     }
 
     let before = Counters::read(redis).await?;
-    let meters = CpuMeters::start(&args.pid.into_iter().collect::<Vec<_>>(), args.redis_pid);
+    let meters = CpuMeters::start(
+        &args.pid.into_iter().collect::<Vec<_>>(),
+        &args.redis_pid.into_iter().collect::<Vec<_>>(),
+    );
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let workers: Vec<_> = vus

@@ -171,7 +171,7 @@ pub(crate) struct Serve {
         long = "redis",
         env = "SESSIONHUB_REDIS_URL",
         value_name = "URL",
-        conflicts_with = "redis_sentinel"
+        conflicts_with_all = ["redis_sentinel", "redis_cluster"]
     )]
     pub(crate) redis_url: Option<String>,
 
@@ -183,7 +183,8 @@ pub(crate) struct Serve {
         env = "SESSIONHUB_REDIS_SENTINEL",
         value_name = "HOST:PORT",
         value_delimiter = ',',
-        requires = "redis_sentinel_master"
+        requires = "redis_sentinel_master",
+        conflicts_with = "redis_cluster"
     )]
     pub(crate) redis_sentinel: Vec<String>,
 
@@ -195,6 +196,17 @@ pub(crate) struct Serve {
         requires = "redis_sentinel"
     )]
     pub(crate) redis_sentinel_master: Option<String>,
+
+    /// Redis Cluster seed nodes (HOST:PORT, or redis:// / rediss:// URLs whose password and
+    /// TLS apply to every node), comma-separated: cluster mode on a Redis Cluster, with
+    /// sharded pub/sub; any live seed is enough to find the rest.
+    #[arg(
+        long,
+        env = "SESSIONHUB_REDIS_CLUSTER",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub(crate) redis_cluster: Vec<String>,
 
     /// Prefix of every Redis key and channel this node uses.
     #[arg(long, env = "SESSIONHUB_REDIS_PREFIX", default_value = sessionhub::redis::DEFAULT_PREFIX)]

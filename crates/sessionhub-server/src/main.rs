@@ -95,12 +95,16 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         ttl: Duration::from_secs(args.history_ttl),
         ..HistoryConfig::default()
     };
+    // clap lets at most one of the three through.
     let redis = match (&args.redis_url, &args.redis_sentinel_master) {
         (Some(url), _) => Some(RedisConfig::new(url).context("configuring Redis")?),
         (None, Some(master)) => Some(
             RedisConfig::sentinel(&args.redis_sentinel, master)
                 .context("configuring Redis Sentinel")?,
         ),
+        (None, None) if !args.redis_cluster.is_empty() => {
+            Some(RedisConfig::cluster(&args.redis_cluster).context("configuring Redis Cluster")?)
+        }
         (None, None) => None,
     };
     let nats = match &args.nats {

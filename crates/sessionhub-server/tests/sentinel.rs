@@ -1,7 +1,7 @@
-//! `sessionhub serve --redis-sentinel`: nodes that find the primary through Redis
+//! `sessionhub serve --redis-sentinel`: three nodes that find the primary through Redis
 //! Sentinel (a primary, a replica and three Sentinels of the test's own) and follow it
-//! through a failover, as black boxes: the seed demos across nodes, then the primary killed
-//! under them.
+//! through a failover, as black boxes: the seed demos across nodes (sessions, pushes,
+//! KEY/VALUE frames, the online count), then the primary killed under them.
 
 mod common;
 
@@ -38,25 +38,35 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
         .await
         .unwrap()
         .expect("the Sentinel deployment starts");
-    let nodes = nodes(&redis, 2);
+    let nodes = nodes(&redis, 3);
     let client = http();
     for node in &nodes {
         wait_ready(&client, &node.http(), true, Duration::from_secs(10)).await;
     }
 
-    // A session made on one node counts on the other.
+    // A session made on one node counts on the others.
     let (_, id, _) = get(&client, &nodes[0].http(), "/login?username=ann", None).await;
     let id = id.unwrap();
-    let (_, _, on_b) = get(&client, &nodes[1].http(), "/get-session", Some(&id)).await;
-    assert_eq!(
-        (on_b["username"].as_str(), on_b["count"].as_i64()),
-        (Some("ann"), Some(1))
-    );
-    // A push through one node reaches a socket on the other.
+    for (node, count) in [(&nodes[1], 1), (&nodes[2], 2)] {
+        let (_, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
+        assert_eq!(
+            (body["username"].as_str(), body["count"].as_i64()),
+            (Some("ann"), Some(count))
+        );
+    }
+    // A push through one node reaches sockets on the others; KEY/VALUE frames too.
     let (mut socket, _) = connect(&nodes[1].ws(), "456").await;
-    let (status, _) = push(&client, &nodes[0].http(), "456", "before").await;
+    let (mut on_c, _) = connect(&nodes[2].ws(), "456").await;
+    let (status, answer) = push(&client, &nodes[0].http(), "456", "before").await;
     assert_eq!(status, 200);
+    assert_eq!(answer["nodes"], 2, "{answer}");
     assert_eq!(next_text(&mut socket).await, "before");
+    assert_eq!(next_text(&mut on_c).await, "before");
+    send_text(&mut on_c, r#"{"KEY":456,"VALUE":"aaaa"}"#).await;
+    assert_eq!(next_text(&mut socket).await, "aaaa");
+    assert_eq!(next_text(&mut on_c).await, "aaaa");
+    // Every node counts every node's sockets.
+    wait_online(&client, &nodes[0].http(), 2, Duration::from_secs(10)).await;
 
     // Acknowledged writes are on the replica before the primary dies (Redis replicates
     // asynchronously: docs/cluster.md says what a failover can lose without this).
@@ -75,7 +85,7 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
         wait_ready(&client, &node.http(), true, Duration::from_secs(15)).await;
     }
     eprintln!(
-        "both nodes ready on the new primary {:?} after the kill",
+        "every node ready on the new primary {:?} after the kill",
         started.elapsed()
     );
 
@@ -83,11 +93,12 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
     let (_, _, after) = get(&client, &nodes[0].http(), "/get-session", Some(&id)).await;
     assert_eq!(
         (after["username"].as_str(), after["count"].as_i64()),
-        (Some("ann"), Some(2))
+        (Some("ann"), Some(3))
     );
     let (status, _) = push(&client, &nodes[0].http(), "456", "after").await;
     assert_eq!(status, 200);
     wait_for_text(&mut socket, "after", Duration::from_secs(5)).await;
+    wait_for_text(&mut on_c, "after", Duration::from_secs(5)).await;
 }
 
 #[test]

@@ -486,6 +486,36 @@ async fn redis_losing_its_data_starts_a_new_epoch() {
     .await;
 }
 
+/// A publish retried with its idempotency key after the channel's epoch changed (a
+/// failover, or the meta hash lost while the key survived) is answered with the offset and
+/// epoch it was first published under, not that offset in the new epoch, where it may name
+/// another publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_retried_key_keeps_its_first_epoch_across_an_epoch_change() {
+    within(async {
+        let redis = RedisServer::start().unwrap();
+        let (node, broker) = redis_node(&redis).await;
+        let channel = "room:moved";
+        node.join(channel).await;
+        let first = node.publish_with(channel, "1", &keyed("k1")).await;
+        let meta = format!("{}:meta", broker.redis_channel(channel));
+        assert!(
+            redis
+                .command(&format!("DEL {meta}"))
+                .unwrap()
+                .starts_with(':')
+        );
+
+        let other = node.publish(channel, "2").await;
+        assert_ne!(other.epoch, first.epoch);
+        assert_eq!(other.offset, 1, "the new epoch starts over");
+        let again = node.publish_with(channel, "1", &keyed("k1")).await;
+        assert!(again.duplicate);
+        assert_eq!((again.offset, &again.epoch), (first.offset, &first.epoch));
+    })
+    .await;
+}
+
 /// A restarted (empty) Redis: the broker resubscribes, and only then tells the sink to
 /// resync, once; the old positions are not recovered, and history works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

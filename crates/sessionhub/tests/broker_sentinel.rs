@@ -12,7 +12,6 @@ use sessionhub::broker::{Broker, PublishOptions, RedisBrokerConfig};
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::conformance::broker::{BrokerFixture, BrokerNode, position, wait_ready};
 use sessionhub_testkit::{RedisSentinel, redis_command};
-use tokio::time::{Instant, sleep};
 
 /// A failover test's bound: Sentinel needs ~1 s to call the primary down and a few more to
 /// promote the replica.
@@ -43,34 +42,15 @@ async fn sentinel() -> BrokerFixture {
 
 sessionhub_testkit::broker_conformance!(sentinel);
 
-/// Publishes `payload` on `channel` from `publisher` until `subscriber` takes it, each try
-/// with its own payload so that a late delivery of an earlier try is not mistaken for it;
-/// fails the test after [`FOLLOW`]. Returns the payload that arrived and its receipt's
-/// epoch.
 async fn publish_until_taken(
     publisher: &BrokerNode,
     subscriber: &BrokerNode,
     channel: &str,
 ) -> (String, String) {
-    let deadline = Instant::now() + FOLLOW;
-    for attempt in 0.. {
-        assert!(Instant::now() < deadline, "no publication got through");
-        let payload = format!("\"after-{attempt}\"");
-        let options = PublishOptions::with_history();
-        if let Ok(receipt) = publisher
-            .broker
-            .publish(channel, payload.clone().into(), &options)
-            .await
-        {
-            sleep(Duration::from_millis(300)).await;
-            if subscriber.sink.taken_on(channel).contains(&payload) {
-                return (payload, receipt.epoch.to_string());
-            }
-        } else {
-            sleep(Duration::from_millis(100)).await;
-        }
-    }
-    unreachable!()
+    sessionhub_testkit::conformance::broker::publish_until_taken(
+        publisher, subscriber, channel, FOLLOW,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,6 +144,46 @@ async fn a_publish_refused_by_the_old_primary_is_sent_to_the_new_one() {
             .expect("the refused publish is sent again to the new primary");
         assert_eq!(receipt.nodes, 1, "{receipt:?}");
         subscriber.expect_taken("news", 1).await;
+    })
+    .await
+    .expect("the test did not finish in time");
+}
+
+/// The subscriber asks the Sentinels every 2 s whether its server is still the primary, on
+/// one kept connection per Sentinel, not a new one each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_check_keeps_its_sentinel_connection() {
+    tokio::time::timeout(FAILOVER_LIMIT, async {
+        let redis = RedisSentinel::start_lean().await;
+        let backend = nodes(config(&redis), ());
+        let node = backend.node().await;
+        node.join("news").await;
+        let sentinel = redis.sentinel_addrs()[0].clone();
+        let received = || {
+            let sentinel = sentinel.clone();
+            async move {
+                let client = ::redis::Client::open(format!("redis://{sentinel}")).unwrap();
+                let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+                let stats: String = ::redis::cmd("INFO")
+                    .arg("stats")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix("total_connections_received:"))
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            }
+        };
+        let before = received().await;
+        // Three checks at least.
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        let after = received().await;
+        // One for our own second question, at most one more for the node.
+        assert!(after - before <= 2, "{} new connections", after - before);
     })
     .await
     .expect("the test did not finish in time");

@@ -282,6 +282,40 @@ pub async fn wait_ready(broker: &dyn Broker) {
     }
 }
 
+/// Publishes on `channel` from `publisher` until `subscriber` takes it, each try with its
+/// own payload so that a late delivery of an earlier try is not mistaken for it; fails the
+/// test after `within`. For outages: it returns once the path from one node to the other
+/// works again, with the payload that arrived and its receipt's epoch.
+pub async fn publish_until_taken(
+    publisher: &BrokerNode,
+    subscriber: &BrokerNode,
+    channel: &str,
+    within: Duration,
+) -> (String, String) {
+    let deadline = Instant::now() + within;
+    for attempt in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "no publication on {channel} got through within {within:?}"
+        );
+        let payload = format!("\"after-{attempt}\"");
+        let options = PublishOptions::with_history();
+        if let Ok(receipt) = publisher
+            .broker
+            .publish(channel, payload.clone().into(), &options)
+            .await
+        {
+            sleep(Duration::from_millis(300)).await;
+            if subscriber.sink.taken_on(channel).contains(&payload) {
+                return (payload, receipt.epoch.to_string());
+            }
+        } else {
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!("the loop returns or fails")
+}
+
 /// The checks, each given the fixture to start its nodes from.
 pub mod checks {
     use super::*;

@@ -1,6 +1,7 @@
 //! Presence across every node that shares a Redis.
 //!
-//! Keys (all in the `{presence}` hash slot, so one MGET reads them on Redis Cluster too):
+//! Keys (all in the `{presence}` hash slot, so that one script writes and one MGET reads
+//! them on Redis Cluster too; `scripts/presence_*.lua`):
 //! - `<prefix>presence:{presence}:nodes`: sorted set of node ids, scored by the time (ms)
 //!   their snapshot expires; used to find the live nodes without SCAN.
 //! - `<prefix>presence:{presence}:node:<node id>`: JSON `{"online": n, "users": [ids]}`,
@@ -10,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::AsyncCommands;
+use ::redis::{AsyncCommands, ScriptInvocation};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::Presence;
 use crate::error::PresenceError;
 use crate::hub::{Hub, Online};
-use crate::redis::{Keys, Managed, Reconnect, RedisConfig};
+use crate::redis::{Keys, Managed, Reconnect, RedisConfig, scripts};
 use crate::store::now_ms;
 
 /// How long a node's snapshot outlives its last refresh.
@@ -118,35 +119,31 @@ impl RedisPresence {
         let json = serde_json::to_string(&snapshot).expect("snapshots serialize");
         let now = now_ms();
         let ttl = SNAPSHOT_TTL.as_millis() as u64;
-        let key = self.keys.presence_node(hub.node_id());
-        let mut connection = self.connection.get().await.map_err(unavailable)?;
-        ::redis::pipe()
-            .atomic()
-            .set_options(
-                &key,
-                json,
-                ::redis::SetOptions::default().with_expiration(::redis::SetExpiry::PX(ttl)),
-            )
-            .ignore()
-            .zadd(&self.nodes_key, hub.node_id(), now + ttl)
-            .ignore()
-            .zrembyscore(&self.nodes_key, "-inf", now)
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(|e| self.failed(e))
+        let mut invocation = scripts::PRESENCE_PUBLISH.prepare_invoke();
+        invocation
+            .key(&self.nodes_key)
+            .key(self.keys.presence_node(hub.node_id()))
+            .arg(hub.node_id())
+            .arg(json)
+            .arg(ttl)
+            .arg(now + ttl)
+            .arg(now);
+        self.invoke(&invocation).await
     }
 
     async fn withdraw(&self, node_id: &str) -> Result<(), PresenceError> {
-        let key = self.keys.presence_node(node_id);
+        let mut invocation = scripts::PRESENCE_WITHDRAW.prepare_invoke();
+        invocation
+            .key(&self.nodes_key)
+            .key(self.keys.presence_node(node_id))
+            .arg(node_id);
+        self.invoke(&invocation).await
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<(), PresenceError> {
         let mut connection = self.connection.get().await.map_err(unavailable)?;
-        ::redis::pipe()
-            .atomic()
-            .del(&key)
-            .ignore()
-            .zrem(&self.nodes_key, node_id)
-            .ignore()
-            .query_async::<()>(&mut connection)
+        invocation
+            .invoke_async::<()>(&mut connection)
             .await
             .map_err(|e| self.failed(e))
     }

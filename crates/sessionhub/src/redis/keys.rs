@@ -7,6 +7,7 @@
 //! | what                          | name                                          |
 //! |-------------------------------|-----------------------------------------------|
 //! | a session (hash)              | `<prefix>session:{<id>}`                      |
+//! | a session mid-rotation (hash) | `<prefix>session:{<id>}:moving`               |
 //! | a principal's sessions (zset) | `<prefix>principal:{<encoded principal>}`     |
 //! | a broker channel (pub/sub)    | `<prefix>ch:{<channel>}`                      |
 //! | its history                   | `<prefix>ch:{<channel>}:meta`, `:history`, `:idem:<key>` |
@@ -41,6 +42,12 @@ impl Keys {
     /// The hash that holds session `id`.
     pub(crate) fn session(&self, id: &str) -> String {
         join(&self.prefix, &["session:{", id, "}"])
+    }
+
+    /// Where a rotation on Redis Cluster keeps session `id` while it moves to its new id,
+    /// in the same slot (see `store/redis/rotation.rs`).
+    pub(crate) fn session_moving(&self, id: &str) -> String {
+        join(&self.prefix, &["session:{", id, "}:moving"])
     }
 
     /// The sorted set that indexes `principal`'s sessions.
@@ -130,6 +137,7 @@ mod tests {
     fn session_principal_and_presence_names() {
         let keys = Keys::new("app:");
         assert_eq!(keys.session("abc-_"), "app:session:{abc-_}");
+        assert_eq!(keys.session_moving("abc-_"), "app:session:{abc-_}:moving");
         assert_eq!(
             keys.principal("alice@example.com"),
             "app:principal:{alice@example.com}"

@@ -3,8 +3,8 @@
 //! The session store ([`crate::store::RedisStore`]), the broker
 //! ([`crate::broker::RedisBroker`]) and presence ([`crate::presence::RedisPresence`]) all
 //! build on a [`RedisConfig`]: the URL (or the Sentinels) parsed once into a [`Mode`], one
-//! TLS setup, one set of timeouts, and the key prefix. A new way to reach Redis (Cluster
-//! next) is a new [`Mode`] here, not a change in three components. Under Sentinel, every
+//! TLS setup, one set of timeouts, and the key prefix. A new way to reach Redis is a new
+//! [`Mode`] here, not a change in three components. Under Sentinel, every
 //! connection is opened to the primary the Sentinels name at that moment, and `managed.rs`
 //! (the store's and presence's self-reconnecting connection) and the broker give up a
 //! connection whose server is no longer the primary.
@@ -13,8 +13,11 @@
 //!   one cluster slot.
 //! - [`scripts`]: the Lua scripts, one `.lua` file each under `scripts/`.
 //! - [`backoff`]: the jittered exponential backoff between reconnection attempts.
+//! - [`cluster`]: the hash slot function and the broker's map of which primary owns which
+//!   slot in a Redis Cluster.
 
 pub(crate) mod backoff;
+pub(crate) mod cluster;
 pub(crate) mod keys;
 pub(crate) mod scripts;
 
@@ -38,7 +41,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One reply on a connection that is not a session store's (see [`Reconnect::SESSIONS`]).
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Asking the Sentinels where the primary is, and checking with it that it is one.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How Redis is deployed, as the configuration says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub enum Mode {
     /// the primary the Sentinels name at that moment, and is given up when it stops being
     /// the primary (see [`RedisConfig::sentinel`]).
     Sentinel,
+    /// A Redis Cluster, found through seed nodes (see [`RedisConfig::cluster`]): every key and
+    /// channel goes to the primary that owns its hash slot, and pushes use sharded pub/sub.
+    Cluster,
 }
 
 /// The configuration is not usable: an invalid URL, or one for another protocol. The
@@ -91,6 +97,8 @@ pub struct RedisConfig {
 enum Target {
     Standalone(Box<Client>),
     Sentinel(Arc<Sentinels>),
+    /// The seed nodes of a Redis Cluster, the first one's credentials and TLS for every node.
+    Cluster(Arc<[ConnectionInfo]>),
 }
 
 /// The Sentinels to ask, and what to ask them.
@@ -101,6 +109,9 @@ enum Target {
 /// primary that is still up passes the `ROLE` check, so its writes would be lost.
 struct Sentinels {
     sentinels: Vec<Client>,
+    /// A connection to each Sentinel, once one was opened, kept for the next question:
+    /// every node's subscriber asks every 2 s.
+    connections: Vec<std::sync::Mutex<Option<MultiplexedConnection>>>,
     master: String,
     /// What the primary is reached with: the first Sentinel's URL, whose credentials and
     /// TLS it shares, with the address replaced.
@@ -116,6 +127,10 @@ impl std::fmt::Debug for Target {
                 .debug_struct("Sentinel")
                 .field("master", &s.master)
                 .finish(),
+            Self::Cluster(seeds) => f
+                .debug_struct("Cluster")
+                .field("seeds", &seeds.len())
+                .finish(),
         }
     }
 }
@@ -124,24 +139,9 @@ impl Sentinels {
     /// The primary the first Sentinel that knows names, as what to connect to.
     async fn named(&self) -> RedisResult<ConnectionInfo> {
         let mut last = None;
-        for sentinel in &self.sentinels {
-            match self.ask(sentinel).await {
-                Ok(Some((host, port))) => {
-                    let addr = match self.primary.addr() {
-                        ConnectionAddr::TcpTls {
-                            insecure,
-                            tls_params,
-                            ..
-                        } => ConnectionAddr::TcpTls {
-                            host,
-                            port,
-                            insecure: *insecure,
-                            tls_params: tls_params.clone(),
-                        },
-                        _ => ConnectionAddr::Tcp(host, port),
-                    };
-                    return Ok(self.primary.clone().set_addr(addr));
-                }
+        for (sentinel, kept) in self.sentinels.iter().zip(&self.connections) {
+            match self.ask(sentinel, kept).await {
+                Ok(Some((host, port))) => return Ok(at(&self.primary, host, port)),
                 Ok(None) => {
                     last = Some(RedisError::from((
                         ErrorKind::InvalidClientConfig,
@@ -154,15 +154,32 @@ impl Sentinels {
         Err(last.expect("at least one Sentinel"))
     }
 
-    async fn ask(&self, sentinel: &Client) -> RedisResult<Option<(String, u16)>> {
-        let mut connection = sentinel
-            .get_multiplexed_async_connection_with_config(&bounded())
-            .await?;
-        ::redis::cmd("SENTINEL")
+    async fn ask(
+        &self,
+        sentinel: &Client,
+        kept: &std::sync::Mutex<Option<MultiplexedConnection>>,
+    ) -> RedisResult<Option<(String, u16)>> {
+        let cached = kept.lock().expect("never poisoned").clone();
+        let mut connection = match cached {
+            Some(connection) => connection,
+            None => {
+                let connection = sentinel
+                    .get_multiplexed_async_connection_with_config(&bounded())
+                    .await?;
+                *kept.lock().expect("never poisoned") = Some(connection.clone());
+                connection
+            }
+        };
+        let asked = ::redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.master)
             .query_async(&mut connection)
-            .await
+            .await;
+        if asked.is_err() {
+            // Whatever went wrong, the next question starts on a new connection.
+            *kept.lock().expect("never poisoned") = None;
+        }
+        asked
     }
 
     /// The primary the Sentinels name, once it confirms (`ROLE`) that it is one: a
@@ -183,9 +200,28 @@ impl Sentinels {
     }
 }
 
+/// `info` (credentials, TLS) with its address replaced by `host:port`: how a server that
+/// the Sentinels or the cluster name is reached.
+pub(crate) fn at(info: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
+    let addr = match info.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    info.clone().set_addr(addr)
+}
+
 /// The connect and reply bounds of a connection sessionhub opens without a
 /// `ConnectionManager`.
-fn bounded() -> AsyncConnectionConfig {
+pub(crate) fn bounded() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -221,11 +257,7 @@ impl RedisConfig {
         if master.is_empty() {
             return Err(invalid("the Sentinel master name is empty"));
         }
-        let infos = sentinels
-            .iter()
-            .map(|s| sentinel_url(s.as_ref()).into_connection_info())
-            .collect::<RedisResult<Vec<ConnectionInfo>>>()
-            .map_err(InvalidConfig)?;
+        let infos = node_infos(sentinels)?;
         let primary = infos
             .first()
             .cloned()
@@ -237,10 +269,36 @@ impl RedisConfig {
             .map_err(InvalidConfig)?;
         Ok(Self {
             target: Target::Sentinel(Arc::new(Sentinels {
+                connections: sentinels.iter().map(|_| Default::default()).collect(),
                 sentinels,
                 master: master.to_owned(),
                 primary,
             })),
+            keys: Keys::new(DEFAULT_PREFIX),
+        })
+    }
+
+    /// Reaches the Redis Cluster that the seed nodes `seeds` belong to, each `HOST:PORT` or
+    /// a `redis://` / `rediss://` URL, without connecting. Every node is reached with the
+    /// first seed URL's credentials and TLS. Any live seed is enough: the nodes and the
+    /// slots they own are asked from the cluster, and asked again after a failover, a
+    /// resharding or a `MOVED` reply.
+    ///
+    /// Session and presence commands go through redis-rs' cluster client, which follows
+    /// `MOVED` and `ASK`. The broker keeps its own connection to each primary it needs and
+    /// its own slot map, so that a sharded subscription is never sent to the wrong node nor
+    /// batched across slots (see `broker::redis`).
+    pub fn cluster(seeds: &[impl AsRef<str>]) -> Result<Self, InvalidConfig> {
+        install_tls_provider();
+        let seeds = node_infos(seeds)?;
+        if seeds.is_empty() {
+            return Err(InvalidConfig(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "no Redis Cluster seed node given",
+            ))));
+        }
+        Ok(Self {
+            target: Target::Cluster(seeds.into()),
             keys: Keys::new(DEFAULT_PREFIX),
         })
     }
@@ -257,6 +315,24 @@ impl RedisConfig {
         match self.target {
             Target::Standalone(_) => Mode::Standalone,
             Target::Sentinel(_) => Mode::Sentinel,
+            Target::Cluster(_) => Mode::Cluster,
+        }
+    }
+
+    /// A new slot map of the cluster in [`Mode::Cluster`], not read yet; `None` in the
+    /// other modes.
+    pub(crate) fn topology(&self) -> Option<cluster::Topology> {
+        match &self.target {
+            Target::Cluster(seeds) => Some(cluster::Topology::new(seeds.clone())),
+            _ => None,
+        }
+    }
+
+    /// The seed nodes in [`Mode::Cluster`]; `None` in the other modes.
+    pub(crate) fn cluster_seeds(&self) -> Option<&[ConnectionInfo]> {
+        match &self.target {
+            Target::Cluster(seeds) => Some(seeds),
+            _ => None,
         }
     }
 
@@ -276,6 +352,10 @@ impl RedisConfig {
                     Err(_) => Err(timed_out("no primary from the Sentinels", RESOLVE_TIMEOUT)),
                 }
             }
+            Target::Cluster(_) => Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has no one server: connect to the node that owns the slot",
+            ))),
         }
     }
 
@@ -284,7 +364,7 @@ impl RedisConfig {
     fn standalone_client(&self) -> Option<Client> {
         match &self.target {
             Target::Standalone(client) => Some(Client::clone(client)),
-            Target::Sentinel(_) => None,
+            Target::Sentinel(_) | Target::Cluster(_) => None,
         }
     }
 
@@ -293,7 +373,7 @@ impl RedisConfig {
     /// changes.
     pub(crate) async fn primary(&self) -> RedisResult<Option<String>> {
         match &self.target {
-            Target::Standalone(_) => Ok(None),
+            Target::Standalone(_) | Target::Cluster(_) => Ok(None),
             Target::Sentinel(target) => {
                 match tokio::time::timeout(RESOLVE_TIMEOUT, target.named()).await {
                     Ok(named) => Ok(Some(named?.addr().to_string())),
@@ -328,16 +408,25 @@ fn address(client: &Client) -> String {
     client.get_connection_info().addr().to_string()
 }
 
-/// A Sentinel address as a URL: `HOST:PORT` means `redis://HOST:PORT`.
-fn sentinel_url(sentinel: &str) -> String {
-    if sentinel.contains("://") {
-        sentinel.to_owned()
+/// Sentinel or cluster node addresses, each `HOST:PORT` (for `redis://HOST:PORT`) or a URL.
+fn node_infos(nodes: &[impl AsRef<str>]) -> Result<Vec<ConnectionInfo>, InvalidConfig> {
+    nodes
+        .iter()
+        .map(|node| node_url(node.as_ref()).into_connection_info())
+        .collect::<RedisResult<Vec<ConnectionInfo>>>()
+        .map_err(InvalidConfig)
+}
+
+/// A node address as a URL: `HOST:PORT` means `redis://HOST:PORT`.
+fn node_url(node: &str) -> String {
+    if node.contains("://") {
+        node.to_owned()
     } else {
-        format!("redis://{sentinel}")
+        format!("redis://{node}")
     }
 }
 
-fn timed_out(what: &str, after: Duration) -> RedisError {
+pub(crate) fn timed_out(what: &str, after: Duration) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("{what} within {after:?}"),
@@ -419,8 +508,18 @@ mod tests {
     }
 
     #[test]
-    fn sentinel_addresses_may_be_urls() {
-        assert_eq!(sentinel_url("10.0.0.5:26379"), "redis://10.0.0.5:26379");
-        assert_eq!(sentinel_url("rediss://:pw@h:1"), "rediss://:pw@h:1");
+    fn a_cluster_configuration_is_checked_up_front() {
+        let none: &[&str] = &[];
+        assert!(RedisConfig::cluster(none).is_err());
+        assert!(RedisConfig::cluster(&["http://127.0.0.1:7000"]).is_err());
+        let config = RedisConfig::cluster(&["127.0.0.1:7000", "redis://h:7001"]).unwrap();
+        assert_eq!(config.mode(), Mode::Cluster);
+        assert_eq!(config.cluster_seeds().map(<[_]>::len), Some(2));
+    }
+
+    #[test]
+    fn node_addresses_may_be_urls() {
+        assert_eq!(node_url("10.0.0.5:26379"), "redis://10.0.0.5:26379");
+        assert_eq!(node_url("rediss://:pw@h:1"), "rediss://:pw@h:1");
     }
 }

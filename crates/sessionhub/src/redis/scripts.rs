@@ -3,7 +3,9 @@
 //! `scripts/lib/` and are put in front of them at compile time.
 //!
 //! Every operation on a session or a channel's history is one script: one round trip, and
-//! atomic. redis-rs sends a script by its SHA1 (EVALSHA) and only on NOSCRIPT its text.
+//! atomic (but a session's rotation on Redis Cluster, which spans two slots: see
+//! `store/redis/rotation.rs`). redis-rs sends a script by its SHA1 (EVALSHA) and only on
+//! NOSCRIPT its text.
 
 use std::sync::LazyLock;
 
@@ -29,6 +31,9 @@ pub(crate) static STORE_UPDATE_LOAD: LazyLock<Script> =
     script!("store_update_load.lua" after "store_changes.lua");
 pub(crate) static STORE_ROTATE: LazyLock<Script> =
     script!("store_rotate.lua" after "store_changes.lua");
+pub(crate) static STORE_ROTATE_TAKE: LazyLock<Script> =
+    script!("store_rotate_take.lua" after "store_changes.lua");
+pub(crate) static STORE_ROTATE_RESTORE: LazyLock<Script> = script!("store_rotate_restore.lua");
 pub(crate) static STORE_EXPIRES_IN: LazyLock<Script> = script!("store_expires_in.lua");
 pub(crate) static STORE_INDEX_ADD: LazyLock<Script> =
     script!("store_index_add.lua" after "store_index.lua");
@@ -36,6 +41,9 @@ pub(crate) static STORE_INDEX_REMOVE: LazyLock<Script> =
     script!("store_index_remove.lua" after "store_index.lua");
 pub(crate) static STORE_INDEX_LIST: LazyLock<Script> =
     script!("store_index_list.lua" after "store_index.lua");
+
+pub(crate) static PRESENCE_PUBLISH: LazyLock<Script> = script!("presence_publish.lua");
+pub(crate) static PRESENCE_WITHDRAW: LazyLock<Script> = script!("presence_withdraw.lua");
 
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =
@@ -45,26 +53,33 @@ pub(crate) static BROKER_RECOVER: LazyLock<Script> =
 /// spells it too (checked below).
 pub(crate) const STORE_VERSION: &str = "1";
 
-/// The publish script for one broker: the history settings are written into its text (see
-/// the top of `broker_publish.lua` for why).
-pub(crate) fn broker_publish(
-    size: usize,
-    ttl_ms: u128,
-    meta_ttl_ms: u128,
-    idem_ms: u128,
-) -> Script {
-    Script::new(&broker_publish_text(size, ttl_ms, meta_ttl_ms, idem_ms))
+/// What the publish script is made for: one broker's history settings (see the top of
+/// `broker_publish.lua` for why they are in its text) and the publish command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PublishSettings {
+    pub(crate) size: usize,
+    pub(crate) ttl_ms: u128,
+    pub(crate) meta_ttl_ms: u128,
+    pub(crate) idem_ms: u128,
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    pub(crate) command: &'static str,
 }
 
-fn broker_publish_text(size: usize, ttl_ms: u128, meta_ttl_ms: u128, idem_ms: u128) -> String {
+/// The publish script for one broker, its settings written into its text.
+pub(crate) fn broker_publish(settings: PublishSettings) -> Script {
+    Script::new(&broker_publish_text(settings))
+}
+
+fn broker_publish_text(settings: PublishSettings) -> String {
     concat!(
         include_str!("scripts/lib/broker_epoch.lua"),
         include_str!("scripts/broker_publish.lua")
     )
-    .replacen("{size}", &size.to_string(), 1)
-    .replacen("{ttl}", &ttl_ms.to_string(), 1)
-    .replacen("{meta_ttl}", &meta_ttl_ms.to_string(), 1)
-    .replacen("{idem}", &idem_ms.to_string(), 1)
+    .replacen("{size}", &settings.size.to_string(), 1)
+    .replacen("{ttl}", &settings.ttl_ms.to_string(), 1)
+    .replacen("{meta_ttl}", &settings.meta_ttl_ms.to_string(), 1)
+    .replacen("{idem}", &settings.idem_ms.to_string(), 1)
+    .replacen("{publish}", settings.command, 1)
 }
 
 #[cfg(test)]
@@ -79,9 +94,18 @@ mod tests {
 
     #[test]
     fn publish_settings_are_written_into_the_text() {
-        let text = broker_publish_text(100, 300_000, 600_000, 120_000);
+        let text = broker_publish_text(PublishSettings {
+            size: 100,
+            ttl_ms: 300_000,
+            meta_ttl_ms: 600_000,
+            idem_ms: 120_000,
+            command: "SPUBLISH",
+        });
         let line = "\nlocal SIZE, TTL, META_TTL, IDEM = '100', '300000', '600000', '120000'\n";
         assert!(text.contains(line));
-        assert!(!text.contains("{size}") && !text.contains("{idem}"));
+        assert!(text.contains("\nlocal PUBLISH = 'SPUBLISH'\n"));
+        assert!(
+            !text.contains("{size}") && !text.contains("{idem}") && !text.contains("{publish}")
+        );
     }
 }

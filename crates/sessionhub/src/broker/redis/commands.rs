@@ -1,9 +1,15 @@
-//! A Redis broker's command connection, and when a failed command may be sent again.
+//! A Redis broker's command connections, and when a failed command may be sent again.
 //!
-//! The command connection cannot notice on its own that Redis went away: it is replaced
-//! only after a command has failed on it. The subscriber PINGs it before reporting healthy,
-//! and [`run`] sends a command once more on a fresh connection when that cannot do harm
-//! (see [`Retry`]).
+//! One connection to the one Redis (or the primary the Sentinels name); on a Redis
+//! Cluster, one to each primary that owns the slot of a channel published to, picked with
+//! the broker's slot map ([`Topology`]). A command goes to the owner of its channel's slot
+//! ([`Route::Key`]): every key a publish script touches, and the channel it publishes on,
+//! share the channel's hash tag.
+//!
+//! A connection cannot notice on its own that Redis went away: it is replaced only after a
+//! command has failed on it. The subscriber PINGs before reporting healthy, and [`run`]
+//! sends a command once more on a fresh connection when that cannot do harm (see
+//! [`Retry`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,23 +22,36 @@ use ::redis::{RedisError, RedisResult};
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::BrokerError;
-use crate::redis::{Mode, RedisConfig, is_not_primary};
+use crate::redis::cluster::{Node, Topology, is_redirect, slot};
+use crate::redis::{Mode, RedisConfig, bounded, is_not_primary};
 
 /// The whole of one PUBLISH, recover or PING, including waiting for a reconnection in
 /// progress and a retry: the caller hears about an outage within this, never later.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The command connection: opened on first use, replaced after a command failed in a way
-/// that means it is dead. Each [`Link`] knows the Redis process it talks to.
+/// The command connections: each opened on first use, replaced after a command failed in
+/// a way that means it is dead. Each [`Link`] knows the Redis process it talks to.
 #[derive(Clone)]
 pub(super) struct Commands {
     redis: RedisConfig,
-    current: Arc<Mutex<Option<Link>>>,
+    /// The slot map on a Redis Cluster; `None` for one server.
+    topology: Option<Arc<Topology>>,
+    /// The live links by server: one server's under `""`, a cluster's by primary.
+    links: Arc<Mutex<HashMap<Node, Link>>>,
     /// Held while a connection is being opened, so that a burst of commands after an
     /// outage opens one connection, not one each.
     opening: Arc<tokio::sync::Mutex<()>>,
     /// Links opened so far: the next one's generation.
     opened: Arc<AtomicU64>,
+}
+
+/// Where a command goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route<'a> {
+    /// To the server that owns this key's slot (on one server: that server).
+    Key(&'a str),
+    /// To this cluster primary.
+    Node(&'a Node),
 }
 
 /// One command connection and what it learned when it opened.
@@ -43,67 +62,118 @@ pub(super) struct Link {
     /// Redis keeps every write on disk before answering, so its histories survive
     /// restarts.
     pub(super) bind: Arc<str>,
+    /// The server, as [`Commands`] files it.
+    server: Node,
     /// Tells this link from the one that replaces it.
     generation: u64,
 }
 
 impl Commands {
-    pub(super) fn new(redis: RedisConfig) -> Self {
+    pub(super) fn new(redis: RedisConfig, topology: Option<Arc<Topology>>) -> Self {
         Self {
             redis,
-            current: Arc::new(Mutex::new(None)),
+            topology,
+            links: Arc::new(Mutex::new(HashMap::new())),
             opening: Arc::new(tokio::sync::Mutex::new(())),
             opened: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Drops the current link, whatever state it is in: the subscriber found that its
-    /// server is no longer the primary, which a command sent there might not notice (a
-    /// replica takes a bare PUBLISH).
+    /// Drops every link, whatever state it is in: the subscriber found that its server is
+    /// no longer the primary, which a command sent there might not notice (a replica takes
+    /// a bare PUBLISH).
     pub(super) fn forget(&self) {
-        *self.current.lock().expect("never poisoned") = None;
+        self.links.lock().expect("never poisoned").clear();
     }
 
-    fn current(&self) -> Option<Link> {
-        self.current.lock().expect("never poisoned").clone()
+    /// The cluster's primaries as the slot map names them (read again if out of date);
+    /// `None` for one server.
+    pub(super) async fn primaries(&self) -> Option<RedisResult<Vec<Node>>> {
+        let topology = self.topology.as_ref()?;
+        Some(topology.current().await.map(|map| map.primaries()))
     }
 
-    /// The live link, opening one if there is none.
-    async fn link(&self) -> RedisResult<Link> {
-        if let Some(link) = self.current() {
+    /// The server a command on `route` goes to.
+    async fn server(&self, route: Route<'_>) -> RedisResult<Node> {
+        match (&self.topology, route) {
+            (None, _) => Ok(Node::from("")),
+            (Some(topology), Route::Key(key)) => topology.owner(slot(key)).await,
+            (Some(_), Route::Node(node)) => Ok(node.clone()),
+        }
+    }
+
+    fn current(&self, server: &str) -> Option<Link> {
+        self.links
+            .lock()
+            .expect("never poisoned")
+            .get(server)
+            .cloned()
+    }
+
+    /// The live link to the server of `route`, opening one if there is none.
+    async fn link(&self, route: Route<'_>) -> RedisResult<Link> {
+        let server = self.server(route).await?;
+        if let Some(link) = self.current(&server) {
             return Ok(link);
         }
         let _opening = self.opening.lock().await;
-        if let Some(link) = self.current() {
+        if let Some(link) = self.current(&server) {
             return Ok(link);
         }
-        // Counted apart from `current`, which is empty after a failure: a late error from
-        // the old link must not be taken for one of its replacement.
+        // Counted apart from `links`, which lacks the server after a failure: a late error
+        // from the old link must not be taken for one of its replacement.
         let generation = self.opened.fetch_add(1, Ordering::Relaxed);
-        let link = self.open(generation).await?;
-        *self.current.lock().expect("never poisoned") = Some(link.clone());
+        let link = match self.open(&server, generation).await {
+            Ok(link) => link,
+            Err(e) => {
+                // The primary may be gone, its slots handed to a replica.
+                if let Some(topology) = &self.topology {
+                    topology.invalidate();
+                }
+                return Err(e);
+            }
+        };
+        let mut links = self.links.lock().expect("never poisoned");
+        links.insert(server, link.clone());
         Ok(link)
     }
 
-    /// Forgets `link` after `error` if the error means the connection is dead; the next
-    /// command opens a new one.
+    /// Forgets `link` after `error` if the error means the connection is dead, and on a
+    /// cluster the slot map if it means the map is out of date; the next command opens a
+    /// new connection, or reads the map again.
     fn failed(&self, link: &Link, error: &RedisError) {
-        // A server that refuses writes was demoted by a failover: the next link asks the
-        // Sentinels for the primary.
-        if !error.is_unrecoverable_error() && !is_not_primary(error) {
+        let dead = error.is_unrecoverable_error()
+            || error.is_connection_refusal()
+            // A server that refuses writes was demoted by a failover: the next link asks
+            // the Sentinels, or the cluster, for the primary.
+            || is_not_primary(error);
+        if let Some(topology) = &self.topology
+            && (dead || is_redirect(error) || error.is_timeout())
+        {
+            topology.invalidate();
+        }
+        if !dead {
             return;
         }
-        let mut current = self.current.lock().expect("never poisoned");
-        if current
-            .as_ref()
+        let mut links = self.links.lock().expect("never poisoned");
+        if links
+            .get(&link.server)
             .is_some_and(|l| l.generation == link.generation)
         {
-            *current = None;
+            links.remove(&link.server);
         }
     }
 
-    async fn open(&self, generation: u64) -> RedisResult<Link> {
-        let mut connection = self.redis.multiplexed().await?;
+    async fn open(&self, server: &Node, generation: u64) -> RedisResult<Link> {
+        let mut connection = match &self.topology {
+            None => self.redis.multiplexed().await?,
+            Some(topology) => {
+                topology
+                    .client(server)?
+                    .get_multiplexed_async_connection_with_config(&bounded())
+                    .await?
+            }
+        };
         let info: String = ::redis::cmd("INFO")
             .arg("server")
             .query_async(&mut connection)
@@ -113,9 +183,9 @@ impl Commands {
             .find_map(|line| line.strip_prefix("run_id:"))
             .map(str::trim)
             .unwrap_or_default();
-        // Under Sentinel a failover may promote a replica that lacks the newest writes,
-        // whatever the disks keep (replication is asynchronous): the epoch stays bound to
-        // the primary's run_id there, so a failover always starts new epochs.
+        // Under Sentinel or on a cluster, a failover may promote a replica that lacks the
+        // newest writes, whatever the disks keep (replication is asynchronous): the epoch
+        // stays bound to the primary's run_id there, so a failover always starts new epochs.
         let durable = self.redis.mode() == Mode::Standalone && durable(&mut connection).await?;
         if !durable && run_id.is_empty() {
             // Some Redis-compatible servers leave it out; nothing then tells a restart.
@@ -133,6 +203,7 @@ impl Commands {
         Ok(Link {
             connection,
             bind: if durable { "".into() } else { run_id.into() },
+            server: server.clone(),
             generation,
         })
     }
@@ -161,16 +232,31 @@ async fn durable(connection: &mut MultiplexedConnection) -> RedisResult<bool> {
     }
 }
 
-/// PINGs over the command connection (retried once on a lost connection).
+/// PINGs over the command connection (retried once on a lost connection); on a cluster,
+/// every primary, since a publish may go to any of them.
 pub(super) async fn ping_commands(commands: &Commands) -> Result<(), BrokerError> {
-    let _: String = run(
-        commands,
-        "PING",
-        Retry::OnLostConnection,
-        |mut link| async move { ::redis::cmd("PING").query_async(&mut link.connection).await },
-    )
-    .await?;
-    Ok(())
+    let ping = |route| {
+        run(
+            commands,
+            "PING",
+            Retry::OnLostConnection,
+            route,
+            |mut link| async move {
+                ::redis::cmd("PING")
+                    .query_async::<String>(&mut link.connection)
+                    .await
+            },
+        )
+    };
+    match commands.primaries().await {
+        None => ping(Route::Key("")).await.map(drop),
+        Some(Err(e)) => Err(BrokerError::unavailable("redis cluster", e)),
+        Some(Ok(primaries)) => {
+            futures_util::future::try_join_all(primaries.iter().map(|node| ping(Route::Node(node))))
+                .await
+                .map(drop)
+        }
+    }
 }
 
 /// Whether a command that failed may be sent again: once, on a connection opened in place
@@ -202,21 +288,27 @@ impl Retry {
             Self::OnLostConnection => {
                 error.is_connection_refusal()
                     || is_not_primary(error)
+                    || is_redirect(error)
                     || (error.is_connection_dropped() && !error.is_timeout())
             }
             // A READONLY refusal wrote nothing, and every publish script writes before it
-            // publishes (a bare PUBLISH is never refused so: replicas take it).
-            Self::IfNeverSent => error.is_connection_refusal() || is_not_primary(error),
+            // publishes (a bare PUBLISH is never refused so: replicas take it); a cluster
+            // node that does not own the slot runs nothing.
+            Self::IfNeverSent => {
+                error.is_connection_refusal() || is_not_primary(error) || is_redirect(error)
+            }
         }
     }
 }
 
-/// Runs one command on the command connection with the hard bound of [`COMMAND_TIMEOUT`],
-/// making one more attempt if `retry` allows it for the first one's error.
+/// Runs one command on the command connection of `route` with the hard bound of
+/// [`COMMAND_TIMEOUT`], making one more attempt if `retry` allows it for the first one's
+/// error (after a redirect, to the owner the refreshed slot map names).
 pub(super) async fn run<T, F, Fut>(
     commands: &Commands,
     command: &str,
     retry: Retry,
+    route: Route<'_>,
     attempt: F,
 ) -> Result<T, BrokerError>
 where
@@ -232,7 +324,7 @@ where
         )
     };
     let once = async |retry: Option<Retry>| -> Result<RedisResult<T>, RedisError> {
-        let link = commands.link().await?;
+        let link = commands.link(route).await?;
         let result = attempt(link.clone()).await;
         if let Err(e) = &result {
             commands.failed(&link, e);

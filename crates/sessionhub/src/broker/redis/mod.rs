@@ -65,6 +65,7 @@
 
 mod commands;
 mod reply;
+mod sharded;
 mod subscriber;
 
 use std::sync::Arc;
@@ -79,15 +80,17 @@ use futures_util::future::{self, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
-use self::commands::{Commands, Retry, ping_commands, run};
+use self::commands::{Commands, Retry, Route, ping_commands, run};
 use self::reply::{parse_receipt, parse_unkept_receipt};
+use self::sharded::Sharded;
 use self::subscriber::{LinkState, Request, Subscriber};
 use super::{
     Broker, Deliver, Epochs, HistoryConfig, Publication, PublishOptions, Receipt, Recovery,
     StreamPosition,
 };
 use crate::error::BrokerError;
-use crate::redis::{Keys, RedisConfig, scripts};
+use crate::redis::scripts::PublishSettings;
+use crate::redis::{Keys, Mode, RedisConfig, scripts};
 
 /// How long `subscribe` waits for Redis to confirm.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -150,22 +153,35 @@ impl RedisBrokerConfig {
     ///
     /// Outside a Tokio runtime, since it spawns the subscription task.
     pub fn start(self, sink: Arc<dyn Deliver>) -> Arc<RedisBroker> {
-        let commands = Commands::new(self.redis.clone());
+        let topology = self.redis.topology().map(Arc::new);
+        let commands = Commands::new(self.redis.clone(), topology.clone());
         let keys = self.redis.keys().clone();
+        let publish = match self.redis.mode() {
+            Mode::Cluster => "SPUBLISH",
+            _ => "PUBLISH",
+        };
         let (requests, inbox) = mpsc::unbounded_channel();
         let state = Arc::new(LinkState::new());
-        Subscriber::spawn(self.redis, commands.clone(), sink, inbox, state.clone());
+        match topology {
+            Some(topology) => {
+                let (commands, keys) = (commands.clone(), keys.clone());
+                Sharded::spawn(topology, commands, keys, sink, inbox, state.clone());
+            }
+            None => Subscriber::spawn(self.redis, commands.clone(), sink, inbox, state.clone()),
+        }
         Arc::new(RedisBroker {
             commands,
             requests,
             keys,
             state,
-            publish_script: scripts::broker_publish(
-                self.history.size,
-                self.history.ttl.as_millis(),
-                self.history.meta_ttl.as_millis(),
-                self.history.idempotency_window.as_millis(),
-            ),
+            publish_script: scripts::broker_publish(PublishSettings {
+                size: self.history.size,
+                ttl_ms: self.history.ttl.as_millis(),
+                meta_ttl_ms: self.history.meta_ttl.as_millis(),
+                idem_ms: self.history.idempotency_window.as_millis(),
+                command: publish,
+            }),
+            publish,
             history: self.history,
             epochs: Epochs::new(),
         })
@@ -190,6 +206,8 @@ pub struct RedisBroker {
     history: HistoryConfig,
     /// Made per broker: the history settings are part of its text.
     publish_script: Script,
+    /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
+    publish: &'static str,
     epochs: Epochs,
 }
 
@@ -250,8 +268,9 @@ impl RedisBroker {
         let payload = format!("0::{}", data.as_str());
         let (nodes, duplicate) = match idempotency {
             None => {
-                let nodes: usize = run(&self.commands, "publish", retry, |mut link| {
-                    let mut command = ::redis::cmd("PUBLISH");
+                let route = Route::Key(&redis_channel);
+                let nodes: usize = run(&self.commands, "publish", retry, route, |mut link| {
+                    let mut command = ::redis::cmd(self.publish);
                     command.arg(&redis_channel).arg(&payload);
                     async move { command.query_async(&mut link.connection).await }
                 })
@@ -260,13 +279,15 @@ impl RedisBroker {
             }
             Some(idempotency) => {
                 let window = self.history.idempotency_window.as_millis() as u64;
-                let reply: String = run(&self.commands, "publish", retry, |mut link| {
+                let route = Route::Key(idempotency);
+                let reply: String = run(&self.commands, "publish", retry, route, |mut link| {
                     let mut invocation = scripts::BROKER_PUBLISH_UNKEPT.prepare_invoke();
                     invocation
                         .key(idempotency)
                         .arg(&payload)
                         .arg(&redis_channel)
-                        .arg(window);
+                        .arg(window)
+                        .arg(self.publish);
                     async move { invocation.invoke_async(&mut link.connection).await }
                 })
                 .await?;
@@ -311,19 +332,20 @@ impl Broker for RedisBroker {
                 .publish_unkept(channel, data, idempotency.as_deref(), retry)
                 .await;
         }
-        let idempotency = idempotency.unwrap_or_default();
         let (meta, history) = (
             keys.channel_key(channel, "meta"),
             keys.channel_key(channel, "history"),
         );
         let redis_channel = keys.channel(channel);
         let epoch = self.epochs.next();
-        let reply: String = run(&self.commands, "publish", retry, |mut link| {
+        let route = Route::Key(&meta);
+        let reply: String = run(&self.commands, "publish", retry, route, |mut link| {
             let mut invocation = self.publish_script.prepare_invoke();
+            invocation.key(&meta).key(&history);
+            if let Some(idempotency) = &idempotency {
+                invocation.key(idempotency);
+            }
             invocation
-                .key(&meta)
-                .key(&history)
-                .key(&idempotency)
                 .arg(data.as_str())
                 .arg(&redis_channel)
                 .arg(&epoch)
@@ -355,6 +377,7 @@ impl Broker for RedisBroker {
             &self.commands,
             "recover",
             Retry::OnLostConnection,
+            Route::Key(&meta),
             |mut link| {
                 let mut invocation = scripts::BROKER_RECOVER.prepare_invoke();
                 invocation

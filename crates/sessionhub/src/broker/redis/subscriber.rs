@@ -57,7 +57,7 @@ impl LinkState {
 
 /// Reports the broker down when the task ends for any reason, a panic included, so that
 /// readiness cannot stay green with nobody reading the subscription connection.
-struct DownOnExit(Arc<LinkState>);
+pub(super) struct DownOnExit(pub(super) Arc<LinkState>);
 
 impl Drop for DownOnExit {
     fn drop(&mut self) {
@@ -65,7 +65,7 @@ impl Drop for DownOnExit {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), BrokerError>>;
+pub(super) type Ack = oneshot::Sender<Result<(), BrokerError>>;
 
 pub(super) enum Request {
     Subscribe { channel: String, done: Ack },
@@ -335,26 +335,13 @@ impl Subscriber {
     }
 
     fn deliver(&self, message: &Msg) {
-        let Some(channel) = self.keys.channel_of(message.get_channel_name()) else {
-            tracing::debug!(
-                channel = message.get_channel_name(),
-                "redis broker: message on a foreign channel"
-            );
-            return;
-        };
-        // Messages already on the wire when an UNSUBSCRIBE went out still arrive.
-        if !self.wanted.contains(channel) {
-            return;
-        }
-        match std::str::from_utf8(message.get_payload_bytes())
-            .ok()
-            .and_then(parse_envelope)
-        {
-            Some(publication) => {
-                self.sink.deliver(channel, publication);
-            }
-            None => tracing::warn!(channel, "redis broker: dropped a malformed payload"),
-        }
+        deliver(
+            &self.keys,
+            &self.sink,
+            message.get_channel_name(),
+            message.get_payload_bytes(),
+            |channel| self.wanted.contains(channel),
+        );
     }
 
     fn fail_waiting(&mut self) {
@@ -383,6 +370,34 @@ impl Subscriber {
                 },
             }
         }
+    }
+}
+
+/// Hands a message that arrived on the Redis channel `redis_channel` to `sink`, if it is
+/// one of ours and still `wanted`.
+pub(super) fn deliver(
+    keys: &Keys,
+    sink: &Arc<dyn Deliver>,
+    redis_channel: &str,
+    payload: &[u8],
+    wanted: impl Fn(&str) -> bool,
+) {
+    let Some(channel) = keys.channel_of(redis_channel) else {
+        tracing::debug!(
+            channel = redis_channel,
+            "redis broker: message on a foreign channel"
+        );
+        return;
+    };
+    // Messages already on the wire when an UNSUBSCRIBE went out still arrive.
+    if !wanted(channel) {
+        return;
+    }
+    match std::str::from_utf8(payload).ok().and_then(parse_envelope) {
+        Some(publication) => {
+            sink.deliver(channel, publication);
+        }
+        None => tracing::warn!(channel, "redis broker: dropped a malformed payload"),
     }
 }
 

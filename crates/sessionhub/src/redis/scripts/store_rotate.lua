@@ -2,8 +2,8 @@
 -- KEYS[1] old session, KEYS[2] new session; ARGV as for store_update; also answers 'taken'.
 --
 -- The two keys hash to different slots, so on Redis Cluster this script would fail with
--- CROSSSLOT; cluster support needs another scheme (e.g. copy to the new key, then delete the
--- old one in a second step that tolerates a retry).
+-- CROSSSLOT: there a rotation takes two steps instead (store_rotate_take, then store_create
+-- on the new id; see store/redis/rotation.rs).
 
 local compute, write, prefetch = batch()
 local old, new = KEYS[1], KEYS[2]

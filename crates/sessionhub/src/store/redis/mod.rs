@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! One hash per session, under the key `<prefix>session:{<id>}` (prefix `sessionhub:` by
-//! default). The id sits in a `{...}` hash tag so that a future Redis Cluster deployment can
-//! route by it; session ids are base64url and never contain braces.
+//! default). The id sits in a `{...}` hash tag so that Redis Cluster routes by it (and keeps
+//! a rotation's moving key, `<prefix>session:{<id>}:moving`, in the same slot); session ids
+//! are base64url and never contain braces.
 //!
 //! | field        | value                                                          |
 //! |--------------|----------------------------------------------------------------|
@@ -39,17 +40,20 @@
 //! # Atomicity
 //!
 //! Every operation is one Lua script (`src/redis/scripts/store_*.lua`), so it is one round
-//! trip and atomic. Redis does not roll
-//! back a script that fails halfway, so the update scripts first compute every change (with
-//! exact 64-bit arithmetic: Lua numbers are doubles) and only then write.
+//! trip and atomic; but a rotation on Redis Cluster, whose two ids are in different slots,
+//! takes three steps ([`rotation`] says how it keeps the same guarantees). Redis does not
+//! roll back a script that fails halfway, so the update scripts first compute every change
+//! (with exact 64-bit arithmetic: Lua numbers are doubles) and only then write.
 //!
 //! Each command a script runs costs Redis CPU (the call, and turning its reply into Lua
 //! values and back), so the scripts read once: one HMGET for the format version and the
 //! values to increment (`update`, `rotate`), or one HGETALL that is at once the existence
+//! check, the values to increment and the record returned (`update_and_load`).
 //!
 //! What the scripts answer is decoded in [`reply`].
 
 mod reply;
+mod rotation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +66,7 @@ use self::reply::{decode_fields, decode_json_reply, decode_outcome, failure, inc
 use super::{Change, Record, SessionStore, Updated, apply_results, now_ms};
 use crate::error::StoreError;
 use crate::redis::scripts::{self, STORE_VERSION as VERSION};
-use crate::redis::{Keys, Managed, Reconnect, RedisConfig};
+use crate::redis::{Keys, Managed, Mode, Reconnect, RedisConfig};
 use crate::session::SessionId;
 
 const FIELD_VERSION: &str = "m:v";
@@ -77,6 +81,9 @@ const META: &str = "m:";
 pub struct RedisStore {
     connection: Arc<Managed>,
     keys: Keys,
+    /// On Redis Cluster, where a rotation's two ids are in different slots, it takes three
+    /// steps instead of one script (see `rotation.rs`).
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -116,6 +123,7 @@ impl RedisStore {
         Self {
             connection: Arc::new(connection),
             keys: config.keys().clone(),
+            cluster: config.mode() == Mode::Cluster,
         }
     }
 
@@ -318,6 +326,9 @@ impl SessionStore for RedisStore {
         changes: &[(String, Change)],
         ttl: Duration,
     ) -> Result<Updated, StoreError> {
+        if self.cluster {
+            return self.rotate_across_slots(old, new, changes, ttl).await;
+        }
         self.apply(
             &scripts::STORE_ROTATE,
             &[self.key(old), self.key(new)],
@@ -338,11 +349,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.get().await.map_err(redis_error)?;
-        ::redis::cmd("PING")
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(|e| self.failed(e))
+        self.connection.ping().await.map_err(redis_error)
     }
 
     async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError> {
