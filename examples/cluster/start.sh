@@ -15,12 +15,15 @@
 # (7001-7006, cluster bus 17001-17006), which the nodes reach through seed nodes
 # (--redis-cluster); pushes use sharded pub/sub.
 #
+# With BACKEND=nats, a nats-server with JetStream (127.0.0.1:4290, store under run/) carries
+# the pushes (--nats), and Redis keeps the sessions and the online count as with redis.
+#
 # Everything it creates (pid files, logs, data dirs, nginx scratch) goes under
 # examples/cluster/run/. Stop it all with stop.sh.
 #
 # Environment:
-#   BACKEND                   redis (default), sentinel or cluster
-#   REDIS_URL                 use this Redis instead of starting one on 6390 (BACKEND=redis)
+#   BACKEND                   redis (default), sentinel, cluster or nats
+#   REDIS_URL                 use this Redis instead of starting one on 6390 (BACKEND=redis, nats)
 #   SESSIONHUB_REDIS_PREFIX   key/channel prefix (default sessionhub:), read by the nodes
 #   SESSIONHUB_BIN            run this sessionhub binary instead of building one
 #   CARGO_TARGET_DIR          where cargo puts the binary (default <repo>/target)
@@ -34,11 +37,12 @@ replica_port=6391
 sentinel_ports=(26390 26391 26392)
 cluster_ports=(7001 7002 7003 7004 7005 7006)
 master_name=sessionhub
+nats_port=4290
 nodes=(node-a:8081 node-b:8082 node-c:8083)
 backend="${BACKEND:-redis}"
 case "$backend" in
-  redis | sentinel | cluster) ;;
-  *) echo "start.sh: BACKEND must be redis, sentinel or cluster, not $backend" >&2; exit 1 ;;
+  redis | sentinel | cluster | nats) ;;
+  *) echo "start.sh: BACKEND must be redis, sentinel, cluster or nats, not $backend" >&2; exit 1 ;;
 esac
 proxy_port=8080
 
@@ -68,11 +72,14 @@ wait_for() {
 for tool in curl nginx; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (nginx: apt-get install nginx)"
 done
-if [ "$backend" != redis ] && [ -n "${REDIS_URL:-}" ]; then
-  die "REDIS_URL is for BACKEND=redis; BACKEND=$backend starts its own servers"
+if [ "$backend" != redis ] && [ "$backend" != nats ] && [ -n "${REDIS_URL:-}" ]; then
+  die "REDIS_URL is for BACKEND=redis or nats; BACKEND=$backend starts its own servers"
 fi
 if [ -z "${REDIS_URL:-}" ]; then
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found (apt-get install redis-server), or set REDIS_URL"
+fi
+if [ "$backend" = nats ]; then
+  command -v nats-server >/dev/null 2>&1 || die "nats-server not found (apt-get install nats-server)"
 fi
 
 mkdir -p "$run"
@@ -81,7 +88,7 @@ started=0
 trap 'rc=$?; if [ "$rc" -ne 0 ] && [ "$started" = 1 ]; then echo "start.sh: stopping what was started" >&2; "$here/stop.sh" >&2; fi' EXIT
 for f in "$run"/*.pid; do
   [ -e "$f" ] || continue
-  if alive "$f" "sessionhub\|redis-server\|nginx"; then
+  if alive "$f" "sessionhub\|redis-server\|nats-server\|nginx"; then
     die "already running ($(basename "$f")); run $here/stop.sh first"
   fi
   rm -f "$f"
@@ -93,6 +100,7 @@ case "$backend" in
   redis) [ -n "${REDIS_URL:-}" ] || ports+=("$redis_port") ;;
   sentinel) ports+=("$redis_port" "$replica_port" "${sentinel_ports[@]}") ;;
   cluster) for p in "${cluster_ports[@]}"; do ports+=("$p" "$((p + 10000))"); done ;;
+  nats) [ -n "${REDIS_URL:-}" ] || ports+=("$redis_port"); ports+=("$nats_port") ;;
 esac
 for port in "${ports[@]}"; do
   if listening "$port"; then die "port $port is taken (ss -ltnp 'sport = :$port')"; fi
@@ -192,6 +200,17 @@ appendonly no"
   redis_args=(--redis "$REDIS_URL")
   # The URL may carry a password: show it only if it does not.
   case "$REDIS_URL" in *@*) redis_shown="(from REDIS_URL)" ;; *) redis_shown="$REDIS_URL" ;; esac
+fi
+
+if [ "$backend" = nats ]; then
+  echo "starting nats-server (JetStream) on 127.0.0.1:$nats_port"
+  started=1
+  nohup nats-server --addr 127.0.0.1 --port "$nats_port" --jetstream --store_dir "$run/nats" \
+    >"$run/nats.log" 2>&1 &
+  echo $! >"$run/nats.pid"
+  wait_for "nats-server" listening "$nats_port"
+  redis_args+=(--nats "nats://127.0.0.1:$nats_port")
+  redis_shown="$redis_shown, pushes through NATS on 127.0.0.1:$nats_port"
 fi
 
 for n in "${nodes[@]}"; do

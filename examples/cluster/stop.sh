@@ -2,7 +2,7 @@
 # Stops what start.sh started, by the pids it recorded under examples/cluster/run/:
 # the nodes first (SIGTERM: each closes its sockets with 1001, which nginx passes on to the
 # clients, and withdraws its presence snapshot while Redis is still there), then nginx,
-# then Redis.
+# then NATS and Redis.
 # Safe to run twice; a pid that now belongs to some other program is left alone.
 set -uo pipefail
 
@@ -51,5 +51,6 @@ stop "$run/nginx.pid" nginx QUIT
 for f in "$run"/sentinel-*.pid "$run"/cluster-*.pid; do
   [ -e "$f" ] && stop "$f" redis-server TERM
 done
+stop "$run/nats.pid" nats-server TERM
 stop "$run/replica.pid" redis-server TERM
 stop "$run/redis.pid" redis-server TERM

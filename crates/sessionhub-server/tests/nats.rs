@@ -151,3 +151,27 @@ async fn a_push_crosses_nodes_over_nats_and_a_client_recovers_on_another_node() 
     let live: Value = serde_json::from_str(&next_text(&mut socket).await).unwrap();
     assert_eq!(live["data"], "five", "{live}");
 }
+
+#[test]
+fn a_bad_nats_url_or_prefix_stops_the_start() {
+    let (code, stderr) =
+        Node::run_once(binary(), &["serve", "--nats", "redis://127.0.0.1:4290"]).unwrap();
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("configuring NATS"), "{stderr}");
+    let (code, stderr) = Node::run_once(
+        binary(),
+        &[
+            "serve",
+            "--nats",
+            "nats://127.0.0.1:4290",
+            "--nats-prefix",
+            "a b",
+        ],
+    )
+    .unwrap();
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("configuring NATS") && stderr.contains("\"a b\""),
+        "{stderr}"
+    );
+}

@@ -28,7 +28,8 @@
 //! sequence, a duplicate idempotency key) never reaches a node. That is why publications
 //! go to a subject of their own (`<prefix>.h.<c>`) and nodes listen on another
 //! (`<prefix>.ch.<c>`): a stream that captured the live subject would not stop core NATS
-//! from delivering what it then refused.
+//! from delivering what it then refused. The copies come in store order, except that two
+//! publishing connections' copies can cross (see `order`).
 //!
 //! # Epochs
 //!

@@ -1,11 +1,12 @@
 //! A broker on NATS: core NATS carries publications to the nodes that want them,
 //! JetStream keeps the channel history.
 //!
-//! The broker is five parts: this file (its configuration and the [`Broker`] calls),
+//! The broker is these parts: this file (its configuration and the [`Broker`] calls),
 //! [`subjects`] (channel names as NATS subjects), [`headers`] (what a message carries
 //! besides its data), [`history`] (the streams, offsets, epochs, recovery), [`subscriber`]
-//! (the task that owns the subscriptions and the broker's health) and [`census`] (counting
-//! the nodes a publication reaches).
+//! (the task that owns the subscriptions and the broker's health), [`order`] (live
+//! publications back in offset order) and [`census`] (counting the nodes a publication
+//! reaches).
 //!
 //! # Subjects
 //!
@@ -23,7 +24,8 @@
 //! sequence makes the server refuse it if another publication got there first (then the
 //! broker reads again and retries, which is safe since nothing was stored). Once stored,
 //! the stream republishes it to the live subject, headers included, so live delivery and
-//! history carry the same offset and epoch, in offset order, and a refused message reaches
+//! history carry the same offset and epoch, in offset order (a node puts copies that
+//! crossed on the way back in order, see [`order`]), and a refused message reaches
 //! nobody. Details and the reasons are in [`history`].
 //!
 //! An idempotency key becomes the message's `Nats-Msg-Id`, and the stream's duplicate
@@ -60,6 +62,7 @@
 mod census;
 mod headers;
 mod history;
+mod order;
 mod subjects;
 mod subscriber;
 
@@ -241,7 +244,7 @@ fn reconnect_delay(attempts: usize) -> Duration {
 }
 
 /// The broker of a node among many on NATS: core NATS subjects for delivery, JetStream
-/// for history (see the [module documentation](self) for the design).
+/// for history (`src/broker/nats/mod.rs` and the files beside it explain the design).
 ///
 /// Dropping the last handle stops its tasks and closes the connection.
 pub struct NatsBroker {

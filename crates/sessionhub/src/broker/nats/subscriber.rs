@@ -30,6 +30,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::headers::{self, Live};
 use super::history::History;
+use super::order::Order;
 use super::subjects::Subjects;
 use crate::broker::Deliver;
 use crate::error::BrokerError;
@@ -272,26 +273,40 @@ impl Subscriber {
     }
 }
 
-/// Hands what arrives on `channel` to the sink, and answers probes.
+/// Hands what arrives on `channel` to the sink, in offset order (see `order`), and
+/// answers probes.
 async fn forward(
     channel: String,
     mut subscription: async_nats::Subscriber,
     client: Client,
     sink: Arc<dyn Deliver>,
 ) {
-    while let Some(message) = subscription.next().await {
-        match headers::live(message.headers.as_ref(), message.payload) {
-            Some(Live::Publication(publication)) => {
-                sink.deliver(&channel, publication);
-            }
-            Some(Live::Probe) => {
-                if let Some(reply) = message.reply {
-                    // Only the publisher's count suffers if this fails.
-                    let _ = client.publish(reply, Bytes::new()).await;
+    let mut order = Order::default();
+    loop {
+        let until = order.until();
+        let released = tokio::select! {
+            message = subscription.next() => {
+                let Some(message) = message else { return };
+                match headers::live(message.headers.as_ref(), message.payload) {
+                    Some(Live::Publication(publication)) => order.take(publication, Instant::now()),
+                    Some(Live::Probe) => {
+                        if let Some(reply) = message.reply {
+                            // Only the publisher's count suffers if this fails.
+                            let _ = client.publish(reply, Bytes::new()).await;
+                        }
+                        continue;
+                    }
+                    Some(Live::Start) => continue,
+                    None => {
+                        tracing::warn!(channel, "nats broker: dropped a malformed message");
+                        continue;
+                    }
                 }
             }
-            Some(Live::Start) => {}
-            None => tracing::warn!(channel, "nats broker: dropped a malformed message"),
+            () = async { sleep_until(until.unwrap()).await }, if until.is_some() => order.expire(),
+        };
+        for publication in released {
+            sink.deliver(&channel, publication);
         }
     }
 }
