@@ -155,11 +155,11 @@ impl Topology {
     /// The map, read again first if a reply said it is out of date or it was never read.
     pub(crate) async fn current(&self) -> RedisResult<Arc<SlotMap>> {
         let stale = self.stale.swap(false, Ordering::Relaxed);
-        if stale || self.map().ranges.is_empty() {
-            if let Err(e) = self.refresh().await {
-                self.invalidate();
-                return Err(e);
-            }
+        if (stale || self.map().ranges.is_empty())
+            && let Err(e) = self.refresh().await
+        {
+            self.invalidate();
+            return Err(e);
         }
         Ok(self.map())
     }

@@ -284,10 +284,11 @@ impl RedisConfig {
     /// slots they own are asked from the cluster, and asked again after a failover, a
     /// resharding or a `MOVED` reply.
     ///
-    /// Session and presence commands go through redis-rs' cluster client, which follows
-    /// `MOVED` and `ASK`. The broker keeps its own connection to each primary it needs and
-    /// its own slot map, so that a sharded subscription is never sent to the wrong node nor
-    /// batched across slots (see `broker::redis`).
+    /// Session and presence commands go through redis-rs' cluster client, with its own
+    /// resending switched off: `managed.rs` follows `MOVED` and `ASK` and sends a command
+    /// again only when the cluster says it did not run. The broker keeps its own connection
+    /// to each primary it needs and its own slot map, so that a sharded subscription is
+    /// never sent to the wrong node nor batched across slots (see `broker::redis`).
     pub fn cluster(seeds: &[impl AsRef<str>]) -> Result<Self, InvalidConfig> {
         install_tls_provider();
         let seeds = node_infos(seeds)?;
