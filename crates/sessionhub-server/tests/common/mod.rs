@@ -3,6 +3,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
+pub mod chaos;
+pub mod v1;
 
 use std::path::Path;
 use std::time::Duration;
@@ -309,4 +311,10 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, want: bool, within
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `f`, which blocks (processes start and stop), without stalling the runtime's other
+/// tasks (a multi-threaded runtime's).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }

@@ -1,0 +1,259 @@
+//! Chaos, black-box: 200 protocol v1 clients behind a load balancer, a publisher aiming at
+//! 500 messages a second, and the backend broken under them; then every delivery checked
+//! against what the publisher was answered (the harness and its rules:
+//! common/chaos.rs).
+//!
+//! - One Redis that keeps its data (`appendfsync always`), a node killed and Redis
+//!   restarted: one epoch per channel, every client gets every message once, in order.
+//! - A Redis Cluster (3 primaries, 3 replicas) whose primary for `room:0` is killed: the
+//!   channels of that shard start new epochs (the promoted replica may lack the last
+//!   acknowledged publications); nothing is lost there without the client being told
+//!   `recovered: false`, and the channels of the other shards lose nothing and are never
+//!   told anything.
+//! - Redis Sentinel (a primary, a replica, three Sentinels) whose primary is killed: every
+//!   channel starts a new epoch, nothing lost without being told.
+//!
+//! Each prints its figures (503s, told events, lost-but-told, recovery p50/p99/max, when
+//! the nodes were ready again); docs/benchmarks.md ("Failover under load") has them.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::chaos::{self, Load, Report, Rules, Run};
+use common::{blocking, http, is_ready, node};
+use sessionhub_testkit::{RedisCluster, RedisSentinel, RedisServer};
+
+/// When the faults strike, from the publisher's start (it runs 16 s).
+const FAULT_AT: Duration = Duration::from_secs(4);
+/// A generous bound on the reconnect-to-recovered p99 through a failover.
+const FAILOVER_RECOVERY_P99: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_client_gets_every_message_once_in_order_through_a_node_kill_and_a_redis_restart()
+ {
+    let _turn = chaos::one_at_a_time().await;
+    let mut redis = RedisServer::start_persistent().expect("redis-server starts");
+    let url = redis.url();
+    let mut nodes = chaos::nodes(&["--redis", &url], 3);
+    let load = Load::default();
+    let clients = load.clients;
+
+    let mut run = Run::start("chaos redis", &nodes, load).await;
+    run.at(FAULT_AT).await;
+    blocking(|| nodes[1].kill());
+    run.note("chaos-1 killed");
+    run.at(Duration::from_secs(7)).await;
+    blocking(|| nodes[1].restart()).expect("the killed node restarts");
+    run.note("chaos-1 restarted");
+    run.at(Duration::from_secs(10)).await;
+    run.note("redis down");
+    blocking(|| redis.restart()).expect("redis restarts with its data");
+    run.note("redis back");
+    let report = run.finish(Rules::one_epoch()).await;
+
+    report.assert_delivery();
+    assert!(
+        report.recoveries.len() >= clients / 3,
+        "the chaos should have made clients reconnect: {:?}",
+        report.endings
+    );
+    let p99 = report.recovery(99.0);
+    assert!(
+        p99 < Duration::from_secs(10),
+        "reconnect-to-recovered p99 {p99:?}"
+    );
+}
+
+/// What every failover run must show besides the delivery rules: the failed-over channels
+/// did start new epochs (else the fault tested nothing) and every client on one was told
+/// so; recovery within the bound; with `ready_within`, every node ready again that soon
+/// after the kill.
+fn assert_failover(
+    report: &Report,
+    failed_over: &HashSet<String>,
+    killed_at: Duration,
+    ready_within: Option<Duration>,
+) {
+    report.assert_delivery();
+    let label = &report.label;
+    for (channel, epochs) in &report.epochs {
+        let before = report
+            .first_answered
+            .get(channel)
+            .is_some_and(|t| *t < killed_at);
+        if failed_over.contains(channel) && before {
+            assert!(
+                *epochs >= 2,
+                "{label}: {channel} was on the failed primary, yet answered in {epochs} epoch(s)"
+            );
+        }
+    }
+    // Each client subscribed in the first primary's epochs and ends in the new ones.
+    let on_failed: usize = (0..report.load.clients)
+        .map(|i| {
+            let channels = report.load.channels_of(i);
+            channels.iter().filter(|c| failed_over.contains(*c)).count()
+        })
+        .sum();
+    assert_eq!(
+        report.told_channels, on_failed,
+        "{label}: client channels told recovered:false, against those on the failed primary"
+    );
+    let p99 = report.recovery(99.0);
+    assert!(
+        p99 < FAILOVER_RECOVERY_P99,
+        "{label}: reconnect-to-recovered p99 {p99:?}"
+    );
+    let ready = report.ready_again_after(killed_at);
+    println!("{label}: every node ready again {ready:.1?} after the kill");
+    if let Some(bound) = ready_within {
+        assert!(
+            ready.is_some_and(|d| d < bound),
+            "{label}: nodes ready again {ready:?} after the kill: {:?}",
+            report.unready
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_cluster_primary_killed_under_load_loses_nothing_untold() {
+    let _turn = chaos::one_at_a_time().await;
+    let mut cluster = RedisCluster::start_async().await;
+    let seeds = cluster.urls().join(",");
+    let nodes = chaos::nodes(&["--redis-cluster", &seeds], 3);
+    let load = Load::default();
+
+    // The shard of room:0, and every channel it serves (a channel's keys and sharded
+    // pub/sub channel are in the slot of `{<channel>}`).
+    let primary_of = |channel: &str| {
+        let slot = cluster
+            .slot_of(&format!("sessionhub:ch:{{{channel}}}"))
+            .unwrap();
+        cluster.primary_for_slot(slot).unwrap()
+    };
+    let (victim, failed_over) = blocking(|| {
+        let victim = primary_of("room:0");
+        let on_it: HashSet<String> = load
+            .channels()
+            .into_iter()
+            .filter(|c| primary_of(c) == victim)
+            .collect();
+        (victim, on_it)
+    });
+    assert!(
+        failed_over.len() < load.channels().len(),
+        "every channel on one shard: nothing would show the others unharmed"
+    );
+
+    let mut run = Run::start("chaos cluster", &nodes, load).await;
+    run.at(FAULT_AT).await;
+    blocking(|| cluster.kill(victim)).expect("the primary is killed");
+    let killed_at = run.note(format!(
+        "primary {victim} killed ({} of the channels on it)",
+        failed_over.len()
+    ));
+    let promoted = blocking(|| cluster.wait_for_failover(victim, Duration::from_secs(30)))
+        .expect("its replica takes over");
+    run.note(format!("replica {promoted} promoted"));
+    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
+    // Not every node becomes ready again: a_cluster_node_probed_through_a_failover_is_ready_
+    // again_soon_after (ignored, a finding) shows it alone; the figure is printed.
+    assert_failover(&report, &failed_over, killed_at, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_the_sentinel_primary_killed_under_load_loses_nothing_untold() {
+    let _turn = chaos::one_at_a_time().await;
+    let mut redis = RedisSentinel::start_async().await;
+    let sentinels = redis.sentinel_addrs().join(",");
+    let nodes = chaos::nodes(
+        &[
+            "--redis-sentinel",
+            &sentinels,
+            "--redis-sentinel-master",
+            redis.master_name(),
+        ],
+        3,
+    );
+    let load = Load::default();
+    let failed_over: HashSet<String> = load.channels().into_iter().collect();
+
+    let mut run = Run::start("chaos sentinel", &nodes, load).await;
+    run.at(FAULT_AT).await;
+    let old = blocking(|| redis.kill_primary()).expect("the primary is killed");
+    let killed_at = run.note(format!("primary {old} killed"));
+    let promoted = blocking(|| redis.wait_for_new_primary(old, Duration::from_secs(30)))
+        .expect("the replica takes over");
+    run.note(format!("replica {promoted} promoted"));
+    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
+    assert_failover(
+        &report,
+        &failed_over,
+        killed_at,
+        Some(Duration::from_secs(15)),
+    );
+}
+
+/// After a cluster primary is killed and its replica promoted, a node is ready again
+/// (`/readyz` 200) within seconds, while a load balancer's health check asks it every
+/// 100 ms through the outage (as the chaos run's readiness watch does).
+///
+/// FINDING (2026-12-06, library at 7a6816f-ecfe848), intermittent: in 1 of 3 runs of this
+/// test, and 2 of 6 chaos cluster runs, it was not. The broker was ready again ~4 s after
+/// the kill, but the session store's `PING` kept failing (`session store unavailable:
+/// redis: broken pipe`) 15 s after the failover here, and 20 s and 44 s (to the end) in
+/// the chaos runs, while its cluster client logged `Failed to connect to node <the killed
+/// one>` every second. redis-rs routes `PING` to every primary of the slot map it holds;
+/// the probes made it read the map during the outage, when the killed primary still owned
+/// its slots, and nothing reads it again after the failover (no periodic topology check,
+/// and no command of this test meets a MOVED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding, intermittent: the store's cluster client may keep a killed primary"]
+async fn a_cluster_node_probed_through_a_failover_is_ready_again_soon_after() {
+    let _turn = chaos::one_at_a_time().await;
+    let mut cluster = RedisCluster::start_async().await;
+    let seeds = cluster.urls().join(",");
+    let node = blocking(|| node(&["--redis-cluster", &seeds, "--node-id", "probed"]));
+    let client = http();
+    common::wait_ready(&client, &node.http(), true, Duration::from_secs(20)).await;
+
+    let base = node.http();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let probe = {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            while !*stopped.borrow() {
+                is_ready(&client, &base).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let victim = blocking(|| cluster.primaries()).unwrap()[0];
+    blocking(|| cluster.kill(victim)).expect("the primary is killed");
+    let killed = std::time::Instant::now();
+    blocking(|| cluster.wait_for_failover(victim, Duration::from_secs(30)))
+        .expect("its replica takes over");
+    let failed_over = killed.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !is_ready(&client, &base).await && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send_replace(true);
+    probe.await.unwrap();
+    let answer = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let body = match client.get(format!("{base}/readyz")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        answer.ok(),
+        Some(200),
+        "failed over {failed_over:?} after the kill of {victim}; 15 s later /readyz says {body}"
+    );
+}
