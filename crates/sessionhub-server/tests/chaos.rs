@@ -12,6 +12,8 @@
 //!   told anything.
 //! - Redis Sentinel (a primary, a replica, three Sentinels) whose primary is killed: every
 //!   channel starts a new epoch, nothing lost without being told.
+//! - NATS (pushes; sessions on a Redis) whose nats-server is restarted: every channel starts
+//!   a new epoch (it is bound to the server's `server_id`), nothing lost without being told.
 //!
 //! Each prints its figures (503s, told events, lost-but-told, recovery p50/p99/max, when
 //! the nodes were ready again); docs/benchmarks.md ("Failover under load") has them.
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use common::chaos::{self, Load, Report, Rules, Run};
 use common::{blocking, http, is_ready, node};
-use sessionhub_testkit::{RedisCluster, RedisSentinel, RedisServer};
+use sessionhub_testkit::{NatsServer, RedisCluster, RedisSentinel, RedisServer};
 
 /// When the faults strike, from the publisher's start (it runs 16 s).
 const FAULT_AT: Duration = Duration::from_secs(4);
@@ -195,6 +197,30 @@ async fn chaos_the_sentinel_primary_killed_under_load_loses_nothing_untold() {
         &report,
         &failed_over,
         killed_at,
+        Some(Duration::from_secs(15)),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_nats_restarted_under_load_loses_nothing_untold() {
+    let _turn = chaos::one_at_a_time().await;
+    let mut nats = NatsServer::start_async().await;
+    let redis = RedisServer::start().expect("redis-server starts");
+    let (nats_url, redis_url) = (nats.url(), redis.url());
+    let nodes = chaos::nodes(&["--nats", &nats_url, "--redis", &redis_url], 3);
+    let load = Load::default();
+    let failed_over: HashSet<String> = load.channels().into_iter().collect();
+
+    let mut run = Run::start("chaos nats", &nodes, load).await;
+    run.at(FAULT_AT).await;
+    let restarted_at = run.note("nats-server restarting");
+    blocking(|| nats.restart()).expect("nats-server restarts");
+    run.note("nats-server back");
+    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
+    assert_failover(
+        &report,
+        &failed_over,
+        restarted_at,
         Some(Duration::from_secs(15)),
     );
 }
