@@ -133,8 +133,9 @@ async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
         .await
         .unwrap();
     let delta = |name: &str| calls.get(name).copied().unwrap_or(0);
+    // A presence heartbeat may land in the window: it is a script too, with one ZADD.
     assert_eq!(
-        delta("evalsha"),
+        delta("evalsha") - delta("zadd"),
         10,
         "a read + increment is one script that writes and loads"
     );
@@ -164,7 +165,7 @@ async fn a_get_session_and_a_read_session_cost_one_redis_round_trip_each() {
         .await
         .unwrap();
     let delta = |name: &str| calls.get(name).copied().unwrap_or(0);
-    assert_eq!(delta("evalsha"), 10, "a read is one script");
+    assert_eq!(delta("evalsha") - delta("zadd"), 10, "a read is one script");
     for (command, calls) in [
         ("hgetall", 10),
         ("pexpire", 10),
