@@ -40,33 +40,7 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
         .expect("the Sentinel deployment starts");
     let nodes = nodes(&redis, 3);
     let client = http();
-    for node in &nodes {
-        wait_ready(&client, &node.http(), true, Duration::from_secs(10)).await;
-    }
-
-    // A session made on one node counts on the others.
-    let (_, id, _) = get(&client, &nodes[0].http(), "/login?username=ann", None).await;
-    let id = id.unwrap();
-    for (node, count) in [(&nodes[1], 1), (&nodes[2], 2)] {
-        let (_, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
-        assert_eq!(
-            (body["username"].as_str(), body["count"].as_i64()),
-            (Some("ann"), Some(count))
-        );
-    }
-    // A push through one node reaches sockets on the others; KEY/VALUE frames too.
-    let (mut socket, _) = connect(&nodes[1].ws(), "456").await;
-    let (mut on_c, _) = connect(&nodes[2].ws(), "456").await;
-    let (status, answer) = push(&client, &nodes[0].http(), "456", "before").await;
-    assert_eq!(status, 200);
-    assert_eq!(answer["nodes"], 2, "{answer}");
-    assert_eq!(next_text(&mut socket).await, "before");
-    assert_eq!(next_text(&mut on_c).await, "before");
-    send_text(&mut on_c, r#"{"KEY":456,"VALUE":"aaaa"}"#).await;
-    assert_eq!(next_text(&mut socket).await, "aaaa");
-    assert_eq!(next_text(&mut on_c).await, "aaaa");
-    // Every node counts every node's sockets.
-    wait_online(&client, &nodes[0].http(), 2, Duration::from_secs(10)).await;
+    let (id, mut socket, mut on_c) = seed_demos_across(&nodes).await;
 
     // Acknowledged writes are on the replica before the primary dies (Redis replicates
     // asynchronously: docs/cluster.md says what a failover can lose without this).

@@ -318,3 +318,35 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, want: bool, within
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+/// The seed demos across three nodes of one deployment, each node ready first: a session made
+/// on node 0 counts on nodes 1 and 2; a push through node 0 reaches sockets for `456` on
+/// nodes 1 and 2, and so does a KEY/VALUE frame; the online count is cluster-wide. Returns
+/// the session id and the two sockets, for the fault that follows.
+pub async fn seed_demos_across(nodes: &[Node]) -> (String, Ws, Ws) {
+    let client = http();
+    for node in nodes {
+        wait_ready(&client, &node.http(), true, Duration::from_secs(10)).await;
+    }
+    let (_, id, _) = get(&client, &nodes[0].http(), "/login?username=ann", None).await;
+    let id = id.unwrap();
+    for (node, count) in [(&nodes[1], 1), (&nodes[2], 2)] {
+        let (_, _, body) = get(&client, &node.http(), "/get-session", Some(&id)).await;
+        assert_eq!(
+            (body["username"].as_str(), body["count"].as_i64()),
+            (Some("ann"), Some(count))
+        );
+    }
+    let (mut on_b, _) = connect(&nodes[1].ws(), "456").await;
+    let (mut on_c, _) = connect(&nodes[2].ws(), "456").await;
+    let (status, answer) = push(&client, &nodes[0].http(), "456", "before").await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["nodes"], 2, "{answer}");
+    assert_eq!(next_text(&mut on_b).await, "before");
+    assert_eq!(next_text(&mut on_c).await, "before");
+    send_text(&mut on_c, r#"{"KEY":456,"VALUE":"aaaa"}"#).await;
+    assert_eq!(next_text(&mut on_b).await, "aaaa");
+    assert_eq!(next_text(&mut on_c).await, "aaaa");
+    wait_online(&client, &nodes[0].http(), 2, Duration::from_secs(10)).await;
+    (id, on_b, on_c)
+}
