@@ -7,14 +7,13 @@
 //! its clients to recover, and start new epochs where a promoted replica may lack writes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sessionhub::broker::{Broker, RedisBrokerConfig};
+use sessionhub::broker::Broker;
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::RedisCluster;
 use sessionhub_testkit::conformance::broker::{
-    BrokerFixture, position, publish_until_taken, wait_ready,
+    BrokerFixture, position, publish_until_taken, redis_nodes,
 };
 use tokio::time::{Instant, sleep};
 
@@ -28,21 +27,9 @@ fn config(cluster: &RedisCluster) -> RedisConfig {
     RedisConfig::cluster(&cluster.urls()).unwrap()
 }
 
-/// Nodes on `config`'s cluster; `guard` keeps what they need alive.
-fn nodes(config: RedisConfig, guard: impl std::any::Any + Send) -> BrokerFixture {
-    BrokerFixture::new(guard, move |sink, history| {
-        let config = config.clone();
-        async move {
-            let broker = RedisBrokerConfig::from(config).history(history).start(sink);
-            wait_ready(&*broker).await;
-            broker as Arc<dyn Broker>
-        }
-    })
-}
-
 async fn cluster() -> BrokerFixture {
     let cluster = RedisCluster::start_async().await;
-    nodes(config(&cluster), cluster)
+    redis_nodes(config(&cluster), cluster)
 }
 
 sessionhub_testkit::broker_conformance!(cluster);
@@ -109,7 +96,7 @@ async fn one_subscription_connection_per_primary_and_channels_in_many_slots() {
     tokio::time::timeout(FAULT_LIMIT, async {
         let cluster = RedisCluster::start_async().await;
         let channels = spread_channels(&cluster, 40);
-        let backend = nodes(config(&cluster), ());
+        let backend = redis_nodes(config(&cluster), ());
         let (subscriber, publisher) = (backend.node().await, backend.node().await);
         for (channel, _) in &channels {
             subscriber.join(channel).await;
@@ -155,7 +142,7 @@ async fn a_killed_primary_is_followed_on_every_slot_and_clients_told_to_recover(
     tokio::time::timeout(FAULT_LIMIT, async {
         let mut cluster = RedisCluster::start_async().await;
         let channels = spread_channels(&cluster, 30);
-        let backend = nodes(config(&cluster), ());
+        let backend = redis_nodes(config(&cluster), ());
         let (subscriber, publisher) = (backend.node().await, backend.node().await);
         for (channel, _) in &channels {
             subscriber.join(channel).await;
@@ -212,7 +199,7 @@ async fn a_killed_primary_is_followed_on_every_slot_and_clients_told_to_recover(
 async fn a_migrated_slot_is_followed() {
     tokio::time::timeout(FAULT_LIMIT, async {
         let cluster = RedisCluster::start_async().await;
-        let backend = nodes(config(&cluster), ());
+        let backend = redis_nodes(config(&cluster), ());
         let (subscriber, publisher) = (backend.node().await, backend.node().await);
         let (channel, from) = spread_channels(&cluster, 1).remove(0);
         // A neighbour in another slot of the same primary stays where it is.
@@ -260,7 +247,7 @@ async fn a_migrated_slot_is_followed() {
 async fn a_replica_promoted_while_the_old_primary_is_up_is_followed() {
     tokio::time::timeout(FAULT_LIMIT, async {
         let cluster = RedisCluster::start_async().await;
-        let backend = nodes(config(&cluster), ());
+        let backend = redis_nodes(config(&cluster), ());
         let (subscriber, publisher) = (backend.node().await, backend.node().await);
         let (channel, old) = spread_channels(&cluster, 1).remove(0);
         subscriber.join(&channel).await;

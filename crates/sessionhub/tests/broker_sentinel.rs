@@ -5,12 +5,11 @@
 //! epochs (the promoted replica may lack the newest publications); and a primary demoted
 //! while it stays up must not keep subscribers it no longer publishes to.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sessionhub::broker::{Broker, PublishOptions, RedisBrokerConfig};
+use sessionhub::broker::PublishOptions;
 use sessionhub::redis::RedisConfig;
-use sessionhub_testkit::conformance::broker::{BrokerFixture, BrokerNode, position, wait_ready};
+use sessionhub_testkit::conformance::broker::{BrokerFixture, BrokerNode, position, redis_nodes};
 use sessionhub_testkit::{RedisSentinel, redis_command};
 
 /// A failover test's bound: Sentinel needs ~1 s to call the primary down and a few more to
@@ -23,21 +22,9 @@ fn config(redis: &RedisSentinel) -> RedisConfig {
     RedisConfig::sentinel(&redis.sentinel_addrs(), redis.master_name()).unwrap()
 }
 
-/// Nodes on the primary `config` finds; `guard` keeps what they need alive.
-fn nodes(config: RedisConfig, guard: impl std::any::Any + Send) -> BrokerFixture {
-    BrokerFixture::new(guard, move |sink, history| {
-        let config = config.clone();
-        async move {
-            let broker = RedisBrokerConfig::from(config).history(history).start(sink);
-            wait_ready(&*broker).await;
-            broker as Arc<dyn Broker>
-        }
-    })
-}
-
 async fn sentinel() -> BrokerFixture {
     let redis = RedisSentinel::start_lean().await;
-    nodes(config(&redis), redis)
+    redis_nodes(config(&redis), redis)
 }
 
 sessionhub_testkit::broker_conformance!(sentinel);
@@ -59,7 +46,7 @@ async fn a_killed_primary_is_followed_and_clients_told_to_recover() {
         let mut redis = RedisSentinel::start_async().await;
         let old = redis.primary_port();
         // The test keeps the servers, to fail them over.
-        let backend = nodes(config(&redis), ());
+        let backend = redis_nodes(config(&redis), ());
         let (subscriber, publisher) = (backend.node().await, backend.node().await);
         subscriber.join("news").await;
         let before = publisher.publish("news", "\"before\"").await;
@@ -92,7 +79,7 @@ async fn a_demoted_primary_does_not_strand_its_subscribers() {
         let redis = RedisSentinel::start_async().await;
         let old = redis.current_primary_port().unwrap();
         // The test keeps the servers, to fail them over.
-        let backend = nodes(config(&redis), ());
+        let backend = redis_nodes(config(&redis), ());
         let subscriber = backend.node().await;
         subscriber.join("news").await;
 
@@ -124,7 +111,7 @@ async fn a_publish_refused_by_the_old_primary_is_sent_to_the_new_one() {
         // instead of taking them; the Sentinels demote it only ~10 s later.
         let setting = "CONFIG SET min-replicas-to-write 1";
         assert_eq!(redis_command(old, setting).unwrap().trim(), "+OK");
-        let backend = nodes(config(&redis), ());
+        let backend = redis_nodes(config(&redis), ());
         let publisher = backend.node().await;
         publisher.publish("news", "\"before\"").await;
 
@@ -155,7 +142,7 @@ async fn a_publish_refused_by_the_old_primary_is_sent_to_the_new_one() {
 async fn the_primary_check_keeps_its_sentinel_connection() {
     tokio::time::timeout(FAILOVER_LIMIT, async {
         let redis = RedisSentinel::start_lean().await;
-        let backend = nodes(config(&redis), ());
+        let backend = redis_nodes(config(&redis), ());
         let node = backend.node().await;
         node.join("news").await;
         let sentinel = redis.sentinel_addrs()[0].clone();

@@ -282,6 +282,24 @@ pub async fn wait_ready(broker: &dyn Broker) {
     }
 }
 
+/// Nodes with a Redis broker each on `config` (one server, Sentinel or Cluster), ready
+/// before a check gets them; `guard` keeps the servers alive.
+pub fn redis_nodes(
+    config: sessionhub::redis::RedisConfig,
+    guard: impl std::any::Any + Send,
+) -> BrokerFixture {
+    BrokerFixture::new(guard, move |sink, history| {
+        let config = config.clone();
+        async move {
+            let broker = sessionhub::broker::RedisBrokerConfig::from(config)
+                .history(history)
+                .start(sink);
+            wait_ready(&*broker).await;
+            broker as Arc<dyn Broker>
+        }
+    })
+}
+
 /// Publishes on `channel` from `publisher` until `subscriber` takes it, each try with its
 /// own payload so that a late delivery of an earlier try is not mistaken for it; fails the
 /// test after `within`. For outages: it returns once the path from one node to the other
