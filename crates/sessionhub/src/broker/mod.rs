@@ -14,6 +14,7 @@
 //! embedded [`LocalBroker`] serves one node from memory; [`RedisBroker`] and
 //! [`NatsBroker`] serve many.
 
+mod link;
 mod local;
 mod nats;
 mod redis;

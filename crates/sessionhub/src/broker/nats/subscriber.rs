@@ -17,14 +17,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::{Client, Event};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -33,6 +33,7 @@ use super::history::History;
 use super::order::Order;
 use super::subjects::Subjects;
 use crate::broker::Deliver;
+use crate::broker::link::{DownOnExit, LinkState, Request};
 use crate::error::BrokerError;
 
 /// How long a subscribe waits for the server to confirm.
@@ -44,38 +45,6 @@ const BRING_UP_RETRY: Duration = Duration::from_millis(250);
 /// async-nats reports a slow consumer once per message it drops: one resync per this
 /// long is enough (each one closes the node's v1 sockets, which then recover).
 const SLOW_RESYNC_EVERY: Duration = Duration::from_secs(1);
-
-/// What the task tells the broker handles.
-pub(super) struct LinkState {
-    /// Connected, subscribed to every wanted channel, streams in place.
-    pub(super) healthy: watch::Sender<bool>,
-    pub(super) reconnects: AtomicU64,
-}
-
-impl LinkState {
-    pub(super) fn new() -> Self {
-        Self {
-            healthy: watch::Sender::new(false),
-            reconnects: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Reports the broker down when the task ends for any reason, a panic included.
-struct DownOnExit(Arc<LinkState>);
-
-impl Drop for DownOnExit {
-    fn drop(&mut self) {
-        self.0.healthy.send_replace(false);
-    }
-}
-
-type Ack = oneshot::Sender<Result<(), BrokerError>>;
-
-pub(super) enum Request {
-    Subscribe { channel: String, done: Ack },
-    Unsubscribe { channel: String },
-}
 
 /// The task reading one channel's subscription; dropping it ends the task, which drops
 /// the subscription (async-nats then sends UNSUB).

@@ -83,7 +83,8 @@ use tokio::time::timeout;
 use self::commands::{Commands, Retry, Route, ping_commands, run};
 use self::reply::{parse_receipt, parse_unkept_receipt};
 use self::sharded::Sharded;
-use self::subscriber::{LinkState, Request, Subscriber};
+use self::subscriber::Subscriber;
+use super::link::{LinkState, Request};
 use super::{
     Broker, Deliver, Epochs, HistoryConfig, Publication, PublishOptions, Receipt, Recovery,
     StreamPosition,

@@ -40,8 +40,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
 use super::commands::{Commands, ping_commands};
-use super::subscriber::{Ack, DownOnExit, LinkState, Request, deliver};
+use super::subscriber::deliver;
 use crate::broker::Deliver;
+use crate::broker::link::{Ack, DownOnExit, LinkState, Request};
 use crate::error::BrokerError;
 use crate::redis::Keys;
 use crate::redis::backoff::Backoff;

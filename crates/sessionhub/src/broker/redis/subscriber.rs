@@ -7,19 +7,20 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ::redis::Msg;
 use ::redis::aio::PubSubSink;
 use futures_util::future::{self, BoxFuture};
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
 use super::commands::{Commands, ping_commands};
 use super::reply::parse_envelope;
 use crate::broker::Deliver;
+use crate::broker::link::{Ack, DownOnExit, LinkState, Request};
 use crate::error::BrokerError;
 use crate::redis::backoff::Backoff;
 use crate::redis::{Keys, RedisConfig};
@@ -38,39 +39,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The delay stops doubling here; with jitter one wait is at most 1.5 times this.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// What the subscription task tells the broker handles.
-pub(super) struct LinkState {
-    /// Subscribed to every wanted channel on a live connection.
-    pub(super) healthy: watch::Sender<bool>,
-    pub(super) reconnects: AtomicU64,
-}
-
-impl LinkState {
-    pub(super) fn new() -> Self {
-        Self {
-            healthy: watch::Sender::new(false),
-            reconnects: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Reports the broker down when the task ends for any reason, a panic included, so that
-/// readiness cannot stay green with nobody reading the subscription connection.
-pub(super) struct DownOnExit(pub(super) Arc<LinkState>);
-
-impl Drop for DownOnExit {
-    fn drop(&mut self) {
-        self.0.healthy.send_replace(false);
-    }
-}
-
-pub(super) type Ack = oneshot::Sender<Result<(), BrokerError>>;
-
-pub(super) enum Request {
-    Subscribe { channel: String, done: Ack },
-    Unsubscribe { channel: String },
-}
 
 /// How one connection's lifetime ended.
 enum Ended {
