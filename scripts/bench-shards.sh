@@ -105,30 +105,9 @@ FAN=(--flavor sessionhub --clients "$CLIENTS" --conns-per-user 2 --publish http 
 # 12000..22000, buses from 22000..32000: both below the ephemeral range (32768+), so that
 # client sockets never take one first.
 NEXT_PORT=$((12000 + RANDOM % 8000))
-is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  while ! is_free "$NEXT_PORT" || ! is_free $((NEXT_PORT + 10000)); do NEXT_PORT=$((NEXT_PORT + 1)); done
-  PORT=$NEXT_PORT
-  NEXT_PORT=$((NEXT_PORT + 1))
-}
-wait_port() {
-  local port=$1 name=$2
-  for _ in $(seq 1 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$name did not listen on $port; log:" >&2
-  tail -20 "$LOGS/$name.log" >&2
-  exit 1
-}
-# start NAME PORT CMD...: runs CMD in the background; PID is left in $PID.
-start() {
-  local name=$1 port=$2; shift 2
-  "$@" >"$LOGS/$name.log" 2>&1 &
-  PID=$!
-  PIDS+=("$PID")
-  wait_port "$port" "$name"
-}
+BUS_OFFSET=10000
+# shellcheck source=scripts/lib/processes.sh
+source scripts/lib/processes.sh
 
 # --- Redis Clusters ------------------------------------------------------------------------
 # cluster NAME SHARDS: SHARDS primaries, every slot served. Leaves their ports in

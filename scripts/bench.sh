@@ -105,30 +105,8 @@ fi
 
 # --- processes -----------------------------------------------------------------------------
 NEXT_PORT=$((20000 + RANDOM % 5000))
-free_port() {
-  # Below the ephemeral range (32768+), so client sockets never take it first.
-  while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
-  PORT=$NEXT_PORT
-  NEXT_PORT=$((NEXT_PORT + 1))
-}
-wait_port() {
-  local port=$1 name=$2
-  for _ in $(seq 1 150); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$name did not listen on $port; log:" >&2
-  tail -20 "$LOGS/$name.log" >&2
-  exit 1
-}
-# start NAME PORT CMD...: runs CMD in the background; PID is left in $PID.
-start() {
-  local name=$1 port=$2; shift 2
-  "$@" >"$LOGS/$name.log" 2>&1 &
-  PID=$!
-  PIDS+=("$PID")
-  wait_port "$port" "$name"
-}
+# shellcheck source=scripts/lib/processes.sh
+source scripts/lib/processes.sh
 stop_all_targets() {
   # Stops every process started since the Redis server (index 0).
   local keep=("${PIDS[0]}")
