@@ -23,7 +23,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::chaos::{self, Load, Report, Rules, Run};
+use common::chaos::{self, Load, Rules, Run};
 use common::{blocking, http, is_ready, node};
 use sessionhub_testkit::{NatsServer, RedisCluster, RedisSentinel, RedisServer};
 
@@ -31,6 +31,8 @@ use sessionhub_testkit::{NatsServer, RedisCluster, RedisSentinel, RedisServer};
 const FAULT_AT: Duration = Duration::from_secs(4);
 /// A generous bound on the reconnect-to-recovered p99 through a failover.
 const FAILOVER_RECOVERY_P99: Duration = Duration::from_secs(15);
+/// How soon after a failover every node must answer `/readyz` with 200 again.
+const READY_AGAIN_WITHIN: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_every_client_gets_every_message_once_in_order_through_a_node_kill_and_a_redis_restart()
@@ -68,16 +70,12 @@ async fn chaos_every_client_gets_every_message_once_in_order_through_a_node_kill
     );
 }
 
-/// What every failover run must show besides the delivery rules: the failed-over channels
-/// did start new epochs (else the fault tested nothing) and every client on one was told
-/// so; recovery within the bound; with `ready_within`, every node ready again that soon
-/// after the kill.
-fn assert_failover(
-    report: &Report,
-    failed_over: &HashSet<String>,
-    killed_at: Duration,
-    ready_within: Option<Duration>,
-) {
+/// Ends a failover run and checks what every one must show besides the delivery rules: the
+/// failed-over channels did start new epochs (else the fault tested nothing) and every
+/// client on one was told so; recovery within the bound; every node ready again within
+/// [`READY_AGAIN_WITHIN`] of the fault.
+async fn finish_failover(run: Run, failed_over: HashSet<String>, killed_at: Duration) {
+    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
     report.assert_delivery();
     let label = &report.label;
     for (channel, epochs) in &report.epochs {
@@ -110,13 +108,11 @@ fn assert_failover(
     );
     let ready = report.ready_again_after(killed_at);
     println!("{label}: every node ready again {ready:.1?} after the kill");
-    if let Some(bound) = ready_within {
-        assert!(
-            ready.is_some_and(|d| d < bound),
-            "{label}: nodes ready again {ready:?} after the kill: {:?}",
-            report.unready
-        );
-    }
+    assert!(
+        ready.is_some_and(|d| d < READY_AGAIN_WITHIN),
+        "{label}: nodes ready again {ready:?} after the kill: {:?}",
+        report.unready
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,13 +155,7 @@ async fn chaos_a_cluster_primary_killed_under_load_loses_nothing_untold() {
     let promoted = blocking(|| cluster.wait_for_failover(victim, Duration::from_secs(30)))
         .expect("its replica takes over");
     run.note(format!("replica {promoted} promoted"));
-    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
-    assert_failover(
-        &report,
-        &failed_over,
-        killed_at,
-        Some(Duration::from_secs(15)),
-    );
+    finish_failover(run, failed_over, killed_at).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,13 +182,7 @@ async fn chaos_the_sentinel_primary_killed_under_load_loses_nothing_untold() {
     let promoted = blocking(|| redis.wait_for_new_primary(old, Duration::from_secs(30)))
         .expect("the replica takes over");
     run.note(format!("replica {promoted} promoted"));
-    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
-    assert_failover(
-        &report,
-        &failed_over,
-        killed_at,
-        Some(Duration::from_secs(15)),
-    );
+    finish_failover(run, failed_over, killed_at).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,13 +200,7 @@ async fn chaos_nats_restarted_under_load_loses_nothing_untold() {
     let restarted_at = run.note("nats-server restarting");
     blocking(|| nats.restart()).expect("nats-server restarts");
     run.note("nats-server back");
-    let report = run.finish(Rules::new_epochs_on(failed_over.clone())).await;
-    assert_failover(
-        &report,
-        &failed_over,
-        restarted_at,
-        Some(Duration::from_secs(15)),
-    );
+    finish_failover(run, failed_over, restarted_at).await;
 }
 
 /// After a cluster primary is killed and its replica promoted, a node is ready again
