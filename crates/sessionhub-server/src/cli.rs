@@ -112,6 +112,45 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_TOKEN_SECRET_FILE")]
     pub(crate) token_secret_file: Option<PathBuf>,
 
+    /// PEM public key for --ws-auth token (repeatable): RSA (RS256), EC P-256 (ES256) or
+    /// Ed25519 (EdDSA).
+    #[arg(
+        long = "token-public-key",
+        env = "SESSIONHUB_TOKEN_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
+    pub(crate) token_public_keys: Vec<PathBuf>,
+
+    /// JWK Set for --ws-auth token: an http(s) URL (e.g. your identity provider's
+    /// /.well-known/jwks.json) or a file; read again when a token names an unknown kid.
+    #[arg(long, env = "SESSIONHUB_TOKEN_JWKS")]
+    pub(crate) token_jwks: Option<String>,
+
+    /// Seconds between two reads of the JWKS prompted by unknown kids (at most).
+    #[arg(long, env = "SESSIONHUB_TOKEN_JWKS_MIN_REFETCH", default_value_t = 30)]
+    pub(crate) token_jwks_min_refetch: u64,
+
+    /// Accepted token issuers (`iss`; comma-separated). Default: any.
+    #[arg(
+        long = "token-issuer",
+        env = "SESSIONHUB_TOKEN_ISSUER",
+        value_delimiter = ','
+    )]
+    pub(crate) token_issuers: Vec<String>,
+
+    /// Accepted token audiences (`aud` must name one; comma-separated). Default: tokens must
+    /// not name an audience.
+    #[arg(
+        long = "token-audience",
+        env = "SESSIONHUB_TOKEN_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub(crate) token_audiences: Vec<String>,
+
+    /// Seconds of slack for a token's exp and nbf, for clocks that disagree.
+    #[arg(long, env = "SESSIONHUB_TOKEN_LEEWAY", default_value_t = 0)]
+    pub(crate) token_leeway: u64,
+
     /// Web origins that may open sockets (comma-separated, e.g. https://app.example.com;
     /// `*` for any). Default: only pages from the same host and port.
     #[arg(long, env = "SESSIONHUB_ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sessionhub::SessionConfig;
-use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
+use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenConfig, TokenVerifier, WsAuth};
 use sessionhub::broker::{
     Broker, Deliver, HistoryConfig, LocalBroker, NatsBrokerConfig, RedisBrokerConfig,
 };
@@ -247,10 +247,27 @@ fn security(args: &Serve) -> anyhow::Result<Security> {
     }
     let mut secrets = args.token_secrets.clone();
     secrets.extend(read_lines(args.token_secret_file.as_deref())?);
-    let tokens = TokenVerifier::new(&secrets);
+    let public_keys = args
+        .token_public_keys
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tokens = TokenVerifier::new(&TokenConfig {
+        secrets,
+        public_keys,
+        jwks: args.token_jwks.clone(),
+        issuers: args.token_issuers.clone(),
+        audiences: args.token_audiences.clone(),
+        leeway: Duration::from_secs(args.token_leeway),
+        jwks_min_refetch: Duration::from_secs(args.token_jwks_min_refetch),
+    })
+    .context("--token-public-key / --token-jwks")?;
     if ws_auth == WsAuth::Token && tokens.is_none() {
         bail!(
-            "--ws-auth token needs --token-secret (or SESSIONHUB_TOKEN_SECRET, --token-secret-file)"
+            "--ws-auth token needs a key: --token-secret (or SESSIONHUB_TOKEN_SECRET, \
+             --token-secret-file), --token-public-key or --token-jwks"
         );
     }
     Ok(Security {

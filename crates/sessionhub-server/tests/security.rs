@@ -9,6 +9,7 @@ use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use sessionhub_testkit::Node;
+use sessionhub_testkit::jwt::{self, TestKey};
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "test-api-key-0123456789";
@@ -450,24 +451,10 @@ async fn client_publishes_are_off_unless_a_channel_rule_allows_them() {
 }
 
 fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: i64,
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &Claims {
-            sub,
-            exp: now + exp_from_now,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    jwt::hs256(
+        secret,
+        &json!({"sub": sub, "exp": jwt::now_plus(exp_from_now)}),
     )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -538,6 +525,74 @@ async fn tokens_are_verified_with_rotation_and_expiry() {
     for secret in [signature, "new-secret", "old-secret"] {
         assert!(!logs.contains(secret), "{secret} reached the log");
     }
+}
+
+/// Tokens from an identity provider: keys from a JWK Set (rotated while the node runs) and a
+/// PEM file, with the issuer and audience checked, each refusal with its own code.
+#[tokio::test]
+async fn provider_tokens_are_checked_against_a_jwks_that_rotates_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, jwt::jwks(&[TestKey::Rsa1]).to_string()).unwrap();
+    let ed = TestKey::Ed1.public_pem_path();
+    let node = node(&[
+        "--ws-auth",
+        "token",
+        "--token-jwks",
+        jwks.to_str().unwrap(),
+        "--token-jwks-min-refetch",
+        "0",
+        "--token-public-key",
+        ed.to_str().unwrap(),
+        "--token-issuer",
+        "https://id.example",
+        "--token-audience",
+        "chat",
+        "--api-key",
+        KEY,
+    ]);
+    let claims = |iss: &str, aud: &str| json!({"sub": "ivy", "exp": jwt::now_plus(60), "iss": iss, "aud": aud});
+    let good = claims("https://id.example", "chat");
+    let url = |token: &str| format!("{}/ws?token={token}", node.ws());
+    connect_with(&url(&TestKey::Rsa1.sign(Some("rsa-1"), &good)), &[])
+        .await
+        .expect("RS256 from the JWKS");
+    connect_with(&url(&TestKey::Ed1.sign(None, &good)), &[])
+        .await
+        .expect("EdDSA from the PEM file");
+    let rotated = TestKey::Rsa2.sign(Some("rsa-2"), &good);
+    assert_eq!(
+        connect_with(&url(&rotated), &[]).await.err(),
+        Some((401, "token_unknown_key".to_owned()))
+    );
+    std::fs::write(
+        &jwks,
+        jwt::jwks(&[TestKey::Rsa1, TestKey::Rsa2]).to_string(),
+    )
+    .unwrap();
+    connect_with(&url(&rotated), &[])
+        .await
+        .expect("the rotated-in key, without a restart");
+    let refused = [
+        (claims("https://evil.example", "chat"), "token_wrong_issuer"),
+        (
+            claims("https://id.example", "billing"),
+            "token_wrong_audience",
+        ),
+    ];
+    for (claims, code) in refused {
+        let token = TestKey::Rsa1.sign(Some("rsa-1"), &claims);
+        assert_eq!(
+            connect_with(&url(&token), &[]).await.err(),
+            Some((401, code.to_owned()))
+        );
+    }
+    // An HS256 token "signed" with the public key text is not an RSA token.
+    let confused = jwt::hs256(&TestKey::Rsa1.public_pem(), &good);
+    assert_eq!(
+        connect_with(&url(&confused), &[]).await.err(),
+        Some((401, "token_invalid".to_owned()))
+    );
 }
 
 #[tokio::test]

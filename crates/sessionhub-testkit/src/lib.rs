@@ -6,6 +6,7 @@
 //!   `sentinel.rs`), and a Redis Cluster that can fail over and move slots ([`RedisCluster`],
 //!   `cluster.rs`), and a `nats-server` with JetStream ([`NatsServer`], `nats.rs`). Blocking on
 //!   purpose, so they work from any test, async or not.
+//! - [`jwt`]: tokens signed with fixture key pairs (RSA, EC, Ed25519) and their JWK Set.
 //! - [`conformance`]: the checks every `SessionStore`, `Broker` and `Presence` backend must
 //!   pass, as one macro per trait that a backend's own test file calls with a factory
 //!   ([`store_conformance!`], [`broker_conformance!`], [`presence_conformance!`]). They
@@ -19,6 +20,7 @@ use std::process::Child;
 mod balancer;
 mod cluster;
 pub mod conformance;
+pub mod jwt;
 mod nats;
 mod node;
 mod process;

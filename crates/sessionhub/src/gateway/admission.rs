@@ -148,7 +148,7 @@ async fn authenticate(
             let token = query_token.or_else(|| bearer(headers));
             let verifier = gateway.config.security.tokens.as_ref();
             let claims = match (token, verifier) {
-                (Some(token), Some(verifier)) => verifier.verify(token.trim()),
+                (Some(token), Some(verifier)) => verifier.verify(token.trim()).await,
                 (None, _) => Err(TokenError::Missing),
                 (Some(_), None) => Err(TokenError::Invalid),
             }

@@ -445,7 +445,7 @@ pub(crate) fn is_not_primary(error: &RedisError) -> bool {
 
 /// rustls needs a process-wide crypto provider for `rediss://`. Installing fails only if the
 /// application installed one already, which is then used instead.
-fn install_tls_provider() {
+pub(crate) fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

@@ -2,16 +2,20 @@
 //!
 //! - [`WsAuth`]: how a socket proves which user it is (the HTTP session, a JWT, or nothing).
 //! - [`ApiKeys`]: the bearer keys of the push and admin APIs, compared in constant time.
-//! - [`TokenVerifier`]: HS256 JWTs from the app's own backend, with key rotation.
+//! - [`TokenVerifier`]: JWTs from the app's backend or its identity provider (HS256, RS256,
+//!   ES256, EdDSA; keys from secrets, PEM files or a JWKS that rotates without a restart).
 //! - [`OriginPolicy`]: which web origins may open a socket (cross-site WebSocket hijacking).
 //! - [`ChannelRules`]: which channels a client may publish to itself.
+
+mod jwks;
+mod token;
+
+pub use self::token::{Claims, TokenConfig, TokenConfigError, TokenError, TokenVerifier};
 
 use std::collections::HashSet;
 use std::str::FromStr;
 
 use axum::http::HeaderValue;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -85,91 +89,6 @@ impl ApiKeys {
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ApiKeys({} configured)", self.digests.len())
-    }
-}
-
-/// The claims sessionhub reads from a token.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Claims {
-    /// The user.
-    pub sub: String,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    /// Channels the user may join beyond the public ones, if the token says.
-    #[serde(default)]
-    pub channels: Vec<String>,
-}
-
-/// Why a token was refused. Each maps to a documented HTTP 401 code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenError {
-    /// No token came with the request.
-    #[error("a token is required: pass ?token=<jwt> or Authorization: Bearer <jwt>")]
-    Missing,
-    /// The token's `exp` has passed.
-    #[error("the token has expired")]
-    Expired,
-    /// Bad signature, wrong algorithm, malformed, or missing claims.
-    #[error("the token is invalid")]
-    Invalid,
-}
-
-impl TokenError {
-    /// The stable code in the HTTP error.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Missing => "token_missing",
-            Self::Expired => "token_expired",
-            Self::Invalid => "token_invalid",
-        }
-    }
-}
-
-/// Verifies HS256 tokens against one or more secrets (several during a rotation).
-#[derive(Clone)]
-pub struct TokenVerifier {
-    keys: Vec<DecodingKey>,
-    validation: Validation,
-}
-
-impl TokenVerifier {
-    /// A verifier accepting tokens signed with any of `secrets`. `None` if there is none.
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(secrets: I) -> Option<Self> {
-        let keys: Vec<_> = secrets
-            .into_iter()
-            .filter(|s| !s.as_ref().is_empty())
-            .map(|s| DecodingKey::from_secret(s.as_ref().as_bytes()))
-            .collect();
-        if keys.is_empty() {
-            return None;
-        }
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Some(Self { keys, validation })
-    }
-
-    /// The claims of `token` if one of the secrets signed it and it has not expired.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let mut error = TokenError::Invalid;
-        for key in &self.keys {
-            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return Ok(data.claims),
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                    // Only a valid signature gets this far: the token is genuine but old.
-                    error = TokenError::Expired;
-                }
-                Err(_) => {}
-            }
-        }
-        Err(error)
-    }
-}
-
-impl std::fmt::Debug for TokenVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenVerifier({} secrets)", self.keys.len())
     }
 }
 
