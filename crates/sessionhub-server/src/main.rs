@@ -212,6 +212,7 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
         .context("configuring metric buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    sessionhub::telemetry::describe();
     Ok(handle)
 }
 

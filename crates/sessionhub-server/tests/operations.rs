@@ -226,3 +226,52 @@ fn docs_configuration_lists_every_setting() {
         );
     }
 }
+
+/// The Grafana dashboard in `deploy/` queries only what `/metrics` exports, and a fresh node
+/// exports every metric it has (at zero) before anything happened.
+#[tokio::test]
+async fn the_dashboard_queries_only_exported_metrics() {
+    let node = node(&[]);
+    let exported: std::collections::HashSet<String> = metrics(&node.http())
+        .await
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned))
+        .collect();
+    for (name, kind, _) in sessionhub::telemetry::METRICS {
+        let shown = match kind {
+            sessionhub::telemetry::Kind::Histogram => format!("{name}_bucket"),
+            _ => name.to_string(),
+        };
+        assert!(
+            exported.contains(&shown),
+            "{shown} not exported: {exported:?}"
+        );
+    }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/sessionhub.json"
+        ))
+        .unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            queried.extend(
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("sessionhub_"))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        assert!(
+            exported.contains(&name),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+}

@@ -17,6 +17,7 @@
 //!   every key name, every Lua script.
 //! - [`protocol`]: what travels over a socket, per protocol (the seed's and v1).
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
+//! - [`telemetry`]: every metric it records, described and registered in one place.
 //! - [`error`]: the backends' typed errors and [`ApiError`], the one error users see.
 //!
 //! Each backed component is a folder: the contract in `mod.rs`, one file (or folder) per
@@ -36,6 +37,16 @@ pub mod protocol;
 pub mod redis;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 
 pub use error::ApiError;
+
+/// Installs ring as rustls' process-wide crypto provider, unless the application installed
+/// one already (which is then used). sessionhub calls it before it opens TLS itself
+/// (`rediss://`, a JWKS over `https://`). Its `reqwest` has TLS without a built-in provider,
+/// and cargo unifies features: an application that builds its own `reqwest` clients before
+/// sessionhub opened TLS should call this first.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 pub use session::{Session, SessionConfig, SessionLayer};

@@ -39,7 +39,7 @@ struct State {
 
 impl Jwks {
     pub(super) fn new(source: &str, min_refetch: Duration) -> Self {
-        crate::redis::install_tls_provider();
+        crate::install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()

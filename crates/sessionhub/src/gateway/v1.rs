@@ -213,6 +213,14 @@ impl V1 {
                 return error(id, e.code(), e.to_string());
             }
         };
+        if since.is_some() {
+            let outcome = if recovery.recovered {
+                "recovered"
+            } else {
+                "not_recovered"
+            };
+            metrics::counter!("sessionhub_recoveries_total", "outcome" => outcome).increment(1);
+        }
         let last = recovery
             .publications
             .last()
