@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod chaos;
+pub mod sse;
 pub mod v1;
 
 use std::path::Path;

@@ -21,9 +21,10 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, future, stream};
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, timeout};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
 
 use super::admission::{
     ConnectQuery, Credentials, admit, authenticate, check_credentials, check_origin,
@@ -48,9 +49,6 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Events buffered between the stream's task and the HTTP response: the hub's bounded
 /// queue behind it decides when a client is too slow, as for sockets.
 const BUFFERED_EVENTS: usize = 16;
-
-/// How long the final `disconnect` event may take to go out.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The query of `GET /sse`, besides the credentials ([`ConnectQuery`]).
 #[derive(Deserialize)]
@@ -126,20 +124,28 @@ pub(super) async fn stream(
         if id.is_empty() { event } else { event.id(&id) }
     }));
     let (tx, rx) = mpsc::channel(BUFFERED_EVENTS);
-    tokio::spawn(run(
+    let (last_tx, last_rx) = oneshot::channel();
+    let task = run(
         tx,
-        events,
+        last_tx,
         v1,
         connection,
         user,
         credentials,
         gateway.clone(),
-    ));
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
+    );
+    tokio::spawn(task);
+    // The opening events, everything the task queues, then its last event: that one waits
+    // for no room in the queue, so even a slow consumer that reads later learns why its
+    // stream ended.
+    let queued = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (event, rx))
     });
+    let last = stream::once(last_rx).filter_map(|last| future::ready(last.ok()));
+    let events = stream::iter(events)
+        .chain(queued)
+        .chain(last)
+        .map(Ok::<_, Infallible>);
     let heartbeat = KeepAlive::new().interval(gateway.config.socket.sse_heartbeat);
     Ok((
         // Proxies such as nginx would otherwise hold events back to fill a buffer.
@@ -152,11 +158,11 @@ pub(super) async fn stream(
         .into_response())
 }
 
-/// The stream's task: sends the opening events, then runs until the stream ends, and says
-/// why in a last `disconnect` event.
+/// The stream's task: runs until the stream ends, and says why in a last `disconnect`
+/// event.
 async fn run(
     tx: mpsc::Sender<Event>,
-    opening: Vec<Event>,
+    last_tx: oneshot::Sender<Event>,
     mut v1: V1,
     mut connection: Connection,
     user: UserId,
@@ -165,24 +171,17 @@ async fn run(
 ) {
     let node = gateway.hub.node_id().to_owned();
     tracing::info!(%node, user = %user, protocol = "sse", "stream open");
-    let mut reason = (0, "gone");
-    for event in opening {
-        if tx.send(event).await.is_err() {
-            break;
-        }
-    }
-    if !tx.is_closed() {
-        reason = drive(&tx, &mut v1, &mut connection, &credentials, &gateway).await;
-    }
+    let reason = drive(&tx, &mut v1, &mut connection, &credentials, &gateway).await;
     // Counted before the connection leaves the hub, as for sockets.
     metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
     drop(connection);
     tracing::info!(%node, user = %user, protocol = "sse", code = reason.0, reason = reason.1, "stream closed");
+    drop(tx);
     if reason.0 != 0 {
         let last = Event::default()
             .event("disconnect")
             .data(Reply::disconnect(reason));
-        let _ = timeout(CLOSE_GRACE, tx.send(last)).await;
+        let _ = last_tx.send(last);
     }
 }
 
