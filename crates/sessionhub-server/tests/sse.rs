@@ -66,7 +66,7 @@ async fn disconnect_at_end(stream: &mut Stream, within: Duration) -> (u16, bool)
         last = Some(event);
     }
     let last = last.expect("an event before the end");
-    assert_eq!(last.event, "disconnect", "{last:?}");
+    assert_eq!(last.event, "disconnect", "last event id {:?}", last.id);
     match last.frame() {
         Frame::Disconnect { code, reconnect } => (code, reconnect),
         other => panic!("{other:?}"),
@@ -146,6 +146,8 @@ async fn an_sse_client_whose_node_is_killed_recovers_on_another_node_without_los
             // The node died under the stream: reconnect elsewhere, as EventSource would.
             Ok(None) | Err(_) => {
                 assert!(killed, "the stream ended by itself");
+                // Away for a while, so that there is something to recover.
+                sleep(Duration::from_millis(300)).await;
                 let last = stream.last_id.clone().expect("an id to recover from");
                 let base = nodes[1].http();
                 let reopened = sse::open_as(&base, "carol", "room:k", Some(&last));
@@ -154,6 +156,10 @@ async fn an_sse_client_whose_node_is_killed_recovers_on_another_node_without_los
                 stream = next;
                 let s = subscribed(&mut stream).await;
                 assert!(s.recovered, "recovered after the kill");
+                assert!(
+                    !s.publications.is_empty(),
+                    "publications were missed meanwhile"
+                );
                 seen.extend(ns_of(&Frame::Subscribed(s)));
             }
         }
