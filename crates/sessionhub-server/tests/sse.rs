@@ -334,6 +334,18 @@ async fn sse_is_admitted_and_refused_like_sockets() {
         code(status_and_json(evil).await),
         (403, "origin_not_allowed".into())
     );
+    // A cross-origin publish needs a preflight, granted only to allowed origins.
+    let preflight = |origin: &str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("{base}/sse/publish"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+    };
+    let granted = preflight(&base).send().await.unwrap();
+    assert_eq!(granted.status(), 204);
+    assert_eq!(granted.headers()["access-control-allow-origin"], base.as_str());
+    let evil = preflight("http://evil.example");
+    assert_eq!(code(status_and_json(evil).await), (403, "origin_not_allowed".into()));
     let anonymous = client
         .post(format!("{base}/sse/publish"))
         .header("content-type", "application/json")

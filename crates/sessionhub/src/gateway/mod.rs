@@ -76,7 +76,10 @@ impl Gateway {
             .route("/websocket/{id}", get(socket::upgrade))
             .route("/ws", get(socket::upgrade_v1))
             .route("/sse", get(sse::stream))
-            .route("/sse/publish", axum::routing::post(sse::publish))
+            .route(
+                "/sse/publish",
+                axum::routing::post(sse::publish).options(sse::preflight),
+            )
             .merge(protected)
             .route("/sessionhub.js", get(client_js))
             .route("/metrics", get(metrics))

@@ -148,6 +148,7 @@ pub(super) async fn stream(
         .map(Ok::<_, Infallible>);
     let heartbeat = KeepAlive::new().interval(gateway.config.socket.sse_heartbeat);
     Ok((
+        cors(&headers),
         // Proxies such as nginx would otherwise hold events back to fill a buffer.
         [(
             HeaderName::from_static("x-accel-buffering"),
@@ -156,6 +157,44 @@ pub(super) async fn stream(
         Sse::new(events).keep_alive(heartbeat),
     )
         .into_response())
+}
+
+/// CORS for a page on an allowed origin (the caller has checked it): unlike a WebSocket, an
+/// `EventSource` or `fetch` from another origin may read the answer only if it says so. With
+/// credentials, so that a session cookie works across origins too.
+fn cors(headers: &HeaderMap) -> HeaderMap {
+    let mut cors = HeaderMap::new();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        cors.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        let yes = HeaderValue::from_static("true");
+        cors.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, yes);
+        cors.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
+    cors
+}
+
+/// `OPTIONS /sse/publish`: the preflight of a cross-origin publish, granted only to the
+/// origins that may use the stream, so that no other page can send the JSON content type.
+pub(super) async fn preflight(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_origin(&gateway, &headers)?;
+    let allow = [
+        (
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST"),
+        ),
+        (
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, authorization, x-auth-token"),
+        ),
+        (
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        ),
+    ];
+    Ok((StatusCode::NO_CONTENT, cors(&headers), allow).into_response())
 }
 
 /// The stream's task: runs until the stream ends, and says why in a last `disconnect`
@@ -284,7 +323,8 @@ pub(super) async fn publish(
     };
     v1::may_publish(&channel, &gateway).map_err(frame_error)?;
     let published = v1::publish_checked(id, &channel, &data, idempotency_key, &gateway).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], published).into_response())
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    Ok((cors(&headers), json, published).into_response())
 }
 
 /// A refused frame as an HTTP error: 403 for a permission, 400 for the rest.
