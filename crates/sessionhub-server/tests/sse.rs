@@ -343,9 +343,15 @@ async fn sse_is_admitted_and_refused_like_sockets() {
     };
     let granted = preflight(&base).send().await.unwrap();
     assert_eq!(granted.status(), 204);
-    assert_eq!(granted.headers()["access-control-allow-origin"], base.as_str());
+    assert_eq!(
+        granted.headers()["access-control-allow-origin"],
+        base.as_str()
+    );
     let evil = preflight("http://evil.example");
-    assert_eq!(code(status_and_json(evil).await), (403, "origin_not_allowed".into()));
+    assert_eq!(
+        code(status_and_json(evil).await),
+        (403, "origin_not_allowed".into())
+    );
     let anonymous = client
         .post(format!("{base}/sse/publish"))
         .header("content-type", "application/json")
