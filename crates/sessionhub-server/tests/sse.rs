@@ -420,6 +420,13 @@ async fn heartbeats_keep_an_idle_stream_and_shutdown_ends_it_with_going_away() {
         .await
         .unwrap();
     subscribed(&mut stream).await;
+    let header = |name: &str| stream.headers[name].to_str().unwrap().to_owned();
+    assert_eq!(header("cache-control"), "no-cache");
+    assert_eq!(
+        header("x-accel-buffering"),
+        "no",
+        "nginx must not hold events back"
+    );
     // Nothing to send for 2.5 s: at least two heartbeat comments, and no event.
     let quiet = stream.next_within(Duration::from_millis(2500)).await;
     assert!(quiet.is_err(), "no event: {quiet:?}");
@@ -429,4 +436,110 @@ async fn heartbeats_keep_an_idle_stream_and_shutdown_ends_it_with_going_away() {
     });
     assert_eq!(disconnect_at_end(&mut stream, WAIT).await, (1001, true));
     stopping.await.unwrap();
+}
+
+/// `nginx` with `examples/cluster/nginx.conf` as it is, only its addresses moved to free
+/// ports: in front of `backends`, listening on `port`. Killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(backends: &[&sessionhub_testkit::Node]) -> Self {
+        let conf = include_str!("../../../examples/cluster/nginx.conf");
+        let port = sessionhub_testkit::free_port();
+        let mut conf = conf.replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        );
+        for (i, node) in backends.iter().enumerate() {
+            let example = format!("server 127.0.0.1:{};", 8081 + i);
+            assert!(
+                conf.contains(&example),
+                "the example config names {example}"
+            );
+            conf = conf.replace(&example, &format!("server {};", node.addr()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .args([
+                "-c",
+                "nginx.conf",
+                "-e",
+                "nginx-error.log",
+                "-g",
+                "daemon off;",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts (apt-get install nginx)");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Through nginx configured as in `examples/cluster` (proxy buffering left at its default,
+/// on), events and heartbeats arrive at once and publishing over POST works.
+#[tokio::test]
+async fn sse_works_through_the_example_nginx_config_unchanged() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let nodes: Vec<_> = (0..3)
+        .map(|i| {
+            let id = format!("node-{i}");
+            node(&[
+                "--redis",
+                &redis.url(),
+                "--node-id",
+                &id,
+                "--sse-heartbeat",
+                "1",
+            ])
+        })
+        .collect();
+    let nginx = Nginx::start(&nodes.iter().collect::<Vec<_>>());
+    let (mut stream, _) = sse::open_as(&nginx.http(), "hana", "room:n", None)
+        .await
+        .unwrap();
+    subscribed(&mut stream).await;
+    let quiet = stream.next_within(Duration::from_millis(2500)).await;
+    assert!(quiet.is_err(), "no event: {quiet:?}");
+    assert!(stream.comments >= 2, "heartbeats pass: {}", stream.comments);
+    let client = http();
+    for n in 1..=3 {
+        let frame = json!({"type": "publish", "channel": "room:n", "data": {"n": n}, "id": n});
+        let request = client
+            .post(format!("{}/sse/publish?user=hana", nginx.http()))
+            .header("content-type", "application/json")
+            .body(frame.to_string());
+        let (status, published) = status_and_json(request).await;
+        assert_eq!((status, published["offset"].as_u64()), (200, Some(n)));
+        // Each one arrives before the next is published: nothing waits in a buffer.
+        let got = timeout(Duration::from_secs(2), read_publications(&mut stream, 1)).await;
+        assert_eq!(got.expect("unbuffered")[0].1, json!({"n": n}));
+    }
 }

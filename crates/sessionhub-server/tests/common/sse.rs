@@ -27,6 +27,8 @@ impl Event {
 
 /// An open event stream.
 pub struct Stream {
+    /// The answer's headers.
+    pub headers: reqwest::header::HeaderMap,
     response: reqwest::Response,
     buffer: String,
     /// The id of the last event that had one: what `EventSource` would send back as
@@ -57,6 +59,7 @@ pub async fn open(request: reqwest::RequestBuilder) -> anyhow::Result<Stream> {
         bail!("not an event stream: {status} {kind:?} {body}");
     }
     Ok(Stream {
+        headers: response.headers().clone(),
         response,
         buffer: String::new(),
         last_id: None,
