@@ -449,27 +449,6 @@ async fn client_publishes_are_off_unless_a_channel_rule_allows_them() {
     }
 }
 
-fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: i64,
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &Claims {
-            sub,
-            exp: now + exp_from_now,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn tokens_are_verified_with_rotation_and_expiry() {
     let node = node(&[

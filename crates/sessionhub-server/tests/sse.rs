@@ -543,3 +543,61 @@ async fn sse_works_through_the_example_nginx_config_unchanged() {
         assert_eq!(got.expect("unbuffered")[0].1, json!({"n": n}));
     }
 }
+
+/// The node's link to Redis broke (Redis restarted, empty): the stream ends with 4010, as a
+/// v1 socket is closed, and the reconnect with its last id learns that nothing can be
+/// recovered from the old epoch.
+#[tokio::test]
+async fn a_broker_resync_ends_the_stream_for_recovery() {
+    let (mut redis, nodes) = cluster(2);
+    let (mut stream, _) = sse::open_as(&nodes[0].http(), "ivan", "room:x", None)
+        .await
+        .unwrap();
+    subscribed(&mut stream).await;
+    publish_n(&http(), &nodes[1].http(), "room:x", 1).await;
+    read_publications(&mut stream, 1).await;
+    redis.restart().expect("redis restarts");
+    let ended = disconnect_at_end(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(ended, (4010, true));
+    let last = stream.last_id.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        // The node may still be reconnecting to Redis (503 broker_unavailable).
+        match sse::open_as(&nodes[1].http(), "ivan", "room:x", Some(&last)).await {
+            Ok((mut stream, _)) => break subscribed(&mut stream).await,
+            Err(e) => assert!(Instant::now() < deadline, "{e:#}"),
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!s.recovered, "a new epoch: {s:?}");
+}
+
+/// In token mode the stream ends when the token expires.
+#[tokio::test]
+async fn a_token_stream_ends_when_the_token_expires() {
+    let node = node(&[
+        "--ws-auth",
+        "token",
+        "--token-secret",
+        "s3cret",
+        "--api-key",
+        "k",
+    ]);
+    let url = format!("{}/sse?channels=user:judy", node.http());
+    let expired = sse::client()
+        .get(&url)
+        .bearer_auth(token("s3cret", "judy", -10));
+    let (status, answer) = status_and_json(expired).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("token_expired"))
+    );
+    let request = sse::client()
+        .get(&url)
+        .bearer_auth(token("s3cret", "judy", 2));
+    let mut stream = sse::open(request).await.unwrap();
+    stream.next_frame().await.unwrap();
+    subscribed(&mut stream).await;
+    let ended = disconnect_at_end(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(ended, (4003, true));
+}

@@ -217,6 +217,29 @@ pub async fn wait_online(client: &reqwest::Client, base: &str, want: u64, within
     }
 }
 
+/// An HS256 token for `sub` signed with `secret`, expiring `exp_from_now` seconds from now
+/// (negative: already expired).
+pub fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims {
+            sub,
+            exp: now + exp_from_now,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// A Redis of the test's own and `n` nodes in cluster mode on it, named node-0, node-1, ...
 pub fn cluster(n: usize) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
     let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
