@@ -69,21 +69,21 @@ pub(super) async fn stream(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let channels = channel_list(stream.channels.as_deref())?;
-    let last_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{0}"))
-        .or(stream.last_event_id.as_deref());
-    let mut since = match last_id {
-        Some(id) => decode_event_id(id)?,
-        None => HashMap::new(),
-    };
     let requested = query
         .user
         .as_deref()
         .map(str::parse::<UserId>)
         .transpose()?;
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
+    let channels = channel_list(stream.channels.as_deref())?;
+    let last_id = match headers.get("last-event-id") {
+        Some(id) => Some(id.to_str().map_err(|_| bad_event_id())?),
+        None => stream.last_event_id.as_deref(),
+    };
+    let mut since = match last_id {
+        Some(id) => decode_event_id(id)?,
+        None => HashMap::new(),
+    };
     let mut v1 = V1::new(user.clone(), &credentials);
     for channel in &channels {
         v1.may_subscribe(channel, &gateway).map_err(frame_error)?;
@@ -119,10 +119,11 @@ pub(super) async fn stream(
         subscribed.push(reply);
     }
     let id = event_id(&v1);
-    events.extend(subscribed.into_iter().map(|reply| {
-        let event = Event::default().event("subscribed").data(reply);
-        if id.is_empty() { event } else { event.id(&id) }
-    }));
+    events.extend(
+        subscribed
+            .into_iter()
+            .map(|reply| with_id(Event::default().event("subscribed").data(reply), &id)),
+    );
     let (tx, rx) = mpsc::channel(BUFFERED_EVENTS);
     let (last_tx, last_rx) = oneshot::channel();
     let task = run(
@@ -253,14 +254,13 @@ async fn drive(
             }
             outbound = connection.recv() => match outbound {
                 Outbound::Message(delivery) => match v1.outbound(&delivery) {
-                    Err(close) => return close,
+                    Err(ended) => return ended,
                     Ok(None) => continue,
                     Ok(Some(frame)) => {
                         metrics::histogram!("sessionhub_delivery_latency_seconds")
                             .record(delivery.age().as_secs_f64());
                         let event = Event::default().event("publication").data(frame.as_str());
-                        let id = event_id(v1);
-                        if id.is_empty() { event } else { event.id(id) }
+                        with_id(event, &event_id(v1))
                     }
                 },
                 Outbound::Resync => return close::INSUFFICIENT_STATE,
@@ -373,10 +373,19 @@ fn event_id(v1: &V1) -> String {
     pairs.join(",")
 }
 
+/// `event` with the id `id`, unless there is no position to give (no channel keeps history).
+fn with_id(event: Event, id: &str) -> Event {
+    if id.is_empty() { event } else { event.id(id) }
+}
+
+fn bad_event_id() -> ApiError {
+    ApiError::bad_request("Last-Event-ID: expected channel=epoch:offset,...")
+}
+
 /// Reads an event id back into each channel's position; anything malformed is a 400, so
 /// that a client never silently restarts from nothing.
 fn decode_event_id(id: &str) -> Result<HashMap<String, StreamPosition>, ApiError> {
-    let bad = || ApiError::bad_request("Last-Event-ID: expected channel=epoch:offset,...");
+    let bad = bad_event_id;
     if id.is_empty() {
         return Ok(HashMap::new());
     }
