@@ -411,10 +411,15 @@ async fn a_slow_sse_consumer_is_ended_with_an_event_and_counted() {
         text.contains("sessionhub_disconnects_total{reason=\"slow consumer\"} 1"),
         "{text}"
     );
+    // Only this stream received anything: its deliveries are in the latency histogram.
+    assert!(
+        text.contains("sessionhub_delivery_latency_seconds_count"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
-async fn heartbeats_keep_an_idle_stream_and_shutdown_ends_it_with_going_away() {
+async fn heartbeats_keep_an_idle_stream_a_client_that_left_is_noticed_and_shutdown_ends_it() {
     let mut node = node(&["--sse-heartbeat", "1"]);
     let (mut stream, _) = sse::open_as(&node.http(), "gina", "room:h", None)
         .await
@@ -431,6 +436,15 @@ async fn heartbeats_keep_an_idle_stream_and_shutdown_ends_it_with_going_away() {
     let quiet = stream.next_within(Duration::from_millis(2500)).await;
     assert!(quiet.is_err(), "no event: {quiet:?}");
     assert!(stream.comments >= 2, "{} heartbeats", stream.comments);
+    // Streams count as connections; one whose client left is let go (no idle timeout: the
+    // response is dropped when its connection closes or a heartbeat cannot be written).
+    let client = http();
+    let (leaving, _) = sse::open_as(&node.http(), "gina", "room:h", None)
+        .await
+        .unwrap();
+    wait_online(&client, &node.http(), 2, WAIT).await;
+    drop(leaving);
+    wait_online(&client, &node.http(), 1, WAIT).await;
     let stopping = tokio::task::spawn_blocking(move || {
         node.terminate(Duration::from_secs(10)).unwrap();
     });
