@@ -615,3 +615,34 @@ async fn a_token_stream_ends_when_the_token_expires() {
     let ended = disconnect_at_end(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(ended, (4003, true));
 }
+
+/// A session-bound stream joins its session's control channel, so a logout on any node ends
+/// it, as it closes sockets.
+#[tokio::test]
+async fn a_logout_on_another_node_ends_a_session_stream() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let nodes: Vec<_> = (0..2)
+        .map(|_| {
+            node(&[
+                "--redis",
+                &redis.url(),
+                "--ws-auth",
+                "session",
+                "--api-key",
+                "k",
+            ])
+        })
+        .collect();
+    let session = login(&nodes[0].http(), "kate").await;
+    let request = sse::client()
+        .get(format!("{}/sse?channels=user:kate", nodes[0].http()))
+        .header("cookie", format!("SESSION={session}"));
+    let mut stream = sse::open(request).await.unwrap();
+    stream.next_frame().await.unwrap();
+    subscribed(&mut stream).await;
+    let logout = http()
+        .post(format!("{}/api/users/kate/logout", nodes[1].http()))
+        .bearer_auth("k");
+    assert_eq!(logout.send().await.unwrap().status(), 200);
+    assert_eq!(disconnect_at_end(&mut stream, WAIT).await, (4002, false));
+}
