@@ -10,6 +10,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The SSE test runs nginx with examples/cluster/nginx.conf.
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   sudo=""

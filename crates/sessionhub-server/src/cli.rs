@@ -67,6 +67,11 @@ pub(crate) struct Serve {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) ws_idle_timeout: u64,
 
+    /// Seconds an SSE stream (`GET /sse`) may send nothing before a heartbeat comment.
+    #[arg(long, env = "SESSIONHUB_SSE_HEARTBEAT", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) sse_heartbeat: u64,
+
     /// This node's name in logs, headers and greetings (default: host name and port).
     #[arg(long, env = "SESSIONHUB_NODE_ID")]
     pub(crate) node_id: Option<String>,

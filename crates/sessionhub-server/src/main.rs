@@ -143,6 +143,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     let socket = SocketConfig {
         idle_timeout: Duration::from_secs(args.ws_idle_timeout),
         max_message_size: args.max_message_size,
+        sse_heartbeat: Duration::from_secs(args.sse_heartbeat),
         ..SocketConfig::default()
     };
     let config = GatewayConfig {

@@ -472,3 +472,79 @@ async fn the_page_publishes_and_receives_its_own_publication() {
     browser.screenshot("publish.png").await;
     browser.close().await;
 }
+
+/// Where WebSockets cannot get through (here: a path that refuses the upgrade), the page's
+/// client falls back to SSE by itself, receives pushes and publishes; when its node dies it
+/// reopens the stream on the other node from its last positions and recovers what was
+/// published meanwhile, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_websockets_the_page_falls_back_to_sse_and_recovers_across_a_node_kill() {
+    let artifacts = artifacts("sse-fallback");
+    let mut site = Site::bind().await;
+    let (_redis, mut nodes) = cluster(2, &site.origin, &[]);
+    site.serve(&nodes[0]).await;
+    let mut browser = Browser::launch(&DRIVER, &artifacts).await;
+    let urls: Vec<String> = nodes.iter().map(|n| format!("{}/no-ws", n.ws())).collect();
+    let options = json!({ "urls": urls, "user": "alice", "channels": ["room:sse"], "gated": true });
+    let args = json!({ "url": site.url(), "options": options });
+    let opened = browser.call("open", args, STEP).await;
+    let on = node_index(&opened["node"]);
+    let other = nodes[1 - on].http();
+    let log = browser.call("log", json!({}), STEP).await;
+    let connected = events(&log, "connected");
+    assert_eq!(connected.len(), 1, "{log}");
+    assert_eq!(connected[0]["transport"], "sse", "{log}");
+
+    let http = common::http();
+    for n in 1..=5 {
+        publish(&http, &other, "room:sse", json!({ "n": n })).await;
+    }
+    let args = json!({ "channel": "room:sse", "count": 5 });
+    browser.call("waitPublications", args, STEP).await;
+
+    // The page's node dies; the reconnect waits until more was published.
+    browser.call("hold", json!({}), STEP).await;
+    nodes[on].kill();
+    browser
+        .call(
+            "waitEvent",
+            json!({ "type": "disconnected", "count": 1 }),
+            STEP,
+        )
+        .await;
+    for n in 6..=10 {
+        publish(&http, &other, "room:sse", json!({ "n": n })).await;
+    }
+    browser.call("release", json!({}), STEP).await;
+    let args = json!({ "channel": "room:sse", "count": 10 });
+    browser.call("waitPublications", args, STEP).await;
+    let args = json!({ "channel": "room:sse", "data": { "from": "page" } });
+    let sent = browser.call("publish", args, STEP).await;
+    assert_eq!(
+        sent["ok"]["offset"], 11,
+        "published over POST /sse/publish: {sent}"
+    );
+    let args = json!({ "channel": "room:sse", "count": 11 });
+    browser.call("waitPublications", args, STEP).await;
+
+    let log = browser.call("log", json!({}), STEP).await;
+    let got = publications(&log, "room:sse");
+    let offsets: Vec<u64> = got.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(
+        offsets,
+        (1..=11).collect::<Vec<_>>(),
+        "once and in order: {log}"
+    );
+    let recovered: Vec<u64> = got
+        .iter()
+        .filter(|p| p["recovered"] == true)
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(recovered, [6, 7, 8, 9, 10], "from history");
+    let connected = events(&log, "connected");
+    assert_eq!(connected.len(), 2, "{log}");
+    assert_eq!(connected[1]["transport"], "sse");
+    assert_eq!(node_index(&connected[1]["node"]), 1 - on);
+    browser.screenshot("sse-fallback.png").await;
+    browser.close().await;
+}

@@ -450,13 +450,6 @@ async fn client_publishes_are_off_unless_a_channel_rule_allows_them() {
     }
 }
 
-fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
-    jwt::hs256(
-        secret,
-        &json!({"sub": sub, "exp": jwt::now_plus(exp_from_now)}),
-    )
-}
-
 #[tokio::test]
 async fn tokens_are_verified_with_rotation_and_expiry() {
     let node = node(&[

@@ -11,6 +11,9 @@
  * It reconnects by itself (jittered exponential backoff), resubscribes every channel from the
  * last position it delivered, delivers what it missed in order before anything live, never
  * delivers an offset twice, and tells the app when recovery is impossible so it can reload.
+ * Where WebSockets cannot get through (every attempt fails before the greeting), it falls
+ * back to Server-Sent Events (`GET /sse`, publishing with `POST /sse/publish`) with the same
+ * guarantees; the API does not change.
  * @module sessionhub
  */
 
@@ -43,6 +46,11 @@
  * @property {number} [pongTimeout=10000] silence after a ping that counts as a dead link, ms
  * @property {number} [connectTimeout=10000] an attempt without a greeting by then failed, ms
  * @property {typeof WebSocket} [WebSocket] constructor to use instead of the global one
+ * @property {number} [fallbackAfter=2] WebSocket attempts in a row that end before the greeting
+ *   after which the client switches to SSE for good (0: never)
+ * @property {(wsUrl: string) => string} [sseUrl] the `/sse` URL for a `/ws` URL (default: the
+ *   same URL with the last path segment `sse`)
+ * @property {typeof EventSource} [EventSource] constructor to use instead of the global one
  */
 
 /**
@@ -82,8 +90,12 @@ export class SessionHub {
   /** @param {Parameters<typeof connect>[0]} url @param {Options} [options] */
   constructor(url, options = {}) {
     this.options = {
-      minDelay: 100, maxDelay: 10000, pingInterval: 25000, pongTimeout: 10000, connectTimeout: 10000, ...options,
+      minDelay: 100, maxDelay: 10000, pingInterval: 25000, pongTimeout: 10000, connectTimeout: 10000,
+      fallbackAfter: 2, ...options,
     };
+    /** @type {"websocket" | "sse"} how the client reaches the server now */
+    this.transport = "websocket";
+    this._failedOpens = 0; // WebSocket attempts in a row that ended before the greeting
     /** @type {"connecting" | "connected" | "closed"} */
     this.state = "connecting";
     /** @type {string | null} the node serving this connection */
@@ -164,7 +176,7 @@ export class SessionHub {
     }
     if (this.state === "closed") return;
     const Socket = this.options.WebSocket || globalThis.WebSocket;
-    const ws = new Socket(url);
+    const ws = this.transport === "sse" ? new SseLink(url, this) : new Socket(url);
     this._ws = ws;
     this._said = null;
     this._wsUrl = url;
@@ -204,6 +216,11 @@ export class SessionHub {
     }
     const wasConnected = this._connected;
     this._connected = false;
+    const { fallbackAfter } = this.options;
+    const sse = this.options.EventSource || globalThis.EventSource;
+    if (!wasConnected && this.transport === "websocket" && ++this._failedOpens >= fallbackAfter && fallbackAfter && sse) {
+      this.transport = "sse";
+    }
     if (this.state === "connected") this.state = "connecting";
     for (const sub of this._subs.values()) sub.state = "subscribing";
     // Unconfirmed publishes go out again on the next connection (same idempotency key).
@@ -272,8 +289,10 @@ export class SessionHub {
         this.state = "connected";
         this._connected = true;
         this._attempt = 0;
+        this._failedOpens = 0;
         this.node = msg.node;
-        this._emit("connected", { node: msg.node, client: msg.client, user: msg.user, url: this._wsUrl });
+        const { transport } = this;
+        this._emit("connected", { node: msg.node, client: msg.client, user: msg.user, url: this._wsUrl, transport });
         this._heartbeat();
         for (const sub of this._subs.values()) this._sendSubscribe(sub);
         this._flush();
@@ -376,6 +395,125 @@ export class SessionHub {
 
   _emit(type, detail) {
     for (const listener of this._listeners.get(type) || []) call(listener, detail);
+  }
+}
+
+/**
+ * Protocol v1 over Server-Sent Events, behind the few members of a WebSocket the hub uses
+ * (`readyState`, `send`, `close`, `onmessage`, `onclose`), so the hub's state machine runs
+ * unchanged. The stream's channels are fixed when it opens: the hub's subscriptions, each
+ * recovering from the hub's position (passed as `lastEventId`, in the server's id format). A
+ * `subscribe` for a channel the stream lacks ends the link, and the hub's reconnect opens one
+ * with it. `ping` and `unsubscribe` are answered here; `publish` goes to `POST /sse/publish`.
+ * The EventSource never reconnects by itself: every end goes through the hub's backoff and
+ * URL rotation, as a closed WebSocket does.
+ */
+class SseLink {
+  /** @param {string} wsUrl the WebSocket URL the hub would have used @param {SessionHub} hub */
+  constructor(wsUrl, hub) {
+    this.readyState = 0;
+    this.onmessage = this.onclose = this.onerror = null;
+    const { sseUrl } = hub.options;
+    const url = new URL(sseUrl ? sseUrl(wsUrl) : new URL("sse", wsUrl).href);
+    url.protocol = url.protocol.replace(/^ws/, "http");
+    for (const [k, v] of new URL(wsUrl).searchParams) url.searchParams.set(k, v);
+    this._publishUrl = new URL(url);
+    this._publishUrl.pathname += "/publish";
+    this._channels = [...hub._subs.keys()];
+    const positions = [...hub._subs.values()]
+      .filter((sub) => sub.position?.epoch)
+      .map((sub) => `${sub.channel}=${sub.position.epoch}:${sub.position.offset}`);
+    if (this._channels.length) url.searchParams.set("channels", this._channels.join(","));
+    if (positions.length) url.searchParams.set("lastEventId", positions.sort().join(","));
+    this._pending = new Map(); // channel -> id of the hub's subscribe frame
+    const Source = hub.options.EventSource || globalThis.EventSource;
+    // Opened after the hub has set the handlers.
+    setTimeout(() => this._start(Source, url.href));
+  }
+
+  _start(Source, url) {
+    if (this.readyState === 3) return;
+    if (!this._channels.length) {
+      // Nothing to stream (a stream needs a channel): connected for publishing only.
+      this.readyState = 1;
+      return this._reply({ type: "connected", client: null, node: null, user: null });
+    }
+    // With credentials: a page on another (allowed) origin sends its session cookie too.
+    const es = new Source(url, { withCredentials: true });
+    this._es = es;
+    for (const type of ["connected", "subscribed", "publication", "disconnect"]) {
+      es.addEventListener(type, (event) => this._event(type, event.data));
+    }
+    es.onerror = () => this._end(1006, "stream ended");
+  }
+
+  _event(type, data) {
+    if (this.readyState === 3) return;
+    if (type === "connected") this.readyState = 1;
+    if (type === "subscribed") {
+      // The server subscribed every channel at once; each answers the hub's own request.
+      const msg = JSON.parse(data);
+      if (!this._pending.has(msg.channel)) return;
+      msg.id = this._pending.get(msg.channel);
+      this._pending.delete(msg.channel);
+      data = JSON.stringify(msg);
+    }
+    this.onmessage?.({ data });
+  }
+
+  send(text) {
+    const frame = JSON.parse(text);
+    switch (frame.type) {
+      case "subscribe":
+        if (!this._channels.includes(frame.channel)) return this._end(1006, "channels changed");
+        this._pending.set(frame.channel, frame.id);
+        break;
+      case "unsubscribe":
+        this._reply({ type: "unsubscribed", id: frame.id, channel: frame.channel });
+        break;
+      case "ping":
+        this._reply({ type: "pong", id: frame.id });
+        break;
+      case "publish":
+        this._publish(frame);
+        break;
+      default:
+    }
+  }
+
+  async _publish(frame) {
+    let reply;
+    try {
+      const response = await fetch(this._publishUrl, {
+        method: "POST",
+        credentials: "include",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(frame),
+      });
+      const body = await response.json();
+      const { code, message } = body.error ?? {};
+      reply = response.ok ? body : { type: "error", id: frame.id, code, message };
+    } catch {
+      // Unanswered: the hub sends it again (same idempotency key) on the next link.
+      return this._end(1006, "publish failed");
+    }
+    if (this.readyState !== 3) this.onmessage?.({ data: JSON.stringify(reply) });
+  }
+
+  /** A frame from "the server" that this link answers itself, after the current call. */
+  _reply(frame) {
+    setTimeout(() => this.readyState !== 3 && this.onmessage?.({ data: JSON.stringify(frame) }));
+  }
+
+  _end(code, reason) {
+    if (this.readyState === 3) return;
+    this.close();
+    setTimeout(() => this.onclose?.({ code, reason }));
+  }
+
+  close() {
+    this.readyState = 3;
+    this._es?.close();
   }
 }
 

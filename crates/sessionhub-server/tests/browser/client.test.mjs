@@ -50,7 +50,8 @@ async function socket(n) {
 
 function hub(url = ["ws://a/ws", "ws://b/ws"], options = {}) {
   FakeSocket.all = [];
-  return connect(url, { WebSocket: FakeSocket, minDelay: 2, maxDelay: 8, params: { user: "alice" }, ...options });
+  // No SSE fallback unless a test asks (Node may have a global EventSource).
+  return connect(url, { WebSocket: FakeSocket, minDelay: 2, maxDelay: 8, params: { user: "alice" }, fallbackAfter: 0, ...options });
 }
 
 const pub = (channel, epoch, offset, data) => ({ type: "publication", channel, epoch, offset, data });
@@ -268,4 +269,80 @@ test("an attempt that gets no greeting is abandoned", async () => {
   await socket(1); // never greets
   await socket(2);
   h.close();
+});
+
+/** An EventSource whose server side the test plays. */
+class FakeEventSource {
+  static all = [];
+  constructor(url, init) {
+    this.url = new URL(url);
+    this.init = init;
+    this.listeners = {};
+    this.closed = false;
+    FakeEventSource.all.push(this);
+  }
+  addEventListener(type, fn) {
+    this.listeners[type] = fn;
+  }
+  close() {
+    this.closed = true;
+  }
+  event(type, frame) {
+    this.listeners[type]?.({ data: JSON.stringify(frame) });
+  }
+  /** The stream ends (or could not be opened). */
+  fail() {
+    this.onerror?.({});
+  }
+}
+
+async function eventSource(n) {
+  for (let i = 0; i < 500 && FakeEventSource.all.length < n; i++) await sleep(2);
+  assert.ok(FakeEventSource.all.length >= n, `event source ${n} was never opened`);
+  return FakeEventSource.all[n - 1];
+}
+
+test("falls back to SSE after WebSockets fail twice, recovers from its positions, publishes over POST", async () => {
+  FakeEventSource.all = [];
+  const posted = [];
+  globalThis.fetch = async (url, init) => {
+    posted.push({ url: String(url), init });
+    const frame = JSON.parse(init.body);
+    const body = { type: "published", id: frame.id, channel: frame.channel, epoch: "e", offset: 9 };
+    return { ok: true, json: async () => body };
+  };
+  const h = hub("ws://a/ws", { EventSource: FakeEventSource, fallbackAfter: 2 });
+  const got = [];
+  const transports = [];
+  h.on("connected", (e) => transports.push(e.transport));
+  h.subscribe("room:1", { onPublication: (p) => got.push(p.offset), since: { epoch: "e", offset: 2 } });
+  (await socket(1)).drop();
+  (await socket(2)).drop();
+  const es = await eventSource(1);
+  assert.equal(FakeSocket.all.length, 2, "no third WebSocket");
+  assert.equal(es.url.pathname, "/sse");
+  assert.equal(es.url.protocol, "http:");
+  assert.equal(es.url.searchParams.get("user"), "alice");
+  assert.equal(es.url.searchParams.get("channels"), "room:1");
+  assert.equal(es.url.searchParams.get("lastEventId"), "room:1=e:2");
+  assert.equal(es.init.withCredentials, true);
+  es.event("connected", { type: "connected", client: "n1/1", node: "n1", user: "alice" });
+  es.event("subscribed", { type: "subscribed", channel: "room:1", epoch: "e", offset: 4, recovered: true,
+    publications: [{ offset: 3, data: 3 }, { offset: 4, data: 4 }] });
+  es.event("publication", pub("room:1", "e", 5, 5));
+  es.event("publication", pub("room:1", "e", 5, 5)); // a duplicate is dropped
+  assert.deepEqual(got, [3, 4, 5]);
+  assert.deepEqual(transports, ["sse"]);
+  const receipt = await h.publish("room:1", { text: "hi" });
+  assert.equal(receipt.offset, 9);
+  assert.equal(posted[0].url, "http://a/sse/publish?user=alice");
+  assert.equal(posted[0].init.headers["content-type"], "application/json");
+  assert.equal(JSON.parse(posted[0].init.body).channel, "room:1");
+  // The stream drops: reopened (never by EventSource itself) from the last position delivered.
+  es.fail();
+  assert.ok(es.closed);
+  const again = await eventSource(2);
+  assert.equal(again.url.searchParams.get("lastEventId"), "room:1=e:5");
+  h.close();
+  delete globalThis.fetch;
 });

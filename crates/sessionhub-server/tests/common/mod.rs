@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod chaos;
+pub mod sse;
 pub mod v1;
 
 use std::path::Path;
@@ -216,6 +217,15 @@ pub async fn wait_online(client: &reqwest::Client, base: &str, want: u64, within
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An HS256 token for `sub` signed with `secret`, expiring `exp_from_now` seconds from now
+/// (negative: already expired).
+pub fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
+    sessionhub_testkit::jwt::hs256(
+        secret,
+        &serde_json::json!({"sub": sub, "exp": sessionhub_testkit::jwt::now_plus(exp_from_now)}),
+    )
 }
 
 /// A Redis of the test's own and `n` nodes in cluster mode on it, named node-0, node-1, ...

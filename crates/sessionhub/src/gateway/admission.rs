@@ -48,7 +48,7 @@ pub(super) enum Credentials {
 
 #[derive(Deserialize)]
 pub(super) struct ConnectQuery {
-    token: Option<String>,
+    pub(super) token: Option<String>,
     /// Protocol v1 in open mode: who the client says it is.
     pub(super) user: Option<String>,
 }
@@ -71,16 +71,7 @@ pub(super) async fn admit(
     headers: &HeaderMap,
 ) -> Result<(UserId, Credentials), ApiError> {
     let security = &gateway.config.security;
-    if !security
-        .origins
-        .allows(headers.get(header::ORIGIN), headers.get(header::HOST))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this origin may not open sockets here (see --allowed-origins)",
-        ));
-    }
+    check_origin(gateway, headers)?;
     if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies))
         && !gateway.connection_rate.check(ip)
     {
@@ -102,8 +93,22 @@ pub(super) async fn admit(
     Ok((user, credentials))
 }
 
+/// Refuses a page whose origin may not use the sockets (or the SSE endpoints) here; a
+/// request without `Origin` is not from a browser page and passes.
+pub(super) fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    let origins = &gateway.config.security.origins;
+    if origins.allows(headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        "this origin may not open sockets here (see --allowed-origins)",
+    ))
+}
+
 /// Who the client is, checked against the user it asks to connect as (if it asks).
-async fn authenticate(
+pub(super) async fn authenticate(
     gateway: &Gateway,
     requested: Option<UserId>,
     query_token: Option<&str>,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /websocket/{id}` | WebSocket for user `id`, seed protocol (`socket.rs`, `seed.rs`) |
 //! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery (`socket.rs`, `v1.rs`) |
+//! | `GET /sse`, `POST /sse/publish` | protocol v1 over Server-Sent Events, and its publish (`sse.rs`, `v1.rs`) |
 //! | `POST /api/channels/{channel}/publish` | publish to any channel (`push.rs`) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
@@ -19,7 +20,8 @@
 //!
 //! The files import one way only, so that none needs another that needs it back: this file
 //! wires the routes; `socket.rs` runs a connection and hands each frame to its protocol's
-//! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `admission.rs` decides
+//! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `sse.rs` runs an SSE
+//! stream on `v1.rs`'s channel state; `admission.rs` decides
 //! who may connect and for how long, and its credentials are read by the loop and by v1's
 //! channel rules; every module sees `state.rs` (the shared [`Gateway`]), which sees none.
 
@@ -30,6 +32,7 @@ mod plan;
 mod push;
 mod seed;
 mod socket;
+mod sse;
 mod state;
 mod v1;
 
@@ -72,6 +75,11 @@ impl Gateway {
         let mut router = Router::new()
             .route("/websocket/{id}", get(socket::upgrade))
             .route("/ws", get(socket::upgrade_v1))
+            .route("/sse", get(sse::stream))
+            .route(
+                "/sse/publish",
+                axum::routing::post(sse::publish).options(sse::preflight),
+            )
             .merge(protected)
             .route("/sessionhub.js", get(client_js))
             .route("/metrics", get(metrics))

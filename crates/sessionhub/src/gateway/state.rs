@@ -76,6 +76,9 @@ pub struct SocketConfig {
     pub ping_interval: Duration,
     /// Largest inbound message, in bytes; a larger one closes the connection with 1009.
     pub max_message_size: usize,
+    /// How long an SSE stream may go without sending anything before a heartbeat comment:
+    /// keeps proxies from timing it out, and finds a dead peer when the write fails.
+    pub sse_heartbeat: Duration,
 }
 
 impl Default for SocketConfig {
@@ -84,6 +87,7 @@ impl Default for SocketConfig {
             idle_timeout: Duration::from_secs(600),
             ping_interval: Duration::from_secs(25),
             max_message_size: 64 * 1024,
+            sse_heartbeat: Duration::from_secs(15),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! lost, and the client is told to reconnect and recover ([`close::INSUFFICIENT_STATE`]),
 //! so a client never silently skips a publication.
 //!
-//! Over 600 lines with its tests, which drive that state through whole conversations on a
+//! Over 700 lines with its tests, which drive that state through whole conversations on a
 //! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ use super::plan::Plan;
 use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
+use crate::error::BrokerError;
 use crate::hub::{Connection, Delivery, session_channel};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
@@ -142,17 +143,19 @@ impl V1 {
                 channel,
                 recover,
                 id,
-            } => vec![
-                self.subscribe(
-                    id,
-                    &channel,
-                    recover.as_ref(),
-                    connection,
-                    credentials,
-                    gateway,
-                )
-                .await,
-            ],
+            } => {
+                let subscribed = self
+                    .subscribe(
+                        id,
+                        &channel,
+                        recover.as_ref(),
+                        connection,
+                        credentials,
+                        gateway,
+                    )
+                    .await;
+                vec![subscribed.unwrap_or_else(|refused| refused.reply(id))]
+            }
             ChannelChange::Unsubscribe { channel, id } => {
                 self.positions.remove(&channel);
                 if !is_control(&channel, credentials) {
@@ -169,17 +172,38 @@ impl V1 {
         }
     }
 
-    fn may_subscribe(&self, channel: &str, gateway: &Gateway) -> bool {
-        let security = &gateway.config.security;
-        if let Some(owner) = UserId::from_channel(channel) {
-            return owner == self.user || security.ws_auth == WsAuth::Open;
+    /// Whether this connection may join `channel`: a valid public name its user may read.
+    pub(super) fn may_subscribe(&self, channel: &str, gateway: &Gateway) -> Result<(), FrameError> {
+        if !is_public_channel_name(channel) {
+            return Err(FrameError::InvalidChannel);
         }
-        security.ws_auth == WsAuth::Open
-            || security.channels.can_subscribe(channel)
-            || self.token_channels.iter().any(|c| c == channel)
+        let security = &gateway.config.security;
+        let allowed = match UserId::from_channel(channel) {
+            Some(owner) => owner == self.user || security.ws_auth == WsAuth::Open,
+            None => {
+                security.ws_auth == WsAuth::Open
+                    || security.channels.can_subscribe(channel)
+                    || self.token_channels.iter().any(|c| c == channel)
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(FrameError::SubscribeForbidden)
+        }
     }
 
-    async fn subscribe(
+    /// The positions of every joined channel that keeps history, as `(channel, epoch,
+    /// offset)`: what a client would recover from.
+    pub(super) fn positions(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.positions
+            .iter()
+            .filter(|(_, (epoch, _))| !epoch.is_empty())
+            .map(|(channel, (epoch, offset))| (channel.as_str(), &**epoch, *offset))
+    }
+
+    /// Joins `channel` (recovering from `since`); the `subscribed` reply.
+    pub(super) async fn subscribe(
         &mut self,
         id: Option<u64>,
         channel: &str,
@@ -187,30 +211,23 @@ impl V1 {
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
-    ) -> String {
-        if !is_public_channel_name(channel) {
-            return refusal(id, &FrameError::InvalidChannel);
-        }
-        if !self.may_subscribe(channel, gateway) {
-            return refusal(id, &FrameError::SubscribeForbidden);
-        }
+    ) -> Result<String, Refused> {
+        self.may_subscribe(channel, gateway)?;
         if self.positions.contains_key(channel) {
-            return refusal(id, &FrameError::AlreadySubscribed);
+            return Err(FrameError::AlreadySubscribed.into());
         }
         if connection.channel_count() >= MAX_SUBSCRIPTIONS + usize::from(is_session(credentials)) {
-            return refusal(id, &FrameError::TooManySubscriptions);
+            return Err(FrameError::TooManySubscriptions.into());
         }
         // Join first, so that nothing published between the recovery read and the join is
         // lost: publications that arrive meanwhile wait in the queue and are filtered by
         // position (older ones are duplicates of what the recovery returned).
-        if let Err(e) = connection.join(channel).await {
-            return error(id, e.code(), e.to_string());
-        }
+        connection.join(channel).await?;
         let recovery = match gateway.hub.recover(channel, since).await {
             Ok(recovery) => recovery,
             Err(e) => {
                 connection.leave(channel);
-                return error(id, e.code(), e.to_string());
+                return Err(e.into());
             }
         };
         if since.is_some() {
@@ -237,7 +254,7 @@ impl V1 {
                 })
             })
             .collect();
-        Reply::Subscribed {
+        Ok(Reply::Subscribed {
             id,
             channel,
             epoch: &recovery.epoch,
@@ -245,7 +262,29 @@ impl V1 {
             recovered: recovery.recovered,
             publications,
         }
-        .to_text()
+        .to_text())
+    }
+}
+
+/// Why a subscribe or publish was refused: the frame (checked before anything happened), or
+/// the broker.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    /// The frame may not do that.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Refused {
+    /// The v1 `error` reply.
+    fn reply(&self, id: Option<u64>) -> String {
+        match self {
+            Self::Frame(e) => refusal(id, e),
+            Self::Broker(e) => error(id, e.code(), e.to_string()),
+        }
     }
 }
 
@@ -280,35 +319,52 @@ fn publish(
     idempotency_key: Option<String>,
     gateway: &Gateway,
 ) -> Plan {
-    if !is_public_channel_name(&channel) {
-        return Plan::Reply(vec![refusal(id, &FrameError::InvalidChannel)]);
-    }
-    if !gateway.config.security.client_may_publish(&channel) {
-        return Plan::Reply(vec![refusal(id, &FrameError::PublishForbidden)]);
+    if let Err(e) = may_publish(&channel, gateway) {
+        return Plan::Reply(vec![refusal(id, &e)]);
     }
     let gateway = gateway.clone();
     Plan::Later(
         async move {
-            let options = PublishOptions {
-                history: true,
-                idempotency_key,
-            };
-            let data = Utf8Bytes::from(data.get().to_owned());
-            let reply = match gateway.hub.publish(&channel, data, &options).await {
-                Ok(receipt) => Reply::Published {
-                    id,
-                    channel: &channel,
-                    epoch: &receipt.epoch,
-                    offset: receipt.offset,
-                    duplicate: receipt.duplicate,
-                }
-                .to_text(),
-                Err(e) => error(id, e.code(), e.to_string()),
-            };
-            vec![reply]
+            let published = publish_checked(id, &channel, &data, idempotency_key, &gateway).await;
+            vec![published.unwrap_or_else(|e| error(id, e.code(), e.to_string()))]
         }
         .boxed(),
     )
+}
+
+/// Whether a client may publish to `channel` itself.
+pub(super) fn may_publish(channel: &str, gateway: &Gateway) -> Result<(), FrameError> {
+    if !is_public_channel_name(channel) {
+        return Err(FrameError::InvalidChannel);
+    }
+    if !gateway.config.security.client_may_publish(channel) {
+        return Err(FrameError::PublishForbidden);
+    }
+    Ok(())
+}
+
+/// Publishes what [`may_publish`] allowed; the `published` reply.
+pub(super) async fn publish_checked(
+    id: Option<u64>,
+    channel: &str,
+    data: &RawValue,
+    idempotency_key: Option<String>,
+    gateway: &Gateway,
+) -> Result<String, BrokerError> {
+    let options = PublishOptions {
+        history: true,
+        idempotency_key,
+    };
+    let data = Utf8Bytes::from(data.get().to_owned());
+    let receipt = gateway.hub.publish(channel, data, &options).await?;
+    Ok(Reply::Published {
+        id,
+        channel,
+        epoch: &receipt.epoch,
+        offset: receipt.offset,
+        duplicate: receipt.duplicate,
+    }
+    .to_text())
 }
 
 fn is_session(credentials: &Credentials) -> bool {
