@@ -10,9 +10,17 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sessionhub::auth::ChannelRule;
 
+/// The version and the commit it was built from (`build.rs`).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SESSIONHUB_COMMIT"),
+    ")"
+);
+
 /// sessionhub: shared HTTP sessions and WebSocket push for apps on many nodes.
 #[derive(Debug, Parser)]
-#[command(name = "sessionhub", version, about)]
+#[command(name = "sessionhub", version = VERSION, about)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

@@ -169,7 +169,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         .into_make_service_with_connect_info::<SocketAddr>();
 
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(node = %node_id, threads, "sessionhub listening on http://{local}");
+    tracing::info!(node = %node_id, threads, version = cli::VERSION, "sessionhub listening on http://{local}");
     // Tests and scripts wait for this line.
     println!("listening on {local}");
 

@@ -275,3 +275,23 @@ async fn the_dashboard_queries_only_exported_metrics() {
         );
     }
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert!(!head.is_empty(), "tests run in a git checkout");
+    assert_eq!(
+        printed.trim(),
+        format!("sessionhub {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
