@@ -17,6 +17,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The container files cannot be built here (no container engine): lint them.
+python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml
+python3 scripts/lint-containers.py
+
 deb=$(cargo deb -p sessionhub-server --locked | tail -1)
 echo "built $deb"
 STATE=$(mktemp -d /tmp/sessionhub-package.XXXXXX)
