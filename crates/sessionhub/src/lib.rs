@@ -40,13 +40,4 @@ pub mod store;
 pub mod telemetry;
 
 pub use error::ApiError;
-
-/// Installs ring as rustls' process-wide crypto provider, unless the application installed
-/// one already (which is then used). sessionhub calls it before it opens TLS itself
-/// (`rediss://`, a JWKS over `https://`). Its `reqwest` has TLS without a built-in provider,
-/// and cargo unifies features: an application that builds its own `reqwest` clients before
-/// sessionhub opened TLS should call this first.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 pub use session::{Session, SessionConfig, SessionLayer};

@@ -177,7 +177,6 @@ async fn app(store: impl SessionStore, redis: Option<RedisServer>) -> App {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    sessionhub::install_tls_provider();
     App {
         base: format!("http://{addr}"),
         calls,
@@ -440,7 +439,6 @@ async fn an_outlived_session_is_announced_as_ended() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    sessionhub::install_tls_provider();
     let client = reqwest::Client::new();
     let login = |path: &'static str| {
         let (client, base) = (client.clone(), base.clone());

@@ -19,9 +19,6 @@ async fn sessions_and_pushes_work_inside_an_existing_app() {
         )
         .await
     });
-    // sessionhub's reqwest has TLS without a built-in crypto provider; installing one first
-    // lets this app's own clients build (see sessionhub::install_tls_provider).
-    sessionhub::install_tls_provider();
     let client = reqwest::Client::new();
     let login = client
         .post(format!("http://{addr}/shop/login/ann"))

@@ -386,7 +386,6 @@ impl Run {
 /// An HTTP client with a connection per request (the balancer picks the node per
 /// connection) and a short timeout.
 fn quick_http() -> reqwest::Client {
-    sessionhub::install_tls_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .pool_max_idle_per_host(0)

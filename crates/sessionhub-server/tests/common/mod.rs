@@ -33,8 +33,6 @@ pub fn node(args: &[&str]) -> Node {
 /// An HTTP client that opens a connection per request: tests restart and kill servers, and
 /// a pooled connection to a dead process would fail the next request for the wrong reason.
 pub fn http() -> reqwest::Client {
-    // sessionhub's reqwest has TLS without a built-in provider (see install_tls_provider).
-    sessionhub::install_tls_provider();
     reqwest::Client::builder()
         .timeout(WAIT)
         .pool_max_idle_per_host(0)

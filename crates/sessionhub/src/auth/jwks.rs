@@ -5,10 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
 
 use super::token::{JwksSource, Key};
 
@@ -22,7 +28,7 @@ const MAX_BYTES: usize = 1 << 20;
 /// A JWK Set and when it was last read.
 pub(super) struct Jwks {
     source: JwksSource,
-    client: reqwest::Client,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     min_refetch: Duration,
     /// Held while reading, so that a burst of tokens with a new `kid` reads the set once.
     state: Mutex<State>,
@@ -39,11 +45,25 @@ struct State {
 
 impl Jwks {
     pub(super) fn new(source: &str, min_refetch: Duration) -> Self {
-        crate::install_tls_provider();
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .expect("a client with a timeout builds");
+        let ring = || std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(ring())
+            .unwrap_or_else(|e| {
+                // No system roots: only plain http:// and files will work, which the first
+                // fetch's error then says.
+                tracing::warn!(error = %e, "no TLS root certificates for JWKS fetches");
+                HttpsConnectorBuilder::new().with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(ring())
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default versions")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            })
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(tls);
         Self {
             source: JwksSource::parse(source),
             client,
@@ -92,27 +112,25 @@ impl Jwks {
     }
 
     async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("{url}: HTTP {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e: reqwest::Error| format!("{url}: {e}"))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_BYTES {
-                return Err(format!("{url}: over {MAX_BYTES} bytes"));
+        let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let fetch = async {
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("{url}: HTTP {}", response.status()));
             }
-        }
-        Ok(body)
+            let body = Limited::new(response.into_body(), MAX_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            Ok(body.to_bytes().to_vec())
+        };
+        timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("{url}: no answer within {FETCH_TIMEOUT:?}"))?
     }
 }
 

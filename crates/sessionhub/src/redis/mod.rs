@@ -232,7 +232,7 @@ impl RedisConfig {
     /// certificates) without connecting. Keys go under [`DEFAULT_PREFIX`] unless
     /// [`prefix`](Self::prefix) says otherwise.
     pub fn new(url: &str) -> Result<Self, InvalidConfig> {
-        crate::install_tls_provider();
+        install_tls_provider();
         let client = Client::open(url).map_err(InvalidConfig)?;
         Ok(Self {
             target: Target::Standalone(Box::new(client)),
@@ -250,7 +250,7 @@ impl RedisConfig {
     /// `NOREPLICAS`) or, for subscriptions, a check every 2 s that the Sentinels still name
     /// the same primary. redis-rs alone resolves the primary only once.
     pub fn sentinel(sentinels: &[impl AsRef<str>], master: &str) -> Result<Self, InvalidConfig> {
-        crate::install_tls_provider();
+        install_tls_provider();
         let invalid = |what: &'static str| {
             InvalidConfig(RedisError::from((ErrorKind::InvalidClientConfig, what)))
         };
@@ -290,7 +290,7 @@ impl RedisConfig {
     /// to each primary it needs and its own slot map, so that a sharded subscription is
     /// never sent to the wrong node nor batched across slots (see `broker::redis`).
     pub fn cluster(seeds: &[impl AsRef<str>]) -> Result<Self, InvalidConfig> {
-        crate::install_tls_provider();
+        install_tls_provider();
         let seeds = node_infos(seeds)?;
         if seeds.is_empty() {
             return Err(InvalidConfig(RedisError::from((
@@ -441,6 +441,12 @@ pub(crate) fn timed_out(what: &str, after: Duration) -> RedisError {
 /// to the primary the Sentinels name now.
 pub(crate) fn is_not_primary(error: &RedisError) -> bool {
     matches!(error.code(), Some("READONLY" | "NOREPLICAS"))
+}
+
+/// rustls needs a process-wide crypto provider for `rediss://`. Installing fails only if the
+/// application installed one already, which is then used instead.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// How a self-reconnecting connection retries while Redis is away. Every caller waits for
