@@ -80,6 +80,13 @@ pub(crate) struct Serve {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) sse_heartbeat: u64,
 
+    /// Seconds over which a stopping node (SIGTERM) closes its connections with 1012, spread
+    /// evenly so their clients do not all reconnect to the other nodes at once (0: all at
+    /// once). The node stops accepting connections at once and exits after the window.
+    #[arg(long, env = "SESSIONHUB_DRAIN_WINDOW", default_value_t = 5.0,
+          value_parser = drain_window)]
+    pub(crate) drain_window: f64,
+
     /// This node's name in logs, headers and greetings (default: host name and port).
     #[arg(long, env = "SESSIONHUB_NODE_ID")]
     pub(crate) node_id: Option<String>,
@@ -353,5 +360,13 @@ fn scalar(value: &toml::Value) -> Option<String> {
         toml::Value::Boolean(b) => Some(b.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
         _ => None,
+    }
+}
+
+/// Seconds, from 0 to 300.
+fn drain_window(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=300.0).contains(&v) => Ok(v),
+        _ => Err("expected seconds from 0 to 300".into()),
     }
 }

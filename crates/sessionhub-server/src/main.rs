@@ -144,6 +144,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.ws_idle_timeout),
         max_message_size: args.max_message_size,
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat),
+        drain_window: Duration::from_secs_f64(args.drain_window),
         ..SocketConfig::default()
     };
     let config = GatewayConfig {
@@ -174,18 +175,23 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     println!("listening on {local}");
 
     let stopping = gateway.clone();
+    let drain_window = Duration::from_secs_f64(args.drain_window);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: closing sockets, persisting sessions");
-            stopping.close_sockets();
+            tracing::info!(
+                window = ?drain_window,
+                "shutting down: no new connections; closing the open ones over the drain window (1012)"
+            );
+            stopping.drain();
             stop_presence.cancel();
         })
         .await
         .context("serving")?;
 
-    // Sockets were told to close; give them the moment it takes to send 1001.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET / 2;
+    // Every connection closes at its turn within the drain window; then give the last ones
+    // the moment it takes to send their close.
+    let deadline = tokio::time::Instant::now() + drain_window + SHUTDOWN_BUDGET / 2;
     while hub.online().online > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

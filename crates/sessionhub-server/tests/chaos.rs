@@ -70,6 +70,43 @@ async fn chaos_every_client_gets_every_message_once_in_order_through_a_node_kill
     );
 }
 
+/// A rolling restart behind the load balancer: each node in turn is stopped with SIGTERM
+/// (it drains: 1012 to its clients, spread over 2 s) and started again, under load. One
+/// epoch per channel (Redis keeps running); every client gets every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_rolling_restart_of_every_node_loses_nothing() {
+    let _turn = chaos::one_at_a_time().await;
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let mut nodes = chaos::nodes(&["--redis", &url, "--drain-window", "2"], 3);
+    let load = Load::default();
+    let clients = load.clients;
+
+    let mut run = Run::start("chaos rolling restart", &nodes, load).await;
+    for (i, at) in [(0, 3), (1, 7), (2, 11)] {
+        run.at(Duration::from_secs(at)).await;
+        run.note(format!("chaos-{i} stopping (SIGTERM)"));
+        let exit = blocking(|| nodes[i].terminate(Duration::from_secs(15)));
+        assert_eq!(exit.expect("it stops within 15 s"), Some(0), "a clean exit");
+        blocking(|| nodes[i].restart()).expect("the node starts again");
+        run.note(format!("chaos-{i} restarted"));
+    }
+    let report = run.finish(Rules::one_epoch()).await;
+
+    report.assert_delivery();
+    assert!(
+        report.recoveries.len() >= clients,
+        "every client was on a restarted node once: {:?}",
+        report.endings
+    );
+    let p99 = report.recovery(99.0);
+    println!("{}: reconnect-to-recovered p99 {p99:?}", report.label);
+    assert!(
+        p99 < Duration::from_secs(10),
+        "reconnect-to-recovered p99 {p99:?}"
+    );
+}
+
 /// Ends a failover run and checks what every one must show besides the delivery rules: the
 /// failed-over channels did start new epochs (else the fault tested nothing) and every
 /// client on one was told so; recovery within the bound; every node ready again within

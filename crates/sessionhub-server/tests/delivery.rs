@@ -829,3 +829,93 @@ async fn the_embedded_node_recovers_a_reconnecting_client_and_starts_a_new_epoch
     assert_ne!(s.epoch, first.epoch);
     assert_eq!(s.offset, 0);
 }
+
+/// SIGTERM drains a node: it closes its sockets with 1012 (after a `disconnect` frame that
+/// says reconnect) one by one, spread over `--drain-window`, and until its turn each socket
+/// keeps receiving what is published on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_closes_its_sockets_spread_over_the_drain_window() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let mut draining = node(&[
+        "--redis",
+        &url,
+        "--node-id",
+        "node-0",
+        "--drain-window",
+        "2",
+    ]);
+    let other = node(&["--redis", &url, "--node-id", "node-1"]);
+    const SOCKETS: usize = 24;
+    let mut sockets = Vec::new();
+    for i in 0..SOCKETS {
+        let (mut ws, _) = open_v1(&draining.ws(), &format!("d{i}")).await.unwrap();
+        ws.send(Message::Text(subscribe_frame("room:drain", None).into()))
+            .await
+            .unwrap();
+        match read_frame(&mut ws).await.unwrap() {
+            Frame::Subscribed(_) => {}
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+        sockets.push(ws);
+    }
+    // Published through the other node every 50 ms while node-0 drains.
+    let client = http();
+    let publisher = {
+        let (client, base) = (client.clone(), other.http());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let url = publish_url(&base, "room:drain");
+                let _ = client
+                    .post(url)
+                    .json(&json!({"message": {"n": n}}))
+                    .send()
+                    .await;
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    sleep(Duration::from_millis(300)).await;
+    let sigterm = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || draining.terminate(Duration::from_secs(15)));
+    // Each socket: when it closed, how, and how many publications it took meanwhile.
+    let endings = futures_util::future::join_all(sockets.into_iter().map(|mut ws| async move {
+        let mut live = 0;
+        let mut disconnect = None;
+        loop {
+            match timeout(Duration::from_secs(10), read_frame(&mut ws)).await {
+                Ok(Ok(Frame::Publication { .. })) => live += 1,
+                Ok(Ok(Frame::Disconnect { code, reconnect })) => {
+                    disconnect = Some((code, reconnect))
+                }
+                Ok(Ok(Frame::Closed(code))) => return (Instant::now(), code, disconnect, live),
+                other => panic!("unexpected while draining: {other:?}"),
+            }
+        }
+    }))
+    .await;
+    publisher.abort();
+    assert_eq!(stopped.await.unwrap().unwrap(), Some(0), "a clean exit");
+    let mut at: Vec<Duration> = Vec::new();
+    for (closed, code, disconnect, _) in &endings {
+        assert_eq!(*code, Some(1012));
+        assert_eq!(*disconnect, Some((1012, true)), "told to reconnect first");
+        at.push(closed.duration_since(sigterm));
+    }
+    at.sort();
+    let (first, last) = (at[0], at[SOCKETS - 1]);
+    assert!(
+        last < Duration::from_secs(4),
+        "all closed within the window: {at:?}"
+    );
+    assert!(
+        last - first > Duration::from_millis(1000),
+        "spread over the window: {at:?}"
+    );
+    let late = endings.iter().max_by_key(|e| e.0).unwrap();
+    assert!(
+        late.3 >= 10,
+        "the last socket kept receiving until its turn: {} publications",
+        late.3
+    );
+}

@@ -284,8 +284,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[tokio::test]
-async fn sigterm_closes_sockets_with_1001_and_exits_zero_quickly() {
-    let mut node = node(&[]);
+async fn sigterm_closes_sockets_with_1012_and_exits_zero_quickly() {
+    let mut node = node(&["--drain-window", "1"]);
     let (mut a, _) = connect(&node.ws(), "1").await;
     let (mut b, _) = connect(&node.ws(), "2").await;
     let started = std::time::Instant::now();
@@ -294,7 +294,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_zero_quickly() {
         (code.unwrap(), node)
     });
     for ws in [&mut a, &mut b] {
-        assert_closes(ws, WAIT, 1001).await;
+        assert_closes(ws, WAIT, 1012).await;
     }
     let (code, _node) = exit.await.unwrap();
     assert_eq!(code, Some(0));

@@ -443,7 +443,7 @@ async fn a_slow_sse_consumer_is_ended_with_an_event_and_counted() {
 
 #[tokio::test]
 async fn heartbeats_keep_an_idle_stream_a_client_that_left_is_noticed_and_shutdown_ends_it() {
-    let mut node = node(&["--sse-heartbeat", "1"]);
+    let mut node = node(&["--sse-heartbeat", "1", "--drain-window", "0.5"]);
     let (mut stream, _) = sse::open_as(&node.http(), "gina", "room:h", None)
         .await
         .unwrap();
@@ -471,7 +471,7 @@ async fn heartbeats_keep_an_idle_stream_a_client_that_left_is_noticed_and_shutdo
     let stopping = tokio::task::spawn_blocking(move || {
         node.terminate(Duration::from_secs(10)).unwrap();
     });
-    assert_eq!(disconnect_at_end(&mut stream, WAIT).await, (1001, true));
+    assert_eq!(disconnect_at_end(&mut stream, WAIT).await, (1012, true));
     stopping.await.unwrap();
 }
 

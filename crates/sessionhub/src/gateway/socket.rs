@@ -216,12 +216,22 @@ async fn drive(
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
     let slow = connection.slow().clone();
     let shutdown = gateway.shutdown.clone();
+    // In a drain, the moment this connection closes; until then it keeps delivering. Shares
+    // the idle deadline's timer: one more timer per socket would cost every message.
+    let mut drain_turn: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return close::GOING_AWAY,
+            () = shutdown.cancelled(), if drain_turn.is_none() => {
+                drain_turn = Some(gateway.drain_turn(connection.id()));
+            }
             () = slow.cancelled() => return close::SLOW_CONSUMER,
-            () = sleep_until(idle_deadline) => return close::IDLE_TIMEOUT,
+            () = sleep_until(drain_turn.map_or(idle_deadline, |turn| turn.min(idle_deadline))) => {
+                return match drain_turn {
+                    Some(turn) if Instant::now() >= turn => close::SERVICE_RESTART,
+                    _ => close::IDLE_TIMEOUT,
+                };
+            }
             () = sleep_until(credentials_check) => {
                 match check_credentials(credentials, gateway).await {
                     Some(next) => credentials_check = next,
@@ -247,9 +257,12 @@ async fn drive(
                 // A send that blocks (the client stopped reading) must not outlive a
                 // slow-consumer verdict or a shutdown.
                 tokio::select! {
+                    biased;
                     sent = socket.send(Message::Text(text)) => if sent.is_err() { return (0, "gone") },
                     () = slow.cancelled() => return close::SLOW_CONSUMER,
-                    () = shutdown.cancelled() => return close::GOING_AWAY,
+                    // Stuck on a client that stopped reading when the drain began: it
+                    // would not read its turn's close either.
+                    () = shutdown.cancelled(), if drain_turn.is_none() => return close::SERVICE_RESTART,
                 }
             }
             Some(replies) = in_flight.next(), if !in_flight.is_empty() => {

@@ -237,10 +237,18 @@ async fn drive(
     let mut credentials_check = first_credentials_check(credentials, gateway);
     let slow = connection.slow().clone();
     let shutdown = gateway.shutdown.clone();
+    // In a drain, the moment this stream ends (see the WebSocket loop).
+    let mut drain_turn: Option<tokio::time::Instant> = None;
     loop {
         let event = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return close::GOING_AWAY,
+            () = shutdown.cancelled(), if drain_turn.is_none() => {
+                drain_turn = Some(gateway.drain_turn(connection.id()));
+                continue;
+            }
+            () = sleep_until(drain_turn.unwrap_or(credentials_check)), if drain_turn.is_some() => {
+                return close::SERVICE_RESTART;
+            }
             () = slow.cancelled() => return close::SLOW_CONSUMER,
             // The response was dropped: the client left, or a heartbeat could not be written.
             () = tx.closed() => return (0, "gone"),
@@ -270,9 +278,10 @@ async fn drive(
         // A send that waits (the client stopped reading) must not outlive a slow-consumer
         // verdict or a shutdown.
         tokio::select! {
+            biased;
             sent = tx.send(event) => if sent.is_err() { return (0, "gone") },
             () = slow.cancelled() => return close::SLOW_CONSUMER,
-            () = shutdown.cancelled() => return close::GOING_AWAY,
+            () = shutdown.cancelled(), if drain_turn.is_none() => return close::SERVICE_RESTART,
         }
     }
 }

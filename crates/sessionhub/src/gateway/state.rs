@@ -2,9 +2,10 @@
 //! routes (`mod.rs` wires them) so that every route module depends on this one and none
 //! on another, and `mod.rs` on all of them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
@@ -79,6 +80,9 @@ pub struct SocketConfig {
     /// How long an SSE stream may go without sending anything before a heartbeat comment:
     /// keeps proxies from timing it out, and finds a dead peer when the write fails.
     pub sse_heartbeat: Duration,
+    /// How long a drain ([`Gateway::drain`]) spreads the closing of connections over, so
+    /// that their clients do not all reconnect to the other nodes at the same instant.
+    pub drain_window: Duration,
 }
 
 impl Default for SocketConfig {
@@ -88,6 +92,7 @@ impl Default for SocketConfig {
             ping_interval: Duration::from_secs(25),
             max_message_size: 64 * 1024,
             sse_heartbeat: Duration::from_secs(15),
+            drain_window: Duration::from_secs(5),
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Gateway {
     pub(super) connection_rate: Arc<ConnectionRate>,
     pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     pub(super) shutdown: CancellationToken,
+    /// When the drain started (set once, before `shutdown` is cancelled).
+    pub(super) drain_started: Arc<OnceLock<Instant>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -149,6 +156,7 @@ impl Gateway {
             config: Arc::new(config),
             metrics: None,
             shutdown: CancellationToken::new(),
+            drain_started: Arc::default(),
         }
     }
 
@@ -167,10 +175,23 @@ impl Gateway {
         self
     }
 
-    /// Closes every open socket with 1001 (going away) and refuses new ones. Call when the
-    /// server stops, so clients reconnect to another node at once.
-    pub fn close_sockets(&self) {
+    /// Starts a drain: `/readyz` turns red and every connection closes with 1012 (service
+    /// restart; SSE streams with a final `disconnect` event) at its own moment within
+    /// [`SocketConfig::drain_window`], spread evenly, so that its client reconnects to
+    /// another node and recovers without a stampede. Until its moment a connection keeps
+    /// delivering. Call when the server stops; stop accepting connections at the same time.
+    pub fn drain(&self) {
+        self.drain_started.get_or_init(Instant::now);
         self.shutdown.cancel();
+    }
+
+    /// When connection `id` closes in the drain under way (the drain must have started).
+    /// Consecutive ids land far apart in the window (Fibonacci hashing), so whichever
+    /// connections are open, their closes are spread over all of it.
+    pub(super) fn drain_turn(&self, id: u64) -> Instant {
+        let started = *self.drain_started.get_or_init(Instant::now);
+        let spread = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        started + self.config.socket.drain_window.mul_f64(spread)
     }
 
     /// The session store, to persist it on shutdown.

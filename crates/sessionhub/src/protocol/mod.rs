@@ -159,8 +159,9 @@ impl FrameError {
 
 /// The close codes the server uses, with the reason text it sends.
 pub(crate) mod close {
-    /// The server is shutting down; reconnect (to another node).
-    pub(crate) const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
+    /// The node is restarting (a drain, on SIGTERM): reconnect, to another node, and
+    /// recover from the last positions.
+    pub(crate) const SERVICE_RESTART: (u16, &str) = (1012, "service restart");
     /// The client broke the WebSocket protocol.
     pub(crate) const PROTOCOL_ERROR: (u16, &str) = (1002, "protocol error");
     /// An inbound message was larger than the limit (64 KiB by default).
