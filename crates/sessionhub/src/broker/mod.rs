@@ -8,6 +8,8 @@
 //!   offset and epoch;
 //! - **recover**: give back every publication after a position, or say it cannot
 //!   (never a partial result);
+//! - **history**: read a page of what the channel still keeps, oldest or newest first
+//!   (for the server API, where part of the history is a fine answer);
 //! - **subscribe / unsubscribe**: tell which channels this node's clients want.
 //!
 //! A [`Deliver`] sink (the hub's registry of local connections) receives what arrives. The
@@ -148,6 +150,64 @@ impl Recovery {
     }
 }
 
+/// Which part of a channel's history [`Broker::history`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only publications after this position. A position from another epoch selects
+    /// nothing: its offsets count another history.
+    pub since: Option<StreamPosition>,
+    /// At most this many publications (0: only the channel's position).
+    pub limit: usize,
+    /// Newest first, and then the newest `limit`; otherwise oldest first, the oldest
+    /// `limit` after `since`.
+    pub reverse: bool,
+}
+
+impl HistoryQuery {
+    /// Picks the page from `entries`, the kept publications of the channel in `epoch`,
+    /// oldest first.
+    pub(crate) fn select(
+        &self,
+        epoch: &str,
+        entries: impl DoubleEndedIterator<Item = Publication>,
+    ) -> Vec<Publication> {
+        if self.since.as_ref().is_some_and(|s| *s.epoch != *epoch) {
+            return Vec::new();
+        }
+        let after = self.since.as_ref().map_or(0, |s| s.offset);
+        let wanted = entries.filter(|p| p.offset > after);
+        if self.reverse {
+            wanted.rev().take(self.limit).collect()
+        } else {
+            wanted.take(self.limit).collect()
+        }
+    }
+}
+
+/// The answer to [`Broker::history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The history's current epoch ("" on a broker without history).
+    pub epoch: Arc<str>,
+    /// The offset of the newest publication (0 if none yet).
+    pub offset: u64,
+    /// The publications the query selected, in the order it asked for. Unlike a
+    /// [`Recovery`], possibly only part of what was published after `since`: what the
+    /// history no longer keeps is left out.
+    pub publications: Vec<Publication>,
+}
+
+impl HistoryPage {
+    /// The answer of a broker that keeps no history: epoch "", offset 0, nothing.
+    pub(crate) fn without_history() -> Self {
+        Self {
+            epoch: "".into(),
+            offset: 0,
+            publications: Vec::new(),
+        }
+    }
+}
+
 /// How much history each channel keeps.
 #[derive(Debug, Clone)]
 pub struct HistoryConfig {
@@ -248,6 +308,15 @@ pub trait Broker: Send + Sync + 'static {
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError>;
 
+    /// The channel's current position and the page of its kept history that `query`
+    /// selects (see [`HistoryQuery`]). Starts the channel's epoch if it has none yet, as
+    /// [`Broker::recover`] does.
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError>;
+
     /// Starts receiving `channel`. The request is queued before this returns, so calls made
     /// in some order take effect in that order; the future resolves once messages published
     /// afterwards will arrive.
@@ -279,6 +348,25 @@ mod tests {
             epoch: epoch.into(),
             offset,
         }
+    }
+
+    #[test]
+    fn a_history_query_takes_the_oldest_or_the_newest_after_its_position() {
+        let kept = || (3..=7).map(publication);
+        let offsets = |query: HistoryQuery| -> Vec<u64> {
+            query.select("e", kept()).iter().map(|p| p.offset).collect()
+        };
+        let query = |since: Option<StreamPosition>, limit, reverse| HistoryQuery {
+            since,
+            limit,
+            reverse,
+        };
+        assert_eq!(offsets(query(None, 2, false)), [3, 4]);
+        assert_eq!(offsets(query(None, 2, true)), [7, 6]);
+        assert_eq!(offsets(query(Some(since("e", 4)), 10, false)), [5, 6, 7]);
+        assert_eq!(offsets(query(Some(since("e", 4)), 10, true)), [7, 6, 5]);
+        assert_eq!(offsets(query(Some(since("e", 4)), 0, true)), [0u64; 0]);
+        assert_eq!(offsets(query(Some(since("f", 4)), 10, false)), [0u64; 0]);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub(crate) static PRESENCE_WITHDRAW: LazyLock<Script> = script!("presence_withdr
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =
     script!("broker_recover.lua" after "broker_epoch.lua");
+pub(crate) static BROKER_HISTORY: LazyLock<Script> =
+    script!("broker_history.lua" after "broker_epoch.lua");
 
 /// The record format the session scripts write and accept; `scripts/lib/store_changes.lua`
 /// spells it too (checked below).
