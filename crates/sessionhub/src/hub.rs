@@ -20,7 +20,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Broker, Deliver, LocalBroker, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
+    Broker, Deliver, HistoryPage, HistoryQuery, LocalBroker, Publication, PublishOptions, Receipt,
+    Recovery, StreamPosition,
 };
 use crate::error::BrokerError;
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
@@ -33,7 +34,7 @@ const OUTBOUND_QUEUE: usize = 256;
 const OUTBOX_KEPT: usize = 16;
 
 /// Counts of what is connected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Online {
     /// Open connections.
     pub online: usize,
@@ -319,6 +320,15 @@ impl Hub {
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError> {
         self.inner.broker.recover(channel, since).await
+    }
+
+    /// A page of the channel's history (see [`HistoryQuery`]).
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.inner.broker.history(channel, query).await
     }
 
     /// Local connections of `user`.

@@ -26,6 +26,9 @@
 mod admin;
 mod admission;
 mod demo;
+mod history;
+mod input;
+mod openapi;
 mod plan;
 mod push;
 mod seed;
@@ -33,6 +36,7 @@ mod socket;
 mod state;
 mod v1;
 
+pub use self::openapi::UNDOCUMENTED_ROUTES;
 pub use self::state::{Gateway, GatewayConfig, Security, SocketConfig};
 
 use std::sync::Arc;
@@ -45,6 +49,9 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::hub::Online;
@@ -54,15 +61,8 @@ impl Gateway {
     /// The routes. Serve them with `into_make_service_with_connect_info::<SocketAddr>()` so
     /// that trusted proxies can be recognised.
     pub fn router(&self) -> Router {
-        let mut protected = Router::new()
-            .route("/socket/{id}", get(push::push_query).post(push::push_body))
-            .route("/api/online", get(online))
-            .route(
-                "/api/channels/{channel}/publish",
-                axum::routing::post(push::publish_to_channel),
-            )
-            .route("/api/users/{id}/sessions", get(admin::sessions))
-            .route("/api/users/{id}/logout", axum::routing::post(admin::logout));
+        let (mut protected, document) = api().split_for_parts();
+        let document = Arc::new(openapi::finish(document));
         if !self.config.security.api_keys.is_empty() {
             protected = protected.route_layer(middleware::from_fn_with_state(
                 self.clone(),
@@ -73,6 +73,10 @@ impl Gateway {
             .route("/websocket/{id}", get(socket::upgrade))
             .route("/ws", get(socket::upgrade_v1))
             .merge(protected)
+            .route(
+                "/api/openapi.json",
+                get(move || async move { Json(document.as_ref().clone()) }),
+            )
             .route("/sessionhub.js", get(client_js))
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -103,6 +107,32 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The OpenAPI 3.1 document of the server API, as `GET /api/openapi.json` serves it.
+    pub fn openapi() -> utoipa::openapi::OpenApi {
+        openapi::finish(api().into_openapi())
+    }
+}
+
+/// The server API: every route here is in the OpenAPI document, from its handler's
+/// `#[utoipa::path]`.
+fn api() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::with_openapi(openapi::Base::openapi())
+        .routes(routes!(push::push_query, push::push_body))
+        .routes(routes!(online))
+        .routes(routes!(push::publish_to_channel))
+        .routes(routes!(history::history))
+        .routes(routes!(admin::sessions))
+        .routes(routes!(admin::logout))
+}
+
+/// Counts connections and distinct users, on every node.
+#[utoipa::path(
+    get,
+    path = "/api/online",
+    tag = "presence",
+    responses((status = 200, description = "connections and distinct users", body = Online))
+)]
 async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError> {
     Ok(Json(gateway.presence.online().await?))
 }
