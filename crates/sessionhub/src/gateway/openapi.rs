@@ -107,7 +107,6 @@ pub(super) fn finish(mut document: Document) -> Document {
     document
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -128,7 +127,10 @@ mod tests {
                 .filter(|line| !line.trim_start().starts_with("//"))
                 .collect();
             for piece in code.split(".route(").skip(1) {
-                let path = piece.trim_start().strip_prefix('"').expect("a literal path");
+                let path = piece
+                    .trim_start()
+                    .strip_prefix('"')
+                    .expect("a literal path");
                 found.insert(path.split('"').next().unwrap().to_owned());
             }
         }
@@ -152,9 +154,14 @@ mod tests {
             "UNDOCUMENTED_ROUTES names routes that no longer exist: {stale:?}"
         );
         let both: Vec<_> = documented.intersection(&listed).collect();
-        assert!(both.is_empty(), "documented and listed as not API: {both:?}");
         assert!(
-            documented.iter().all(|p| p.starts_with("/api/") || p.starts_with("/socket/")),
+            both.is_empty(),
+            "documented and listed as not API: {both:?}"
+        );
+        assert!(
+            documented
+                .iter()
+                .all(|p| p.starts_with("/api/") || p.starts_with("/socket/")),
             "{documented:?}"
         );
     }
