@@ -3,19 +3,28 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "api-test-key-0123456789";
 
 /// Every path of the server API, sorted as the document lists them.
 const API_PATHS: &[&str] = &[
+    "/api/channels",
     "/api/channels/{channel}/history",
     "/api/channels/{channel}/publish",
+    "/api/info",
     "/api/online",
+    "/api/users/{id}/disconnect",
     "/api/users/{id}/logout",
     "/api/users/{id}/sessions",
+    "/api/users/{id}/subscribe",
+    "/api/users/{id}/unsubscribe",
     "/socket/{id}",
 ];
 
@@ -107,8 +116,21 @@ async fn the_document_is_public_current_and_every_operation_in_it_is_routed_behi
 }
 
 #[tokio::test]
-async fn history_pages_through_a_channel() {
-    let node = keyed_node(&["--history-size", "4"]);
+async fn history_pages_through_a_channel_embedded() {
+    history_pages_through_a_channel(&[]).await;
+}
+
+#[tokio::test]
+async fn history_pages_through_a_channel_on_redis() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    history_pages_through_a_channel(&["--redis", &redis.url()]).await;
+}
+
+/// History with `since`, `limit` and `reverse` on a node started with `backend`'s flags.
+async fn history_pages_through_a_channel(backend: &[&str]) {
+    let mut args = vec!["--history-size", "4"];
+    args.extend(backend);
+    let node = keyed_node(&args);
     let base = node.http();
     let history = format!("{base}/api/channels/room:h/history");
     let (status, empty) = status_and_json(call(Method::GET, history.clone())).await;
@@ -199,4 +221,299 @@ async fn history_refuses_bad_input_with_a_json_error() {
             "{url} {query:?}"
         );
     }
+}
+
+/// Opens a protocol v1 socket as `user`; returns it and its `client` id (`<node>/<n>`).
+async fn open(base_ws: &str, user: &str) -> (Ws, String) {
+    let url = format!("{base_ws}/ws?user={user}");
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    let greeting = next_json(&mut ws).await;
+    assert_eq!(greeting["type"], "connected", "{greeting}");
+    (ws, greeting["client"].as_str().unwrap().to_owned())
+}
+
+/// The next text frame as JSON, or `{"closed": code}` for a close frame.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        match message {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Close(frame))) => {
+                let frame = frame.expect("a close code");
+                return json!({"closed": u16::from(frame.code), "reason": frame.reason.as_str()});
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// POSTs `body` as JSON to `path` on `base` (no API key: the cluster tests run open).
+async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+    status_and_json(http().post(format!("{base}{path}")).json(&body)).await
+}
+
+#[tokio::test]
+async fn disconnect_closes_a_users_sockets_on_every_node_with_its_reason() {
+    let (_redis, nodes) = cluster(2);
+    let (mut a0, _) = open(&nodes[0].ws(), "dora").await;
+    let (mut a1, _) = open(&nodes[1].ws(), "dora").await;
+    let (mut seed, _) = connect(&nodes[1].ws(), "dora").await;
+    let (mut other, _) = open(&nodes[0].ws(), "eve").await;
+
+    let body = json!({"reason": "maintenance", "reconnect": false});
+    let (status, sent) = post(&nodes[0].http(), "/api/users/dora/disconnect", body).await;
+    assert_eq!((status, &sent["nodes"]), (200, &json!(2)), "{sent}");
+    for ws in [&mut a0, &mut a1] {
+        assert_eq!(
+            next_json(ws).await,
+            json!({"type": "disconnect", "code": 4021, "reason": "maintenance", "reconnect": false})
+        );
+        assert_eq!(
+            next_json(ws).await,
+            json!({"closed": 4021, "reason": "maintenance"})
+        );
+    }
+    assert_closes(&mut seed, WAIT, 4021).await;
+    assert_silent(&mut other, Duration::from_millis(300)).await;
+
+    // One connection, by the `client` its greeting named; reconnecting allowed by default.
+    let (mut keep, _) = open(&nodes[1].ws(), "dora").await;
+    let (mut drop, client) = open(&nodes[1].ws(), "dora").await;
+    let body = json!({"client": client});
+    let (status, _) = post(&nodes[0].http(), "/api/users/dora/disconnect", body).await;
+    assert_eq!(status, 200);
+    let frame = next_json(&mut drop).await;
+    assert_eq!(
+        (&frame["code"], &frame["reconnect"]),
+        (&json!(4020), &json!(true))
+    );
+    assert_eq!(frame["reason"], "disconnected");
+    assert_eq!(next_json(&mut drop).await["closed"], 4020);
+    assert_silent(&mut keep, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn server_side_subscribe_reaches_a_user_on_every_node_and_unsubscribe_undoes_it() {
+    let (_redis, nodes) = cluster(2);
+    let (mut s0, _) = open(&nodes[0].ws(), "dora").await;
+    let (mut s1, _) = open(&nodes[1].ws(), "dora").await;
+    let (status, _) = post(
+        &nodes[1].http(),
+        "/api/channels/news/publish",
+        json!({"message": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let body = json!({"channel": "news"});
+    let (status, sent) = post(&nodes[0].http(), "/api/users/dora/subscribe", body).await;
+    assert_eq!((status, &sent["nodes"]), (200, &json!(2)), "{sent}");
+    let mut epoch = Value::Null;
+    for ws in [&mut s0, &mut s1] {
+        let subscribed = next_json(ws).await;
+        assert_eq!(
+            (
+                &subscribed["type"],
+                &subscribed["channel"],
+                &subscribed["offset"]
+            ),
+            (&json!("subscribed"), &json!("news"), &json!(1)),
+            "the channel's position, as if the client had asked: {subscribed}"
+        );
+        assert!(subscribed.get("id").is_none(), "{subscribed}");
+        epoch = subscribed["epoch"].clone();
+    }
+    let (status, _) = post(
+        &nodes[0].http(),
+        "/api/channels/news/publish",
+        json!({"message": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for ws in [&mut s0, &mut s1] {
+        assert_eq!(
+            next_json(ws).await,
+            json!({"type": "publication", "channel": "news", "epoch": epoch, "offset": 2, "data": 2})
+        );
+    }
+    // Subscribing again changes nothing and says nothing.
+    let body = json!({"channel": "news"});
+    assert_eq!(
+        post(&nodes[0].http(), "/api/users/dora/subscribe", body)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"channel": "news"});
+    assert_eq!(
+        post(&nodes[1].http(), "/api/users/dora/unsubscribe", body)
+            .await
+            .0,
+        200
+    );
+    for ws in [&mut s0, &mut s1] {
+        assert_eq!(
+            next_json(ws).await,
+            json!({"type": "unsubscribed", "channel": "news"})
+        );
+    }
+    let (status, _) = post(
+        &nodes[0].http(),
+        "/api/channels/news/publish",
+        json!({"message": 3}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for ws in [&mut s0, &mut s1] {
+        assert_silent(ws, Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn channels_and_info_gather_every_node() {
+    let (_redis, nodes) = cluster(2);
+    let mut sockets = Vec::new();
+    for (node, channel) in [(0, "room:a"), (0, "room:a"), (1, "room:a"), (1, "room:b")] {
+        let (mut ws, _) = open(&nodes[node].ws(), "dora").await;
+        send_text(
+            &mut ws,
+            &json!({"type": "subscribe", "channel": channel}).to_string(),
+        )
+        .await;
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+        sockets.push(ws);
+    }
+    let base = nodes[0].http();
+    let (status, all) = status_and_json(http().get(format!("{base}/api/channels"))).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(
+        all,
+        json!({"nodes": 2, "channels": [
+            {"channel": "room:a", "subscribers": 3},
+            {"channel": "room:b", "subscribers": 1},
+        ]})
+    );
+    let (_, some) = status_and_json(
+        http()
+            .get(format!("{base}/api/channels"))
+            .query(&[("prefix", "room:b")]),
+    )
+    .await;
+    assert_eq!(
+        some["channels"],
+        json!([{"channel": "room:b", "subscribers": 1}])
+    );
+
+    let (status, info) = status_and_json(http().get(format!("{base}/api/info"))).await;
+    assert_eq!(status, 200, "{info}");
+    let described: Vec<(String, u64, u64)> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["version"], env!("CARGO_PKG_VERSION"));
+            assert!(n["uptime_secs"].as_u64().is_some());
+            let count = |k: &str| n[k].as_u64().unwrap();
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                count("connections"),
+                count("users"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [("node-0".to_owned(), 2, 1), ("node-1".to_owned(), 2, 1)]
+    );
+}
+
+#[tokio::test]
+async fn the_cluster_calls_refuse_bad_input_with_a_json_error() {
+    let node = keyed_node(&[]);
+    let base = node.http();
+    let long = "x".repeat(101);
+    let cases: [(&str, Value, u16, &str); 9] = [
+        (
+            "/api/users/bad%20id/disconnect",
+            json!({}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/users/dora/disconnect",
+            json!({"reason": long}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/users/dora/disconnect",
+            json!({"client": "no-number"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/users/dora/disconnect",
+            json!({"reconnect": "yes"}),
+            422,
+            "bad_body",
+        ),
+        (
+            "/api/users/dora/disconnect",
+            json!({"what": 1}),
+            422,
+            "bad_body",
+        ),
+        (
+            "/api/users/dora/subscribe",
+            json!({"channel": "session:x"}),
+            400,
+            "bad_request",
+        ),
+        ("/api/users/dora/subscribe", json!({}), 422, "bad_body"),
+        (
+            "/api/users/bad%20id/unsubscribe",
+            json!({"channel": "news"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/users/dora/unsubscribe",
+            json!({"channel": ""}),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (path, body, want_status, want_code) in cases {
+        let (status, answer) =
+            status_and_json(call(Method::POST, format!("{base}{path}")).json(&body)).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (want_status, want_code),
+            "{path} {body}"
+        );
+    }
+    for path in ["/api/users/dora/disconnect", "/api/users/dora/subscribe"] {
+        let (status, answer) =
+            status_and_json(call(Method::POST, format!("{base}{path}")).body("{}")).await;
+        assert_eq!((status, error_code(&answer)), (415, "bad_body"), "{path}");
+        let (status, answer) = status_and_json(
+            call(Method::POST, format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body("{"),
+        )
+        .await;
+        assert_eq!((status, error_code(&answer)), (400, "bad_body"), "{path}");
+    }
+    // On one node, the cluster is that node.
+    let (status, info) = status_and_json(call(Method::GET, format!("{base}/api/info"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(1), "{info}");
+    let (_, channels) = status_and_json(call(Method::GET, format!("{base}/api/channels"))).await;
+    assert_eq!(channels, json!({"nodes": 1, "channels": []}));
 }

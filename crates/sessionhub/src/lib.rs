@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod hub;

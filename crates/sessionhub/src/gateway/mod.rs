@@ -25,6 +25,7 @@
 
 mod admin;
 mod admission;
+mod control;
 mod demo;
 mod history;
 mod input;
@@ -124,6 +125,11 @@ fn api() -> OpenApiRouter<Gateway> {
         .routes(routes!(history::history))
         .routes(routes!(admin::sessions))
         .routes(routes!(admin::logout))
+        .routes(routes!(control::disconnect))
+        .routes(routes!(control::subscribe))
+        .routes(routes!(control::unsubscribe))
+        .routes(routes!(control::channels))
+        .routes(routes!(control::info))
 }
 
 /// Counts connections and distinct users, on every node.

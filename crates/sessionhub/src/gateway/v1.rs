@@ -23,7 +23,7 @@ use super::plan::Plan;
 use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
-use crate::hub::{Connection, Delivery, session_channel};
+use crate::hub::{Connection, Delivery, Outbound, session_channel};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 
@@ -150,6 +150,7 @@ impl V1 {
                     connection,
                     credentials,
                     gateway,
+                    false,
                 )
                 .await,
             ],
@@ -169,6 +170,37 @@ impl V1 {
         }
     }
 
+    /// Applies a subscribe or unsubscribe the server API ordered ([`Outbound::Subscribe`],
+    /// [`Outbound::Unsubscribe`]): the client gets the frame its own request would have had,
+    /// without `id`, and nothing when it is in (or out of) the channel already. The caller
+    /// orders it with the client's frames as for [`V1::exclusive`].
+    pub(super) async fn by_server(
+        &mut self,
+        order: &Outbound,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        match order {
+            Outbound::Subscribe(channel) if !self.positions.contains_key(&**channel) => {
+                // The server may subscribe a user to any public channel: no channel rules.
+                let subscribed = self
+                    .subscribe(None, channel, None, connection, credentials, gateway, true)
+                    .await;
+                vec![subscribed]
+            }
+            Outbound::Unsubscribe(channel) if self.positions.contains_key(&**channel) => {
+                let change = ChannelChange::Unsubscribe {
+                    channel: channel.to_string(),
+                    id: None,
+                };
+                self.exclusive(change, connection, credentials, gateway)
+                    .await
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn may_subscribe(&self, channel: &str, gateway: &Gateway) -> bool {
         let security = &gateway.config.security;
         if let Some(owner) = UserId::from_channel(channel) {
@@ -179,6 +211,9 @@ impl V1 {
             || self.token_channels.iter().any(|c| c == channel)
     }
 
+    /// Joins `channel` and answers `subscribed` (or an error). `by_server`: the server API
+    /// asked, which the channel rules do not restrict.
+    #[allow(clippy::too_many_arguments)]
     async fn subscribe(
         &mut self,
         id: Option<u64>,
@@ -187,11 +222,12 @@ impl V1 {
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
+        by_server: bool,
     ) -> String {
         if !is_public_channel_name(channel) {
             return refusal(id, &FrameError::InvalidChannel);
         }
-        if !self.may_subscribe(channel, gateway) {
+        if !by_server && !self.may_subscribe(channel, gateway) {
             return refusal(id, &FrameError::SubscribeForbidden);
         }
         if self.positions.contains_key(channel) {
