@@ -28,6 +28,9 @@ const API_PATHS: &[&str] = &[
     "/socket/{id}",
 ];
 
+/// A query string, as pairs.
+type Params<'a> = &'a [(&'a str, &'a str)];
+
 /// A node with an API key.
 fn keyed_node(extra: &[&str]) -> sessionhub_testkit::Node {
     let mut args = vec!["--api-key", KEY];
@@ -169,7 +172,7 @@ async fn history_pages_through_a_channel(backend: &[&str]) {
             .map(|p| p["offset"].as_u64().unwrap())
             .collect()
     };
-    let cases: [(&[(&str, &str)], &[u64]); 5] = [
+    let cases: [(Params, &[u64]); 5] = [
         (&[("limit", "2")], &[3, 4]),
         (&[("limit", "2"), ("reverse", "true")], &[6, 5]),
         (&[("since", "4"), ("epoch", &epoch)], &[5, 6]),
@@ -200,7 +203,7 @@ async fn history_refuses_bad_input_with_a_json_error() {
     let node = keyed_node(&[]);
     let base = node.http();
     let history = |channel: &str| format!("{base}/api/channels/{channel}/history");
-    let cases: [(String, &[(&str, &str)], u16, &str); 6] = [
+    let cases: [(String, Params, u16, &str); 6] = [
         (history("bad%20channel"), &[], 400, "bad_request"),
         (history("session:x"), &[], 400, "bad_request"),
         (history("room"), &[("limit", "many")], 400, "bad_query"),
