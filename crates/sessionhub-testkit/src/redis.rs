@@ -161,13 +161,25 @@ impl RedisServer {
     /// Total commands Redis has processed (`total_commands_processed`), for counting
     /// round trips. The query itself counts as one.
     pub fn total_commands(&self) -> anyhow::Result<u64> {
+        self.stat("total_commands_processed")
+    }
+
+    /// Read events Redis has processed (`total_reads_processed`): a pipeline that fits in
+    /// one socket read is one, however many commands it holds, so this counts round trips
+    /// where `total_commands` counts commands. The query itself counts as one.
+    pub fn total_reads(&self) -> anyhow::Result<u64> {
+        self.stat("total_reads_processed")
+    }
+
+    /// A counter of `INFO stats`.
+    fn stat(&self, name: &str) -> anyhow::Result<u64> {
         let info = self.info("stats")?;
         info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .context("total_commands_processed in INFO stats")?
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .with_context(|| format!("{name} in INFO stats"))?
             .trim()
             .parse()
-            .context("parsing total_commands_processed")
+            .with_context(|| format!("parsing {name}"))
     }
 }
 

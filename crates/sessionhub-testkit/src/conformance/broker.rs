@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sessionhub::broker::{
-    Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, Publication, PublishOptions,
-    Receipt, Recovery, StreamPosition,
+    BatchItem, Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, Publication,
+    PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use tokio::time::{Instant, sleep, timeout};
 
@@ -856,6 +856,51 @@ pub mod checks {
         assert!(none.publications.is_empty());
     }
 
+    /// A batch publishes every item, in order per channel, with one result each, in order;
+    /// live subscribers get them as from single publishes.
+    pub async fn a_batch_publishes_each_item_in_order(backend: &BrokerFixture) {
+        let node = backend.node().await;
+        node.join("room:batch-a").await;
+        node.join("room:batch-b").await;
+        let item = |channel: &str, data: &str, key: Option<&str>| BatchItem {
+            channel: channel.to_owned(),
+            data: data.to_owned().into(),
+            idempotency_key: key.map(str::to_owned),
+        };
+        node.publish("room:batch-b", "0").await;
+        let items = [
+            item("room:batch-a", "1", None),
+            item("room:batch-b", "2", Some("k")),
+            item("room:batch-a", "3", None),
+            item("room:batch-b", "4", Some("k")),
+            item("room:batch-c", "5", None),
+        ];
+        let results = timeout(BOUND, node.broker.publish_batch(&items))
+            .await
+            .expect("a batch is bounded");
+        let receipts: Vec<(u64, bool)> = results
+            .iter()
+            .map(|r| {
+                let receipt = r.as_ref().expect("each item is published");
+                (receipt.offset, receipt.duplicate)
+            })
+            .collect();
+        assert_eq!(
+            receipts,
+            [(1, false), (2, false), (2, false), (2, true), (1, false)],
+            "offsets in order per channel; a repeated key publishes once"
+        );
+        let a = node.expect_publications("room:batch-a", 2).await;
+        assert_eq!(offsets(&a), [1, 2]);
+        let b = node.expect_publications("room:batch-b", 2).await;
+        assert_eq!(
+            b.iter().map(|p| p.data.as_str()).collect::<Vec<_>>(),
+            ["0", "2"]
+        );
+        let kept = node.history("room:batch-a", page(None, 10, false)).await;
+        assert_eq!(kept.publications, a, "kept as delivered");
+    }
+
     /// Concurrent publishes take consecutive offsets and are delivered in offset order.
     pub async fn concurrent_publishes_take_consecutive_offsets_in_order(backend: &BrokerFixture) {
         const COUNT: u64 = 200;
@@ -936,6 +981,7 @@ macro_rules! broker_conformance {
                 concurrent_publishes_take_consecutive_offsets_in_order,
                 history_pages_oldest_or_newest_first,
                 history_gives_what_is_still_kept,
+                a_batch_publishes_each_item_in_order,
             ]
         );
     };

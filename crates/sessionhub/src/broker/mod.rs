@@ -74,6 +74,17 @@ impl PublishOptions {
     }
 }
 
+/// One publication of [`Broker::publish_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// The channel.
+    pub channel: String,
+    /// The data, as JSON text.
+    pub data: Utf8Bytes,
+    /// As [`PublishOptions::idempotency_key`].
+    pub idempotency_key: Option<String>,
+}
+
 /// What a publish reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
@@ -273,6 +284,26 @@ impl Epochs {
     }
 }
 
+/// [`Broker::publish_batch`] for a backend that sends each item on its own.
+pub(crate) async fn publish_one_by_one<B: Broker + ?Sized>(
+    broker: &B,
+    items: &[BatchItem],
+) -> Vec<Result<Receipt, BrokerError>> {
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let options = PublishOptions {
+            history: true,
+            idempotency_key: item.idempotency_key.clone(),
+        };
+        results.push(
+            broker
+                .publish(&item.channel, item.data.clone(), &options)
+                .await,
+        );
+    }
+    results
+}
+
 /// Receives the publications that arrive on subscribed channels.
 pub trait Deliver: Send + Sync + 'static {
     /// Hands `publication` to every local connection on `channel`; returns how many took it.
@@ -298,6 +329,15 @@ pub trait Broker: Send + Sync + 'static {
         data: Utf8Bytes,
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError>;
+
+    /// Publishes every item with history, as [`Broker::publish`] would one after another
+    /// (so items on one channel take their offsets in order); one result per item, in
+    /// order. A backend that can send them together does: Redis in one pipeline per
+    /// server. Never retried: an item that failed may have been published unless it had
+    /// an idempotency key, with which it is safe to send again.
+    async fn publish_batch(&self, items: &[BatchItem]) -> Vec<Result<Receipt, BrokerError>> {
+        publish_one_by_one(self, items).await
+    }
 
     /// The channel's current position, and with `since` every publication after it (see
     /// [`Recovery`]). Starts the channel's epoch if it has none yet, so the position a new

@@ -67,12 +67,9 @@ pub(crate) struct PublishSettings {
     pub(crate) command: &'static str,
 }
 
-/// The publish script for one broker, its settings written into its text.
-pub(crate) fn broker_publish(settings: PublishSettings) -> Script {
-    Script::new(&broker_publish_text(settings))
-}
-
-fn broker_publish_text(settings: PublishSettings) -> String {
+/// The publish script's text for one broker, its settings written into it (a `Script` is
+/// made of it; the text is kept to load it where a pipeline finds it missing).
+pub(crate) fn broker_publish_text(settings: PublishSettings) -> String {
     concat!(
         include_str!("scripts/lib/broker_epoch.lua"),
         include_str!("scripts/broker_publish.lua")

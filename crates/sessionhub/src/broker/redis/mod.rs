@@ -63,6 +63,7 @@
 //! [`PublishOptions::history`] false) is a bare PUBLISH of `0::<data>`; with an idempotency
 //! key, a short script that sets only the key and publishes if it was new.
 
+mod batch;
 mod commands;
 mod reply;
 mod sharded;
@@ -85,8 +86,8 @@ use self::reply::{StreamEntries, parse_entries, parse_receipt, parse_unkept_rece
 use self::sharded::Sharded;
 use self::subscriber::{LinkState, Request, Subscriber};
 use super::{
-    Broker, Deliver, Epochs, HistoryConfig, HistoryPage, HistoryQuery, PublishOptions, Receipt,
-    Recovery, StreamPosition,
+    BatchItem, Broker, Deliver, Epochs, HistoryConfig, HistoryPage, HistoryQuery, PublishOptions,
+    Receipt, Recovery, StreamPosition, publish_one_by_one,
 };
 use crate::error::BrokerError;
 use crate::redis::scripts::PublishSettings;
@@ -169,18 +170,20 @@ impl RedisBrokerConfig {
             }
             None => Subscriber::spawn(self.redis, commands.clone(), sink, inbox, state.clone()),
         }
+        let publish_text = scripts::broker_publish_text(PublishSettings {
+            size: self.history.size,
+            ttl_ms: self.history.ttl.as_millis(),
+            meta_ttl_ms: self.history.meta_ttl.as_millis(),
+            idem_ms: self.history.idempotency_window.as_millis(),
+            command: publish,
+        });
         Arc::new(RedisBroker {
             commands,
             requests,
             keys,
             state,
-            publish_script: scripts::broker_publish(PublishSettings {
-                size: self.history.size,
-                ttl_ms: self.history.ttl.as_millis(),
-                meta_ttl_ms: self.history.meta_ttl.as_millis(),
-                idem_ms: self.history.idempotency_window.as_millis(),
-                command: publish,
-            }),
+            publish_script: Script::new(&publish_text),
+            publish_text,
             publish,
             history: self.history,
             epochs: Epochs::new(),
@@ -206,6 +209,8 @@ pub struct RedisBroker {
     history: HistoryConfig,
     /// Made per broker: the history settings are part of its text.
     publish_script: Script,
+    /// Its text, to load it where a pipeline found it missing.
+    publish_text: String,
     /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
     publish: &'static str,
     epochs: Epochs,
@@ -356,6 +361,14 @@ impl Broker for RedisBroker {
         parse_receipt(&reply).ok_or_else(|| {
             BrokerError::unavailable("redis publish", format!("unexpected reply {reply:?}"))
         })
+    }
+
+    async fn publish_batch(&self, items: &[BatchItem]) -> Vec<Result<Receipt, BrokerError>> {
+        if !self.history.keeps_history() {
+            // Bare PUBLISHes or key-only scripts: one by one, as `publish` sends them.
+            return publish_one_by_one(self, items).await;
+        }
+        batch::publish(self, items).await
     }
 
     async fn recover(
