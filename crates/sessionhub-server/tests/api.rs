@@ -20,6 +20,7 @@ const API_PATHS: &[&str] = &[
     "/api/channels/{channel}/publish",
     "/api/info",
     "/api/online",
+    "/api/publish",
     "/api/users/{id}/disconnect",
     "/api/users/{id}/logout",
     "/api/users/{id}/sessions",
@@ -519,4 +520,92 @@ async fn the_cluster_calls_refuse_bad_input_with_a_json_error() {
     assert_eq!(info["nodes"].as_array().map(Vec::len), Some(1), "{info}");
     let (_, channels) = status_and_json(call(Method::GET, format!("{base}/api/channels"))).await;
     assert_eq!(channels, json!({"nodes": 1, "channels": []}));
+}
+
+#[tokio::test]
+async fn a_batch_publishes_in_order_and_answers_each_item() {
+    let (_redis, nodes) = cluster(2);
+    let (mut ws, _) = open(&nodes[1].ws(), "dora").await;
+    send_text(
+        &mut ws,
+        &json!({"type": "subscribe", "channel": "room:b"}).to_string(),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let batch = json!({"publications": [
+        {"channel": "room:a", "data": {"n": 1}},
+        {"channel": "room:b", "data": "two", "idempotency_key": "k2"},
+        {"channel": "session:nope", "data": 3},
+        {"channel": "room:a", "data": [4]},
+        {"channel": "room:b", "data": "again", "idempotency_key": "k2"},
+    ]});
+    let (status, answer) = post(&nodes[0].http(), "/api/publish", batch).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let epoch = |i: usize| results[i]["epoch"].clone();
+    assert_eq!(
+        answer,
+        json!({"results": [
+            {"offset": 1, "epoch": epoch(0), "nodes": 0},
+            {"offset": 1, "epoch": epoch(1), "nodes": 1},
+            {"error": {"code": "bad_request", "message": results[2]["error"]["message"]}},
+            {"offset": 2, "epoch": epoch(0), "nodes": 0},
+            {"offset": 1, "epoch": epoch(1), "nodes": 0, "duplicate": true},
+        ]}),
+        "in order; the bad one fails alone; a repeated key publishes once"
+    );
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "publication", "channel": "room:b", "epoch": epoch(1), "offset": 1, "data": "two"})
+    );
+    assert_silent(&mut ws, Duration::from_millis(300)).await;
+    let history = format!("{}/api/channels/room:a/history", nodes[1].http());
+    let (_, page) = status_and_json(http().get(history)).await;
+    assert_eq!(
+        page["publications"],
+        json!([{"offset": 1, "data": {"n": 1}}, {"offset": 2, "data": [4]}])
+    );
+}
+
+#[tokio::test]
+async fn a_batch_refuses_bad_input_with_a_json_error() {
+    let node = keyed_node(&[]);
+    let url = format!("{}/api/publish", node.http());
+    let item = json!({"channel": "room", "data": 1});
+    let cases = [
+        (json!({"publications": []}), 400, "bad_request"),
+        (
+            json!({"publications": vec![item.clone(); 101]}),
+            400,
+            "bad_request",
+        ),
+        (json!({"publications": item}), 422, "bad_body"),
+        (
+            json!({"publications": [{"channel": "room"}]}),
+            422,
+            "bad_body",
+        ),
+        (json!([item]), 422, "bad_body"),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, answer) = status_and_json(call(Method::POST, url.clone()).json(&body)).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (want_status, want_code),
+            "{body}"
+        );
+    }
+    let (status, answer) = status_and_json(call(Method::POST, url.clone()).json(
+        &json!({"publications": [
+            {"channel": "room", "data": 1, "idempotency_key": ""},
+            {"channel": "room", "data": 2},
+        ]}),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["results"][0]["error"]["code"], "bad_request",
+        "{answer}"
+    );
+    assert_eq!(answer["results"][1]["offset"], 1, "{answer}");
 }

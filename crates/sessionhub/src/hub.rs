@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Broker, Deliver, HistoryPage, HistoryQuery, LocalBroker, Publication, PublishOptions, Receipt,
-    Recovery, StreamPosition,
+    BatchItem, Broker, Deliver, HistoryPage, HistoryQuery, LocalBroker, Publication,
+    PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use crate::control;
 use crate::error::BrokerError;
@@ -370,6 +370,20 @@ impl Hub {
         let outcome = if receipt.is_ok() { "ok" } else { "error" };
         metrics::counter!("sessionhub_messages_in_total", "outcome" => outcome).increment(1);
         receipt
+    }
+
+    /// Publishes every item with history, together where the broker can (see
+    /// [`Broker::publish_batch`]); one result per item, in order.
+    pub async fn publish_batch(&self, items: &[BatchItem]) -> Vec<Result<Receipt, BrokerError>> {
+        let started = std::time::Instant::now();
+        let results = self.inner.broker.publish_batch(items).await;
+        metrics::histogram!("sessionhub_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        metrics::counter!("sessionhub_messages_in_total", "outcome" => "ok").increment(ok);
+        metrics::counter!("sessionhub_messages_in_total", "outcome" => "error")
+            .increment(results.len() as u64 - ok);
+        results
     }
 
     /// The channel's position, and with `since` what was published after it.

@@ -25,6 +25,7 @@
 
 mod admin;
 mod admission;
+mod batch;
 mod control;
 mod demo;
 mod history;
@@ -122,6 +123,7 @@ fn api() -> OpenApiRouter<Gateway> {
         .routes(routes!(push::push_query, push::push_body))
         .routes(routes!(online))
         .routes(routes!(push::publish_to_channel))
+        .routes(routes!(batch::publish))
         .routes(routes!(history::history))
         .routes(routes!(admin::sessions))
         .routes(routes!(admin::logout))
