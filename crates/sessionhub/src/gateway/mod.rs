@@ -6,6 +6,12 @@
 //! | `GET /websocket/{id}` | WebSocket for user `id`, seed protocol (`socket.rs`, `seed.rs`) |
 //! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery (`socket.rs`, `v1.rs`) |
 //! | `POST /api/channels/{channel}/publish` | publish to any channel (`push.rs`) |
+//! | `POST /api/publish` | a batch of publications, answered item by item (`batch.rs`) |
+//! | `GET /api/channels/{channel}/history` | a page of a channel's history (`history.rs`) |
+//! | `GET /api/channels`, `GET /api/info` | active channels; the nodes, cluster-wide (`control.rs`) |
+//! | `POST /api/users/{id}/disconnect` | close a user's sockets, or one, on every node |
+//! | `POST /api/users/{id}/subscribe`, `.../unsubscribe` | server-side (un)subscribe of a user |
+//! | `GET /api/openapi.json` | the server API's OpenAPI document, public (`openapi.rs`) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
 //! | `GET /api/users/{id}/sessions` | how many sessions user `id` has (`admin.rs`) |
@@ -14,8 +20,10 @@
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
 //! | `/login`, `/get-session`, `/invalidate` | the session demo (`demo.rs`) |
 //!
-//! `/socket/*` and `/api/*` require `Authorization: Bearer <api key>` whenever API keys are
-//! configured.
+//! `/socket/*` and `/api/*` (but the OpenAPI document) require `Authorization: Bearer <api
+//! key>` whenever API keys are configured. The server API's routes come from `api()`, whose
+//! handlers also make the OpenAPI document (`openapi.rs`); bad input there is read by
+//! `input.rs` into `ApiError` JSON.
 //!
 //! The files import one way only, so that none needs another that needs it back: this file
 //! wires the routes; `socket.rs` runs a connection and hands each frame to its protocol's
