@@ -2,7 +2,8 @@
 //! conformance suite (`sessionhub_testkit::conformance::broker`), then what only a
 //! cross-node broker can show: several nodes, selective subscription, history shared
 //! between nodes, channel names, and what happens when Redis stalls, restarts or loses its
-//! data.
+//! data. It runs past 700 lines because each of those is a real Redis brought into that state
+//! its own way, and they read best side by side.
 
 use std::fmt::Debug;
 use std::sync::Arc;
