@@ -609,3 +609,51 @@ async fn a_batch_refuses_bad_input_with_a_json_error() {
     );
     assert_eq!(answer["results"][1]["offset"], 1, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_calls_work_over_nats_too() {
+    let nats = tokio::task::spawn_blocking(|| {
+        sessionhub_testkit::NatsServer::start().expect("nats-server starts")
+    })
+    .await
+    .unwrap();
+    let url = nats.url();
+    let nodes: Vec<_> = (0..2)
+        .map(|i| node(&["--nats", &url, "--node-id", &format!("node-{i}")]))
+        .collect();
+    for node in &nodes {
+        wait_ready(&http(), &node.http(), true, Duration::from_secs(10)).await;
+    }
+    let (mut ws, _) = open(&nodes[1].ws(), "dora").await;
+
+    let (status, info) = status_and_json(http().get(format!("{}/api/info", nodes[0].http()))).await;
+    assert_eq!(status, 200, "{info}");
+    let named: Vec<&str> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["node-0", "node-1"]);
+
+    let body = json!({"channel": "news"});
+    let (status, _) = post(&nodes[0].http(), "/api/users/dora/subscribe", body).await;
+    assert_eq!(status, 200);
+    let subscribed = next_json(&mut ws).await;
+    assert_eq!(
+        (&subscribed["type"], &subscribed["channel"]),
+        (&json!("subscribed"), &json!("news"))
+    );
+    let (status, channels) =
+        status_and_json(http().get(format!("{}/api/channels", nodes[0].http()))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        channels["channels"],
+        json!([{"channel": "news", "subscribers": 1}])
+    );
+
+    let (status, _) = post(&nodes[0].http(), "/api/users/dora/disconnect", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(next_json(&mut ws).await["code"], 4020);
+    assert_eq!(next_json(&mut ws).await["closed"], 4020);
+}

@@ -28,6 +28,9 @@ use crate::protocol::{UserId, close};
 /// (`#`), so no client can join or publish to it.
 pub(crate) const CONTROL_CHANNEL: &str = "sessionhub#control";
 
+/// How long a question waits for answers beyond the count it expects (see [`reports`]).
+const LATE: Duration = Duration::from_millis(20);
+
 /// The prefix of each node's reply channel.
 const REPLY_PREFIX: &str = "sessionhub#reply:";
 
@@ -131,8 +134,8 @@ pub(crate) async fn send(hub: &Hub, command: &Command) -> Result<usize, BrokerEr
     Ok(hub.publish_control(CONTROL_CHANNEL, data).await?.nodes)
 }
 
-/// Asks every node for its report; waits for as many answers as nodes took the question,
-/// at most `wait`. Sorted by node id.
+/// Asks every node for its report; waits for as many answers as nodes took the question, at
+/// most `wait`, and [`LATE`] more for any the count missed. Sorted by node id.
 pub(crate) async fn reports(hub: &Hub, wait: Duration) -> Result<Vec<NodeReport>, BrokerError> {
     let pending = hub.pending();
     let id = format!(
@@ -155,6 +158,12 @@ pub(crate) async fn reports(hub: &Hub, wait: Duration) -> Result<Vec<NodeReport>
                 Ok(Some(report)) => reports.push(report),
                 _ => break,
             }
+        }
+        // NATS's count is a lower bound (a node slow to answer its probe is not counted):
+        // take what arrives a little longer.
+        let late = deadline.min(tokio::time::Instant::now() + LATE);
+        while let Ok(Some(report)) = tokio::time::timeout_at(late, answers.recv()).await {
+            reports.push(report);
         }
     }
     pending.waiting.lock().unwrap().remove(&id);

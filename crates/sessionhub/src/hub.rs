@@ -465,11 +465,13 @@ impl Hub {
             return Ok(());
         }
         tokio::spawn(control::run(self.clone(), receiver));
+        // Both asked before either is awaited: a broker still connecting keeps both wishes
+        // and joins them once connected, whatever it answers now.
         let broker = &self.inner.broker;
-        broker.subscribe(control::CONTROL_CHANNEL).await?;
-        broker
-            .subscribe(&control::reply_channel(self.node_id()))
-            .await
+        let commands = broker.subscribe(control::CONTROL_CHANNEL);
+        let replies = broker.subscribe(&control::reply_channel(self.node_id()));
+        let (commands, replies) = futures_util::future::join(commands, replies).await;
+        commands.and(replies)
     }
 
     /// Publishes a control message (out of history and metrics).
