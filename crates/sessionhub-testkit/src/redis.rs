@@ -183,7 +183,7 @@ pub fn redis_command(port: u16, command: &str) -> anyhow::Result<String> {
 
 /// Sends one inline command on a new connection; the reply is to be read from it.
 /// `INFO <section>` of the Redis on `port` (loopback), as text.
-pub fn redis_info(port: u16, section: &str) -> anyhow::Result<String> {
+fn redis_info(port: u16, section: &str) -> anyhow::Result<String> {
     let mut reader = send(port, &format!("INFO {section}"))?;
     let mut header = String::new();
     reader.read_line(&mut header)?;
