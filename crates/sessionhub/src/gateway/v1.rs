@@ -8,7 +8,7 @@
 //! lost, and the client is told to reconnect and recover ([`close::INSUFFICIENT_STATE`]),
 //! so a client never silently skips a publication.
 //!
-//! Over 600 lines with its tests, which drive that state through whole conversations on a
+//! Over 700 lines with its tests, which drive that state through whole conversations on a
 //! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
 use std::collections::HashMap;
@@ -399,6 +399,14 @@ mod tests {
             }
         }
 
+        /// The frames for an order of the server API, as the connection loop would send them.
+        async fn by_server(&mut self, order: Outbound) -> Vec<String> {
+            let (connection, credentials) = (&mut self.connection, &self.credentials);
+            self.v1
+                .by_server(&order, connection, credentials, &self.gateway)
+                .await
+        }
+
         /// The one reply to `text`, parsed.
         async fn ask(&mut self, text: &str) -> Value {
             let replies = self.send(text).await;
@@ -609,6 +617,34 @@ mod tests {
         }
         let joined = client.connection.channel_count();
         assert_eq!(joined, 2, "refusals joined nothing");
+    }
+
+    #[tokio::test]
+    async fn the_server_subscribes_past_the_channel_rules_and_only_once() {
+        let gateway = gateway(WsAuth::Session, &[]);
+        let mut client = Client::new(&gateway, Credentials::None);
+        let own = client.ask(r#"{"type":"subscribe","channel":"news"}"#).await;
+        assert_eq!(own["code"], "forbidden", "the client may not itself");
+        let order = Outbound::Subscribe("news".into());
+        let frames = client.by_server(order.clone()).await;
+        let subscribed: Value = serde_json::from_str(&frames[0]).unwrap();
+        assert_eq!(
+            (
+                &subscribed["type"],
+                &subscribed["channel"],
+                subscribed.get("id")
+            ),
+            (&json!("subscribed"), &json!("news"), None)
+        );
+        assert_eq!(client.connection.channel_count(), 1);
+        assert!(client.by_server(order).await.is_empty(), "in it already");
+        let leave = Outbound::Unsubscribe("news".into());
+        assert_eq!(
+            client.by_server(leave.clone()).await,
+            [r#"{"type":"unsubscribed","channel":"news"}"#]
+        );
+        assert_eq!(client.connection.channel_count(), 0);
+        assert!(client.by_server(leave).await.is_empty(), "out already");
     }
 
     #[tokio::test]
