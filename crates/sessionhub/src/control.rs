@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::broker::Publication;
 use crate::error::BrokerError;
-use crate::hub::{Disconnect, Hub, Outbound};
+use crate::hub::{Disconnect, Hub, Outbound, WeakHub};
 use crate::protocol::{UserId, close};
 
 /// The channel every node joins for the server API's commands. Not a public channel name
@@ -172,9 +172,14 @@ pub(crate) async fn reports(hub: &Hub, wait: Duration) -> Result<Vec<NodeReport>
     Ok(reports)
 }
 
-/// Applies what arrives on the control channels, until the hub's registry is dropped.
-pub(crate) async fn run(hub: Hub, mut messages: mpsc::UnboundedReceiver<(String, Publication)>) {
+/// Applies what arrives on the control channels, until the hub is dropped (its registry,
+/// which sends them, goes with it).
+pub(crate) async fn run(
+    hub: WeakHub,
+    mut messages: mpsc::UnboundedReceiver<(String, Publication)>,
+) {
     while let Some((channel, publication)) = messages.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
         if channel == CONTROL_CHANNEL {
             match serde_json::from_str::<Command>(publication.data.as_str()) {
                 Ok(command) => apply(&hub, command).await,
@@ -227,5 +232,56 @@ async fn apply(hub: &Hub, command: Command) {
     };
     if let Ok(user) = user.parse::<UserId>() {
         hub.command_local(&user, only, &item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_hub_answers_its_own_questions_and_commands() {
+        let hub = Hub::local("n1");
+        hub.start_control().await.unwrap();
+        let dora: UserId = "dora".parse().unwrap();
+        let (mut first, second) = (hub.connect(&dora), hub.connect(&dora));
+        first.join("room:1").await.unwrap();
+        let reports = reports(&hub, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            (reports[0].node.as_str(), reports[0].connections),
+            ("n1", 2)
+        );
+        assert_eq!(reports[0].channels[0].channel, "room:1");
+
+        let only_second = Command::Disconnect {
+            user: "dora".into(),
+            node: Some("n1".into()),
+            connection: Some(second.id()),
+            reconnect: false,
+            reason: "bye".into(),
+        };
+        assert_eq!(send(&hub, &only_second).await.unwrap(), 1, "nodes");
+        let told = tokio::time::timeout(Duration::from_secs(1), second.recv()).await;
+        match told.expect("the command arrives") {
+            Outbound::Disconnect(d) => assert_eq!(
+                (d.code, d.reason.as_str()),
+                (close::DISCONNECTED_NO_RECONNECT, "bye")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(50), first.recv()).await;
+        assert!(quiet.is_err(), "only the named connection");
+    }
+
+    #[tokio::test]
+    async fn the_control_task_does_not_keep_the_hub_alive() {
+        let hub = Hub::local("n1");
+        hub.start_control().await.unwrap();
+        let weak = hub.downgrade();
+        drop(hub);
+        assert!(weak.upgrade().is_none());
     }
 }

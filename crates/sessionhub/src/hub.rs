@@ -296,6 +296,16 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// A [`Hub`] that is gone once every `Hub` handle is dropped.
+pub(crate) struct WeakHub(std::sync::Weak<HubInner>);
+
+impl WeakHub {
+    /// The hub, if it is still there.
+    pub(crate) fn upgrade(&self) -> Option<Hub> {
+        self.0.upgrade().map(|inner| Hub { inner })
+    }
+}
+
 struct HubInner {
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
@@ -329,6 +339,11 @@ impl Hub {
                 pending: control::Pending::default(),
             }),
         }
+    }
+
+    /// A handle for the hub's own tasks, which must not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakHub {
+        WeakHub(Arc::downgrade(&self.inner))
     }
 
     /// This node's id.
@@ -464,7 +479,7 @@ impl Hub {
         if self.inner.registry.control.set(sender).is_err() {
             return Ok(());
         }
-        tokio::spawn(control::run(self.clone(), receiver));
+        tokio::spawn(control::run(self.downgrade(), receiver));
         // Both asked before either is awaited: a broker still connecting keeps both wishes
         // and joins them once connected, whatever it answers now.
         let broker = &self.inner.broker;
