@@ -231,7 +231,8 @@ async fn apply(hub: &Hub, command: Command) {
         }
     };
     if let Ok(user) = user.parse::<UserId>() {
-        hub.command_local(&user, only, &item);
+        let taken = hub.command_local(&user, only, &item);
+        tracing::debug!(user = %user, taken, "applied a server API command");
     }
 }
 
