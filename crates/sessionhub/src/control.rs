@@ -1,8 +1,8 @@
 //! Cluster-wide commands of the server API, carried through the [`Broker`] so that they work
-//! on every backend: every node joins [`CONTROL_CHANNEL`] at start
+//! on every backend: every node joins the control channel at start
 //! ([`Hub::start_control`]) and applies what arrives there to its own connections.
 //!
-//! A command is small JSON ([`Command`]). Disconnecting and server-side (un)subscribing go
+//! A command is small JSON (`Command`). Disconnecting and server-side (un)subscribing go
 //! to the named user's connections on every node. A question about the nodes (`report`)
 //! is answered by each node on the asking node's own reply channel; the asker knows how
 //! many answers to wait for from the publish's [`Receipt::nodes`](crate::broker::Receipt),
