@@ -153,6 +153,11 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         socket,
         security,
     };
+    if let Err(e) = hub.start_control().await {
+        // The broker keeps the wish and joins once it can; until then the server API's
+        // cluster-wide commands miss this node.
+        tracing::warn!(error = %e, "could not join the control channel yet");
+    }
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
     gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
     let stop_presence = CancellationToken::new();

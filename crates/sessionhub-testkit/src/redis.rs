@@ -112,17 +112,7 @@ impl RedisServer {
 
     /// `INFO <section>` as text.
     pub fn info(&self, section: &str) -> anyhow::Result<String> {
-        let mut reader = send(self.port, &format!("INFO {section}"))?;
-        let mut header = String::new();
-        reader.read_line(&mut header)?;
-        let len: usize = header
-            .trim()
-            .strip_prefix('$')
-            .context("INFO reply is a bulk string")?
-            .parse()?;
-        let mut body = vec![0; len + 2];
-        reader.read_exact(&mut body)?;
-        Ok(String::from_utf8_lossy(&body[..len]).into_owned())
+        redis_info(self.port, section)
     }
 
     /// Calls per command so far (`INFO commandstats`), the commands scripts ran included.
@@ -161,13 +151,17 @@ impl RedisServer {
     /// Total commands Redis has processed (`total_commands_processed`), for counting
     /// round trips. The query itself counts as one.
     pub fn total_commands(&self) -> anyhow::Result<u64> {
-        let info = self.info("stats")?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .context("total_commands_processed in INFO stats")?
-            .trim()
-            .parse()
-            .context("parsing total_commands_processed")
+        self.stat("total_commands_processed")
+    }
+
+    /// Read events Redis has processed (see [`redis_reads`]).
+    pub fn total_reads(&self) -> anyhow::Result<u64> {
+        redis_reads(self.port)
+    }
+
+    /// A counter of `INFO stats`.
+    fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        redis_stat(self.port, name)
     }
 }
 
@@ -188,6 +182,39 @@ pub fn redis_command(port: u16, command: &str) -> anyhow::Result<String> {
 }
 
 /// Sends one inline command on a new connection; the reply is to be read from it.
+/// `INFO <section>` of the Redis on `port` (loopback), as text.
+fn redis_info(port: u16, section: &str) -> anyhow::Result<String> {
+    let mut reader = send(port, &format!("INFO {section}"))?;
+    let mut header = String::new();
+    reader.read_line(&mut header)?;
+    let len: usize = header
+        .trim()
+        .strip_prefix('$')
+        .context("INFO reply is a bulk string")?
+        .parse()?;
+    let mut body = vec![0; len + 2];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body[..len]).into_owned())
+}
+
+/// Read events the Redis on `port` has processed (`total_reads_processed`): a pipeline that
+/// fits in one socket read is one, however many commands it holds, so this counts round
+/// trips where `total_commands_processed` counts commands. Asking costs a read or two.
+pub fn redis_reads(port: u16) -> anyhow::Result<u64> {
+    redis_stat(port, "total_reads_processed")
+}
+
+/// A counter of `INFO stats` of the Redis on `port`.
+fn redis_stat(port: u16, name: &str) -> anyhow::Result<u64> {
+    let info = redis_info(port, "stats")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .with_context(|| format!("{name} in INFO stats"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {name}"))
+}
+
 fn send(port: u16, command: &str) -> anyhow::Result<BufReader<TcpStream>> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -201,14 +201,19 @@ impl From<PresenceError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The JSON body of every API error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorDetail<'a> {
+    /// Stable and machine-readable, e.g. `bad_request`, `api_key_required`.
+    #[schema(example = "bad_request")]
     code: &'a str,
+    /// For people.
     message: &'a str,
 }
 
@@ -219,8 +224,8 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = self.code, error = %self.message, "request failed");
         }
         metrics::counter!("sessionhub_errors_total", "code" => self.code).increment(1);
-        let body = Body {
-            error: Inner {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
             },

@@ -20,8 +20,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Broker, Deliver, LocalBroker, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
+    BatchItem, Broker, Deliver, HistoryPage, HistoryQuery, LocalBroker, Publication,
+    PublishOptions, Receipt, Recovery, StreamPosition,
 };
+use crate::control;
 use crate::error::BrokerError;
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
 use crate::session::{SessionEvents, SessionId};
@@ -33,7 +35,7 @@ const OUTBOUND_QUEUE: usize = 256;
 const OUTBOX_KEPT: usize = 16;
 
 /// Counts of what is connected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Online {
     /// Open connections.
     pub online: usize,
@@ -50,6 +52,21 @@ pub(crate) enum Outbound {
     Resync,
     /// Close the connection with this code and reason (its session ended).
     Close(u16, &'static str),
+    /// The server API disconnects the connection.
+    Disconnect(Arc<Disconnect>),
+    /// The server API subscribes the connection to a channel, as if it had asked.
+    Subscribe(Arc<str>),
+    /// The server API unsubscribes the connection from a channel.
+    Unsubscribe(Arc<str>),
+}
+
+/// A disconnect ordered through the server API.
+#[derive(Debug)]
+pub(crate) struct Disconnect {
+    /// The close code, and its name (the metrics label).
+    pub(crate) code: (u16, &'static str),
+    /// Why, for the client: the `disconnect` frame's and the close frame's reason.
+    pub(crate) reason: String,
 }
 
 /// One publication on its way to every local subscriber, rendered at most once per
@@ -154,12 +171,14 @@ impl Outbox {
     }
 }
 
-/// Channel -> the local connections that joined it, and user -> how many connections the
-/// user has here (whatever channels they joined).
+/// Channel -> the local connections that joined it, and user -> the user's connections here
+/// (whatever channels they joined), which the server API's commands address.
 #[derive(Default)]
 struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
-    users: Mutex<HashMap<UserId, usize>>,
+    users: Mutex<HashMap<UserId, Vec<Member>>>,
+    /// Where messages on the control channels go, once [`Hub::start_control`] ran.
+    control: OnceLock<tokio::sync::mpsc::UnboundedSender<(String, Publication)>>,
     /// Bumped whenever a connection opens or closes, so presence can tell whether anything
     /// changed.
     generation: AtomicU64,
@@ -170,7 +189,7 @@ impl Registry {
     fn online(&self) -> Online {
         let users = self.users.lock().unwrap();
         Online {
-            online: users.values().sum(),
+            online: users.values().map(Vec::len).sum(),
             users: users.len(),
         }
     }
@@ -184,7 +203,36 @@ impl Registry {
     /// Local connections of `user`.
     fn connections_of(&self, user: &UserId) -> usize {
         let users = self.users.lock().unwrap();
-        users.get(user).copied().unwrap_or(0)
+        users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Queues `item` for `user`'s local connections (only connection `only`, if given);
+    /// returns how many took it.
+    fn command(&self, user: &UserId, only: Option<u64>, item: &Outbound) -> usize {
+        let users = self.users.lock().unwrap();
+        let Some(members) = users.get(user) else {
+            return 0;
+        };
+        let mut taken = 0;
+        for member in members.iter().filter(|m| only.is_none_or(|id| m.id == id)) {
+            if member.outbox.push(item.clone()) {
+                taken += 1;
+            } else {
+                member.slow.cancel();
+            }
+        }
+        taken
+    }
+
+    /// The channels local connections joined, with how many joined each; internal
+    /// channels (sessions, control) left out.
+    fn channels(&self) -> Vec<(String, usize)> {
+        let channels = self.channels.lock().unwrap();
+        channels
+            .iter()
+            .filter(|(name, _)| crate::protocol::is_public_channel_name(name))
+            .map(|(name, members)| (name.clone(), members.len()))
+            .collect()
     }
 }
 
@@ -201,6 +249,13 @@ impl Deliver for Registry {
     }
 
     fn deliver(&self, channel: &str, publication: Publication) -> usize {
+        if control::is_control_channel(channel) {
+            return self
+                .control
+                .get()
+                .is_some_and(|control| control.send((channel.to_owned(), publication)).is_ok())
+                .into();
+        }
         let channels = self.channels.lock().unwrap();
         let Some(members) = channels.get(channel) else {
             return 0;
@@ -241,11 +296,24 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// A [`Hub`] that is gone once every `Hub` handle is dropped.
+pub(crate) struct WeakHub(std::sync::Weak<HubInner>);
+
+impl WeakHub {
+    /// The hub, if it is still there.
+    pub(crate) fn upgrade(&self) -> Option<Hub> {
+        self.0.upgrade().map(|inner| Hub { inner })
+    }
+}
+
 struct HubInner {
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
     node_id: String,
     next_member: AtomicU64,
+    started: std::time::Instant,
+    /// The server API's questions to every node still waiting for answers.
+    pending: control::Pending,
 }
 
 impl Hub {
@@ -267,8 +335,15 @@ impl Hub {
                 broker,
                 node_id: node_id.into(),
                 next_member: AtomicU64::new(0),
+                started: std::time::Instant::now(),
+                pending: control::Pending::default(),
             }),
         }
+    }
+
+    /// A handle for the hub's own tasks, which must not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakHub {
+        WeakHub(Arc::downgrade(&self.inner))
     }
 
     /// This node's id.
@@ -312,6 +387,20 @@ impl Hub {
         receipt
     }
 
+    /// Publishes every item with history, together where the broker can (see
+    /// [`Broker::publish_batch`]); one result per item, in order.
+    pub async fn publish_batch(&self, items: &[BatchItem]) -> Vec<Result<Receipt, BrokerError>> {
+        let started = std::time::Instant::now();
+        let results = self.inner.broker.publish_batch(items).await;
+        metrics::histogram!("sessionhub_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        metrics::counter!("sessionhub_messages_in_total", "outcome" => "ok").increment(ok);
+        metrics::counter!("sessionhub_messages_in_total", "outcome" => "error")
+            .increment(results.len() as u64 - ok);
+        results
+    }
+
     /// The channel's position, and with `since` what was published after it.
     pub(crate) async fn recover(
         &self,
@@ -319,6 +408,15 @@ impl Hub {
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError> {
         self.inner.broker.recover(channel, since).await
+    }
+
+    /// A page of the channel's history (see [`HistoryQuery`]).
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.inner.broker.history(channel, query).await
     }
 
     /// Local connections of `user`.
@@ -332,23 +430,75 @@ impl Hub {
     #[doc(hidden)]
     pub fn connect(&self, user: &UserId) -> Connection {
         let registry = &self.inner.registry;
-        *registry
+        let member = Member {
+            id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
+            outbox: Arc::default(),
+            slow: CancellationToken::new(),
+        };
+        registry
             .users
             .lock()
             .unwrap()
             .entry(user.clone())
-            .or_default() += 1;
+            .or_default()
+            .push(member.clone());
         registry.generation.fetch_add(1, Ordering::Relaxed);
         Connection {
             hub: self.clone(),
             user: user.clone(),
-            member: Member {
-                id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
-                outbox: Arc::default(),
-                slow: CancellationToken::new(),
-            },
+            member,
             channels: Vec::new(),
         }
+    }
+
+    /// How long this hub has run.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// The public channels local connections joined, with their local subscriber counts.
+    pub(crate) fn local_channels(&self) -> Vec<(String, usize)> {
+        self.inner.registry.channels()
+    }
+
+    /// Queues `item` for `user`'s connections on this node (only connection `only`, if
+    /// given); how many took it.
+    pub(crate) fn command_local(&self, user: &UserId, only: Option<u64>, item: &Outbound) -> usize {
+        self.inner.registry.command(user, only, item)
+    }
+
+    /// The questions to every node still waiting for answers.
+    pub(crate) fn pending(&self) -> &control::Pending {
+        &self.inner.pending
+    }
+
+    /// Joins the control channels, so that the server API's commands (disconnect, server-side
+    /// subscribe, node reports) reach this node from any node. Call once, at start.
+    pub async fn start_control(&self) -> Result<(), BrokerError> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if self.inner.registry.control.set(sender).is_err() {
+            return Ok(());
+        }
+        tokio::spawn(control::run(self.downgrade(), receiver));
+        // Both asked before either is awaited: a broker still connecting keeps both wishes
+        // and joins them once connected, whatever it answers now.
+        let broker = &self.inner.broker;
+        let commands = broker.subscribe(control::CONTROL_CHANNEL);
+        let replies = broker.subscribe(&control::reply_channel(self.node_id()));
+        let (commands, replies) = futures_util::future::join(commands, replies).await;
+        commands.and(replies)
+    }
+
+    /// Publishes a control message (out of history and metrics).
+    pub(crate) async fn publish_control(
+        &self,
+        channel: &str,
+        data: String,
+    ) -> Result<Receipt, BrokerError> {
+        self.inner
+            .broker
+            .publish(channel, data.into(), &PublishOptions::default())
+            .await
     }
 
     /// Tells every connection bound to session `id`, on every node, that the session ended.
@@ -467,10 +617,10 @@ impl Drop for Connection {
         }
         let registry = &self.hub.inner.registry;
         let mut users = registry.users.lock().unwrap();
-        if let Entry::Occupied(mut count) = users.entry(self.user.clone()) {
-            *count.get_mut() -= 1;
-            if *count.get() == 0 {
-                count.remove();
+        if let Entry::Occupied(mut members) = users.entry(self.user.clone()) {
+            members.get_mut().retain(|m| m.id != self.member.id);
+            if members.get().is_empty() {
+                members.remove();
             }
         }
         registry.generation.fetch_add(1, Ordering::Relaxed);

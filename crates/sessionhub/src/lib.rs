@@ -12,6 +12,8 @@
 //! - [`broker`]: how a push reaches the node that holds the socket ([`broker::Broker`]).
 //! - [`limits`]: abuse limits (connection and message rates).
 //! - [`hub`]: the connections on this node and the fan-out to them.
+//! - [`control`]: the server API's cluster-wide commands, carried by the broker to every
+//!   node's hub.
 //! - [`presence`]: who is online, on this node or across the cluster.
 //! - [`redis`]: how the Redis backends reach Redis: one [`redis::RedisConfig`] parsed once,
 //!   every key name, every Lua script.
@@ -28,6 +30,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod hub;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sessionhub::broker::Broker;
+use sessionhub::broker::{BatchItem, Broker};
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::RedisCluster;
 use sessionhub_testkit::conformance::broker::{
@@ -89,6 +89,61 @@ async fn ready_again(broker: &dyn Broker) {
         assert!(Instant::now() < deadline, "the broker did not recover");
         sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A batch over channels on every primary is one pipeline, one round trip, per primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_round_trip_per_primary() {
+    tokio::time::timeout(FAULT_LIMIT, async {
+        let cluster = RedisCluster::start_async().await;
+        let channels = spread_channels(&cluster, 30);
+        let backend = redis_nodes(config(&cluster), ());
+        let node = backend.node().await;
+        let items: Vec<BatchItem> = channels
+            .iter()
+            .map(|(channel, _)| BatchItem {
+                channel: channel.clone(),
+                data: "1".into(),
+                idempotency_key: None,
+            })
+            .collect();
+        // Loads the script on every primary and opens the links.
+        assert!(
+            node.broker
+                .publish_batch(&items)
+                .await
+                .iter()
+                .all(Result::is_ok)
+        );
+        let primaries = cluster.primaries().unwrap();
+        let reads = || -> Vec<u64> {
+            primaries
+                .iter()
+                .map(|&p| sessionhub_testkit::redis_reads(p).unwrap())
+                .collect()
+        };
+        let (before, again) = (reads(), reads());
+        let measuring: Vec<u64> = again.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let results = node.broker.publish_batch(&items).await;
+        let after = reads();
+        let offsets: Vec<u64> = results.iter().map(|r| r.as_ref().unwrap().offset).collect();
+        assert_eq!(offsets, vec![2; items.len()]);
+        for (i, &port) in primaries.iter().enumerate() {
+            let owned = channels.iter().filter(|(_, p)| *p == port).count();
+            assert!(
+                owned >= 5,
+                "the channels spread over primary {port}: {owned}"
+            );
+            // A replica's REPLCONF ACK (every second) or a slot-map read may add one.
+            let spent = after[i] - again[i] - measuring[i];
+            assert!(
+                spent <= 2,
+                "{spent} round trips to primary {port} for {owned} items"
+            );
+        }
+    })
+    .await
+    .expect("the test did not finish in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

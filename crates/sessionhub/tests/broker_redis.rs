@@ -2,14 +2,15 @@
 //! conformance suite (`sessionhub_testkit::conformance::broker`), then what only a
 //! cross-node broker can show: several nodes, selective subscription, history shared
 //! between nodes, channel names, and what happens when Redis stalls, restarts or loses its
-//! data.
+//! data. It runs past 700 lines because each of those is a real Redis brought into that state
+//! its own way, and they read best side by side.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::broker::{
-    Broker, Deliver, HistoryConfig, PublishOptions, RedisBroker, RedisBrokerConfig,
+    BatchItem, Broker, Deliver, HistoryConfig, PublishOptions, RedisBroker, RedisBrokerConfig,
 };
 use sessionhub_testkit::conformance::broker::{
     BOUND, BrokerFixture, BrokerNode, Probe, QUIET, Recorder, at, checks, keyed, position,
@@ -87,6 +88,54 @@ async fn redis_publishes_ask_redis_nothing_but_the_script() {
             "only the INFO that measured: {calls:?}"
         );
         assert!(!calls.contains_key("config|get"), "{calls:?}");
+    })
+    .await;
+}
+
+/// A batch is one pipeline: one round trip (one read event in Redis) for many items, and
+/// still whole after Redis forgot the script (SCRIPT FLUSH), which costs one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_batch_is_one_round_trip() {
+    within(async {
+        let redis = RedisServer::start().unwrap();
+        let (node, _broker) = redis_node(&redis).await;
+        node.publish("room:warm", "0").await;
+        let items: Vec<BatchItem> = (1..=10)
+            .map(|n| BatchItem {
+                channel: format!("room:{}", n % 3),
+                data: n.to_string().into(),
+                idempotency_key: None,
+            })
+            .collect();
+        // Read events during `work`, less what measuring costs (its own connections).
+        let reads = || redis.total_reads().unwrap();
+        let measuring = {
+            let before = reads();
+            reads() - before
+        };
+        let batch = async || {
+            let before = reads();
+            let results = node.broker.publish_batch(&items).await;
+            let offsets: Vec<u64> = results.iter().map(|r| r.as_ref().unwrap().offset).collect();
+            (reads() - before - measuring, offsets)
+        };
+        let (spent, offsets) = batch().await;
+        assert_eq!(
+            offsets,
+            [1, 1, 1, 2, 2, 2, 3, 3, 3, 4],
+            "in order per channel"
+        );
+        // The subscription's PING (every 2 s) may add one.
+        assert!(spent <= 2, "{spent} round trips for one batch");
+
+        redis.command("SCRIPT FLUSH").unwrap();
+        let (spent, offsets) = batch().await;
+        assert_eq!(
+            offsets,
+            [5, 4, 4, 6, 5, 5, 7, 6, 6, 8],
+            "after the first batch's"
+        );
+        assert!(spent <= 3, "{spent} round trips after SCRIPT FLUSH");
     })
     .await;
 }

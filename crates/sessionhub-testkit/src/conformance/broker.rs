@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sessionhub::broker::{
-    Broker, Deliver, HistoryConfig, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
+    BatchItem, Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, Publication,
+    PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use tokio::time::{Instant, sleep, timeout};
 
@@ -167,6 +168,14 @@ impl BrokerNode {
             .expect("recover succeeds")
     }
 
+    /// Reads a page of `channel`'s history; panics on failure or after [`BOUND`].
+    pub async fn history(&self, channel: &str, query: HistoryQuery) -> HistoryPage {
+        timeout(BOUND, self.broker.history(channel, &query))
+            .await
+            .expect("history is bounded")
+            .expect("history succeeds")
+    }
+
     /// Waits until `channel` has taken `count` publications.
     pub async fn expect_publications(&self, channel: &str, count: usize) -> Vec<Publication> {
         let deadline = Instant::now() + BOUND;
@@ -254,6 +263,20 @@ pub fn at(epoch: &str, offset: u64) -> StreamPosition {
         epoch: epoch.to_owned(),
         offset,
     }
+}
+
+/// A history query: after `since`, at most `limit`, newest first if `reverse`.
+pub fn page(since: Option<StreamPosition>, limit: usize, reverse: bool) -> HistoryQuery {
+    HistoryQuery {
+        since,
+        limit,
+        reverse,
+    }
+}
+
+/// The offsets of `publications`, in their order.
+pub fn offsets(publications: &[Publication]) -> Vec<u64> {
+    publications.iter().map(|p| p.offset).collect()
 }
 
 /// The publication a receipt stands for.
@@ -766,6 +789,118 @@ pub mod checks {
         );
     }
 
+    /// `history` pages through what a channel keeps: oldest or newest first, after a
+    /// position, at most a limit, with the channel's position.
+    pub async fn history_pages_oldest_or_newest_first(backend: &BrokerFixture) {
+        let node = backend.node().await;
+        let channel = "room:pages";
+        let empty = node.history(channel, page(None, 10, false)).await;
+        assert_eq!(empty.offset, 0);
+        assert!(empty.publications.is_empty());
+        let mut sent = Vec::new();
+        for n in 1..=5 {
+            let data = format!("{{\"n\":{n}}}");
+            sent.push(publication(&node.publish(channel, &data).await, &data));
+        }
+        let epoch = sent[0].epoch.to_string();
+        assert_eq!(epoch, *empty.epoch, "the epoch history started is kept");
+        let all = node.history(channel, page(None, 10, false)).await;
+        assert_eq!((&*all.epoch, all.offset), (epoch.as_str(), 5));
+        assert_eq!(all.publications, sent, "oldest first, byte for byte");
+        let cases = [
+            (page(None, 2, false), vec![1, 2]),
+            (page(None, 2, true), vec![5, 4]),
+            (page(None, 10, true), vec![5, 4, 3, 2, 1]),
+            (page(Some(at(&epoch, 3)), 10, false), vec![4, 5]),
+            (page(Some(at(&epoch, 1)), 2, false), vec![2, 3]),
+            (page(Some(at(&epoch, 3)), 10, true), vec![5, 4]),
+            (page(Some(at(&epoch, 1)), 1, true), vec![5]),
+            (page(Some(at(&epoch, 5)), 10, false), vec![]),
+            (page(None, 0, false), vec![]),
+            (page(Some(at("another", 0)), 10, false), vec![]),
+        ];
+        for (query, expected) in cases {
+            let got = node.history(channel, query.clone()).await;
+            assert_eq!(offsets(&got.publications), expected, "{query:?}");
+            assert_eq!((&*got.epoch, got.offset), (epoch.as_str(), 5), "{query:?}");
+        }
+    }
+
+    /// Unlike `recover`, `history` gives the part of the history still kept.
+    pub async fn history_gives_what_is_still_kept(backend: &BrokerFixture) {
+        let node = backend
+            .node_with(history(3, HistoryConfig::default().ttl))
+            .await;
+        let channel = "room:kept";
+        let mut epoch = String::new();
+        for n in 1..=6 {
+            epoch = node
+                .publish(channel, &n.to_string())
+                .await
+                .epoch
+                .to_string();
+        }
+        let since = Some(at(&epoch, 1));
+        let oldest = node.history(channel, page(since.clone(), 10, false)).await;
+        assert_eq!(offsets(&oldest.publications), [4, 5, 6]);
+        assert_eq!(oldest.publications[0].data.as_str(), "4");
+        let newest = node.history(channel, page(since, 2, true)).await;
+        assert_eq!(offsets(&newest.publications), [6, 5]);
+
+        let bare = backend
+            .node_with(history(0, HistoryConfig::default().ttl))
+            .await;
+        bare.publish("room:unkept", "1").await;
+        let none = bare.history("room:unkept", page(None, 10, false)).await;
+        assert_eq!((&*none.epoch, none.offset), ("", 0));
+        assert!(none.publications.is_empty());
+    }
+
+    /// A batch publishes every item, in order per channel, with one result each, in order;
+    /// live subscribers get them as from single publishes.
+    pub async fn a_batch_publishes_each_item_in_order(backend: &BrokerFixture) {
+        let node = backend.node().await;
+        node.join("room:batch-a").await;
+        node.join("room:batch-b").await;
+        let item = |channel: &str, data: &str, key: Option<&str>| BatchItem {
+            channel: channel.to_owned(),
+            data: data.to_owned().into(),
+            idempotency_key: key.map(str::to_owned),
+        };
+        node.publish("room:batch-b", "0").await;
+        let items = [
+            item("room:batch-a", "1", None),
+            item("room:batch-b", "2", Some("k")),
+            item("room:batch-a", "3", None),
+            item("room:batch-b", "4", Some("k")),
+            item("room:batch-c", "5", None),
+        ];
+        let results = timeout(BOUND, node.broker.publish_batch(&items))
+            .await
+            .expect("a batch is bounded");
+        let receipts: Vec<(u64, bool)> = results
+            .iter()
+            .map(|r| {
+                let receipt = r.as_ref().expect("each item is published");
+                (receipt.offset, receipt.duplicate)
+            })
+            .collect();
+        assert_eq!(
+            receipts,
+            [(1, false), (2, false), (2, false), (2, true), (1, false)],
+            "offsets in order per channel; a repeated key publishes once"
+        );
+        let a = node.expect_publications("room:batch-a", 2).await;
+        assert_eq!(offsets(&a), [1, 2]);
+        let b = node.expect_publications("room:batch-b", 2).await;
+        assert_eq!(
+            b.iter().map(|p| p.data.as_str()).collect::<Vec<_>>(),
+            ["0", "2"]
+        );
+        let kept = node.history("room:batch-a", page(None, 10, false)).await;
+        assert_eq!(kept.publications, a, "kept as delivered");
+    }
+
     /// Concurrent publishes take consecutive offsets and are delivered in offset order.
     pub async fn concurrent_publishes_take_consecutive_offsets_in_order(backend: &BrokerFixture) {
         const COUNT: u64 = 200;
@@ -844,6 +979,9 @@ macro_rules! broker_conformance {
                 publishes_without_history_have_no_offset_and_are_not_kept,
                 a_broker_without_history_publishes_unnumbered_and_recovers_nothing,
                 concurrent_publishes_take_consecutive_offsets_in_order,
+                history_pages_oldest_or_newest_first,
+                history_gives_what_is_still_kept,
+                a_batch_publishes_each_item_in_order,
             ]
         );
     };

@@ -8,8 +8,8 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{
-    Broker, Deliver, HistoryConfig, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
-    new_epoch,
+    Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, Publication, PublishOptions,
+    Receipt, Recovery, StreamPosition, new_epoch,
 };
 use crate::error::BrokerError;
 
@@ -202,6 +202,24 @@ impl Broker for LocalBroker {
                 .map(|(p, _)| p.clone())
                 .collect();
             Recovery::decide(history.epoch.clone(), history.top, since, entries)
+        }))
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        if !self.config.keeps_history() {
+            return Ok(HistoryPage::without_history());
+        }
+        Ok(self.with_channel(channel, |history| HistoryPage {
+            epoch: history.epoch.clone(),
+            offset: history.top,
+            publications: query.select(
+                &history.epoch,
+                history.entries.iter().map(|(p, _)| p.clone()),
+            ),
         }))
     }
 

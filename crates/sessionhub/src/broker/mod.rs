@@ -8,6 +8,8 @@
 //!   offset and epoch;
 //! - **recover**: give back every publication after a position, or say it cannot
 //!   (never a partial result);
+//! - **history**: read a page of what the channel still keeps, oldest or newest first
+//!   (for the server API, where part of the history is a fine answer);
 //! - **subscribe / unsubscribe**: tell which channels this node's clients want.
 //!
 //! A [`Deliver`] sink (the hub's registry of local connections) receives what arrives. The
@@ -71,6 +73,17 @@ impl PublishOptions {
             idempotency_key: None,
         }
     }
+}
+
+/// One publication of [`Broker::publish_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// The channel.
+    pub channel: String,
+    /// The data, as JSON text.
+    pub data: Utf8Bytes,
+    /// As [`PublishOptions::idempotency_key`].
+    pub idempotency_key: Option<String>,
 }
 
 /// What a publish reached.
@@ -149,6 +162,64 @@ impl Recovery {
     }
 }
 
+/// Which part of a channel's history [`Broker::history`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only publications after this position. A position from another epoch selects
+    /// nothing: its offsets count another history.
+    pub since: Option<StreamPosition>,
+    /// At most this many publications (0: only the channel's position).
+    pub limit: usize,
+    /// Newest first, and then the newest `limit`; otherwise oldest first, the oldest
+    /// `limit` after `since`.
+    pub reverse: bool,
+}
+
+impl HistoryQuery {
+    /// Picks the page from `entries`, the kept publications of the channel in `epoch`,
+    /// oldest first.
+    pub(crate) fn select(
+        &self,
+        epoch: &str,
+        entries: impl DoubleEndedIterator<Item = Publication>,
+    ) -> Vec<Publication> {
+        if self.since.as_ref().is_some_and(|s| *s.epoch != *epoch) {
+            return Vec::new();
+        }
+        let after = self.since.as_ref().map_or(0, |s| s.offset);
+        let wanted = entries.filter(|p| p.offset > after);
+        if self.reverse {
+            wanted.rev().take(self.limit).collect()
+        } else {
+            wanted.take(self.limit).collect()
+        }
+    }
+}
+
+/// The answer to [`Broker::history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The history's current epoch ("" on a broker without history).
+    pub epoch: Arc<str>,
+    /// The offset of the newest publication (0 if none yet).
+    pub offset: u64,
+    /// The publications the query selected, in the order it asked for. Unlike a
+    /// [`Recovery`], possibly only part of what was published after `since`: what the
+    /// history no longer keeps is left out.
+    pub publications: Vec<Publication>,
+}
+
+impl HistoryPage {
+    /// The answer of a broker that keeps no history: epoch "", offset 0, nothing.
+    pub(crate) fn without_history() -> Self {
+        Self {
+            epoch: "".into(),
+            offset: 0,
+            publications: Vec::new(),
+        }
+    }
+}
+
 /// How much history each channel keeps.
 #[derive(Debug, Clone)]
 pub struct HistoryConfig {
@@ -214,6 +285,26 @@ impl Epochs {
     }
 }
 
+/// [`Broker::publish_batch`] for a backend that sends each item on its own.
+pub(crate) async fn publish_one_by_one<B: Broker + ?Sized>(
+    broker: &B,
+    items: &[BatchItem],
+) -> Vec<Result<Receipt, BrokerError>> {
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let options = PublishOptions {
+            history: true,
+            idempotency_key: item.idempotency_key.clone(),
+        };
+        results.push(
+            broker
+                .publish(&item.channel, item.data.clone(), &options)
+                .await,
+        );
+    }
+    results
+}
+
 /// Receives the publications that arrive on subscribed channels.
 pub trait Deliver: Send + Sync + 'static {
     /// Hands `publication` to every local connection on `channel`; returns how many took it.
@@ -240,6 +331,15 @@ pub trait Broker: Send + Sync + 'static {
         options: &PublishOptions,
     ) -> Result<Receipt, BrokerError>;
 
+    /// Publishes every item with history, as [`Broker::publish`] would one after another
+    /// (so items on one channel take their offsets in order); one result per item, in
+    /// order. A backend that can send them together does: Redis in one pipeline per
+    /// server. Never retried: an item that failed may have been published unless it had
+    /// an idempotency key, with which it is safe to send again.
+    async fn publish_batch(&self, items: &[BatchItem]) -> Vec<Result<Receipt, BrokerError>> {
+        publish_one_by_one(self, items).await
+    }
+
     /// The channel's current position, and with `since` every publication after it (see
     /// [`Recovery`]). Starts the channel's epoch if it has none yet, so the position a new
     /// subscriber gets stays valid.
@@ -248,6 +348,15 @@ pub trait Broker: Send + Sync + 'static {
         channel: &str,
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError>;
+
+    /// The channel's current position and the page of its kept history that `query`
+    /// selects (see [`HistoryQuery`]). Starts the channel's epoch if it has none yet, as
+    /// [`Broker::recover`] does.
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError>;
 
     /// Starts receiving `channel`. The request is queued before this returns, so calls made
     /// in some order take effect in that order; the future resolves once messages published
@@ -280,6 +389,25 @@ mod tests {
             epoch: epoch.into(),
             offset,
         }
+    }
+
+    #[test]
+    fn a_history_query_takes_the_oldest_or_the_newest_after_its_position() {
+        let kept = || (3..=7).map(publication);
+        let offsets = |query: HistoryQuery| -> Vec<u64> {
+            query.select("e", kept()).iter().map(|p| p.offset).collect()
+        };
+        let query = |since: Option<StreamPosition>, limit, reverse| HistoryQuery {
+            since,
+            limit,
+            reverse,
+        };
+        assert_eq!(offsets(query(None, 2, false)), [3, 4]);
+        assert_eq!(offsets(query(None, 2, true)), [7, 6]);
+        assert_eq!(offsets(query(Some(since("e", 4)), 10, false)), [5, 6, 7]);
+        assert_eq!(offsets(query(Some(since("e", 4)), 10, true)), [7, 6, 5]);
+        assert_eq!(offsets(query(Some(since("e", 4)), 0, true)), [0u64; 0]);
+        assert_eq!(offsets(query(Some(since("f", 4)), 10, false)), [0u64; 0]);
     }
 
     #[test]

@@ -5,10 +5,13 @@ use axum::response::Json;
 use serde::Serialize;
 
 use super::state::Gateway;
-use crate::error::ApiError;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
 use crate::protocol::UserId;
 
-#[derive(Serialize)]
+/// A user's sessions.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Sessions {
     /// How many live sessions the user has.
     sessions: usize,
@@ -17,7 +20,17 @@ pub(crate) struct Sessions {
     expires_in_ms: Vec<u64>,
 }
 
-/// `GET /api/users/{id}/sessions`
+/// How many sessions user `id` has, and when each expires.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/sessions",
+    tag = "users",
+    params(("id" = String, Path, description = "the user id")),
+    responses(
+        (status = 200, description = "the user's sessions", body = Sessions),
+        (status = 400, description = "a bad user id", body = ErrorBody),
+    )
+)]
 pub(crate) async fn sessions(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
@@ -35,14 +48,24 @@ pub(crate) async fn sessions(
     }))
 }
 
-#[derive(Serialize)]
+/// What "log out everywhere" did.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct LoggedOut {
     /// Sessions ended.
     ended: usize,
 }
 
-/// `POST /api/users/{id}/logout`: ends every session of the user; their sockets close on
-/// every node.
+/// Ends every session of user `id`; their sockets close on every node.
+#[utoipa::path(
+    post,
+    path = "/api/users/{id}/logout",
+    tag = "users",
+    params(("id" = String, Path, description = "the user id")),
+    responses(
+        (status = 200, description = "the sessions ended", body = LoggedOut),
+        (status = 400, description = "a bad user id", body = ErrorBody),
+    )
+)]
 pub(crate) async fn logout(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,

@@ -7,6 +7,12 @@
 //! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery (`socket.rs`, `v1.rs`) |
 //! | `GET /sse`, `POST /sse/publish` | protocol v1 over Server-Sent Events, and its publish (`sse.rs`, `v1.rs`) |
 //! | `POST /api/channels/{channel}/publish` | publish to any channel (`push.rs`) |
+//! | `POST /api/publish` | a batch of publications, answered item by item (`batch.rs`) |
+//! | `GET /api/channels/{channel}/history` | a page of a channel's history (`history.rs`) |
+//! | `GET /api/channels`, `GET /api/info` | active channels; the nodes, cluster-wide (`control.rs`) |
+//! | `POST /api/users/{id}/disconnect` | close a user's sockets, or one, on every node |
+//! | `POST /api/users/{id}/subscribe`, `.../unsubscribe` | server-side (un)subscribe of a user |
+//! | `GET /api/openapi.json` | the server API's OpenAPI document, public (`openapi.rs`) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
 //! | `GET /api/users/{id}/sessions` | how many sessions user `id` has (`admin.rs`) |
@@ -15,8 +21,10 @@
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
 //! | `/login`, `/get-session`, `/invalidate` | the session demo (`demo.rs`) |
 //!
-//! `/socket/*` and `/api/*` require `Authorization: Bearer <api key>` whenever API keys are
-//! configured.
+//! `/socket/*` and `/api/*` (but the OpenAPI document) require `Authorization: Bearer <api
+//! key>` whenever API keys are configured. The server API's routes come from `api()`, whose
+//! handlers also make the OpenAPI document (`openapi.rs`); bad input there is read by
+//! `input.rs` into `ApiError` JSON.
 //!
 //! The files import one way only, so that none needs another that needs it back: this file
 //! wires the routes; `socket.rs` runs a connection and hands each frame to its protocol's
@@ -27,7 +35,12 @@
 
 mod admin;
 mod admission;
+mod batch;
+mod control;
 mod demo;
+mod history;
+mod input;
+mod openapi;
 mod plan;
 mod push;
 mod seed;
@@ -36,6 +49,7 @@ mod sse;
 mod state;
 mod v1;
 
+pub use self::openapi::UNDOCUMENTED_ROUTES;
 pub use self::state::{Gateway, GatewayConfig, Security, SocketConfig};
 
 use std::sync::Arc;
@@ -48,6 +62,9 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::hub::Online;
@@ -57,15 +74,8 @@ impl Gateway {
     /// The routes. Serve them with `into_make_service_with_connect_info::<SocketAddr>()` so
     /// that trusted proxies can be recognised.
     pub fn router(&self) -> Router {
-        let mut protected = Router::new()
-            .route("/socket/{id}", get(push::push_query).post(push::push_body))
-            .route("/api/online", get(online))
-            .route(
-                "/api/channels/{channel}/publish",
-                axum::routing::post(push::publish_to_channel),
-            )
-            .route("/api/users/{id}/sessions", get(admin::sessions))
-            .route("/api/users/{id}/logout", axum::routing::post(admin::logout));
+        let (mut protected, document) = api().split_for_parts();
+        let document = Arc::new(openapi::finish(document));
         if !self.config.security.api_keys.is_empty() {
             protected = protected.route_layer(middleware::from_fn_with_state(
                 self.clone(),
@@ -81,6 +91,10 @@ impl Gateway {
                 axum::routing::post(sse::publish).options(sse::preflight),
             )
             .merge(protected)
+            .route(
+                "/api/openapi.json",
+                get(move || async move { Json(document.as_ref().clone()) }),
+            )
             .route("/sessionhub.js", get(client_js))
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -111,6 +125,38 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The OpenAPI 3.1 document of the server API, as `GET /api/openapi.json` serves it.
+    pub fn openapi() -> utoipa::openapi::OpenApi {
+        openapi::finish(api().into_openapi())
+    }
+}
+
+/// The server API: every route here is in the OpenAPI document, from its handler's
+/// `#[utoipa::path]`.
+fn api() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::with_openapi(openapi::Base::openapi())
+        .routes(routes!(push::push_query, push::push_body))
+        .routes(routes!(online))
+        .routes(routes!(push::publish_to_channel))
+        .routes(routes!(batch::publish))
+        .routes(routes!(history::history))
+        .routes(routes!(admin::sessions))
+        .routes(routes!(admin::logout))
+        .routes(routes!(control::disconnect))
+        .routes(routes!(control::subscribe))
+        .routes(routes!(control::unsubscribe))
+        .routes(routes!(control::channels))
+        .routes(routes!(control::info))
+}
+
+/// Counts connections and distinct users, on every node.
+#[utoipa::path(
+    get,
+    path = "/api/online",
+    tag = "presence",
+    responses((status = 200, description = "connections and distinct users", body = Online))
+)]
 async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError> {
     Ok(Json(gateway.presence.online().await?))
 }

@@ -15,11 +15,13 @@ use serde_json::value::RawValue;
 
 use super::state::Gateway;
 use crate::broker::PublishOptions;
-use crate::error::ApiError;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
 use crate::protocol::{self, MAX_IDEMPOTENCY_KEY_LEN, UserId};
 
 /// The answer to a push.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Pushed {
     /// Nodes that took the message.
     nodes: usize,
@@ -35,17 +37,36 @@ pub(crate) struct Pushed {
     duplicate: bool,
 }
 
-#[derive(Deserialize)]
+/// The message of `GET /socket/{id}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct MessageQuery {
+    /// The message, sent as a JSON string.
     message: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct MessageBody {
+/// A JSON push body.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct MessageBody {
+    /// Any JSON value, sent as it is (`data` is accepted too).
     #[serde(alias = "data")]
+    #[schema(value_type = Object)]
     message: Box<RawValue>,
 }
 
+/// Pushes `message` to every connection of user `id` (the seed's GET form).
+#[utoipa::path(
+    get,
+    path = "/socket/{id}",
+    tag = "push",
+    params(("id" = String, Path, description = "the user id"), MessageQuery),
+    responses(
+        (status = 200, description = "published", body = Pushed),
+        (status = 400, description = "a bad user id, no `message`, or a bad \
+            `Idempotency-Key`", body = ErrorBody),
+        (status = 413, description = "the message is too large", body = ErrorBody),
+    )
+)]
 pub(crate) async fn push_query(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
@@ -62,6 +83,20 @@ pub(crate) async fn push_query(
     publish(&gateway, &user_channel(&id)?, data, &headers).await
 }
 
+/// Pushes the body to every connection of user `id`: a text body as a JSON string, a JSON
+/// body's `message` as the value it is.
+#[utoipa::path(
+    post,
+    path = "/socket/{id}",
+    tag = "push",
+    params(("id" = String, Path, description = "the user id")),
+    request_body(content((String = "text/plain"), (MessageBody = "application/json"))),
+    responses(
+        (status = 200, description = "published", body = Pushed),
+        (status = 400, description = "a bad user id or body", body = ErrorBody),
+        (status = 413, description = "the message is too large", body = ErrorBody),
+    )
+)]
 pub(crate) async fn push_body(
     State(gateway): State<Gateway>,
     Path(id): Path<String>,
@@ -73,7 +108,19 @@ pub(crate) async fn push_body(
     publish(&gateway, &channel, data, &headers).await
 }
 
-/// `POST /api/channels/{channel}/publish`.
+/// Publishes the body to a channel, as `POST /socket/{id}` does to a user.
+#[utoipa::path(
+    post,
+    path = "/api/channels/{channel}/publish",
+    tag = "channels",
+    params(("channel" = String, Path, description = "the channel")),
+    request_body(content((String = "text/plain"), (MessageBody = "application/json"))),
+    responses(
+        (status = 200, description = "published", body = Pushed),
+        (status = 400, description = "a bad channel name or body", body = ErrorBody),
+        (status = 413, description = "the message is too large", body = ErrorBody),
+    )
+)]
 pub(crate) async fn publish_to_channel(
     State(gateway): State<Gateway>,
     Path(channel): Path<String>,

@@ -151,6 +151,8 @@ fn run(
         let node = gateway.hub.node_id().to_owned();
         let opened = std::time::Instant::now();
         tracing::info!(%node, user = %user, protocol = kind, "socket open");
+        // The server API's reason, when it disconnected the socket.
+        let mut told = None;
         let reason = drive(
             &mut socket,
             &mut connection,
@@ -158,6 +160,7 @@ fn run(
             &user,
             &credentials,
             &gateway,
+            &mut told,
         )
         .await;
         // Counted before the connection leaves the hub: once a socket is off the online count
@@ -175,17 +178,18 @@ fn run(
             "socket closed"
         );
         if reason.0 != 0 {
+            let said = (reason.0, told.as_deref().unwrap_or(reason.1));
             if let Protocol::V1(_) = protocol {
-                let frame = crate::protocol::v1::Reply::disconnect(reason);
+                let frame = crate::protocol::v1::Reply::disconnect(said);
                 let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(frame.into()))).await;
             }
-            let _ = send_close(&mut socket, reason).await;
+            let _ = send_close(&mut socket, said).await;
         }
     }
 }
 
 /// Runs the connection until it ends; returns the close code to send (0: none, the client
-/// closed or vanished).
+/// closed or vanished). A disconnect by the server API leaves its reason in `told`.
 async fn drive(
     socket: &mut WebSocket,
     connection: &mut Connection,
@@ -193,6 +197,7 @@ async fn drive(
     user: &UserId,
     credentials: &Credentials,
     gateway: &Gateway,
+    told: &mut Option<String>,
 ) -> (u16, &'static str) {
     let config = &gateway.config.socket;
     let greeting = match protocol {
@@ -240,6 +245,18 @@ async fn drive(
                 }
             }
             outbound = connection.recv() => {
+                if let Outbound::Subscribe(_) | Outbound::Unsubscribe(_) = outbound {
+                    // Seed sockets have their one channel by protocol.
+                    let Protocol::V1(v1) = &mut *protocol else { continue };
+                    let mut replies = settle(&mut in_flight).await;
+                    replies.extend(v1.by_server(&outbound, connection, credentials, gateway).await);
+                    for reply in replies {
+                        if socket.send(Message::Text(reply.into())).await.is_err() {
+                            return (0, "gone");
+                        }
+                    }
+                    continue;
+                }
                 let (text, age) = match (outbound, &mut *protocol) {
                     (Outbound::Message(delivery), Protocol::Seed) => (delivery.seed_frame(), delivery.age()),
                     (Outbound::Message(delivery), Protocol::V1(v1)) => match v1.outbound(&delivery) {
@@ -251,6 +268,11 @@ async fn drive(
                     (Outbound::Resync, Protocol::Seed) => continue,
                     (Outbound::Resync, Protocol::V1(_)) => return close::INSUFFICIENT_STATE,
                     (Outbound::Close(code, reason), _) => return (code, reason),
+                    (Outbound::Disconnect(disconnect), _) => {
+                        *told = Some(disconnect.reason.clone());
+                        return disconnect.code;
+                    }
+                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_), _) => continue,
                 };
                 metrics::histogram!("sessionhub_delivery_latency_seconds")
                     .record(age.as_secs_f64());
@@ -302,10 +324,7 @@ async fn drive(
                     (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => match v1.plan(&text, gateway) {
                         Step::Plan(plan) => plan,
                         Step::Change(change) => {
-                            let mut replies = Vec::new();
-                            while let Some(earlier) = in_flight.next().await {
-                                replies.extend(earlier);
-                            }
+                            let mut replies = settle(&mut in_flight).await;
                             replies.extend(v1.exclusive(change, connection, credentials, gateway).await);
                             Plan::Reply(replies)
                         }
@@ -340,6 +359,16 @@ async fn drive(
     }
 }
 
+/// Waits for every publish under way; their replies, in order. A change of channels waits
+/// for them, so that replies keep the order of what caused them.
+async fn settle(in_flight: &mut FuturesOrdered<BoxFuture<'static, Vec<String>>>) -> Vec<String> {
+    let mut replies = Vec::new();
+    while let Some(earlier) = in_flight.next().await {
+        replies.extend(earlier);
+    }
+    replies
+}
+
 fn read_error(e: axum::Error) -> (u16, &'static str) {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
@@ -349,10 +378,10 @@ fn read_error(e: axum::Error) -> (u16, &'static str) {
     }
 }
 
-async fn send_close(socket: &mut WebSocket, (code, reason): (u16, &'static str)) -> bool {
+async fn send_close(socket: &mut WebSocket, (code, reason): (u16, &str)) -> bool {
     let frame = Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: Utf8Bytes::from(reason),
     }));
     matches!(timeout(CLOSE_GRACE, socket.send(frame)).await, Ok(Ok(())))
 }

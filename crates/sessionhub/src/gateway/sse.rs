@@ -110,6 +110,7 @@ pub(super) async fn stream(
                 &mut connection,
                 &credentials,
                 &gateway,
+                false,
             )
             .await
             .map_err(|refused| match refused {
@@ -211,28 +212,41 @@ async fn run(
 ) {
     let node = gateway.hub.node_id().to_owned();
     tracing::info!(%node, user = %user, protocol = "sse", "stream open");
-    let reason = drive(&tx, &mut v1, &mut connection, &credentials, &gateway).await;
+    // The server API's reason, when it disconnected the stream.
+    let mut told = None;
+    let reason = drive(
+        &tx,
+        &mut v1,
+        &mut connection,
+        &credentials,
+        &gateway,
+        &mut told,
+    )
+    .await;
     // Counted before the connection leaves the hub, as for sockets.
     metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
     drop(connection);
     tracing::info!(%node, user = %user, protocol = "sse", code = reason.0, reason = reason.1, "stream closed");
     drop(tx);
     if reason.0 != 0 {
+        let said = (reason.0, told.as_deref().unwrap_or(reason.1));
         let last = Event::default()
             .event("disconnect")
-            .data(Reply::disconnect(reason));
+            .data(Reply::disconnect(said));
         let _ = last_tx.send(last);
     }
 }
 
 /// Forwards live publications until something ends the stream; returns the close code and
-/// reason of v1's sockets (0: the client went away).
+/// reason of v1's sockets (0: the client went away). A disconnect by the server API leaves
+/// its reason in `told`.
 async fn drive(
     tx: &mpsc::Sender<Event>,
     v1: &mut V1,
     connection: &mut Connection,
     credentials: &Credentials,
     gateway: &Gateway,
+    told: &mut Option<String>,
 ) -> (u16, &'static str) {
     let mut credentials_check = first_credentials_check(credentials, gateway);
     let slow = connection.slow().clone();
@@ -273,6 +287,28 @@ async fn drive(
                 },
                 Outbound::Resync => return close::INSUFFICIENT_STATE,
                 Outbound::Close(code, reason) => return (code, reason),
+                Outbound::Disconnect(disconnect) => {
+                    *told = Some(disconnect.reason.clone());
+                    return disconnect.code;
+                }
+                // The server API's subscribe or unsubscribe: the events a reopen with the
+                // new channels would bring, with the id that names them.
+                order @ (Outbound::Subscribe(_) | Outbound::Unsubscribe(_)) => {
+                    let mut events = Vec::new();
+                    for reply in v1.by_server(&order, connection, credentials, gateway).await {
+                        let kind = serde_json::from_str::<serde_json::Value>(&reply)
+                            .ok()
+                            .and_then(|v| v["type"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "error".into());
+                        events.push(with_id(Event::default().event(kind).data(reply), &event_id(v1)));
+                    }
+                    for event in events {
+                        if tx.send(event).await.is_err() {
+                            return (0, "gone");
+                        }
+                    }
+                    continue;
+                }
             },
         };
         // A send that waits (the client stopped reading) must not outlive a slow-consumer

@@ -24,7 +24,7 @@ use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::error::BrokerError;
-use crate::hub::{Connection, Delivery, session_channel};
+use crate::hub::{Connection, Delivery, Outbound, session_channel};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 
@@ -152,6 +152,7 @@ impl V1 {
                         connection,
                         credentials,
                         gateway,
+                        false,
                     )
                     .await;
                 vec![subscribed.unwrap_or_else(|refused| refused.reply(id))]
@@ -169,6 +170,37 @@ impl V1 {
                     .to_text(),
                 ]
             }
+        }
+    }
+
+    /// Applies a subscribe or unsubscribe the server API ordered ([`Outbound::Subscribe`],
+    /// [`Outbound::Unsubscribe`]): the client gets the frame its own request would have had,
+    /// without `id`, and nothing when it is in (or out of) the channel already. The caller
+    /// orders it with the client's frames as for [`V1::exclusive`].
+    pub(super) async fn by_server(
+        &mut self,
+        order: &Outbound,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        match order {
+            Outbound::Subscribe(channel) if !self.positions.contains_key(&**channel) => {
+                // The server may subscribe a user to any public channel: no channel rules.
+                let subscribed = self
+                    .subscribe(None, channel, None, connection, credentials, gateway, true)
+                    .await;
+                vec![subscribed.unwrap_or_else(|refused| refused.reply(None))]
+            }
+            Outbound::Unsubscribe(channel) if self.positions.contains_key(&**channel) => {
+                let change = ChannelChange::Unsubscribe {
+                    channel: channel.to_string(),
+                    id: None,
+                };
+                self.exclusive(change, connection, credentials, gateway)
+                    .await
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -202,7 +234,9 @@ impl V1 {
             .map(|(channel, (epoch, offset))| (channel.as_str(), &**epoch, *offset))
     }
 
-    /// Joins `channel` (recovering from `since`); the `subscribed` reply.
+    /// Joins `channel` (recovering from `since`); the `subscribed` reply. `by_server`: the
+    /// server API asked, which the channel rules do not restrict.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn subscribe(
         &mut self,
         id: Option<u64>,
@@ -211,8 +245,14 @@ impl V1 {
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
+        by_server: bool,
     ) -> Result<String, Refused> {
-        self.may_subscribe(channel, gateway)?;
+        if by_server && !is_public_channel_name(channel) {
+            return Err(FrameError::InvalidChannel.into());
+        }
+        if !by_server {
+            self.may_subscribe(channel, gateway)?;
+        }
         if self.positions.contains_key(channel) {
             return Err(FrameError::AlreadySubscribed.into());
         }
@@ -425,6 +465,14 @@ mod tests {
                         .await
                 }
             }
+        }
+
+        /// The frames for an order of the server API, as the connection loop would send them.
+        async fn by_server(&mut self, order: Outbound) -> Vec<String> {
+            let (connection, credentials) = (&mut self.connection, &self.credentials);
+            self.v1
+                .by_server(&order, connection, credentials, &self.gateway)
+                .await
         }
 
         /// The one reply to `text`, parsed.
@@ -712,5 +760,33 @@ mod tests {
         );
         assert_eq!(client.ask(&leave_control).await["type"], "unsubscribed");
         assert_eq!(client.connection.channel_count(), MAX_SUBSCRIPTIONS + 1);
+    }
+
+    #[tokio::test]
+    async fn the_server_subscribes_past_the_channel_rules_and_only_once() {
+        let gateway = gateway(WsAuth::Session, &[]);
+        let mut client = Client::new(&gateway, Credentials::None);
+        let own = client.ask(r#"{"type":"subscribe","channel":"news"}"#).await;
+        assert_eq!(own["code"], "forbidden", "the client may not itself");
+        let order = Outbound::Subscribe("news".into());
+        let frames = client.by_server(order.clone()).await;
+        let subscribed: Value = serde_json::from_str(&frames[0]).unwrap();
+        assert_eq!(
+            (
+                &subscribed["type"],
+                &subscribed["channel"],
+                subscribed.get("id")
+            ),
+            (&json!("subscribed"), &json!("news"), None)
+        );
+        assert_eq!(client.connection.channel_count(), 1);
+        assert!(client.by_server(order).await.is_empty(), "in it already");
+        let leave = Outbound::Unsubscribe("news".into());
+        assert_eq!(
+            client.by_server(leave.clone()).await,
+            [r#"{"type":"unsubscribed","channel":"news"}"#]
+        );
+        assert_eq!(client.connection.channel_count(), 0);
+        assert!(client.by_server(leave).await.is_empty(), "out already");
     }
 }

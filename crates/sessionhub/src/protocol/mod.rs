@@ -181,13 +181,18 @@ pub(crate) mod close {
     pub(crate) const IDLE_TIMEOUT: (u16, &str) = (4000, "idle timeout");
     /// The client did not read fast enough and its outbound queue filled up.
     pub(crate) const SLOW_CONSUMER: (u16, &str) = (4008, "slow consumer");
+    /// The server API disconnected the connection and allows it to come back.
+    pub(crate) const DISCONNECTED: (u16, &str) = (4020, "disconnected");
+    /// The server API disconnected the connection and asks it not to come back.
+    pub(crate) const DISCONNECTED_NO_RECONNECT: (u16, &str) = (4021, "disconnected for good");
 
     /// Whether a client should reconnect after this close code (told in the protocol v1
     /// `disconnect` frame): yes unless reconnecting cannot help.
     pub(crate) fn reconnect(code: u16) -> bool {
         !matches!(
             code,
-            1002 | 1009 | 4002 // protocol error, too big, session ended: log in again first
+            // protocol error, too big, session ended (log in again first), the server API said so
+            1002 | 1009 | 4002 | 4021
         )
     }
 }

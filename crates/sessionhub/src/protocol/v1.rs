@@ -243,7 +243,7 @@ impl Reply<'_> {
     }
 
     /// The `disconnect` frame sent before a close frame.
-    pub(crate) fn disconnect((code, reason): (u16, &'static str)) -> String {
+    pub(crate) fn disconnect((code, reason): (u16, &str)) -> String {
         Reply::Disconnect {
             code,
             reason,

@@ -48,6 +48,8 @@ pub(crate) static PRESENCE_WITHDRAW: LazyLock<Script> = script!("presence_withdr
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =
     script!("broker_recover.lua" after "broker_epoch.lua");
+pub(crate) static BROKER_HISTORY: LazyLock<Script> =
+    script!("broker_history.lua" after "broker_epoch.lua");
 
 /// The record format the session scripts write and accept; `scripts/lib/store_changes.lua`
 /// spells it too (checked below).
@@ -65,12 +67,9 @@ pub(crate) struct PublishSettings {
     pub(crate) command: &'static str,
 }
 
-/// The publish script for one broker, its settings written into its text.
-pub(crate) fn broker_publish(settings: PublishSettings) -> Script {
-    Script::new(&broker_publish_text(settings))
-}
-
-fn broker_publish_text(settings: PublishSettings) -> String {
+/// The publish script's text for one broker, its settings written into it (a `Script` is
+/// made of it; the text is kept to load it where a pipeline finds it missing).
+pub(crate) fn broker_publish_text(settings: PublishSettings) -> String {
     concat!(
         include_str!("scripts/lib/broker_epoch.lua"),
         include_str!("scripts/broker_publish.lua")

@@ -69,7 +69,9 @@ use tokio::time::{Instant, timeout_at};
 
 use super::headers::{self, Stored};
 use super::subjects::Subjects;
-use crate::broker::{HistoryConfig, Publication, Recovery, StreamPosition, new_epoch};
+use crate::broker::{
+    HistoryConfig, HistoryPage, HistoryQuery, Publication, Recovery, StreamPosition, new_epoch,
+};
 use crate::error::BrokerError;
 
 /// The whole of one publish or recovery, retries included: the caller hears about an
@@ -369,28 +371,88 @@ impl History {
     /// previous sequences back from `top`; empty if any of them is missing, expired, from
     /// another epoch, or not where its offset says (never a partial result).
     async fn walk_back(&self, top: Stored, since: u64) -> Result<Vec<Publication>, BrokerError> {
-        let oldest = now_nanos() - self.config.ttl.as_nanos() as i128;
-        let mut entries = Vec::with_capacity((top.offset - since) as usize);
-        let mut current = top.clone();
-        loop {
-            let expected = top.offset - entries.len() as u64;
-            let publication = match current.publication() {
-                Some(p) if current.epoch == top.epoch && p.offset == expected => p,
-                _ => return Ok(Vec::new()),
-            };
-            if current.stored_at_nanos < oldest {
-                return Ok(Vec::new());
+        let wanted = (top.offset - since) as usize;
+        let mut entries = self.newest(top, since, wanted).await?;
+        if entries.len() < wanted {
+            return Ok(Vec::new());
+        }
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// The channel's position and the page of its history `query` selects: the chain
+    /// walked back from the top as far as it is whole, down to `query.since`.
+    pub(super) async fn page(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.connected()?;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let subject = self.subjects.history(channel);
+        let top = self.top(channel);
+        let mut cached = top.lock().await;
+        let page = async {
+            let top = self.current(&subject).await?;
+            *cached = Some(Top::from(&top));
+            let (epoch, offset) = (top.epoch.clone(), top.offset);
+            let same_epoch = query.since.as_ref().is_none_or(|s| *s.epoch == *epoch);
+            let since = query.since.as_ref().map_or(0, |s| s.offset);
+            let mut newest = Vec::new();
+            if same_epoch && query.limit > 0 && since < offset {
+                // Newest first the walk can stop at the limit; oldest first it must reach
+                // the oldest kept publication.
+                let max = if query.reverse {
+                    query.limit
+                } else {
+                    self.config.size
+                };
+                newest = self.newest(top, since, max).await?;
             }
-            entries.push(publication);
-            if expected == since + 1 {
-                entries.reverse();
-                return Ok(entries);
+            newest.reverse();
+            let publications = query.select(&epoch, newest.into_iter());
+            Ok(HistoryPage {
+                epoch,
+                offset,
+                publications,
+            })
+        };
+        timeout_at(deadline, page)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("history")))
+    }
+
+    /// Up to `max` publications after offset `since`, newest first, walking the chain of
+    /// previous sequences back from `top` while each is there, young enough, in top's
+    /// epoch and where its offset says; never more than the history's size.
+    async fn newest(
+        &self,
+        top: Stored,
+        since: u64,
+        max: usize,
+    ) -> Result<Vec<Publication>, BrokerError> {
+        let oldest = now_nanos() - self.config.ttl.as_nanos() as i128;
+        let max = max.min(self.config.size);
+        let mut entries = Vec::new();
+        let mut current = top.clone();
+        while entries.len() < max {
+            let expected = top.offset - entries.len() as u64;
+            if expected <= since || current.stored_at_nanos < oldest {
+                break;
+            }
+            match current.publication() {
+                Some(p) if current.epoch == top.epoch && p.offset == expected => entries.push(p),
+                _ => break,
+            }
+            if expected == since + 1 || entries.len() == max {
+                break;
             }
             match self.get(current.prev).await? {
                 Some(previous) => current = previous,
-                None => return Ok(Vec::new()),
+                None => break,
             }
         }
+        Ok(entries)
     }
 
     /// The channel's last message, if it has one.

@@ -85,7 +85,10 @@ use self::history::{COMMAND_TIMEOUT, History, Outcome};
 use self::subjects::Subjects;
 use self::subscriber::{SUBSCRIBE_TIMEOUT, Subscriber};
 use super::link::{LinkState, Request};
-use super::{Broker, Deliver, HistoryConfig, PublishOptions, Receipt, Recovery, StreamPosition};
+use super::{
+    Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, PublishOptions, Receipt, Recovery,
+    StreamPosition,
+};
 use crate::error::BrokerError;
 use crate::redis::backoff::Backoff;
 
@@ -345,6 +348,17 @@ impl Broker for NatsBroker {
             return Ok(Recovery::without_history(since));
         }
         self.history.recover(channel, since).await
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        if !self.history.config().keeps_history() {
+            return Ok(HistoryPage::without_history());
+        }
+        self.history.page(channel, query).await
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {

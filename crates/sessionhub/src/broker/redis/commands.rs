@@ -94,7 +94,7 @@ impl Commands {
     }
 
     /// The server a command on `route` goes to.
-    async fn server(&self, route: Route<'_>) -> RedisResult<Node> {
+    pub(super) async fn server(&self, route: Route<'_>) -> RedisResult<Node> {
         match (&self.topology, route) {
             (None, _) => Ok(Node::from("")),
             (Some(topology), Route::Key(key)) => topology.owner(slot(key)).await,
@@ -230,6 +230,33 @@ async fn durable(connection: &mut MultiplexedConnection) -> RedisResult<bool> {
         Err(e) if e.code().is_some() => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Sends the pipeline `build` makes for the link (with `ignore_errors`, so that each
+/// command answers for itself) in one round trip to the server `route` names, within
+/// [`COMMAND_TIMEOUT`]; never sent again.
+pub(super) async fn pipeline<T: ::redis::FromRedisValue>(
+    commands: &Commands,
+    route: Route<'_>,
+    build: impl FnOnce(&Link) -> ::redis::Pipeline,
+) -> Result<Vec<RedisResult<T>>, BrokerError> {
+    let failed = |e: RedisError| BrokerError::unavailable("redis pipeline", e);
+    let attempt = async {
+        let mut link = commands.link(route).await.map_err(failed)?;
+        let answers = build(&link).query_async(&mut link.connection).await;
+        if let Err(e) = &answers {
+            commands.failed(&link, e);
+        }
+        answers.map_err(failed)
+    };
+    timeout_at(Instant::now() + COMMAND_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerError::unavailable(
+                "redis pipeline",
+                format!("no reply within {COMMAND_TIMEOUT:?}"),
+            ))
+        })
 }
 
 /// PINGs over the command connection (retried once on a lost connection); on a cluster,

@@ -63,6 +63,7 @@
 //! [`PublishOptions::history`] false) is a bare PUBLISH of `0::<data>`; with an idempotency
 //! key, a short script that sets only the key and publishes if it was new.
 
+mod batch;
 mod commands;
 mod reply;
 mod sharded;
@@ -81,13 +82,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
 use self::commands::{Commands, Retry, Route, ping_commands, run};
-use self::reply::{parse_receipt, parse_unkept_receipt};
+use self::reply::{StreamEntries, parse_entries, parse_receipt, parse_unkept_receipt};
 use self::sharded::Sharded;
 use self::subscriber::Subscriber;
 use super::link::{LinkState, Request};
 use super::{
-    Broker, Deliver, Epochs, HistoryConfig, Publication, PublishOptions, Receipt, Recovery,
-    StreamPosition,
+    BatchItem, Broker, Deliver, Epochs, HistoryConfig, HistoryPage, HistoryQuery, PublishOptions,
+    Receipt, Recovery, StreamPosition, publish_one_by_one,
 };
 use crate::error::BrokerError;
 use crate::redis::scripts::PublishSettings;
@@ -170,18 +171,20 @@ impl RedisBrokerConfig {
             }
             None => Subscriber::spawn(self.redis, commands.clone(), sink, inbox, state.clone()),
         }
+        let publish_text = scripts::broker_publish_text(PublishSettings {
+            size: self.history.size,
+            ttl_ms: self.history.ttl.as_millis(),
+            meta_ttl_ms: self.history.meta_ttl.as_millis(),
+            idem_ms: self.history.idempotency_window.as_millis(),
+            command: publish,
+        });
         Arc::new(RedisBroker {
             commands,
             requests,
             keys,
             state,
-            publish_script: scripts::broker_publish(PublishSettings {
-                size: self.history.size,
-                ttl_ms: self.history.ttl.as_millis(),
-                meta_ttl_ms: self.history.meta_ttl.as_millis(),
-                idem_ms: self.history.idempotency_window.as_millis(),
-                command: publish,
-            }),
+            publish_script: Script::new(&publish_text),
+            publish_text,
             publish,
             history: self.history,
             epochs: Epochs::new(),
@@ -207,6 +210,8 @@ pub struct RedisBroker {
     history: HistoryConfig,
     /// Made per broker: the history settings are part of its text.
     publish_script: Script,
+    /// Its text, to load it where a pipeline found it missing.
+    publish_text: String,
     /// `PUBLISH`, or `SPUBLISH` on a Redis Cluster.
     publish: &'static str,
     epochs: Epochs,
@@ -359,6 +364,14 @@ impl Broker for RedisBroker {
         })
     }
 
+    async fn publish_batch(&self, items: &[BatchItem]) -> Vec<Result<Receipt, BrokerError>> {
+        if !self.history.keeps_history() {
+            // Bare PUBLISHes or key-only scripts: one by one, as `publish` sends them.
+            return publish_one_by_one(self, items).await;
+        }
+        batch::publish(self, items).await
+    }
+
     async fn recover(
         &self,
         channel: &str,
@@ -374,7 +387,7 @@ impl Broker for RedisBroker {
         );
         let fresh = self.epochs.next();
         // Running it twice is harmless: a second run finds the epoch the first one created.
-        let (epoch, offset, entries): (String, u64, Vec<(String, Vec<(String, String)>)>) = run(
+        let (epoch, offset, entries): (String, u64, StreamEntries) = run(
             &self.commands,
             "recover",
             Retry::OnLostConnection,
@@ -395,27 +408,66 @@ impl Broker for RedisBroker {
         )
         .await?;
         let epoch: Arc<str> = epoch.into();
-        let mut publications = Vec::with_capacity(entries.len());
-        for (id, fields) in entries {
-            let at = id.split('-').next().and_then(|o| o.parse().ok());
-            let data = fields.into_iter().find(|(f, _)| f == "d").map(|(_, d)| d);
-            let (Some(at), Some(data)) = (at, data) else {
-                // Not ours: treat the history as unusable rather than guess, but still
-                // tell the channel's real position.
-                return Ok(Recovery {
-                    epoch,
-                    offset,
-                    recovered: false,
-                    publications: Vec::new(),
-                });
-            };
-            publications.push(Publication {
-                offset: at,
-                epoch: epoch.clone(),
-                data: data.into(),
+        let Some(publications) = parse_entries(&epoch, entries) else {
+            // Not ours: treat the history as unusable rather than guess, but still tell the
+            // channel's real position.
+            return Ok(Recovery {
+                epoch,
+                offset,
+                recovered: false,
+                publications: Vec::new(),
             });
-        }
+        };
         Ok(Recovery::decide(epoch, offset, since, publications))
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        if !self.history.keeps_history() {
+            return Ok(HistoryPage::without_history());
+        }
+        let keys = &self.keys;
+        let (meta, history) = (
+            keys.channel_key(channel, "meta"),
+            keys.channel_key(channel, "history"),
+        );
+        let fresh = self.epochs.next();
+        let since = query.since.as_ref();
+        // Read-only but for starting an epoch, which a second run finds done.
+        let (epoch, offset, entries): (String, u64, StreamEntries) = run(
+            &self.commands,
+            "history",
+            Retry::OnLostConnection,
+            Route::Key(&meta),
+            |mut link| {
+                let mut invocation = scripts::BROKER_HISTORY.prepare_invoke();
+                invocation
+                    .key(&meta)
+                    .key(&history)
+                    .arg(since.map_or("", |s| s.epoch.as_str()))
+                    .arg(since.map_or(0, |s| s.offset))
+                    .arg(&fresh)
+                    .arg(self.history.meta_ttl.as_millis() as u64)
+                    .arg(&*link.bind)
+                    .arg(query.limit.min(self.history.size))
+                    .arg(if query.reverse { "1" } else { "0" })
+                    .arg(self.history.size);
+                async move { invocation.invoke_async(&mut link.connection).await }
+            },
+        )
+        .await?;
+        let epoch: Arc<str> = epoch.into();
+        let publications = parse_entries(&epoch, entries).ok_or_else(|| {
+            BrokerError::unavailable("redis history", "an entry the broker did not write")
+        })?;
+        Ok(HistoryPage {
+            epoch,
+            offset,
+            publications,
+        })
     }
 
     fn subscribe(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {

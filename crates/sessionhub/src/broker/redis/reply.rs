@@ -1,6 +1,8 @@
 //! Reading what the broker's scripts answer and what its pub/sub channels carry.
 
-use super::{Publication, Receipt};
+use std::sync::Arc;
+
+use crate::broker::{Publication, Receipt};
 
 /// Reads the unkept publish script's `<nodes>:<duplicate>`.
 pub(super) fn parse_unkept_receipt(reply: &str) -> Option<(usize, bool)> {
@@ -28,6 +30,26 @@ pub(super) fn parse_receipt(reply: &str) -> Option<Receipt> {
         },
     };
     parts.next().is_none().then_some(receipt)
+}
+
+/// Stream entries as XRANGE answers them: id, then field/value pairs.
+pub(super) type StreamEntries = Vec<(String, Vec<(String, String)>)>;
+
+/// Reads history entries (id `<offset>-0`, field `d` the data) as publications of
+/// `epoch`; `None` if any is not one the publish script wrote.
+pub(super) fn parse_entries(epoch: &Arc<str>, entries: StreamEntries) -> Option<Vec<Publication>> {
+    entries
+        .into_iter()
+        .map(|(id, fields)| {
+            let offset = id.split('-').next()?.parse().ok()?;
+            let data = fields.into_iter().find(|(f, _)| f == "d")?.1;
+            Some(Publication {
+                offset,
+                epoch: epoch.clone(),
+                data: data.into(),
+            })
+        })
+        .collect()
 }
 
 /// Splits `<offset>:<epoch>:<data>` as the publish script sends it.

@@ -1,4 +1,4 @@
--- Shared by broker_publish and broker_recover, which are this text followed by their own.
+-- Shared by broker_publish, broker_recover and broker_history, which are this text followed by their own.
 --
 -- epoch_of: the channel's epoch, started afresh when there is none, or when the epoch was
 -- started by another Redis process than `run` (the `run_id` of the Redis the command
