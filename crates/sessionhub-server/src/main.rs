@@ -20,7 +20,7 @@ use sessionhub::broker::{
 use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::Limits;
-use sessionhub::presence::RedisPresence;
+use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
@@ -153,6 +153,14 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     };
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
     gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
+    let channels = PresenceChannels::new(args.presence_channels.clone());
+    if !channels.is_empty() {
+        let backend: Arc<dyn Presence> = match &presence {
+            Some(presence) => presence.clone(),
+            None => Arc::new(LocalPresence::new(&hub)),
+        };
+        hub.track_presence(channels, backend);
+    }
     let stop_presence = CancellationToken::new();
     let mut heartbeat = None;
     if let Some(presence) = presence {

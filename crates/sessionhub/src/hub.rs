@@ -5,6 +5,12 @@
 //! member of a channel subscribes the node to it and the last one to leave unsubscribes, so
 //! a node receives only messages that some local client wants.
 //!
+//! On a presence channel ([`Hub::track_presence`]) the registry also counts each user's
+//! connections, and a tracker task reports every change, in order, to the [`Presence`]
+//! backend; when the backend answers that a user joined or left the channel cluster-wide,
+//! the tracker publishes a `join` or `leave` frame on the channel's companion
+//! `$presence:<channel>`, which every connection on a presence channel joins with it.
+//!
 //! Each member has a bounded outbound queue. Delivery never waits: a member whose queue is
 //! full is a slow consumer and is told to disconnect, so one stuck client can neither stall
 //! the others nor grow the server's memory.
@@ -13,16 +19,19 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
     Broker, Deliver, LocalBroker, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use crate::error::BrokerError;
+use crate::presence::{Member as PresenceMember, NodeChange, Presence, PresenceChannels, Transition};
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
 use crate::session::{SessionEvents, SessionId};
 
@@ -31,6 +40,15 @@ const OUTBOUND_QUEUE: usize = 256;
 
 /// Queue capacity a drained outbound queue keeps, so steady traffic does not reallocate.
 const OUTBOX_KEPT: usize = 16;
+
+/// How long a join waits for presence to take it into account, so that the member list a
+/// subscriber is sent includes its own user; past it the join goes on (the backend is slow
+/// or down, and presence catches up when it answers).
+const PRESENCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Prefix of the internal channels that carry a presence channel's `join` and `leave`
+/// frames; clients may not name them.
+pub(crate) const PRESENCE_EVENTS_PREFIX: &str = "$presence:";
 
 /// Counts of what is connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -154,37 +172,78 @@ impl Outbox {
     }
 }
 
-/// Channel -> the local connections that joined it, and user -> how many connections the
-/// user has here (whatever channels they joined).
+/// Channel -> the local connections that joined it, user -> how many connections the
+/// user has here (whatever channels they joined), and on presence channels, user -> how
+/// many connections the user has on the channel here.
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
-    users: Mutex<HashMap<UserId, usize>>,
-    /// Bumped whenever a connection opens or closes, so presence can tell whether anything
-    /// changed.
-    generation: AtomicU64,
+    users: Mutex<Users>,
+    presence: Mutex<HashMap<String, HashMap<UserId, usize>>>,
+}
+
+/// The users with local connections, and, once tracked, which of them came or went since
+/// the last look ([`Hub::take_user_changes`]), so that a cluster's presence sends Redis
+/// what changed rather than every user.
+#[derive(Default)]
+struct Users {
+    counts: HashMap<UserId, usize>,
+    /// User -> +1 (came) or -1 (went); a user who came and went is not in it.
+    changes: Option<HashMap<UserId, i8>>,
+}
+
+impl Users {
+    fn changed(&mut self, user: &UserId, delta: i8) {
+        if let Some(changes) = &mut self.changes {
+            net(changes, user.clone(), delta);
+        }
+    }
+}
+
+/// Adds `delta` to `user`'s net change, dropping it when the changes cancel out.
+fn net(changes: &mut HashMap<UserId, i8>, user: UserId, delta: i8) {
+    let entry = changes.entry(user);
+    match entry {
+        Entry::Occupied(mut sum) => {
+            *sum.get_mut() += delta;
+            if *sum.get() == 0 {
+                sum.remove();
+            }
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(delta);
+        }
+    }
 }
 
 impl Registry {
     /// Counts the local connections and distinct users.
-    fn online(&self) -> Online {
+    pub(crate) fn online(&self) -> Online {
         let users = self.users.lock().unwrap();
         Online {
-            online: users.values().sum(),
-            users: users.len(),
+            online: users.counts.values().sum(),
+            users: users.counts.len(),
         }
-    }
-
-    /// The users with at least one local connection.
-    fn users(&self) -> Vec<String> {
-        let users = self.users.lock().unwrap();
-        users.keys().map(|u| u.as_str().to_owned()).collect()
     }
 
     /// Local connections of `user`.
     fn connections_of(&self, user: &UserId) -> usize {
         let users = self.users.lock().unwrap();
-        users.get(user).copied().unwrap_or(0)
+        users.counts.get(user).copied().unwrap_or(0)
+    }
+
+    /// The local users on presence channel `channel`, with their connections to it.
+    pub(crate) fn members(&self, channel: &str) -> Vec<PresenceMember> {
+        let presence = self.presence.lock().unwrap();
+        presence.get(channel).map_or_else(Vec::new, |users| {
+            users
+                .iter()
+                .map(|(user, connections)| PresenceMember {
+                    user: user.as_str().to_owned(),
+                    connections: *connections,
+                })
+                .collect()
+        })
     }
 }
 
@@ -246,6 +305,23 @@ struct HubInner {
     broker: Arc<dyn Broker>,
     node_id: String,
     next_member: AtomicU64,
+    tracking: OnceLock<Tracking>,
+}
+
+/// Which channels have presence, and the queue of their changes to the tracker task.
+struct Tracking {
+    channels: PresenceChannels,
+    changes: mpsc::UnboundedSender<PresenceChange>,
+}
+
+/// One user's connections to one presence channel changed on this node.
+struct PresenceChange {
+    channel: String,
+    user: UserId,
+    was: usize,
+    now: usize,
+    /// Told once the backend has taken the change into account.
+    done: Option<oneshot::Sender<()>>,
 }
 
 impl Hub {
@@ -267,6 +343,7 @@ impl Hub {
                 broker,
                 node_id: node_id.into(),
                 next_member: AtomicU64::new(0),
+                tracking: OnceLock::new(),
             }),
         }
     }
@@ -286,14 +363,95 @@ impl Hub {
         self.inner.registry.online()
     }
 
-    /// The users with at least one connection on this node.
-    pub(crate) fn users(&self) -> Vec<String> {
-        self.inner.registry.users()
+    /// The registry, which [`crate::presence::LocalPresence`] reads. Not the hub itself: the
+    /// tracker task holds the presence, and a presence holding the hub would keep it alive.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.inner.registry.clone()
     }
 
-    /// A number that changes whenever a connection opens or closes.
-    pub(crate) fn generation(&self) -> u64 {
-        self.inner.registry.generation.load(Ordering::Relaxed)
+    /// Gives channels matching `channels` presence, reported to `presence` (this node's own
+    /// [`crate::presence::LocalPresence`], or a cluster's). Call once, before connections
+    /// join channels, within a Tokio runtime (it starts the tracker task); `false` if
+    /// presence was set up already.
+    pub fn track_presence(&self, channels: PresenceChannels, presence: Arc<dyn Presence>) -> bool {
+        let (changes, queue) = mpsc::unbounded_channel();
+        let tracking = Tracking { channels, changes };
+        if self.inner.tracking.set(tracking).is_err() {
+            return false;
+        }
+        let broker = self.inner.broker.clone();
+        let node = self.inner.node_id.clone();
+        tokio::spawn(track(queue, presence, broker, node));
+        true
+    }
+
+    /// Whether `channel` has presence.
+    pub(crate) fn has_presence(&self, channel: &str) -> bool {
+        self.inner
+            .tracking
+            .get()
+            .is_some_and(|t| t.channels.covers(channel))
+    }
+
+    /// Reports every local user of every presence channel to the backend again, as if each
+    /// had just joined: after the cluster took this node for dead and removed its entries.
+    pub(crate) fn resend_presence(&self) {
+        let Some(tracking) = self.inner.tracking.get() else {
+            return;
+        };
+        let presence = self.inner.registry.presence.lock().unwrap();
+        for (channel, users) in presence.iter() {
+            for (user, connections) in users {
+                let _ = tracking.changes.send(PresenceChange {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                    was: *connections,
+                    now: *connections,
+                    done: None,
+                });
+            }
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `user` joined or left it.
+    pub(crate) async fn announce(&self, channel: &str, user: &str, transition: Transition) {
+        announce(&self.inner.broker, channel, user, transition).await;
+    }
+
+    /// Starts noting which users come and go ([`Hub::take_user_changes`]); every user
+    /// connected now counts as come.
+    pub(crate) fn track_users(&self) {
+        let mut users = self.inner.registry.users.lock().unwrap();
+        let changes = users.counts.keys().map(|u| (u.clone(), 1)).collect();
+        users.changes = Some(changes);
+    }
+
+    /// The users who came (+1) or went (-1) since the last call, at most `limit` of them
+    /// (the others stay for the next call).
+    pub(crate) fn take_user_changes(&self, limit: usize) -> HashMap<UserId, i8> {
+        let mut users = self.inner.registry.users.lock().unwrap();
+        let Some(changes) = &mut users.changes else {
+            return HashMap::new();
+        };
+        if changes.len() <= limit {
+            return std::mem::take(changes);
+        }
+        let taken: Vec<UserId> = changes.keys().take(limit).cloned().collect();
+        taken
+            .into_iter()
+            .filter_map(|u| changes.remove_entry(&u))
+            .collect()
+    }
+
+    /// Puts back changes taken by [`Hub::take_user_changes`] that could not be sent,
+    /// merged with what changed since.
+    pub(crate) fn return_user_changes(&self, returned: HashMap<UserId, i8>) {
+        let mut users = self.inner.registry.users.lock().unwrap();
+        if let Some(changes) = &mut users.changes {
+            for (user, delta) in returned {
+                net(changes, user, delta);
+            }
+        }
     }
 
     /// Publishes `data` (JSON text) to every connection on `channel`, on every node.
@@ -331,14 +489,14 @@ impl Hub {
     /// opens connections without sockets.
     #[doc(hidden)]
     pub fn connect(&self, user: &UserId) -> Connection {
-        let registry = &self.inner.registry;
-        *registry
-            .users
-            .lock()
-            .unwrap()
-            .entry(user.clone())
-            .or_default() += 1;
-        registry.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut users = self.inner.registry.users.lock().unwrap();
+            let count = users.counts.entry(user.clone()).or_default();
+            *count += 1;
+            if *count == 1 {
+                users.changed(user, 1);
+            }
+        }
         Connection {
             hub: self.clone(),
             user: user.clone(),
@@ -377,6 +535,58 @@ pub(crate) fn session_channel(id: &SessionId) -> String {
     format!("{SESSION_CHANNEL_PREFIX}{}", id.as_str())
 }
 
+/// The channel that carries presence channel `channel`'s `join` and `leave` frames.
+pub(crate) fn presence_events_channel(channel: &str) -> String {
+    [PRESENCE_EVENTS_PREFIX, channel].concat()
+}
+
+/// Publishes that `user` joined or left `channel`, as the v1 frame its subscribers get.
+async fn announce(broker: &Arc<dyn Broker>, channel: &str, user: &str, transition: Transition) {
+    let Some(frame) = v1::presence_event(channel, user, transition) else {
+        return;
+    };
+    let events = presence_events_channel(channel);
+    let published = broker
+        .publish(&events, frame.into(), &PublishOptions::default())
+        .await;
+    if let Err(e) = published {
+        tracing::warn!(error = %e, channel, "a presence event was not published");
+    }
+}
+
+/// The tracker task: reports each presence change to the backend in order, and announces
+/// the joins and leaves it answers. Ends with the hub (when the queue's sender drops).
+async fn track(
+    mut queue: mpsc::UnboundedReceiver<PresenceChange>,
+    presence: Arc<dyn Presence>,
+    broker: Arc<dyn Broker>,
+    node: String,
+) {
+    while let Some(change) = queue.recv().await {
+        let update = NodeChange {
+            node: &node,
+            channel: &change.channel,
+            user: &change.user,
+            was: change.was,
+            now: change.now,
+        };
+        match presence.update(&update).await {
+            Ok(transition) => {
+                announce(&broker, &change.channel, change.user.as_str(), transition).await
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                channel = change.channel,
+                "a presence change was not recorded; the user's next change on the channel \
+                 records it"
+            ),
+        }
+        if let Some(done) = change.done {
+            let _ = done.send(());
+        }
+    }
+}
+
 /// One local connection: its outbound queue and the channels it joined. Dropping it leaves
 /// every channel. Public only for [`Hub::connect`]'s test use.
 #[doc(hidden)]
@@ -393,38 +603,100 @@ impl Connection {
         if self.channels.iter().any(|c| c == channel) {
             return Ok(());
         }
-        let registry = &self.hub.inner.registry;
-        let subscribed = {
-            let mut channels = registry.channels.lock().unwrap();
-            channels
-                .entry(channel.to_owned())
-                .or_default()
-                .push(self.member.clone());
-            // Asked on every join, not only the first: an earlier member's SUBSCRIBE may still
-            // be in flight, and this member must not be told it is subscribed before the node
-            // is. The broker answers once a subscription round that started after this call
-            // is confirmed (a no-op round when nothing changes). Queued under the lock so
-            // subscribe and unsubscribe keep their order.
-            self.hub.inner.broker.subscribe(channel)
-        };
+        let events = self
+            .hub
+            .has_presence(channel)
+            .then(|| presence_events_channel(channel));
+        let subscribed = self.add_member(channel);
+        let events_subscribed = events.as_deref().map(|events| self.add_member(events));
         self.channels.push(channel.to_owned());
-        if let Err(e) = subscribed.await {
-            self.leave(channel);
+        let mut result = subscribed.await;
+        if let Some(events_subscribed) = events_subscribed {
+            result = result.and(events_subscribed.await);
+        }
+        if let Err(e) = result {
+            // Not `leave`: the user was not counted on the channel yet.
+            self.channels.retain(|c| c != channel);
+            self.remove_member(channel);
+            if let Some(events) = &events {
+                self.remove_member(events);
+            }
             return Err(e);
+        }
+        if events.is_some() {
+            let (done, taken) = oneshot::channel();
+            self.count_presence(channel, 1, Some(done));
+            let _ = tokio::time::timeout(PRESENCE_WAIT, taken).await;
         }
         Ok(())
     }
 
-    /// Leaves `channel`; the node unsubscribes when its last connection leaves.
-    pub fn leave(&mut self, channel: &str) {
-        self.channels.retain(|c| c != channel);
-        let registry = &self.hub.inner.registry;
-        let mut channels = registry.channels.lock().unwrap();
+    /// Adds this connection to `channel`'s members; the returned future ends once the node
+    /// is subscribed to it.
+    fn add_member(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let mut channels = self.hub.inner.registry.channels.lock().unwrap();
+        channels
+            .entry(channel.to_owned())
+            .or_default()
+            .push(self.member.clone());
+        // Asked on every join, not only the first: an earlier member's SUBSCRIBE may still
+        // be in flight, and this member must not be told it is subscribed before the node
+        // is. The broker answers once a subscription round that started after this call
+        // is confirmed (a no-op round when nothing changes). Queued under the lock so
+        // subscribe and unsubscribe keep their order.
+        self.hub.inner.broker.subscribe(channel)
+    }
+
+    /// Removes this connection from `channel`'s members; the node unsubscribes when its last
+    /// connection leaves.
+    fn remove_member(&self, channel: &str) {
+        let mut channels = self.hub.inner.registry.channels.lock().unwrap();
         if let Some(members) = channels.get_mut(channel) {
             members.retain(|m| m.id != self.member.id);
             if members.is_empty() {
                 channels.remove(channel);
                 self.hub.inner.broker.unsubscribe(channel);
+            }
+        }
+    }
+
+    /// Adds `delta` to this connection's user's connections to presence channel `channel`
+    /// and queues the change for the tracker; under the lock, so the tracker gets the
+    /// changes in the order they happened.
+    fn count_presence(&self, channel: &str, delta: isize, done: Option<oneshot::Sender<()>>) {
+        let Some(tracking) = self.hub.inner.tracking.get() else {
+            return;
+        };
+        let mut presence = self.hub.inner.registry.presence.lock().unwrap();
+        let users = presence.entry(channel.to_owned()).or_default();
+        let count = users.entry(self.user.clone()).or_default();
+        let was = *count;
+        *count = count.saturating_add_signed(delta);
+        let now = *count;
+        if now == 0 {
+            users.remove(&self.user);
+            if users.is_empty() {
+                presence.remove(channel);
+            }
+        }
+        let _ = tracking.changes.send(PresenceChange {
+            channel: channel.to_owned(),
+            user: self.user.clone(),
+            was,
+            now,
+            done,
+        });
+    }
+
+    /// Leaves `channel`; the node unsubscribes when its last connection leaves.
+    pub fn leave(&mut self, channel: &str) {
+        let was_joined = self.channels.iter().any(|c| c == channel);
+        self.channels.retain(|c| c != channel);
+        self.remove_member(channel);
+        if self.hub.has_presence(channel) {
+            self.remove_member(&presence_events_channel(channel));
+            if was_joined {
+                self.count_presence(channel, -1, None);
             }
         }
     }
@@ -465,15 +737,14 @@ impl Drop for Connection {
         for channel in std::mem::take(&mut self.channels) {
             self.leave(&channel);
         }
-        let registry = &self.hub.inner.registry;
-        let mut users = registry.users.lock().unwrap();
-        if let Entry::Occupied(mut count) = users.entry(self.user.clone()) {
+        let mut users = self.hub.inner.registry.users.lock().unwrap();
+        if let Entry::Occupied(mut count) = users.counts.entry(self.user.clone()) {
             *count.get_mut() -= 1;
             if *count.get() == 0 {
                 count.remove();
+                users.changed(&self.user, -1);
             }
         }
-        registry.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -8,6 +8,8 @@
 //! | `POST /api/channels/{channel}/publish` | publish to any channel (`push.rs`) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
+//! | `GET /api/channels/{channel}/presence` | who is on a presence channel (`presence.rs`) |
+//! | `GET /api/channels/{channel}/presence/stats` | `{"users": n, "connections": m}` there |
 //! | `GET /api/users/{id}/sessions` | how many sessions user `id` has (`admin.rs`) |
 //! | `POST /api/users/{id}/logout` | ends every session of user `id` ("log out everywhere") |
 //! | `GET /sessionhub.js` | the browser client (an ES module) |
@@ -27,6 +29,7 @@ mod admin;
 mod admission;
 mod demo;
 mod plan;
+mod presence;
 mod push;
 mod seed;
 mod socket;
@@ -61,6 +64,8 @@ impl Gateway {
                 "/api/channels/{channel}/publish",
                 axum::routing::post(push::publish_to_channel),
             )
+            .route("/api/channels/{channel}/presence", get(presence::members))
+            .route("/api/channels/{channel}/presence/stats", get(presence::stats))
             .route("/api/users/{id}/sessions", get(admin::sessions))
             .route("/api/users/{id}/logout", axum::routing::post(admin::logout));
         if !self.config.security.api_keys.is_empty() {

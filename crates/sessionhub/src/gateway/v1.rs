@@ -23,7 +23,7 @@ use super::plan::Plan;
 use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
-use crate::hub::{Connection, Delivery, session_channel};
+use crate::hub::{Connection, Delivery, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 
@@ -73,6 +73,11 @@ impl V1 {
         &mut self,
         delivery: &Delivery,
     ) -> Result<Option<Utf8Bytes>, (u16, &'static str)> {
+        // A presence channel's join or leave: its data is the frame already.
+        if let Some(channel) = delivery.channel().strip_prefix(PRESENCE_EVENTS_PREFIX) {
+            let subscribed = self.positions.contains_key(channel);
+            return Ok(subscribed.then(|| delivery.publication().data.clone()));
+        }
         let Some((epoch, offset)) = self.positions.get_mut(delivery.channel()) else {
             return Ok(None);
         };
@@ -125,7 +130,37 @@ impl V1 {
             Request::Unsubscribe { channel, id } => {
                 Step::Change(ChannelChange::Unsubscribe { channel, id })
             }
+            Request::Presence { channel, id } => Step::Plan(self.presence(id, channel, gateway)),
         }
+    }
+
+    /// Plans a `presence` request: who is on a presence channel the connection is in.
+    fn presence(&self, id: Option<u64>, channel: String, gateway: &Gateway) -> Plan {
+        if !is_public_channel_name(&channel) {
+            return Plan::Reply(vec![refusal(id, &FrameError::InvalidChannel)]);
+        }
+        if !gateway.hub.has_presence(&channel) {
+            return Plan::Reply(vec![refusal(id, &FrameError::NoPresence)]);
+        }
+        if !self.positions.contains_key(&channel) {
+            return Plan::Reply(vec![refusal(id, &FrameError::NotSubscribed)]);
+        }
+        let gateway = gateway.clone();
+        Plan::Later(
+            async move {
+                let reply = match gateway.presence.members(&channel).await {
+                    Ok(members) => Reply::Presence {
+                        id,
+                        channel: &channel,
+                        presence: &members,
+                    }
+                    .to_text(),
+                    Err(e) => error(id, e.code(), e.to_string()),
+                };
+                vec![reply]
+            }
+            .boxed(),
+        )
     }
 
     /// Runs a frame that changes the connection's channels; the caller has waited for every
@@ -213,6 +248,19 @@ impl V1 {
                 return error(id, e.code(), e.to_string());
             }
         };
+        // Read after the join, which waited for presence to count this connection: the list
+        // includes its own user.
+        let members = if gateway.hub.has_presence(channel) {
+            match gateway.presence.members(channel).await {
+                Ok(members) => Some(members),
+                Err(e) => {
+                    connection.leave(channel);
+                    return error(id, e.code(), e.to_string());
+                }
+            }
+        } else {
+            None
+        };
         let last = recovery
             .publications
             .last()
@@ -236,6 +284,7 @@ impl V1 {
             offset: recovery.offset,
             recovered: recovery.recovered,
             publications,
+            presence: members.as_deref(),
         }
         .to_text()
     }
