@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::{Hub, Online};
-use sessionhub::presence::{Presence, RedisPresence, SNAPSHOT_TTL};
+use sessionhub::presence::{Presence, RedisPresence, LIVENESS_TTL};
 use sessionhub_testkit::RedisServer;
 use sessionhub_testkit::conformance::presence::{PresenceFixture, settles_at, user};
 use sessionhub_testkit::conformance::within;
@@ -131,7 +131,7 @@ async fn a_node_that_dies_silently_drops_out_within_the_snapshot_ttl() {
             2,
             "not yet expired"
         );
-        let deadline = died + SNAPSHOT_TTL + Duration::from_secs(2);
+        let deadline = died + LIVENESS_TTL + Duration::from_secs(2);
         while a.presence.online().await.unwrap().online != 1 {
             assert!(
                 Instant::now() < deadline,

@@ -34,6 +34,7 @@ use std::time::Duration;
 use ::redis::{AsyncCommands, ScriptInvocation};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +74,9 @@ pub struct RedisPresence {
     /// The presence channels this node listed in its `channels:<node id>` set, so that it
     /// is added once rather than with every change.
     indexed: Mutex<HashSet<String>>,
+    /// True once the heartbeat removed what a previous process with this node id left;
+    /// channel changes wait for it, or the removal could take them away.
+    cleaned: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -100,7 +104,8 @@ impl RedisPresence {
         Self::lazy(&config.prefix(prefix))
     }
 
-    /// Sets up presence on `config`'s Redis; it connects on first use.
+    /// Sets up presence on `config`'s Redis; it connects on first use. Channel presence
+    /// needs the heartbeat running ([`RedisPresence::spawn_heartbeat`]).
     pub fn lazy(config: &RedisConfig) -> Result<Self, PresenceError> {
         let connection = Managed::lazy(config, Reconnect::PRESENCE).map_err(unavailable)?;
         let keys = config.keys().clone();
@@ -110,6 +115,7 @@ impl RedisPresence {
             users_key: keys.presence_users(),
             keys,
             indexed: Mutex::default(),
+            cleaned: watch::Sender::new(false),
         })
     }
 
@@ -132,7 +138,7 @@ impl RedisPresence {
         hub.track_users();
         tokio::spawn(async move {
             let mut cleaned = false;
-            let mut beaten: Option<Instant> = None;
+            let mut beaten: Option<(Instant, Online)> = None;
             let mut looked = Instant::now();
             let mut tick = tokio::time::interval(CHANGE_CHECK);
             loop {
@@ -142,7 +148,10 @@ impl RedisPresence {
                 }
                 if !cleaned {
                     match self.withdraw(&hub, hub.node_id(), Withdraw::Any).await {
-                        Ok(()) => cleaned = true,
+                        Ok(()) => {
+                            cleaned = true;
+                            self.cleaned.send_replace(true);
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "presence: cannot clear this node's old entries; retrying");
                             continue;
@@ -150,8 +159,10 @@ impl RedisPresence {
                     }
                 }
                 let changes = hub.take_user_changes(MAX_CHANGES_PER_BEAT);
-                if !changes.is_empty() || beaten.is_none_or(|at| at.elapsed() >= REFRESH) {
-                    match self.beat(&hub, &changes).await {
+                let online = hub.online();
+                let due = beaten.is_none_or(|(at, sent)| at.elapsed() >= REFRESH || sent != online);
+                if !changes.is_empty() || due {
+                    match self.beat(&hub, online, &changes).await {
                         Ok(absent) => {
                             if absent && beaten.is_some() {
                                 tracing::warn!("presence: this node was taken for dead; sending all it holds again");
@@ -159,7 +170,7 @@ impl RedisPresence {
                                 hub.track_users();
                                 hub.resend_presence();
                             }
-                            beaten = Some(Instant::now());
+                            beaten = Some((Instant::now(), online));
                         }
                         Err(e) => {
                             hub.return_user_changes(changes);
@@ -182,8 +193,12 @@ impl RedisPresence {
 
     /// Sends this node's counts, liveness and user `changes`; answers whether the node was
     /// missing from the node set.
-    async fn beat(&self, hub: &Hub, changes: &HashMap<UserId, i8>) -> Result<bool, PresenceError> {
-        let online = hub.online();
+    async fn beat(
+        &self,
+        hub: &Hub,
+        online: Online,
+        changes: &HashMap<UserId, i8>,
+    ) -> Result<bool, PresenceError> {
         let counts = Counts {
             online: online.online,
             users: online.users,
@@ -361,6 +376,8 @@ impl Presence for RedisPresence {
     }
 
     async fn update(&self, change: &NodeChange<'_>) -> Result<Transition, PresenceError> {
+        // Never fails: the sender lives in `self`.
+        let _ = self.cleaned.subscribe().wait_for(|cleaned| *cleaned).await;
         if change.now > 0 {
             self.index(change.node, change.channel).await?;
         }
