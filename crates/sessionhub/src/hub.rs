@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,9 @@ use crate::broker::{
     Broker, Deliver, LocalBroker, Publication, PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use crate::error::BrokerError;
-use crate::presence::{Member as PresenceMember, NodeChange, Presence, PresenceChannels, Transition};
+use crate::presence::{
+    Member as PresenceMember, NodeChange, Presence, PresenceChannels, Transition,
+};
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
 use crate::session::{SessionEvents, SessionId};
 
@@ -180,6 +182,18 @@ pub(crate) struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
     users: Mutex<Users>,
     presence: Mutex<HashMap<String, HashMap<UserId, usize>>>,
+    /// Presence channel -> user -> the version and kind (join: true) of the user's latest
+    /// event delivered here; kept while this node has subscribers on the channel.
+    announced: Mutex<HashMap<String, HashMap<String, (u64, bool)>>>,
+}
+
+/// What the registry reads of a `join` or `leave` frame.
+#[derive(Deserialize)]
+struct PresenceEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    user: String,
+    version: u64,
 }
 
 /// The users with local connections, and, once tracked, which of them came or went since
@@ -219,6 +233,31 @@ fn net(changes: &mut HashMap<UserId, i8>, user: UserId, delta: i8) {
 }
 
 impl Registry {
+    /// Whether a presence event is newer than the last one delivered here for its user and
+    /// says something else. Nodes announce on their own, so a join and a leave decided in
+    /// one order may arrive in the other; passing on only what is newer leaves subscribers
+    /// with the user's latest state, never a ghost or a missing join.
+    fn is_news(&self, events: &str, publication: &Publication) -> bool {
+        let Ok(event) = serde_json::from_str::<PresenceEvent>(publication.data.as_str()) else {
+            return false;
+        };
+        let joined = event.kind == "join";
+        let mut announced = self.announced.lock().unwrap();
+        let users = announced.entry(events.to_owned()).or_default();
+        match users.get_mut(&event.user) {
+            Some((version, _)) if *version >= event.version => false,
+            Some(last) => {
+                let news = last.1 != joined;
+                *last = (event.version, joined);
+                news
+            }
+            None => {
+                users.insert(event.user, (event.version, joined));
+                true
+            }
+        }
+    }
+
     /// Counts the local connections and distinct users.
     pub(crate) fn online(&self) -> Online {
         let users = self.users.lock().unwrap();
@@ -266,6 +305,9 @@ impl Deliver for Registry {
         let Some(members) = channels.get(channel) else {
             return 0;
         };
+        if channel.starts_with(PRESENCE_EVENTS_PREFIX) && !self.is_news(channel, &publication) {
+            return 0;
+        }
         // A session channel carries only the news that the session ended.
         let outbound = if channel.starts_with(SESSION_CHANNEL_PREFIX) {
             Outbound::Close(close::SESSION_ENDED.0, close::SESSION_ENDED.1)
@@ -659,6 +701,10 @@ impl Connection {
             if members.is_empty() {
                 channels.remove(channel);
                 self.hub.inner.broker.unsubscribe(channel);
+                if channel.starts_with(PRESENCE_EVENTS_PREFIX) {
+                    let registry = &self.hub.inner.registry;
+                    registry.announced.lock().unwrap().remove(channel);
+                }
             }
         }
     }

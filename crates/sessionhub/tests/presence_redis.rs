@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::{Hub, Online};
-use sessionhub::presence::{Presence, RedisPresence, LIVENESS_TTL};
+use sessionhub::presence::{LIVENESS_TTL, Presence, RedisPresence};
 use sessionhub_testkit::RedisServer;
 use sessionhub_testkit::conformance::presence::{PresenceFixture, settles_at, user};
 use sessionhub_testkit::conformance::within;

@@ -54,7 +54,12 @@ async fn bytes_sent_to_redis_per_minute_at_100k_users() {
         let users: Vec<_> = (0..USERS).map(|i| user(&format!("user-{i}"))).collect();
         let mut connections: Vec<_> = users.iter().map(|u| Some(hub.connect(u))).collect();
         // The first beats send the users in steps of 10k.
-        while presence.online().await.unwrap() != (Online { online: USERS, users: USERS }) {
+        while presence.online().await.unwrap()
+            != (Online {
+                online: USERS,
+                users: USERS,
+            })
+        {
             sleep(Duration::from_millis(100)).await;
         }
         sleep(Duration::from_secs(4)).await;

@@ -77,9 +77,15 @@ pub fn track(hub: &Hub, presence: &Arc<dyn Presence>) {
 
 /// Waits (up to [`SETTLE`]) until `presence` has exactly `expected` (user, connections) on
 /// `channel`, and stats that agree.
-pub async fn channel_settles_at(presence: &dyn Presence, channel: &str, expected: &[(&str, usize)]) {
-    let mut expected: Vec<(String, usize)> =
-        expected.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect();
+pub async fn channel_settles_at(
+    presence: &dyn Presence,
+    channel: &str,
+    expected: &[(&str, usize)],
+) {
+    let mut expected: Vec<(String, usize)> = expected
+        .iter()
+        .map(|(u, n)| ((*u).to_owned(), *n))
+        .collect();
     expected.sort();
     let stats = ChannelStats {
         users: expected.len(),
@@ -211,7 +217,11 @@ pub mod checks {
         let mut a1 = hub.connect(&alice);
         a1.join("room:1").await.expect("joins");
         let members = presence.members("room:1").await.expect("presence answers");
-        assert_eq!(members.len(), 1, "counted when the join returns: {members:?}");
+        assert_eq!(
+            members.len(),
+            1,
+            "counted when the join returns: {members:?}"
+        );
         let mut a2 = hub.connect(&alice);
         a2.join("room:1").await.expect("joins");
         a2.join("room:2").await.expect("joins");

@@ -65,7 +65,10 @@ impl Gateway {
                 axum::routing::post(push::publish_to_channel),
             )
             .route("/api/channels/{channel}/presence", get(presence::members))
-            .route("/api/channels/{channel}/presence/stats", get(presence::stats))
+            .route(
+                "/api/channels/{channel}/presence/stats",
+                get(presence::stats),
+            )
             .route("/api/users/{id}/sessions", get(admin::sessions))
             .route("/api/users/{id}/logout", axum::routing::post(admin::logout));
         if !self.config.security.api_keys.is_empty() {

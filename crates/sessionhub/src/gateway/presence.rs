@@ -40,11 +40,19 @@ pub(crate) async fn stats(
 fn presence_channel(gateway: &Gateway, channel: &str) -> Result<(), ApiError> {
     if !is_public_channel_name(channel) {
         let e = FrameError::InvalidChannel;
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            e.to_string(),
+        ));
     }
     if !gateway.hub.has_presence(channel) {
         let e = FrameError::NoPresence;
-        return Err(ApiError::new(StatusCode::NOT_FOUND, e.code(), e.to_string()));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            e.code(),
+            e.to_string(),
+        ));
     }
     Ok(())
 }

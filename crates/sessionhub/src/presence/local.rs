@@ -1,6 +1,7 @@
 //! Presence of a single node.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
@@ -10,12 +11,12 @@ use crate::hub::{Hub, Online, Registry};
 
 /// Presence of a single node: the hub's own registry, which is the whole truth, so a
 /// change is a join or a leave exactly when it is one on this node.
-pub struct LocalPresence(Arc<Registry>);
+pub struct LocalPresence(Arc<Registry>, AtomicU64);
 
 impl LocalPresence {
     /// The presence of `hub`'s connections.
     pub fn new(hub: &Hub) -> Self {
-        Self(hub.registry())
+        Self(hub.registry(), AtomicU64::new(0))
     }
 }
 
@@ -44,9 +45,10 @@ impl Presence for LocalPresence {
     }
 
     async fn update(&self, change: &NodeChange<'_>) -> Result<Transition, PresenceError> {
+        let version = || self.1.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(match (change.was, change.now) {
-            (0, 1..) => Transition::Joined,
-            (1.., 0) => Transition::Left,
+            (0, 1..) => Transition::Joined(version()),
+            (1.., 0) => Transition::Left(version()),
             _ => Transition::Unchanged,
         })
     }

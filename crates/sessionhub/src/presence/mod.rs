@@ -57,7 +57,9 @@ impl PresenceChannels {
 
     /// Whether `channel` has presence.
     pub fn covers(&self, channel: &str) -> bool {
-        self.0.iter().any(|prefix| channel.starts_with(prefix.as_str()))
+        self.0
+            .iter()
+            .any(|prefix| channel.starts_with(prefix.as_str()))
     }
 
     /// Whether no channel has presence.
@@ -99,13 +101,15 @@ pub struct NodeChange<'a> {
     pub now: usize,
 }
 
-/// What a change did to a channel's presence cluster-wide.
+/// What a change did to a channel's presence cluster-wide. A join or leave carries the
+/// channel's presence version after it: joins and leaves announced by different nodes may
+/// reach a subscriber out of order, and the version tells which came last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     /// The user's first connection to the channel on any node.
-    Joined,
+    Joined(u64),
     /// The user's last connection to the channel on every node is gone.
-    Left,
+    Left(u64),
     /// The user was and stays on the channel (or was and stays off it).
     Unchanged,
 }

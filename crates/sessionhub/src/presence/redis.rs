@@ -18,7 +18,9 @@
 //! Keys of a presence channel (with the channel as hash tag, so that one script updates
 //! them atomically; `scripts/presence_channel_*.lua`): `<prefix>ch:{<channel>}:presence:users`
 //! (hash, user -> connections cluster-wide), `:presence:connections` (their sum),
-//! `:presence:node:<node id>` (hash, user -> connections on that node).
+//! `:presence:node:<node id>` (hash, user -> connections on that node), and
+//! `:presence:version` (counts the channel's joins and leaves; never reset, so that a
+//! version is never used twice for one channel).
 //!
 //! A node that stops beating is reaped by the first survivor that sees its liveness
 //! expired (each node looks every 3 s): one script removes it from the online counts and
@@ -165,7 +167,9 @@ impl RedisPresence {
                     match self.beat(&hub, online, &changes).await {
                         Ok(absent) => {
                             if absent && beaten.is_some() {
-                                tracing::warn!("presence: this node was taken for dead; sending all it holds again");
+                                tracing::warn!(
+                                    "presence: this node was taken for dead; sending all it holds again"
+                                );
                                 self.indexed.lock().unwrap().clear();
                                 hub.track_users();
                                 hub.resend_presence();
@@ -268,9 +272,10 @@ impl RedisPresence {
         for channel in channels.unwrap_or_default() {
             let mut invocation = scripts::PRESENCE_CHANNEL_REAP.prepare_invoke();
             self.channel_keys(&mut invocation, &channel, node);
-            let left: Vec<String> = self.invoke(&invocation).await?;
-            for user in left {
-                hub.announce(&channel, &user, Transition::Left).await;
+            let left: Vec<(String, u64)> = self.invoke(&invocation).await?;
+            for (user, version) in left {
+                hub.announce(&channel, &user, Transition::Left(version))
+                    .await;
             }
         }
         Ok(())
@@ -280,8 +285,12 @@ impl RedisPresence {
     fn channel_keys(&self, invocation: &mut ScriptInvocation<'_>, channel: &str, node: &str) {
         invocation
             .key(self.keys.channel_presence(channel, "users"))
-            .key(self.keys.channel_presence(channel, &["node:", node].concat()))
-            .key(self.keys.channel_presence(channel, "connections"));
+            .key(
+                self.keys
+                    .channel_presence(channel, &["node:", node].concat()),
+            )
+            .key(self.keys.channel_presence(channel, "connections"))
+            .key(self.keys.channel_presence(channel, "version"));
     }
 
     async fn invoke<T: ::redis::FromRedisValue>(
@@ -384,13 +393,13 @@ impl Presence for RedisPresence {
         let mut invocation = scripts::PRESENCE_CHANNEL_SET.prepare_invoke();
         self.channel_keys(&mut invocation, change.channel, change.node);
         invocation.arg(change.user.as_str()).arg(change.now);
-        let (transition, left_here): (i64, usize) = self.invoke(&invocation).await?;
+        let (transition, left_here, version): (i64, usize, u64) = self.invoke(&invocation).await?;
         if left_here == 0 {
             self.unindex(change.node, change.channel).await?;
         }
         Ok(match transition {
-            1 => Transition::Joined,
-            -1 => Transition::Left,
+            1 => Transition::Joined(version),
+            -1 => Transition::Left(version),
             _ => Transition::Unchanged,
         })
     }

@@ -225,10 +225,12 @@ pub(crate) enum Reply<'a> {
     Join {
         channel: &'a str,
         user: &'a str,
+        version: u64,
     },
     Leave {
         channel: &'a str,
         user: &'a str,
+        version: u64,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -289,8 +291,16 @@ impl Reply<'_> {
 /// `None` for a change that is neither.
 pub(crate) fn presence_event(channel: &str, user: &str, transition: Transition) -> Option<String> {
     let frame = match transition {
-        Transition::Joined => Reply::Join { channel, user },
-        Transition::Left => Reply::Leave { channel, user },
+        Transition::Joined(version) => Reply::Join {
+            channel,
+            user,
+            version,
+        },
+        Transition::Left(version) => Reply::Leave {
+            channel,
+            user,
+            version,
+        },
         Transition::Unchanged => return None,
     };
     Some(frame.to_text())
@@ -396,14 +406,17 @@ mod tests {
             r#"{"type":"publication","channel":"room:1","epoch":"ep","offset":3,"data":{"a":"b"}}"#
         );
         assert_eq!(
-            presence_event("room:1", "alice", Transition::Joined).unwrap(),
-            r#"{"type":"join","channel":"room:1","user":"alice"}"#
+            presence_event("room:1", "alice", Transition::Joined(3)).unwrap(),
+            r#"{"type":"join","channel":"room:1","user":"alice","version":3}"#
         );
         assert_eq!(
-            presence_event("room:1", "alice", Transition::Left).unwrap(),
-            r#"{"type":"leave","channel":"room:1","user":"alice"}"#
+            presence_event("room:1", "alice", Transition::Left(4)).unwrap(),
+            r#"{"type":"leave","channel":"room:1","user":"alice","version":4}"#
         );
-        assert_eq!(presence_event("room:1", "alice", Transition::Unchanged), None);
+        assert_eq!(
+            presence_event("room:1", "alice", Transition::Unchanged),
+            None
+        );
         let members = [Member {
             user: "alice".into(),
             connections: 2,
