@@ -182,10 +182,13 @@ pub(crate) struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
     users: Mutex<Users>,
     presence: Mutex<HashMap<String, HashMap<UserId, usize>>>,
-    /// Presence channel -> user -> the version and kind (join: true) of the user's latest
-    /// event delivered here; kept while this node has subscribers on the channel.
-    announced: Mutex<HashMap<String, HashMap<String, (u64, bool)>>>,
+    /// Presence events channel -> what was last delivered here for each user; kept while
+    /// this node has subscribers on the channel.
+    announced: Mutex<HashMap<String, LastEvents>>,
 }
+
+/// User -> the version and kind (join: true) of the user's latest presence event.
+type LastEvents = HashMap<String, (u64, bool)>;
 
 /// What the registry reads of a `join` or `leave` frame.
 #[derive(Deserialize)]
