@@ -178,9 +178,10 @@ async fn joins_and_leaves_are_announced_once_per_user_across_nodes() {
     drop(a3);
     send_text(&mut a1, r#"{"type":"unsubscribe","channel":"room:1"}"#).await;
     stats_settle(&nodes[0].http(), 2, 2).await;
+    let early = frames_until_quiet(&mut watcher, Duration::from_millis(500)).await;
+    assert!(early.is_empty(), "alice is still on node-2: {early:?}");
     drop(a2);
     stats_settle(&nodes[0].http(), 1, 1).await;
-
     let seen = frames_until_quiet(&mut watcher, Duration::from_secs(1)).await;
     assert_eq!(
         seen,
