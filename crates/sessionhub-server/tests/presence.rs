@@ -331,7 +331,7 @@ async fn one_user_racing_on_two_nodes_leaves_no_ghost_and_misses_no_join() {
     let (mut watcher, _) = subscribed(&nodes[0].ws(), "watcher", "room:1").await;
     assert_eq!(next_json(&mut watcher).await, event("join", "watcher"));
     let (on_a, on_b) = (nodes[0].ws(), nodes[1].ws());
-    for _ in 0..15 {
+    for _ in 0..30 {
         let (a, b) = tokio::join!(
             subscribed(&on_a, "alice", "room:1"),
             subscribed(&on_b, "alice", "room:1")

@@ -809,13 +809,44 @@ mod tests {
 
     use tokio::time::timeout;
 
-    use super::{OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Outbox};
+    use super::{OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Outbox, Publication, Registry};
 
     fn code(item: Outbound) -> u16 {
         match item {
             Outbound::Close(code, _) => code,
             _ => panic!("not a numbered close"),
         }
+    }
+
+    #[test]
+    fn presence_events_pass_only_when_newer_and_different() {
+        let registry = Registry::default();
+        let event = |kind: &str, version: u64| Publication {
+            offset: 0,
+            epoch: "".into(),
+            data: format!(r#"{{"type":"{kind}","channel":"c","user":"u","version":{version}}}"#)
+                .into(),
+        };
+        let passed = |kind, version| registry.is_news("$presence:c", &event(kind, version));
+        // Decided join 1, leave 2, join 3, leave 4; arriving 1, 3, 2, 4.
+        assert!(passed("join", 1));
+        assert!(
+            !passed("join", 3),
+            "a second join in a row says nothing new"
+        );
+        assert!(!passed("leave", 2), "older than what was seen");
+        assert!(passed("leave", 4));
+        // Decided leave 6 after join 5, arriving the other way round: ends absent.
+        assert!(!passed("leave", 6), "already absent");
+        assert!(!passed("join", 5), "older than the leave");
+        assert!(!registry.is_news(
+            "$presence:c",
+            &Publication {
+                offset: 0,
+                epoch: "".into(),
+                data: "not an event".into(),
+            }
+        ));
     }
 
     #[tokio::test]
