@@ -347,3 +347,29 @@ async fn one_user_racing_on_two_nodes_leaves_no_ghost_and_misses_no_join() {
     }
     assert_eq!(seen.len() % 2, 0, "the last is a leave: {seen:?}");
 }
+
+/// A node stopped gracefully (SIGTERM) withdraws at once: each of its users leaves once, and
+/// nothing of theirs is left behind, however its sockets' closes and the withdrawal
+/// interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_nodes_users_leave_at_once_and_leave_nothing_behind() {
+    let (_redis, mut nodes) = presence_cluster(2);
+    let (mut watcher, _) = subscribed(&nodes[0].ws(), "watcher", "room:1").await;
+    let mut on_b = Vec::new();
+    for user in ["alice", "alice", "alice", "bob"] {
+        on_b.push(subscribed(&nodes[1].ws(), user, "room:1").await);
+    }
+    for user in ["watcher", "alice", "bob"] {
+        assert_eq!(next_json(&mut watcher).await, event("join", user));
+    }
+    let stopped = blocking(|| nodes[1].terminate(Duration::from_secs(10)));
+    assert_eq!(stopped.expect("node-1 stops"), Some(0));
+    let mut seen = frames_until_quiet(&mut watcher, Duration::from_secs(2)).await;
+    seen.sort_by_key(|frame| frame["user"].as_str().map(str::to_owned));
+    assert_eq!(seen, [event("leave", "alice"), event("leave", "bob")]);
+    stats_settle(&nodes[0].http(), 1, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stats_settle(&nodes[0].http(), 1, 1).await;
+    let online = online(&http(), &nodes[0].http()).await;
+    assert_eq!(online, json!({"online": 1, "users": 1}));
+}

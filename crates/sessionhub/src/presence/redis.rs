@@ -79,6 +79,10 @@ pub struct RedisPresence {
     /// True once the heartbeat removed what a previous process with this node id left;
     /// channel changes wait for it, or the removal could take them away.
     cleaned: watch::Sender<bool>,
+    /// True once the heartbeat withdrew the node at its stop. Held by each channel change
+    /// while it writes, so that no change of a closing connection can put an entry back
+    /// after the withdrawal took them all away (nobody would ever reap it).
+    stopped: tokio::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -118,6 +122,7 @@ impl RedisPresence {
             keys,
             indexed: Mutex::default(),
             cleaned: watch::Sender::new(false),
+            stopped: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -189,6 +194,8 @@ impl RedisPresence {
                     }
                 }
             }
+            let mut stopped = self.stopped.lock().await;
+            *stopped = true;
             if let Err(e) = self.withdraw(&hub, hub.node_id(), Withdraw::Any).await {
                 tracing::warn!(error = %e, "presence not withdrawn; a survivor reaps it");
             }
@@ -387,6 +394,10 @@ impl Presence for RedisPresence {
     async fn update(&self, change: &NodeChange<'_>) -> Result<Transition, PresenceError> {
         // Never fails: the sender lives in `self`.
         let _ = self.cleaned.subscribe().wait_for(|cleaned| *cleaned).await;
+        let stopped = self.stopped.lock().await;
+        if *stopped {
+            return Ok(Transition::Unchanged);
+        }
         if change.now > 0 {
             self.index(change.node, change.channel).await?;
         }
