@@ -8,7 +8,7 @@
 //! lost, and the client is told to reconnect and recover ([`close::INSUFFICIENT_STATE`]),
 //! so a client never silently skips a publication.
 //!
-//! Over 600 lines with its tests, which drive that state through whole conversations on a
+//! Over 700 lines with its tests, which drive that state through whole conversations on a
 //! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
 use std::collections::HashMap;
