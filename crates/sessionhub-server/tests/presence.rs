@@ -373,3 +373,38 @@ async fn a_stopped_nodes_users_leave_at_once_and_leave_nothing_behind() {
     let online = online(&http(), &nodes[0].http()).await;
     assert_eq!(online, json!({"online": 1, "users": 1}));
 }
+
+/// On a Redis Cluster (three primaries): each presence channel's keys share the channel's
+/// slot and the online counts share `{presence}`, so every script runs; joins, leaves and the
+/// HTTP presence work across nodes as on one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_works_on_a_redis_cluster() {
+    let cluster = sessionhub_testkit::RedisCluster::start_async().await;
+    let seeds = cluster.urls().join(",");
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let args = [
+                "--redis-cluster",
+                &seeds,
+                "--node-id",
+                &name,
+                "--presence-channels",
+                "room:",
+            ];
+            node(&args)
+        })
+        .collect();
+    let (mut watcher, _) = subscribed(&nodes[0].ws(), "watcher", "room:1").await;
+    assert_eq!(next_json(&mut watcher).await, event("join", "watcher"));
+    let (alice, reply) = subscribed(&nodes[1].ws(), "alice", "room:1").await;
+    assert_eq!(
+        members(&reply["presence"]),
+        pairs(&[("alice", 1), ("watcher", 1)])
+    );
+    assert_eq!(next_json(&mut watcher).await, event("join", "alice"));
+    stats_settle(&nodes[0].http(), 2, 2).await;
+    drop(alice);
+    assert_eq!(next_json(&mut watcher).await, event("leave", "alice"));
+    stats_settle(&nodes[1].http(), 1, 1).await;
+}
