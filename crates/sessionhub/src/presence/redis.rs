@@ -53,6 +53,10 @@ use crate::store::now_ms;
 pub const LIVENESS_TTL: Duration = Duration::from_secs(10);
 /// How often a node beats even when nothing changed, and looks for dead nodes to reap.
 const REFRESH: Duration = Duration::from_secs(3);
+// A dead node's users leave within its liveness TTL plus one look for dead nodes: the
+// 30 s promised (docs/protocol.md, "Presence") must hold with the defaults.
+const _: () = assert!(LIVENESS_TTL.as_secs() + REFRESH.as_secs() <= 30);
+
 /// How often a node checks for users who came or went.
 const CHANGE_CHECK: Duration = Duration::from_millis(250);
 /// Most user changes one beat sends, so that a node starting with many users fills Redis
