@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
             let id = match &message {
                 v1::Request::Subscribe { id, .. }
                 | v1::Request::Unsubscribe { id, .. }
+                | v1::Request::Presence { id, .. }
                 | v1::Request::Ping { id } => *id,
                 v1::Request::Publish {
                     data,

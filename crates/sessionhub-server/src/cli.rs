@@ -186,6 +186,11 @@ pub(crate) struct Serve {
     )]
     pub(crate) channel_rules: Vec<ChannelRule>,
 
+    /// Channels with presence (join and leave events, member lists): those whose name starts
+    /// with one of these prefixes (comma-separated, e.g. `room:,chat:`).
+    #[arg(long, env = "SESSIONHUB_PRESENCE_CHANNELS", value_delimiter = ',')]
+    pub(crate) presence_channels: Vec<String>,
+
     /// At most this many sessions per user; logging in past it ends the least recently used.
     #[arg(long, env = "SESSIONHUB_MAX_SESSIONS_PER_USER")]
     pub(crate) max_sessions_per_user: Option<usize>,

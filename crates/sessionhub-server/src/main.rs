@@ -20,7 +20,7 @@ use sessionhub::broker::{
 use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::Limits;
-use sessionhub::presence::RedisPresence;
+use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
 use tokio::net::TcpListener;
@@ -160,6 +160,14 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     }
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
     gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
+    let channels = PresenceChannels::new(args.presence_channels.clone());
+    if !channels.is_empty() {
+        let backend: Arc<dyn Presence> = match &presence {
+            Some(presence) => presence.clone(),
+            None => Arc::new(LocalPresence::new(&hub)),
+        };
+        hub.track_presence(channels, backend);
+    }
     let stop_presence = CancellationToken::new();
     let mut heartbeat = None;
     if let Some(presence) = presence {
@@ -189,7 +197,6 @@ async fn run(args: Serve) -> anyhow::Result<()> {
                 "shutting down: no new connections; closing the open ones over the drain window (1012)"
             );
             stopping.drain();
-            stop_presence.cancel();
         })
         .await
         .context("serving")?;
@@ -200,6 +207,9 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     while hub.online().online > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Withdrawn only now: while the drain ran, its users were still connected here (and
+    // those who reconnected elsewhere meanwhile never leave the presence channels).
+    stop_presence.cancel();
     if let Some(heartbeat) = heartbeat {
         // Withdraws this node from the online count; bounded so a dead Redis cannot hold
         // the stop.

@@ -17,6 +17,8 @@ const KEY: &str = "api-test-key-0123456789";
 const API_PATHS: &[&str] = &[
     "/api/channels",
     "/api/channels/{channel}/history",
+    "/api/channels/{channel}/presence",
+    "/api/channels/{channel}/presence/stats",
     "/api/channels/{channel}/publish",
     "/api/info",
     "/api/online",

@@ -208,7 +208,7 @@ async fn a_session_socket_costs_one_session_read_to_open() {
     assert_eq!(delta("pttl"), 0, "and its expiry is not asked for");
     // Nothing else of the session's (SUBSCRIBE for the socket's channels and the presence
     // heartbeat go on around it): one script, the load, besides the heartbeat's scripts
-    // (presence_publish.lua, one ZADD each).
+    // (presence_beat.lua, one ZADD each).
     assert_eq!(delta("evalsha"), 1 + delta("zadd"), "{calls:?}");
     for command in ["exists", "hget", "hmget", "hset", "ttl", "eval"] {
         assert_eq!(delta(command), 0, "{command}: {calls:?}");

@@ -29,8 +29,11 @@
 /**
  * @typedef {object} SubscribeOptions
  * @property {(p: Publication) => void} [onPublication] every publication, in order, once
- * @property {(info: {channel: string, epoch: string, offset: number, recovered: boolean, resubscribed: boolean}) => void} [onSubscribed]
- *   each time the server confirms the subscription (first time and after every reconnect)
+ * @property {(info: {channel: string, epoch: string, offset: number, recovered: boolean, resubscribed: boolean, presence?: {user: string, connections: number}[]}) => void} [onSubscribed]
+ *   each time the server confirms the subscription (first time and after every reconnect);
+ *   on a presence channel, `presence` lists who is there
+ * @property {(event: {type: "join" | "leave", channel: string, user: string}) => void} [onPresence]
+ *   on a presence channel: a user's first connection joined, or their last one left
  * @property {(info: {channel: string, epoch: string, offset: number, since: StreamPosition}) => void} [onRecoveryFailed]
  *   what was missed is gone (history too short, or a new epoch): reload the channel's state
  * @property {(error: Error & {code: string}) => void} [onError] the server refused the subscription
@@ -305,6 +308,12 @@ export class SessionHub {
         if (sub?.state === "subscribed") this._deliver(sub, msg, false);
         break;
       }
+      case "join":
+      case "leave": {
+        const sub = this._subs.get(msg.channel);
+        if (sub?.state === "subscribed") call(sub.options.onPresence, { type: msg.type, channel: msg.channel, user: msg.user });
+        break;
+      }
       case "published":
         request?.publish?.resolve({ channel: msg.channel, epoch: msg.epoch, offset: msg.offset, duplicate: !!msg.duplicate });
         break;
@@ -333,9 +342,9 @@ export class SessionHub {
 
   _subscribed({ sub, recover }, msg) {
     if (this._subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
-    const { channel, epoch, offset, recovered } = msg;
+    const { channel, epoch, offset, recovered, presence } = msg;
     sub.state = "subscribed";
-    call(sub.options.onSubscribed, { channel, epoch, offset, recovered, resubscribed: !!recover });
+    call(sub.options.onSubscribed, { channel, epoch, offset, recovered, resubscribed: !!recover, ...(presence && { presence }) });
     if (recovered) {
       for (const p of msg.publications) this._deliver(sub, { channel, epoch, offset: p.offset, data: p.data }, true);
       const at = sub.position;

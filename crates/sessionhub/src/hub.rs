@@ -5,18 +5,30 @@
 //! member of a channel subscribes the node to it and the last one to leave unsubscribes, so
 //! a node receives only messages that some local client wants.
 //!
+//! On a presence channel ([`Hub::track_presence`]) the registry also counts each user's
+//! connections, and a tracker task reports every change, in order, to the [`Presence`]
+//! backend; when the backend answers that a user joined or left the channel cluster-wide,
+//! the tracker publishes a `join` or `leave` frame on the channel's companion
+//! `$presence:<channel>`, which every connection on a presence channel joins with it.
+//!
 //! Each member has a bounded outbound queue. Delivery never waits: a member whose queue is
 //! full is a slow consumer and is told to disconnect, so one stuck client can neither stall
 //! the others nor grow the server's memory.
+//!
+//! Over 700 lines: the registry, the hub, a connection and the presence tracker all work on
+//! the registry's private state under its locks (the order of subscribes, and of presence
+//! changes, is kept by taking them under those locks), and their unit tests sit with them.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
-use tokio::sync::Notify;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
@@ -25,6 +37,9 @@ use crate::broker::{
 };
 use crate::control;
 use crate::error::BrokerError;
+use crate::presence::{
+    Member as PresenceMember, NodeChange, Presence, PresenceChannels, Transition,
+};
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
 use crate::session::{SessionEvents, SessionId};
 
@@ -33,6 +48,15 @@ const OUTBOUND_QUEUE: usize = 256;
 
 /// Queue capacity a drained outbound queue keeps, so steady traffic does not reallocate.
 const OUTBOX_KEPT: usize = 16;
+
+/// How long a join waits for presence to take it into account, so that the member list a
+/// subscriber is sent includes its own user; past it the join goes on (the backend is slow
+/// or down, and presence catches up when it answers).
+const PRESENCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Prefix of the internal channels that carry a presence channel's `join` and `leave`
+/// frames; clients may not name them.
+pub(crate) const PRESENCE_EVENTS_PREFIX: &str = "$presence:";
 
 /// Counts of what is connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -171,46 +195,117 @@ impl Outbox {
     }
 }
 
-/// Channel -> the local connections that joined it, and user -> the user's connections here
-/// (whatever channels they joined), which the server API's commands address.
+/// Channel -> the local connections that joined it, user -> the user's connections here
+/// (whatever channels they joined), which the server API's commands address, and on
+/// presence channels, user -> how many connections the user has on the channel here.
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
-    users: Mutex<HashMap<UserId, Vec<Member>>>,
+    users: Mutex<Users>,
+    presence: Mutex<HashMap<String, HashMap<UserId, usize>>>,
+    /// Presence events channel -> what was last delivered here for each user; kept while
+    /// this node has subscribers on the channel.
+    announced: Mutex<HashMap<String, LastEvents>>,
     /// Where messages on the control channels go, once [`Hub::start_control`] ran.
     control: OnceLock<tokio::sync::mpsc::UnboundedSender<(String, Publication)>>,
-    /// Bumped whenever a connection opens or closes, so presence can tell whether anything
-    /// changed.
-    generation: AtomicU64,
+}
+
+/// User -> the version and kind (join: true) of the user's latest presence event.
+type LastEvents = HashMap<String, (u64, bool)>;
+
+/// What the registry reads of a `join` or `leave` frame.
+#[derive(Deserialize)]
+struct PresenceEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    user: String,
+    version: u64,
+}
+
+/// The users with local connections, and, once tracked, which of them came or went since
+/// the last look ([`Hub::take_user_changes`]), so that a cluster's presence sends Redis
+/// what changed rather than every user.
+#[derive(Default)]
+struct Users {
+    /// User -> the user's local connections.
+    members: HashMap<UserId, Vec<Member>>,
+    /// How many connections `members` holds, kept so that counting is O(1) (presence counts
+    /// every 250 ms).
+    connections: usize,
+    /// User -> +1 (came) or -1 (went); a user who came and went is not in it.
+    changes: Option<HashMap<UserId, i8>>,
+}
+
+impl Users {
+    fn changed(&mut self, user: &UserId, delta: i8) {
+        if let Some(changes) = &mut self.changes {
+            net(changes, user.clone(), delta);
+        }
+    }
+}
+
+/// Adds `delta` to `user`'s net change, dropping it when the changes cancel out.
+fn net(changes: &mut HashMap<UserId, i8>, user: UserId, delta: i8) {
+    let entry = changes.entry(user);
+    match entry {
+        Entry::Occupied(mut sum) => {
+            *sum.get_mut() += delta;
+            if *sum.get() == 0 {
+                sum.remove();
+            }
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(delta);
+        }
+    }
 }
 
 impl Registry {
-    /// Counts the local connections and distinct users.
-    fn online(&self) -> Online {
-        let users = self.users.lock().unwrap();
-        Online {
-            online: users.values().map(Vec::len).sum(),
-            users: users.len(),
+    /// Whether a presence event is newer than the last one delivered here for its user and
+    /// says something else. Nodes announce on their own, so a join and a leave decided in
+    /// one order may arrive in the other; passing on only what is newer leaves subscribers
+    /// with the user's latest state, never a ghost or a missing join.
+    fn is_news(&self, events: &str, publication: &Publication) -> bool {
+        let Ok(event) = serde_json::from_str::<PresenceEvent>(publication.data.as_str()) else {
+            return false;
+        };
+        let joined = event.kind == "join";
+        let mut announced = self.announced.lock().unwrap();
+        let users = announced.entry(events.to_owned()).or_default();
+        match users.get_mut(&event.user) {
+            Some((version, _)) if *version >= event.version => false,
+            Some(last) => {
+                let news = last.1 != joined;
+                *last = (event.version, joined);
+                news
+            }
+            None => {
+                users.insert(event.user, (event.version, joined));
+                true
+            }
         }
     }
 
-    /// The users with at least one local connection.
-    fn users(&self) -> Vec<String> {
+    /// Counts the local connections and distinct users.
+    pub(crate) fn online(&self) -> Online {
         let users = self.users.lock().unwrap();
-        users.keys().map(|u| u.as_str().to_owned()).collect()
+        Online {
+            online: users.connections,
+            users: users.members.len(),
+        }
     }
 
     /// Local connections of `user`.
     fn connections_of(&self, user: &UserId) -> usize {
         let users = self.users.lock().unwrap();
-        users.get(user).map_or(0, Vec::len)
+        users.members.get(user).map_or(0, Vec::len)
     }
 
     /// Queues `item` for `user`'s local connections (only connection `only`, if given);
     /// returns how many took it.
     fn command(&self, user: &UserId, only: Option<u64>, item: &Outbound) -> usize {
         let users = self.users.lock().unwrap();
-        let Some(members) = users.get(user) else {
+        let Some(members) = users.members.get(user) else {
             return 0;
         };
         let mut taken = 0;
@@ -233,6 +328,20 @@ impl Registry {
             .filter(|(name, _)| crate::protocol::is_public_channel_name(name))
             .map(|(name, members)| (name.clone(), members.len()))
             .collect()
+    }
+
+    /// The local users on presence channel `channel`, with their connections to it.
+    pub(crate) fn members(&self, channel: &str) -> Vec<PresenceMember> {
+        let presence = self.presence.lock().unwrap();
+        presence.get(channel).map_or_else(Vec::new, |users| {
+            users
+                .iter()
+                .map(|(user, connections)| PresenceMember {
+                    user: user.as_str().to_owned(),
+                    connections: *connections,
+                })
+                .collect()
+        })
     }
 }
 
@@ -260,6 +369,9 @@ impl Deliver for Registry {
         let Some(members) = channels.get(channel) else {
             return 0;
         };
+        if channel.starts_with(PRESENCE_EVENTS_PREFIX) && !self.is_news(channel, &publication) {
+            return 0;
+        }
         // A session channel carries only the news that the session ended.
         let outbound = if channel.starts_with(SESSION_CHANNEL_PREFIX) {
             Outbound::Close(close::SESSION_ENDED.0, close::SESSION_ENDED.1)
@@ -314,6 +426,23 @@ struct HubInner {
     started: std::time::Instant,
     /// The server API's questions to every node still waiting for answers.
     pending: control::Pending,
+    tracking: OnceLock<Tracking>,
+}
+
+/// Which channels have presence, and the queue of their changes to the tracker task.
+struct Tracking {
+    channels: PresenceChannels,
+    changes: mpsc::UnboundedSender<PresenceChange>,
+}
+
+/// One user's connections to one presence channel changed on this node.
+struct PresenceChange {
+    channel: String,
+    user: UserId,
+    was: usize,
+    now: usize,
+    /// Told once the backend has taken the change into account.
+    done: Option<oneshot::Sender<()>>,
 }
 
 impl Hub {
@@ -337,6 +466,7 @@ impl Hub {
                 next_member: AtomicU64::new(0),
                 started: std::time::Instant::now(),
                 pending: control::Pending::default(),
+                tracking: OnceLock::new(),
             }),
         }
     }
@@ -361,14 +491,95 @@ impl Hub {
         self.inner.registry.online()
     }
 
-    /// The users with at least one connection on this node.
-    pub(crate) fn users(&self) -> Vec<String> {
-        self.inner.registry.users()
+    /// The registry, which [`crate::presence::LocalPresence`] reads. Not the hub itself: the
+    /// tracker task holds the presence, and a presence holding the hub would keep it alive.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.inner.registry.clone()
     }
 
-    /// A number that changes whenever a connection opens or closes.
-    pub(crate) fn generation(&self) -> u64 {
-        self.inner.registry.generation.load(Ordering::Relaxed)
+    /// Gives channels matching `channels` presence, reported to `presence` (this node's own
+    /// [`crate::presence::LocalPresence`], or a cluster's). Call once, before connections
+    /// join channels, within a Tokio runtime (it starts the tracker task); `false` if
+    /// presence was set up already.
+    pub fn track_presence(&self, channels: PresenceChannels, presence: Arc<dyn Presence>) -> bool {
+        let (changes, queue) = mpsc::unbounded_channel();
+        let tracking = Tracking { channels, changes };
+        if self.inner.tracking.set(tracking).is_err() {
+            return false;
+        }
+        let broker = self.inner.broker.clone();
+        let node = self.inner.node_id.clone();
+        tokio::spawn(track(queue, presence, broker, node));
+        true
+    }
+
+    /// Whether `channel` has presence.
+    pub(crate) fn has_presence(&self, channel: &str) -> bool {
+        self.inner
+            .tracking
+            .get()
+            .is_some_and(|t| t.channels.covers(channel))
+    }
+
+    /// Reports every local user of every presence channel to the backend again, as if each
+    /// had just joined: after the cluster took this node for dead and removed its entries.
+    pub(crate) fn resend_presence(&self) {
+        let Some(tracking) = self.inner.tracking.get() else {
+            return;
+        };
+        let presence = self.inner.registry.presence.lock().unwrap();
+        for (channel, users) in presence.iter() {
+            for (user, connections) in users {
+                let _ = tracking.changes.send(PresenceChange {
+                    channel: channel.clone(),
+                    user: user.clone(),
+                    was: *connections,
+                    now: *connections,
+                    done: None,
+                });
+            }
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `user` joined or left it.
+    pub(crate) async fn announce(&self, channel: &str, user: &str, transition: Transition) {
+        announce(&self.inner.broker, channel, user, transition).await;
+    }
+
+    /// Starts noting which users come and go ([`Hub::take_user_changes`]); every user
+    /// connected now counts as come.
+    pub(crate) fn track_users(&self) {
+        let mut users = self.inner.registry.users.lock().unwrap();
+        let changes = users.members.keys().map(|u| (u.clone(), 1)).collect();
+        users.changes = Some(changes);
+    }
+
+    /// The users who came (+1) or went (-1) since the last call, at most `limit` of them
+    /// (the others stay for the next call).
+    pub(crate) fn take_user_changes(&self, limit: usize) -> HashMap<UserId, i8> {
+        let mut users = self.inner.registry.users.lock().unwrap();
+        let Some(changes) = &mut users.changes else {
+            return HashMap::new();
+        };
+        if changes.len() <= limit {
+            return std::mem::take(changes);
+        }
+        let taken: Vec<UserId> = changes.keys().take(limit).cloned().collect();
+        taken
+            .into_iter()
+            .filter_map(|u| changes.remove_entry(&u))
+            .collect()
+    }
+
+    /// Puts back changes taken by [`Hub::take_user_changes`] that could not be sent,
+    /// merged with what changed since.
+    pub(crate) fn return_user_changes(&self, returned: HashMap<UserId, i8>) {
+        let mut users = self.inner.registry.users.lock().unwrap();
+        if let Some(changes) = &mut users.changes {
+            for (user, delta) in returned {
+                net(changes, user, delta);
+            }
+        }
     }
 
     /// Publishes `data` (JSON text) to every connection on `channel`, on every node.
@@ -429,20 +640,20 @@ impl Hub {
     /// opens connections without sockets.
     #[doc(hidden)]
     pub fn connect(&self, user: &UserId) -> Connection {
-        let registry = &self.inner.registry;
         let member = Member {
             id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
             outbox: Arc::default(),
             slow: CancellationToken::new(),
         };
-        registry
-            .users
-            .lock()
-            .unwrap()
-            .entry(user.clone())
-            .or_default()
-            .push(member.clone());
-        registry.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut users = self.inner.registry.users.lock().unwrap();
+            users.connections += 1;
+            let members = users.members.entry(user.clone()).or_default();
+            members.push(member.clone());
+            if members.len() == 1 {
+                users.changed(user, 1);
+            }
+        }
         Connection {
             hub: self.clone(),
             user: user.clone(),
@@ -527,6 +738,58 @@ pub(crate) fn session_channel(id: &SessionId) -> String {
     format!("{SESSION_CHANNEL_PREFIX}{}", id.as_str())
 }
 
+/// The channel that carries presence channel `channel`'s `join` and `leave` frames.
+pub(crate) fn presence_events_channel(channel: &str) -> String {
+    [PRESENCE_EVENTS_PREFIX, channel].concat()
+}
+
+/// Publishes that `user` joined or left `channel`, as the v1 frame its subscribers get.
+async fn announce(broker: &Arc<dyn Broker>, channel: &str, user: &str, transition: Transition) {
+    let Some(frame) = v1::presence_event(channel, user, transition) else {
+        return;
+    };
+    let events = presence_events_channel(channel);
+    let published = broker
+        .publish(&events, frame.into(), &PublishOptions::default())
+        .await;
+    if let Err(e) = published {
+        tracing::warn!(error = %e, channel, "a presence event was not published");
+    }
+}
+
+/// The tracker task: reports each presence change to the backend in order, and announces
+/// the joins and leaves it answers. Ends with the hub (when the queue's sender drops).
+async fn track(
+    mut queue: mpsc::UnboundedReceiver<PresenceChange>,
+    presence: Arc<dyn Presence>,
+    broker: Arc<dyn Broker>,
+    node: String,
+) {
+    while let Some(change) = queue.recv().await {
+        let update = NodeChange {
+            node: &node,
+            channel: &change.channel,
+            user: &change.user,
+            was: change.was,
+            now: change.now,
+        };
+        match presence.update(&update).await {
+            Ok(transition) => {
+                announce(&broker, &change.channel, change.user.as_str(), transition).await
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                channel = change.channel,
+                "a presence change was not recorded; the user's next change on the channel \
+                 records it"
+            ),
+        }
+        if let Some(done) = change.done {
+            let _ = done.send(());
+        }
+    }
+}
+
 /// One local connection: its outbound queue and the channels it joined. Dropping it leaves
 /// every channel. Public only for [`Hub::connect`]'s test use.
 #[doc(hidden)]
@@ -543,38 +806,104 @@ impl Connection {
         if self.channels.iter().any(|c| c == channel) {
             return Ok(());
         }
-        let registry = &self.hub.inner.registry;
-        let subscribed = {
-            let mut channels = registry.channels.lock().unwrap();
-            channels
-                .entry(channel.to_owned())
-                .or_default()
-                .push(self.member.clone());
-            // Asked on every join, not only the first: an earlier member's SUBSCRIBE may still
-            // be in flight, and this member must not be told it is subscribed before the node
-            // is. The broker answers once a subscription round that started after this call
-            // is confirmed (a no-op round when nothing changes). Queued under the lock so
-            // subscribe and unsubscribe keep their order.
-            self.hub.inner.broker.subscribe(channel)
-        };
+        let events = self
+            .hub
+            .has_presence(channel)
+            .then(|| presence_events_channel(channel));
+        let subscribed = self.add_member(channel);
+        let events_subscribed = events.as_deref().map(|events| self.add_member(events));
         self.channels.push(channel.to_owned());
-        if let Err(e) = subscribed.await {
-            self.leave(channel);
+        let mut result = subscribed.await;
+        if let Some(events_subscribed) = events_subscribed {
+            result = result.and(events_subscribed.await);
+        }
+        if let Err(e) = result {
+            // Not `leave`: the user was not counted on the channel yet.
+            self.channels.retain(|c| c != channel);
+            self.remove_member(channel);
+            if let Some(events) = &events {
+                self.remove_member(events);
+            }
             return Err(e);
+        }
+        if events.is_some() {
+            let (done, taken) = oneshot::channel();
+            self.count_presence(channel, 1, Some(done));
+            let _ = tokio::time::timeout(PRESENCE_WAIT, taken).await;
         }
         Ok(())
     }
 
-    /// Leaves `channel`; the node unsubscribes when its last connection leaves.
-    pub fn leave(&mut self, channel: &str) {
-        self.channels.retain(|c| c != channel);
-        let registry = &self.hub.inner.registry;
-        let mut channels = registry.channels.lock().unwrap();
+    /// Adds this connection to `channel`'s members; the returned future ends once the node
+    /// is subscribed to it.
+    fn add_member(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let mut channels = self.hub.inner.registry.channels.lock().unwrap();
+        channels
+            .entry(channel.to_owned())
+            .or_default()
+            .push(self.member.clone());
+        // Asked on every join, not only the first: an earlier member's SUBSCRIBE may still
+        // be in flight, and this member must not be told it is subscribed before the node
+        // is. The broker answers once a subscription round that started after this call
+        // is confirmed (a no-op round when nothing changes). Queued under the lock so
+        // subscribe and unsubscribe keep their order.
+        self.hub.inner.broker.subscribe(channel)
+    }
+
+    /// Removes this connection from `channel`'s members; the node unsubscribes when its last
+    /// connection leaves.
+    fn remove_member(&self, channel: &str) {
+        let mut channels = self.hub.inner.registry.channels.lock().unwrap();
         if let Some(members) = channels.get_mut(channel) {
             members.retain(|m| m.id != self.member.id);
             if members.is_empty() {
                 channels.remove(channel);
                 self.hub.inner.broker.unsubscribe(channel);
+                if channel.starts_with(PRESENCE_EVENTS_PREFIX) {
+                    let registry = &self.hub.inner.registry;
+                    registry.announced.lock().unwrap().remove(channel);
+                }
+            }
+        }
+    }
+
+    /// Adds `delta` to this connection's user's connections to presence channel `channel`
+    /// and queues the change for the tracker; under the lock, so the tracker gets the
+    /// changes in the order they happened.
+    fn count_presence(&self, channel: &str, delta: isize, done: Option<oneshot::Sender<()>>) {
+        let Some(tracking) = self.hub.inner.tracking.get() else {
+            return;
+        };
+        let mut presence = self.hub.inner.registry.presence.lock().unwrap();
+        let users = presence.entry(channel.to_owned()).or_default();
+        let count = users.entry(self.user.clone()).or_default();
+        let was = *count;
+        *count = count.saturating_add_signed(delta);
+        let now = *count;
+        if now == 0 {
+            users.remove(&self.user);
+            if users.is_empty() {
+                presence.remove(channel);
+            }
+        }
+        let _ = tracking.changes.send(PresenceChange {
+            channel: channel.to_owned(),
+            user: self.user.clone(),
+            was,
+            now,
+            done,
+        });
+    }
+
+    /// Leaves `channel`; the node unsubscribes when its last connection leaves.
+    pub fn leave(&mut self, channel: &str) {
+        let was_joined = self.channels.iter().any(|c| c == channel);
+        self.channels.retain(|c| c != channel);
+        self.remove_member(channel);
+        if self.hub.has_presence(channel) {
+            self.remove_member(&presence_events_channel(channel));
+            if was_joined {
+                self.count_presence(channel, -1, None);
             }
         }
     }
@@ -612,18 +941,20 @@ impl std::fmt::Debug for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for channel in std::mem::take(&mut self.channels) {
+        // One by one rather than taken at once: `leave` counts a presence channel's leave only
+        // for a channel the connection is still in.
+        while let Some(channel) = self.channels.first().cloned() {
             self.leave(&channel);
         }
-        let registry = &self.hub.inner.registry;
-        let mut users = registry.users.lock().unwrap();
-        if let Entry::Occupied(mut members) = users.entry(self.user.clone()) {
+        let mut users = self.hub.inner.registry.users.lock().unwrap();
+        users.connections -= 1;
+        if let Entry::Occupied(mut members) = users.members.entry(self.user.clone()) {
             members.get_mut().retain(|m| m.id != self.member.id);
             if members.get().is_empty() {
                 members.remove();
+                users.changed(&self.user, -1);
             }
         }
-        registry.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -633,13 +964,44 @@ mod tests {
 
     use tokio::time::timeout;
 
-    use super::{OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Outbox};
+    use super::{OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Outbox, Publication, Registry};
 
     fn code(item: Outbound) -> u16 {
         match item {
             Outbound::Close(code, _) => code,
             _ => panic!("not a numbered close"),
         }
+    }
+
+    #[test]
+    fn presence_events_pass_only_when_newer_and_different() {
+        let registry = Registry::default();
+        let event = |kind: &str, version: u64| Publication {
+            offset: 0,
+            epoch: "".into(),
+            data: format!(r#"{{"type":"{kind}","channel":"c","user":"u","version":{version}}}"#)
+                .into(),
+        };
+        let passed = |kind, version| registry.is_news("$presence:c", &event(kind, version));
+        // Decided join 1, leave 2, join 3, leave 4; arriving 1, 3, 2, 4.
+        assert!(passed("join", 1));
+        assert!(
+            !passed("join", 3),
+            "a second join in a row says nothing new"
+        );
+        assert!(!passed("leave", 2), "older than what was seen");
+        assert!(passed("leave", 4));
+        // Decided leave 6 after join 5, arriving the other way round: ends absent.
+        assert!(!passed("leave", 6), "already absent");
+        assert!(!passed("join", 5), "older than the leave");
+        assert!(!registry.is_news(
+            "$presence:c",
+            &Publication {
+                offset: 0,
+                epoch: "".into(),
+                data: "not an event".into(),
+            }
+        ));
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use sessionhub_testkit::conformance::presence::{PresenceFixture, user};
 
 async fn local() -> PresenceFixture {
     let hub = Hub::local("node-a");
-    PresenceFixture::new(hub.clone(), Arc::new(LocalPresence(hub)), ())
+    PresenceFixture::new(hub.clone(), Arc::new(LocalPresence::new(&hub)), ())
 }
 
 sessionhub_testkit::presence_conformance!(local);
@@ -18,7 +18,7 @@ sessionhub_testkit::presence_conformance!(local);
 #[tokio::test]
 async fn counts_follow_connections_at_once() {
     let hub = Hub::local("node-a");
-    let presence = LocalPresence(hub.clone());
+    let presence = LocalPresence::new(&hub);
     let counted = || async {
         let online = presence.online().await.unwrap();
         (online.online, online.users)

@@ -1,15 +1,18 @@
 //! `RedisPresence`, on a `redis-server` of each test's own (never port 6379): the presence
 //! conformance suite (`sessionhub_testkit::conformance::presence`), then what only a
 //! cross-node presence shows: nodes sharing a Redis sum up, a node that stops or dies drops
-//! out, and an outage is an error, not a hang.
+//! out (its channel members reaped), concurrent changes on two nodes join and leave once,
+//! and an outage is an error, not a hang.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::{Hub, Online};
-use sessionhub::presence::{Presence, RedisPresence, SNAPSHOT_TTL};
+use sessionhub::presence::{LIVENESS_TTL, NodeChange, Presence, RedisPresence, Transition};
 use sessionhub_testkit::RedisServer;
-use sessionhub_testkit::conformance::presence::{PresenceFixture, settles_at, user};
+use sessionhub_testkit::conformance::presence::{
+    PresenceFixture, channel_settles_at, settles_at, track, user,
+};
 use sessionhub_testkit::conformance::within;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -35,6 +38,8 @@ impl Node {
     fn start_with_prefix(url: &str, id: &str, prefix: &str) -> Self {
         let hub = Hub::local(id);
         let presence = Arc::new(RedisPresence::new(url, prefix).expect("a valid URL"));
+        let tracked: Arc<dyn Presence> = presence.clone();
+        track(&hub, &tracked);
         let stop = CancellationToken::new();
         let heartbeat = presence.clone().spawn_heartbeat(hub.clone(), stop.clone());
         Self {
@@ -131,7 +136,7 @@ async fn a_node_that_dies_silently_drops_out_within_the_snapshot_ttl() {
             2,
             "not yet expired"
         );
-        let deadline = died + SNAPSHOT_TTL + Duration::from_secs(2);
+        let deadline = died + LIVENESS_TTL + Duration::from_secs(2);
         while a.presence.online().await.unwrap().online != 1 {
             assert!(
                 Instant::now() < deadline,
@@ -177,6 +182,69 @@ async fn an_outage_is_an_error_and_passes() {
             sleep(Duration::from_millis(50)).await;
         }
         assert!(RedisPresence::new("not a url", "sessionhub:").is_err());
+    })
+    .await;
+}
+
+/// A node that dies without a word leaves its users on presence channels until a survivor
+/// sees its liveness expire and reaps it: then they are gone from the member lists, but a
+/// user also on the survivor stays, with the survivor's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_channel_members_are_reaped() {
+    within(LIMIT, async {
+        let (_server, a, b) = two_nodes().await;
+        let (alice, bob) = (user("alice"), user("bob"));
+        let mut on_a = a.hub.connect(&alice);
+        on_a.join("room:1").await.unwrap();
+        let mut on_b = [b.hub.connect(&alice), b.hub.connect(&bob)];
+        for connection in &mut on_b {
+            connection.join("room:1").await.unwrap();
+        }
+        channel_settles_at(&*a.presence, "room:1", &[("alice", 2), ("bob", 1)]).await;
+        b.heartbeat.abort();
+        let died = Instant::now();
+        let deadline = died + LIVENESS_TTL + Duration::from_secs(3 + 2);
+        while a.presence.stats("room:1").await.unwrap().users != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "not reaped {:?} after",
+                died.elapsed()
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        channel_settles_at(&*a.presence, "room:1", &[("alice", 1)]).await;
+        settles_at(&*a.presence, 1, 1).await;
+    })
+    .await;
+}
+
+/// Two nodes change one user's connections to a channel at the same moment, round after
+/// round: of two first connections exactly one joins, of two last ones exactly one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_on_two_nodes_join_and_leave_once() {
+    within(LIMIT, async {
+        let (_server, a, b) = two_nodes().await;
+        let alice = user("alice");
+        let change = |node: &'static str, was, now| NodeChange {
+            node,
+            channel: "room:race",
+            user: &alice,
+            was,
+            now,
+        };
+        for round in 0..50 {
+            let (on_a, on_b) = (change("node-a", 0, 1), change("node-b", 0, 1));
+            let (x, y) = tokio::join!(a.presence.update(&on_a), b.presence.update(&on_b));
+            let joins = [x.unwrap(), y.unwrap()];
+            let joined = joins.iter().filter(|t| matches!(t, Transition::Joined(_)));
+            assert_eq!(joined.count(), 1, "round {round}: {joins:?}");
+            let (on_a, on_b) = (change("node-a", 1, 0), change("node-b", 1, 0));
+            let (x, y) = tokio::join!(a.presence.update(&on_a), b.presence.update(&on_b));
+            let leaves = [x.unwrap(), y.unwrap()];
+            let left = leaves.iter().filter(|t| matches!(t, Transition::Left(_)));
+            assert_eq!(left.count(), 1, "round {round}: {leaves:?}");
+        }
+        channel_settles_at(&*a.presence, "room:race", &[]).await;
     })
     .await;
 }

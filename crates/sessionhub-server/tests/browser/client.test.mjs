@@ -345,4 +345,25 @@ test("falls back to SSE after WebSockets fail twice, recovers from its positions
   assert.equal(again.url.searchParams.get("lastEventId"), "room:1=e:5");
   h.close();
   delete globalThis.fetch;
+
+test("a presence channel's member list and its joins and leaves reach the subscription", async () => {
+  const h = hub();
+  const seen = [];
+  const sub = h.subscribe("room:1", {
+    onSubscribed: (info) => seen.push(["subscribed", info.presence]),
+    onPresence: (event) => seen.push([event.type, event.user]),
+  });
+  const ws = await socket(1);
+  ws.open();
+  // Before the subscription is confirmed, presence frames are not passed on.
+  ws.frame({ type: "join", channel: "room:1", user: "early", version: 1 });
+  const presence = [{ user: "alice", connections: 1 }];
+  ws.frame({ type: "subscribed", id: ws.last("subscribe").id, channel: "room:1", epoch: "e", offset: 0, recovered: true, publications: [], presence });
+  ws.frame({ type: "join", channel: "room:1", user: "bob", version: 2 });
+  ws.frame({ type: "join", channel: "room:2", user: "carol", version: 3 });
+  ws.frame({ type: "leave", channel: "room:1", user: "bob", version: 4 });
+  sub.unsubscribe();
+  ws.frame({ type: "leave", channel: "room:1", user: "alice", version: 5 });
+  assert.deepEqual(seen, [["subscribed", presence], ["join", "bob"], ["leave", "bob"]]);
+  h.close();
 });

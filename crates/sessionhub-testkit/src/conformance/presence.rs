@@ -1,5 +1,7 @@
 //! The `Presence` contract: `/api/online` counts open connections and distinct users, and
-//! follows connections as they come and go.
+//! follows connections as they come and go; on a presence channel (every channel starting
+//! with [`PRESENCE_PREFIX`] here), members and stats count each user once with their
+//! connections to the channel.
 //!
 //! A [`PresenceFixture`] is a hub (connections are opened with `Hub::connect`, as the
 //! gateway does for each socket) and the presence that counts it. A backend may publish its
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::{Hub, Online};
-use sessionhub::presence::Presence;
+use sessionhub::presence::{ChannelStats, Presence, PresenceChannels};
 use sessionhub::protocol::UserId;
 use tokio::time::{Instant, sleep};
 
@@ -22,6 +24,9 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 /// heartbeats, for a loaded machine.
 pub const SETTLE: Duration = Duration::from_secs(2);
 
+/// The channels with presence in every fixture.
+pub const PRESENCE_PREFIX: &str = "room:";
+
 /// A hub, the presence that counts it, and whatever must live as long as they do.
 pub struct PresenceFixture {
     hub: Hub,
@@ -30,9 +35,11 @@ pub struct PresenceFixture {
 }
 
 impl PresenceFixture {
-    /// `presence`, counting the connections of `hub`; `guard` keeps it working (a server,
-    /// a heartbeat's stop token; `()` when it needs nothing).
+    /// `presence`, counting the connections of `hub`, which gets presence on the channels
+    /// starting with [`PRESENCE_PREFIX`]; `guard` keeps it working (a server, a heartbeat's
+    /// stop token; `()` when it needs nothing). Call within a Tokio runtime.
     pub fn new(hub: Hub, presence: Arc<dyn Presence>, guard: impl std::any::Any + Send) -> Self {
+        track(&hub, &presence);
         Self {
             hub,
             presence,
@@ -59,6 +66,50 @@ impl PresenceFixture {
     /// distinct users.
     pub async fn settles_at(&self, online: usize, users: usize) {
         settles_at(&*self.presence, online, users).await;
+    }
+}
+
+/// Gives `hub` presence on the channels starting with [`PRESENCE_PREFIX`], reported to
+/// `presence`.
+pub fn track(hub: &Hub, presence: &Arc<dyn Presence>) {
+    hub.track_presence(PresenceChannels::new([PRESENCE_PREFIX]), presence.clone());
+}
+
+/// Waits (up to [`SETTLE`]) until `presence` has exactly `expected` (user, connections) on
+/// `channel`, and stats that agree.
+pub async fn channel_settles_at(
+    presence: &dyn Presence,
+    channel: &str,
+    expected: &[(&str, usize)],
+) {
+    let mut expected: Vec<(String, usize)> = expected
+        .iter()
+        .map(|(u, n)| ((*u).to_owned(), *n))
+        .collect();
+    expected.sort();
+    let stats = ChannelStats {
+        users: expected.len(),
+        connections: expected.iter().map(|(_, n)| n).sum(),
+    };
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let mut members: Vec<(String, usize)> = presence
+            .members(channel)
+            .await
+            .expect("presence answers")
+            .into_iter()
+            .map(|m| (m.user, m.connections))
+            .collect();
+        members.sort();
+        let counted = presence.stats(channel).await.expect("presence answers");
+        if members == expected && counted == stats {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: {members:?} ({counted:?}), expected {expected:?} within {SETTLE:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -155,6 +206,81 @@ pub mod checks {
         drop(open);
         fixture.settles_at(0, 0).await;
     }
+
+    /// A presence channel lists each user once with their connections to it; connections
+    /// elsewhere and other channels do not count. A join is counted when it returns.
+    pub async fn channel_members_are_users_with_their_connections(fixture: &PresenceFixture) {
+        let (alice, bob) = (user("alice@example.com"), user("bob"));
+        let hub = fixture.hub();
+        let presence = &**fixture.presence();
+        channel_settles_at(presence, "room:1", &[]).await;
+        let mut a1 = hub.connect(&alice);
+        a1.join("room:1").await.expect("joins");
+        let members = presence.members("room:1").await.expect("presence answers");
+        assert_eq!(
+            members.len(),
+            1,
+            "counted when the join returns: {members:?}"
+        );
+        let mut a2 = hub.connect(&alice);
+        a2.join("room:1").await.expect("joins");
+        a2.join("room:2").await.expect("joins");
+        let mut b = hub.connect(&bob);
+        b.join("room:2").await.expect("joins");
+        b.join("lobby").await.expect("joins");
+        let _elsewhere = hub.connect(&bob);
+        channel_settles_at(presence, "room:1", &[("alice@example.com", 2)]).await;
+        channel_settles_at(presence, "room:2", &[("alice@example.com", 1), ("bob", 1)]).await;
+        // Not a presence channel: nothing is counted there.
+        channel_settles_at(presence, "lobby", &[]).await;
+    }
+
+    /// Leaving a presence channel and closing connections take users off it, the user only
+    /// with their last connection.
+    pub async fn channel_members_drop_as_connections_leave(fixture: &PresenceFixture) {
+        let (alice, bob) = (user("alice@example.com"), user("bob"));
+        let hub = fixture.hub();
+        let presence = &**fixture.presence();
+        let (mut a1, mut a2, mut b) = (hub.connect(&alice), hub.connect(&alice), hub.connect(&bob));
+        for connection in [&mut a1, &mut a2, &mut b] {
+            connection.join("room:1").await.expect("joins");
+        }
+        channel_settles_at(presence, "room:1", &[("alice@example.com", 2), ("bob", 1)]).await;
+        a1.leave("room:1");
+        channel_settles_at(presence, "room:1", &[("alice@example.com", 1), ("bob", 1)]).await;
+        drop(b);
+        channel_settles_at(presence, "room:1", &[("alice@example.com", 1)]).await;
+        // Leaving twice, or a channel never joined, changes nothing.
+        a1.leave("room:1");
+        a1.leave("room:9");
+        drop(a2);
+        channel_settles_at(presence, "room:1", &[]).await;
+        // a1 is still connected.
+        fixture.settles_at(1, 1).await;
+    }
+
+    /// A burst of joins and leaves on a presence channel, faster than any round trip, ends
+    /// at exactly what is left.
+    pub async fn channel_members_settle_after_churn(fixture: &PresenceFixture) {
+        let users: Vec<UserId> = (0..5).map(|i| user(&format!("user-{i}"))).collect();
+        let hub = fixture.hub();
+        let mut connections = Vec::new();
+        for i in 0..40 {
+            let mut connection = hub.connect(&users[i % 5]);
+            connection.join("room:churn").await.expect("joins");
+            connections.push(connection);
+        }
+        // Users 0 and 1 keep their four even connections; the rest leave.
+        let (kept, gone): (Vec<_>, Vec<_>) = connections
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| i % 5 < 2 && i % 2 == 0);
+        drop(gone);
+        let expected = [("user-0", 4), ("user-1", 4)];
+        channel_settles_at(&**fixture.presence(), "room:churn", &expected).await;
+        drop(kept);
+        channel_settles_at(&**fixture.presence(), "room:churn", &[]).await;
+    }
 }
 
 /// Runs every presence check against the backend `$factory` returns, one test each:
@@ -174,6 +300,9 @@ macro_rules! presence_conformance {
                 joined_channels_do_not_count,
                 counts_drop_as_connections_leave,
                 counts_settle_after_churn,
+                channel_members_are_users_with_their_connections,
+                channel_members_drop_as_connections_leave,
+                channel_members_settle_after_churn,
             ]
         );
     };

@@ -15,6 +15,8 @@
 //! | `GET /api/openapi.json` | the server API's OpenAPI document, public (`openapi.rs`) |
 //! | `POST /socket/{id}`, `GET /socket/{id}?message=` | push to every connection of `id` |
 //! | `GET /api/online` | `{"online": connections, "users": distinct ids}` |
+//! | `GET /api/channels/{channel}/presence` | who is on a presence channel (`presence.rs`) |
+//! | `GET /api/channels/{channel}/presence/stats` | `{"users": n, "connections": m}` there |
 //! | `GET /api/users/{id}/sessions` | how many sessions user `id` has (`admin.rs`) |
 //! | `POST /api/users/{id}/logout` | ends every session of user `id` ("log out everywhere") |
 //! | `GET /sessionhub.js` | the browser client (an ES module) |
@@ -42,6 +44,7 @@ mod history;
 mod input;
 mod openapi;
 mod plan;
+mod presence;
 mod push;
 mod seed;
 mod socket;
@@ -148,6 +151,8 @@ fn api() -> OpenApiRouter<Gateway> {
         .routes(routes!(control::unsubscribe))
         .routes(routes!(control::channels))
         .routes(routes!(control::info))
+        .routes(routes!(presence::members))
+        .routes(routes!(presence::stats))
 }
 
 /// Counts connections and distinct users, on every node.

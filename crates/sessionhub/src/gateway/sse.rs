@@ -34,7 +34,7 @@ use super::state::Gateway;
 use super::v1::{self, Refused, V1};
 use crate::broker::StreamPosition;
 use crate::error::ApiError;
-use crate::hub::{Connection, Outbound, session_channel};
+use crate::hub::{Connection, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::protocol::v1::{Reply, Request};
 use crate::protocol::{FrameError, UserId, close};
 
@@ -116,6 +116,7 @@ pub(super) async fn stream(
             .map_err(|refused| match refused {
                 Refused::Frame(e) => frame_error(e),
                 Refused::Broker(e) => e.into(),
+                Refused::Presence(e) => e.into(),
             })?;
         subscribed.push(reply);
     }
@@ -281,7 +282,13 @@ async fn drive(
                     Ok(Some(frame)) => {
                         metrics::histogram!("sessionhub_delivery_latency_seconds")
                             .record(delivery.age().as_secs_f64());
-                        let event = Event::default().event("publication").data(frame.as_str());
+                        // A presence channel's join or leave comes as its own frame.
+                        let kind = if delivery.channel().starts_with(PRESENCE_EVENTS_PREFIX) {
+                            frame_type(&frame)
+                        } else {
+                            "publication".into()
+                        };
+                        let event = Event::default().event(kind).data(frame.as_str());
                         with_id(event, &event_id(v1))
                     }
                 },
@@ -296,10 +303,7 @@ async fn drive(
                 order @ (Outbound::Subscribe(_) | Outbound::Unsubscribe(_)) => {
                     let mut events = Vec::new();
                     for reply in v1.by_server(&order, connection, credentials, gateway).await {
-                        let kind = serde_json::from_str::<serde_json::Value>(&reply)
-                            .ok()
-                            .and_then(|v| v["type"].as_str().map(str::to_owned))
-                            .unwrap_or_else(|| "error".into());
+                        let kind = frame_type(&reply);
                         events.push(with_id(Event::default().event(kind).data(reply), &event_id(v1)));
                     }
                     for event in events {
@@ -320,6 +324,14 @@ async fn drive(
             () = shutdown.cancelled(), if drain_turn.is_none() => return close::SERVICE_RESTART,
         }
     }
+}
+
+/// A v1 frame's `type`, which names its SSE event (`subscribed`, `join`, `error`, ...).
+fn frame_type(frame: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "error".into())
 }
 
 /// `POST /sse/publish`: v1's `publish` frame as a JSON body, answered with v1's `published`

@@ -146,7 +146,7 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Self {
         Self {
-            presence: Arc::new(LocalPresence(hub.clone())),
+            presence: Arc::new(LocalPresence::new(&hub)),
             connection_rate: Arc::new(ConnectionRate::new(
                 config.security.limits.connections_per_ip_per_sec,
             )),

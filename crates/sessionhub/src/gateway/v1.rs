@@ -23,8 +23,8 @@ use super::plan::Plan;
 use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
-use crate::error::BrokerError;
-use crate::hub::{Connection, Delivery, Outbound, session_channel};
+use crate::error::{BrokerError, PresenceError};
+use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 
@@ -74,6 +74,11 @@ impl V1 {
         &mut self,
         delivery: &Delivery,
     ) -> Result<Option<Utf8Bytes>, (u16, &'static str)> {
+        // A presence channel's join or leave: its data is the frame already.
+        if let Some(channel) = delivery.channel().strip_prefix(PRESENCE_EVENTS_PREFIX) {
+            let subscribed = self.positions.contains_key(channel);
+            return Ok(subscribed.then(|| delivery.publication().data.clone()));
+        }
         let Some((epoch, offset)) = self.positions.get_mut(delivery.channel()) else {
             return Ok(None);
         };
@@ -126,7 +131,37 @@ impl V1 {
             Request::Unsubscribe { channel, id } => {
                 Step::Change(ChannelChange::Unsubscribe { channel, id })
             }
+            Request::Presence { channel, id } => Step::Plan(self.presence(id, channel, gateway)),
         }
+    }
+
+    /// Plans a `presence` request: who is on a presence channel the connection is in.
+    fn presence(&self, id: Option<u64>, channel: String, gateway: &Gateway) -> Plan {
+        if !is_public_channel_name(&channel) {
+            return Plan::Reply(vec![refusal(id, &FrameError::InvalidChannel)]);
+        }
+        if !gateway.hub.has_presence(&channel) {
+            return Plan::Reply(vec![refusal(id, &FrameError::NoPresence)]);
+        }
+        if !self.positions.contains_key(&channel) {
+            return Plan::Reply(vec![refusal(id, &FrameError::NotSubscribed)]);
+        }
+        let gateway = gateway.clone();
+        Plan::Later(
+            async move {
+                let reply = match gateway.presence.members(&channel).await {
+                    Ok(members) => Reply::Presence {
+                        id,
+                        channel: &channel,
+                        presence: &members,
+                    }
+                    .to_text(),
+                    Err(e) => error(id, e.code(), e.to_string()),
+                };
+                vec![reply]
+            }
+            .boxed(),
+        )
     }
 
     /// Runs a frame that changes the connection's channels; the caller has waited for every
@@ -278,6 +313,19 @@ impl V1 {
             };
             metrics::counter!("sessionhub_recoveries_total", "outcome" => outcome).increment(1);
         }
+        // Read after the join, which waited for presence to count this connection: the list
+        // includes its own user.
+        let members = if gateway.hub.has_presence(channel) {
+            match gateway.presence.members(channel).await {
+                Ok(members) => Some(members),
+                Err(e) => {
+                    connection.leave(channel);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
         let last = recovery
             .publications
             .last()
@@ -301,6 +349,7 @@ impl V1 {
             offset: recovery.offset,
             recovered: recovery.recovered,
             publications,
+            presence: members.as_deref(),
         }
         .to_text())
     }
@@ -316,6 +365,9 @@ pub(super) enum Refused {
     /// The broker could not be reached.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// Presence could not be read.
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
 }
 
 impl Refused {
@@ -324,6 +376,7 @@ impl Refused {
         match self {
             Self::Frame(e) => refusal(id, e),
             Self::Broker(e) => error(id, e.code(), e.to_string()),
+            Self::Presence(e) => error(id, e.code(), e.to_string()),
         }
     }
 }

@@ -132,6 +132,12 @@ pub enum FrameError {
     /// The connection is in 128 channels already, the most it may join.
     #[error("at most {} channels per connection", v1::MAX_SUBSCRIPTIONS)]
     TooManySubscriptions,
+    /// Presence was asked of a channel that has none (see `--presence-channels`).
+    #[error("that channel has no presence")]
+    NoPresence,
+    /// The frame needs the connection to be in that channel, and it is not.
+    #[error("not subscribed to that channel")]
+    NotSubscribed,
 }
 
 impl PartialEq for InvalidUserId {
@@ -153,6 +159,8 @@ impl FrameError {
             Self::InvalidChannel => "invalid_channel",
             Self::AlreadySubscribed => "already_subscribed",
             Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::NoPresence => "no_presence",
+            Self::NotSubscribed => "not_subscribed",
         }
     }
 }

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use super::{FrameError, MAX_IDEMPOTENCY_KEY_LEN, close};
 use crate::broker::{Publication, StreamPosition};
+use crate::presence::{Member, Transition};
 
 /// Most channels one connection may join.
 pub(crate) const MAX_SUBSCRIPTIONS: usize = 128;
@@ -45,6 +46,13 @@ pub enum Request {
         id: Option<u64>,
         /// A retried publish with the same key is published once (1 to 128 characters).
         idempotency_key: Option<String>,
+    },
+    /// Who is on a presence channel the connection subscribed to; answered with `presence`.
+    Presence {
+        /// The channel.
+        channel: String,
+        /// Echoed in the reply.
+        id: Option<u64>,
     },
     /// Answered with `pong`.
     Ping {
@@ -156,6 +164,13 @@ impl Request {
                     idempotency_key: w.idempotency_key,
                 }
             }
+            "presence" => {
+                let w: ChannelWire = serde_json::from_str(text).map_err(invalid)?;
+                Self::Presence {
+                    channel: w.channel,
+                    id: w.id,
+                }
+            }
             "ping" => {
                 let w: PingWire = serde_json::from_str(text).map_err(invalid)?;
                 Self::Ping { id: w.id }
@@ -163,7 +178,7 @@ impl Request {
             other => {
                 return Err((
                     FrameError::Message(format!(
-                        "unknown type {other:?}: expected subscribe, unsubscribe, publish or ping"
+                        "unknown type {other:?}: expected subscribe, unsubscribe, publish, presence or ping"
                     )),
                     tag.id,
                 ));
@@ -197,6 +212,25 @@ pub(crate) enum Reply<'a> {
         offset: u64,
         recovered: bool,
         publications: Vec<Recovered<'a>>,
+        /// Who is on the channel, on a presence channel.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<&'a [Member]>,
+    },
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        presence: &'a [Member],
+    },
+    Join {
+        channel: &'a str,
+        user: &'a str,
+        version: u64,
+    },
+    Leave {
+        channel: &'a str,
+        user: &'a str,
+        version: u64,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +285,25 @@ impl Reply<'_> {
         }
         .to_text()
     }
+}
+
+/// The `join` or `leave` frame that tells a presence channel's subscribers about `user`;
+/// `None` for a change that is neither.
+pub(crate) fn presence_event(channel: &str, user: &str, transition: Transition) -> Option<String> {
+    let frame = match transition {
+        Transition::Joined(version) => Reply::Join {
+            channel,
+            user,
+            version,
+        },
+        Transition::Left(version) => Reply::Leave {
+            channel,
+            user,
+            version,
+        },
+        Transition::Unchanged => return None,
+    };
+    Some(frame.to_text())
 }
 
 /// The `publication` frame: built by hand around the data, which is JSON already, so that it
@@ -351,6 +404,31 @@ mod tests {
         assert_eq!(
             publication_frame("room:1", &publication),
             r#"{"type":"publication","channel":"room:1","epoch":"ep","offset":3,"data":{"a":"b"}}"#
+        );
+        assert_eq!(
+            presence_event("room:1", "alice", Transition::Joined(3)).unwrap(),
+            r#"{"type":"join","channel":"room:1","user":"alice","version":3}"#
+        );
+        assert_eq!(
+            presence_event("room:1", "alice", Transition::Left(4)).unwrap(),
+            r#"{"type":"leave","channel":"room:1","user":"alice","version":4}"#
+        );
+        assert_eq!(
+            presence_event("room:1", "alice", Transition::Unchanged),
+            None
+        );
+        let members = [Member {
+            user: "alice".into(),
+            connections: 2,
+        }];
+        let reply = Reply::Presence {
+            id: Some(1),
+            channel: "room:1",
+            presence: &members,
+        };
+        assert_eq!(
+            reply.to_text(),
+            r#"{"type":"presence","id":1,"channel":"room:1","presence":[{"user":"alice","connections":2}]}"#
         );
     }
 }

@@ -11,7 +11,8 @@
 //! | a principal's sessions (zset) | `<prefix>principal:{<encoded principal>}`     |
 //! | a broker channel (pub/sub)    | `<prefix>ch:{<channel>}`                      |
 //! | its history                   | `<prefix>ch:{<channel>}:meta`, `:history`, `:idem:<key>` |
-//! | presence                      | `<prefix>presence:{presence}:nodes`, `:node:<node id>` |
+//! | presence (online counts)      | `<prefix>presence:{presence}:nodes`, `:users`, `:node:<node id>`, `:users:<node id>`, `:channels:<node id>` |
+//! | a channel's presence          | `<prefix>ch:{<channel>}:presence:users`, `:presence:connections`, `:presence:node:<node id>` |
 //!
 //! Session ids are base64url and never contain braces. A channel may contain braces: only
 //! the first `{` and the first `}` after it delimit a hash tag, and channel names are read
@@ -80,9 +81,27 @@ impl Keys {
         join(&self.prefix, &["presence:{presence}:nodes"])
     }
 
-    /// The presence snapshot of node `node_id`, in the same slot as the node set.
+    /// The counts of node `node_id` (a JSON string with a TTL), in the same slot as the
+    /// node set.
     pub(crate) fn presence_node(&self, node_id: &str) -> String {
         join(&self.prefix, &["presence:{presence}:node:", node_id])
+    }
+
+    /// A set of node `node_id`'s (`users`, `channels`: `what`), in the node set's slot. The
+    /// node id comes last, so that no node id can make one node's key another's.
+    pub(crate) fn presence_node_set(&self, what: &str, node_id: &str) -> String {
+        join(&self.prefix, &["presence:{presence}:", what, ":", node_id])
+    }
+
+    /// The hash of every user online in the cluster (user -> how many nodes hold them).
+    pub(crate) fn presence_users(&self) -> String {
+        join(&self.prefix, &["presence:{presence}:users"])
+    }
+
+    /// A key of `channel`'s presence (`users`, `connections`, `node:<node id>`), in the
+    /// channel's slot, so that one script updates them all.
+    pub(crate) fn channel_presence(&self, channel: &str, suffix: &str) -> String {
+        join(&self.channel_head, &[channel, "}:presence:", suffix])
     }
 }
 
@@ -145,5 +164,14 @@ mod tests {
         assert_eq!(keys.principal("{a b}%"), "app:principal:{%7Ba%20b%7D%25}");
         assert_eq!(keys.presence_nodes(), "app:presence:{presence}:nodes");
         assert_eq!(keys.presence_node("n1"), "app:presence:{presence}:node:n1");
+        assert_eq!(
+            keys.presence_node_set("users", "n1"),
+            "app:presence:{presence}:users:n1"
+        );
+        assert_eq!(keys.presence_users(), "app:presence:{presence}:users");
+        assert_eq!(
+            keys.channel_presence("room:1", "node:n1"),
+            "app:ch:{room:1}:presence:node:n1"
+        );
     }
 }

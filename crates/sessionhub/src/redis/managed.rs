@@ -234,7 +234,7 @@ impl ConnectionLike for Connection {
     /// Pipelines are sent as they are, never again: some of their commands may have run.
     /// The store and presence send none on a cluster, where a transaction refused midway
     /// comes back as `EXECABORT`, which does not make redis-rs read the slot map again
-    /// (`scripts/presence_publish.lua`).
+    /// (`scripts/presence_beat.lua`).
     fn req_packed_commands<'a>(
         &'a mut self,
         pipeline: &'a Pipeline,

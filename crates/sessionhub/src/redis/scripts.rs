@@ -42,8 +42,11 @@ pub(crate) static STORE_INDEX_REMOVE: LazyLock<Script> =
 pub(crate) static STORE_INDEX_LIST: LazyLock<Script> =
     script!("store_index_list.lua" after "store_index.lua");
 
-pub(crate) static PRESENCE_PUBLISH: LazyLock<Script> = script!("presence_publish.lua");
+pub(crate) static PRESENCE_BEAT: LazyLock<Script> = script!("presence_beat.lua");
 pub(crate) static PRESENCE_WITHDRAW: LazyLock<Script> = script!("presence_withdraw.lua");
+pub(crate) static PRESENCE_CHANNEL_SET: LazyLock<Script> = script!("presence_channel_set.lua");
+pub(crate) static PRESENCE_CHANNEL_REAP: LazyLock<Script> = script!("presence_channel_reap.lua");
+pub(crate) static PRESENCE_CHANNEL_STATS: LazyLock<Script> = script!("presence_channel_stats.lua");
 
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =
