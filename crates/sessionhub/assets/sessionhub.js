@@ -450,7 +450,7 @@ class SseLink {
     // With credentials: a page on another (allowed) origin sends its session cookie too.
     const es = new Source(url, { withCredentials: true });
     this._es = es;
-    for (const type of ["connected", "subscribed", "publication", "disconnect"]) {
+    for (const type of ["connected", "subscribed", "publication", "join", "leave", "disconnect"]) {
       es.addEventListener(type, (event) => this._event(type, event.data));
     }
     es.onerror = () => this._end(1006, "stream ended");

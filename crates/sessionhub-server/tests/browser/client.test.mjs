@@ -345,6 +345,7 @@ test("falls back to SSE after WebSockets fail twice, recovers from its positions
   assert.equal(again.url.searchParams.get("lastEventId"), "room:1=e:5");
   h.close();
   delete globalThis.fetch;
+});
 
 test("a presence channel's member list and its joins and leaves reach the subscription", async () => {
   const h = hub();
