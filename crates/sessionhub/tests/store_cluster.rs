@@ -403,6 +403,9 @@ async fn a_promoted_replica_without_the_scripts_serves() {
     within(LIMIT, async {
         let (mut cluster, store, mut raw) = setup().await;
         let (id, _) = created(&store, json!({"n": 1})).await;
+        // Replication is asynchronous: killed at once, the primary may take the new session
+        // with it (seen in CI: the update then found none).
+        replicated(&mut raw, &id).await;
         let first = primary_of(&cluster, &id);
         tokio::task::block_in_place(|| cluster.kill(first)).unwrap();
         let second =
