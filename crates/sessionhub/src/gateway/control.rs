@@ -129,11 +129,8 @@ pub(crate) async fn subscribe(
     Path(id): Path<String>,
     body: Result<Json<ChannelBody>, JsonRejection>,
 ) -> Result<Json<Sent>, ApiError> {
-    let (user, channel) = user_and_channel(&id, body)?;
-    let command = Command::Subscribe { user, channel };
-    Ok(Json(Sent {
-        nodes: control::send(&gateway.hub, &command).await?,
-    }))
+    let order = |user, channel| Command::Subscribe { user, channel };
+    send_channel_order(&gateway, &id, body, order).await
 }
 
 /// Unsubscribes every protocol v1 connection of user `id`, on every node, from a channel;
@@ -155,23 +152,26 @@ pub(crate) async fn unsubscribe(
     Path(id): Path<String>,
     body: Result<Json<ChannelBody>, JsonRejection>,
 ) -> Result<Json<Sent>, ApiError> {
-    let (user, channel) = user_and_channel(&id, body)?;
-    let command = Command::Unsubscribe { user, channel };
-    Ok(Json(Sent {
-        nodes: control::send(&gateway.hub, &command).await?,
-    }))
+    let order = |user, channel| Command::Unsubscribe { user, channel };
+    send_channel_order(&gateway, &id, body, order).await
 }
 
-fn user_and_channel(
+/// Checks user `id` and the body's channel, and sends every node the `order` made of them.
+async fn send_channel_order(
+    gateway: &Gateway,
     id: &str,
     body: Result<Json<ChannelBody>, JsonRejection>,
-) -> Result<(String, String), ApiError> {
+    order: impl FnOnce(String, String) -> Command,
+) -> Result<Json<Sent>, ApiError> {
     let user: UserId = id.parse()?;
     let channel = input::json(body)?.channel;
     if !protocol::is_public_channel_name(&channel) {
         return Err(ApiError::bad_request(protocol::INVALID_CHANNEL));
     }
-    Ok((user.as_str().to_owned(), channel))
+    let command = order(user.as_str().to_owned(), channel);
+    Ok(Json(Sent {
+        nodes: control::send(&gateway.hub, &command).await?,
+    }))
 }
 
 /// Which channels to list.
