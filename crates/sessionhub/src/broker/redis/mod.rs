@@ -310,6 +310,48 @@ impl RedisBroker {
             duplicate,
         })
     }
+
+    /// Runs `script` (recover or history) on `channel`'s meta and history: it starts the
+    /// channel's epoch if it has none, and answers the epoch, the top offset and the entries
+    /// after `since`. `extra` are the script's arguments after the common ones. Running it
+    /// twice is harmless: a second run finds the epoch the first one created.
+    async fn read_history(
+        &self,
+        channel: &str,
+        command: &str,
+        script: &Script,
+        since: Option<&StreamPosition>,
+        extra: &[u64],
+    ) -> Result<(String, u64, StreamEntries), BrokerError> {
+        let keys = &self.keys;
+        let (meta, history) = (
+            keys.channel_key(channel, "meta"),
+            keys.channel_key(channel, "history"),
+        );
+        let fresh = self.epochs.next();
+        run(
+            &self.commands,
+            command,
+            Retry::OnLostConnection,
+            Route::Key(&meta),
+            |mut link| {
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(&meta)
+                    .key(&history)
+                    .arg(since.map_or("", |s| s.epoch.as_str()))
+                    .arg(since.map_or(0, |s| s.offset))
+                    .arg(&fresh)
+                    .arg(self.history.meta_ttl.as_millis() as u64)
+                    .arg(&*link.bind);
+                for arg in extra {
+                    invocation.arg(*arg);
+                }
+                async move { invocation.invoke_async(&mut link.connection).await }
+            },
+        )
+        .await
+    }
 }
 
 #[async_trait]
@@ -380,33 +422,10 @@ impl Broker for RedisBroker {
         if !self.history.keeps_history() {
             return Ok(Recovery::without_history(since));
         }
-        let keys = &self.keys;
-        let (meta, history) = (
-            keys.channel_key(channel, "meta"),
-            keys.channel_key(channel, "history"),
-        );
-        let fresh = self.epochs.next();
-        // Running it twice is harmless: a second run finds the epoch the first one created.
-        let (epoch, offset, entries): (String, u64, StreamEntries) = run(
-            &self.commands,
-            "recover",
-            Retry::OnLostConnection,
-            Route::Key(&meta),
-            |mut link| {
-                let mut invocation = scripts::BROKER_RECOVER.prepare_invoke();
-                invocation
-                    .key(&meta)
-                    .key(&history)
-                    .arg(since.map_or("", |s| s.epoch.as_str()))
-                    .arg(since.map_or(0, |s| s.offset))
-                    .arg(&fresh)
-                    .arg(self.history.meta_ttl.as_millis() as u64)
-                    .arg(&*link.bind)
-                    .arg(self.history.size);
-                async move { invocation.invoke_async(&mut link.connection).await }
-            },
-        )
-        .await?;
+        let size = self.history.size as u64;
+        let (epoch, offset, entries) = self
+            .read_history(channel, "recover", &scripts::BROKER_RECOVER, since, &[size])
+            .await?;
         let epoch: Arc<str> = epoch.into();
         let Some(publications) = parse_entries(&epoch, entries) else {
             // Not ours: treat the history as unusable rather than guess, but still tell the
@@ -429,36 +448,17 @@ impl Broker for RedisBroker {
         if !self.history.keeps_history() {
             return Ok(HistoryPage::without_history());
         }
-        let keys = &self.keys;
-        let (meta, history) = (
-            keys.channel_key(channel, "meta"),
-            keys.channel_key(channel, "history"),
-        );
-        let fresh = self.epochs.next();
-        let since = query.since.as_ref();
-        // Read-only but for starting an epoch, which a second run finds done.
-        let (epoch, offset, entries): (String, u64, StreamEntries) = run(
-            &self.commands,
-            "history",
-            Retry::OnLostConnection,
-            Route::Key(&meta),
-            |mut link| {
-                let mut invocation = scripts::BROKER_HISTORY.prepare_invoke();
-                invocation
-                    .key(&meta)
-                    .key(&history)
-                    .arg(since.map_or("", |s| s.epoch.as_str()))
-                    .arg(since.map_or(0, |s| s.offset))
-                    .arg(&fresh)
-                    .arg(self.history.meta_ttl.as_millis() as u64)
-                    .arg(&*link.bind)
-                    .arg(query.limit.min(self.history.size))
-                    .arg(if query.reverse { "1" } else { "0" })
-                    .arg(self.history.size);
-                async move { invocation.invoke_async(&mut link.connection).await }
-            },
-        )
-        .await?;
+        let limit = query.limit.min(self.history.size) as u64;
+        let extra = [limit, u64::from(query.reverse), self.history.size as u64];
+        let (epoch, offset, entries) = self
+            .read_history(
+                channel,
+                "history",
+                &scripts::BROKER_HISTORY,
+                query.since.as_ref(),
+                &extra,
+            )
+            .await?;
         let epoch: Arc<str> = epoch.into();
         let publications = parse_entries(&epoch, entries).ok_or_else(|| {
             BrokerError::unavailable("redis history", "an entry the broker did not write")
