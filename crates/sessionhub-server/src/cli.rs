@@ -215,6 +215,11 @@ pub(crate) struct Serve {
     )]
     pub(crate) max_connections_per_user: usize,
 
+    /// Open WebSocket connections and SSE streams on this node (past it: HTTP 503
+    /// `node_full`, so a load balancer tries another node).
+    #[arg(long, env = "SESSIONHUB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub(crate) max_connections: usize,
+
     /// Largest WebSocket message and HTTP request body, in bytes.
     #[arg(long, env = "SESSIONHUB_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
     pub(crate) max_message_size: usize,

@@ -303,6 +303,7 @@ fn security(args: &Serve) -> anyhow::Result<Security> {
             connections_per_ip_per_sec: args.max_connections_per_ip,
             messages_per_sec: args.max_messages_per_sec,
             connections_per_user: args.max_connections_per_user,
+            connections_per_node: args.max_connections,
         },
     })
 }

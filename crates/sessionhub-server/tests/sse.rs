@@ -669,3 +669,29 @@ async fn a_logout_on_another_node_ends_a_session_stream() {
     assert_eq!(logout.send().await.unwrap().status(), 200);
     assert_eq!(disconnect_at_end(&mut stream, WAIT).await, (4002, false));
 }
+
+/// `--max-connections` counts sockets and streams together; past it both are refused with
+/// 503 `node_full` (a load balancer then tries another node), and a closed one makes room.
+#[tokio::test]
+async fn a_full_node_refuses_sockets_and_streams_alike() {
+    let node = node(&["--max-connections", "2"]);
+    let client = http();
+    let (socket, _) = open_v1(&node.ws(), "ann").await.unwrap();
+    let (_stream, _) = sse::open_as(&node.http(), "bob", "room:full", None)
+        .await
+        .unwrap();
+    wait_online(&client, &node.http(), 2, WAIT).await;
+    let refused = connect_with(&format!("{}/ws?user=cat", node.ws()), &[]).await;
+    assert_eq!(refused.err(), Some((503, "node_full".to_owned())));
+    let refused = sse::open_as(&node.http(), "cat", "room:full", None).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(
+        message.contains("503") && message.contains("node_full"),
+        "{message}"
+    );
+    drop(socket);
+    wait_online(&client, &node.http(), 1, WAIT).await;
+    sse::open_as(&node.http(), "cat", "room:full", None)
+        .await
+        .expect("room again once one closed");
+}

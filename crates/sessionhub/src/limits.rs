@@ -1,5 +1,6 @@
 //! Abuse limits: new connections per client address, inbound messages per connection,
-//! connections per user. A breach gets HTTP 429 or close code 4029, never a crash.
+//! connections per user and per node. A breach gets HTTP 429 or 503, or close code 4029,
+//! never a crash.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -15,6 +16,10 @@ pub struct Limits {
     pub messages_per_sec: u32,
     /// Open connections of one user on one node.
     pub connections_per_user: usize,
+    /// Open connections (sockets and SSE streams) on one node: past it a node refuses new
+    /// ones with 503, so a load balancer sends them to another node instead of this one
+    /// running out of memory or file descriptors.
+    pub connections_per_node: usize,
 }
 
 impl Default for Limits {
@@ -23,6 +28,7 @@ impl Default for Limits {
             connections_per_ip_per_sec: 50,
             messages_per_sec: 100,
             connections_per_user: 100,
+            connections_per_node: 100_000,
         }
     }
 }

@@ -83,6 +83,13 @@ pub(super) async fn admit(
     }
     let (user, credentials) =
         authenticate(gateway, requested, query.token.as_deref(), headers).await?;
+    if gateway.hub.online().online >= security.limits.connections_per_node {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_full",
+            "this node holds as many connections as it may; try another node",
+        ));
+    }
     if gateway.hub.local_connections(&user) >= security.limits.connections_per_user {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
