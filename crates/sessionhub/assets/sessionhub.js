@@ -34,6 +34,8 @@
  *   on a presence channel, `presence` lists who is there
  * @property {(event: {type: "join" | "leave", channel: string, user: string}) => void} [onPresence]
  *   on a presence channel: a user's first connection joined, or their last one left
+ * @property {(info: {channel: string, byServer: boolean}) => void} [onUnsubscribed] the server
+ *   API unsubscribed the connection (the app's own `unsubscribe()` does not call it)
  * @property {(info: {channel: string, epoch: string, offset: number, since: StreamPosition}) => void} [onRecoveryFailed]
  *   what was missed is gone (history too short, or a new epoch): reload the channel's state
  * @property {(error: Error & {code: string}) => void} [onError] the server refused the subscription
@@ -54,6 +56,10 @@
  * @property {(wsUrl: string) => string} [sseUrl] the `/sse` URL for a `/ws` URL (default: the
  *   same URL with the last path segment `sse`)
  * @property {typeof EventSource} [EventSource] constructor to use instead of the global one
+ * @property {(channel: string) => SubscribeOptions | undefined} [onServerSubscribe] the server
+ *   API subscribed this connection to `channel` (`POST /api/users/{id}/subscribe`): return the
+ *   callbacks for it. The subscription then behaves as one the app made (recovery, resubscribe
+ *   after a reconnect) until the app or the server API unsubscribes it.
  */
 
 /**
@@ -302,7 +308,18 @@ export class SessionHub {
         break;
       case "subscribed":
         if (request?.sub) this._subscribed(request, msg);
+        else if (msg.id === undefined && !this._subs.has(msg.channel)) this._serverSubscribed(msg);
         break;
+      case "unsubscribed": {
+        // Without an id: the server API took the connection out of the channel.
+        const sub = msg.id === undefined ? this._subs.get(msg.channel) : undefined;
+        if (sub) {
+          this._subs.delete(sub.channel);
+          sub.state = "unsubscribed";
+          call(sub.options.onUnsubscribed, { channel: sub.channel, byServer: true });
+        }
+        break;
+      }
       case "publication": {
         const sub = this._subs.get(msg.channel);
         if (sub?.state === "subscribed") this._deliver(sub, msg, false);
@@ -323,7 +340,7 @@ export class SessionHub {
       case "disconnect":
         this._said = msg;
         break;
-      default: // pong, unsubscribed: nothing to do
+      default: // pong: nothing to do
     }
   }
 
@@ -338,6 +355,14 @@ export class SessionHub {
     const recover = sub.position ? { ...sub.position } : undefined;
     sub.state = "subscribing";
     this._request({ type: "subscribe", channel: sub.channel, ...(recover && { recover }) }, { sub, recover });
+  }
+
+  /** The server API subscribed the connection: a subscription like the app's own from now on. */
+  _serverSubscribed(msg) {
+    const options = this.options.onServerSubscribe?.(msg.channel) ?? {};
+    const sub = new Subscription(this, msg.channel, options);
+    this._subs.set(msg.channel, sub);
+    this._subscribed({ sub, recover: undefined }, msg);
   }
 
   _subscribed({ sub, recover }, msg) {
@@ -450,7 +475,7 @@ class SseLink {
     // With credentials: a page on another (allowed) origin sends its session cookie too.
     const es = new Source(url, { withCredentials: true });
     this._es = es;
-    for (const type of ["connected", "subscribed", "publication", "join", "leave", "disconnect"]) {
+    for (const type of ["connected", "subscribed", "unsubscribed", "publication", "join", "leave", "disconnect"]) {
       es.addEventListener(type, (event) => this._event(type, event.data));
     }
     es.onerror = () => this._end(1006, "stream ended");
@@ -462,7 +487,8 @@ class SseLink {
     if (type === "subscribed") {
       // The server subscribed every channel at once; each answers the hub's own request.
       const msg = JSON.parse(data);
-      if (!this._pending.has(msg.channel)) return;
+      // Not asked for here: the server API subscribed the stream (the hub sees it so too).
+      if (!this._pending.has(msg.channel)) return this.onmessage?.({ data });
       msg.id = this._pending.get(msg.channel);
       this._pending.delete(msg.channel);
       data = JSON.stringify(msg);

@@ -368,3 +368,37 @@ test("a presence channel's member list and its joins and leaves reach the subscr
   assert.deepEqual(seen, [["subscribed", presence], ["join", "bob"], ["leave", "bob"]]);
   h.close();
 });
+
+test("a subscription the server API made is delivered, kept across a reconnect, and ended by the server", async () => {
+  const got = [];
+  const ended = [];
+  const asked = [];
+  const h = hub(undefined, {
+    onServerSubscribe: (channel) => {
+      asked.push(channel);
+      return { onPublication: (p) => got.push([p.channel, p.offset]), onUnsubscribed: (e) => ended.push(e) };
+    },
+  });
+  const ws = await socket(1);
+  ws.open();
+  // No id: the server API's order, not an answer to this client.
+  ws.frame({ type: "subscribed", channel: "news", epoch: "e", offset: 4, recovered: true, publications: [] });
+  ws.frame(pub("news", "e", 5, "a"));
+  assert.deepEqual(asked, ["news"]);
+  assert.deepEqual(got, [["news", 5]]);
+  // After a reconnect the client subscribes again itself, recovering from offset 5.
+  ws.drop();
+  const again = await socket(2);
+  again.open();
+  const resubscribe = again.last("subscribe");
+  assert.equal(resubscribe.channel, "news");
+  assert.deepEqual(resubscribe.recover, { epoch: "e", offset: 5 });
+  again.frame({ type: "subscribed", id: resubscribe.id, channel: "news", epoch: "e", offset: 6, recovered: true, publications: [{ offset: 6, data: "b" }] });
+  assert.deepEqual(got, [["news", 5], ["news", 6]]);
+  again.frame({ type: "unsubscribed", channel: "news" });
+  again.frame(pub("news", "e", 7, "c"));
+  assert.deepEqual(got, [["news", 5], ["news", 6]], "nothing after the server's unsubscribe");
+  assert.deepEqual(ended, [{ channel: "news", byServer: true }]);
+  assert.deepEqual(asked, ["news"], "asked once");
+  h.close();
+});
