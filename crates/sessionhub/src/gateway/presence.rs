@@ -60,21 +60,12 @@ pub(crate) async fn stats(
 
 /// 400 for a name that is not a channel's, 404 for a channel without presence.
 fn presence_channel(gateway: &Gateway, channel: &str) -> Result<(), ApiError> {
+    let refused = |status, e: FrameError| Err(ApiError::new(status, e.code(), e.to_string()));
     if !is_public_channel_name(channel) {
-        let e = FrameError::InvalidChannel;
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            e.code(),
-            e.to_string(),
-        ));
+        return refused(StatusCode::BAD_REQUEST, FrameError::InvalidChannel);
     }
     if !gateway.hub.has_presence(channel) {
-        let e = FrameError::NoPresence;
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            e.code(),
-            e.to_string(),
-        ));
+        return refused(StatusCode::NOT_FOUND, FrameError::NoPresence);
     }
     Ok(())
 }
