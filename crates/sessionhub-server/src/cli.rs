@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sessionhub::auth::ChannelRule;
+use sessionhub::limits::Rate;
 
 /// The version and the commit it was built from (`build.rs`).
 pub(crate) const VERSION: &str = concat!(
@@ -199,9 +200,34 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_COOKIE_HOST_PREFIX", value_parser = BoolishValueParser::new())]
     pub(crate) cookie_host_prefix: bool,
 
-    /// New WebSocket connections per second from one client address.
-    #[arg(long, env = "SESSIONHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
-    pub(crate) max_connections_per_ip: u32,
+    /// New connections (sockets and SSE streams) from one client address: N per second,
+    /// or N/s, N/m, N/h. With --redis it holds across the cluster (429 past it).
+    #[arg(
+        long,
+        env = "SESSIONHUB_MAX_CONNECTIONS_PER_IP",
+        default_value = "50/s"
+    )]
+    pub(crate) max_connections_per_ip: Rate,
+
+    /// New connections of one user (N/s, N/m, N/h); unlimited when unset. Cluster-wide
+    /// with --redis.
+    #[arg(long, env = "SESSIONHUB_MAX_CONNECTS_PER_USER")]
+    pub(crate) max_connects_per_user: Option<Rate>,
+
+    /// Publishes of one user from clients (WebSocket and POST /sse/publish; not the API's),
+    /// N/s, N/m or N/h; unlimited when unset. Cluster-wide with --redis.
+    #[arg(long, env = "SESSIONHUB_MAX_PUBLISHES_PER_USER")]
+    pub(crate) max_publishes_per_user: Option<Rate>,
+
+    /// Logins (/login) from one client address, N/s, N/m or N/h; unlimited when unset.
+    /// Cluster-wide with --redis.
+    #[arg(long, env = "SESSIONHUB_MAX_LOGINS_PER_IP")]
+    pub(crate) max_logins_per_ip: Option<Rate>,
+
+    /// Logins (/login) of one user, N/s, N/m or N/h; unlimited when unset. Cluster-wide
+    /// with --redis.
+    #[arg(long, env = "SESSIONHUB_MAX_LOGINS_PER_USER")]
+    pub(crate) max_logins_per_user: Option<Rate>,
 
     /// Inbound WebSocket messages per second per connection (past it: close 4029).
     #[arg(long, env = "SESSIONHUB_MAX_MESSAGES_PER_SEC", default_value_t = 100)]

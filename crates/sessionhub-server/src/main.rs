@@ -19,7 +19,7 @@ use sessionhub::broker::{
 };
 use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
 use sessionhub::hub::Hub;
-use sessionhub::limits::Limits;
+use sessionhub::limits::{FallbackRateLimiter, Limits, RateLimiter, RedisRateLimiter};
 use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
@@ -124,6 +124,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         store,
         hub,
         presence,
+        rate_limiter,
     } = backends;
 
     let sessions = SessionConfig {
@@ -160,6 +161,9 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     }
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
     gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
+    if let Some(limiter) = rate_limiter {
+        gateway = gateway.with_rate_limiter(limiter);
+    }
     let channels = PresenceChannels::new(args.presence_channels.clone());
     if !channels.is_empty() {
         let backend: Arc<dyn Presence> = match &presence {
@@ -300,7 +304,11 @@ fn security(args: &Serve) -> anyhow::Result<Security> {
         origins: OriginPolicy::from_list(&args.allowed_origins),
         channels: ChannelRules::new(args.channel_rules.clone()),
         limits: Limits {
-            connections_per_ip_per_sec: args.max_connections_per_ip,
+            connects_per_ip: Some(args.max_connections_per_ip),
+            connects_per_user: args.max_connects_per_user,
+            publishes_per_user: args.max_publishes_per_user,
+            logins_per_ip: args.max_logins_per_ip,
+            logins_per_user: args.max_logins_per_user,
             messages_per_sec: args.max_messages_per_sec,
             connections_per_user: args.max_connections_per_user,
             connections_per_node: args.max_connections,
@@ -328,6 +336,8 @@ struct Backends {
     store: Arc<dyn SessionStore>,
     hub: Hub,
     presence: Option<Arc<RedisPresence>>,
+    /// Buckets of the cluster-wide rate limits; none: each node's own.
+    rate_limiter: Option<Arc<dyn RateLimiter>>,
 }
 
 /// The hub, on NATS if `nats` is set, otherwise on the broker `otherwise` starts.
@@ -368,6 +378,7 @@ fn embedded(
             Arc::new(LocalBroker::with_history(sink, history))
         }),
         presence: None,
+        rate_limiter: None,
     })
 }
 
@@ -384,6 +395,7 @@ fn cluster(
     // as soon as Redis answers, rather than exiting and leaving that to a supervisor.
     let store = RedisStore::lazy(&redis).context("setting up the Redis session store")?;
     let presence = RedisPresence::lazy(&redis).context("setting up presence in Redis")?;
+    let limits = RedisRateLimiter::lazy(&redis).context("setting up rate limits in Redis")?;
     let pushes = if nats.is_some() { "NATS" } else { "Redis" };
     let broker = RedisBrokerConfig::from(redis).history(history);
     let hub = hub(node_id, nats, |sink| broker.start(sink));
@@ -396,6 +408,7 @@ fn cluster(
         store: Arc::new(Instrumented::new(store)),
         hub,
         presence: Some(Arc::new(presence)),
+        rate_limiter: Some(Arc::new(FallbackRateLimiter::new(Arc::new(limits)))),
     })
 }
 

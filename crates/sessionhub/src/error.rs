@@ -128,6 +128,22 @@ impl PresenceError {
     }
 }
 
+/// A rate limiter could not take from a bucket.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// The backend is down or answered with an error.
+    #[error("rate limits unavailable: {0}")]
+    Unavailable(#[source] BackendError),
+}
+
+impl LimitError {
+    /// [`LimitError::Unavailable`] for `source`, met while doing `context`.
+    pub fn unavailable(context: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable(BackendError::new(context, source))
+    }
+}
+
 /// The one error type users see: an HTTP status with a JSON body
 /// `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone)]
@@ -135,6 +151,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up): when a 429 or 503 may pass.
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -144,7 +162,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to wait `after` before trying again.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// 400: the request itself is wrong.
@@ -230,6 +255,13 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }

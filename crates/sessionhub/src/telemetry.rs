@@ -75,6 +75,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Times the broker link came back after a loss (clients were told to recover)",
     ),
     (
+        "sessionhub_rate_limited_total",
+        Kind::Counter,
+        "Connects, client publishes and logins refused by a rate limit [limit: connect, publish, login]",
+    ),
+    (
+        "sessionhub_rate_limit_fallbacks_total",
+        Kind::Counter,
+        "Rate limit takes made on the node alone because Redis did not answer",
+    ),
+    (
         "sessionhub_errors_total",
         Kind::Counter,
         "Error answers to HTTP requests [code]",

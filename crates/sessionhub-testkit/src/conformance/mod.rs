@@ -37,11 +37,14 @@
 //!   [`broker::BrokerFixture`], which starts nodes (brokers) on one shared backend.
 //! - [`presence`]: [`presence_conformance!`](crate::presence_conformance) over a
 //!   [`presence::PresenceFixture`], a hub and what counts its connections.
+//! - [`limits`]: [`limits_conformance!`](crate::limits_conformance) over a
+//!   [`limits::LimitsFixture`], a rate limiter.
 
 use std::future::Future;
 use std::time::Duration;
 
 pub mod broker;
+pub mod limits;
 pub mod presence;
 pub mod store;
 

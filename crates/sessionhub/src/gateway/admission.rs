@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::state::Gateway;
 use crate::auth::{TokenError, WsAuth};
 use crate::error::ApiError;
+use crate::limits::{Limited, Per};
 use crate::protocol::UserId;
 use crate::session::{PRINCIPAL, SessionId, index_keep, presented_id};
 use crate::store::{lifetime_left, now_ms};
@@ -72,17 +73,21 @@ pub(super) async fn admit(
 ) -> Result<(UserId, Credentials), ApiError> {
     let security = &gateway.config.security;
     check_origin(gateway, headers)?;
-    if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies))
-        && !gateway.connection_rate.check(ip)
-    {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many new connections from this address; slow down",
-        ));
+    let limits = &security.limits;
+    if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies)) {
+        let per = Per::Address(&ip);
+        gateway
+            .rates
+            .check(Limited::Connect, per, limits.connects_per_ip)
+            .await?;
     }
     let (user, credentials) =
         authenticate(gateway, requested, query.token.as_deref(), headers).await?;
+    let per = Per::User(user.as_str());
+    gateway
+        .rates
+        .check(Limited::Connect, per, limits.connects_per_user)
+        .await?;
     if gateway.hub.online().online >= security.limits.connections_per_node {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +196,7 @@ pub(super) async fn authenticate(
 }
 
 /// The client's address: the peer, or the last hop a trusted proxy reports.
-fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+pub(super) fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
     if !trusted.contains(&peer.ip()) {
         return peer.ip();
     }

@@ -1,18 +1,23 @@
 //! The seed's session demo: `/login`, `/get-session`, `/invalidate`, the read-only
 //! `/read-session`, and a page at `/` to try everything in a browser.
 
-use axum::Form;
-use axum::Router;
+use std::net::SocketAddr;
+
 use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use axum::{Extension, Form, Router};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Map;
 
+use super::admission::client_ip;
 use super::state::Gateway;
 use crate::error::ApiError;
+use crate::limits::{Limited, Per};
 use crate::protocol::{InvalidUserId, UserId};
 use crate::session::Session;
 use crate::store::{Attributes, now_ms};
@@ -36,11 +41,24 @@ struct LoginQuery {
     username: Option<String>,
 }
 
-/// Sets `username`, rotates the id (fixation protection), answers every attribute.
+/// Sets `username`, rotates the id (fixation protection), answers every attribute. Logins
+/// per client address and per user are rate limited (`Limits::logins_per_*`).
 async fn login(
+    State(gateway): State<Gateway>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     session: Session,
     form: Result<Form<LoginQuery>, FormRejection>,
 ) -> Result<Response, ApiError> {
+    let limits = &gateway.config.security.limits;
+    if let Some(Extension(ConnectInfo(peer))) = peer {
+        let ip = client_ip(peer, &headers, &gateway.sessions.trusted_proxies);
+        let per = Per::Address(&ip);
+        gateway
+            .rates
+            .check(Limited::Login, per, limits.logins_per_ip)
+            .await?;
+    }
     // Form reads the query string of a GET and the urlencoded body of a POST.
     let username = form
         .ok()
@@ -51,6 +69,11 @@ async fn login(
     let user: UserId = username
         .parse()
         .map_err(|e: InvalidUserId| ApiError::bad_request(format!("username: {e}")))?;
+    let per = Per::User(user.as_str());
+    gateway
+        .rates
+        .check(Limited::Login, per, limits.logins_per_user)
+        .await?;
     session.insert("username", user.as_str()).await?;
     session.login(user.as_str()).await?;
     describe(&session).await

@@ -362,7 +362,7 @@ pub(super) async fn publish(
         .as_deref()
         .map(str::parse::<UserId>)
         .transpose()?;
-    authenticate(&gateway, requested, query.token.as_deref(), &headers).await?;
+    let (user, _) = authenticate(&gateway, requested, query.token.as_deref(), &headers).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| frame_error(FrameError::NotJson("not UTF-8".into())))?;
     let (id, channel, data, idempotency_key) = match Request::parse(text) {
@@ -379,6 +379,7 @@ pub(super) async fn publish(
         Err((e, _)) => return Err(frame_error(e)),
     };
     v1::may_publish(&channel, &gateway).map_err(frame_error)?;
+    v1::publish_rate(&user, &gateway).await?;
     let published = v1::publish_checked(id, &channel, &data, idempotency_key, &gateway).await?;
     let json = [(header::CONTENT_TYPE, "application/json")];
     Ok((cors(&headers), json, published).into_response())

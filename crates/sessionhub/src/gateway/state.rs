@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
 use crate::hub::Hub;
-use crate::limits::{ConnectionRate, Limits};
+use crate::limits::{Limits, RateLimiter, Rates};
 use crate::presence::{LocalPresence, Presence};
 use crate::session::SessionConfig;
 use crate::store::SessionStore;
@@ -119,7 +119,7 @@ pub struct Gateway {
     pub(super) sessions: Arc<SessionConfig>,
     pub(super) config: Arc<GatewayConfig>,
     pub(super) presence: Arc<dyn Presence>,
-    pub(super) connection_rate: Arc<ConnectionRate>,
+    pub(super) rates: Rates,
     pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     pub(super) shutdown: CancellationToken,
     /// When the drain started (set once, before `shutdown` is cancelled).
@@ -147,9 +147,7 @@ impl Gateway {
     ) -> Self {
         Self {
             presence: Arc::new(LocalPresence::new(&hub)),
-            connection_rate: Arc::new(ConnectionRate::new(
-                config.security.limits.connections_per_ip_per_sec,
-            )),
+            rates: Rates::default(),
             hub,
             store,
             sessions: Arc::new(sessions),
@@ -165,6 +163,14 @@ impl Gateway {
     /// set just before each render.
     pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
         self.metrics = Some(render);
+        self
+    }
+
+    /// Takes the rates of connects, publishes and logins from `limiter` instead of this
+    /// node's own buckets: a [`crate::limits::RedisRateLimiter`] (in a
+    /// [`crate::limits::FallbackRateLimiter`]) makes them hold across the cluster.
+    pub fn with_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.rates = Rates::new(limiter);
         self
     }
 

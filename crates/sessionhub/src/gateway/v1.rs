@@ -23,8 +23,9 @@ use super::plan::Plan;
 use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
-use crate::error::{BrokerError, PresenceError};
+use crate::error::{ApiError, BrokerError, PresenceError};
 use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
+use crate::limits::{Limited, Per};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 
@@ -118,7 +119,14 @@ impl V1 {
                 data,
                 id,
                 idempotency_key,
-            } => Step::Plan(publish(id, channel, data, idempotency_key, gateway)),
+            } => Step::Plan(publish(
+                id,
+                channel,
+                data,
+                idempotency_key,
+                &self.user,
+                gateway,
+            )),
             Request::Subscribe {
                 channel,
                 recover,
@@ -410,19 +418,31 @@ fn publish(
     channel: String,
     data: Box<RawValue>,
     idempotency_key: Option<String>,
+    user: &UserId,
     gateway: &Gateway,
 ) -> Plan {
     if let Err(e) = may_publish(&channel, gateway) {
         return Plan::Reply(vec![refusal(id, &e)]);
     }
     let gateway = gateway.clone();
+    let user = user.clone();
     Plan::Later(
         async move {
+            if let Err(e) = publish_rate(&user, &gateway).await {
+                return vec![error(id, e.code(), e.to_string())];
+            }
             let published = publish_checked(id, &channel, &data, idempotency_key, &gateway).await;
             vec![published.unwrap_or_else(|e| error(id, e.code(), e.to_string()))]
         }
         .boxed(),
     )
+}
+
+/// Takes one publish from `user`'s rate (cluster-wide with a shared rate limiter).
+pub(super) async fn publish_rate(user: &UserId, gateway: &Gateway) -> Result<(), ApiError> {
+    let rate = gateway.config.security.limits.publishes_per_user;
+    let per = Per::User(user.as_str());
+    gateway.rates.check(Limited::Publish, per, rate).await
 }
 
 /// Whether a client may publish to `channel` itself.

@@ -103,6 +103,12 @@ impl Keys {
     pub(crate) fn channel_presence(&self, channel: &str, suffix: &str) -> String {
         join(&self.channel_head, &[channel, "}:presence:", suffix])
     }
+
+    /// The bucket of rate limit `bucket` (e.g. `connect:ip:10.0.0.1`), its own hash tag: a
+    /// bucket is one key, and buckets spread over a cluster's slots.
+    pub(crate) fn rate(&self, bucket: &str) -> String {
+        join(&self.prefix, &["rate:{", bucket, "}"])
+    }
 }
 
 /// `head` and `parts` as one string. Built by hand rather than with `format!`, which cost
@@ -169,6 +175,7 @@ mod tests {
             "app:presence:{presence}:users:n1"
         );
         assert_eq!(keys.presence_users(), "app:presence:{presence}:users");
+        assert_eq!(keys.rate("login:ip:::1"), "app:rate:{login:ip:::1}");
         assert_eq!(
             keys.channel_presence("room:1", "node:n1"),
             "app:ch:{room:1}:presence:node:n1"

@@ -477,6 +477,15 @@ impl Reconnect {
         response_timeout: RESPONSE_TIMEOUT,
     };
 
+    /// Rate limit takes, on the way to every connect and client publish: no retry and a
+    /// short wait, since a node that cannot ask Redis takes from its own buckets instead
+    /// (`limits::FallbackRateLimiter`) rather than hold the client.
+    pub(crate) const LIMITS: Self = Self {
+        retries: 0,
+        max_delay: None,
+        response_timeout: Duration::from_millis(250),
+    };
+
     pub(super) fn config(self) -> ConnectionManagerConfig {
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(self.retries)

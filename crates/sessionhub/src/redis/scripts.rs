@@ -48,6 +48,8 @@ pub(crate) static PRESENCE_CHANNEL_SET: LazyLock<Script> = script!("presence_cha
 pub(crate) static PRESENCE_CHANNEL_REAP: LazyLock<Script> = script!("presence_channel_reap.lua");
 pub(crate) static PRESENCE_CHANNEL_STATS: LazyLock<Script> = script!("presence_channel_stats.lua");
 
+pub(crate) static LIMITS_TAKE: LazyLock<Script> = script!("limits_take.lua");
+
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =
     script!("broker_recover.lua" after "broker_epoch.lua");
