@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sessionhub_testkit::{Node, RedisCluster, redis_command};
+use sessionhub_testkit::{Node, RedisCluster, redis_commands};
 
 fn nodes(cluster: &RedisCluster, n: usize) -> Vec<Node> {
     let seeds = cluster.urls().join(",");
@@ -35,9 +35,13 @@ async fn the_seed_demos_work_across_nodes_and_through_a_failover() {
     let (id, mut on_b, mut on_c) = seed_demos_across(&nodes).await;
 
     // Kill the primary that serves the session; acknowledged writes are on its replica
-    // first (Redis replicates asynchronously: docs/cluster.md).
+    // first (Redis replicates asynchronously: docs/cluster.md). `WAIT` waits for its own
+    // connection's writes, so a write of the session's slot goes first on that connection;
+    // replication is in order, so the session's writes are there too.
     let victim = primary_of(&cluster, &format!("sessionhub:session:{{{id}}}"));
-    assert_eq!(redis_command(victim, "WAIT 1 5000").unwrap().trim(), ":1");
+    let probe = format!("SET probe:{{{id}}} x");
+    let replies = redis_commands(victim, &[&probe, "WAIT 1 5000"]).unwrap();
+    assert_eq!(replies, ["+OK\r\n", ":1\r\n"]);
     cluster.kill(victim).unwrap();
     let started = Instant::now();
     cluster

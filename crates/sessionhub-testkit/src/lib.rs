@@ -32,7 +32,7 @@ pub use self::balancer::{Balancer, BalancerStats};
 pub use self::cluster::RedisCluster;
 pub use self::nats::NatsServer;
 pub use self::node::Node;
-pub use self::redis::{RedisServer, redis_command, redis_reads};
+pub use self::redis::{RedisServer, redis_command, redis_commands, redis_reads};
 pub use self::sentinel::RedisSentinel;
 
 /// A port nobody listens on right now.

@@ -181,6 +181,27 @@ pub fn redis_command(port: u16, command: &str) -> anyhow::Result<String> {
     Ok(line)
 }
 
+/// Sends inline `commands` to the Redis on `port` (loopback) one after the other on one
+/// connection of their own and returns each one's reply line: for commands that answer in
+/// one line (`SET`, `WAIT`, counters), since the rest of a longer reply would be read as
+/// the next one's. What needs one
+/// connection: `WAIT` waits for the writes of the connection it is sent on, so a write and
+/// the `WAIT` that makes sure the replicas have it must share one (on a connection without
+/// writes, `WAIT` answers at once, whatever the replicas lack).
+pub fn redis_commands(port: u16, commands: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut replies = Vec::with_capacity(commands.len());
+    for command in commands {
+        stream.write_all(format!("{command}\r\n").as_bytes())?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        replies.push(line);
+    }
+    Ok(replies)
+}
+
 /// Sends one inline command on a new connection; the reply is to be read from it.
 /// `INFO <section>` of the Redis on `port` (loopback), as text.
 fn redis_info(port: u16, section: &str) -> anyhow::Result<String> {
