@@ -154,6 +154,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         socket,
         security,
     };
+    hub.set_build(cli::VERSION);
     if let Err(e) = hub.start_control().await {
         // The broker keeps the wish and joins once it can; until then the server API's
         // cluster-wide commands miss this node.

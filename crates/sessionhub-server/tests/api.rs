@@ -418,12 +418,27 @@ async fn channels_and_info_gather_every_node() {
 
     let (status, info) = status_and_json(http().get(format!("{base}/api/info"))).await;
     assert_eq!(status, 200, "{info}");
+    // Each node names its build as `--version` does, commit included.
+    let version = std::process::Command::new(binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let build = version
+        .trim()
+        .strip_prefix("sessionhub ")
+        .unwrap()
+        .to_owned();
+    assert!(
+        build.starts_with(&format!("{} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
     let described: Vec<(String, u64, u64)> = info["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| {
-            assert_eq!(n["version"], env!("CARGO_PKG_VERSION"));
+            assert_eq!(n["version"], build.as_str());
             assert!(n["uptime_secs"].as_u64().is_some());
             let count = |k: &str| n[k].as_u64().unwrap();
             (

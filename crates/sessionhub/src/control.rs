@@ -71,7 +71,8 @@ pub(crate) enum Command {
 pub struct NodeReport {
     /// The node's id (`--node-id`).
     pub node: String,
-    /// The sessionhub version it runs.
+    /// The sessionhub version it runs, with the commit it was built from when the server
+    /// binary runs it (`0.1.0 (commit 1a2b3c4d5e6f)`).
     pub version: String,
     /// Seconds since it started.
     pub uptime_secs: u64,
@@ -120,7 +121,7 @@ pub(crate) fn report(hub: &Hub) -> NodeReport {
     channels.sort_by(|a, b| a.channel.cmp(&b.channel));
     NodeReport {
         node: hub.node_id().to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: hub.build().to_owned(),
         uptime_secs: hub.uptime().as_secs(),
         connections: online.online,
         users: online.users,

@@ -424,6 +424,8 @@ struct HubInner {
     node_id: String,
     next_member: AtomicU64,
     started: std::time::Instant,
+    /// What the node says it runs (`/api/info`); the library's version unless set.
+    build: OnceLock<String>,
     /// The server API's questions to every node still waiting for answers.
     pending: control::Pending,
     tracking: OnceLock<Tracking>,
@@ -465,6 +467,7 @@ impl Hub {
                 node_id: node_id.into(),
                 next_member: AtomicU64::new(0),
                 started: std::time::Instant::now(),
+                build: OnceLock::new(),
                 pending: control::Pending::default(),
                 tracking: OnceLock::new(),
             }),
@@ -665,6 +668,21 @@ impl Hub {
     /// How long this hub has run.
     pub(crate) fn uptime(&self) -> std::time::Duration {
         self.inner.started.elapsed()
+    }
+
+    /// Names what this node runs in `/api/info` (e.g. `0.1.0 (commit 1a2b3c)`, which the
+    /// server binary knows and the library does not), so that a rolling upgrade shows
+    /// which nodes run which build. Set once; `false` if it was set already.
+    pub fn set_build(&self, build: impl Into<String>) -> bool {
+        self.inner.build.set(build.into()).is_ok()
+    }
+
+    /// What [`Hub::set_build`] set, or the library's version.
+    pub(crate) fn build(&self) -> &str {
+        self.inner
+            .build
+            .get()
+            .map_or(env!("CARGO_PKG_VERSION"), String::as_str)
     }
 
     /// The public channels local connections joined, with their local subscriber counts.

@@ -241,7 +241,7 @@ pub(crate) struct Info {
 pub(crate) struct NodeInfo {
     /// Its id (`--node-id`).
     node: String,
-    /// The sessionhub version it runs.
+    /// The sessionhub version it runs, with the commit of the server binary (`0.1.0 (commit 1a2b3c4d5e6f)`).
     version: String,
     /// Seconds since it started.
     uptime_secs: u64,
