@@ -33,7 +33,8 @@
 //! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `sse.rs` runs an SSE
 //! stream on `v1.rs`'s channel state; `admission.rs` decides
 //! who may connect and for how long, and its credentials are read by the loop and by v1's
-//! channel rules; every module sees `state.rs` (the shared [`Gateway`]), which sees none.
+//! channel rules; `hooked.rs` asks the application's hooks for both transports; every
+//! module sees `state.rs` (the shared [`Gateway`]), which sees none.
 
 mod admin;
 mod admission;
@@ -41,6 +42,7 @@ mod batch;
 mod control;
 mod demo;
 mod history;
+mod hooked;
 mod input;
 mod openapi;
 mod plan;
