@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use super::state::Gateway;
 use crate::hooks::{Caller, Denial, EXPIRED, Hooks, Publish, Transport};
+use crate::hub::Hub;
 use crate::protocol::UserId;
+use crate::session::{SessionEvents, SessionId};
 
 /// How long before a connection's end the refresh hook is asked, so that its answer (an
 /// HTTP hook has `--proxy-timeout`, 1 s by default) comes before the end.
@@ -163,6 +165,25 @@ impl Hooked {
     pub(super) fn disconnected(&self, code: u16, reason: &str) {
         let (hooks, caller, reason) = (self.hooks.clone(), self.caller.clone(), reason.to_owned());
         tokio::spawn(async move { hooks.disconnect(&caller, code, &reason).await });
+    }
+}
+
+/// What a gateway with hooks tells about sessions: the hub (whose sockets bound to an
+/// ended session close) and the hooks.
+pub(super) struct HookedSessions {
+    pub(super) hub: Hub,
+    pub(super) hooks: Arc<dyn Hooks>,
+}
+
+#[async_trait::async_trait]
+impl SessionEvents for HookedSessions {
+    async fn ended(&self, id: &SessionId) {
+        self.hub.ended(id).await;
+        self.hooks.session_destroyed(id).await;
+    }
+
+    async fn created(&self, id: &SessionId) {
+        self.hooks.session_created(id).await;
     }
 }
 

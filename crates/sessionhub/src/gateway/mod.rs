@@ -107,7 +107,7 @@ impl Gateway {
         if self.config.demo {
             let sessions =
                 SessionLayer::from_arc(self.store.clone(), SessionConfig::clone(&self.sessions))
-                    .with_events(Arc::new(self.hub.clone()));
+                    .with_events(self.session_events());
             router = router.merge(demo::routes().layer(sessions));
         }
         let node = HeaderValue::from_str(self.hub.node_id())
@@ -131,6 +131,19 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// What a [`SessionLayer`](crate::SessionLayer) beside this gateway should tell about
+    /// sessions (`with_events`): the hub, so that the sockets of an ended session close, and
+    /// the hooks' `session_created` / `session_destroyed`.
+    pub fn session_events(&self) -> Arc<dyn crate::session::SessionEvents> {
+        match &self.hooks {
+            None => Arc::new(self.hub.clone()),
+            Some(hooks) => Arc::new(hooked::HookedSessions {
+                hub: self.hub.clone(),
+                hooks: hooks.clone(),
+            }),
+        }
+    }
+
     /// The OpenAPI 3.1 document of the server API, as `GET /api/openapi.json` serves it.
     pub fn openapi() -> utoipa::openapi::OpenApi {
         openapi::finish(api().into_openapi())
