@@ -80,6 +80,7 @@ fn start() -> anyhow::Result<()> {
 
 async fn run(args: Serve) -> anyhow::Result<()> {
     let security = security(&args)?;
+    let hooks = hooks(&args)?;
     let prometheus = prometheus()?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -163,7 +164,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     }
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
     gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
-    if let Some(hooks) = hooks(&args)? {
+    if let Some(hooks) = hooks {
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
     let channels = PresenceChannels::new(args.presence_channels.clone());
