@@ -140,7 +140,12 @@ async fn the_connect_hook_allows_renames_joins_and_refuses_sockets_and_streams()
 
     // Refused with the app's code; a stalled or failing app is a refusal too (deny policy).
     let started = Instant::now();
-    for (user, code) in [("deny", 4101), ("stall", 4503), ("fail", 4503)] {
+    for (user, code) in [
+        ("deny", 4101),
+        ("kick", 4105),
+        ("stall", 4503),
+        ("fail", 4503),
+    ] {
         let mut socket = open_with(&ws, user, &[]).await;
         assert_eq!(refused(&mut socket).await, (code, Some(code)), "{user}");
     }
@@ -179,7 +184,7 @@ async fn the_connect_hook_allows_renames_joins_and_refuses_sockets_and_streams()
     let counts = metrics(&server.http()).await;
     assert_eq!(proxy_count(&counts, "connect", "timeout"), 2, "{counts}");
     assert_eq!(proxy_count(&counts, "connect", "error"), 1);
-    assert_eq!(proxy_count(&counts, "connect", "deny"), 2);
+    assert_eq!(proxy_count(&counts, "connect", "deny"), 3);
     assert_eq!(proxy_count(&counts, "connect", "allow"), 3);
     assert!(counts.contains("sessionhub_proxy_duration_seconds_bucket{hook=\"connect\""));
 }
@@ -366,4 +371,32 @@ async fn the_refresh_hook_extends_a_connection_past_its_first_end_then_its_refus
     assert!(unix_secs() >= second_end - 0.1, "not before its end");
     assert!(matches!(next(&mut ws).await, Frame::Closed(Some(4430))));
     assert_eq!(backend.calls("refresh").len(), 2);
+}
+
+#[tokio::test]
+async fn an_sse_stream_is_refreshed_too_and_ends_with_the_refusals_code() {
+    let backend = Backend::start().await;
+    let server = node_with(&backend, &["connect", "refresh"], &[]);
+    let (mut stream, _) = common::sse::open_as(&server.http(), "short-sse", "room:1", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.next_frame().await.unwrap(),
+        Frame::Subscribed(_)
+    ));
+    let first_end = backend.calls("connect")[0].granted.unwrap() as f64;
+    // Nothing but the end: at the second end, after one extension.
+    match stream
+        .next_within(Duration::from_secs(8))
+        .await
+        .unwrap()
+        .map(|e| e.frame())
+    {
+        Some(Frame::Disconnect { code, .. }) => assert_eq!(code, 4430),
+        other => panic!("expected disconnect, got {other:?}"),
+    }
+    assert!(unix_secs() > first_end, "kept past the first end");
+    let refreshes = backend.calls("refresh");
+    assert_eq!(refreshes.len(), 2);
+    assert_eq!(refreshes[0].body["transport"], "sse");
 }

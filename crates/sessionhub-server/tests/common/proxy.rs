@@ -2,7 +2,7 @@
 //! port. What it answers is chosen by the names in the request (users, channels), so one
 //! backend serves every case of a test:
 //!
-//! - connect: user `deny*` refused with 4101; `stall*` answers after 3 s; `fail*` answers
+//! - connect: user `deny*` refused with 4101 (`kick*`: the `disconnect` form, 4105); `stall*` answers after 3 s; `fail*` answers
 //!   500; `rename*` becomes `app-<user>`; `joiner*` joins `news`; `short*` gets an
 //!   `expire_at` 2 s away; anyone else is allowed as is.
 //! - subscribe and publish: channel `deny:*` refused with 4102; `stall:*`, `fail:*` as above;
@@ -95,6 +95,8 @@ async fn answer(
     } else if name.starts_with("fail") {
         record(&calls, &hook, &body, &headers, None);
         return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+    } else if name.starts_with("kick") {
+        json!({"disconnect": {"code": 4105, "reason": "kicked by the app"}})
     } else if name.starts_with("deny") {
         let code = if hook == "connect" { 4101 } else { 4102 };
         json!({"error": {"code": code, "message": format!("{hook} refused by the app")}})
