@@ -149,6 +149,17 @@ async fn the_connect_hook_allows_renames_joins_and_refuses_sockets_and_streams()
         let mut socket = open_with(&ws, user, &[]).await;
         assert_eq!(refused(&mut socket).await, (code, Some(code)), "{user}");
     }
+    let mut kicked = open_with(&ws, "kick-2", &[]).await;
+    let said = next_json(&mut kicked).await;
+    assert_eq!(
+        (
+            said["type"].as_str(),
+            said["code"].as_u64(),
+            said["reason"].as_str()
+        ),
+        (Some("disconnect"), Some(4105), Some("kicked by the app")),
+        "the reason of the disconnect form"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the stall was cut at the timeout"
@@ -184,7 +195,7 @@ async fn the_connect_hook_allows_renames_joins_and_refuses_sockets_and_streams()
     let counts = metrics(&server.http()).await;
     assert_eq!(proxy_count(&counts, "connect", "timeout"), 2, "{counts}");
     assert_eq!(proxy_count(&counts, "connect", "error"), 1);
-    assert_eq!(proxy_count(&counts, "connect", "deny"), 3);
+    assert_eq!(proxy_count(&counts, "connect", "deny"), 4);
     assert_eq!(proxy_count(&counts, "connect", "allow"), 3);
     assert!(counts.contains("sessionhub_proxy_duration_seconds_bucket{hook=\"connect\""));
 }
