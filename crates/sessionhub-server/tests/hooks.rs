@@ -411,3 +411,42 @@ async fn an_sse_stream_is_refreshed_too_and_ends_with_the_refusals_code() {
     assert_eq!(refreshes.len(), 2);
     assert_eq!(refreshes[0].body["transport"], "sse");
 }
+
+/// Not a check, a measurement (`cargo test --test hooks -- --ignored --nocapture`): what the
+/// connect hook adds to opening a socket, with the backend on loopback.
+#[tokio::test]
+#[ignore]
+async fn measure_what_the_connect_hook_costs_a_connect() {
+    let backend = Backend::start().await;
+    let unlimited = ["--max-connections-per-ip", "100000"];
+    let plain = node(&unlimited);
+    let hooked = node_with(&backend, &["connect"], &unlimited);
+    let rounds = 300;
+    for (name, server) in [
+        ("without hooks", &plain),
+        ("with the connect hook", &hooked),
+    ] {
+        // Warm up the pools on both sides first.
+        for _ in 0..20 {
+            open_v1(&server.ws(), "warm").await.unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let (ws, _) = open_v1(&server.ws(), "ann").await.unwrap();
+            drop(ws);
+        }
+        let each = started.elapsed() / rounds;
+        println!("{name}: {each:?} per connect (upgrade and greeting)");
+    }
+    let counts = metrics(&hooked.http()).await;
+    let value = |name: &str| -> f64 {
+        let line = counts.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let sum = value("sessionhub_proxy_duration_seconds_sum{hook=\"connect\"}");
+    let count = value("sessionhub_proxy_duration_seconds_count{hook=\"connect\"}");
+    println!(
+        "connect hook call: {:.3} ms on average",
+        sum / count * 1000.0
+    );
+}
