@@ -321,6 +321,47 @@ pub(crate) struct Serve {
     /// Proxies whose X-Forwarded-Proto is believed (comma-separated IP addresses).
     #[arg(long, env = "SESSIONHUB_TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<IpAddr>,
+    /// The application's connect hook: POSTed a JSON body when a protocol v1 client (/ws,
+    /// /sse) connects; may refuse it, rename its user, join it to channels, end it at a time
+    /// (docs/hooks.md).
+    #[arg(long, env = "SESSIONHUB_PROXY_CONNECT_URL", value_name = "URL")]
+    pub(crate) proxy_connect_url: Option<String>,
+
+    /// The application's subscribe hook: asked when a client joins a channel.
+    #[arg(long, env = "SESSIONHUB_PROXY_SUBSCRIBE_URL", value_name = "URL")]
+    pub(crate) proxy_subscribe_url: Option<String>,
+
+    /// The application's publish hook: asked when a client publishes; may refuse or replace
+    /// the data.
+    #[arg(long, env = "SESSIONHUB_PROXY_PUBLISH_URL", value_name = "URL")]
+    pub(crate) proxy_publish_url: Option<String>,
+
+    /// The application's refresh hook: asked shortly before the end the connect hook set
+    /// (expire_at); may extend it.
+    #[arg(long, env = "SESSIONHUB_PROXY_REFRESH_URL", value_name = "URL")]
+    pub(crate) proxy_refresh_url: Option<String>,
+
+    /// Client request headers passed on to the hooks (comma-separated, e.g.
+    /// Cookie,Authorization). None by default: these carry the user's credentials, so name
+    /// only those the application needs, and only with hook URLs you trust.
+    #[arg(
+        long,
+        env = "SESSIONHUB_PROXY_FORWARD_HEADERS",
+        value_delimiter = ',',
+        value_name = "HEADER"
+    )]
+    pub(crate) proxy_forward_headers: Vec<String>,
+
+    /// Seconds one hook call may take, answer included.
+    #[arg(long, env = "SESSIONHUB_PROXY_TIMEOUT", default_value_t = 1.0,
+          value_parser = proxy_timeout)]
+    pub(crate) proxy_timeout: f64,
+
+    /// What a hook call that fails (timeout, no connection, non-2xx, not the contract's
+    /// JSON) decides: deny (close code 4503, HTTP 503) or allow.
+    #[arg(long, env = "SESSIONHUB_PROXY_ON_FAILURE", default_value = "deny",
+          value_parser = ["deny", "allow"])]
+    pub(crate) proxy_on_failure: String,
 }
 
 impl Cli {
@@ -404,5 +445,12 @@ fn drain_window(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=300.0).contains(&v) => Ok(v),
         _ => Err("expected seconds from 0 to 300".into()),
+    }
+}
+
+fn proxy_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 60.0 => Ok(v),
+        _ => Err("expected seconds, more than 0 and at most 60".into()),
     }
 }

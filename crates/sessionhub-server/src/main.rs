@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderName;
+
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sessionhub::SessionConfig;
@@ -18,6 +20,7 @@ use sessionhub::broker::{
     Broker, Deliver, HistoryConfig, LocalBroker, NatsBrokerConfig, RedisBrokerConfig,
 };
 use sessionhub::gateway::{Gateway, GatewayConfig, Security, SocketConfig};
+use sessionhub::hooks::{FailurePolicy, HttpHooks, ProxyConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::{FallbackRateLimiter, Limits, RateLimiter, RedisRateLimiter};
 use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
@@ -77,6 +80,7 @@ fn start() -> anyhow::Result<()> {
 
 async fn run(args: Serve) -> anyhow::Result<()> {
     let security = security(&args)?;
+    let hooks = hooks(&args)?;
     let prometheus = prometheus()?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -165,6 +169,9 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     if let Some(limiter) = rate_limiter {
         gateway = gateway.with_rate_limiter(limiter);
     }
+    if let Some(hooks) = hooks {
+        gateway = gateway.with_hooks(Arc::new(hooks));
+    }
     let channels = PresenceChannels::new(args.presence_channels.clone());
     if !channels.is_empty() {
         let backend: Arc<dyn Presence> = match &presence {
@@ -226,6 +233,32 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         .context("persisting sessions")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP hooks the flags name, if any.
+fn hooks(args: &Serve) -> anyhow::Result<Option<HttpHooks>> {
+    let forward_headers = args
+        .proxy_forward_headers
+        .iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("--proxy-forward-headers: {name:?} is not a header name"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let config = ProxyConfig {
+        connect_url: args.proxy_connect_url.clone(),
+        subscribe_url: args.proxy_subscribe_url.clone(),
+        publish_url: args.proxy_publish_url.clone(),
+        refresh_url: args.proxy_refresh_url.clone(),
+        forward_headers,
+        timeout: Duration::from_secs_f64(args.proxy_timeout),
+        on_failure: args
+            .proxy_on_failure
+            .parse::<FailurePolicy>()
+            .map_err(anyhow::Error::msg)?,
+    };
+    let hooks = HttpHooks::new(config)?;
+    Ok((!hooks.is_empty()).then_some(hooks))
 }
 
 /// Installs the Prometheus recorder behind the `metrics` facade. Buckets matter: without

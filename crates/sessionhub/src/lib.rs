@@ -11,6 +11,8 @@
 //!   optional redb journal, or in Redis.
 //! - [`broker`]: how a push reaches the node that holds the socket ([`broker::Broker`]).
 //! - [`limits`]: abuse limits (connection and message rates).
+//! - [`hooks`]: the application's say in connects, subscribes, publishes and lifetimes:
+//!   in Rust ([`hooks::Hooks`]) or over HTTP ([`hooks::HttpHooks`]).
 //! - [`hub`]: the connections on this node and the fan-out to them.
 //! - [`control`]: the server API's cluster-wide commands, carried by the broker to every
 //!   node's hub.
@@ -33,6 +35,8 @@ pub mod broker;
 pub mod control;
 pub mod error;
 pub mod gateway;
+pub mod hooks;
+mod http_client;
 pub mod hub;
 pub mod limits;
 pub mod presence;

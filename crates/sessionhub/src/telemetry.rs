@@ -129,6 +129,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Histogram,
         "From a message reaching this node to its frame being written",
     ),
+    (
+        "sessionhub_proxy_requests_total",
+        Kind::Counter,
+        "HTTP hook calls [hook: connect, subscribe, publish, refresh; outcome: allow, deny, timeout, error]",
+    ),
+    (
+        "sessionhub_proxy_duration_seconds",
+        Kind::Histogram,
+        "HTTP hook call latency, answer included [hook]",
+    ),
 ];
 
 /// Describes every metric and registers it at zero with the installed recorder.

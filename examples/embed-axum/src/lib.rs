@@ -2,16 +2,22 @@
 //! handlers shared sessions, and the hub pushes to a user's sockets on whichever node holds
 //! them. Swap `MemoryStore` / `Hub::local` for `RedisStore` / the Redis broker to run it
 //! on many nodes.
+//!
+//! It also shows the application deciding through [`Hooks`]: only admins join `admin:*`
+//! channels, and a chat message is stamped with its sender before it is published.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sessionhub::broker::PublishOptions;
 use sessionhub::gateway::{Gateway, GatewayConfig};
+use sessionhub::hooks::{Caller, Denial, Hooks, Publish};
 use sessionhub::hub::Hub;
 use sessionhub::protocol::UserId;
 use sessionhub::store::{MemoryStore, SessionStore};
@@ -21,6 +27,39 @@ use sessionhub::{ApiError, Session, SessionConfig, SessionLayer};
 #[derive(Clone)]
 pub struct Shop {
     hub: Hub,
+}
+
+/// The shop's say in what socket clients do.
+#[derive(Debug)]
+pub struct ShopHooks {
+    /// Users who may join `admin:*` channels.
+    pub admins: Vec<String>,
+}
+
+#[async_trait]
+impl Hooks for ShopHooks {
+    async fn subscribe(&self, caller: &Caller, channel: &str) -> Result<(), Denial> {
+        let admin = self.admins.iter().any(|a| a == caller.user.as_str());
+        if channel.starts_with("admin:") && !admin {
+            return Err(Denial::forbidden("admins only"));
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        caller: &Caller,
+        channel: &str,
+        data: &RawValue,
+    ) -> Result<Publish, Denial> {
+        if !channel.starts_with("chat:") {
+            return Ok(Publish::Allow);
+        }
+        // Readers learn who wrote from the server, not from what the client claims.
+        let stamped = json!({ "from": caller.user.as_str(), "text": data });
+        let stamped = RawValue::from_string(stamped.to_string()).expect("JSON is JSON");
+        Ok(Publish::Replace(stamped))
+    }
 }
 
 /// The whole app: the shop's routes with sessions, and sessionhub's socket routes.
@@ -37,13 +76,16 @@ pub fn app() -> Router {
             demo: false,
             ..GatewayConfig::default()
         },
-    );
+    )
+    .with_hooks(Arc::new(ShopHooks {
+        admins: vec!["root".into()],
+    }));
     let shop = Router::new()
         .route("/shop/login/{user}", post(login))
         .route("/shop/cart/{item}", post(add_to_cart))
         .route("/shop/cart", get(cart))
         .with_state(Shop { hub: hub.clone() })
-        .layer(SessionLayer::from_arc(store, sessions).with_events(Arc::new(hub)));
+        .layer(SessionLayer::from_arc(store, sessions).with_events(gateway.session_events()));
     shop.merge(gateway.router())
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -62,4 +62,77 @@ async fn with_token(request: reqwest::RequestBuilder, token: &str) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// The shop's hooks over a real protocol v1 socket: a non-admin is refused `admin:*` with
+/// the hook's reason, an admin joins it, and a chat message reaches readers stamped with
+/// its sender.
+#[tokio::test]
+async fn the_shops_hooks_refuse_admin_channels_and_stamp_chat_messages() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = sessionhub_example_embed::app();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let open = |user: &'static str| async move {
+        let url = format!("ws://{addr}/ws?user={user}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let greeting = next_json(&mut ws).await;
+        assert_eq!(greeting["type"], "connected");
+        ws
+    };
+    let subscribe =
+        |channel: &str| json!({"type": "subscribe", "channel": channel, "id": 1}).to_string();
+
+    let mut ann = open("ann").await;
+    ann.send(Message::text(subscribe("admin:orders")))
+        .await
+        .unwrap();
+    let refused = next_json(&mut ann).await;
+    assert_eq!(
+        refused,
+        json!({"type": "error", "id": 1, "code": "denied", "message": "admins only"})
+    );
+    let mut root = open("root").await;
+    root.send(Message::text(subscribe("admin:orders")))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut root).await["type"], "subscribed");
+
+    root.send(Message::text(subscribe("chat:lobby")))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut root).await["type"], "subscribed");
+    let says = json!({"type": "publish", "channel": "chat:lobby", "data": "hi", "id": 2});
+    ann.send(Message::text(says.to_string())).await.unwrap();
+    assert_eq!(next_json(&mut ann).await["type"], "published");
+    let heard = next_json(&mut root).await;
+    assert_eq!(
+        heard["data"],
+        json!({"from": "ann", "text": "hi"}),
+        "{heard}"
+    );
+}
+
+/// The next text frame, as JSON.
+async fn next_json(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
 }

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
@@ -45,25 +44,7 @@ struct State {
 
 impl Jwks {
     pub(super) fn new(source: &str, min_refetch: Duration) -> Self {
-        let ring = || std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(ring())
-            .unwrap_or_else(|e| {
-                // No system roots: only plain http:// and files will work, which the first
-                // fetch's error then says.
-                tracing::warn!(error = %e, "no TLS root certificates for JWKS fetches");
-                HttpsConnectorBuilder::new().with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(ring())
-                        .with_safe_default_protocol_versions()
-                        .expect("ring supports the default versions")
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-            })
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(tls);
+        let client = crate::http_client::pooled();
         Self {
             source: JwksSource::parse(source),
             client,

@@ -33,7 +33,8 @@
 //! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `sse.rs` runs an SSE
 //! stream on `v1.rs`'s channel state; `admission.rs` decides
 //! who may connect and for how long, and its credentials are read by the loop and by v1's
-//! channel rules; every module sees `state.rs` (the shared [`Gateway`]), which sees none.
+//! channel rules; `hooked.rs` asks the application's hooks for both transports; every
+//! module sees `state.rs` (the shared [`Gateway`]), which sees none.
 
 mod admin;
 mod admission;
@@ -41,6 +42,7 @@ mod batch;
 mod control;
 mod demo;
 mod history;
+mod hooked;
 mod input;
 mod openapi;
 mod plan;
@@ -105,7 +107,7 @@ impl Gateway {
         if self.config.demo {
             let sessions =
                 SessionLayer::from_arc(self.store.clone(), SessionConfig::clone(&self.sessions))
-                    .with_events(Arc::new(self.hub.clone()));
+                    .with_events(self.session_events());
             router = router.merge(demo::routes().layer(sessions));
         }
         let node = HeaderValue::from_str(self.hub.node_id())
@@ -129,6 +131,19 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// What a [`SessionLayer`](crate::SessionLayer) beside this gateway should tell about
+    /// sessions (`with_events`): the hub, so that the sockets of an ended session close, and
+    /// the hooks' `session_created` / `session_destroyed`.
+    pub fn session_events(&self) -> Arc<dyn crate::session::SessionEvents> {
+        match &self.hooks {
+            None => Arc::new(self.hub.clone()),
+            Some(hooks) => Arc::new(hooked::HookedSessions {
+                hub: self.hub.clone(),
+                hooks: hooks.clone(),
+            }),
+        }
+    }
+
     /// The OpenAPI 3.1 document of the server API, as `GET /api/openapi.json` serves it.
     pub fn openapi() -> utoipa::openapi::OpenApi {
         openapi::finish(api().into_openapi())

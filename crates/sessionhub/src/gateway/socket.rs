@@ -22,11 +22,13 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::admission::{
     ConnectQuery, Credentials, admit, check_credentials, first_credentials_check, use_session,
 };
+use super::hooked::{self, next_look};
 use super::plan::Plan;
 use super::seed;
 use super::state::Gateway;
 use super::v1::{self, Step, V1};
 use crate::error::ApiError;
+use crate::hooks::{Denial, Transport};
 use crate::hub::{Connection, Outbound, session_channel};
 use crate::limits::MessageRate;
 use crate::protocol::{FrameError, UserId, close};
@@ -71,10 +73,25 @@ pub(crate) async fn upgrade_v1(
         .transpose()?;
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
+    let (user, hooked) =
+        match hooked::connect(&gateway, &user, Transport::WebSocket, &headers).await {
+            Ok(Some((user, hooked))) => (user, Some(hooked)),
+            Ok(None) => (user, None),
+            // Refused with a close code, which a browser sees (an HTTP status it would not).
+            Err(denial) => return Ok(accept(ws, limit, move |socket| refuse(socket, denial))),
+        };
     Ok(accept(ws, limit, move |socket| {
-        let protocol = Protocol::V1(V1::new(user.clone(), &credentials));
+        let protocol = Protocol::V1(V1::new(user.clone(), &credentials).with_hooks(hooked));
         run(socket, user, credentials, gateway, protocol)
     }))
+}
+
+/// Closes a socket the connect hook refused, as v1 closes any: `disconnect`, then the close.
+async fn refuse(mut socket: WebSocket, denial: Denial) {
+    let said = (denial.close_code(), denial.close_reason());
+    let frame = crate::protocol::v1::Reply::disconnect(said);
+    let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(frame.into()))).await;
+    let _ = send_close(&mut socket, said).await;
 }
 
 fn upgrade_required(rejection: WebSocketUpgradeRejection) -> ApiError {
@@ -109,6 +126,21 @@ enum Protocol {
 }
 
 impl Protocol {
+    /// The connection's hook state (v1 on a gateway with hooks).
+    fn hooked(&self) -> Option<&hooked::Hooked> {
+        match self {
+            Self::Seed => None,
+            Self::V1(v1) => v1.hooked_ref(),
+        }
+    }
+
+    fn hooked_mut(&mut self) -> Option<&mut hooked::Hooked> {
+        match self {
+            Self::Seed => None,
+            Self::V1(v1) => v1.hooked(),
+        }
+    }
+
     /// The error frame for a frame refused whatever it said (a binary one).
     fn refusal(&self, e: &FrameError) -> String {
         match self {
@@ -177,6 +209,11 @@ fn run(
             seconds = opened.elapsed().as_secs(),
             "socket closed"
         );
+        if let Protocol::V1(v1) = &mut protocol
+            && let Some(hooked) = v1.hooked()
+        {
+            hooked.disconnected(reason.0, told.as_deref().unwrap_or(reason.1));
+        }
         if reason.0 != 0 {
             let said = (reason.0, told.as_deref().unwrap_or(reason.1));
             if let Protocol::V1(_) = protocol {
@@ -206,6 +243,13 @@ async fn drive(
     };
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return (0, "gone");
+    }
+    if let Protocol::V1(v1) = protocol {
+        for reply in v1.join_initial(connection, credentials, gateway).await {
+            if socket.send(Message::Text(reply.into())).await.is_err() {
+                return (0, "gone");
+            }
+        }
     }
     let ping_every = config
         .ping_interval
@@ -237,7 +281,14 @@ async fn drive(
                     _ => close::IDLE_TIMEOUT,
                 };
             }
-            () = sleep_until(credentials_check) => {
+            () = sleep_until(next_look(credentials_check, protocol.hooked())) => {
+                if let Err(denial) = hooked::look_if_due(protocol.hooked_mut()).await {
+                    *told = Some(denial.close_reason().to_owned());
+                    return (denial.close_code(), "hook");
+                }
+                if Instant::now() < credentials_check {
+                    continue;
+                }
                 match check_credentials(credentials, gateway).await {
                     Some(next) => credentials_check = next,
                     None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,

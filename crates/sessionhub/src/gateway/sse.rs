@@ -30,10 +30,12 @@ use super::admission::{
     ConnectQuery, Credentials, admit, authenticate, check_credentials, check_origin,
     first_credentials_check,
 };
+use super::hooked::{self, Publishing, next_look};
 use super::state::Gateway;
 use super::v1::{self, Refused, V1};
 use crate::broker::StreamPosition;
 use crate::error::ApiError;
+use crate::hooks::{Denial, Transport, UNAVAILABLE};
 use crate::hub::{Connection, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::protocol::v1::{Reply, Request};
 use crate::protocol::{FrameError, UserId, close};
@@ -75,7 +77,17 @@ pub(super) async fn stream(
         .map(str::parse::<UserId>)
         .transpose()?;
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
-    let channels = channel_list(stream.channels.as_deref())?;
+    let (user, hooked) = match hooked::connect(&gateway, &user, Transport::Sse, &headers).await {
+        Ok(Some((user, hooked))) => (user, Some(hooked)),
+        Ok(None) => (user, None),
+        Err(denial) => return Err(denial_error(&denial)),
+    };
+    // The connect hook may name every channel itself.
+    let hook_joins = hooked.as_ref().is_some_and(|h| !h.initial.is_empty());
+    let channels = match stream.channels.as_deref() {
+        None | Some("") if hook_joins => Vec::new(),
+        named => channel_list(named)?,
+    };
     let last_id = match headers.get("last-event-id") {
         Some(id) => Some(id.to_str().map_err(|_| bad_event_id())?),
         None => stream.last_event_id.as_deref(),
@@ -84,7 +96,7 @@ pub(super) async fn stream(
         Some(id) => decode_event_id(id)?,
         None => HashMap::new(),
     };
-    let mut v1 = V1::new(user.clone(), &credentials);
+    let mut v1 = V1::new(user.clone(), &credentials).with_hooks(hooked);
     for channel in &channels {
         v1.may_subscribe(channel, &gateway).map_err(frame_error)?;
     }
@@ -117,15 +129,19 @@ pub(super) async fn stream(
                 Refused::Frame(e) => frame_error(e),
                 Refused::Broker(e) => e.into(),
                 Refused::Presence(e) => e.into(),
+                Refused::Denied(denial) => denial_error(&denial),
             })?;
         subscribed.push(reply);
     }
-    let id = event_id(&v1);
-    events.extend(
-        subscribed
-            .into_iter()
-            .map(|reply| with_id(Event::default().event("subscribed").data(reply), &id)),
+    subscribed.extend(
+        v1.join_initial(&mut connection, &credentials, &gateway)
+            .await,
     );
+    let id = event_id(&v1);
+    events.extend(subscribed.into_iter().map(|reply| {
+        let kind = frame_type(&reply);
+        with_id(Event::default().event(kind).data(reply), &id)
+    }));
     let (tx, rx) = mpsc::channel(BUFFERED_EVENTS);
     let (last_tx, last_rx) = oneshot::channel();
     let task = run(
@@ -227,6 +243,9 @@ async fn run(
     // Counted before the connection leaves the hub, as for sockets.
     metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
     drop(connection);
+    if let Some(hooked) = v1.hooked() {
+        hooked.disconnected(reason.0, told.as_deref().unwrap_or(reason.1));
+    }
     tracing::info!(%node, user = %user, protocol = "sse", code = reason.0, reason = reason.1, "stream closed");
     drop(tx);
     if reason.0 != 0 {
@@ -267,7 +286,14 @@ async fn drive(
             () = slow.cancelled() => return close::SLOW_CONSUMER,
             // The response was dropped: the client left, or a heartbeat could not be written.
             () = tx.closed() => return (0, "gone"),
-            () = sleep_until(credentials_check) => {
+            () = sleep_until(next_look(credentials_check, v1.hooked_ref())) => {
+                if let Err(denial) = hooked::look_if_due(v1.hooked()).await {
+                    *told = Some(denial.close_reason().to_owned());
+                    return (denial.close_code(), "hook");
+                }
+                if tokio::time::Instant::now() < credentials_check {
+                    continue;
+                }
                 match check_credentials(credentials, gateway).await {
                     Some(next) => credentials_check = next,
                     None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,
@@ -380,9 +406,33 @@ pub(super) async fn publish(
     };
     v1::may_publish(&channel, &gateway).map_err(frame_error)?;
     v1::publish_rate(&user, &gateway).await?;
+    let data = match &gateway.hooks {
+        None => data,
+        Some(hooks) => {
+            let caller = hooked::sse_publisher(user, &headers);
+            match hooked::publish(&**hooks, &caller, &channel, data).await {
+                Ok(Publishing::Publish(data)) => data,
+                Ok(Publishing::Handled) => {
+                    let json = [(header::CONTENT_TYPE, "application/json")];
+                    let reply = v1::handled(id, &channel);
+                    return Ok((cors(&headers), json, reply).into_response());
+                }
+                Err(denial) => return Err(denial_error(&denial)),
+            }
+        }
+    };
     let published = v1::publish_checked(id, &channel, &data, idempotency_key, &gateway).await?;
     let json = [(header::CONTENT_TYPE, "application/json")];
     Ok((cors(&headers), json, published).into_response())
+}
+
+/// A hook's refusal as an HTTP error: 503 when the hook could not be asked, else 403.
+fn denial_error(denial: &Denial) -> ApiError {
+    if denial.code == UNAVAILABLE {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return ApiError::new(status, "hook_unavailable", denial.reason.clone());
+    }
+    ApiError::new(StatusCode::FORBIDDEN, "denied", denial.reason.clone())
 }
 
 /// A refused frame as an HTTP error: 403 for a permission, 400 for the rest.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
+use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::limits::{Limits, RateLimiter, Rates};
 use crate::presence::{LocalPresence, Presence};
@@ -121,6 +122,8 @@ pub struct Gateway {
     pub(super) presence: Arc<dyn Presence>,
     pub(super) rates: Rates,
     pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The application's hooks; `None` keeps the built-in decisions and costs nothing.
+    pub(super) hooks: Option<Arc<dyn Hooks>>,
     pub(super) shutdown: CancellationToken,
     /// When the drain started (set once, before `shutdown` is cancelled).
     pub(super) drain_started: Arc<OnceLock<Instant>>,
@@ -132,6 +135,7 @@ impl std::fmt::Debug for Gateway {
             .field("hub", &self.hub)
             .field("config", &self.config)
             .field("metrics", &self.metrics.is_some())
+            .field("hooks", &self.hooks.is_some())
             .field("closing", &self.shutdown.is_cancelled())
             .finish_non_exhaustive()
     }
@@ -153,6 +157,7 @@ impl Gateway {
             sessions: Arc::new(sessions),
             config: Arc::new(config),
             metrics: None,
+            hooks: None,
             shutdown: CancellationToken::new(),
             drain_started: Arc::default(),
         }
@@ -171,6 +176,14 @@ impl Gateway {
     /// [`crate::limits::FallbackRateLimiter`]) makes them hold across the cluster.
     pub fn with_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.rates = Rates::new(limiter);
+        self
+    }
+
+    /// Lets `hooks` decide who connects as whom, who joins which channel, what a client's
+    /// publish does and how long a connection lives (protocol v1 and SSE; see
+    /// [`crate::hooks`]). The built-in checks still run first.
+    pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks = Some(hooks);
         self
     }
 

@@ -19,11 +19,13 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 
 use super::admission::Credentials;
+use super::hooked::{self, Hooked, Publishing};
 use super::plan::Plan;
 use super::state::Gateway;
 use crate::auth::WsAuth;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::error::{ApiError, BrokerError, PresenceError};
+use crate::hooks::{Denial, Hooks};
 use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::limits::{Limited, Per};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
@@ -36,6 +38,8 @@ pub(super) struct V1 {
     token_channels: Vec<String>,
     /// Channel -> (epoch, offset) of the last publication sent.
     positions: HashMap<String, (Arc<str>, u64)>,
+    /// What the application's hooks know of it, if the gateway has hooks.
+    hooked: Option<Box<Hooked>>,
 }
 
 fn error(id: Option<u64>, code: &str, message: String) -> String {
@@ -57,10 +61,30 @@ impl V1 {
             user,
             token_channels,
             positions: HashMap::new(),
+            hooked: None,
         }
     }
 
-    pub(super) fn greeting(&self, node: &str, connection: u64) -> String {
+    /// The connection as the hooks know it (see [`hooked::connect`]).
+    pub(super) fn with_hooks(mut self, hooked: Option<Box<Hooked>>) -> Self {
+        self.hooked = hooked;
+        self
+    }
+
+    /// Its hook state, if the gateway has hooks.
+    pub(super) fn hooked_ref(&self) -> Option<&Hooked> {
+        self.hooked.as_deref()
+    }
+
+    /// Its hook state, to change, if the gateway has hooks.
+    pub(super) fn hooked(&mut self) -> Option<&mut Hooked> {
+        self.hooked.as_deref_mut()
+    }
+
+    pub(super) fn greeting(&mut self, node: &str, connection: u64) -> String {
+        if let Some(hooked) = &mut self.hooked {
+            hooked.set_client(format!("{node}/{connection}"));
+        }
         Reply::Connected {
             client: format!("{node}/{connection}"),
             node,
@@ -119,14 +143,19 @@ impl V1 {
                 data,
                 id,
                 idempotency_key,
-            } => Step::Plan(publish(
-                id,
-                channel,
-                data,
-                idempotency_key,
-                &self.user,
-                gateway,
-            )),
+            } => {
+                let hooks = self.hooked.as_deref().map(Hooked::parts);
+                let user = &self.user;
+                Step::Plan(publish(
+                    id,
+                    channel,
+                    data,
+                    idempotency_key,
+                    user,
+                    hooks,
+                    gateway,
+                ))
+            }
             Request::Subscribe {
                 channel,
                 recover,
@@ -247,6 +276,30 @@ impl V1 {
         }
     }
 
+    /// Joins the channels the connect hook named, as the server API's subscribe would: the
+    /// `subscribed` (or `error`) replies.
+    pub(super) async fn join_initial(
+        &mut self,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        let Some(channels) = self.hooked.as_mut().map(|h| std::mem::take(&mut h.initial)) else {
+            return Vec::new();
+        };
+        let mut replies = Vec::with_capacity(channels.len());
+        for channel in channels {
+            if self.positions.contains_key(&channel) {
+                continue;
+            }
+            let subscribed = self
+                .subscribe(None, &channel, None, connection, credentials, gateway, true)
+                .await;
+            replies.push(subscribed.unwrap_or_else(|refused| refused.reply(None)));
+        }
+        replies
+    }
+
     /// Whether this connection may join `channel`: a valid public name its user may read.
     pub(super) fn may_subscribe(&self, channel: &str, gateway: &Gateway) -> Result<(), FrameError> {
         if !is_public_channel_name(channel) {
@@ -301,6 +354,9 @@ impl V1 {
         }
         if connection.channel_count() >= MAX_SUBSCRIPTIONS + usize::from(is_session(credentials)) {
             return Err(FrameError::TooManySubscriptions.into());
+        }
+        if let (false, Some(hooked)) = (by_server, &self.hooked) {
+            hooked.subscribe(channel).await.map_err(Refused::Denied)?;
         }
         // Join first, so that nothing published between the recovery read and the join is
         // lost: publications that arrive meanwhile wait in the queue and are filtered by
@@ -376,6 +432,9 @@ pub(super) enum Refused {
     /// Presence could not be read.
     #[error(transparent)]
     Presence(#[from] PresenceError),
+    /// The application's hook refused it.
+    #[error("{}", .0.reason)]
+    Denied(Denial),
 }
 
 impl Refused {
@@ -385,6 +444,7 @@ impl Refused {
             Self::Frame(e) => refusal(id, e),
             Self::Broker(e) => error(id, e.code(), e.to_string()),
             Self::Presence(e) => error(id, e.code(), e.to_string()),
+            Self::Denied(denial) => denied(id, denial),
         }
     }
 }
@@ -412,13 +472,32 @@ pub(super) enum ChannelChange {
     },
 }
 
-/// Plans a publish from the client: checked now, sent to the broker by the returned future.
+/// The `error` reply to a frame a hook refused.
+pub(super) fn denied(id: Option<u64>, denial: &Denial) -> String {
+    error(id, "denied", denial.reason.clone())
+}
+
+/// The `published` reply to a publish the application took (nothing was published).
+pub(super) fn handled(id: Option<u64>, channel: &str) -> String {
+    Reply::Published {
+        id,
+        channel,
+        epoch: "",
+        offset: 0,
+        duplicate: false,
+    }
+    .to_text()
+}
+
+/// Plans a publish from the client: checked now, sent to the broker by the returned future
+/// (after the publish hook, if there is one).
 fn publish(
     id: Option<u64>,
     channel: String,
     data: Box<RawValue>,
     idempotency_key: Option<String>,
     user: &UserId,
+    hooks: Option<(Arc<dyn Hooks>, crate::hooks::Caller)>,
     gateway: &Gateway,
 ) -> Plan {
     if let Err(e) = may_publish(&channel, gateway) {
@@ -431,6 +510,16 @@ fn publish(
             if let Err(e) = publish_rate(&user, &gateway).await {
                 return vec![error(id, e.code(), e.to_string())];
             }
+            let data = match hooks {
+                None => data,
+                Some((hooks, caller)) => {
+                    match hooked::publish(&*hooks, &caller, &channel, data).await {
+                        Ok(Publishing::Publish(data)) => data,
+                        Ok(Publishing::Handled) => return vec![handled(id, &channel)],
+                        Err(denial) => return vec![denied(id, &denial)],
+                    }
+                }
+            };
             let published = publish_checked(id, &channel, &data, idempotency_key, &gateway).await;
             vec![published.unwrap_or_else(|e| error(id, e.code(), e.to_string()))]
         }

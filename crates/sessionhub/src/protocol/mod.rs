@@ -199,8 +199,9 @@ pub(crate) mod close {
     pub(crate) fn reconnect(code: u16) -> bool {
         !matches!(
             code,
-            // protocol error, too big, session ended (log in again first), the server API said so
-            1002 | 1009 | 4002 | 4021
+            // protocol error, too big, session ended (log in again first), the server API said so,
+            // the application's connect hook refused (crate::hooks::DENIED)
+            1002 | 1009 | 4002 | 4021 | 4403
         )
     }
 }

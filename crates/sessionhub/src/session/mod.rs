@@ -90,6 +90,12 @@ pub trait SessionEvents: Send + Sync + 'static {
     /// Session `id` no longer exists: invalidated, rotated to a new id, evicted, or found
     /// past its absolute lifetime (idle expiry is not announced: the store just forgets).
     async fn ended(&self, id: &SessionId);
+
+    /// Session `id` was stored for the first time (a rotation moves a session to a new id:
+    /// the old one ends, and the new one is not announced as created).
+    async fn created(&self, id: &SessionId) {
+        let _ = id;
+    }
 }
 
 /// How long a per-user index entry must outlive its last refresh: a refresh happens at most
@@ -438,6 +444,9 @@ impl Session {
             }
             while !self.inner.store.create(&id, &state.record, ttl).await? {
                 id = SessionId::generate();
+            }
+            if let Some(events) = &self.inner.events {
+                events.created(&id).await;
             }
             state.id = Some(id);
             state.stored = true;
