@@ -50,6 +50,7 @@ mod seed;
 mod socket;
 mod sse;
 mod state;
+mod tokens;
 mod v1;
 
 pub use self::openapi::UNDOCUMENTED_ROUTES;

@@ -125,7 +125,7 @@ impl Protocol {
 fn run(
     mut socket: WebSocket,
     user: UserId,
-    credentials: Credentials,
+    mut credentials: Credentials,
     gateway: Gateway,
     mut protocol: Protocol,
 ) -> impl Future<Output = ()> + Send {
@@ -158,7 +158,7 @@ fn run(
             &mut connection,
             &mut protocol,
             &user,
-            &credentials,
+            &mut credentials,
             &gateway,
             &mut told,
         )
@@ -195,7 +195,7 @@ async fn drive(
     connection: &mut Connection,
     protocol: &mut Protocol,
     user: &UserId,
-    credentials: &Credentials,
+    credentials: &mut Credentials,
     gateway: &Gateway,
     told: &mut Option<String>,
 ) -> (u16, &'static str) {
@@ -206,6 +206,13 @@ async fn drive(
     };
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return (0, "gone");
+    }
+    if let Protocol::V1(v1) = protocol {
+        for reply in v1.claimed(connection, credentials, gateway).await {
+            if socket.send(Message::Text(reply.into())).await.is_err() {
+                return (0, "gone");
+            }
+        }
     }
     let ping_every = config
         .ping_interval
@@ -326,6 +333,15 @@ async fn drive(
                         Step::Change(change) => {
                             let mut replies = settle(&mut in_flight).await;
                             replies.extend(v1.exclusive(change, connection, credentials, gateway).await);
+                            Plan::Reply(replies)
+                        }
+                        Step::Refresh { token, id } => {
+                            let mut replies = settle(&mut in_flight).await;
+                            replies.push(v1.refresh(id, &token, credentials, gateway).await);
+                            // Moves the expiry (a refused refresh left it where it was).
+                            if let Credentials::Token { expires, .. } = credentials {
+                                credentials_check = *expires;
+                            }
                             Plan::Reply(replies)
                         }
                     },

@@ -31,6 +31,7 @@ use super::admission::{
     first_credentials_check,
 };
 use super::state::Gateway;
+use super::tokens;
 use super::v1::{self, Refused, V1};
 use crate::broker::StreamPosition;
 use crate::error::ApiError;
@@ -58,6 +59,9 @@ pub(super) struct StreamQuery {
     /// For clients that cannot set `Last-Event-ID` (an `EventSource` opened anew).
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
+    /// Comma-separated subscribe tokens for the private channels among `channels`, in any
+    /// order: each names its channel.
+    tokens: Option<String>,
 }
 
 /// `GET /sse`: checks everything and joins every channel before answering, so that a client
@@ -85,8 +89,21 @@ pub(super) async fn stream(
         None => HashMap::new(),
     };
     let mut v1 = V1::new(user.clone(), &credentials);
+    let presented: Vec<&str> = stream
+        .tokens
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    let token_for = |channel: &str| {
+        let names = |t: &&&str| tokens::claimed_channel(t).is_some_and(|c| c == channel);
+        presented.iter().find(names).copied()
+    };
     for channel in &channels {
-        v1.may_subscribe(channel, &gateway).map_err(frame_error)?;
+        let token = token_for(channel);
+        v1.may_join(channel, token, &gateway)
+            .await
+            .map_err(refused)?;
     }
     let mut connection = gateway.hub.connect(&user);
     if let Credentials::Session { id, .. } = &credentials {
@@ -107,17 +124,14 @@ pub(super) async fn stream(
                 None,
                 channel,
                 from.as_ref(),
+                token_for(channel),
                 &mut connection,
                 &credentials,
                 &gateway,
                 false,
             )
             .await
-            .map_err(|refused| match refused {
-                Refused::Frame(e) => frame_error(e),
-                Refused::Broker(e) => e.into(),
-                Refused::Presence(e) => e.into(),
-            })?;
+            .map_err(refused)?;
         subscribed.push(reply);
     }
     let id = event_id(&v1);
@@ -382,6 +396,16 @@ pub(super) async fn publish(
     let published = v1::publish_checked(id, &channel, &data, idempotency_key, &gateway).await?;
     let json = [(header::CONTENT_TYPE, "application/json")];
     Ok((cors(&headers), json, published).into_response())
+}
+
+/// A refused subscribe as an HTTP error.
+fn refused(refused: Refused) -> ApiError {
+    match refused {
+        Refused::Frame(e) => frame_error(e),
+        Refused::Broker(e) => e.into(),
+        Refused::Presence(e) => e.into(),
+        Refused::Token(e) => ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+    }
 }
 
 /// A refused frame as an HTTP error: 403 for a permission, 400 for the rest.

@@ -18,10 +18,11 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
 
-use super::admission::Credentials;
+use super::admission::{Credentials, expires_in};
 use super::plan::Plan;
 use super::state::Gateway;
-use crate::auth::WsAuth;
+use super::tokens;
+use crate::auth::{TokenError, WsAuth};
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::error::{BrokerError, PresenceError};
 use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
@@ -31,8 +32,10 @@ use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 /// A v1 connection's state.
 pub(super) struct V1 {
     user: UserId,
-    /// Channels a token lets the user join.
+    /// Channels a token lets the user join (its `channels` claim).
     token_channels: Vec<String>,
+    /// Seconds the token had left when the connection opened, for the greeting.
+    expires_in: Option<u64>,
     /// Channel -> (epoch, offset) of the last publication sent.
     positions: HashMap<String, (Arc<str>, u64)>,
 }
@@ -55,6 +58,7 @@ impl V1 {
         Self {
             user,
             token_channels,
+            expires_in: expires_in(credentials),
             positions: HashMap::new(),
         }
     }
@@ -64,6 +68,7 @@ impl V1 {
             client: format!("{node}/{connection}"),
             node,
             user: self.user.as_str(),
+            expires_in: self.expires_in,
         }
         .to_text()
     }
@@ -122,12 +127,15 @@ impl V1 {
             Request::Subscribe {
                 channel,
                 recover,
+                token,
                 id,
             } => Step::Change(ChannelChange::Subscribe {
                 channel,
                 recover,
+                token,
                 id,
             }),
+            Request::Refresh { token, id } => Step::Refresh { token, id },
             Request::Unsubscribe { channel, id } => {
                 Step::Change(ChannelChange::Unsubscribe { channel, id })
             }
@@ -177,6 +185,7 @@ impl V1 {
             ChannelChange::Subscribe {
                 channel,
                 recover,
+                token,
                 id,
             } => {
                 let subscribed = self
@@ -184,6 +193,7 @@ impl V1 {
                         id,
                         &channel,
                         recover.as_ref(),
+                        token.as_deref(),
                         connection,
                         credentials,
                         gateway,
@@ -223,7 +233,16 @@ impl V1 {
             Outbound::Subscribe(channel) if !self.positions.contains_key(&**channel) => {
                 // The server may subscribe a user to any public channel: no channel rules.
                 let subscribed = self
-                    .subscribe(None, channel, None, connection, credentials, gateway, true)
+                    .subscribe(
+                        None,
+                        channel,
+                        None,
+                        None,
+                        connection,
+                        credentials,
+                        gateway,
+                        true,
+                    )
                     .await;
                 vec![subscribed.unwrap_or_else(|refused| refused.reply(None))]
             }
@@ -237,6 +256,65 @@ impl V1 {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The `refreshed` reply to a `refresh` frame, or its refusal (see [`tokens::refresh`]);
+    /// the caller reads the connection's new expiry from `credentials`.
+    pub(super) async fn refresh(
+        &mut self,
+        id: Option<u64>,
+        token: &str,
+        credentials: &mut Credentials,
+        gateway: &Gateway,
+    ) -> String {
+        match tokens::refresh(&self.user, token, credentials, gateway).await {
+            Ok(expires_in) => {
+                if let Credentials::Token { channels, .. } = credentials {
+                    self.token_channels.clone_from(channels);
+                }
+                Reply::Refreshed { id, expires_in }.to_text()
+            }
+            Err(e) => error(id, e.code(), e.to_string()),
+        }
+    }
+
+    /// Subscribes the connection to the channels its token claims, as the server API's
+    /// subscribe would, right after the greeting: their `subscribed` frames (without `id`).
+    pub(super) async fn claimed(
+        &mut self,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        let mut replies = Vec::new();
+        for channel in self.token_channels.clone() {
+            let order = Outbound::Subscribe(channel.into());
+            replies.extend(
+                self.by_server(&order, connection, credentials, gateway)
+                    .await,
+            );
+        }
+        replies
+    }
+
+    /// Whether this connection may join `channel`, showing `token` if it has one: a private
+    /// channel needs a subscribe token for it (unless the connection token claims it), any
+    /// other the channel rules' consent ([`V1::may_subscribe`]).
+    pub(super) async fn may_join(
+        &self,
+        channel: &str,
+        token: Option<&str>,
+        gateway: &Gateway,
+    ) -> Result<(), Refused> {
+        let private = gateway.config.security.private_channels.contains(channel);
+        if !private || self.token_channels.iter().any(|c| c == channel) {
+            return Ok(self.may_subscribe(channel, gateway)?);
+        }
+        if !is_public_channel_name(channel) {
+            return Err(FrameError::InvalidChannel.into());
+        }
+        tokens::check_subscribe_token(&self.user, channel, token, gateway).await?;
+        Ok(())
     }
 
     /// Whether this connection may join `channel`: a valid public name its user may read.
@@ -277,6 +355,7 @@ impl V1 {
         id: Option<u64>,
         channel: &str,
         since: Option<&StreamPosition>,
+        token: Option<&str>,
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
@@ -286,7 +365,7 @@ impl V1 {
             return Err(FrameError::InvalidChannel.into());
         }
         if !by_server {
-            self.may_subscribe(channel, gateway)?;
+            self.may_join(channel, token, gateway).await?;
         }
         if self.positions.contains_key(channel) {
             return Err(FrameError::AlreadySubscribed.into());
@@ -368,6 +447,9 @@ pub(super) enum Refused {
     /// Presence could not be read.
     #[error(transparent)]
     Presence(#[from] PresenceError),
+    /// A private channel's subscribe token was missing or not good for it.
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 impl Refused {
@@ -377,6 +459,7 @@ impl Refused {
             Self::Frame(e) => refusal(id, e),
             Self::Broker(e) => error(id, e.code(), e.to_string()),
             Self::Presence(e) => error(id, e.code(), e.to_string()),
+            Self::Token(e) => error(id, e.code(), e.to_string()),
         }
     }
 }
@@ -389,6 +472,8 @@ pub(super) enum Step {
     Plan(Plan),
     /// A subscribe or unsubscribe.
     Change(ChannelChange),
+    /// A token refresh ([`V1::refresh`]), which changes the connection's credentials.
+    Refresh { token: String, id: Option<u64> },
 }
 
 /// A frame that changes the connection's channels.
@@ -396,6 +481,7 @@ pub(super) enum ChannelChange {
     Subscribe {
         channel: String,
         recover: Option<StreamPosition>,
+        token: Option<String>,
         id: Option<u64>,
     },
     Unsubscribe {
@@ -516,6 +602,14 @@ mod tests {
                     self.v1
                         .exclusive(change, connection, credentials, &self.gateway)
                         .await
+                }
+                Step::Refresh { token, id } => {
+                    let credentials = &mut self.credentials;
+                    vec![
+                        self.v1
+                            .refresh(id, &token, credentials, &self.gateway)
+                            .await,
+                    ]
                 }
             }
         }
