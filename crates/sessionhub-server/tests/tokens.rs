@@ -285,7 +285,8 @@ async fn a_tokens_channels_are_joined_at_connect_and_others_stay_refused() {
     joined.sort();
     assert_eq!(joined, ["private:board", "team:1"]);
     publish(&node, "team:1", json!("claimed")).await;
-    assert_eq!(next_publication(&mut ws).await, json!("claimed"));
+    let seen = next_json(&mut ws).await;
+    assert_eq!(seen["data"], "claimed", "{seen}");
     publish(&node, "private:board", json!("private too")).await;
     assert_eq!(next_publication(&mut ws).await, json!("private too"));
     // Outside the claim and the channel rules: refused.
@@ -301,4 +302,34 @@ async fn a_tokens_channels_are_joined_at_connect_and_others_stay_refused() {
     )
     .await;
     assert_eq!(refused["code"], "token_required", "{refused}");
+
+    // A reconnecting client recovers a claimed channel by subscribing to it from where it
+    // was, once; the server's own join does not make that an `already_subscribed`.
+    drop(ws);
+    publish(&node, "team:1", json!("missed")).await;
+    let (mut ws, _) = open(&node, &token).await;
+    let since = json!({"epoch": seen["epoch"], "offset": seen["offset"]});
+    let frame = json!({"type": "subscribe", "channel": "team:1", "recover": since, "id": 3});
+    send_text(&mut ws, &frame.to_string()).await;
+    let recovered = loop {
+        let frame = next_json(&mut ws).await;
+        if frame["id"] == 3 {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (&recovered["type"], &recovered["recovered"]),
+        (&json!("subscribed"), &json!(true)),
+        "{recovered}"
+    );
+    assert_eq!(
+        recovered["publications"][0]["data"], "missed",
+        "{recovered}"
+    );
+    let again = ask(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "team:1", "id": 4}),
+    )
+    .await;
+    assert_eq!(again["code"], "already_subscribed", "{again}");
 }

@@ -11,7 +11,7 @@
 //! Over 700 lines with its tests, which drive that state through whole conversations on a
 //! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -38,6 +38,10 @@ pub(super) struct V1 {
     expires_in: Option<u64>,
     /// Channel -> (epoch, offset) of the last publication sent.
     positions: HashMap<String, (Arc<str>, u64)>,
+    /// Channels joined at connect for the token's claim that the client has not subscribed
+    /// to itself yet: its first `subscribe` to one recovers from its `recover` position
+    /// instead of being refused, so a reconnecting client loses nothing on them.
+    claimed_unconfirmed: HashSet<String>,
 }
 
 fn error(id: Option<u64>, code: &str, message: String) -> String {
@@ -60,6 +64,7 @@ impl V1 {
             token_channels,
             expires_in: expires_in(credentials),
             positions: HashMap::new(),
+            claimed_unconfirmed: HashSet::new(),
         }
     }
 
@@ -204,6 +209,7 @@ impl V1 {
             }
             ChannelChange::Unsubscribe { channel, id } => {
                 self.positions.remove(&channel);
+                self.claimed_unconfirmed.remove(&channel);
                 if !is_control(&channel, credentials) {
                     connection.leave(&channel);
                 }
@@ -288,11 +294,14 @@ impl V1 {
     ) -> Vec<String> {
         let mut replies = Vec::new();
         for channel in self.token_channels.clone() {
-            let order = Outbound::Subscribe(channel.into());
+            let order = Outbound::Subscribe(channel.as_str().into());
             replies.extend(
                 self.by_server(&order, connection, credentials, gateway)
                     .await,
             );
+            if self.positions.contains_key(&channel) {
+                self.claimed_unconfirmed.insert(channel);
+            }
         }
         replies
     }
@@ -367,7 +376,9 @@ impl V1 {
         if !by_server {
             self.may_join(channel, token, gateway).await?;
         }
-        if self.positions.contains_key(channel) {
+        // A channel joined for the token's claim is joined again, which changes nothing but
+        // the recovery, once.
+        if self.positions.contains_key(channel) && !self.claimed_unconfirmed.remove(channel) {
             return Err(FrameError::AlreadySubscribed.into());
         }
         if connection.channel_count() >= MAX_SUBSCRIPTIONS + usize::from(is_session(credentials)) {
