@@ -333,3 +333,162 @@ async fn a_tokens_channels_are_joined_at_connect_and_others_stay_refused() {
     .await;
     assert_eq!(again["code"], "already_subscribed", "{again}");
 }
+
+/// Two nodes in token mode on a Redis of the test's own.
+fn token_cluster() -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let pem = TestKey::Rsa1.public_pem_path();
+    let nodes = (0..2)
+        .map(|i| {
+            let mut args = token_args(pem.to_str().unwrap());
+            let name = format!("node-{i}");
+            args.extend(["--redis".into(), redis.url(), "--node-id".into(), name]);
+            node(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    (redis, nodes)
+}
+
+/// Opens `/sse` on `node` with `query`; the stream and its `connected` frame.
+async fn open_stream(node: &Node, query: &str) -> (sse::Stream, Value) {
+    let request = sse::client().get(format!("{}/sse?{query}", node.http()));
+    let mut stream = sse::open(request).await.expect("the stream opens");
+    let connected = stream.next_within(WAIT).await.unwrap().expect("an event");
+    assert_eq!(connected.event, "connected");
+    (stream, serde_json::from_str(&connected.data).unwrap())
+}
+
+/// `POST /sse/refresh` on `node`; the status and the error code, if any.
+async fn sse_refresh(node: &Node, client: &Value, token: &str) -> (u16, String) {
+    let (status, body) = status_and_json(
+        http()
+            .post(format!("{}/sse/refresh", node.http()))
+            .json(&json!({"client": client, "token": token})),
+    )
+    .await;
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, code)
+}
+
+/// Reads events until one named `name`; its data as JSON.
+async fn next_event(stream: &mut sse::Stream, name: &str) -> Value {
+    loop {
+        let event = stream
+            .next_within(WAIT)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before a {name} event"));
+        if event.event == name {
+            return serde_json::from_str(&event.data).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_sse_stream_is_refreshed_through_any_node_and_a_token_for_another_user_extends_nothing()
+{
+    let (_redis, nodes) = token_cluster();
+    let opened = Instant::now();
+    let query = |user: &str| {
+        format!(
+            "channels=user:{user}&token={}",
+            connection_token(user, 3, &[])
+        )
+    };
+    let (mut kept, connected) = open_stream(&nodes[0], &query("fay")).await;
+    let client = connected["client"].clone();
+    let (mut other, other_connected) = open_stream(&nodes[0], &query("gus")).await;
+    assert_eq!(
+        next_event(&mut kept, "subscribed").await["channel"],
+        "user:fay"
+    );
+    // Another user's token, aimed at gus's stream: it reaches none of the token user's
+    // streams, so gus's still ends at its own exp.
+    let foreign = sse_refresh(
+        &nodes[1],
+        &other_connected["client"],
+        &connection_token("fay", 60, &[]),
+    )
+    .await;
+    assert_eq!(foreign.0, 202);
+    let lapse = tokio::spawn(async move {
+        let disconnect = next_event(&mut other, "disconnect").await;
+        (disconnect["code"].clone(), opened.elapsed())
+    });
+    let refusals = [
+        (connection_token("fay", -10, &[]), (401, "token_expired")),
+        (
+            subscribe_token("fay", "private:1", 60),
+            (401, "token_wrong_kind"),
+        ),
+    ];
+    for (token, (status, code)) in refusals {
+        assert_eq!(
+            sse_refresh(&nodes[1], &client, &token).await,
+            (status, code.to_owned())
+        );
+    }
+    let mut n: u32 = 0;
+    while opened.elapsed() < Duration::from_millis(8500) {
+        tokio::time::sleep_until(opened + REFRESH_EVERY * (n + 1)).await;
+        let node = &nodes[n as usize % 2];
+        let sent = sse_refresh(node, &client, &connection_token("fay", 3, &[])).await;
+        assert_eq!(sent, (202, String::new()));
+        let refreshed = next_event(&mut kept, "refreshed").await;
+        assert!(
+            refreshed["expires_in"].as_u64().is_some_and(|s| s <= 3),
+            "{refreshed}"
+        );
+        n += 1;
+        publish(&nodes[1], "user:fay", json!({"n": n})).await;
+        assert_eq!(
+            next_event(&mut kept, "publication").await["data"],
+            json!({"n": n})
+        );
+    }
+    let (code, lapsed_after) = lapse.await.unwrap();
+    println!(
+        "SSE: refreshed stream open after {:?} ({n} refreshes through both nodes); the other closed {code} after {lapsed_after:?}",
+        opened.elapsed()
+    );
+    assert_eq!(code, 4003);
+    assert!(
+        lapsed_after < Duration::from_millis(3500),
+        "{lapsed_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_sse_stream_joins_a_private_channel_only_with_its_token() {
+    let node = token_node();
+    let token = connection_token("hal", 60, &[]);
+    let channel = "private:plan";
+    let refused = |query: String| {
+        let request = sse::client().get(format!("{}/sse?{query}", node.http()));
+        async move {
+            let (status, body) = status_and_json(request).await;
+            (status, body["error"]["code"].as_str().unwrap().to_owned())
+        }
+    };
+    let base = format!("channels=user:hal,{channel}&token={token}");
+    assert_eq!(
+        refused(base.clone()).await,
+        (403, "token_required".to_owned())
+    );
+    let for_other = subscribe_token("ivy", channel, 60);
+    assert_eq!(
+        refused(format!("{base}&tokens={for_other}")).await,
+        (403, "token_wrong_user".to_owned())
+    );
+    let good = subscribe_token("hal", channel, 60);
+    let unrelated = subscribe_token("hal", "private:other", 60);
+    let (mut stream, _) = open_stream(&node, &format!("{base}&tokens={unrelated},{good}")).await;
+    publish(&node, channel, json!("for hal")).await;
+    assert_eq!(
+        next_event(&mut stream, "publication").await["data"],
+        "for hal"
+    );
+}

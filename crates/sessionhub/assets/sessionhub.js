@@ -504,6 +504,9 @@ class SseLink {
     for (const [k, v] of new URL(wsUrl).searchParams) url.searchParams.set(k, v);
     this._publishUrl = new URL(url);
     this._publishUrl.pathname += "/publish";
+    this._refreshUrl = new URL(url);
+    this._refreshUrl.pathname += "/refresh";
+    this._refreshUrl.search = "";
     this._channels = [...hub._subs.keys()];
     const positions = [...hub._subs.values()]
       .filter((sub) => sub.position?.epoch)
@@ -526,7 +529,7 @@ class SseLink {
     // With credentials: a page on another (allowed) origin sends its session cookie too.
     const es = new Source(url, { withCredentials: true });
     this._es = es;
-    for (const type of ["connected", "subscribed", "unsubscribed", "publication", "join", "leave", "disconnect"]) {
+    for (const type of ["connected", "subscribed", "unsubscribed", "publication", "join", "leave", "disconnect", "refreshed"]) {
       es.addEventListener(type, (event) => this._event(type, event.data));
     }
     es.onerror = () => this._end(1006, "stream ended");
@@ -534,7 +537,15 @@ class SseLink {
 
   _event(type, data) {
     if (this.readyState === 3) return;
-    if (type === "connected") this.readyState = 1;
+    if (type === "connected") {
+      this.readyState = 1;
+      this._client = JSON.parse(data).client;
+    }
+    if (type === "refreshed" && this._refreshId !== undefined) {
+      // The stream's confirmation of the hub's `refresh` (sent by POST /sse/refresh).
+      data = JSON.stringify({ ...JSON.parse(data), id: this._refreshId });
+      this._refreshId = undefined;
+    }
     if (type === "subscribed") {
       // The server subscribed every channel at once; each answers the hub's own request.
       const msg = JSON.parse(data);
@@ -563,6 +574,9 @@ class SseLink {
       case "publish":
         this._publish(frame);
         break;
+      case "refresh":
+        this._refresh(frame);
+        break;
       default:
     }
   }
@@ -584,6 +598,27 @@ class SseLink {
       return this._end(1006, "publish failed");
     }
     if (this.readyState !== 3) this.onmessage?.({ data: JSON.stringify(reply) });
+  }
+
+  /** A stream cannot send `refresh`: POST it with the stream's id; the stream confirms. */
+  async _refresh(frame) {
+    this._refreshId = frame.id;
+    try {
+      const response = await fetch(this._refreshUrl, {
+        method: "POST",
+        credentials: "include",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ client: this._client, token: frame.token }),
+      });
+      if (response.ok) return;
+      const { code, message } = (await response.json()).error ?? {};
+      this._refreshId = undefined;
+      this._reply({ type: "error", id: frame.id, code, message });
+    } catch {
+      // Unanswered: the token still expires, and the reconnect asks for a fresh one.
+      this._refreshId = undefined;
+      this._reply({ type: "error", id: frame.id, code: "refresh_failed", message: "POST /sse/refresh failed" });
+    }
   }
 
   /** A frame from "the server" that this link answers itself, after the current call. */

@@ -461,3 +461,36 @@ test("getSubscribeToken is asked on every subscribe, and its token sent with the
   assert.deepEqual(refusals, ["token_expired"]);
   h.close();
 });
+
+test("over SSE, tokens ride in the stream's URL and a refresh is POSTed with the stream's id", async () => {
+  FakeEventSource.all = [];
+  const posted = [];
+  globalThis.fetch = async (url, init) => {
+    posted.push({ url: String(url), body: JSON.parse(init.body) });
+    return { ok: true, status: 202, json: async () => ({ type: "refresh_sent" }) };
+  };
+  let issued = 0;
+  const h = hub("ws://a/ws", {
+    EventSource: FakeEventSource, fallbackAfter: 1, params: {}, refreshBefore: 980,
+    getToken: async () => `t${++issued}`,
+    getSubscribeToken: async (channel) => (channel.startsWith("private:") ? `s-${channel}` : null),
+  });
+  const errors = [];
+  h.on("error", (e) => errors.push(e.code));
+  h.subscribe("private:1");
+  h.subscribe("room:1");
+  (await socket(1)).drop();
+  const es = await eventSource(1);
+  assert.equal(es.url.searchParams.get("token"), "t2");
+  assert.equal(es.url.searchParams.get("tokens"), "s-private:1", "only private channels' tokens");
+  es.event("connected", { type: "connected", client: "n1/7", node: "n1", user: "alice", expires_in: 0.06 });
+  for (let i = 0; i < 100 && !posted.length; i++) await sleep(5);
+  assert.deepEqual(posted[0], { url: "http://a/sse/refresh", body: { client: "n1/7", token: "t3" } });
+  // The stream confirms; the next refresh follows from its expires_in.
+  es.event("refreshed", { type: "refreshed", expires_in: 0.06 });
+  for (let i = 0; i < 100 && posted.length < 2; i++) await sleep(5);
+  assert.equal(posted[1]?.body.token, "t4");
+  assert.deepEqual(errors, []);
+  h.close();
+  delete globalThis.fetch;
+});

@@ -279,7 +279,8 @@ async fn drive(
                         *told = Some(disconnect.reason.clone());
                         return disconnect.code;
                     }
-                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_), _) => continue,
+                    // Sockets refresh with a frame; this is for SSE streams.
+                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_), _) => continue,
                 };
                 metrics::histogram!("sessionhub_delivery_latency_seconds")
                     .record(age.as_secs_f64());

@@ -275,12 +275,17 @@ impl V1 {
     ) -> String {
         match tokens::refresh(&self.user, token, credentials, gateway).await {
             Ok(expires_in) => {
-                if let Credentials::Token { channels, .. } = credentials {
-                    self.token_channels.clone_from(channels);
-                }
+                self.token_replaced(credentials);
                 Reply::Refreshed { id, expires_in }.to_text()
             }
             Err(e) => error(id, e.code(), e.to_string()),
+        }
+    }
+
+    /// Takes the channels claim of a refreshed token, for later subscribes.
+    pub(super) fn token_replaced(&mut self, credentials: &Credentials) {
+        if let Credentials::Token { channels, .. } = credentials {
+            self.token_channels.clone_from(channels);
         }
     }
 
