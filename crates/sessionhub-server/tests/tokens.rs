@@ -462,9 +462,9 @@ async fn an_sse_stream_is_refreshed_through_any_node_and_a_token_for_another_use
 }
 
 #[tokio::test]
-async fn an_sse_stream_joins_a_private_channel_only_with_its_token() {
+async fn an_sse_stream_joins_a_private_channel_only_with_its_token_and_its_claimed_channels() {
     let node = token_node();
-    let token = connection_token("hal", 60, &[]);
+    let token = connection_token("hal", 60, &["team:9"]);
     let channel = "private:plan";
     let refused = |query: String| {
         let request = sse::client().get(format!("{}/sse?{query}", node.http()));
@@ -490,5 +490,12 @@ async fn an_sse_stream_joins_a_private_channel_only_with_its_token() {
     assert_eq!(
         next_event(&mut stream, "publication").await["data"],
         "for hal"
+    );
+    // The token's channels claim is joined too, without naming it in `channels`.
+    publish(&node, "team:9", json!("claimed")).await;
+    let claimed = next_event(&mut stream, "publication").await;
+    assert_eq!(
+        (&claimed["channel"], &claimed["data"]),
+        (&json!("team:9"), &json!("claimed"))
     );
 }

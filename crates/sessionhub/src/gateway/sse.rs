@@ -82,7 +82,24 @@ pub(super) async fn stream(
         .map(str::parse::<UserId>)
         .transpose()?;
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
-    let channels = channel_list(stream.channels.as_deref())?;
+    let mut channels = channel_list(stream.channels.as_deref())?;
+    // The token's channels claim: joined as if asked for, so that the event id carries their
+    // positions too and a reopen recovers them.
+    if let Credentials::Token {
+        channels: claimed, ..
+    } = &credentials
+    {
+        for channel in claimed {
+            if !channels.contains(channel) {
+                channels.push(channel.clone());
+            }
+        }
+        if channels.len() > MAX_SSE_CHANNELS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_SSE_CHANNELS} channels per stream, the token's channels included"
+            )));
+        }
+    }
     let last_id = match headers.get("last-event-id") {
         Some(id) => Some(id.to_str().map_err(|_| bad_event_id())?),
         None => stream.last_event_id.as_deref(),

@@ -402,6 +402,28 @@ mod tests {
     }
 
     #[test]
+    fn refresh_and_subscribe_tokens_parse() {
+        let m = Request::parse(r#"{"type":"refresh","token":"a.b.c","id":2}"#).unwrap();
+        assert!(matches!(m, Request::Refresh { ref token, id: Some(2) } if token == "a.b.c"));
+        let (e, id) = Request::parse(r#"{"type":"refresh","id":3}"#).unwrap_err();
+        assert_eq!(
+            (e.code(), id),
+            ("invalid_message", Some(3)),
+            "a token is required"
+        );
+        let m = Request::parse(r#"{"type":"subscribe","channel":"private:1","token":"t"}"#);
+        assert!(matches!(m, Ok(Request::Subscribe { token: Some(ref t), .. }) if t == "t"));
+        let refreshed = Reply::Refreshed {
+            id: Some(2),
+            expires_in: 59,
+        };
+        assert_eq!(
+            refreshed.to_text(),
+            r#"{"type":"refreshed","id":2,"expires_in":59}"#
+        );
+    }
+
+    #[test]
     fn v1_errors_keep_the_id_when_there_is_one() {
         let (e, id) = Request::parse(r#"{"type":"publish","channel":"c","id":9}"#).unwrap_err();
         assert_eq!((e.code(), id), ("invalid_message", Some(9)));
