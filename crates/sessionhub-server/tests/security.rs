@@ -645,7 +645,7 @@ async fn the_host_prefix_option_makes_a_secure_host_only_cookie() {
 
 #[test]
 fn unsafe_deployments_refuse_to_start_and_say_why() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--listen", "0.0.0.0:0", "--ws-auth", "open"],
             "--insecure",
@@ -653,6 +653,11 @@ fn unsafe_deployments_refuse_to_start_and_say_why() {
         (&["--listen", "0.0.0.0:0"], "--api-key"),
         (&["--ws-auth", "session"], "--api-key"),
         (&["--ws-auth", "token", "--api-key", "k"], "--token-secret"),
+        // Private channels whose subscribe tokens nothing could verify.
+        (
+            &["--private-channels", "private:"],
+            "--private-channels needs a key",
+        ),
     ];
     for (args, hint) in cases {
         let dir = tempfile::tempdir().unwrap();

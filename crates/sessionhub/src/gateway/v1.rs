@@ -869,6 +869,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refresh_needs_a_connection_opened_with_a_token() {
+        let mut client = Client::new(&gateway(WsAuth::Session, &[]), Credentials::None);
+        let refused = client
+            .ask(r#"{"type":"refresh","token":"a.b.c","id":1}"#)
+            .await;
+        assert_eq!(
+            (refused["code"].as_str(), refused["id"].as_u64()),
+            (Some("token_not_used"), Some(1))
+        );
+    }
+
+    #[tokio::test]
     async fn an_unsubscribe_leaves_and_stops_live_publications() {
         let gateway = gateway(WsAuth::Open, &[]);
         let mut client = Client::new(&gateway, Credentials::None);
