@@ -192,6 +192,12 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_PRESENCE_CHANNELS", value_delimiter = ',')]
     pub(crate) presence_channels: Vec<String>,
 
+    /// Private channels: those whose name starts with one of these prefixes (comma-separated,
+    /// e.g. `private:`). A client joins one only with a subscribe token for it (a JWT with
+    /// `sub`, `channel` and `exp`, signed with a --token-* key), whatever the channel rules.
+    #[arg(long, env = "SESSIONHUB_PRIVATE_CHANNELS", value_delimiter = ',')]
+    pub(crate) private_channels: Vec<String>,
+
     /// At most this many sessions per user; logging in past it ends the least recently used.
     #[arg(long, env = "SESSIONHUB_MAX_SESSIONS_PER_USER")]
     pub(crate) max_sessions_per_user: Option<usize>,

@@ -15,7 +15,9 @@ use axum::http::HeaderName;
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sessionhub::SessionConfig;
-use sessionhub::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenConfig, TokenVerifier, WsAuth};
+use sessionhub::auth::{
+    ApiKeys, ChannelRules, OriginPolicy, PrivateChannels, TokenConfig, TokenVerifier, WsAuth,
+};
 use sessionhub::broker::{
     Broker, Deliver, HistoryConfig, LocalBroker, NatsBrokerConfig, RedisBrokerConfig,
 };
@@ -331,12 +333,20 @@ fn security(args: &Serve) -> anyhow::Result<Security> {
              --token-secret-file), --token-public-key or --token-jwks"
         );
     }
+    let private_channels = PrivateChannels::new(&args.private_channels);
+    if !args.private_channels.is_empty() && tokens.is_none() {
+        bail!(
+            "--private-channels needs a key to verify subscribe tokens: --token-secret, \
+             --token-public-key or --token-jwks"
+        );
+    }
     Ok(Security {
         ws_auth,
         api_keys,
         tokens,
         origins: OriginPolicy::from_list(&args.allowed_origins),
         channels: ChannelRules::new(args.channel_rules.clone()),
+        private_channels,
         limits: Limits {
             connects_per_ip: Some(args.max_connections_per_ip),
             connects_per_user: args.max_connects_per_user,

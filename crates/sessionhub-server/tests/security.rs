@@ -208,8 +208,10 @@ async fn a_session_socket_costs_one_session_read_to_open() {
     assert_eq!(delta("pttl"), 0, "and its expiry is not asked for");
     // Nothing else of the session's (SUBSCRIBE for the socket's channels and the presence
     // heartbeat go on around it): one script, the load, besides the heartbeat's scripts
-    // (presence_beat.lua, one ZADD each).
-    assert_eq!(delta("evalsha"), 1 + delta("zadd"), "{calls:?}");
+    // (presence_beat.lua, one ZADD each) and the connect rate limit's take (limits_take.lua,
+    // one TIME each).
+    assert_eq!(delta("time"), 1, "one rate limit take: {calls:?}");
+    assert_eq!(delta("evalsha"), 1 + delta("zadd") + 1, "{calls:?}");
     for command in ["exists", "hget", "hmget", "hset", "ttl", "eval"] {
         assert_eq!(delta(command), 0, "{command}: {calls:?}");
     }
@@ -645,7 +647,7 @@ async fn the_host_prefix_option_makes_a_secure_host_only_cookie() {
 
 #[test]
 fn unsafe_deployments_refuse_to_start_and_say_why() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--listen", "0.0.0.0:0", "--ws-auth", "open"],
             "--insecure",
@@ -653,6 +655,11 @@ fn unsafe_deployments_refuse_to_start_and_say_why() {
         (&["--listen", "0.0.0.0:0"], "--api-key"),
         (&["--ws-auth", "session"], "--api-key"),
         (&["--ws-auth", "token", "--api-key", "k"], "--token-secret"),
+        // Private channels whose subscribe tokens nothing could verify.
+        (
+            &["--private-channels", "private:"],
+            "--private-channels needs a key",
+        ),
     ];
     for (args, hint) in cases {
         let dir = tempfile::tempdir().unwrap();

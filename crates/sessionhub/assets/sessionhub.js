@@ -56,6 +56,15 @@
  * @property {(wsUrl: string) => string} [sseUrl] the `/sse` URL for a `/ws` URL (default: the
  *   same URL with the last path segment `sse`)
  * @property {typeof EventSource} [EventSource] constructor to use instead of the global one
+ * @property {() => string | Promise<string>} [getToken] token mode: a fresh connection token
+ *   (a JWT from the app's backend), asked for before every connect (sent as `?token=`) and
+ *   again before the connection's token expires, to send a `refresh` frame (the server says
+ *   when: `expires_in` in `connected` and `refreshed`); a refused refresh is an `error` event
+ * @property {number} [refreshBefore=10000] refresh this long before the token expires, ms (at
+ *   most a third of the token's remaining life)
+ * @property {(channel: string) => string | null | undefined | Promise<string | null | undefined>} [getSubscribeToken]
+ *   a subscribe token for `channel` if it is private (`--private-channels`), asked for on
+ *   every subscribe, including after a reconnect; null or undefined for other channels
  * @property {(channel: string) => SubscribeOptions | undefined} [onServerSubscribe] the server
  *   API subscribed this connection to `channel` (`POST /api/users/{id}/subscribe`): return the
  *   callbacks for it. The subscription then behaves as one the app made (recovery, resubscribe
@@ -100,7 +109,7 @@ export class SessionHub {
   constructor(url, options = {}) {
     this.options = {
       minDelay: 100, maxDelay: 10000, pingInterval: 25000, pongTimeout: 10000, connectTimeout: 10000,
-      fallbackAfter: 2, ...options,
+      fallbackAfter: 2, refreshBefore: 10000, ...options,
     };
     /** @type {"websocket" | "sse"} how the client reaches the server now */
     this.transport = "websocket";
@@ -169,6 +178,7 @@ export class SessionHub {
     if (this.state === "closed") return;
     this.state = "closed";
     clearTimeout(this._timer);
+    clearTimeout(this._refresher);
     if (this._ws) this._lost(this._ws, 1000, "closed by the client", false);
     this._stop();
   }
@@ -200,10 +210,16 @@ export class SessionHub {
     const raw = typeof u === "function" ? await u(this._attempt)
       : Array.isArray(u) ? u[this._urlIndex++ % u.length] : u;
     const p = this.options.params;
-    const params = typeof p === "function" ? await p() : p;
+    const params = { ...(typeof p === "function" ? await p() : p) };
+    if (this.options.getToken) params.token = await this.options.getToken();
+    // A stream's channels are fixed when it opens, so it takes their subscribe tokens then.
+    if (this.transport === "sse" && this.options.getSubscribeToken) {
+      const tokens = await Promise.all([...this._subs.keys()].map((c) => this.options.getSubscribeToken(c)));
+      if (tokens.some(Boolean)) params.tokens = tokens.filter(Boolean).join(",");
+    }
     const url = new URL(raw, globalThis.location?.href);
     url.protocol = url.protocol.replace(/^http/, "ws");
-    for (const [k, v] of Object.entries(params || {})) url.searchParams.set(k, v);
+    for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
     return url.href;
   }
 
@@ -214,6 +230,7 @@ export class SessionHub {
     ws.onmessage = ws.onclose = null;
     if (ws.readyState <= 1) try { ws.close(1000); } catch { /* already gone */ }
     clearTimeout(this._greeting);
+    clearTimeout(this._refresher);
     clearInterval(this._pinger);
     clearTimeout(this._pongDeadline);
     this._pongDeadline = undefined;
@@ -303,6 +320,7 @@ export class SessionHub {
         const { transport } = this;
         this._emit("connected", { node: msg.node, client: msg.client, user: msg.user, url: this._wsUrl, transport });
         this._heartbeat();
+        this._scheduleRefresh(msg.expires_in);
         for (const sub of this._subs.values()) this._sendSubscribe(sub);
         this._flush();
         break;
@@ -331,6 +349,9 @@ export class SessionHub {
         if (sub?.state === "subscribed") call(sub.options.onPresence, { type: msg.type, channel: msg.channel, user: msg.user });
         break;
       }
+      case "refreshed":
+        this._scheduleRefresh(msg.expires_in);
+        break;
       case "published":
         request?.publish?.resolve({ channel: msg.channel, epoch: msg.epoch, offset: msg.offset, duplicate: !!msg.duplicate });
         break;
@@ -351,10 +372,40 @@ export class SessionHub {
     this._send({ ...frame, id });
   }
 
-  _sendSubscribe(sub) {
+  async _sendSubscribe(sub) {
     const recover = sub.position ? { ...sub.position } : undefined;
     sub.state = "subscribing";
-    this._request({ type: "subscribe", channel: sub.channel, ...(recover && { recover }) }, { sub, recover });
+    let token;
+    if (this.options.getSubscribeToken) {
+      const ws = this._ws;
+      try {
+        token = await this.options.getSubscribeToken(sub.channel);
+      } catch (e) {
+        // The app could not say: as a refusal, so the subscription does not hang.
+        return this._refused({ sub }, Object.assign(new Error(String(e?.message ?? e)), { code: "token_unavailable" }));
+      }
+      if (this._ws !== ws || this._subs.get(sub.channel) !== sub) return; // gone meanwhile
+    }
+    this._request({ type: "subscribe", channel: sub.channel, ...(recover && { recover }), ...(token && { token }) }, { sub, recover });
+  }
+
+  /** Sends a `refresh` with a fresh token before the connection's token, ending in
+   * `expiresIn` seconds, runs out. */
+  _scheduleRefresh(expiresIn) {
+    clearTimeout(this._refresher);
+    if (expiresIn === undefined || !this.options.getToken) return;
+    const left = expiresIn * 1000;
+    const delay = Math.max(0, left - Math.min(this.options.refreshBefore, left / 3));
+    const ws = this._ws;
+    this._refresher = setTimeout(async () => {
+      let token;
+      try {
+        token = await this.options.getToken();
+      } catch (e) {
+        return this._emit("error", { code: "token_unavailable", message: String(e?.message ?? e) });
+      }
+      if (this._ws === ws && this.state === "connected") this._request({ type: "refresh", token });
+    }, delay);
   }
 
   /** The server API subscribed the connection: a subscription like the app's own from now on. */
@@ -453,6 +504,9 @@ class SseLink {
     for (const [k, v] of new URL(wsUrl).searchParams) url.searchParams.set(k, v);
     this._publishUrl = new URL(url);
     this._publishUrl.pathname += "/publish";
+    this._refreshUrl = new URL(url);
+    this._refreshUrl.pathname += "/refresh";
+    this._refreshUrl.search = "";
     this._channels = [...hub._subs.keys()];
     const positions = [...hub._subs.values()]
       .filter((sub) => sub.position?.epoch)
@@ -475,7 +529,7 @@ class SseLink {
     // With credentials: a page on another (allowed) origin sends its session cookie too.
     const es = new Source(url, { withCredentials: true });
     this._es = es;
-    for (const type of ["connected", "subscribed", "unsubscribed", "publication", "join", "leave", "disconnect"]) {
+    for (const type of ["connected", "subscribed", "unsubscribed", "publication", "join", "leave", "disconnect", "refreshed"]) {
       es.addEventListener(type, (event) => this._event(type, event.data));
     }
     es.onerror = () => this._end(1006, "stream ended");
@@ -483,7 +537,15 @@ class SseLink {
 
   _event(type, data) {
     if (this.readyState === 3) return;
-    if (type === "connected") this.readyState = 1;
+    if (type === "connected") {
+      this.readyState = 1;
+      this._client = JSON.parse(data).client;
+    }
+    if (type === "refreshed" && this._refreshId !== undefined) {
+      // The stream's confirmation of the hub's `refresh` (sent by POST /sse/refresh).
+      data = JSON.stringify({ ...JSON.parse(data), id: this._refreshId });
+      this._refreshId = undefined;
+    }
     if (type === "subscribed") {
       // The server subscribed every channel at once; each answers the hub's own request.
       const msg = JSON.parse(data);
@@ -512,6 +574,9 @@ class SseLink {
       case "publish":
         this._publish(frame);
         break;
+      case "refresh":
+        this._refresh(frame);
+        break;
       default:
     }
   }
@@ -533,6 +598,27 @@ class SseLink {
       return this._end(1006, "publish failed");
     }
     if (this.readyState !== 3) this.onmessage?.({ data: JSON.stringify(reply) });
+  }
+
+  /** A stream cannot send `refresh`: POST it with the stream's id; the stream confirms. */
+  async _refresh(frame) {
+    this._refreshId = frame.id;
+    try {
+      const response = await fetch(this._refreshUrl, {
+        method: "POST",
+        credentials: "include",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ client: this._client, token: frame.token }),
+      });
+      if (response.ok) return;
+      const { code, message } = (await response.json()).error ?? {};
+      this._refreshId = undefined;
+      this._reply({ type: "error", id: frame.id, code, message });
+    } catch {
+      // Unanswered: the token still expires, and the reconnect asks for a fresh one.
+      this._refreshId = undefined;
+      this._reply({ type: "error", id: frame.id, code: "refresh_failed", message: "POST /sse/refresh failed" });
+    }
   }
 
   /** A frame from "the server" that this link answers itself, after the current call. */

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::broker::Publication;
 use crate::error::BrokerError;
-use crate::hub::{Disconnect, Hub, Outbound, WeakHub};
+use crate::hub::{Disconnect, Hub, Outbound, TokenRefresh, WeakHub};
 use crate::protocol::{UserId, close};
 
 /// The channel every node joins for the server API's commands. Not a public channel name
@@ -57,6 +57,16 @@ pub(crate) enum Command {
         connection: Option<u64>,
         reconnect: bool,
         reason: String,
+    },
+    /// Move the expiry of the user's connection `connection` on `node` (an SSE stream whose
+    /// token was refreshed) to `expires_ms`.
+    Refresh {
+        user: String,
+        node: String,
+        connection: u64,
+        expires_ms: u64,
+        #[serde(default)]
+        channels: Vec<String>,
     },
     /// Subscribe the user's connections to `channel`.
     Subscribe { user: String, channel: String },
@@ -225,6 +235,22 @@ async fn apply(hub: &Hub, command: Command) {
             };
             let item = Outbound::Disconnect(Arc::new(Disconnect { code, reason }));
             (user, connection, item)
+        }
+        Command::Refresh {
+            user,
+            node,
+            connection,
+            expires_ms,
+            channels,
+        } => {
+            if node != hub.node_id() {
+                return;
+            }
+            let refresh = TokenRefresh {
+                expires_ms,
+                channels,
+            };
+            (user, Some(connection), Outbound::Refresh(Arc::new(refresh)))
         }
         Command::Subscribe { user, channel } => (user, None, Outbound::Subscribe(channel.into())),
         Command::Unsubscribe { user, channel } => {

@@ -82,6 +82,17 @@ pub(crate) enum Outbound {
     Subscribe(Arc<str>),
     /// The server API unsubscribes the connection from a channel.
     Unsubscribe(Arc<str>),
+    /// An SSE stream's token was refreshed (`POST /sse/refresh`, on any node).
+    Refresh(Arc<TokenRefresh>),
+}
+
+/// A refreshed token, for the connection it names.
+#[derive(Debug)]
+pub(crate) struct TokenRefresh {
+    /// The new token's `exp`, in milliseconds since the Unix epoch.
+    pub(crate) expires_ms: u64,
+    /// The new token's `channels` claim.
+    pub(crate) channels: Vec<String>,
 }
 
 /// A disconnect ordered through the server API.

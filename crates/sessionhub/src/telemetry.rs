@@ -60,6 +60,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Connections closed [reason]",
     ),
     (
+        "sessionhub_token_refreshes_total",
+        Kind::Counter,
+        "Token refreshes on live connections [outcome: refreshed, or the refusal's code]",
+    ),
+    (
+        "sessionhub_subscribe_tokens_total",
+        Kind::Counter,
+        "Subscribe tokens checked for private channels [outcome: accepted, or the refusal's code]",
+    ),
+    (
         "sessionhub_slow_consumers_total",
         Kind::Counter,
         "Connections closed because their queue was full",

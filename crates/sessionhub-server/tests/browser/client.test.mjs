@@ -402,3 +402,95 @@ test("a subscription the server API made is delivered, kept across a reconnect, 
   assert.deepEqual(asked, ["news"], "asked once");
   h.close();
 });
+
+test("getToken gives every connect its token and refreshes it before it expires", async () => {
+  let issued = 0;
+  const h = hub("ws://a/ws", { params: {}, getToken: async () => `t${++issued}`, refreshBefore: 980 });
+  const errors = [];
+  h.on("error", (e) => errors.push(e.code));
+  const a = await socket(1);
+  assert.equal(a.url, "ws://a/ws?token=t1");
+  a.readyState = 1;
+  // 60 ms left, refreshed 980 ms before but at most a third of it (20 ms): after ~40 ms.
+  a.frame({ type: "connected", client: "n1/1", node: "n1", user: "alice", expires_in: 0.06 });
+  assert.equal(a.last("refresh"), undefined, "not at once");
+  for (let i = 0; i < 100 && !a.last("refresh"); i++) await sleep(5);
+  const first = a.last("refresh");
+  assert.equal(first?.token, "t2", "a fresh token from getToken");
+  a.frame({ type: "refreshed", id: first.id, expires_in: 0.06 });
+  for (let i = 0; i < 100 && a.last("refresh") === first; i++) await sleep(5);
+  const second = a.last("refresh");
+  assert.equal(second.token, "t3", "each refresh schedules the next");
+  a.frame({ type: "error", id: second.id, code: "token_wrong_user", message: "m" });
+  assert.deepEqual(errors, ["token_wrong_user"], "a refused refresh is reported");
+  a.drop(4003);
+  const b = await socket(2);
+  assert.equal(b.url, "ws://a/ws?token=t4", "a reconnect asks for a token again");
+  b.open();
+  await sleep(100);
+  assert.equal(b.last("refresh"), undefined, "no expires_in, no refresh");
+  h.close();
+});
+
+test("getSubscribeToken is asked on every subscribe, and its token sent with the frame", async () => {
+  const asked = [];
+  const getSubscribeToken = async (channel) => {
+    asked.push(channel);
+    return channel.startsWith("private:") ? `sub-${channel}-${asked.length}` : null;
+  };
+  const h = hub("ws://a/ws", { getSubscribeToken });
+  const refusals = [];
+  h.subscribe("private:1", { onError: (e) => refusals.push(e.code) });
+  h.subscribe("room:1");
+  const a = await socket(1);
+  a.open();
+  for (let i = 0; i < 100 && a.sent.filter((f) => f.type === "subscribe").length < 2; i++) await sleep(2);
+  const [priv, pub1] = a.sent.filter((f) => f.type === "subscribe");
+  assert.equal(priv.channel, "private:1");
+  assert.equal(priv.token, "sub-private:1-1");
+  assert.equal(pub1.token, undefined, "no token for a public channel");
+  a.frame({ type: "subscribed", id: priv.id, channel: "private:1", epoch: "E", offset: 1, recovered: true, publications: [] });
+  a.drop();
+  const b = await socket(2);
+  b.open();
+  for (let i = 0; i < 100 && b.sent.filter((f) => f.type === "subscribe").length < 2; i++) await sleep(2);
+  const again = b.sent.find((f) => f.type === "subscribe" && f.channel === "private:1");
+  assert.equal(again.token, "sub-private:1-3", "a fresh token on resubscribe");
+  assert.deepEqual(again.recover, { epoch: "E", offset: 1 });
+  b.frame({ type: "error", id: again.id, code: "token_expired", message: "m" });
+  assert.deepEqual(refusals, ["token_expired"]);
+  h.close();
+});
+
+test("over SSE, tokens ride in the stream's URL and a refresh is POSTed with the stream's id", async () => {
+  FakeEventSource.all = [];
+  const posted = [];
+  globalThis.fetch = async (url, init) => {
+    posted.push({ url: String(url), body: JSON.parse(init.body) });
+    return { ok: true, status: 202, json: async () => ({ type: "refresh_sent" }) };
+  };
+  let issued = 0;
+  const h = hub("ws://a/ws", {
+    EventSource: FakeEventSource, fallbackAfter: 1, params: {}, refreshBefore: 980,
+    getToken: async () => `t${++issued}`,
+    getSubscribeToken: async (channel) => (channel.startsWith("private:") ? `s-${channel}` : null),
+  });
+  const errors = [];
+  h.on("error", (e) => errors.push(e.code));
+  h.subscribe("private:1");
+  h.subscribe("room:1");
+  (await socket(1)).drop();
+  const es = await eventSource(1);
+  assert.equal(es.url.searchParams.get("token"), "t2");
+  assert.equal(es.url.searchParams.get("tokens"), "s-private:1", "only private channels' tokens");
+  es.event("connected", { type: "connected", client: "n1/7", node: "n1", user: "alice", expires_in: 0.06 });
+  for (let i = 0; i < 100 && !posted.length; i++) await sleep(5);
+  assert.deepEqual(posted[0], { url: "http://a/sse/refresh", body: { client: "n1/7", token: "t3" } });
+  // The stream confirms; the next refresh follows from its expires_in.
+  es.event("refreshed", { type: "refreshed", expires_in: 0.06 });
+  for (let i = 0; i < 100 && posted.length < 2; i++) await sleep(5);
+  assert.equal(posted[1]?.body.token, "t4");
+  assert.deepEqual(errors, []);
+  h.close();
+  delete globalThis.fetch;
+});

@@ -142,6 +142,35 @@ impl OriginPolicy {
     }
 }
 
+/// Private channels: those whose name starts with one of these prefixes, which a client
+/// joins only with a subscribe token for it ([`TokenVerifier::verify_subscribe`]), whatever
+/// the channel rules say.
+#[derive(Debug, Clone, Default)]
+pub struct PrivateChannels {
+    prefixes: Vec<String>,
+}
+
+impl PrivateChannels {
+    /// Channels starting with any of `prefixes` are private; empty prefixes are ignored
+    /// (one would make every channel private by accident).
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(prefixes: I) -> Self {
+        Self {
+            prefixes: prefixes
+                .into_iter()
+                .map(|p| p.as_ref().trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether `channel` needs a subscribe token.
+    pub fn contains(&self, channel: &str) -> bool {
+        self.prefixes
+            .iter()
+            .any(|p| channel.starts_with(p.as_str()))
+    }
+}
+
 /// What clients may do on channels whose name starts with a prefix.
 #[derive(Debug, Clone, Default)]
 pub struct ChannelRules {

@@ -27,9 +27,14 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Channels the user may join beyond the public ones, if the token says.
+    /// In a connection token: channels the connection is subscribed to at connect (by the
+    /// server, as the API's subscribe would) and that the user may join again later.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// In a subscribe token: the one private channel it lets `sub` join. A token with this
+    /// claim is only ever a subscribe token, never a connection token.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// Why a token was refused. Each maps to a documented HTTP 401 code.
@@ -57,6 +62,22 @@ pub enum TokenError {
     /// Bad signature, an algorithm no key is for, malformed, or missing claims.
     #[error("the token is invalid")]
     Invalid,
+    /// A refresh or subscribe token names another user than the connection's.
+    #[error("the token is for another user than this connection's")]
+    WrongUser,
+    /// A subscribe token for another channel, or a connection token (no `channel` claim)
+    /// sent to join a private channel.
+    #[error("the subscribe token is not for this channel")]
+    WrongChannel,
+    /// A subscribe token (it has a `channel` claim) used to connect or refresh.
+    #[error("a subscribe token (with a channel claim) cannot open or refresh a connection")]
+    SubscribeOnly,
+    /// A private channel was asked for without a subscribe token.
+    #[error("this channel is private: send a subscribe token (\"token\" in the subscribe frame)")]
+    Required,
+    /// A refresh on a connection that was not opened with a token.
+    #[error("this connection was not opened with a token: there is nothing to refresh")]
+    NotUsed,
 }
 
 impl TokenError {
@@ -70,6 +91,11 @@ impl TokenError {
             Self::WrongAudience => "token_wrong_audience",
             Self::UnknownKey => "token_unknown_key",
             Self::Invalid => "token_invalid",
+            Self::WrongUser => "token_wrong_user",
+            Self::WrongChannel => "token_wrong_channel",
+            Self::SubscribeOnly => "token_wrong_kind",
+            Self::Required => "token_required",
+            Self::NotUsed => "token_not_used",
         }
     }
 
@@ -258,6 +284,25 @@ impl TokenVerifier {
             }
         }
         Err(error)
+    }
+
+    /// The claims of a subscribe token that lets `user` join `channel`: verified as
+    /// [`TokenVerifier::verify`] does, then its `sub` must be `user` and its `channel`
+    /// claim `channel`.
+    pub async fn verify_subscribe(
+        &self,
+        token: &str,
+        user: &str,
+        channel: &str,
+    ) -> Result<Claims, TokenError> {
+        let claims = self.verify(token).await?;
+        if claims.sub != user {
+            return Err(TokenError::WrongUser);
+        }
+        if claims.channel.as_deref() != Some(channel) {
+            return Err(TokenError::WrongChannel);
+        }
+        Ok(claims)
     }
 }
 

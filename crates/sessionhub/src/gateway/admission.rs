@@ -163,26 +163,9 @@ pub(super) async fn authenticate(
         }
         WsAuth::Token => {
             let token = query_token.or_else(|| bearer(headers));
-            let verifier = gateway.config.security.tokens.as_ref();
-            let claims = match (token, verifier) {
-                (Some(token), Some(verifier)) => verifier.verify(token.trim()).await,
-                (None, _) => Err(TokenError::Missing),
-                (Some(_), None) => Err(TokenError::Invalid),
-            }
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-            let user = claims.sub.parse::<UserId>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    TokenError::Invalid.code(),
-                    "the token's sub is not a valid user id",
-                )
-            })?;
-            let left = claims.exp.saturating_sub(now_ms() / 1000);
-            let credentials = Credentials::Token {
-                expires: Instant::now() + Duration::from_secs(left),
-                channels: claims.channels,
-            };
-            (user, credentials)
+            connection_token(gateway, token)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?
         }
     };
     if requested.is_some_and(|r| r != user) {
@@ -193,6 +176,46 @@ pub(super) async fn authenticate(
         ));
     }
     Ok((user, credentials))
+}
+
+/// Verifies a connection token, at connect or in a live refresh: its user, and credentials
+/// that end at its `exp` and carry its `channels` claim. A subscribe token (it has a
+/// `channel` claim) is refused: it was made to join one channel, not to connect.
+pub(super) async fn connection_token(
+    gateway: &Gateway,
+    token: Option<&str>,
+) -> Result<(UserId, Credentials), TokenError> {
+    let verifier = gateway.config.security.tokens.as_ref();
+    let claims = match (token, verifier) {
+        (Some(token), Some(verifier)) => verifier.verify(token.trim()).await?,
+        (None, _) => return Err(TokenError::Missing),
+        (Some(_), None) => return Err(TokenError::Invalid),
+    };
+    if claims.channel.is_some() {
+        return Err(TokenError::SubscribeOnly);
+    }
+    let user = claims
+        .sub
+        .parse::<UserId>()
+        .map_err(|_| TokenError::Invalid)?;
+    // To the millisecond: whole seconds from now would end the connection up to a second
+    // past `exp`.
+    let left = (claims.exp.saturating_mul(1000)).saturating_sub(now_ms());
+    let credentials = Credentials::Token {
+        expires: Instant::now() + Duration::from_millis(left),
+        channels: claims.channels,
+    };
+    Ok((user, credentials))
+}
+
+/// Whole seconds until token credentials expire; `None` for the others.
+pub(super) fn expires_in(credentials: &Credentials) -> Option<u64> {
+    match credentials {
+        Credentials::Token { expires, .. } => {
+            Some(expires.saturating_duration_since(Instant::now()).as_secs())
+        }
+        _ => None,
+    }
 }
 
 /// The client's address: the peer, or the last hop a trusted proxy reports.

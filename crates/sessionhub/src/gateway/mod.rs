@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /websocket/{id}` | WebSocket for user `id`, seed protocol (`socket.rs`, `seed.rs`) |
 //! | `GET /ws` | WebSocket, protocol v1: channels, history, recovery (`socket.rs`, `v1.rs`) |
-//! | `GET /sse`, `POST /sse/publish` | protocol v1 over Server-Sent Events, and its publish (`sse.rs`, `v1.rs`) |
+//! | `GET /sse`, `POST /sse/publish`, `POST /sse/refresh` | protocol v1 over Server-Sent Events, its publish and token refresh (`sse.rs`, `v1.rs`, `tokens.rs`) |
 //! | `POST /api/channels/{channel}/publish` | publish to any channel (`push.rs`) |
 //! | `POST /api/publish` | a batch of publications, answered item by item (`batch.rs`) |
 //! | `GET /api/channels/{channel}/history` | a page of a channel's history (`history.rs`) |
@@ -52,6 +52,7 @@ mod seed;
 mod socket;
 mod sse;
 mod state;
+mod tokens;
 mod v1;
 
 pub use self::openapi::UNDOCUMENTED_ROUTES;
@@ -94,6 +95,10 @@ impl Gateway {
             .route(
                 "/sse/publish",
                 axum::routing::post(sse::publish).options(sse::preflight),
+            )
+            .route(
+                "/sse/refresh",
+                axum::routing::post(sse::refresh).options(sse::preflight),
             )
             .merge(protected)
             .route(

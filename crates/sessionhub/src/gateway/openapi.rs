@@ -25,6 +25,7 @@ pub const UNDOCUMENTED_ROUTES: &[&str] = &[
     "/ws",
     "/sse",
     "/sse/publish",
+    "/sse/refresh",
     "/sessionhub.js",
     "/metrics",
     "/healthz",

@@ -157,7 +157,7 @@ impl Protocol {
 fn run(
     mut socket: WebSocket,
     user: UserId,
-    credentials: Credentials,
+    mut credentials: Credentials,
     gateway: Gateway,
     mut protocol: Protocol,
 ) -> impl Future<Output = ()> + Send {
@@ -190,7 +190,7 @@ fn run(
             &mut connection,
             &mut protocol,
             &user,
-            &credentials,
+            &mut credentials,
             &gateway,
             &mut told,
         )
@@ -232,7 +232,7 @@ async fn drive(
     connection: &mut Connection,
     protocol: &mut Protocol,
     user: &UserId,
-    credentials: &Credentials,
+    credentials: &mut Credentials,
     gateway: &Gateway,
     told: &mut Option<String>,
 ) -> (u16, &'static str) {
@@ -245,7 +245,9 @@ async fn drive(
         return (0, "gone");
     }
     if let Protocol::V1(v1) = protocol {
-        for reply in v1.join_initial(connection, credentials, gateway).await {
+        let mut joined = v1.claimed(connection, credentials, gateway).await;
+        joined.extend(v1.join_initial(connection, credentials, gateway).await);
+        for reply in joined {
             if socket.send(Message::Text(reply.into())).await.is_err() {
                 return (0, "gone");
             }
@@ -323,7 +325,8 @@ async fn drive(
                         *told = Some(disconnect.reason.clone());
                         return disconnect.code;
                     }
-                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_), _) => continue,
+                    // Sockets refresh with a frame; this is for SSE streams.
+                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_), _) => continue,
                 };
                 metrics::histogram!("sessionhub_delivery_latency_seconds")
                     .record(age.as_secs_f64());
@@ -377,6 +380,15 @@ async fn drive(
                         Step::Change(change) => {
                             let mut replies = settle(&mut in_flight).await;
                             replies.extend(v1.exclusive(change, connection, credentials, gateway).await);
+                            Plan::Reply(replies)
+                        }
+                        Step::Refresh { token, id } => {
+                            let mut replies = settle(&mut in_flight).await;
+                            replies.push(v1.refresh(id, &token, credentials, gateway).await);
+                            // Moves the expiry (a refused refresh left it where it was).
+                            if let Credentials::Token { expires, .. } = credentials {
+                                credentials_check = *expires;
+                            }
                             Plan::Reply(replies)
                         }
                     },

@@ -28,17 +28,21 @@ use tokio::time::sleep_until;
 
 use super::admission::{
     ConnectQuery, Credentials, admit, authenticate, check_credentials, check_origin,
-    first_credentials_check,
+    connection_token, first_credentials_check,
 };
 use super::hooked::{self, Publishing, next_look};
 use super::state::Gateway;
+use super::tokens;
 use super::v1::{self, Refused, V1};
+use crate::auth::{TokenError, WsAuth};
 use crate::broker::StreamPosition;
+use crate::control::{self, Command};
 use crate::error::ApiError;
 use crate::hooks::{Denial, Transport, UNAVAILABLE};
 use crate::hub::{Connection, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::protocol::v1::{Reply, Request};
 use crate::protocol::{FrameError, UserId, close};
+use crate::store::now_ms;
 
 /// Most channels one stream may join: each one's position rides in every event id, which
 /// comes back as a request header, so the id must stay well under a proxy's header limit
@@ -60,6 +64,9 @@ pub(super) struct StreamQuery {
     /// For clients that cannot set `Last-Event-ID` (an `EventSource` opened anew).
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
+    /// Comma-separated subscribe tokens for the private channels among `channels`, in any
+    /// order: each names its channel.
+    tokens: Option<String>,
 }
 
 /// `GET /sse`: checks everything and joins every channel before answering, so that a client
@@ -84,10 +91,27 @@ pub(super) async fn stream(
     };
     // The connect hook may name every channel itself.
     let hook_joins = hooked.as_ref().is_some_and(|h| !h.initial.is_empty());
-    let channels = match stream.channels.as_deref() {
+    let mut channels = match stream.channels.as_deref() {
         None | Some("") if hook_joins => Vec::new(),
         named => channel_list(named)?,
     };
+    // The token's channels claim: joined as if asked for, so that the event id carries their
+    // positions too and a reopen recovers them.
+    if let Credentials::Token {
+        channels: claimed, ..
+    } = &credentials
+    {
+        for channel in claimed {
+            if !channels.contains(channel) {
+                channels.push(channel.clone());
+            }
+        }
+        if channels.len() > MAX_SSE_CHANNELS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_SSE_CHANNELS} channels per stream, the token's channels included"
+            )));
+        }
+    }
     let last_id = match headers.get("last-event-id") {
         Some(id) => Some(id.to_str().map_err(|_| bad_event_id())?),
         None => stream.last_event_id.as_deref(),
@@ -97,8 +121,21 @@ pub(super) async fn stream(
         None => HashMap::new(),
     };
     let mut v1 = V1::new(user.clone(), &credentials).with_hooks(hooked);
+    let presented: Vec<&str> = stream
+        .tokens
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    let token_for = |channel: &str| {
+        let names = |t: &&&str| tokens::claimed_channel(t).is_some_and(|c| c == channel);
+        presented.iter().find(names).copied()
+    };
     for channel in &channels {
-        v1.may_subscribe(channel, &gateway).map_err(frame_error)?;
+        let token = token_for(channel);
+        v1.may_join(channel, token, &gateway)
+            .await
+            .map_err(refused)?;
     }
     let mut connection = gateway.hub.connect(&user);
     if let Credentials::Session { id, .. } = &credentials {
@@ -119,18 +156,14 @@ pub(super) async fn stream(
                 None,
                 channel,
                 from.as_ref(),
+                token_for(channel),
                 &mut connection,
                 &credentials,
                 &gateway,
                 false,
             )
             .await
-            .map_err(|refused| match refused {
-                Refused::Frame(e) => frame_error(e),
-                Refused::Broker(e) => e.into(),
-                Refused::Presence(e) => e.into(),
-                Refused::Denied(denial) => denial_error(&denial),
-            })?;
+            .map_err(refused)?;
         subscribed.push(reply);
     }
     subscribed.extend(
@@ -224,7 +257,7 @@ async fn run(
     mut v1: V1,
     mut connection: Connection,
     user: UserId,
-    credentials: Credentials,
+    mut credentials: Credentials,
     gateway: Gateway,
 ) {
     let node = gateway.hub.node_id().to_owned();
@@ -235,7 +268,7 @@ async fn run(
         &tx,
         &mut v1,
         &mut connection,
-        &credentials,
+        &mut credentials,
         &gateway,
         &mut told,
     )
@@ -264,7 +297,7 @@ async fn drive(
     tx: &mpsc::Sender<Event>,
     v1: &mut V1,
     connection: &mut Connection,
-    credentials: &Credentials,
+    credentials: &mut Credentials,
     gateway: &Gateway,
     told: &mut Option<String>,
 ) -> (u16, &'static str) {
@@ -319,6 +352,17 @@ async fn drive(
                     }
                 },
                 Outbound::Resync => return close::INSUFFICIENT_STATE,
+                // `POST /sse/refresh` (on any node) verified a new token for this stream.
+                Outbound::Refresh(refresh) => {
+                    let Credentials::Token { expires, channels } = &mut *credentials else { continue };
+                    let left = refresh.expires_ms.saturating_sub(now_ms());
+                    *expires = tokio::time::Instant::now() + Duration::from_millis(left);
+                    channels.clone_from(&refresh.channels);
+                    credentials_check = *expires;
+                    v1.token_replaced(credentials);
+                    let refreshed = Reply::Refreshed { id: None, expires_in: left / 1000 };
+                    Event::default().event("refreshed").data(refreshed.to_text())
+                }
                 Outbound::Close(code, reason) => return (code, reason),
                 Outbound::Disconnect(disconnect) => {
                     *told = Some(disconnect.reason.clone());
@@ -371,18 +415,7 @@ pub(super) async fn publish(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_origin(&gateway, &headers)?;
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the publish frame as JSON, with Content-Type: application/json",
-        ));
-    }
+    require_json(&headers)?;
     let requested = query
         .user
         .as_deref()
@@ -433,6 +466,101 @@ fn denial_error(denial: &Denial) -> ApiError {
         return ApiError::new(status, "hook_unavailable", denial.reason.clone());
     }
     ApiError::new(StatusCode::FORBIDDEN, "denied", denial.reason.clone())
+}
+
+/// Refuses a body that is not `Content-Type: application/json`: a cross-site form cannot
+/// send that type without a CORS preflight, which only allowed origins get.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the frame as JSON, with Content-Type: application/json",
+    ))
+}
+
+/// The body of `POST /sse/refresh`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    /// The stream's `client`, from its `connected` event: `<node>/<n>`.
+    client: String,
+    /// The new connection token.
+    token: String,
+}
+
+/// `POST /sse/refresh`: a stream's `refresh`, which it cannot send itself. The new token is
+/// verified here, on whichever node the request reaches, and the stream's node is told
+/// through the control channel to move the stream's expiry; the stream then sends a
+/// `refreshed` event, which is the confirmation. The token is the credential: it reaches
+/// only its own user's stream of that id, so a token for another user extends nothing.
+pub(super) async fn refresh(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_origin(&gateway, &headers)?;
+    require_json(&headers)?;
+    let body: RefreshBody = serde_json::from_slice(&body)
+        .map_err(|e| frame_error(FrameError::Message(e.to_string())))?;
+    if gateway.config.security.ws_auth != WsAuth::Token {
+        let e = TokenError::NotUsed;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            e.to_string(),
+        ));
+    }
+    let target = body
+        .client
+        .rsplit_once('/')
+        .and_then(|(node, n)| Some((node.to_owned(), n.parse::<u64>().ok()?)));
+    let Some((node, connection)) = target else {
+        return Err(ApiError::bad_request(
+            "client: the `client` of the stream's connected event, <node>/<n>",
+        ));
+    };
+    let (user, credentials) = connection_token(&gateway, Some(&body.token))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    let Credentials::Token { expires, channels } = credentials else {
+        let e = TokenError::Invalid;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            e.code(),
+            e.to_string(),
+        ));
+    };
+    let left = expires.saturating_duration_since(tokio::time::Instant::now());
+    let command = Command::Refresh {
+        user: user.to_string(),
+        node,
+        connection,
+        expires_ms: now_ms() + u64::try_from(left.as_millis()).unwrap_or(u64::MAX / 2),
+        channels,
+    };
+    control::send(&gateway.hub, &command).await?;
+    let sent = serde_json::json!({"type": "refresh_sent", "expires_in": left.as_secs()});
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    Ok((StatusCode::ACCEPTED, cors(&headers), json, sent.to_string()).into_response())
+}
+
+/// A refused subscribe as an HTTP error.
+fn refused(refused: Refused) -> ApiError {
+    match refused {
+        Refused::Frame(e) => frame_error(e),
+        Refused::Broker(e) => e.into(),
+        Refused::Presence(e) => e.into(),
+        Refused::Token(e) => ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+        Refused::Denied(denial) => denial_error(&denial),
+    }
 }
 
 /// A refused frame as an HTTP error: 403 for a permission, 400 for the rest.

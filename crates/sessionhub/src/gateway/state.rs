@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, TokenVerifier, WsAuth};
+use crate::auth::{ApiKeys, ChannelRules, OriginPolicy, PrivateChannels, TokenVerifier, WsAuth};
 use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::limits::{Limits, RateLimiter, Rates};
@@ -43,6 +43,8 @@ pub struct Security {
     pub origins: OriginPolicy,
     /// What clients may publish themselves (in every mode but open).
     pub channels: ChannelRules,
+    /// Channels a client joins only with a subscribe token, in every mode.
+    pub private_channels: PrivateChannels,
     /// Abuse limits.
     pub limits: Limits,
 }
@@ -63,6 +65,7 @@ impl Default for Security {
             tokens: None,
             origins: OriginPolicy::SameHost,
             channels: ChannelRules::default(),
+            private_channels: PrivateChannels::default(),
             limits: Limits::default(),
         }
     }

@@ -11,18 +11,19 @@
 //! Over 700 lines with its tests, which drive that state through whole conversations on a
 //! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
 
-use super::admission::Credentials;
+use super::admission::{Credentials, expires_in};
 use super::hooked::{self, Hooked, Publishing};
 use super::plan::Plan;
 use super::state::Gateway;
-use crate::auth::WsAuth;
+use super::tokens;
+use crate::auth::{TokenError, WsAuth};
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::error::{ApiError, BrokerError, PresenceError};
 use crate::hooks::{Denial, Hooks};
@@ -34,12 +35,18 @@ use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
 /// A v1 connection's state.
 pub(super) struct V1 {
     user: UserId,
-    /// Channels a token lets the user join.
+    /// Channels a token lets the user join (its `channels` claim).
     token_channels: Vec<String>,
+    /// Seconds the token had left when the connection opened, for the greeting.
+    expires_in: Option<u64>,
     /// Channel -> (epoch, offset) of the last publication sent.
     positions: HashMap<String, (Arc<str>, u64)>,
     /// What the application's hooks know of it, if the gateway has hooks.
     hooked: Option<Box<Hooked>>,
+    /// Channels joined at connect for the token's claim that the client has not subscribed
+    /// to itself yet: its first `subscribe` to one recovers from its `recover` position
+    /// instead of being refused, so a reconnecting client loses nothing on them.
+    claimed_unconfirmed: HashSet<String>,
 }
 
 fn error(id: Option<u64>, code: &str, message: String) -> String {
@@ -60,8 +67,10 @@ impl V1 {
         Self {
             user,
             token_channels,
+            expires_in: expires_in(credentials),
             positions: HashMap::new(),
             hooked: None,
+            claimed_unconfirmed: HashSet::new(),
         }
     }
 
@@ -89,6 +98,7 @@ impl V1 {
             client: format!("{node}/{connection}"),
             node,
             user: self.user.as_str(),
+            expires_in: self.expires_in,
         }
         .to_text()
     }
@@ -159,12 +169,15 @@ impl V1 {
             Request::Subscribe {
                 channel,
                 recover,
+                token,
                 id,
             } => Step::Change(ChannelChange::Subscribe {
                 channel,
                 recover,
+                token,
                 id,
             }),
+            Request::Refresh { token, id } => Step::Refresh { token, id },
             Request::Unsubscribe { channel, id } => {
                 Step::Change(ChannelChange::Unsubscribe { channel, id })
             }
@@ -214,6 +227,7 @@ impl V1 {
             ChannelChange::Subscribe {
                 channel,
                 recover,
+                token,
                 id,
             } => {
                 let subscribed = self
@@ -221,6 +235,7 @@ impl V1 {
                         id,
                         &channel,
                         recover.as_ref(),
+                        token.as_deref(),
                         connection,
                         credentials,
                         gateway,
@@ -231,6 +246,7 @@ impl V1 {
             }
             ChannelChange::Unsubscribe { channel, id } => {
                 self.positions.remove(&channel);
+                self.claimed_unconfirmed.remove(&channel);
                 if !is_control(&channel, credentials) {
                     connection.leave(&channel);
                 }
@@ -260,7 +276,16 @@ impl V1 {
             Outbound::Subscribe(channel) if !self.positions.contains_key(&**channel) => {
                 // The server may subscribe a user to any public channel: no channel rules.
                 let subscribed = self
-                    .subscribe(None, channel, None, connection, credentials, gateway, true)
+                    .subscribe(
+                        None,
+                        channel,
+                        None,
+                        None,
+                        connection,
+                        credentials,
+                        gateway,
+                        true,
+                    )
                     .await;
                 vec![subscribed.unwrap_or_else(|refused| refused.reply(None))]
             }
@@ -274,6 +299,53 @@ impl V1 {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The `refreshed` reply to a `refresh` frame, or its refusal (see [`tokens::refresh`]);
+    /// the caller reads the connection's new expiry from `credentials`.
+    pub(super) async fn refresh(
+        &mut self,
+        id: Option<u64>,
+        token: &str,
+        credentials: &mut Credentials,
+        gateway: &Gateway,
+    ) -> String {
+        match tokens::refresh(&self.user, token, credentials, gateway).await {
+            Ok(expires_in) => {
+                self.token_replaced(credentials);
+                Reply::Refreshed { id, expires_in }.to_text()
+            }
+            Err(e) => error(id, e.code(), e.to_string()),
+        }
+    }
+
+    /// Takes the channels claim of a refreshed token, for later subscribes.
+    pub(super) fn token_replaced(&mut self, credentials: &Credentials) {
+        if let Credentials::Token { channels, .. } = credentials {
+            self.token_channels.clone_from(channels);
+        }
+    }
+
+    /// Subscribes the connection to the channels its token claims, as the server API's
+    /// subscribe would, right after the greeting: their `subscribed` frames (without `id`).
+    pub(super) async fn claimed(
+        &mut self,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        let mut replies = Vec::new();
+        for channel in self.token_channels.clone() {
+            let order = Outbound::Subscribe(channel.as_str().into());
+            replies.extend(
+                self.by_server(&order, connection, credentials, gateway)
+                    .await,
+            );
+            if self.positions.contains_key(&channel) {
+                self.claimed_unconfirmed.insert(channel);
+            }
+        }
+        replies
     }
 
     /// Joins the channels the connect hook named, as the server API's subscribe would: the
@@ -293,11 +365,40 @@ impl V1 {
                 continue;
             }
             let subscribed = self
-                .subscribe(None, &channel, None, connection, credentials, gateway, true)
+                .subscribe(
+                    None,
+                    &channel,
+                    None,
+                    None,
+                    connection,
+                    credentials,
+                    gateway,
+                    true,
+                )
                 .await;
             replies.push(subscribed.unwrap_or_else(|refused| refused.reply(None)));
         }
         replies
+    }
+
+    /// Whether this connection may join `channel`, showing `token` if it has one: a private
+    /// channel needs a subscribe token for it (unless the connection token claims it), any
+    /// other the channel rules' consent ([`V1::may_subscribe`]).
+    pub(super) async fn may_join(
+        &self,
+        channel: &str,
+        token: Option<&str>,
+        gateway: &Gateway,
+    ) -> Result<(), Refused> {
+        let private = gateway.config.security.private_channels.contains(channel);
+        if !private || self.token_channels.iter().any(|c| c == channel) {
+            return Ok(self.may_subscribe(channel, gateway)?);
+        }
+        if !is_public_channel_name(channel) {
+            return Err(FrameError::InvalidChannel.into());
+        }
+        tokens::check_subscribe_token(&self.user, channel, token, gateway).await?;
+        Ok(())
     }
 
     /// Whether this connection may join `channel`: a valid public name its user may read.
@@ -338,6 +439,7 @@ impl V1 {
         id: Option<u64>,
         channel: &str,
         since: Option<&StreamPosition>,
+        token: Option<&str>,
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
@@ -347,9 +449,11 @@ impl V1 {
             return Err(FrameError::InvalidChannel.into());
         }
         if !by_server {
-            self.may_subscribe(channel, gateway)?;
+            self.may_join(channel, token, gateway).await?;
         }
-        if self.positions.contains_key(channel) {
+        // A channel joined for the token's claim is joined again, which changes nothing but
+        // the recovery, once.
+        if self.positions.contains_key(channel) && !self.claimed_unconfirmed.remove(channel) {
             return Err(FrameError::AlreadySubscribed.into());
         }
         if connection.channel_count() >= MAX_SUBSCRIPTIONS + usize::from(is_session(credentials)) {
@@ -435,6 +539,9 @@ pub(super) enum Refused {
     /// The application's hook refused it.
     #[error("{}", .0.reason)]
     Denied(Denial),
+    /// A private channel's subscribe token was missing or not good for it.
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 impl Refused {
@@ -445,6 +552,7 @@ impl Refused {
             Self::Broker(e) => error(id, e.code(), e.to_string()),
             Self::Presence(e) => error(id, e.code(), e.to_string()),
             Self::Denied(denial) => denied(id, denial),
+            Self::Token(e) => error(id, e.code(), e.to_string()),
         }
     }
 }
@@ -457,6 +565,8 @@ pub(super) enum Step {
     Plan(Plan),
     /// A subscribe or unsubscribe.
     Change(ChannelChange),
+    /// A token refresh ([`V1::refresh`]), which changes the connection's credentials.
+    Refresh { token: String, id: Option<u64> },
 }
 
 /// A frame that changes the connection's channels.
@@ -464,6 +574,7 @@ pub(super) enum ChannelChange {
     Subscribe {
         channel: String,
         recover: Option<StreamPosition>,
+        token: Option<String>,
         id: Option<u64>,
     },
     Unsubscribe {
@@ -625,6 +736,14 @@ mod tests {
                     self.v1
                         .exclusive(change, connection, credentials, &self.gateway)
                         .await
+                }
+                Step::Refresh { token, id } => {
+                    let credentials = &mut self.credentials;
+                    vec![
+                        self.v1
+                            .refresh(id, &token, credentials, &self.gateway)
+                            .await,
+                    ]
                 }
             }
         }
@@ -865,6 +984,18 @@ mod tests {
             .ask(r#"{"type":"subscribe","channel":"team:2"}"#)
             .await;
         assert_eq!(other["code"], "forbidden");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_needs_a_connection_opened_with_a_token() {
+        let mut client = Client::new(&gateway(WsAuth::Session, &[]), Credentials::None);
+        let refused = client
+            .ask(r#"{"type":"refresh","token":"a.b.c","id":1}"#)
+            .await;
+        assert_eq!(
+            (refused["code"].as_str(), refused["id"].as_u64()),
+            (Some("token_not_used"), Some(1))
+        );
     }
 
     #[tokio::test]

@@ -26,6 +26,16 @@ pub enum Request {
         channel: String,
         /// The last position the client saw on this channel.
         recover: Option<StreamPosition>,
+        /// A subscribe token, which a private channel needs (`--private-channels`).
+        token: Option<String>,
+        /// Echoed in the reply.
+        id: Option<u64>,
+    },
+    /// Replace the connection's token with a fresh one for the same user, moving the
+    /// connection's expiry to the new token's.
+    Refresh {
+        /// The new connection token.
+        token: String,
         /// Echoed in the reply.
         id: Option<u64>,
     },
@@ -79,6 +89,18 @@ struct SubscribeWire {
     channel: String,
     #[serde(default)]
     recover: Option<StreamPosition>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshWire {
+    #[serde(rename = "type")]
+    _kind: String,
+    token: String,
     #[serde(default)]
     id: Option<u64>,
 }
@@ -134,6 +156,14 @@ impl Request {
                 Self::Subscribe {
                     channel: w.channel,
                     recover: w.recover,
+                    token: w.token,
+                    id: w.id,
+                }
+            }
+            "refresh" => {
+                let w: RefreshWire = serde_json::from_str(text).map_err(invalid)?;
+                Self::Refresh {
+                    token: w.token,
                     id: w.id,
                 }
             }
@@ -178,7 +208,7 @@ impl Request {
             other => {
                 return Err((
                     FrameError::Message(format!(
-                        "unknown type {other:?}: expected subscribe, unsubscribe, publish, presence or ping"
+                        "unknown type {other:?}: expected subscribe, unsubscribe, publish, presence, refresh or ping"
                     )),
                     tag.id,
                 ));
@@ -203,6 +233,15 @@ pub(crate) enum Reply<'a> {
         client: String,
         node: &'a str,
         user: &'a str,
+        /// Seconds until the connection's token expires (token mode): refresh before then.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_in: Option<u64>,
+    },
+    /// A `refresh` was accepted: the connection now lasts `expires_in` more seconds.
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        expires_in: u64,
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -360,6 +399,28 @@ mod tests {
             Request::parse(r#"{"type":"ping"}"#),
             Ok(Request::Ping { id: None })
         ));
+    }
+
+    #[test]
+    fn refresh_and_subscribe_tokens_parse() {
+        let m = Request::parse(r#"{"type":"refresh","token":"a.b.c","id":2}"#).unwrap();
+        assert!(matches!(m, Request::Refresh { ref token, id: Some(2) } if token == "a.b.c"));
+        let (e, id) = Request::parse(r#"{"type":"refresh","id":3}"#).unwrap_err();
+        assert_eq!(
+            (e.code(), id),
+            ("invalid_message", Some(3)),
+            "a token is required"
+        );
+        let m = Request::parse(r#"{"type":"subscribe","channel":"private:1","token":"t"}"#);
+        assert!(matches!(m, Ok(Request::Subscribe { token: Some(ref t), .. }) if t == "t"));
+        let refreshed = Reply::Refreshed {
+            id: Some(2),
+            expires_in: 59,
+        };
+        assert_eq!(
+            refreshed.to_text(),
+            r#"{"type":"refreshed","id":2,"expires_in":59}"#
+        );
     }
 
     #[test]
