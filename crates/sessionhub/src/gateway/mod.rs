@@ -29,7 +29,8 @@
 //! `input.rs` into `ApiError` JSON.
 //!
 //! The files import one way only, so that none needs another that needs it back: this file
-//! wires the routes; `socket.rs` runs a connection and hands each frame to its protocol's
+//! wires the routes; `upgrade.rs` does the WebSocket handshake and watches the raw stream;
+//! `socket.rs` runs a connection and hands each frame to its protocol's
 //! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `sse.rs` runs an SSE
 //! stream on `v1.rs`'s channel state; `admission.rs` decides
 //! who may connect and for how long, and its credentials are read by the loop and by v1's
@@ -50,6 +51,7 @@ mod seed;
 mod socket;
 mod sse;
 mod state;
+mod upgrade;
 mod v1;
 
 pub use self::openapi::UNDOCUMENTED_ROUTES;

@@ -14,9 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
 use super::admission::Credentials;
 use super::plan::Plan;
