@@ -214,7 +214,7 @@ async fn drive(
     let mut credentials_check = first_credentials_check(credentials, gateway);
     // Admitting the socket loaded its session, which slid the session's expiry.
     let mut session_used = Instant::now();
-    let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
+    let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
     let slow = connection.slow().clone();

@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +26,8 @@ pub struct GatewayConfig {
     /// Largest request body accepted, in bytes (a pushed message becomes one frame, so this
     /// matches the socket's inbound limit by default).
     pub max_push_bytes: usize,
-    /// Authentication, authorization and abuse limits.
+    /// Authentication, authorization and abuse limits, at start: [`Gateway::reload`]
+    /// replaces them, and the routes read the gateway's current ones.
     pub security: Security,
 }
 
@@ -118,9 +120,15 @@ pub struct Gateway {
     // holds strings.
     pub(super) sessions: Arc<SessionConfig>,
     pub(super) config: Arc<GatewayConfig>,
+    /// `config.security` until a reload replaces it.
+    security: Arc<ArcSwap<Security>>,
     pub(super) presence: Arc<dyn Presence>,
-    pub(super) connection_rate: Arc<ConnectionRate>,
+    pub(super) connection_rate: Arc<ArcSwap<ConnectionRate>>,
     pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The key `GET /metrics` requires, if any.
+    pub(super) metrics_key: Option<Arc<ApiKeys>>,
+    /// Whether `/metrics` is served by [`Gateway::metrics_router`] only.
+    pub(super) metrics_apart: bool,
     pub(super) shutdown: CancellationToken,
     /// When the drain started (set once, before `shutdown` is cancelled).
     pub(super) drain_started: Arc<OnceLock<Instant>>,
@@ -147,14 +155,17 @@ impl Gateway {
     ) -> Self {
         Self {
             presence: Arc::new(LocalPresence::new(&hub)),
-            connection_rate: Arc::new(ConnectionRate::new(
+            connection_rate: Arc::new(ArcSwap::from_pointee(ConnectionRate::new(
                 config.security.limits.connections_per_ip_per_sec,
-            )),
+            ))),
             hub,
             store,
             sessions: Arc::new(sessions),
+            security: Arc::new(ArcSwap::from_pointee(config.security.clone())),
             config: Arc::new(config),
             metrics: None,
+            metrics_key: None,
+            metrics_apart: false,
             shutdown: CancellationToken::new(),
             drain_started: Arc::default(),
         }
@@ -166,6 +177,41 @@ impl Gateway {
     pub fn with_metrics(mut self, render: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
         self.metrics = Some(render);
         self
+    }
+
+    /// Requires `Authorization: Bearer <key>` (one of `keys`) on `GET /metrics`; without
+    /// it the answer is 401 JSON. No keys: open.
+    pub fn with_metrics_key(mut self, keys: ApiKeys) -> Self {
+        self.metrics_key = (!keys.is_empty()).then(|| Arc::new(keys));
+        self
+    }
+
+    /// Leaves `GET /metrics` out of [`Gateway::router`] (404 there): serve
+    /// [`Gateway::metrics_router`] on an address of its own, the Prometheus convention.
+    pub fn with_metrics_apart(mut self) -> Self {
+        self.metrics_apart = true;
+        self
+    }
+
+    /// The security settings in force: those of the config, or of the last
+    /// [`Gateway::reload`].
+    pub(super) fn security(&self) -> Guard<Arc<Security>> {
+        self.security.load()
+    }
+
+    /// Replaces the security settings without closing anything: requests and new
+    /// connections see the new API keys, origins, channel rules and limits at once; an open
+    /// connection keeps the credentials it was admitted with and the message rate it
+    /// started with. (The server changes only what may change live: see `sessionhub serve`'s
+    /// SIGHUP.)
+    pub fn reload(&self, security: Security) {
+        let per_ip = security.limits.connections_per_ip_per_sec;
+        if per_ip != self.security().limits.connections_per_ip_per_sec {
+            // A fresh limiter: who was counted against the old rate starts anew.
+            self.connection_rate
+                .store(Arc::new(ConnectionRate::new(per_ip)));
+        }
+        self.security.store(Arc::new(security));
     }
 
     /// Counts `/api/online` with `presence` instead of this node's own connections (cluster

@@ -244,7 +244,7 @@ impl V1 {
         if !is_public_channel_name(channel) {
             return Err(FrameError::InvalidChannel);
         }
-        let security = &gateway.config.security;
+        let security = gateway.security();
         let allowed = match UserId::from_channel(channel) {
             Some(owner) => owner == self.user || security.ws_auth == WsAuth::Open,
             None => {
@@ -430,7 +430,7 @@ pub(super) fn may_publish(channel: &str, gateway: &Gateway) -> Result<(), FrameE
     if !is_public_channel_name(channel) {
         return Err(FrameError::InvalidChannel);
     }
-    if !gateway.config.security.client_may_publish(channel) {
+    if !gateway.security().client_may_publish(channel) {
         return Err(FrameError::PublishForbidden);
     }
     Ok(())
