@@ -7,7 +7,6 @@
 use anyhow::Context;
 use sessionhub::auth::OriginPolicy;
 use sessionhub::gateway::{Gateway, Security};
-use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
@@ -51,12 +50,14 @@ fn log_filter(serve: &Serve) -> anyhow::Result<EnvFilter> {
 
 /// Reloads on every SIGHUP from now on. `security` and `settings` are what the node
 /// started with.
+#[cfg(unix)]
 pub(crate) fn on_hangup(
     gateway: Gateway,
     security: Security,
     settings: Settings,
     logs: LogFilter,
 ) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         let mut running = (security, settings);
@@ -73,8 +74,15 @@ pub(crate) fn on_hangup(
     Ok(())
 }
 
+/// No SIGHUP off Unix: nothing to reload on.
+#[cfg(not(unix))]
+pub(crate) fn on_hangup(_: Gateway, _: Security, _: Settings, _: LogFilter) -> anyhow::Result<()> {
+    Ok(())
+}
+
 /// Reads the settings again and applies what may change live, all or nothing: the security
 /// settings and settings now in force.
+#[cfg_attr(not(unix), allow(dead_code))]
 fn reload(
     gateway: &Gateway,
     running: &Security,
