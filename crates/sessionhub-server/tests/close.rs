@@ -167,6 +167,17 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
 }
 
 #[tokio::test]
+async fn a_frame_with_an_unknown_opcode_closes_with_1002() {
+    let node = node(&[]);
+    let url = format!("{}/ws?user=odd", node.ws());
+    let frame = Frame::message(vec![1, 2, 3], OpCode::Data(Data::Reserved(3)), true);
+    assert_eq!(
+        close_code_after(node.addr(), &url, Message::Frame(frame), false).await,
+        Ok(1002)
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_replies_to_the_close_is_let_go_at_once() {
     // A well-behaved client reads the close, replies and waits for the server to end the
     // connection: the server must not make it wait out the whole lingering time.
