@@ -202,3 +202,30 @@ async fn a_client_that_replies_to_the_close_is_let_go_at_once() {
         started.elapsed()
     );
 }
+
+/// The handshake is the gateway's own now: it answers as RFC 6455 section 1.3 says, to the
+/// `Connection` header Firefox sends (`keep-alive, Upgrade`) too.
+#[tokio::test]
+async fn the_handshake_answers_the_rfc_sample_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = node(&[]);
+    let mut tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    let request = format!(
+        "GET /websocket/rfc HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        node.addr()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(
+        answer.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{answer}"
+    );
+}
