@@ -111,6 +111,16 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The part of [`GatewayConfig`] that stays as it was at start. The security settings are
+/// not here but behind [`Gateway::security`], so that no route can read a copy a reload
+/// has made stale.
+#[derive(Debug)]
+pub(super) struct Fixed {
+    pub(super) demo: bool,
+    pub(super) socket: SocketConfig,
+    pub(super) max_push_bytes: usize,
+}
+
 /// Everything the routes share. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -119,8 +129,8 @@ pub struct Gateway {
     // Behind an Arc: axum clones the state several times per request, and the config
     // holds strings.
     pub(super) sessions: Arc<SessionConfig>,
-    pub(super) config: Arc<GatewayConfig>,
-    /// `config.security` until a reload replaces it.
+    pub(super) config: Arc<Fixed>,
+    /// The config's security settings until a reload replaces them.
     security: Arc<ArcSwap<Security>>,
     pub(super) presence: Arc<dyn Presence>,
     pub(super) connection_rate: Arc<ArcSwap<ConnectionRate>>,
@@ -153,16 +163,26 @@ impl Gateway {
         sessions: SessionConfig,
         config: GatewayConfig,
     ) -> Self {
+        let GatewayConfig {
+            demo,
+            socket,
+            max_push_bytes,
+            security,
+        } = config;
         Self {
             presence: Arc::new(LocalPresence::new(&hub)),
             connection_rate: Arc::new(ArcSwap::from_pointee(ConnectionRate::new(
-                config.security.limits.connections_per_ip_per_sec,
+                security.limits.connections_per_ip_per_sec,
             ))),
             hub,
             store,
             sessions: Arc::new(sessions),
-            security: Arc::new(ArcSwap::from_pointee(config.security.clone())),
-            config: Arc::new(config),
+            security: Arc::new(ArcSwap::from_pointee(security)),
+            config: Arc::new(Fixed {
+                demo,
+                socket,
+                max_push_bytes,
+            }),
             metrics: None,
             metrics_key: None,
             metrics_apart: false,
