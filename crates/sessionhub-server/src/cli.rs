@@ -2,6 +2,7 @@
 //! `--config FILE` (TOML) may set any of them: flags beat the environment, which beats the
 //! file, which beats the defaults.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -41,10 +42,29 @@ pub(crate) struct Serve {
     pub(crate) config: Option<PathBuf>,
 
     /// Log output: pretty (for people) or json (one object per line, for collectors).
-    /// Levels come from RUST_LOG (default info).
     #[arg(long, env = "SESSIONHUB_LOG_FORMAT", default_value = "pretty",
           value_parser = ["pretty", "json"])]
     pub(crate) log_format: String,
+
+    /// Which logs to write: a level (`info`, `debug`) or RUST_LOG-style directives
+    /// (`info,sessionhub=debug`). Default: RUST_LOG, else info. Changes on reload (SIGHUP).
+    #[arg(long, env = "SESSIONHUB_LOG_LEVEL")]
+    pub(crate) log_level: Option<String>,
+
+    /// Serve GET /metrics on this address only (not on --listen), the Prometheus
+    /// convention: keep it off the public network. Default: on --listen.
+    #[arg(long, env = "SESSIONHUB_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+
+    /// Require `Authorization: Bearer <key>` on GET /metrics (repeatable; comma-separated in
+    /// the environment). Default: no key.
+    #[arg(
+        long = "metrics-key",
+        env = "SESSIONHUB_METRICS_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) metrics_keys: Vec<String>,
 
     /// Worker threads that serve connections (default: one per CPU core). With 1, no
     /// wake-ups between workers: the cheapest per message where the node shares its cores
@@ -370,21 +390,37 @@ pub(crate) struct Serve {
     pub(crate) proxy_on_failure: String,
 }
 
+/// Every `serve` setting as its raw values, by name: what a reload compares.
+pub(crate) type Settings = BTreeMap<String, Vec<String>>;
+
 impl Cli {
     /// Parses the command line, then fills every setting that neither a flag nor an
-    /// environment variable gave from `--config`, if any.
-    pub(crate) fn load() -> anyhow::Result<Self> {
-        Self::load_from(std::env::args_os().collect())
+    /// environment variable gave from `--config`, if any. Exits on `--help`, `--version`
+    /// and bad flags, as a command does.
+    pub(crate) fn load() -> anyhow::Result<(Self, Settings)> {
+        let args: Vec<_> = std::env::args_os().collect();
+        let matches = Self::command().get_matches_from(args.clone());
+        Self::load_from(args, matches)
     }
 
-    fn load_from(args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
+    /// The settings again, as at start (the same flags and environment) with the config file
+    /// as it is now: for a reload, so any error is returned, never an exit.
+    pub(crate) fn reload() -> anyhow::Result<(Self, Settings)> {
+        let args: Vec<_> = std::env::args_os().collect();
+        let matches = Self::command().try_get_matches_from(args.clone())?;
+        Self::load_from(args, matches)
+    }
+
+    fn load_from(
+        args: Vec<std::ffi::OsString>,
+        matches: clap::ArgMatches,
+    ) -> anyhow::Result<(Self, Settings)> {
         let command = Self::command();
-        let matches = command.clone().get_matches_from(args.clone());
         let Some(("serve", serve)) = matches.subcommand() else {
-            return Ok(Self::from_arg_matches(&matches)?);
+            return Ok((Self::from_arg_matches(&matches)?, Settings::new()));
         };
         let Some(path) = serve.get_one::<PathBuf>("config") else {
-            return Ok(Self::from_arg_matches(&matches)?);
+            return Ok((Self::from_arg_matches(&matches)?, settings(serve)));
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
@@ -431,8 +467,30 @@ impl Cli {
         }
         let mut all = args;
         all.extend(extra.into_iter().map(Into::into));
-        Ok(Self::try_parse_from(all)?)
+        let matches = command.try_get_matches_from(all)?;
+        let settings = match matches.subcommand() {
+            Some(("serve", serve)) => settings(serve),
+            _ => Settings::new(),
+        };
+        Ok((Self::from_arg_matches(&matches)?, settings))
     }
+}
+
+/// The raw values of every `serve` setting, by the name the config file uses.
+fn settings(serve: &clap::ArgMatches) -> Settings {
+    let command = Cli::command();
+    let serve_command = command
+        .find_subcommand("serve")
+        .expect("serve is a subcommand");
+    serve_command
+        .get_arguments()
+        .filter_map(|arg| {
+            let id = arg.get_id().as_str();
+            let raw = serve.try_get_raw(id).ok().flatten()?;
+            let values = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+            Some((arg.get_long().unwrap_or(id).to_owned(), values))
+        })
+        .collect()
 }
 
 /// A TOML scalar as the text a flag takes.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod reload;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -54,17 +55,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
-    let cli = Cli::load()?;
+    let (cli, settings) = Cli::load()?;
     let Command::Serve(serve) = &cli.command;
-    let filter =
-        || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_writer(std::io::stderr);
-    match serve.log_format.as_str() {
-        "json" => logs.json().flatten_event(true).init(),
-        _ => logs.init(),
-    }
+    let log_filter = reload::init_logs(serve)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = serve.threads {
         // Even with 1, a worker thread beside the main one: a current-thread runtime served
@@ -76,17 +69,29 @@ fn start() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Serve(serve) => runtime.block_on(run(serve)),
+        Command::Serve(serve) => runtime.block_on(run(serve, settings, log_filter)),
     }
 }
 
-async fn run(args: Serve) -> anyhow::Result<()> {
+async fn run(
+    args: Serve,
+    settings: cli::Settings,
+    log_filter: reload::LogFilter,
+) -> anyhow::Result<()> {
     let security = security(&args)?;
     let hooks = hooks(&args)?;
     let prometheus = prometheus()?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?,
+        ),
+        None => None,
+    };
     let local = listener.local_addr()?;
     let node_id = args.node_id.clone().unwrap_or_else(|| {
         format!(
@@ -158,7 +163,7 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         demo: !args.no_demo,
         max_push_bytes: socket.max_message_size,
         socket,
-        security,
+        security: security.clone(),
     };
     hub.set_build(cli::VERSION);
     if let Err(e) = hub.start_control().await {
@@ -167,7 +172,12 @@ async fn run(args: Serve) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not join the control channel yet");
     }
     let mut gateway = Gateway::new(hub.clone(), store.clone(), sessions, config);
-    gateway = gateway.with_metrics(Arc::new(move || prometheus.render()));
+    gateway = gateway
+        .with_metrics(Arc::new(move || prometheus.render()))
+        .with_metrics_key(ApiKeys::new(&args.metrics_keys));
+    if metrics_listener.is_some() {
+        gateway = gateway.with_metrics_apart();
+    }
     if let Some(limiter) = rate_limiter {
         gateway = gateway.with_rate_limiter(limiter);
     }
@@ -195,6 +205,19 @@ async fn run(args: Serve) -> anyhow::Result<()> {
     let app = gateway
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
+
+    if let Some(metrics_listener) = metrics_listener {
+        let addr = metrics_listener.local_addr()?;
+        tracing::info!("metrics on http://{addr}/metrics only");
+        let metrics = gateway.metrics_router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, metrics).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
+    // Before "listening": a SIGHUP that came earlier would end the process.
+    reload::on_hangup(gateway.clone(), security, settings, log_filter)?;
 
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node = %node_id, threads, version = cli::VERSION, "sessionhub listening on http://{local}");
@@ -297,17 +320,7 @@ fn security(args: &Serve) -> anyhow::Result<Security> {
             args.listen
         );
     }
-    let mut keys = args.api_keys.clone();
-    keys.extend(read_lines(args.api_key_file.as_deref())?);
-    let api_keys = ApiKeys::new(&keys);
-    if api_keys.is_empty() && !(loopback && ws_auth == WsAuth::Open) && !args.insecure {
-        bail!(
-            "refusing to start on {} without an API key: the push and admin APIs (/socket/*, \
-             /api/*) would let anyone send to any user. Pass --api-key <key> (or \
-             SESSIONHUB_API_KEY, --api-key-file), or --insecure if something else guards them.",
-            args.listen
-        );
-    }
+    let api_keys = api_keys(args, ws_auth)?;
     let mut secrets = args.token_secrets.clone();
     secrets.extend(read_lines(args.token_secret_file.as_deref())?);
     let public_keys = args
@@ -347,17 +360,38 @@ fn security(args: &Serve) -> anyhow::Result<Security> {
         origins: OriginPolicy::from_list(&args.allowed_origins),
         channels: ChannelRules::new(args.channel_rules.clone()),
         private_channels,
-        limits: Limits {
-            connects_per_ip: Some(args.max_connections_per_ip),
-            connects_per_user: args.max_connects_per_user,
-            publishes_per_user: args.max_publishes_per_user,
-            logins_per_ip: args.max_logins_per_ip,
-            logins_per_user: args.max_logins_per_user,
-            messages_per_sec: args.max_messages_per_sec,
-            connections_per_user: args.max_connections_per_user,
-            connections_per_node: args.max_connections,
-        },
+        limits: limits(args),
     })
+}
+
+/// The API keys of `--api-key` and `--api-key-file`; none only where that is safe.
+fn api_keys(args: &Serve, ws_auth: WsAuth) -> anyhow::Result<ApiKeys> {
+    let loopback = args.listen.ip().is_loopback();
+    let mut keys = args.api_keys.clone();
+    keys.extend(read_lines(args.api_key_file.as_deref())?);
+    let api_keys = ApiKeys::new(&keys);
+    if api_keys.is_empty() && !(loopback && ws_auth == WsAuth::Open) && !args.insecure {
+        bail!(
+            "refusing to start on {} without an API key: the push and admin APIs (/socket/*, \
+             /api/*) would let anyone send to any user. Pass --api-key <key> (or \
+             SESSIONHUB_API_KEY, --api-key-file), or --insecure if something else guards them.",
+            args.listen
+        );
+    }
+    Ok(api_keys)
+}
+
+fn limits(args: &Serve) -> Limits {
+    Limits {
+        connects_per_ip: Some(args.max_connections_per_ip),
+        connects_per_user: args.max_connects_per_user,
+        publishes_per_user: args.max_publishes_per_user,
+        logins_per_ip: args.max_logins_per_ip,
+        logins_per_user: args.max_logins_per_user,
+        messages_per_sec: args.max_messages_per_sec,
+        connections_per_user: args.max_connections_per_user,
+        connections_per_node: args.max_connections,
+    }
 }
 
 /// Non-empty, trimmed lines of a secrets file.

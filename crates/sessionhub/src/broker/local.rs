@@ -2,10 +2,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
+use tungstenite::Utf8Bytes;
 
 use super::{
     Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, Publication, PublishOptions,

@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use tungstenite::Utf8Bytes;
 
 use crate::error::BrokerError;
 

@@ -71,7 +71,7 @@ pub(super) async fn admit(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
 ) -> Result<(UserId, Credentials), ApiError> {
-    let security = &gateway.config.security;
+    let security = gateway.security();
     check_origin(gateway, headers)?;
     let limits = &security.limits;
     if let Some(ip) = peer.map(|p| client_ip(p.0.0, headers, &gateway.sessions.trusted_proxies)) {
@@ -108,8 +108,11 @@ pub(super) async fn admit(
 /// Refuses a page whose origin may not use the sockets (or the SSE endpoints) here; a
 /// request without `Origin` is not from a browser page and passes.
 pub(super) fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    let origins = &gateway.config.security.origins;
-    if origins.allows(headers.get(header::ORIGIN), headers.get(header::HOST)) {
+    if gateway
+        .security()
+        .origins
+        .allows(headers.get(header::ORIGIN), headers.get(header::HOST))
+    {
         return Ok(());
     }
     Err(ApiError::new(
@@ -126,7 +129,8 @@ pub(super) async fn authenticate(
     query_token: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(UserId, Credentials), ApiError> {
-    let (user, credentials) = match gateway.config.security.ws_auth {
+    let security = gateway.security();
+    let (user, credentials) = match security.ws_auth {
         WsAuth::Open => {
             let user = requested.clone().ok_or_else(|| {
                 ApiError::bad_request("in open mode, say who you are: /ws?user=<id>")
@@ -185,7 +189,8 @@ pub(super) async fn connection_token(
     gateway: &Gateway,
     token: Option<&str>,
 ) -> Result<(UserId, Credentials), TokenError> {
-    let verifier = gateway.config.security.tokens.as_ref();
+    let security = gateway.security_owned();
+    let verifier = security.tokens.as_ref();
     let claims = match (token, verifier) {
         (Some(token), Some(verifier)) => verifier.verify(token.trim()).await?,
         (None, _) => return Err(TokenError::Missing),

@@ -50,7 +50,8 @@ async fn login(
     session: Session,
     form: Result<Form<LoginQuery>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let limits = &gateway.config.security.limits;
+    let security = gateway.security();
+    let limits = &security.limits;
     if let Some(Extension(ConnectInfo(peer))) = peer {
         let ip = client_ip(peer, &headers, &gateway.sessions.trusted_proxies);
         let per = Per::Address(&ip);

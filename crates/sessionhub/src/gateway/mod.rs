@@ -29,7 +29,8 @@
 //! `input.rs` into `ApiError` JSON.
 //!
 //! The files import one way only, so that none needs another that needs it back: this file
-//! wires the routes; `socket.rs` runs a connection and hands each frame to its protocol's
+//! wires the routes; `upgrade.rs` does the WebSocket handshake and watches the raw stream;
+//! `socket.rs` runs a connection and hands each frame to its protocol's
 //! handler, `seed.rs` or `v1.rs`, which answer with a `plan::Plan`; `sse.rs` runs an SSE
 //! stream on `v1.rs`'s channel state; `admission.rs` decides
 //! who may connect and for how long, and its credentials are read by the loop and by v1's
@@ -53,6 +54,7 @@ mod socket;
 mod sse;
 mod state;
 mod tokens;
+mod upgrade;
 mod v1;
 
 pub use self::openapi::UNDOCUMENTED_ROUTES;
@@ -82,12 +84,11 @@ impl Gateway {
     pub fn router(&self) -> Router {
         let (mut protected, document) = api().split_for_parts();
         let document = Arc::new(openapi::finish(document));
-        if !self.config.security.api_keys.is_empty() {
-            protected = protected.route_layer(middleware::from_fn_with_state(
-                self.clone(),
-                require_api_key,
-            ));
-        }
+        // Installed even with no keys: a reload may add them.
+        protected = protected.route_layer(middleware::from_fn_with_state(
+            self.clone(),
+            require_api_key,
+        ));
         let mut router = Router::new()
             .route("/websocket/{id}", get(socket::upgrade))
             .route("/ws", get(socket::upgrade_v1))
@@ -106,9 +107,11 @@ impl Gateway {
                 get(move || async move { Json(document.as_ref().clone()) }),
             )
             .route("/sessionhub.js", get(client_js))
-            .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(ready));
+        if !self.metrics_apart {
+            router = router.route("/metrics", get(metrics));
+        }
         if self.config.demo {
             let sessions =
                 SessionLayer::from_arc(self.store.clone(), SessionConfig::clone(&self.sessions))
@@ -149,6 +152,14 @@ impl Gateway {
         }
     }
 
+    /// `GET /metrics` alone, for a listener of its own (see [`Gateway::with_metrics_apart`]).
+    pub fn metrics_router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .fallback(|| async { ApiError::not_found("this address serves /metrics only") })
+            .with_state(self.clone())
+    }
+
     /// The OpenAPI 3.1 document of the server API, as `GET /api/openapi.json` serves it.
     pub fn openapi() -> utoipa::openapi::OpenApi {
         openapi::finish(api().into_openapi())
@@ -187,8 +198,30 @@ async fn online(State(gateway): State<Gateway>) -> Result<Json<Online>, ApiError
 }
 
 /// `GET /metrics`: counters and histograms recorded through the `metrics` facade, plus
-/// gauges read now.
-async fn metrics(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
+/// gauges read now. Behind the metrics key, if one is set.
+async fn metrics(
+    State(gateway): State<Gateway>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(keys) = &gateway.metrics_key {
+        match admission::bearer(&headers) {
+            Some(key) if keys.verify(key.trim()) => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "metrics_key_invalid",
+                    "the metrics key is not valid",
+                ));
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "metrics_key_required",
+                    "send Authorization: Bearer <metrics key>",
+                ));
+            }
+        }
+    }
     let render = gateway
         .metrics
         .clone()
@@ -220,14 +253,21 @@ async fn client_js() -> impl IntoResponse {
     )
 }
 
-/// Refuses `/socket/*` and `/api/*` without a valid `Authorization: Bearer <api key>`.
+/// Refuses `/socket/*` and `/api/*` without a valid `Authorization: Bearer <api key>`,
+/// when keys are configured.
 async fn require_api_key(
     State(gateway): State<Gateway>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let security = gateway.security();
+    if security.api_keys.is_empty() {
+        drop(security);
+        return Ok(next.run(request).await);
+    }
     match admission::bearer(request.headers()) {
-        Some(key) if gateway.config.security.api_keys.verify(key.trim()) => {
+        Some(key) if security.api_keys.verify(key.trim()) => {
+            drop(security);
             Ok(next.run(request).await)
         }
         Some(_) => Err(ApiError::new(

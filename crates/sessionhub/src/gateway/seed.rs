@@ -35,7 +35,7 @@ pub(super) fn plan(text: &str, gateway: &Gateway) -> Plan {
         Err(e) => return Plan::Reply(vec![refusal(&e)]),
     };
     let channel = to.channel();
-    if !gateway.config.security.client_may_publish(&channel) {
+    if !gateway.security().client_may_publish(&channel) {
         return Plan::Reply(vec![refusal(&FrameError::PublishForbidden)]);
     }
     let gateway = gateway.clone();

@@ -9,15 +9,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::future::{self, BoxFuture};
 use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
-use tokio::time::{Instant, sleep_until, timeout};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use super::admission::{
     ConnectQuery, Credentials, admit, check_credentials, first_credentials_check, use_session,
@@ -26,6 +27,7 @@ use super::hooked::{self, next_look};
 use super::plan::Plan;
 use super::seed;
 use super::state::Gateway;
+use super::upgrade::{Socket, Upgrade};
 use super::v1::{self, Step, V1};
 use crate::error::ApiError;
 use crate::hooks::{Denial, Transport};
@@ -46,9 +48,9 @@ pub(crate) async fn upgrade(
     Query(query): Query<ConnectQuery>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, ApiError>,
 ) -> Result<Response, ApiError> {
-    let ws = ws.map_err(upgrade_required)?;
+    let ws = ws?;
     let user: UserId = id.parse()?;
     let (user, credentials) = admit(&gateway, Some(user), &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
@@ -63,9 +65,9 @@ pub(crate) async fn upgrade_v1(
     Query(query): Query<ConnectQuery>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, ApiError>,
 ) -> Result<Response, ApiError> {
-    let ws = ws.map_err(upgrade_required)?;
+    let ws = ws?;
     let requested = query
         .user
         .as_deref()
@@ -87,34 +89,27 @@ pub(crate) async fn upgrade_v1(
 }
 
 /// Closes a socket the connect hook refused, as v1 closes any: `disconnect`, then the close.
-async fn refuse(mut socket: WebSocket, denial: Denial) {
+async fn refuse(mut socket: Socket, denial: Denial) {
     let said = (denial.close_code(), denial.close_reason());
     let frame = crate::protocol::v1::Reply::disconnect(said);
     let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(frame.into()))).await;
     let _ = send_close(&mut socket, said).await;
 }
 
-fn upgrade_required(rejection: WebSocketUpgradeRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::UPGRADE_REQUIRED,
-        "upgrade_required",
-        format!("this is a WebSocket endpoint: {}", rejection.body_text()),
-    )
-}
-
-fn accept<F, Fut>(ws: WebSocketUpgrade, limit: usize, then: F) -> Response
+fn accept<F, Fut>(ws: Upgrade, limit: usize, then: F) -> Response
 where
-    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    F: FnOnce(Socket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         // A small read buffer: an idle connection's memory is mostly its buffers (4 KiB made
         // 9.8 KiB per idle connection, 1 KiB makes 6.8; docs/benchmarks.md). Larger frames
         // still arrive whole: the buffer grows for them.
         .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .on_upgrade(then)
+        .write_buffer_size(0);
+    ws.accept(config, then)
 }
 
 /// Which wire protocol a connection speaks.
@@ -155,7 +150,7 @@ impl Protocol {
 // ~550 bytes per idle socket. An `async move` block uses what it captured in place.
 #[allow(clippy::manual_async_fn)]
 fn run(
-    mut socket: WebSocket,
+    mut socket: Socket,
     user: UserId,
     mut credentials: Credentials,
     gateway: Gateway,
@@ -221,6 +216,9 @@ fn run(
                 let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(frame.into()))).await;
             }
             let _ = send_close(&mut socket, said).await;
+            if client_at_fault(reason.0) {
+                linger(&mut socket).await;
+            }
         }
     }
 }
@@ -228,7 +226,7 @@ fn run(
 /// Runs the connection until it ends; returns the close code to send (0: none, the client
 /// closed or vanished). A disconnect by the server API leaves its reason in `told`.
 async fn drive(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     connection: &mut Connection,
     protocol: &mut Protocol,
     user: &UserId,
@@ -262,7 +260,7 @@ async fn drive(
     let mut credentials_check = first_credentials_check(credentials, gateway);
     // Admitting the socket loaded its session, which slid the session's expiry.
     let mut session_used = Instant::now();
-    let rate = MessageRate::new(gateway.config.security.limits.messages_per_sec);
+    let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
     let slow = connection.slow().clone();
@@ -371,7 +369,7 @@ async fn drive(
                 }
                 let plan = match (inbound, &mut *protocol) {
                     (None | Some(Ok(Message::Close(_))), _) => return (0, "client closed"),
-                    (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => continue,
+                    (Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))), _) => continue,
                     (Some(Err(e)), _) => return read_error(e),
                     (Some(Ok(_)), _) if !rate.check() => return close::RATE_LIMITED,
                     (Some(Ok(Message::Text(text))), Protocol::Seed) => seed::plan(&text, gateway),
@@ -432,19 +430,60 @@ async fn settle(in_flight: &mut FuturesOrdered<BoxFuture<'static, Vec<String>>>)
     replies
 }
 
-fn read_error(e: axum::Error) -> (u16, &'static str) {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => close::MESSAGE_TOO_BIG,
-        Some(tungstenite::Error::Protocol(_)) => close::PROTOCOL_ERROR,
+fn read_error(e: tungstenite::Error) -> (u16, &'static str) {
+    match e {
+        tungstenite::Error::Capacity(_) => close::MESSAGE_TOO_BIG,
+        tungstenite::Error::Utf8(_) => close::INVALID_PAYLOAD,
+        tungstenite::Error::Protocol(_) => close::PROTOCOL_ERROR,
         _ => (0, "read error"),
     }
 }
 
-async fn send_close(socket: &mut WebSocket, (code, reason): (u16, &str)) -> bool {
+async fn send_close(socket: &mut Socket, (code, reason): (u16, &str)) -> bool {
     let frame = Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from(reason),
     }));
     matches!(timeout(CLOSE_GRACE, socket.send(frame)).await, Ok(Ok(())))
 }
+
+/// Whether a close code blames what the client sent: it may still be sending (the rest of
+/// an oversized frame, more messages), so the close needs `linger` to reach it.
+fn client_at_fault(code: u16) -> bool {
+    [
+        close::PROTOCOL_ERROR,
+        close::INVALID_PAYLOAD,
+        close::MESSAGE_TOO_BIG,
+        close::RATE_LIMITED,
+    ]
+    .iter()
+    .any(|&(c, _)| c == code)
+}
+
+/// After a close for the client's fault, reads and throws away what the client still sends,
+/// below the WebSocket layer (after an oversized frame's header the stream is not at a frame
+/// boundary any more), until the client's own close frame or the end of its stream, within
+/// bounds. Dropping the socket with unread input makes the kernel answer with a reset, and a
+/// client that is still writing then fails its write and never reads the close frame: it saw
+/// 1006 or a reset instead of 1009. nginx's `lingering_close` does the same for HTTP.
+async fn linger(socket: &mut Socket) {
+    let io = socket.get_mut();
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut left = LINGER_BYTES;
+    // Allocated only here: a buffer in the future itself would cost every idle socket.
+    let mut buf = vec![0; 16 * 1024];
+    while left > 0 && !io.close_received() {
+        match timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n as u64),
+            // The end of input, an error, or the deadline.
+            _ => return,
+        }
+    }
+}
+
+/// How long `linger` may read after a close: long enough for a client on a slow link to
+/// finish a frame it was sending, short enough that a client that never stops costs little
+/// (a task, a file descriptor and a 16 KiB buffer).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How much `linger` may read: a 64 MiB frame, not an endless stream.
+const LINGER_BYTES: u64 = 64 << 20;

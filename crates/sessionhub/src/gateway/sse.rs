@@ -510,7 +510,7 @@ pub(super) async fn refresh(
     require_json(&headers)?;
     let body: RefreshBody = serde_json::from_slice(&body)
         .map_err(|e| frame_error(FrameError::Message(e.to_string())))?;
-    if gateway.config.security.ws_auth != WsAuth::Token {
+    if gateway.security().ws_auth != WsAuth::Token {
         let e = TokenError::NotUsed;
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

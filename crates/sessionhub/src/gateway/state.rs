@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,8 @@ pub struct GatewayConfig {
     /// Largest request body accepted, in bytes (a pushed message becomes one frame, so this
     /// matches the socket's inbound limit by default).
     pub max_push_bytes: usize,
-    /// Authentication, authorization and abuse limits.
+    /// Authentication, authorization and abuse limits, at start: [`Gateway::reload`]
+    /// replaces them, and the routes read the gateway's current ones.
     pub security: Security,
 }
 
@@ -113,6 +115,16 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The part of [`GatewayConfig`] that stays as it was at start. The security settings are
+/// not here but behind [`Gateway::security`], so that no route can read a copy a reload
+/// has made stale.
+#[derive(Debug)]
+pub(super) struct Fixed {
+    pub(super) demo: bool,
+    pub(super) socket: SocketConfig,
+    pub(super) max_push_bytes: usize,
+}
+
 /// Everything the routes share. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -121,12 +133,18 @@ pub struct Gateway {
     // Behind an Arc: axum clones the state several times per request, and the config
     // holds strings.
     pub(super) sessions: Arc<SessionConfig>,
-    pub(super) config: Arc<GatewayConfig>,
+    pub(super) config: Arc<Fixed>,
+    /// The config's security settings until a reload replaces them.
+    security: Arc<ArcSwap<Security>>,
     pub(super) presence: Arc<dyn Presence>,
     pub(super) rates: Rates,
     pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// The application's hooks; `None` keeps the built-in decisions and costs nothing.
     pub(super) hooks: Option<Arc<dyn Hooks>>,
+    /// The key `GET /metrics` requires, if any.
+    pub(super) metrics_key: Option<Arc<ApiKeys>>,
+    /// Whether `/metrics` is served by [`Gateway::metrics_router`] only.
+    pub(super) metrics_apart: bool,
     pub(super) shutdown: CancellationToken,
     /// When the drain started (set once, before `shutdown` is cancelled).
     pub(super) drain_started: Arc<OnceLock<Instant>>,
@@ -152,15 +170,28 @@ impl Gateway {
         sessions: SessionConfig,
         config: GatewayConfig,
     ) -> Self {
+        let GatewayConfig {
+            demo,
+            socket,
+            max_push_bytes,
+            security,
+        } = config;
         Self {
             presence: Arc::new(LocalPresence::new(&hub)),
             rates: Rates::default(),
             hub,
             store,
             sessions: Arc::new(sessions),
-            config: Arc::new(config),
+            security: Arc::new(ArcSwap::from_pointee(security)),
+            config: Arc::new(Fixed {
+                demo,
+                socket,
+                max_push_bytes,
+            }),
             metrics: None,
             hooks: None,
+            metrics_key: None,
+            metrics_apart: false,
             shutdown: CancellationToken::new(),
             drain_started: Arc::default(),
         }
@@ -188,6 +219,40 @@ impl Gateway {
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
         self.hooks = Some(hooks);
         self
+    }
+
+    /// Requires `Authorization: Bearer <key>` (one of `keys`) on `GET /metrics`; without
+    /// it the answer is 401 JSON. No keys: open.
+    pub fn with_metrics_key(mut self, keys: ApiKeys) -> Self {
+        self.metrics_key = (!keys.is_empty()).then(|| Arc::new(keys));
+        self
+    }
+
+    /// Leaves `GET /metrics` out of [`Gateway::router`] (404 there): serve
+    /// [`Gateway::metrics_router`] on an address of its own, the Prometheus convention.
+    pub fn with_metrics_apart(mut self) -> Self {
+        self.metrics_apart = true;
+        self
+    }
+
+    /// The security settings in force: those of the config, or of the last
+    /// [`Gateway::reload`].
+    pub(super) fn security(&self) -> Guard<Arc<Security>> {
+        self.security.load()
+    }
+
+    /// [`Gateway::security`] to hold across an `await` (a `Guard` should not be).
+    pub(super) fn security_owned(&self) -> Arc<Security> {
+        self.security.load_full()
+    }
+
+    /// Replaces the security settings without closing anything: requests and new
+    /// connections see the new API keys, origins, channel rules and limits at once; an open
+    /// connection keeps the credentials it was admitted with and the message rate it
+    /// started with. A changed rate limit starts with full buckets. (The server changes only what may change live: see `sessionhub serve`'s
+    /// SIGHUP.)
+    pub fn reload(&self, security: Security) {
+        self.security.store(Arc::new(security));
     }
 
     /// Counts `/api/online` with `presence` instead of this node's own connections (cluster

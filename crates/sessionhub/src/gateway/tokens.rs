@@ -48,12 +48,8 @@ pub(super) async fn check_subscribe_token(
     gateway: &Gateway,
 ) -> Result<(), TokenError> {
     let token = token.ok_or(TokenError::Required)?;
-    let verifier = gateway
-        .config
-        .security
-        .tokens
-        .as_ref()
-        .ok_or(TokenError::Invalid)?;
+    let security = gateway.security_owned();
+    let verifier = security.tokens.as_ref().ok_or(TokenError::Invalid)?;
     let verified = verifier
         .verify_subscribe(token.trim(), user.as_str(), channel)
         .await;

@@ -14,9 +14,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
 use super::admission::{Credentials, expires_in};
 use super::hooked::{self, Hooked, Publishing};
@@ -390,7 +390,7 @@ impl V1 {
         token: Option<&str>,
         gateway: &Gateway,
     ) -> Result<(), Refused> {
-        let private = gateway.config.security.private_channels.contains(channel);
+        let private = gateway.security().private_channels.contains(channel);
         if !private || self.token_channels.iter().any(|c| c == channel) {
             return Ok(self.may_subscribe(channel, gateway)?);
         }
@@ -406,7 +406,7 @@ impl V1 {
         if !is_public_channel_name(channel) {
             return Err(FrameError::InvalidChannel);
         }
-        let security = &gateway.config.security;
+        let security = gateway.security();
         let allowed = match UserId::from_channel(channel) {
             Some(owner) => owner == self.user || security.ws_auth == WsAuth::Open,
             None => {
@@ -640,7 +640,7 @@ fn publish(
 
 /// Takes one publish from `user`'s rate (cluster-wide with a shared rate limiter).
 pub(super) async fn publish_rate(user: &UserId, gateway: &Gateway) -> Result<(), ApiError> {
-    let rate = gateway.config.security.limits.publishes_per_user;
+    let rate = gateway.security().limits.publishes_per_user;
     let per = Per::User(user.as_str());
     gateway.rates.check(Limited::Publish, per, rate).await
 }
@@ -650,7 +650,7 @@ pub(super) fn may_publish(channel: &str, gateway: &Gateway) -> Result<(), FrameE
     if !is_public_channel_name(channel) {
         return Err(FrameError::InvalidChannel);
     }
-    if !gateway.config.security.client_may_publish(channel) {
+    if !gateway.security().client_may_publish(channel) {
         return Err(FrameError::PublishForbidden);
     }
     Ok(())

@@ -172,6 +172,8 @@ pub(crate) mod close {
     pub(crate) const SERVICE_RESTART: (u16, &str) = (1012, "service restart");
     /// The client broke the WebSocket protocol.
     pub(crate) const PROTOCOL_ERROR: (u16, &str) = (1002, "protocol error");
+    /// A text frame that is not UTF-8.
+    pub(crate) const INVALID_PAYLOAD: (u16, &str) = (1007, "invalid payload");
     /// An inbound message was larger than the limit (64 KiB by default).
     pub(crate) const MESSAGE_TOO_BIG: (u16, &str) = (1009, "message too big");
     /// The broker could not be joined; reconnect later.
@@ -199,9 +201,9 @@ pub(crate) mod close {
     pub(crate) fn reconnect(code: u16) -> bool {
         !matches!(
             code,
-            // protocol error, too big, session ended (log in again first), the server API said so,
-            // the application's connect hook refused (crate::hooks::DENIED)
-            1002 | 1009 | 4002 | 4021 | 4403
+            // protocol error, not UTF-8, too big, session ended (log in again first), the
+            // server API said so, the application's connect hook refused (crate::hooks::DENIED)
+            1002 | 1007 | 1009 | 4002 | 4021 | 4403
         )
     }
 }

@@ -2,9 +2,9 @@
 //! format, kept byte for byte so that the demo's clients keep working, which is why a pushed
 //! message goes out as bare text rather than in an envelope like v1's.
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::Value;
+use tungstenite::Utf8Bytes;
 
 use super::{FrameError, InvalidUserId, UserId};
 use crate::broker::Publication;

@@ -360,7 +360,7 @@ pub(crate) fn publication_frame(channel: &str, publication: &Publication) -> Str
 
 #[cfg(test)]
 mod tests {
-    use axum::extract::ws::Utf8Bytes;
+    use tungstenite::Utf8Bytes;
 
     use super::*;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use tungstenite::Utf8Bytes;
 
 use crate::broker::Publication;
 

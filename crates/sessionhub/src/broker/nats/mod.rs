@@ -73,12 +73,12 @@ use std::time::Duration;
 
 use async_nats::{ConnectOptions, ServerAddr};
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
+use tungstenite::Utf8Bytes;
 
 use self::census::Census;
 use self::history::{COMMAND_TIMEOUT, History, Outcome};

@@ -75,11 +75,11 @@ use std::time::Duration;
 
 use ::redis::Script;
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{self, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
+use tungstenite::Utf8Bytes;
 
 use self::commands::{Commands, Retry, Route, ping_commands, run};
 use self::reply::{StreamEntries, parse_entries, parse_receipt, parse_unkept_receipt};
