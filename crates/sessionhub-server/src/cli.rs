@@ -295,6 +295,48 @@ pub(crate) struct Serve {
     /// Proxies whose X-Forwarded-Proto is believed (comma-separated IP addresses).
     #[arg(long, env = "SESSIONHUB_TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<IpAddr>,
+
+    /// Where to POST signed webhook events (http:// or https://); none are sent without it.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_URL", requires = "webhook_secret")]
+    pub(crate) webhook_url: Option<String>,
+
+    /// Secrets that sign webhooks (comma-separated: each signs every request, so a receiver
+    /// can switch to a new one while the old one still verifies).
+    #[arg(
+        long,
+        env = "SESSIONHUB_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) webhook_secret: Vec<String>,
+
+    /// Which webhook events to send (comma-separated: online, offline, occupied, vacated,
+    /// join, leave, message, destroyed; default all).
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub(crate) webhook_events: Vec<sessionhub::webhook::EventKind>,
+
+    /// Seconds one webhook POST may take.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_TIMEOUT", default_value_t = 5.0, value_parser = seconds)]
+    pub(crate) webhook_timeout: f64,
+
+    /// Failed POSTs of one event before it is dropped (counted in /metrics).
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) webhook_max_attempts: u32,
+
+    /// Seconds before the first retry of a failed webhook; doubled per failure, with jitter.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_BACKOFF", default_value_t = 1.0, value_parser = seconds)]
+    pub(crate) webhook_backoff: f64,
+
+    /// Most seconds between retries of a webhook.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_MAX_BACKOFF", default_value_t = 60.0, value_parser = seconds)]
+    pub(crate) webhook_max_backoff: f64,
+
+    /// Most webhook events queued (cluster-wide with Redis); past it new events are dropped,
+    /// counted and logged.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_QUEUE_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) webhook_queue_size: u64,
 }
 
 impl Cli {
@@ -378,5 +420,13 @@ fn drain_window(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=300.0).contains(&v) => Ok(v),
         _ => Err("expected seconds from 0 to 300".into()),
+    }
+}
+
+/// Seconds, more than 0 and at most a day.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err("expected seconds, more than 0 and at most 86400".into()),
     }
 }

@@ -37,6 +37,8 @@
 //!   [`broker::BrokerFixture`], which starts nodes (brokers) on one shared backend.
 //! - [`presence`]: [`presence_conformance!`](crate::presence_conformance) over a
 //!   [`presence::PresenceFixture`], a hub and what counts its connections.
+//! - [`webhook`]: [`webhook_queue_conformance!`](crate::webhook_queue_conformance) over a
+//!   [`webhook::QueueFixture`], queues opened as several consumers on one backend.
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,6 +46,7 @@ use std::time::Duration;
 pub mod broker;
 pub mod presence;
 pub mod store;
+pub mod webhook;
 
 /// Whatever must live as long as the backend under test: a temp dir, a server, a task's
 /// stop token. Dropped with the fixture, after the check.

@@ -448,8 +448,12 @@ pub(super) async fn publish_checked(
         history: true,
         idempotency_key,
     };
-    let data = Utf8Bytes::from(data.get().to_owned());
-    let receipt = gateway.hub.publish(channel, data, &options).await?;
+    let text = Utf8Bytes::from(data.get().to_owned());
+    let receipt = gateway.hub.publish(channel, text, &options).await?;
+    if let Some(webhooks) = gateway.hub.webhooks() {
+        let event = serde_json::json!({"channel": channel, "data": data});
+        webhooks.emit(crate::webhook::EventKind::Message, event);
+    }
     Ok(Reply::Published {
         id,
         channel,
