@@ -534,3 +534,40 @@ async fn past_the_bound_events_are_dropped_and_counted() {
         "the two queued were tried"
     );
 }
+
+/// Logging out sends one `session.destroyed` with the session and its user; the id rotation
+/// at login ends a session id too, but destroys no session, and sends nothing.
+#[tokio::test]
+async fn a_logout_sends_session_destroyed_and_a_login_rotation_does_not() {
+    let receiver = Receiver::start(ACCEPT).await;
+    let url = receiver.url();
+    let node = node(&hook_args(&url, &["--webhook-events", "destroyed"]));
+    let (_, anonymous, _) = get(&http(), &node.http(), "/get-session", None).await;
+    let anonymous = anonymous.expect("a session");
+    let (status, logged_in, _) = get(
+        &http(),
+        &node.http(),
+        "/login?username=dave",
+        Some(&anonymous),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let logged_in = logged_in.expect("login rotates the id");
+    assert_ne!(logged_in, anonymous);
+    let (status, _, _) = get(&http(), &node.http(), "/invalidate", Some(&logged_in)).await;
+    assert_eq!(status, 200);
+    receiver.wait_for(|r| !r.is_empty(), WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events: Vec<Value> = receiver
+        .state
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, e, _)| e.clone())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "session.destroyed");
+    assert_eq!(events[0]["data"]["user"], "dave");
+    assert_eq!(events[0]["data"]["session"], logged_in.as_str());
+}

@@ -748,6 +748,19 @@ impl SessionEvents for Hub {
             tracing::warn!(error = %e, "could not tell the cluster a session ended");
         }
     }
+
+    async fn destroyed(&self, id: &SessionId, principal: Option<&str>) {
+        if let Some(webhooks) = self.webhooks() {
+            // The id is dead from now on, so handing it to the application leaks nothing.
+            let data = serde_json::json!({"session": id.as_str(), "user": principal});
+            webhooks.send(EventKind::SessionDestroyed, data).await;
+        }
+    }
+
+    fn wants_destroyed(&self) -> bool {
+        self.webhooks()
+            .is_some_and(|webhooks| webhooks.wants(EventKind::SessionDestroyed))
+    }
 }
 
 /// The channel of the connections bound to session `id`.
