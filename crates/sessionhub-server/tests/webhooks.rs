@@ -571,3 +571,46 @@ async fn a_logout_sends_session_destroyed_and_a_login_rotation_does_not() {
     assert_eq!(events[0]["data"]["user"], "dave");
     assert_eq!(events[0]["data"]["session"], logged_in.as_str());
 }
+
+/// A v1 client on a presence channel: its subscribe sends `presence.join`, its publish
+/// `client.message` with the data, its close `presence.leave`; one of each.
+#[tokio::test]
+async fn presence_and_client_messages_are_sent() {
+    let receiver = Receiver::start(ACCEPT).await;
+    let url = receiver.url();
+    let node = node(&hook_args(
+        &url,
+        &[
+            "--presence-channels",
+            "room:",
+            "--webhook-events",
+            "join,leave,message",
+        ],
+    ));
+    let (mut ws, _) = v1::open_v1(&node.ws(), "erin").await.unwrap();
+    send_text(&mut ws, &v1::subscribe_frame("room:1", None)).await;
+    receiver.wait_for(|r| r.len() == 1, WAIT).await;
+    let publish =
+        serde_json::json!({"type": "publish", "channel": "room:1", "data": {"n": 1}, "id": 2});
+    send_text(&mut ws, &publish.to_string()).await;
+    receiver.wait_for(|r| r.len() == 2, WAIT).await;
+    ws.close(None).await.unwrap();
+    receiver.wait_for(|r| r.len() == 3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let events: Vec<Value> = receiver
+        .state
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, e, _)| serde_json::json!({"type": e["type"], "data": e["data"]}))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            serde_json::json!({"type": "presence.join", "data": {"channel": "room:1", "user": "erin"}}),
+            serde_json::json!({"type": "client.message", "data": {"channel": "room:1", "data": {"n": 1}}}),
+            serde_json::json!({"type": "presence.leave", "data": {"channel": "room:1", "user": "erin"}}),
+        ]
+    );
+}
