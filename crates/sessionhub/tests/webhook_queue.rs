@@ -1,4 +1,4 @@
-//! The webhook queue's backends: memory, redb and Redis each pass the queue conformance
+//! The webhook queue's backends: memory, redb, Redis, Redis Cluster and Sentinel each pass the queue conformance
 //! suite (`sessionhub_testkit::conformance::webhook`); then what only one does: redb keeps
 //! queued events across a reopen (a restart), Redis across a new connection.
 
@@ -64,6 +64,71 @@ mod redis {
     }
 
     sessionhub_testkit::webhook_queue_conformance!(redis);
+}
+
+/// On a Redis Cluster (one shared by the checks, each under its own prefix): the queue's
+/// keys share the `{webhooks}` hash tag, so every script stays in one slot.
+mod cluster {
+    use std::sync::Weak;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use sessionhub_testkit::RedisCluster;
+
+    use super::*;
+
+    static SHARED: tokio::sync::Mutex<Weak<RedisCluster>> =
+        tokio::sync::Mutex::const_new(Weak::new());
+    static CHECKS: AtomicUsize = AtomicUsize::new(0);
+
+    async fn cluster() -> QueueFixture {
+        let cluster = {
+            let mut shared = SHARED.lock().await;
+            match shared.upgrade() {
+                Some(cluster) => cluster,
+                None => {
+                    let cluster = Arc::new(RedisCluster::start_async().await);
+                    *shared = Arc::downgrade(&cluster);
+                    cluster
+                }
+            }
+        };
+        let prefix = format!("check{}:", CHECKS.fetch_add(1, Ordering::Relaxed));
+        let config = RedisConfig::cluster(&cluster.urls())
+            .unwrap()
+            .prefix(&prefix);
+        QueueFixture::new(
+            Box::new(move |consumer, bound, lease| {
+                let queue = RedisQueue::lazy(&config, consumer, bound, lease).unwrap();
+                Box::pin(async move { Arc::new(queue) as Arc<dyn Queue> })
+            }),
+            true,
+            cluster,
+        )
+    }
+
+    sessionhub_testkit::webhook_queue_conformance!(cluster);
+}
+
+/// Through Redis Sentinel (a primary, a replica, three Sentinels of each check's own).
+mod sentinel {
+    use sessionhub_testkit::RedisSentinel;
+
+    use super::*;
+
+    async fn sentinel() -> QueueFixture {
+        let redis = RedisSentinel::start_lean().await;
+        let config = RedisConfig::sentinel(&redis.sentinel_addrs(), redis.master_name()).unwrap();
+        QueueFixture::new(
+            Box::new(move |consumer, bound, lease| {
+                let queue = RedisQueue::lazy(&config, consumer, bound, lease).unwrap();
+                Box::pin(async move { Arc::new(queue) as Arc<dyn Queue> })
+            }),
+            true,
+            redis,
+        )
+    }
+
+    sessionhub_testkit::webhook_queue_conformance!(sentinel);
 }
 
 fn event(user: &str) -> Event {
