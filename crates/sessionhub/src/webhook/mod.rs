@@ -297,14 +297,17 @@ impl Webhooks {
         self.config.events.contains(kind)
     }
 
-    /// Queues an event of `kind` about `data` in the background, if `kind` is wanted. For
-    /// callers that cannot wait; [`Webhooks::send`] waits until the event is queued.
+    /// Queues an event of `kind` about `data` in the background, if `kind` is wanted; timed
+    /// now. For callers that must not wait for the queue (the presence heartbeat, whose
+    /// delay could get its node taken for dead); [`Webhooks::send`] waits until it is
+    /// queued.
     pub fn emit(self: &Arc<Self>, kind: EventKind, data: serde_json::Value) {
         if !self.wants(kind) {
             return;
         }
+        let event = Event::new(kind, &self.node, data);
         let this = self.clone();
-        tokio::spawn(async move { this.send(kind, data).await });
+        tokio::spawn(async move { this.push(event).await });
     }
 
     /// Queues an event of `kind` about `data`, if `kind` is wanted. A full or failing queue
@@ -313,7 +316,11 @@ impl Webhooks {
         if !self.wants(kind) {
             return;
         }
-        let event = Event::new(kind, &self.node, data);
+        self.push(Event::new(kind, &self.node, data)).await;
+    }
+
+    async fn push(&self, event: Event) {
+        let kind = event.kind;
         let reason = match self.queue.push(&event).await {
             Ok(true) => return,
             Ok(false) => {
