@@ -614,3 +614,41 @@ async fn presence_and_client_messages_are_sent() {
         ]
     );
 }
+
+/// An event whose every POST fails is dropped after `--webhook-max-attempts` of them,
+/// counted, and not tried again.
+#[tokio::test]
+async fn an_event_is_given_up_after_the_last_attempt() {
+    let receiver = Receiver::start(FAIL).await;
+    let url = receiver.url();
+    let args = hook_args(
+        &url,
+        &[
+            "--webhook-events",
+            "online",
+            "--webhook-max-attempts",
+            "2",
+            "--webhook-backoff",
+            "0.1",
+        ],
+    );
+    let node = node(&args);
+    let (_ws, _) = v1::open_v1(&node.ws(), "gus").await.unwrap();
+    let given_up = r#"sessionhub_webhooks_dropped_total{reason="attempts"}"#;
+    let deadline = Instant::now() + WAIT;
+    while metric(&node, given_up).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "not given up: {:?}",
+            receiver.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.requests().len(), 2, "two attempts, no third");
+    assert_eq!(
+        metric(&node, "sessionhub_webhooks_retried_total").await,
+        1.0
+    );
+    assert!(node.stderr().contains("giving up"), "logged");
+}
