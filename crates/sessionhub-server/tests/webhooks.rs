@@ -652,3 +652,75 @@ async fn an_event_is_given_up_after_the_last_attempt() {
     );
     assert!(node.stderr().contains("giving up"), "logged");
 }
+
+/// Bad webhook settings stop the server at start with an error that names them.
+#[test]
+fn bad_webhook_settings_are_refused_at_start() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--webhook-url", "http://127.0.0.1:9/hook"],
+            "--webhook-secret",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "ftp://example.com/",
+                "--webhook-secret",
+                "s",
+            ],
+            "http:// or https://",
+        ),
+        (
+            &[
+                "--webhook-url",
+                "http://127.0.0.1:9/",
+                "--webhook-secret",
+                "s",
+                "--webhook-events",
+                "online,bogus",
+            ],
+            "unknown webhook event \"bogus\"",
+        ),
+    ];
+    for (args, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data];
+        all.extend_from_slice(args);
+        let (code, stderr) = run_bounded(&all);
+        assert_ne!(code, Some(0), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// Runs the binary with `args` to completion, killed (and the test failed) if it is still
+/// running after 10 s: a setting that is not refused would leave it serving.
+fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(binary())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running with {args:?}: the setting was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr)
+}
