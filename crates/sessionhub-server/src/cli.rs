@@ -245,6 +245,11 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_MAX_PUBLISHES_PER_USER")]
     pub(crate) max_publishes_per_user: Option<Rate>,
 
+    /// Publishes from one client address (WebSocket and POST /sse/publish; not the API's),
+    /// N/s, N/m or N/h; unlimited when unset. Cluster-wide with --redis.
+    #[arg(long, env = "SESSIONHUB_MAX_PUBLISHES_PER_IP")]
+    pub(crate) max_publishes_per_ip: Option<Rate>,
+
     /// Logins (/login) from one client address, N/s, N/m or N/h; unlimited when unset.
     /// Cluster-wide with --redis.
     #[arg(long, env = "SESSIONHUB_MAX_LOGINS_PER_IP")]
@@ -388,6 +393,48 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_PROXY_ON_FAILURE", default_value = "deny",
           value_parser = ["deny", "allow"])]
     pub(crate) proxy_on_failure: String,
+
+    /// Where to POST signed webhook events (http:// or https://); none are sent without it.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_URL", requires = "webhook_secret")]
+    pub(crate) webhook_url: Option<String>,
+
+    /// Secrets that sign webhooks (comma-separated: each signs every request, so a receiver
+    /// can switch to a new one while the old one still verifies).
+    #[arg(
+        long,
+        env = "SESSIONHUB_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) webhook_secret: Vec<String>,
+
+    /// Which webhook events to send (comma-separated: online, offline, occupied, vacated,
+    /// join, leave, message, destroyed; default all).
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub(crate) webhook_events: Vec<sessionhub::webhook::EventKind>,
+
+    /// Seconds one webhook POST may take.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_TIMEOUT", default_value_t = 5.0, value_parser = seconds)]
+    pub(crate) webhook_timeout: f64,
+
+    /// Failed POSTs of one event before it is dropped (counted in /metrics).
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) webhook_max_attempts: u32,
+
+    /// Seconds before the first retry of a failed webhook; doubled per failure, with jitter.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_BACKOFF", default_value_t = 1.0, value_parser = seconds)]
+    pub(crate) webhook_backoff: f64,
+
+    /// Most seconds between retries of a webhook.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_MAX_BACKOFF", default_value_t = 60.0, value_parser = seconds)]
+    pub(crate) webhook_max_backoff: f64,
+
+    /// Most webhook events queued (cluster-wide with Redis); past it new events are dropped,
+    /// counted and logged.
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_QUEUE_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) webhook_queue_size: u64,
 }
 
 /// Every `serve` setting as its raw values, by name: what a reload compares.
@@ -512,9 +559,18 @@ fn drain_window(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Seconds, more than 0 and at most a minute: one hook call.
 fn proxy_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 60.0 => Ok(v),
         _ => Err("expected seconds, more than 0 and at most 60".into()),
+    }
+}
+
+/// Seconds, more than 0 and at most a day.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err("expected seconds, more than 0 and at most 86400".into()),
     }
 }

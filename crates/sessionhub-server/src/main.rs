@@ -29,6 +29,7 @@ use sessionhub::limits::{FallbackRateLimiter, Limits, RateLimiter, RedisRateLimi
 use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
+use sessionhub::webhook::{EventSet, LocalQueue, Queue, RedisQueue, WebhookConfig, Webhooks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -127,8 +128,10 @@ async fn run(
         ),
         None => None,
     };
+    let redis = redis.map(|redis| redis.prefix(&args.redis_prefix));
+    let webhooks = webhooks(&args, redis.as_ref(), &node_id)?;
     let backends = match redis {
-        Some(redis) => cluster(redis.prefix(&args.redis_prefix), &node_id, history, nats)?,
+        Some(redis) => cluster(redis, &node_id, history, nats)?,
         None => embedded(&args.data_dir, &node_id, history, nats)?,
     };
     let Backends {
@@ -193,6 +196,18 @@ async fn run(
         hub.track_presence(channels, backend);
     }
     let stop_presence = CancellationToken::new();
+    let stop_webhooks = CancellationToken::new();
+    let mut delivery = None;
+    if let Some(webhooks) = webhooks {
+        hub.set_webhooks(webhooks.clone());
+        if presence.is_none() {
+            // One node: its own users' first and last connections are the cluster's.
+            webhooks
+                .clone()
+                .watch_local_users(hub.clone(), stop_webhooks.clone());
+        }
+        delivery = Some(webhooks.spawn_delivery(stop_webhooks.clone()));
+    }
     let mut heartbeat = None;
     if let Some(presence) = presence {
         heartbeat = Some(
@@ -251,6 +266,12 @@ async fn run(
         // Withdraws this node from the online count; bounded so a dead Redis cannot hold
         // the stop.
         let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
+    }
+    // After the presence withdrawal, which queues its users' offline events: they are
+    // delivered by whichever node runs next (the queue keeps them).
+    stop_webhooks.cancel();
+    if let Some(delivery) = delivery {
+        let _ = tokio::time::timeout(Duration::from_secs(1), delivery).await;
     }
     tokio::time::timeout(SHUTDOWN_BUDGET / 2, store.persist())
         .await
@@ -386,6 +407,7 @@ fn limits(args: &Serve) -> Limits {
         connects_per_ip: Some(args.max_connections_per_ip),
         connects_per_user: args.max_connects_per_user,
         publishes_per_user: args.max_publishes_per_user,
+        publishes_per_ip: args.max_publishes_per_ip,
         logins_per_ip: args.max_logins_per_ip,
         logins_per_user: args.max_logins_per_user,
         messages_per_sec: args.max_messages_per_sec,
@@ -407,6 +429,58 @@ fn read_lines(path: Option<&Path>) -> anyhow::Result<Vec<String>> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect())
+}
+
+/// The webhooks, if `--webhook-url` is set: queued in Redis when there is one (one queue
+/// for the cluster), else in a redb file under the data directory.
+fn webhooks(
+    args: &Serve,
+    redis: Option<&RedisConfig>,
+    node_id: &str,
+) -> anyhow::Result<Option<Arc<Webhooks>>> {
+    let Some(url) = &args.webhook_url else {
+        return Ok(None);
+    };
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        bail!("--webhook-url must be an http:// or https:// URL");
+    }
+    if args.webhook_secret.iter().all(|s| s.is_empty()) {
+        bail!("--webhook-url needs --webhook-secret");
+    }
+    let timeout = Duration::from_secs_f64(args.webhook_timeout);
+    let config = WebhookConfig {
+        url: url.clone(),
+        secrets: args.webhook_secret.clone(),
+        events: if args.webhook_events.is_empty() {
+            EventSet::all()
+        } else {
+            args.webhook_events.iter().copied().collect()
+        },
+        timeout,
+        max_attempts: args.webhook_max_attempts,
+        backoff: Duration::from_secs_f64(args.webhook_backoff),
+        max_backoff: Duration::from_secs_f64(args.webhook_max_backoff),
+    };
+    let bound = args.webhook_queue_size as usize;
+    let queue: Arc<dyn Queue> = match redis {
+        // A claim outlives the deliveries of one batch (concurrent, each bounded by the
+        // timeout) with room to spare, so only a dead node's events change hands.
+        Some(redis) => Arc::new(
+            RedisQueue::lazy(redis, node_id, bound, timeout * 2 + Duration::from_secs(5))
+                .context("setting up the webhook queue in Redis")?,
+        ),
+        None => {
+            std::fs::create_dir_all(&args.data_dir).with_context(|| {
+                format!("creating the data directory {}", args.data_dir.display())
+            })?;
+            let path = args.data_dir.join("webhooks.redb");
+            Arc::new(
+                LocalQueue::open(&path, bound)
+                    .with_context(|| format!("opening the webhook queue {}", path.display()))?,
+            )
+        }
+    };
+    Ok(Some(Arc::new(Webhooks::new(config, queue, node_id))))
 }
 
 /// The parts that differ between the embedded default and cluster mode.

@@ -24,6 +24,7 @@ const LIVE: &[&str] = &[
     "max-connections-per-ip",
     "max-connects-per-user",
     "max-publishes-per-user",
+    "max-publishes-per-ip",
     "max-logins-per-ip",
     "max-logins-per-user",
     "max-messages-per-sec",

@@ -92,15 +92,40 @@ async fn client_publishes_of_one_user_are_limited_across_the_nodes() {
     for node in &nodes {
         sockets.push(open_v1(&node.ws(), "peggy").await.unwrap().0);
     }
-    let mut published = 0;
-    let mut limited = 0;
-    for i in 0..9 {
-        let ws = &mut sockets[i % 3];
+    assert_eq!(publish_round(&mut sockets, 9).await, (4, 5));
+    // The sockets stay open: a refused publish is an answer, not a close.
+    for ws in &mut sockets {
+        send_text(ws, r#"{"type":"ping","id":99}"#).await;
+        let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        assert!(matches!(pong, Ok(Some(Ok(_)))), "{pong:?}");
+    }
+}
+
+#[tokio::test]
+async fn client_publishes_from_one_address_are_limited_across_users_and_nodes() {
+    let (_redis, nodes) = three_nodes(&[
+        "--channel-rule",
+        "room:=subscribe,publish",
+        "--max-publishes-per-ip",
+        "3/m",
+    ]);
+    let mut sockets = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        sockets.push(open_v1(&node.ws(), &format!("user{i}")).await.unwrap().0);
+    }
+    assert_eq!(publish_round(&mut sockets, 6).await, (3, 3));
+}
+
+/// `count` publishes to `room:1`, taking turns on `sockets`; how many were published and how
+/// many refused with `rate_limited`.
+async fn publish_round(sockets: &mut [Ws], count: usize) -> (usize, usize) {
+    let (mut published, mut limited) = (0, 0);
+    for i in 0..count {
+        let ws = &mut sockets[i % sockets.len()];
         let frame = format!(r#"{{"type":"publish","channel":"room:1","data":{i},"id":{i}}}"#);
         send_text(ws, &frame).await;
         let reply: Value = loop {
-            let text = next_text(ws).await;
-            let reply: Value = serde_json::from_str(&text).unwrap();
+            let reply: Value = serde_json::from_str(&next_text(ws).await).unwrap();
             if reply["id"] == i {
                 break reply;
             }
@@ -111,11 +136,5 @@ async fn client_publishes_of_one_user_are_limited_across_the_nodes() {
             _ => panic!("unexpected reply {reply}"),
         }
     }
-    assert_eq!((published, limited), (4, 5));
-    // The sockets stay open: a refused publish is an answer, not a close.
-    for ws in &mut sockets {
-        send_text(ws, r#"{"type":"ping","id":99}"#).await;
-        let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
-        assert!(matches!(pong, Ok(Some(Ok(_)))), "{pong:?}");
-    }
+    (published, limited)
 }

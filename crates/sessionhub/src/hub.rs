@@ -42,6 +42,7 @@ use crate::presence::{
 };
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
 use crate::session::{SessionEvents, SessionId};
+use crate::webhook::{EventKind, Webhooks};
 
 /// Messages that may wait for one connection before it counts as a slow consumer.
 const OUTBOUND_QUEUE: usize = 256;
@@ -440,6 +441,8 @@ struct HubInner {
     /// The server API's questions to every node still waiting for answers.
     pending: control::Pending,
     tracking: OnceLock<Tracking>,
+    /// Shared with the tracker task, which starts before the server sets webhooks up.
+    webhooks: Arc<OnceLock<Arc<Webhooks>>>,
 }
 
 /// Which channels have presence, and the queue of their changes to the tracker task.
@@ -481,6 +484,7 @@ impl Hub {
                 build: OnceLock::new(),
                 pending: control::Pending::default(),
                 tracking: OnceLock::new(),
+                webhooks: Arc::default(),
             }),
         }
     }
@@ -523,8 +527,20 @@ impl Hub {
         }
         let broker = self.inner.broker.clone();
         let node = self.inner.node_id.clone();
-        tokio::spawn(track(queue, presence, broker, node));
+        let webhooks = self.inner.webhooks.clone();
+        tokio::spawn(track(queue, presence, broker, node, webhooks));
         true
+    }
+
+    /// Sends this hub's events (presence joins and leaves, users online and offline, client
+    /// messages) to `webhooks`; `false` if webhooks were set up already.
+    pub fn set_webhooks(&self, webhooks: Arc<Webhooks>) -> bool {
+        self.inner.webhooks.set(webhooks).is_ok()
+    }
+
+    /// The webhooks, if set up: for the callers that emit events.
+    pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
+        self.inner.webhooks.get()
     }
 
     /// Whether `channel` has presence.
@@ -558,6 +574,7 @@ impl Hub {
     /// Tells `channel`'s subscribers on every node that `user` joined or left it.
     pub(crate) async fn announce(&self, channel: &str, user: &str, transition: Transition) {
         announce(&self.inner.broker, channel, user, transition).await;
+        presence_webhook(self.webhooks(), channel, user, transition).await;
     }
 
     /// Starts noting which users come and go ([`Hub::take_user_changes`]); every user
@@ -760,6 +777,19 @@ impl SessionEvents for Hub {
             tracing::warn!(error = %e, "could not tell the cluster a session ended");
         }
     }
+
+    async fn destroyed(&self, id: &SessionId, principal: Option<&str>) {
+        if let Some(webhooks) = self.webhooks() {
+            // The id is dead from now on, so handing it to the application leaks nothing.
+            let data = serde_json::json!({"session": id.as_str(), "user": principal});
+            webhooks.send(EventKind::SessionDestroyed, data).await;
+        }
+    }
+
+    fn wants_destroyed(&self) -> bool {
+        self.webhooks()
+            .is_some_and(|webhooks| webhooks.wants(EventKind::SessionDestroyed))
+    }
 }
 
 /// The channel of the connections bound to session `id`.
@@ -786,6 +816,28 @@ async fn announce(broker: &Arc<dyn Broker>, channel: &str, user: &str, transitio
     }
 }
 
+/// Queues the webhook of a join or leave, which the presence backend answered to this node
+/// alone.
+async fn presence_webhook(
+    webhooks: Option<&Arc<Webhooks>>,
+    channel: &str,
+    user: &str,
+    transition: Transition,
+) {
+    let (Some(webhooks), Some(kind)) = (
+        webhooks,
+        match transition {
+            Transition::Joined(_) => Some(EventKind::Join),
+            Transition::Left(_) => Some(EventKind::Leave),
+            Transition::Unchanged => None,
+        },
+    ) else {
+        return;
+    };
+    let data = serde_json::json!({"channel": channel, "user": user});
+    webhooks.send(kind, data).await;
+}
+
 /// The tracker task: reports each presence change to the backend in order, and announces
 /// the joins and leaves it answers. Ends with the hub (when the queue's sender drops).
 async fn track(
@@ -793,6 +845,7 @@ async fn track(
     presence: Arc<dyn Presence>,
     broker: Arc<dyn Broker>,
     node: String,
+    webhooks: Arc<OnceLock<Arc<Webhooks>>>,
 ) {
     while let Some(change) = queue.recv().await {
         let update = NodeChange {
@@ -804,7 +857,9 @@ async fn track(
         };
         match presence.update(&update).await {
             Ok(transition) => {
-                announce(&broker, &change.channel, change.user.as_str(), transition).await
+                let user = change.user.as_str();
+                announce(&broker, &change.channel, user, transition).await;
+                presence_webhook(webhooks.get(), &change.channel, user, transition).await;
             }
             Err(e) => tracing::warn!(
                 error = %e,

@@ -21,6 +21,7 @@
 //!   every key name, every Lua script.
 //! - [`protocol`]: what travels over a socket, per protocol (the seed's and v1).
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
+//! - [`webhook`]: signed webhooks, queued once cluster-wide and delivered with retries.
 //! - [`telemetry`]: every metric it records, described and registered in one place.
 //! - [`error`]: the backends' typed errors and [`ApiError`], the one error users see.
 //!
@@ -45,6 +46,7 @@ pub mod redis;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;
 
 pub use error::ApiError;
 pub use session::{Session, SessionConfig, SessionLayer};

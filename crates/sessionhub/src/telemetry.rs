@@ -149,6 +149,26 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Histogram,
         "HTTP hook call latency, answer included [hook]",
     ),
+    (
+        "sessionhub_webhooks_delivered_total",
+        Kind::Counter,
+        "Webhook events the receiver accepted (2xx)",
+    ),
+    (
+        "sessionhub_webhooks_retried_total",
+        Kind::Counter,
+        "Webhook deliveries that failed (5xx, timeout, refused) and were queued for a retry",
+    ),
+    (
+        "sessionhub_webhooks_dropped_total",
+        Kind::Counter,
+        "Webhook events given up [reason: queue_full, queue_error, attempts, undecodable]",
+    ),
+    (
+        "sessionhub_webhook_delivery_seconds",
+        Kind::Histogram,
+        "From a webhook event happening to its receiver accepting it, retries included",
+    ),
 ];
 
 /// Describes every metric and registers it at zero with the installed recorder.

@@ -39,6 +39,8 @@
 //!   [`presence::PresenceFixture`], a hub and what counts its connections.
 //! - [`limits`]: [`limits_conformance!`](crate::limits_conformance) over a
 //!   [`limits::LimitsFixture`], a rate limiter.
+//! - [`webhook`]: [`webhook_queue_conformance!`](crate::webhook_queue_conformance) over a
+//!   [`webhook::QueueFixture`], queues opened as several consumers on one backend.
 
 use std::future::Future;
 use std::time::Duration;
@@ -47,6 +49,7 @@ pub mod broker;
 pub mod limits;
 pub mod presence;
 pub mod store;
+pub mod webhook;
 
 /// Whatever must live as long as the backend under test: a temp dir, a server, a task's
 /// stop token. Dropped with the fixture, after the check.

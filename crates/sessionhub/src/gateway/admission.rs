@@ -223,6 +223,11 @@ pub(super) fn expires_in(credentials: &Credentials) -> Option<u64> {
     }
 }
 
+/// The client's address, as the gateway's trusted proxies report it.
+pub(super) fn client_address(peer: SocketAddr, headers: &HeaderMap, gateway: &Gateway) -> IpAddr {
+    client_ip(peer, headers, &gateway.sessions.trusted_proxies)
+}
+
 /// The client's address: the peer, or the last hop a trusted proxy reports.
 pub(super) fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
     if !trusted.contains(&peer.ip()) {

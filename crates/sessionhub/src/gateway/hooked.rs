@@ -185,6 +185,15 @@ impl SessionEvents for HookedSessions {
     async fn created(&self, id: &SessionId) {
         self.hooks.session_created(id).await;
     }
+
+    // The hub's own: the `session.destroyed` webhook.
+    async fn destroyed(&self, id: &SessionId, principal: Option<&str>) {
+        self.hub.destroyed(id, principal).await;
+    }
+
+    fn wants_destroyed(&self) -> bool {
+        self.hub.wants_destroyed()
+    }
 }
 
 /// Looks at the lifetime of `hooked` if that is due (see [`Hooked::lifetime`]).

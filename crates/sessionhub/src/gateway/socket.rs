@@ -21,7 +21,8 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::admission::{
-    ConnectQuery, Credentials, admit, check_credentials, first_credentials_check, use_session,
+    ConnectQuery, Credentials, admit, check_credentials, client_address, first_credentials_check,
+    use_session,
 };
 use super::hooked::{self, next_look};
 use super::plan::Plan;
@@ -73,6 +74,9 @@ pub(crate) async fn upgrade_v1(
         .as_deref()
         .map(str::parse::<UserId>)
         .transpose()?;
+    let address = peer
+        .as_ref()
+        .map(|p| client_address(p.0.0, &headers, &gateway));
     let (user, credentials) = admit(&gateway, requested, &query, peer, &headers).await?;
     let limit = gateway.config.socket.max_message_size;
     let (user, hooked) =
@@ -83,7 +87,10 @@ pub(crate) async fn upgrade_v1(
             Err(denial) => return Ok(accept(ws, limit, move |socket| refuse(socket, denial))),
         };
     Ok(accept(ws, limit, move |socket| {
-        let protocol = Protocol::V1(V1::new(user.clone(), &credentials).with_hooks(hooked));
+        let v1 = V1::new(user.clone(), &credentials)
+            .with_hooks(hooked)
+            .with_address(address);
+        let protocol = Protocol::V1(v1);
         run(socket, user, credentials, gateway, protocol)
     }))
 }

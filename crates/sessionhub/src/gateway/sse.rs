@@ -28,7 +28,7 @@ use tokio::time::sleep_until;
 
 use super::admission::{
     ConnectQuery, Credentials, admit, authenticate, check_credentials, check_origin,
-    connection_token, first_credentials_check,
+    client_address, connection_token, first_credentials_check,
 };
 use super::hooked::{self, Publishing, next_look};
 use super::state::Gateway;
@@ -411,6 +411,7 @@ fn frame_type(frame: &str) -> String {
 pub(super) async fn publish(
     State(gateway): State<Gateway>,
     Query(query): Query<ConnectQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -438,7 +439,8 @@ pub(super) async fn publish(
         Err((e, _)) => return Err(frame_error(e)),
     };
     v1::may_publish(&channel, &gateway).map_err(frame_error)?;
-    v1::publish_rate(&user, &gateway).await?;
+    let address = peer.map(|p| client_address(p.0.0, &headers, &gateway));
+    v1::publish_rate(&user, address, &gateway).await?;
     let data = match &gateway.hooks {
         None => data,
         Some(hooks) => {

@@ -12,6 +12,7 @@
 //! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -43,6 +44,8 @@ pub(super) struct V1 {
     positions: HashMap<String, (Arc<str>, u64)>,
     /// What the application's hooks know of it, if the gateway has hooks.
     hooked: Option<Box<Hooked>>,
+    /// The client's address, for the per-address publish rate.
+    address: Option<IpAddr>,
     /// Channels joined at connect for the token's claim that the client has not subscribed
     /// to itself yet: its first `subscribe` to one recovers from its `recover` position
     /// instead of being refused, so a reconnecting client loses nothing on them.
@@ -59,6 +62,12 @@ pub(super) fn refusal(id: Option<u64>, e: &FrameError) -> String {
 }
 
 impl V1 {
+    /// The connection comes from `address` (publishes are rate limited per address too).
+    pub(super) fn with_address(mut self, address: Option<IpAddr>) -> Self {
+        self.address = address;
+        self
+    }
+
     pub(super) fn new(user: UserId, credentials: &Credentials) -> Self {
         let token_channels = match credentials {
             Credentials::Token { channels, .. } => channels.clone(),
@@ -71,6 +80,7 @@ impl V1 {
             positions: HashMap::new(),
             hooked: None,
             claimed_unconfirmed: HashSet::new(),
+            address: None,
         }
     }
 
@@ -155,13 +165,13 @@ impl V1 {
                 idempotency_key,
             } => {
                 let hooks = self.hooked.as_deref().map(Hooked::parts);
-                let user = &self.user;
+                let publisher = (&self.user, self.address);
                 Step::Plan(publish(
                     id,
                     channel,
                     data,
                     idempotency_key,
-                    user,
+                    publisher,
                     hooks,
                     gateway,
                 ))
@@ -607,7 +617,7 @@ fn publish(
     channel: String,
     data: Box<RawValue>,
     idempotency_key: Option<String>,
-    user: &UserId,
+    (user, address): (&UserId, Option<IpAddr>),
     hooks: Option<(Arc<dyn Hooks>, crate::hooks::Caller)>,
     gateway: &Gateway,
 ) -> Plan {
@@ -618,7 +628,7 @@ fn publish(
     let user = user.clone();
     Plan::Later(
         async move {
-            if let Err(e) = publish_rate(&user, &gateway).await {
+            if let Err(e) = publish_rate(&user, address, &gateway).await {
                 return vec![error(id, e.code(), e.to_string())];
             }
             let data = match hooks {
@@ -638,11 +648,23 @@ fn publish(
     )
 }
 
-/// Takes one publish from `user`'s rate (cluster-wide with a shared rate limiter).
-pub(super) async fn publish_rate(user: &UserId, gateway: &Gateway) -> Result<(), ApiError> {
-    let rate = gateway.security().limits.publishes_per_user;
+/// Takes one publish from `user`'s rate and from its address's (cluster-wide with a shared
+/// rate limiter).
+pub(super) async fn publish_rate(
+    user: &UserId,
+    address: Option<IpAddr>,
+    gateway: &Gateway,
+) -> Result<(), ApiError> {
+    let (per_user, per_ip) = {
+        let limits = &gateway.security().limits;
+        (limits.publishes_per_user, limits.publishes_per_ip)
+    };
+    if let Some(ip) = &address {
+        let per = Per::Address(ip);
+        gateway.rates.check(Limited::Publish, per, per_ip).await?;
+    }
     let per = Per::User(user.as_str());
-    gateway.rates.check(Limited::Publish, per, rate).await
+    gateway.rates.check(Limited::Publish, per, per_user).await
 }
 
 /// Whether a client may publish to `channel` itself.
@@ -668,8 +690,12 @@ pub(super) async fn publish_checked(
         history: true,
         idempotency_key,
     };
-    let data = Utf8Bytes::from(data.get().to_owned());
-    let receipt = gateway.hub.publish(channel, data, &options).await?;
+    let text = Utf8Bytes::from(data.get().to_owned());
+    let receipt = gateway.hub.publish(channel, text, &options).await?;
+    if let Some(webhooks) = gateway.hub.webhooks() {
+        let event = serde_json::json!({"channel": channel, "data": data});
+        webhooks.emit(crate::webhook::EventKind::Message, event);
+    }
     Ok(Reply::Published {
         id,
         channel,

@@ -256,6 +256,8 @@ pub struct Limits {
     /// Publishes of one user from clients (protocol v1 and `POST /sse/publish`; the API's
     /// publishes come from the application's backend and are not limited).
     pub publishes_per_user: Option<Rate>,
+    /// Publishes from one client address, from clients as for `publishes_per_user`.
+    pub publishes_per_ip: Option<Rate>,
     /// Logins from one client address.
     pub logins_per_ip: Option<Rate>,
     /// Logins of one user.
@@ -276,6 +278,7 @@ impl Default for Limits {
             connects_per_ip: Some(Rate::per_second(50)),
             connects_per_user: None,
             publishes_per_user: None,
+            publishes_per_ip: None,
             logins_per_ip: None,
             logins_per_user: None,
             messages_per_sec: 100,

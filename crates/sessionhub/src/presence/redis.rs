@@ -46,6 +46,7 @@ use crate::hub::{Hub, Online};
 use crate::protocol::UserId;
 use crate::redis::{Keys, Managed, Reconnect, RedisConfig, scripts};
 use crate::store::now_ms;
+use crate::webhook::EventKind;
 
 /// How long a node counts as alive after its last beat. A node killed without a word has
 /// its users' `leave`s announced within this plus [`REFRESH`] (13 s, under the 30 s
@@ -241,7 +242,9 @@ impl RedisPresence {
         for (user, _) in changes.iter().filter(|(_, d)| **d < 0) {
             invocation.arg(user.as_str());
         }
-        let absent: i64 = self.invoke(&invocation).await?;
+        let (absent, came, went): (i64, Vec<String>, Vec<String>) =
+            self.invoke(&invocation).await?;
+        users_webhook(hub, came, went);
         Ok(absent == 1)
     }
 
@@ -279,8 +282,10 @@ impl RedisPresence {
             .arg(node)
             .arg(mode)
             .arg(before);
-        let channels: Option<Vec<String>> = self.invoke(&invocation).await?;
-        for channel in channels.unwrap_or_default() {
+        let withdrawn: Option<(Vec<String>, Vec<String>)> = self.invoke(&invocation).await?;
+        let (channels, went) = withdrawn.unwrap_or_default();
+        users_webhook(hub, Vec::new(), went);
+        for channel in channels {
             let mut invocation = scripts::PRESENCE_CHANNEL_REAP.prepare_invoke();
             self.channel_keys(&mut invocation, &channel, node);
             let left: Vec<(String, u64)> = self.invoke(&invocation).await?;
@@ -417,6 +422,21 @@ impl Presence for RedisPresence {
             -1 => Transition::Left(version),
             _ => Transition::Unchanged,
         })
+    }
+}
+
+/// Queues the webhooks of users who came online or went offline cluster-wide, which the
+/// presence scripts answered to this node alone. In the background: a node starting with
+/// 10k users must not delay its next beat by 10k queue round trips.
+fn users_webhook(hub: &Hub, came: Vec<String>, went: Vec<String>) {
+    let Some(webhooks) = hub.webhooks() else {
+        return;
+    };
+    let kinds = [(EventKind::Online, came), (EventKind::Offline, went)];
+    for (kind, users) in kinds {
+        for user in users {
+            webhooks.emit(kind, serde_json::json!({"user": user}));
+        }
     }
 }
 

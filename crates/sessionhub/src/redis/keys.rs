@@ -12,6 +12,7 @@
 //! | a broker channel (pub/sub)    | `<prefix>ch:{<channel>}`                      |
 //! | its history                   | `<prefix>ch:{<channel>}:meta`, `:history`, `:idem:<key>` |
 //! | presence (online counts)      | `<prefix>presence:{presence}:nodes`, `:users`, `:node:<node id>`, `:users:<node id>`, `:channels:<node id>` |
+//! | the webhook queue             | `<prefix>webhooks:{webhooks}:stream`, `:delayed` |
 //! | a channel's presence          | `<prefix>ch:{<channel>}:presence:users`, `:presence:connections`, `:presence:node:<node id>` |
 //!
 //! Session ids are base64url and never contain braces. A channel may contain braces: only
@@ -96,6 +97,11 @@ impl Keys {
     /// The hash of every user online in the cluster (user -> how many nodes hold them).
     pub(crate) fn presence_users(&self) -> String {
         join(&self.prefix, &["presence:{presence}:users"])
+    }
+
+    /// A key of the webhook queue (`stream`, `delayed`), all in one slot.
+    pub(crate) fn webhooks(&self, what: &str) -> String {
+        join(&self.prefix, &["webhooks:{webhooks}:", what])
     }
 
     /// A key of `channel`'s presence (`users`, `connections`, `node:<node id>`), in the

@@ -49,6 +49,10 @@ pub(crate) static PRESENCE_CHANNEL_REAP: LazyLock<Script> = script!("presence_ch
 pub(crate) static PRESENCE_CHANNEL_STATS: LazyLock<Script> = script!("presence_channel_stats.lua");
 
 pub(crate) static LIMITS_TAKE: LazyLock<Script> = script!("limits_take.lua");
+pub(crate) static WEBHOOK_PUSH: LazyLock<Script> = script!("webhook_push.lua");
+pub(crate) static WEBHOOK_CLAIM: LazyLock<Script> = script!("webhook_claim.lua");
+pub(crate) static WEBHOOK_ACK: LazyLock<Script> = script!("webhook_ack.lua");
+pub(crate) static WEBHOOK_RETRY: LazyLock<Script> = script!("webhook_retry.lua");
 
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =

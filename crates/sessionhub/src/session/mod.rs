@@ -96,6 +96,18 @@ pub trait SessionEvents: Send + Sync + 'static {
     async fn created(&self, id: &SessionId) {
         let _ = id;
     }
+
+    /// Session `id` (of `principal`, if it had one) was destroyed: invalidated or evicted,
+    /// not rotated. Called after [`SessionEvents::ended`]; the default does nothing.
+    async fn destroyed(&self, id: &SessionId, principal: Option<&str>) {
+        let _ = (id, principal);
+    }
+
+    /// Whether [`SessionEvents::destroyed`] wants the principal: an invalidation then loads
+    /// a session it had not loaded, to know it (one store read). The default: no.
+    fn wants_destroyed(&self) -> bool {
+        false
+    }
 }
 
 /// How long a per-user index entry must outlive its last refresh: a refresh happens at most
@@ -367,6 +379,7 @@ impl Session {
             store.delete(&id).await?;
             store.index_remove(principal, &id).await?;
             self.announce_end(&id).await;
+            self.announce_destroyed(&id, Some(principal)).await;
         }
         Ok(())
     }
@@ -381,26 +394,35 @@ impl Session {
         }
     }
 
+    async fn announce_destroyed(&self, id: &SessionId, principal: Option<&str>) {
+        if let Some(events) = &self.inner.events {
+            events.destroyed(id, principal).await;
+        }
+    }
+
     /// Ends the session: the store forgets it now, and the client is told to drop the id.
     /// Writes after this go into a new session.
     pub async fn invalidate(&self) -> Result<(), StoreError> {
         let mut state = self.inner.state.lock().await;
-        if !state.pending.is_empty() {
+        let wants_principal = !state.loaded
+            && (self.inner.events.as_ref()).is_some_and(|events| events.wants_destroyed());
+        if !state.pending.is_empty() || wants_principal {
             // Changes waiting for the load: load now (they are dropped with the session), so
             // that the principal is known and its index entry goes too.
             self.load(&mut state).await?;
         }
         let ended = state.id.clone().filter(|_| state.stored || !state.loaded);
+        let principal = state
+            .record
+            .attributes
+            .get(PRINCIPAL)
+            .and_then(|p| p.as_str())
+            .map(str::to_owned);
         if let Some(id) = &ended {
             self.inner.store.delete(id).await?;
             // Unloaded, the principal is unknown; its index entry then lapses on its own
             // and readers of the index skip ended sessions.
-            if let Some(principal) = state
-                .record
-                .attributes
-                .get(PRINCIPAL)
-                .and_then(|p| p.as_str())
-            {
+            if let Some(principal) = &principal {
                 self.inner.store.index_remove(principal, id).await?;
             }
         }
@@ -409,6 +431,7 @@ impl Session {
         drop(state);
         if let Some(id) = ended {
             self.announce_end(&id).await;
+            self.announce_destroyed(&id, principal.as_deref()).await;
         }
         Ok(())
     }

@@ -6,8 +6,11 @@
 -- ARGV[1] node id, ARGV[2] the counts, ARGV[3] their TTL ms, ARGV[4] when the node's
 -- liveness expires (ms since the Unix epoch), ARGV[5] how many users were added; then the
 -- added users, then the removed ones.
--- Answers 1 if the node was not in the node set (a first beat, or the node was reaped while
--- it could not reach Redis: it must then send all its users again), else 0.
+-- Answers {absent, came, went}: absent is 1 if the node was not in the node set (a first
+-- beat, or the node was reaped while it could not reach Redis: it must then send all its
+-- users again), else 0; came, the users who thereby came online in the cluster (no other
+-- node held them), went, those who went offline (no node holds them now). Decided here,
+-- atomically, so that each comes out of one node's beat: the node that sends the webhooks.
 --
 -- Idempotent: a user counts for a node once however often it is sent (SADD/SREM decide),
 -- so a beat whose reply was lost may be sent again. Dead nodes are left in the node set
@@ -21,16 +24,20 @@
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 local new = redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 local added = tonumber(ARGV[5])
+local came, went = {}, {}
 for i = 6, 5 + added do
     if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
-        redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
+        if redis.call('HINCRBY', KEYS[4], ARGV[i], 1) == 1 then
+            table.insert(came, ARGV[i])
+        end
     end
 end
 for i = 6 + added, #ARGV do
     if redis.call('SREM', KEYS[3], ARGV[i]) == 1 then
         if redis.call('HINCRBY', KEYS[4], ARGV[i], -1) <= 0 then
             redis.call('HDEL', KEYS[4], ARGV[i])
+            table.insert(went, ARGV[i])
         end
     end
 end
-return new
+return {new, came, went}

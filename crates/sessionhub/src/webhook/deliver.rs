@@ -1,0 +1,170 @@
+//! The delivery task: claims events, POSTs each signed, acks what the receiver took and
+//! gives the rest back with backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use futures_util::future::join_all;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use super::{Claimed, Webhooks, signature};
+
+/// Most events one claim takes, delivered concurrently.
+const BATCH: usize = 16;
+/// How long the task waits before looking again when the queue had nothing due.
+const IDLE: Duration = Duration::from_millis(200);
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let ring = || Arc::new(rustls::crypto::ring::default_provider());
+    let tls = HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(ring())
+        .unwrap_or_else(|e| {
+            // No system roots: only http:// receivers work, which each failed POST logs.
+            tracing::warn!(error = %e, "no TLS root certificates for webhooks");
+            HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder_with_provider(ring())
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        })
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(tls)
+}
+
+/// The delay before retry number `attempt` (1 for the first): `base` doubled per failure,
+/// at most `max`, with "equal jitter" (half fixed, half random) so that events that
+/// failed together do not all come back together.
+pub(super) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let full = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    let mut byte = [0u8; 2];
+    let _ = getrandom::fill(&mut byte);
+    let random = f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX);
+    full / 2 + full.mul_f64(random / 2.0)
+}
+
+impl Webhooks {
+    /// Delivers queued events until `stop` is cancelled. Every node runs one; the queue
+    /// hands each event to one of them.
+    pub fn spawn_delivery(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let client = client();
+            loop {
+                let claimed = tokio::select! {
+                    () = stop.cancelled() => return,
+                    claimed = self.queue.claim(BATCH) => claimed,
+                };
+                let claimed = match claimed {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhooks: cannot claim events; retrying");
+                        Vec::new()
+                    }
+                };
+                if claimed.is_empty() {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(IDLE) => continue,
+                    }
+                }
+                join_all(claimed.iter().map(|c| self.deliver(&client, c))).await;
+            }
+        })
+    }
+
+    /// POSTs one event; acks it if the receiver took it, else retries it later or, past the
+    /// last attempt, drops it.
+    async fn deliver(&self, client: &HttpClient, claimed: &Claimed) {
+        let body = serde_json::to_vec(&claimed.event).expect("events serialize");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let request = axum::http::Request::post(&self.config.url)
+            .header("content-type", "application/json")
+            .header(
+                signature::HEADER,
+                signature::sign(&self.config.secrets, now, &body),
+            )
+            .header("Sessionhub-Event-Id", &claimed.event.id)
+            .header("Sessionhub-Event", claimed.event.kind.name())
+            .body(Full::new(Bytes::from(body)));
+        let outcome = match request {
+            Err(e) => Err(format!("invalid request: {e}")),
+            Ok(request) => {
+                match tokio::time::timeout(self.config.timeout, client.request(request)).await {
+                    Err(_) => Err("timed out".to_owned()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(response)) if response.status().is_success() => Ok(()),
+                    Ok(Ok(response)) => Err(format!("status {}", response.status())),
+                }
+            }
+        };
+        let id = &claimed.event.id;
+        let done = match outcome {
+            Ok(()) => {
+                metrics::counter!("sessionhub_webhooks_delivered_total").increment(1);
+                let age = crate::store::now_ms().saturating_sub(claimed.event.time);
+                metrics::histogram!("sessionhub_webhook_delivery_seconds")
+                    .record(age as f64 / 1000.0);
+                self.queue.ack(claimed).await
+            }
+            Err(why) if claimed.attempts + 1 >= self.config.max_attempts => {
+                tracing::warn!(%id, kind = %claimed.event.kind, error = why, attempts = claimed.attempts + 1, "webhook not delivered; giving up");
+                metrics::counter!("sessionhub_webhooks_dropped_total", "reason" => "attempts")
+                    .increment(1);
+                self.queue.ack(claimed).await
+            }
+            Err(why) => {
+                let delay = backoff(
+                    claimed.attempts + 1,
+                    self.config.backoff,
+                    self.config.max_backoff,
+                );
+                tracing::info!(%id, kind = %claimed.event.kind, error = why, ?delay, "webhook not delivered; retrying");
+                metrics::counter!("sessionhub_webhooks_retried_total").increment(1);
+                self.queue.retry(claimed, delay).await
+            }
+        };
+        if let Err(e) = done {
+            // The claim's lease runs out and the event is claimed again: delivered twice at
+            // worst, never lost.
+            tracing::warn!(%id, error = %e, "webhooks: queue not updated");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for attempt in 1..=4u32 {
+            let full = base * (1 << (attempt - 1));
+            for _ in 0..50 {
+                let d = backoff(attempt, base, max);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+            }
+        }
+        for _ in 0..50 {
+            let d = backoff(60, base, max);
+            assert!(d >= max / 2 && d <= max, "{d:?}");
+        }
+    }
+}

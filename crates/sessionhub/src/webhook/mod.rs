@@ -1,0 +1,368 @@
+//! Signed webhooks: the application hears when users come and go, channels fill and empty,
+//! presence changes, clients publish and sessions end, by an HTTP POST to its own URL.
+//!
+//! Whoever learns of an event once cluster-wide emits it ([`Webhooks::emit`]): the presence
+//! backend's scripts decide who announces a join, a leave, a user's first and last
+//! connection, so each comes out of exactly one node. The event goes into a [`Queue`] shared
+//! by the nodes (a Redis stream read by a consumer group in cluster mode; a redb file on a
+//! single node; memory otherwise), so it is delivered by one node, not by each, and survives
+//! the node that queued it. Every node runs a delivery task ([`Webhooks::spawn_delivery`])
+//! that claims events, POSTs each signed ([`signature`]), acknowledges what the receiver took
+//! (any 2xx) and gives the rest back for a later try, with exponential backoff and jitter,
+//! up to a number of attempts. Delivery is at least once: a node killed between the POST and
+//! the acknowledgement leaves the event to be claimed again, so every event carries an `id`
+//! for the receiver to drop duplicates.
+//!
+//! The body of each POST is one event as JSON:
+//! `{"id": "<32 hex>", "type": "user.online", "time": <ms since the Unix epoch>,
+//! "node": "<node id>", "data": {...}}`.
+
+mod deliver;
+mod local;
+mod redis;
+pub mod signature;
+
+pub use self::local::LocalQueue;
+pub use self::redis::RedisQueue;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A user's first connection anywhere in the cluster.
+    #[serde(rename = "user.online")]
+    Online,
+    /// A user's last connection anywhere in the cluster closed.
+    #[serde(rename = "user.offline")]
+    Offline,
+    /// A channel got its first subscriber anywhere in the cluster.
+    #[serde(rename = "channel.occupied")]
+    Occupied,
+    /// A channel lost its last subscriber anywhere in the cluster.
+    #[serde(rename = "channel.vacated")]
+    Vacated,
+    /// A user joined a presence channel.
+    #[serde(rename = "presence.join")]
+    Join,
+    /// A user left a presence channel.
+    #[serde(rename = "presence.leave")]
+    Leave,
+    /// A client published on a channel.
+    #[serde(rename = "client.message")]
+    Message,
+    /// A session was destroyed (logout, invalidation).
+    #[serde(rename = "session.destroyed")]
+    SessionDestroyed,
+}
+
+impl EventKind {
+    /// Every kind, in the order of the documentation.
+    pub const ALL: [EventKind; 8] = [
+        Self::Online,
+        Self::Offline,
+        Self::Occupied,
+        Self::Vacated,
+        Self::Join,
+        Self::Leave,
+        Self::Message,
+        Self::SessionDestroyed,
+    ];
+
+    /// The event's `type` in the body, e.g. `user.online`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Online => "user.online",
+            Self::Offline => "user.offline",
+            Self::Occupied => "channel.occupied",
+            Self::Vacated => "channel.vacated",
+            Self::Join => "presence.join",
+            Self::Leave => "presence.leave",
+            Self::Message => "client.message",
+            Self::SessionDestroyed => "session.destroyed",
+        }
+    }
+
+    /// The short name `--webhook-events` also takes (`online`, `join`, ...).
+    fn short(self) -> &'static str {
+        self.name().split_once('.').map_or("", |(_, s)| s)
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An event kind that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown webhook event {0:?} (expected one of: online, offline, occupied, vacated, join, leave, message, destroyed)"
+)]
+pub struct UnknownEvent(String);
+
+impl FromStr for EventKind {
+    type Err = UnknownEvent;
+
+    /// `user.online` or `online`, and so on.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s || k.short() == s)
+            .ok_or_else(|| UnknownEvent(s.to_owned()))
+    }
+}
+
+/// Which kinds of events are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSet(u16);
+
+impl EventSet {
+    /// Every kind.
+    pub fn all() -> Self {
+        Self::from_iter(EventKind::ALL)
+    }
+
+    /// Whether `kind` is in the set.
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+}
+
+impl FromIterator<EventKind> for EventSet {
+    fn from_iter<I: IntoIterator<Item = EventKind>>(iter: I) -> Self {
+        Self(iter.into_iter().fold(0, |set, k| set | k.bit()))
+    }
+}
+
+/// One event, as the receiver gets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique per event (128 random bits, hex): a retried or reclaimed delivery carries the
+    /// same id, so the receiver can drop duplicates.
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub time: u64,
+    /// The node that emitted it.
+    pub node: String,
+    /// What it is about (`user`, `channel`, `data`, `session`: per kind, see docs/hooks.md).
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// A new event of `kind` with a fresh id, timed now.
+    pub fn new(kind: EventKind, node: &str, data: serde_json::Value) -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS has randomness");
+        Self {
+            id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            kind,
+            time: crate::store::now_ms(),
+            node: node.to_owned(),
+            data,
+        }
+    }
+}
+
+/// An event claimed from a [`Queue`] by one consumer; nobody else gets it until the claim's
+/// lease runs out.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The event.
+    pub event: Event,
+    /// How many deliveries of it failed before this claim.
+    pub attempts: u32,
+    /// The backend's handle on the entry, for [`Queue::ack`] and [`Queue::retry`].
+    pub receipt: String,
+}
+
+/// A queue failed (its backend is unreachable or its storage broken).
+#[derive(Debug, thiserror::Error)]
+#[error("webhook queue ({backend}) unavailable: {source}")]
+pub struct QueueError {
+    backend: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl QueueError {
+    pub(crate) fn new(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
+/// A bounded queue of events shared by every node that delivers them: each event is claimed
+/// by one consumer at a time, and comes back to be claimed again if it is neither
+/// acknowledged nor retried within the lease (its consumer died).
+#[async_trait]
+pub trait Queue: Send + Sync + fmt::Debug + 'static {
+    /// Adds `event`; `Ok(false)` if the queue is at its bound (the event is dropped).
+    async fn push(&self, event: &Event) -> Result<bool, QueueError>;
+
+    /// Claims up to `max` events that are due, for this consumer, for the queue's lease.
+    async fn claim(&self, max: usize) -> Result<Vec<Claimed>, QueueError>;
+
+    /// Removes a claimed event: it was delivered (or given up on).
+    async fn ack(&self, claimed: &Claimed) -> Result<(), QueueError>;
+
+    /// Gives a claimed event back, with one more failed attempt, due again after `delay`.
+    async fn retry(&self, claimed: &Claimed, delay: Duration) -> Result<(), QueueError>;
+}
+
+/// Where and how webhooks are sent.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The receiver's URL (http or https).
+    pub url: String,
+    /// Signing secrets: each signs every request (one `v1=` each), so a receiver can move to
+    /// a new secret while the old one still verifies.
+    pub secrets: Vec<String>,
+    /// Which events are sent.
+    pub events: EventSet,
+    /// How long one POST may take.
+    pub timeout: Duration,
+    /// How many POSTs of one event may fail before it is dropped.
+    pub max_attempts: u32,
+    /// The delay before the first retry; it doubles with each failure (with jitter).
+    pub backoff: Duration,
+    /// The longest delay between retries.
+    pub max_backoff: Duration,
+}
+
+impl WebhookConfig {
+    /// Every event to `url`, signed with `secret`; 5 s timeout, 10 attempts, backoff from
+    /// 1 s to 60 s.
+    pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            secrets: vec![secret.into()],
+            events: EventSet::all(),
+            timeout: Duration::from_secs(5),
+            max_attempts: 10,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The webhooks of one node: emits events into the queue, delivers what it claims.
+pub struct Webhooks {
+    config: WebhookConfig,
+    queue: Arc<dyn Queue>,
+    node: String,
+}
+
+impl fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("url", &self.config.url)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// Webhooks of node `node` per `config`, queued in `queue`.
+    pub fn new(config: WebhookConfig, queue: Arc<dyn Queue>, node: impl Into<String>) -> Self {
+        Self {
+            config,
+            queue,
+            node: node.into(),
+        }
+    }
+
+    /// Whether events of `kind` are sent: callers skip the work of finding them out if not.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.config.events.contains(kind)
+    }
+
+    /// Queues an event of `kind` about `data` in the background, if `kind` is wanted; timed
+    /// now. For callers that must not wait for the queue (the presence heartbeat, whose
+    /// delay could get its node taken for dead); [`Webhooks::send`] waits until it is
+    /// queued.
+    pub fn emit(self: &Arc<Self>, kind: EventKind, data: serde_json::Value) {
+        if !self.wants(kind) {
+            return;
+        }
+        let event = Event::new(kind, &self.node, data);
+        let this = self.clone();
+        tokio::spawn(async move { this.push(event).await });
+    }
+
+    /// Queues an event of `kind` about `data`, if `kind` is wanted. A full or failing queue
+    /// drops it, counted and logged.
+    pub async fn send(&self, kind: EventKind, data: serde_json::Value) {
+        if !self.wants(kind) {
+            return;
+        }
+        self.push(Event::new(kind, &self.node, data)).await;
+    }
+
+    async fn push(&self, event: Event) {
+        let kind = event.kind;
+        let reason = match self.queue.push(&event).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(id = %event.id, kind = %kind, "webhook queue full: event dropped");
+                "queue_full"
+            }
+            Err(e) => {
+                tracing::warn!(id = %event.id, kind = %kind, error = %e, "webhook not queued: event dropped");
+                "queue_error"
+            }
+        };
+        metrics::counter!("sessionhub_webhooks_dropped_total", "reason" => reason).increment(1);
+    }
+}
+
+impl Webhooks {
+    /// Sends `hub`'s users' first and last connections as online and offline events, for a
+    /// node with no cluster presence: on one node they are the cluster's. (With Redis the
+    /// presence heartbeat decides them, cluster-wide.)
+    pub fn watch_local_users(
+        self: Arc<Self>,
+        hub: crate::hub::Hub,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        hub.track_users();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                for (user, delta) in hub.take_user_changes(usize::MAX) {
+                    let kind = if delta > 0 {
+                        EventKind::Online
+                    } else {
+                        EventKind::Offline
+                    };
+                    self.send(kind, serde_json::json!({"user": user.as_str()}))
+                        .await;
+                }
+            }
+        })
+    }
+}
