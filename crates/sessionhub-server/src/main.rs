@@ -29,7 +29,9 @@ use sessionhub::limits::{FallbackRateLimiter, Limits, RateLimiter, RedisRateLimi
 use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
-use sessionhub::webhook::{EventSet, LocalQueue, Queue, RedisQueue, WebhookConfig, Webhooks};
+use sessionhub::webhook::{
+    EventKind, EventSet, LocalQueue, Queue, RedisQueue, WebhookConfig, Webhooks,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -188,12 +190,19 @@ async fn run(
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
     let channels = PresenceChannels::new(args.presence_channels.clone());
-    if !channels.is_empty() {
+    // Occupancy is counted by the presence backend, as a presence channel's users are.
+    let occupancy = webhooks
+        .as_ref()
+        .is_some_and(|w| w.wants(EventKind::Occupied) || w.wants(EventKind::Vacated));
+    if !channels.is_empty() || occupancy {
         let backend: Arc<dyn Presence> = match &presence {
             Some(presence) => presence.clone(),
             None => Arc::new(LocalPresence::new(&hub)),
         };
         hub.track_presence(channels, backend);
+    }
+    if occupancy {
+        hub.track_occupancy();
     }
     let stop_presence = CancellationToken::new();
     let stop_webhooks = CancellationToken::new();

@@ -615,6 +615,91 @@ async fn presence_and_client_messages_are_sent() {
     );
 }
 
+/// The `(type, channel)` of every `channel.*` event received, in order.
+fn occupancy_events(receiver: &Receiver) -> Vec<(String, String)> {
+    let events = receiver.state.events.lock().unwrap();
+    events
+        .iter()
+        .filter(|(_, e, _)| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("channel."))
+        })
+        .map(|(_, e, _)| {
+            let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (field(&e["type"]), field(&e["data"]["channel"]))
+        })
+        .collect()
+}
+
+/// A channel's first subscriber anywhere in the cluster sends one `channel.occupied` and its
+/// last one gone one `channel.vacated`, however many nodes have subscribers in between; a
+/// node killed while it held the last subscriber is reaped and the channel vacated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_is_occupied_and_vacated_once_across_three_nodes() {
+    let receiver = Receiver::start(ACCEPT).await;
+    let url = receiver.url();
+    let redis = RedisServer::start_async().await;
+    let redis_url = redis.url();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let extra = [
+                "--redis",
+                &redis_url,
+                "--node-id",
+                &name,
+                "--webhook-events",
+                "occupied,vacated",
+            ];
+            node(&hook_args(&url, &extra))
+        })
+        .collect();
+    let subscribe = |ws: String, user: &'static str| async move {
+        let (mut ws, _) = v1::open_v1(&ws, user).await.unwrap();
+        send_text(&mut ws, &v1::subscribe_frame("room:9", None)).await;
+        let reply: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        ws
+    };
+    let occupied = || ("channel.occupied".to_owned(), "room:9".to_owned());
+    let vacated = || ("channel.vacated".to_owned(), "room:9".to_owned());
+    let settle = || tokio::time::sleep(Duration::from_millis(700));
+
+    let mut on_a = subscribe(nodes[0].ws(), "ann").await;
+    settle().await;
+    let mut on_b = subscribe(nodes[1].ws(), "bob").await;
+    settle().await;
+    on_a.close(None).await.unwrap();
+    settle().await;
+    on_b.close(None).await.unwrap();
+    receiver
+        .wait_for(|_| occupancy_events(&receiver).len() >= 2, WAIT)
+        .await;
+    settle().await;
+    assert_eq!(occupancy_events(&receiver), vec![occupied(), vacated()]);
+
+    // The last subscriber's node dies: a survivor reaps it and the channel is vacated.
+    let _on_c = subscribe(nodes[2].ws(), "cid").await;
+    receiver
+        .wait_for(|_| occupancy_events(&receiver).len() >= 3, WAIT)
+        .await;
+    nodes[2].kill();
+    let killed = Instant::now();
+    receiver
+        .wait_for(
+            |_| occupancy_events(&receiver).len() >= 4,
+            Duration::from_secs(30),
+        )
+        .await;
+    println!("vacated {:?} after the kill", killed.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        occupancy_events(&receiver),
+        vec![occupied(), vacated(), occupied(), vacated()]
+    );
+}
+
 /// An event whose every POST fails is dropped after `--webhook-max-attempts` of them,
 /// counted, and not tried again.
 #[tokio::test]

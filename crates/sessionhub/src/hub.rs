@@ -58,6 +58,15 @@ const PRESENCE_WAIT: Duration = Duration::from_secs(5);
 /// Prefix of the internal channels that carry a presence channel's `join` and `leave`
 /// frames; clients may not name them.
 pub(crate) const PRESENCE_EVENTS_PREFIX: &str = "$presence:";
+/// Where a channel's occupancy is counted in the presence backend: `$occupancy:<channel>`,
+/// with one pseudo-user ([`SUBSCRIBERS`]) whose "connections" are the nodes that have
+/// subscribers on the channel. Its join is the channel's first subscriber anywhere, its
+/// leave the last one gone (a dead node's included, reaped as presence is): the
+/// `channel.occupied` and `channel.vacated` webhooks, decided once cluster-wide.
+const OCCUPANCY_PREFIX: &str = "$occupancy:";
+/// The pseudo-user of an occupancy channel.
+static SUBSCRIBERS: std::sync::LazyLock<UserId> =
+    std::sync::LazyLock::new(|| "subscribers".parse().expect("a valid user id"));
 
 /// Counts of what is connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -441,6 +450,9 @@ struct HubInner {
     /// The server API's questions to every node still waiting for answers.
     pending: control::Pending,
     tracking: OnceLock<Tracking>,
+    /// Whether channels' occupancy is reported to the presence backend
+    /// ([`Hub::track_occupancy`]).
+    occupancy: std::sync::atomic::AtomicBool,
     /// Shared with the tracker task, which starts before the server sets webhooks up.
     webhooks: Arc<OnceLock<Arc<Webhooks>>>,
 }
@@ -485,6 +497,7 @@ impl Hub {
                 pending: control::Pending::default(),
                 tracking: OnceLock::new(),
                 webhooks: Arc::default(),
+                occupancy: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -551,12 +564,52 @@ impl Hub {
             .is_some_and(|t| t.channels.covers(channel))
     }
 
+    /// Also reports to the presence backend when a public channel gets its first subscriber
+    /// on this node and loses its last, so that the `channel.occupied` and `channel.vacated`
+    /// webhooks go out once cluster-wide. Needs [`Hub::track_presence`] (with no presence
+    /// channels, if none have presence) and webhooks that want them; call before
+    /// connections join channels.
+    pub fn track_occupancy(&self) {
+        self.inner
+            .occupancy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queues an occupancy change of `channel` on this node (its first member came, `now`
+    /// 1, or its last went, `now` 0) for the tracker, if occupancy is tracked. Called under
+    /// the registry's channel lock, so the tracker gets the changes in order.
+    fn count_occupancy(&self, channel: &str, now: usize) {
+        let occupancy = self
+            .inner
+            .occupancy
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Some(tracking) = self.inner.tracking.get().filter(|_| occupancy) else {
+            return;
+        };
+        if !crate::protocol::is_public_channel_name(channel) {
+            return;
+        }
+        let _ = tracking.changes.send(PresenceChange {
+            channel: [OCCUPANCY_PREFIX, channel].concat(),
+            user: SUBSCRIBERS.clone(),
+            was: 1 - now,
+            now,
+            done: None,
+        });
+    }
+
     /// Reports every local user of every presence channel to the backend again, as if each
     /// had just joined: after the cluster took this node for dead and removed its entries.
     pub(crate) fn resend_presence(&self) {
         let Some(tracking) = self.inner.tracking.get() else {
             return;
         };
+        {
+            let channels = self.inner.registry.channels.lock().unwrap();
+            for channel in channels.keys() {
+                self.count_occupancy(channel, 1);
+            }
+        }
         let presence = self.inner.registry.presence.lock().unwrap();
         for (channel, users) in presence.iter() {
             for (user, connections) in users {
@@ -804,6 +857,9 @@ pub(crate) fn presence_events_channel(channel: &str) -> String {
 
 /// Publishes that `user` joined or left `channel`, as the v1 frame its subscribers get.
 async fn announce(broker: &Arc<dyn Broker>, channel: &str, user: &str, transition: Transition) {
+    if channel.starts_with(OCCUPANCY_PREFIX) {
+        return;
+    }
     let Some(frame) = v1::presence_event(channel, user, transition) else {
         return;
     };
@@ -817,24 +873,31 @@ async fn announce(broker: &Arc<dyn Broker>, channel: &str, user: &str, transitio
 }
 
 /// Queues the webhook of a join or leave, which the presence backend answered to this node
-/// alone.
+/// alone: a user's on a presence channel, or the occupancy of a channel (occupied, vacated).
 async fn presence_webhook(
     webhooks: Option<&Arc<Webhooks>>,
     channel: &str,
     user: &str,
     transition: Transition,
 ) {
-    let (Some(webhooks), Some(kind)) = (
-        webhooks,
-        match transition {
-            Transition::Joined(_) => Some(EventKind::Join),
-            Transition::Left(_) => Some(EventKind::Leave),
-            Transition::Unchanged => None,
-        },
-    ) else {
-        return;
+    let Some(webhooks) = webhooks else { return };
+    let (kind, data) = match (channel.strip_prefix(OCCUPANCY_PREFIX), transition) {
+        (_, Transition::Unchanged) => return,
+        (Some(channel), Transition::Joined(_)) => {
+            (EventKind::Occupied, serde_json::json!({"channel": channel}))
+        }
+        (Some(channel), Transition::Left(_)) => {
+            (EventKind::Vacated, serde_json::json!({"channel": channel}))
+        }
+        (None, Transition::Joined(_)) => (
+            EventKind::Join,
+            serde_json::json!({"channel": channel, "user": user}),
+        ),
+        (None, Transition::Left(_)) => (
+            EventKind::Leave,
+            serde_json::json!({"channel": channel, "user": user}),
+        ),
     };
-    let data = serde_json::json!({"channel": channel, "user": user});
     webhooks.send(kind, data).await;
 }
 
@@ -922,10 +985,11 @@ impl Connection {
     /// is subscribed to it.
     fn add_member(&self, channel: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
         let mut channels = self.hub.inner.registry.channels.lock().unwrap();
-        channels
-            .entry(channel.to_owned())
-            .or_default()
-            .push(self.member.clone());
+        let members = channels.entry(channel.to_owned()).or_default();
+        if members.is_empty() {
+            self.hub.count_occupancy(channel, 1);
+        }
+        members.push(self.member.clone());
         // Asked on every join, not only the first: an earlier member's SUBSCRIBE may still
         // be in flight, and this member must not be told it is subscribed before the node
         // is. The broker answers once a subscription round that started after this call
@@ -942,6 +1006,7 @@ impl Connection {
             members.retain(|m| m.id != self.member.id);
             if members.is_empty() {
                 channels.remove(channel);
+                self.hub.count_occupancy(channel, 0);
                 self.hub.inner.broker.unsubscribe(channel);
                 if channel.starts_with(PRESENCE_EVENTS_PREFIX) {
                     let registry = &self.hub.inner.registry;
