@@ -307,7 +307,10 @@ async fn the_publish_hook_transforms_for_every_node_and_refuses() {
         (Some("wrap:1"), &json!({"n": 1}))
     );
 
-    for (n, channel) in ["deny:1", "stall:1", "fail:1"].into_iter().enumerate() {
+    // The application's own code comes along (4102 from the backend; 4503 when it could not
+    // be asked).
+    let refusals = [("deny:1", 4102), ("stall:1", 4503), ("fail:1", 4503)];
+    for (n, (channel, app_code)) in refusals.into_iter().enumerate() {
         let frame = json!({"type": "publish", "channel": channel, "data": 1, "id": n});
         send_text(&mut writer, &frame.to_string()).await;
         let reply = next_json(&mut writer).await;
@@ -315,9 +318,15 @@ async fn the_publish_hook_transforms_for_every_node_and_refuses() {
             (
                 reply["type"].as_str(),
                 reply["code"].as_str(),
-                reply["id"].as_u64()
+                reply["id"].as_u64(),
+                reply["app_code"].as_u64()
             ),
-            (Some("error"), Some("denied"), Some(n as u64)),
+            (
+                Some("error"),
+                Some("denied"),
+                Some(n as u64),
+                Some(app_code)
+            ),
             "{reply}"
         );
     }

@@ -53,7 +53,13 @@ pub(super) struct V1 {
 }
 
 fn error(id: Option<u64>, code: &str, message: String) -> String {
-    Reply::Error { id, code, message }.to_text()
+    Reply::Error {
+        id,
+        code,
+        message,
+        app_code: None,
+    }
+    .to_text()
 }
 
 /// The error reply to a refused frame, with the frame's `id` if it had one.
@@ -595,7 +601,13 @@ pub(super) enum ChannelChange {
 
 /// The `error` reply to a frame a hook refused.
 pub(super) fn denied(id: Option<u64>, denial: &Denial) -> String {
-    error(id, "denied", denial.reason.clone())
+    Reply::Error {
+        id,
+        code: "denied",
+        message: denial.reason.clone(),
+        app_code: Some(denial.code),
+    }
+    .to_text()
 }
 
 /// The `published` reply to a publish the application took (nothing was published).

@@ -294,6 +294,9 @@ pub(crate) enum Reply<'a> {
         id: Option<u64>,
         code: &'a str,
         message: String,
+        /// The application's own code for a refusal its hook made (`denied`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        app_code: Option<u16>,
     },
     Disconnect {
         code: u16,
@@ -452,6 +455,7 @@ mod tests {
             id: None,
             code: "binary_not_supported",
             message: "m".into(),
+            app_code: None,
         };
         assert_eq!(
             error.to_text(),
