@@ -1,4 +1,4 @@
-//! The one outbound HTTP client setup (JWKS fetches, HTTP hooks): hyper's pooled client over
+//! The one outbound HTTP client setup (JWKS fetches, HTTP hooks, webhooks): hyper's pooled client over
 //! rustls with ring, the provider the Redis client uses. Not reqwest: its TLS without a
 //! built-in provider would, once cargo unified features, make every reqwest client of the
 //! application need one installed first.

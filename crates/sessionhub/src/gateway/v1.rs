@@ -377,22 +377,12 @@ impl V1 {
         };
         let mut replies = Vec::with_capacity(channels.len());
         for channel in channels {
-            if self.positions.contains_key(&channel) {
-                continue;
-            }
-            let subscribed = self
-                .subscribe(
-                    None,
-                    &channel,
-                    None,
-                    None,
-                    connection,
-                    credentials,
-                    gateway,
-                    true,
-                )
-                .await;
-            replies.push(subscribed.unwrap_or_else(|refused| refused.reply(None)));
+            // As the server API's subscribe: no channel rules, a channel joined already skipped.
+            let order = Outbound::Subscribe(channel.as_str().into());
+            replies.extend(
+                self.by_server(&order, connection, credentials, gateway)
+                    .await,
+            );
         }
         replies
     }

@@ -7,10 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use futures_util::future::join_all;
 use http_body_util::Full;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use super::{Claimed, Webhooks, signature};
@@ -23,24 +22,7 @@ const IDLE: Duration = Duration::from_millis(200);
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn client() -> HttpClient {
-    let ring = || Arc::new(rustls::crypto::ring::default_provider());
-    let tls = HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(ring())
-        .unwrap_or_else(|e| {
-            // No system roots: only http:// receivers work, which each failed POST logs.
-            tracing::warn!(error = %e, "no TLS root certificates for webhooks");
-            HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder_with_provider(ring())
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-        })
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(tls)
+    crate::http_client::pooled()
 }
 
 /// The delay before retry number `attempt` (1 for the first): `base` doubled per failure,
