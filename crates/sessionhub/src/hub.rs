@@ -11,13 +11,21 @@
 //! the tracker publishes a `join` or `leave` frame on the channel's companion
 //! `$presence:<channel>`, which every connection on a presence channel joins with it.
 //!
+//! The same tracker counts occupancy when the webhooks want `channel.occupied` /
+//! `channel.vacated` ([`Hub::track_occupancy`]): a channel's first local member and its last
+//! are reported as a pseudo-user of `$occupancy:<channel>`, so the presence backend decides
+//! once, cluster-wide, when a channel gains its first subscriber anywhere and loses its last.
+//! The tracker queues the presence and occupancy webhooks the backend's answers call for.
+//!
 //! Each member has a bounded outbound queue. Delivery never waits: a member whose queue is
 //! full is a slow consumer and is told to disconnect, so one stuck client can neither stall
 //! the others nor grow the server's memory.
 //!
-//! Over 700 lines: the registry, the hub, a connection and the presence tracker all work on
-//! the registry's private state under its locks (the order of subscribes, and of presence
-//! changes, is kept by taking them under those locks), and their unit tests sit with them.
+//! Over 700 lines: the registry, the hub, a connection and the presence (and occupancy)
+//! tracker all work on the registry's private state under its locks (the order of
+//! subscribes, and of presence and occupancy changes, is kept by taking them under those
+//! locks), and their unit tests sit with them. The tracker and its webhooks are the part
+//! that could move out next (`hub/track.rs`), once the registry's locks have an interface.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};

@@ -9,7 +9,10 @@
 //! so a client never silently skips a publication.
 //!
 //! Over 700 lines with its tests, which drive that state through whole conversations on a
-//! real local hub (subscribe, recover, live delivery, limits); the code itself is half.
+//! real local hub (subscribe, recover, live delivery, limits). The code is about 720 lines:
+//! who may join a channel (rules, private-channel tokens, the token's claim, hooks), the
+//! join with its recovery, publishes (rates, hooks) and the server's own orders. The access
+//! checks (`may_join`, `may_subscribe`, `may_publish`) are the piece to move out next.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
