@@ -96,7 +96,8 @@ async fn the_shops_hooks_refuse_admin_channels_and_stamp_chat_messages() {
     let refused = next_json(&mut ann).await;
     assert_eq!(
         refused,
-        json!({"type": "error", "id": 1, "code": "denied", "message": "admins only"})
+        // 4403: the code of `Denial::forbidden`, the example's refusal.
+        json!({"type": "error", "id": 1, "code": "denied", "message": "admins only", "app_code": 4403})
     );
     let mut root = open("root").await;
     root.send(Message::text(subscribe("admin:orders")))
