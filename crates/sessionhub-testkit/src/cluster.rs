@@ -135,6 +135,27 @@ impl RedisCluster {
             .expect("the Redis Cluster starts")
     }
 
+    /// A cluster shared by the tests of this process while any of them holds it, and a key
+    /// prefix no other caller gets (`check<n>:`). A six-node cluster takes ~3 s to start:
+    /// once per check would be minutes. With its own prefix, a check running beside others
+    /// never sees their keys. The last holder to drop it stops the processes; a later
+    /// caller starts another.
+    pub async fn shared() -> (std::sync::Arc<Self>, String) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Weak};
+        static SHARED: tokio::sync::Mutex<Weak<RedisCluster>> =
+            tokio::sync::Mutex::const_new(Weak::new());
+        static CHECKS: AtomicUsize = AtomicUsize::new(0);
+        let prefix = format!("check{}:", CHECKS.fetch_add(1, Ordering::Relaxed));
+        let mut shared = SHARED.lock().await;
+        if let Some(cluster) = shared.upgrade() {
+            return (cluster, prefix);
+        }
+        let cluster = Arc::new(Self::start_async().await);
+        *shared = Arc::downgrade(&cluster);
+        (cluster, prefix)
+    }
+
     /// [`RedisCluster::start`] with `primaries` primaries (at least one), the slots split
     /// evenly between them, and `replicas_per_primary` replicas each: `(1, 0)` is a one
     /// shard cluster, settled in about two seconds.

@@ -4,8 +4,7 @@
 //! bucket, and while Redis is down each node keeps a limit of its own
 //! (`FallbackRateLimiter`) and goes back to the shared buckets when Redis returns.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::limits::{FallbackRateLimiter, Rate, RateLimiter, RedisRateLimiter, Verdict};
@@ -34,22 +33,8 @@ mod standalone {
 mod cluster {
     use super::*;
 
-    /// The cluster the checks share while any of them runs; each has a prefix of its own.
-    static SHARED: tokio::sync::Mutex<Weak<RedisCluster>> =
-        tokio::sync::Mutex::const_new(Weak::new());
-    static CHECKS: AtomicUsize = AtomicUsize::new(0);
-
     async fn cluster() -> LimitsFixture {
-        let mut shared = SHARED.lock().await;
-        let cluster = match shared.upgrade() {
-            Some(cluster) => cluster,
-            None => {
-                let cluster = Arc::new(RedisCluster::start_async().await);
-                *shared = Arc::downgrade(&cluster);
-                cluster
-            }
-        };
-        let prefix = format!("check{}:", CHECKS.fetch_add(1, Ordering::Relaxed));
+        let (cluster, prefix) = RedisCluster::shared().await;
         let config = RedisConfig::cluster(&cluster.urls())
             .unwrap()
             .prefix(&prefix);

@@ -6,8 +6,7 @@
 //! Every presence key is in the `{presence}` slot, so a heartbeat's script and a count's
 //! `MGET` each go to one primary.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::Hub;
@@ -21,22 +20,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// A fault test's bound: starting the cluster (~3 s), a failover (~4 s) and the checks.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The cluster the conformance checks share while any of them runs (as in
-/// `store_cluster.rs`); each check has a prefix of its own.
-static SHARED: tokio::sync::Mutex<Weak<RedisCluster>> = tokio::sync::Mutex::const_new(Weak::new());
-/// Numbers the checks' prefixes.
-static CHECKS: AtomicUsize = AtomicUsize::new(0);
-
-async fn shared_cluster() -> Arc<RedisCluster> {
-    let mut shared = SHARED.lock().await;
-    if let Some(cluster) = shared.upgrade() {
-        return cluster;
-    }
-    let cluster = Arc::new(RedisCluster::start_async().await);
-    *shared = Arc::downgrade(&cluster);
-    cluster
-}
 
 /// One node: its hub and its presence, publishing until the guard is dropped.
 struct Node {
@@ -60,8 +43,7 @@ impl Node {
 }
 
 async fn cluster() -> PresenceFixture {
-    let cluster = shared_cluster().await;
-    let prefix = format!("check{}:", CHECKS.fetch_add(1, Ordering::Relaxed));
+    let (cluster, prefix) = RedisCluster::shared().await;
     let config = RedisConfig::cluster(&cluster.urls())
         .unwrap()
         .prefix(&prefix);

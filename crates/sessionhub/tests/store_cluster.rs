@@ -5,8 +5,7 @@
 //! updates and by a logout, a primary killed and replaced by its replica, and a slot moved
 //! to another primary while its sessions are used.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::AsyncCommands;
@@ -32,31 +31,12 @@ const FAILOVER: Duration = Duration::from_secs(15);
 /// How long the store may take to serve again once the cluster has settled after a failover.
 const FOLLOW: Duration = Duration::from_secs(3);
 
-/// The cluster the conformance checks share while any of them runs: a six-node cluster
-/// takes ~3 s to start, once per check would be some 90 s. Each check keeps its keys under
-/// a prefix of its own, so checks running at the same time do not see each other. The last
-/// check to finish drops it (the processes go with it); a later check starts another.
-static SHARED: tokio::sync::Mutex<Weak<RedisCluster>> = tokio::sync::Mutex::const_new(Weak::new());
-/// Numbers the checks' prefixes.
-static CHECKS: AtomicUsize = AtomicUsize::new(0);
-
-async fn shared_cluster() -> Arc<RedisCluster> {
-    let mut shared = SHARED.lock().await;
-    if let Some(cluster) = shared.upgrade() {
-        return cluster;
-    }
-    let cluster = Arc::new(RedisCluster::start_async().await);
-    *shared = Arc::downgrade(&cluster);
-    cluster
-}
-
 fn config(cluster: &RedisCluster) -> RedisConfig {
     RedisConfig::cluster(&cluster.urls()).unwrap()
 }
 
 async fn cluster() -> StoreFixture {
-    let cluster = shared_cluster().await;
-    let prefix = format!("check{}:", CHECKS.fetch_add(1, Ordering::Relaxed));
+    let (cluster, prefix) = RedisCluster::shared().await;
     let store = RedisStore::lazy(&config(&cluster).prefix(&prefix)).unwrap();
     StoreFixture::new(Arc::new(store), cluster)
 }

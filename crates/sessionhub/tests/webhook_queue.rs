@@ -69,30 +69,12 @@ mod redis {
 /// On a Redis Cluster (one shared by the checks, each under its own prefix): the queue's
 /// keys share the `{webhooks}` hash tag, so every script stays in one slot.
 mod cluster {
-    use std::sync::Weak;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use sessionhub_testkit::RedisCluster;
 
     use super::*;
 
-    static SHARED: tokio::sync::Mutex<Weak<RedisCluster>> =
-        tokio::sync::Mutex::const_new(Weak::new());
-    static CHECKS: AtomicUsize = AtomicUsize::new(0);
-
     async fn cluster() -> QueueFixture {
-        let cluster = {
-            let mut shared = SHARED.lock().await;
-            match shared.upgrade() {
-                Some(cluster) => cluster,
-                None => {
-                    let cluster = Arc::new(RedisCluster::start_async().await);
-                    *shared = Arc::downgrade(&cluster);
-                    cluster
-                }
-            }
-        };
-        let prefix = format!("check{}:", CHECKS.fetch_add(1, Ordering::Relaxed));
+        let (cluster, prefix) = RedisCluster::shared().await;
         let config = RedisConfig::cluster(&cluster.urls())
             .unwrap()
             .prefix(&prefix);
