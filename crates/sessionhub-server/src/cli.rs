@@ -435,6 +435,22 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_WEBHOOK_QUEUE_SIZE", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) webhook_queue_size: u64,
+
+    /// A Pusher Channels app, ID:KEY:SECRET (repeatable; comma-separated in the
+    /// environment): pusher-js connects to /app/KEY, the Pusher server SDKs call
+    /// /apps/ID/…, both signing with SECRET. None: the Pusher routes are not served.
+    #[arg(
+        long = "pusher-app",
+        env = "SESSIONHUB_PUSHER_APPS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "ID:KEY:SECRET"
+    )]
+    pub(crate) pusher_apps: Vec<sessionhub::pusher::PusherApp>,
+
+    /// Where the webhooks of the --pusher-app apps go, in Pusher's format.
+    #[arg(long, env = "SESSIONHUB_PUSHER_WEBHOOK", value_name = "URL")]
+    pub(crate) pusher_webhook: Option<String>,
 }
 
 /// Every `serve` setting as its raw values, by name: what a reload compares.

@@ -27,6 +27,7 @@ use sessionhub::hooks::{FailurePolicy, HttpHooks, ProxyConfig};
 use sessionhub::hub::Hub;
 use sessionhub::limits::{FallbackRateLimiter, Limits, RateLimiter, RedisRateLimiter};
 use sessionhub::presence::{LocalPresence, Presence, PresenceChannels, RedisPresence};
+use sessionhub::pusher::PusherApps;
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
 use sessionhub::webhook::{
@@ -189,6 +190,7 @@ async fn run(
     if let Some(hooks) = hooks {
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
+    gateway = gateway.with_pusher(pusher_apps(&args)?);
     let channels = PresenceChannels::new(args.presence_channels.clone());
     // Occupancy is counted by the presence backend, as a presence channel's users are.
     let occupancy = webhooks
@@ -586,4 +588,13 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The Pusher apps of `--pusher-app`, each with `--pusher-webhook`.
+fn pusher_apps(args: &Serve) -> anyhow::Result<PusherApps> {
+    let apps = args.pusher_apps.iter().cloned().map(|mut app| {
+        app.webhook_url.clone_from(&args.pusher_webhook);
+        app
+    });
+    Ok(PusherApps::new(apps)?)
 }

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
 
 use crate::broker::{
-    BatchItem, Broker, Deliver, HistoryPage, HistoryQuery, LocalBroker, Publication,
+    BatchItem, Broker, Deliver, Envelope, HistoryPage, HistoryQuery, LocalBroker, Publication,
     PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use crate::control;
@@ -128,6 +128,8 @@ pub(crate) struct Disconnect {
 pub(crate) struct Delivery {
     channel: String,
     publication: Publication,
+    /// What the publication carries besides its data, taken out of it.
+    envelope: Option<Envelope>,
     /// When it reached this node, for the delivery latency metric.
     arrived: std::time::Instant,
     seed_frame: OnceLock<Utf8Bytes>,
@@ -135,14 +137,22 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn new(channel: &str, publication: Publication) -> Self {
+    /// A delivery of `publication` as a broker handed it over, envelope and all.
+    pub(crate) fn new(channel: &str, mut publication: Publication) -> Self {
+        let envelope = Envelope::take(&mut publication);
         Self {
             channel: channel.to_owned(),
             publication,
+            envelope,
             arrived: std::time::Instant::now(),
             seed_frame: OnceLock::new(),
             v1_frame: OnceLock::new(),
         }
+    }
+
+    /// What the publication carries besides its data (event name, excluded socket, sender).
+    pub(crate) fn envelope(&self) -> Option<&Envelope> {
+        self.envelope.as_ref()
     }
 
     /// How long ago it reached this node.
@@ -704,22 +714,30 @@ impl Hub {
         results
     }
 
-    /// The channel's position, and with `since` what was published after it.
+    /// The channel's position, and with `since` what was published after it (envelopes
+    /// taken out: recovery serves protocol v1, which has no use for them).
     pub(crate) async fn recover(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
     ) -> Result<Recovery, BrokerError> {
-        self.inner.broker.recover(channel, since).await
+        let mut recovery = self.inner.broker.recover(channel, since).await?;
+        for publication in &mut recovery.publications {
+            Envelope::take(publication);
+        }
+        Ok(recovery)
     }
 
-    /// A page of the channel's history (see [`HistoryQuery`]).
+    /// A page of the channel's history (see [`HistoryQuery`]), each publication with its
+    /// envelope taken out.
     pub(crate) async fn history(
         &self,
         channel: &str,
         query: &HistoryQuery,
-    ) -> Result<HistoryPage, BrokerError> {
-        self.inner.broker.history(channel, query).await
+    ) -> Result<(HistoryPage, Vec<Option<Envelope>>), BrokerError> {
+        let mut page = self.inner.broker.history(channel, query).await?;
+        let envelopes = page.publications.iter_mut().map(Envelope::take).collect();
+        Ok((page, envelopes))
     }
 
     /// Local connections of `user`.

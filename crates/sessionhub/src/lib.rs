@@ -42,6 +42,7 @@ pub mod hub;
 pub mod limits;
 pub mod presence;
 pub mod protocol;
+pub mod pusher;
 pub mod redis;
 pub mod session;
 pub mod store;

@@ -16,11 +16,13 @@
 //! embedded [`LocalBroker`] serves one node from memory; [`RedisBroker`] and
 //! [`NatsBroker`] serve many.
 
+mod envelope;
 mod link;
 mod local;
 mod nats;
 mod redis;
 
+pub use self::envelope::{DEFAULT_EVENT, Envelope};
 pub use self::local::LocalBroker;
 pub use self::nats::{NatsBroker, NatsBrokerConfig};
 pub use self::redis::{RedisBroker, RedisBrokerConfig};

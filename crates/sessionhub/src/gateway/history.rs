@@ -116,7 +116,7 @@ pub(crate) async fn history(
         limit,
         reverse: params.reverse,
     };
-    let page = gateway.hub.history(&channel, &query).await?;
+    let (page, _) = gateway.hub.history(&channel, &query).await?;
     if let Some(since) = since
         && (*since.epoch != *page.epoch || since.offset > page.offset)
     {

@@ -21,6 +21,7 @@
 //! | `POST /api/users/{id}/logout` | ends every session of user `id` ("log out everywhere") |
 //! | `GET /sessionhub.js` | the browser client (an ES module) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
+//! | `GET /app/{key}`, `/apps/{id}/…` | the Pusher Channels protocol and HTTP API, with `--pusher-app` (`pusher/`) |
 //! | `/login`, `/get-session`, `/invalidate` | the session demo (`demo.rs`) |
 //!
 //! `/socket/*` and `/api/*` (but the OpenAPI document) require `Authorization: Bearer <api
@@ -49,6 +50,7 @@ mod openapi;
 mod plan;
 mod presence;
 mod push;
+mod pusher;
 mod seed;
 mod socket;
 mod sse;
@@ -111,6 +113,9 @@ impl Gateway {
             .route("/readyz", get(ready));
         if !self.metrics_apart {
             router = router.route("/metrics", get(metrics));
+        }
+        if self.pusher.is_some() {
+            router = router.merge(pusher::routes());
         }
         if self.config.demo {
             let sessions =

@@ -14,6 +14,7 @@ use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::limits::{Limits, RateLimiter, Rates};
 use crate::presence::{LocalPresence, Presence};
+use crate::pusher::PusherApps;
 use crate::session::SessionConfig;
 use crate::store::SessionStore;
 
@@ -145,6 +146,8 @@ pub struct Gateway {
     pub(super) metrics_key: Option<Arc<ApiKeys>>,
     /// Whether `/metrics` is served by [`Gateway::metrics_router`] only.
     pub(super) metrics_apart: bool,
+    /// The Pusher apps this server speaks for; `None` leaves the Pusher routes out.
+    pub(super) pusher: Option<Arc<PusherApps>>,
     pub(super) shutdown: CancellationToken,
     /// When the drain started (set once, before `shutdown` is cancelled).
     pub(super) drain_started: Arc<OnceLock<Instant>>,
@@ -192,6 +195,7 @@ impl Gateway {
             hooks: None,
             metrics_key: None,
             metrics_apart: false,
+            pusher: None,
             shutdown: CancellationToken::new(),
             drain_started: Arc::default(),
         }
@@ -232,6 +236,13 @@ impl Gateway {
     /// [`Gateway::metrics_router`] on an address of its own, the Prometheus convention.
     pub fn with_metrics_apart(mut self) -> Self {
         self.metrics_apart = true;
+        self
+    }
+
+    /// Speaks the Pusher Channels protocol for `apps` (`/app/{key}` and the HTTP API under
+    /// `/apps/{id}`; see [`crate::pusher`]). No apps: the Pusher routes stay out.
+    pub fn with_pusher(mut self, apps: PusherApps) -> Self {
+        self.pusher = (!apps.is_empty()).then(|| Arc::new(apps));
         self
     }
 

@@ -170,7 +170,7 @@ impl Event {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).expect("the OS has randomness");
         Self {
-            id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            id: hex::encode(bytes),
             kind,
             time: crate::store::now_ms(),
             node: node.to_owned(),

@@ -1,0 +1,18 @@
+//! The Pusher Channels protocol (version 7) on the hub: `GET /app/{key}` for pusher-js and
+//! Laravel Echo, and the HTTP API under `/apps/{id}` for the Pusher server SDKs. Mounted
+//! only when [`Gateway::with_pusher`] configured an app.
+//!
+//! A Pusher connection is a hub connection like a v1 socket's: it joins the same channels
+//! through the same broker and presence, so a publication reaches Pusher and v1 clients of
+//! a channel alike, on every node and backend. What Pusher adds (event names, `socket_id`
+//! exclusion, the sender of a client event) travels in the publication's
+//! [`Envelope`](crate::broker::Envelope).
+
+use axum::Router;
+
+use super::Gateway;
+
+/// The Pusher routes.
+pub(super) fn routes() -> Router<Gateway> {
+    Router::new()
+}

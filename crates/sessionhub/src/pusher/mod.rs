@@ -1,0 +1,201 @@
+//! The Pusher Channels apps a server speaks for, and the signatures that prove a request or
+//! a subscription came from an app's backend.
+//!
+//! An app is `ID:KEY:SECRET` plus its options ([`PusherApp`]). Clients name it by key
+//! (`/app/{key}`), the HTTP API by id (`/apps/{id}/…`); both sign with the secret
+//! (HMAC-SHA256, lowercase hex), which never leaves the server. With no app configured the
+//! Pusher routes are not mounted at all.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// One Pusher app: its credentials and options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PusherApp {
+    /// The app id, as the HTTP API's `/apps/{id}` names it.
+    pub id: String,
+    /// The public key, as clients' `/app/{key}` names it.
+    pub key: String,
+    /// The secret that signs the HTTP API's requests and channel authorizations.
+    pub secret: String,
+    /// Whether clients may send `client-` events (off unless enabled, as on Pusher).
+    pub client_events: bool,
+    /// Client events one connection may send per second; past it the connection closes
+    /// with 4301.
+    pub client_event_rate: u32,
+    /// Most members on one presence channel.
+    pub max_presence_members: usize,
+    /// Longest `user_info` of a presence member, in bytes (JSON text).
+    pub max_user_info_bytes: usize,
+    /// Longest event data, in bytes, from a client or the HTTP API.
+    pub max_event_bytes: usize,
+    /// Where the app's webhooks go, if anywhere.
+    pub webhook_url: Option<String>,
+}
+
+impl PusherApp {
+    /// An app with Pusher's default limits: client events off, 10 client events per second,
+    /// 100 presence members, 1 KB of user info, 10 KB of event data.
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            client_events: false,
+            client_event_rate: 10,
+            max_presence_members: 100,
+            max_user_info_bytes: 1_000,
+            max_event_bytes: 10_240,
+            webhook_url: None,
+        }
+    }
+
+    /// HMAC-SHA256 of `message` with the app's secret, in lowercase hex: how Pusher signs
+    /// HTTP API requests, channel authorizations and webhooks.
+    pub fn sign(&self, message: &str) -> String {
+        hex::encode(self.mac(message).finalize().into_bytes())
+    }
+
+    /// Whether `signature` (lowercase or uppercase hex) is [`PusherApp::sign`] of `message`,
+    /// compared in constant time.
+    pub fn verify(&self, message: &str, signature: &str) -> bool {
+        let Ok(signature) = hex::decode(signature) else {
+            return false;
+        };
+        self.mac(message).verify_slice(&signature).is_ok()
+    }
+
+    fn mac(&self, message: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key length");
+        mac.update(message.as_bytes());
+        mac
+    }
+}
+
+/// `ID:KEY:SECRET` is not a valid app.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a Pusher app is ID:KEY:SECRET, each non-empty, the id and key of letters, digits and - _ ."
+)]
+pub struct InvalidPusherApp;
+
+impl FromStr for PusherApp {
+    type Err = InvalidPusherApp;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.splitn(3, ':');
+        let (Some(id), Some(key), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(InvalidPusherApp);
+        };
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !plain(id) || !plain(key) || secret.is_empty() {
+            return Err(InvalidPusherApp);
+        }
+        Ok(Self::new(id, key, secret))
+    }
+}
+
+/// The apps a server speaks for, found by key or by id.
+#[derive(Debug, Clone, Default)]
+pub struct PusherApps {
+    by_key: HashMap<String, Arc<PusherApp>>,
+    by_id: HashMap<String, Arc<PusherApp>>,
+}
+
+/// Two apps share an id or a key.
+#[derive(Debug, thiserror::Error)]
+#[error("two Pusher apps share the {0} {1:?}")]
+pub struct DuplicatePusherApp(&'static str, String);
+
+impl PusherApps {
+    /// The apps; ids and keys must be unique.
+    pub fn new(apps: impl IntoIterator<Item = PusherApp>) -> Result<Self, DuplicatePusherApp> {
+        let mut all = Self::default();
+        for app in apps {
+            let app = Arc::new(app);
+            if all.by_id.insert(app.id.clone(), app.clone()).is_some() {
+                return Err(DuplicatePusherApp("id", app.id.clone()));
+            }
+            if all.by_key.insert(app.key.clone(), app.clone()).is_some() {
+                return Err(DuplicatePusherApp("key", app.key.clone()));
+            }
+        }
+        Ok(all)
+    }
+
+    /// The app with public key `key`.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<PusherApp>> {
+        self.by_key.get(key)
+    }
+
+    /// The app with id `id`.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<PusherApp>> {
+        self.by_id.get(id)
+    }
+
+    /// Whether there is no app.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Every app, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<PusherApp>> {
+        self.by_id.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_is_id_key_secret_and_the_secret_may_hold_colons() {
+        let app: PusherApp = "1:key:s:e:c".parse().unwrap();
+        assert_eq!((&*app.id, &*app.key, &*app.secret), ("1", "key", "s:e:c"));
+        for bad in [
+            "",
+            "1",
+            "1:key",
+            "1:key:",
+            ":key:s",
+            "1::s",
+            "1 2:key:s",
+            "1:k/y:s",
+        ] {
+            assert!(bad.parse::<PusherApp>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn signatures_match_pusher_s_documented_example() {
+        // From Pusher's "Channel authorization" documentation: key 278d425bdf160c739803,
+        // secret 7ad3773142a6692b25b8, socket 1234.1234, channel private-foobar.
+        let app = PusherApp::new("1", "278d425bdf160c739803", "7ad3773142a6692b25b8");
+        let signature = app.sign("1234.1234:private-foobar");
+        assert_eq!(
+            signature,
+            "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+        );
+        assert!(app.verify("1234.1234:private-foobar", &signature));
+        assert!(app.verify("1234.1234:private-foobar", &signature.to_uppercase()));
+        assert!(!app.verify("1234.1234:private-foobaz", &signature));
+        assert!(!app.verify("1234.1234:private-foobar", "not hex"));
+    }
+
+    #[test]
+    fn ids_and_keys_are_unique() {
+        let app = |s: &str| s.parse::<PusherApp>().unwrap();
+        assert!(PusherApps::new([app("1:a:s"), app("2:b:s")]).is_ok());
+        assert!(PusherApps::new([app("1:a:s"), app("1:b:s")]).is_err());
+        assert!(PusherApps::new([app("1:a:s"), app("2:a:s")]).is_err());
+    }
+}
