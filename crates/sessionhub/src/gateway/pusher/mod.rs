@@ -8,11 +8,23 @@
 //! exclusion, the sender of a client event) travels in the publication's
 //! [`Envelope`](crate::broker::Envelope).
 
+mod rest;
+
 use axum::Router;
+use axum::routing::{get, post};
 
 use super::Gateway;
 
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
     Router::new()
+        .route("/apps/{id}/events", post(rest::events))
+        .route("/apps/{id}/batch_events", post(rest::batch_events))
+        .route("/apps/{id}/channels", get(rest::channels))
+        .route("/apps/{id}/channels/{channel}", get(rest::channel))
+        .route("/apps/{id}/channels/{channel}/users", get(rest::users))
+        .route(
+            "/apps/{id}/users/{user}/terminate_connections",
+            post(rest::terminate_connections),
+        )
 }
