@@ -27,4 +27,8 @@ pub(super) fn routes() -> Router<Gateway> {
             "/apps/{id}/users/{user}/terminate_connections",
             post(rest::terminate_connections),
         )
+        .route(
+            "/users/{user}/terminate_connections",
+            post(rest::terminate_connections_of_key),
+        )
 }

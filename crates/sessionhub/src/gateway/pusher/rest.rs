@@ -9,6 +9,7 @@
 //! | `GET /apps/{id}/channels/{name}` | `occupied`, `user_count`, `subscription_count` |
 //! | `GET /apps/{id}/channels/{name}/users` | the users of a presence channel |
 //! | `POST /apps/{id}/users/{user}/terminate_connections` | close a user's connections |
+//! | `POST /users/{user}/terminate_connections` | the same, the app named by `auth_key` (as the Python SDK calls it) |
 //!
 //! An event is a hub publication: its data goes through [`event::to_hub`], its name and
 //! `socket_id` ride in the [`Envelope`], so every node's subscribers of the channel get it
@@ -62,15 +63,18 @@ impl FromRequest<Gateway> for Signed {
         let apps = gateway.pusher.clone().expect("mounted with apps only");
         let method = req.method().as_str().to_owned();
         let uri = req.uri().clone();
-        let id = uri
-            .path()
-            .strip_prefix("/apps/")
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_default();
-        let app = apps
-            .by_id(id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("unknown app id"))?;
+        let app = match uri.path().strip_prefix("/apps/") {
+            Some(rest) => apps.by_id(rest.split('/').next().unwrap_or_default()),
+            // The Python SDK (3.3) calls /users/{user}/terminate_connections without the
+            // app: its key names it.
+            None => request::params(uri.query().unwrap_or_default())
+                .ok()
+                .and_then(|params| apps.by_key(params.get("auth_key")?).cloned())
+                .as_ref()
+                .and_then(|app| apps.by_id(&app.id)),
+        }
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("unknown app id"))?;
         let body = Bytes::from_request(req, gateway)
             .await
             .map_err(|rejection| match rejection.status() {
@@ -494,6 +498,19 @@ pub(super) async fn terminate_connections(
     Path((_, user)): Path<(String, String)>,
     _signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
+    terminate(&gateway, &user).await
+}
+
+/// `POST /users/{user}/terminate_connections`, the app named by `auth_key`.
+pub(super) async fn terminate_connections_of_key(
+    State(gateway): State<Gateway>,
+    Path(user): Path<String>,
+    _signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    terminate(&gateway, &user).await
+}
+
+async fn terminate(gateway: &Gateway, user: &str) -> Result<Json<Value>, ApiError> {
     let user: UserId = user.parse()?;
     let command = Command::Disconnect {
         user: user.as_str().to_owned(),
