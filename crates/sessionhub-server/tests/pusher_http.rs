@@ -6,6 +6,9 @@
 //! whatever its protocol. Refused requests are made by hand, signed by
 //! `sessionhub::pusher::request::sign` and then broken one part at a time.
 //!
+//! Webhooks in Pusher's format go to a receiver of the test's own, and every body it gets
+//! must pass both SDKs' webhook validators.
+//!
 //! Prerequisites: Node.js 20+ and npm, Python 3 with venv; the test runs `npm ci` in
 //! tests/pusher and `pip install` in its venv itself when they are missing. The drivers are
 //! tests/pusher/sdk.mjs and tests/pusher/sdk.py: one JSON line per SDK call.
@@ -14,8 +17,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
 
 use common::{WAIT, Ws, send_text, v1};
 use serde_json::{Value, json};
@@ -73,7 +79,10 @@ fn python_sdk() -> PathBuf {
     let stamp = venv.join("installed-requirements.txt");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         let _ = std::fs::remove_dir_all(&venv);
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status();
         assert!(
             status.as_ref().is_ok_and(|s| s.success()),
             "`python3 -m venv` failed ({status:?}): this test needs Python 3 with venv"
@@ -256,7 +265,10 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
         (channel(), json!({"some": "data"}))
     );
     // socket_id excludes a Pusher socket; a v1 client has none and gets it.
-    assert_eq!(next_publication(&mut bob).await, (channel(), json!("hello")));
+    assert_eq!(
+        next_publication(&mut bob).await,
+        (channel(), json!("hello"))
+    );
     assert_eq!(
         next_publication(&mut bob).await,
         (channel(), json!("\"quoted\""))
@@ -392,7 +404,11 @@ async fn python_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
         .collect();
     users.sort();
     assert_eq!(users, ["alice", "carol"]);
-    assert_eq!(answers[1]["error"]["type"], "PusherBadRequest", "{}", answers[1]);
+    assert_eq!(
+        answers[1]["error"]["type"], "PusherBadRequest",
+        "{}",
+        answers[1]
+    );
     assert_eq!(ok(&answers[2]), &json!({}));
     closes(&mut bob).await;
 }
@@ -473,8 +489,14 @@ async fn refused_requests_get_pusher_s_statuses() {
     for (bad, why) in [
         ("{}", "a `name`"),
         (r#"{"name":"e","data":"x"}"#, "`channels` or `channel`"),
-        (r#"{"name":"e","channel":"bad channel","data":"x"}"#, "channel"),
-        (r#"{"name":"e","channel":"c","data":"x","socket_id":"x"}"#, "socket_id"),
+        (
+            r#"{"name":"e","channel":"bad channel","data":"x"}"#,
+            "channel",
+        ),
+        (
+            r#"{"name":"e","channel":"c","data":"x","socket_id":"x"}"#,
+            "socket_id",
+        ),
         ("not json", "not a valid event"),
     ] {
         let (status, text) = post(&node, path, &signed(bad, now()), bad).await;
@@ -503,7 +525,11 @@ async fn refused_requests_get_pusher_s_statuses() {
         json!([{"call": "channels_info"}]),
     )
     .await;
-    assert_eq!(answers[0]["error"]["type"], "PusherBadAuth", "{}", answers[0]);
+    assert_eq!(
+        answers[0]["error"]["type"], "PusherBadAuth",
+        "{}",
+        answers[0]
+    );
 }
 
 #[tokio::test]
@@ -583,4 +609,232 @@ async fn three_nodes_sharing_redis_publish_and_count_cluster_wide() {
     .await;
     assert_eq!(ok(&answers[0]), &json!({}));
     closes(&mut bob).await;
+}
+
+/// A webhook receiver: every POST's headers (lowercased names) and body, in order.
+struct Receiver {
+    url: String,
+    posts: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let shared = posts.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let posts = shared.clone();
+                async move {
+                    let body = String::from_utf8(body.to_vec()).expect("a UTF-8 body");
+                    posts.lock().unwrap().push((headers, body));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, posts }
+    }
+
+    /// The posts signed for [`APP`] (`--pusher-webhook` goes to every app of the command
+    /// line, each signing its own).
+    fn posts(&self) -> Vec<(HeaderMap, String)> {
+        self.posts_of("app-key")
+    }
+
+    fn posts_of(&self, key: &str) -> Vec<(HeaderMap, String)> {
+        let posts = self.posts.lock().unwrap();
+        posts
+            .iter()
+            .filter(|(headers, _)| header(headers, "x-pusher-key") == key)
+            .cloned()
+            .collect()
+    }
+
+    /// Every Pusher event received for [`APP`], as (name, channel, user_id).
+    fn events(&self) -> Vec<(String, String, String)> {
+        let mut events = Vec::new();
+        for (_, body) in self.posts() {
+            let body: Value = serde_json::from_str(&body).expect("a JSON body");
+            for e in body["events"].as_array().into_iter().flatten() {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                events.push((s("name"), s("channel"), s("user_id")));
+            }
+        }
+        events
+    }
+
+    /// Waits until `want` are all among the events, then for a quiet second (so that a
+    /// duplicate would have arrived); the events.
+    async fn settle(&self, want: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let events = self.events();
+            let all = want.iter().all(|(n, c, u)| {
+                events.iter().any(|(en, ec, eu)| {
+                    (en, ec, eu) == (&n.to_string(), &c.to_string(), &u.to_string())
+                })
+            });
+            if all {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {want:?} within {WAIT:?}, got {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.events()
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs every post through the Node SDK's `webhook().isValid()` and the Python SDK's
+/// `validate_webhook`, plus one forged copy of the first through each; asserts the SDKs
+/// accept every real one, with its events, and refuse the forgery.
+async fn sdks_validate(node: &Node, posts: &[(HeaderMap, String)]) {
+    assert!(!posts.is_empty());
+    let mut forged = posts[0].clone();
+    forged.1 = forged.1.replacen("\"events\"", "\"events\" ", 1);
+    let all: Vec<_> = posts.iter().chain([&forged]).collect();
+    let node_calls: Vec<Value> = all
+        .iter()
+        .map(|(headers, body)| {
+            json!({"call": "webhook", "body": body, "headers": {
+                "x-pusher-key": header(headers, "x-pusher-key"),
+                "x-pusher-signature": header(headers, "x-pusher-signature"),
+                "content-type": header(headers, "content-type"),
+            }})
+        })
+        .collect();
+    let python_calls: Vec<Value> = all
+        .iter()
+        .map(|(headers, body)| {
+            json!({"call": "validate_webhook", "body": body,
+                   "key": header(headers, "x-pusher-key"),
+                   "signature": header(headers, "x-pusher-signature")})
+        })
+        .collect();
+    let by_node = sdk(Sdk::Node, node, APP, Value::Array(node_calls)).await;
+    let by_python = sdk(Sdk::Python, node, APP, Value::Array(python_calls)).await;
+    for (i, (_, body)) in posts.iter().enumerate() {
+        let sent: Value = serde_json::from_str(body).unwrap();
+        let checked = ok(&by_node[i]);
+        assert_eq!(checked["valid"], true, "{body}");
+        assert_eq!(checked["events"], sent["events"]);
+        assert_eq!(checked["time"], sent["time_ms"]);
+        assert_eq!(ok(&by_python[i]), &sent, "{body}");
+    }
+    assert_eq!(ok(by_node.last().unwrap()), &json!({"valid": false}));
+    assert_eq!(ok(by_python.last().unwrap()), &Value::Null);
+}
+
+#[tokio::test]
+async fn webhooks_in_pusher_s_format_pass_both_sdk_validators() {
+    let pusher = Receiver::start().await;
+    let own = Receiver::start().await;
+    // Pusher's webhooks and sessionhub's own, side by side, each to its receiver.
+    let node = pusher_node(&[
+        "--pusher-webhook",
+        &pusher.url,
+        "--webhook-url",
+        &own.url,
+        "--webhook-secret",
+        "own-secret",
+    ]);
+    let mut alice = subscriber(&node, "alice", "presence-room").await;
+    let events = pusher
+        .settle(&[
+            ("channel_occupied", "presence-room", ""),
+            ("member_added", "presence-room", "alice"),
+        ])
+        .await;
+    // v1's personal channels (user:alice) have names Pusher cannot give: not sent.
+    assert_eq!(events.len(), 2, "{events:?}");
+    alice.close(None).await.unwrap();
+    let events = pusher
+        .settle(&[
+            ("member_removed", "presence-room", "alice"),
+            ("channel_vacated", "presence-room", ""),
+        ])
+        .await;
+    assert_eq!(events.len(), 4, "{events:?}");
+
+    let posts = pusher.posts();
+    for (headers, _) in &posts {
+        assert_eq!(header(headers, "content-type"), "application/json");
+    }
+    sdks_validate(&node, &posts).await;
+    // The other app of the command line gets the same events, under its own key.
+    assert_eq!(pusher.posts_of("other-key").len(), 4);
+    assert_eq!(
+        pusher.posts.lock().unwrap().len(),
+        8,
+        "no post under another key"
+    );
+
+    // sessionhub's own format still goes to its own URL, signed its own way.
+    let own = own.posts.lock().unwrap().clone();
+    let (headers, body) = own.first().cloned().expect("sessionhub's webhooks too");
+    assert!(header(&headers, "sessionhub-signature").starts_with("t="));
+    assert!(body.contains("\"type\""), "{body}");
+    assert!(header(&headers, "x-pusher-key").is_empty());
+}
+
+#[tokio::test]
+async fn three_nodes_send_one_pusher_webhook_per_transition() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let receiver = Receiver::start().await;
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            pusher_node(&[
+                "--redis",
+                &url,
+                "--node-id",
+                name,
+                "--pusher-webhook",
+                &receiver.url,
+            ])
+        })
+        .collect();
+    let mut subscribers = Vec::new();
+    for (node, user) in [
+        (&nodes[1], "carol"),
+        (&nodes[2], "dave"),
+        (&nodes[2], "carol"),
+    ] {
+        subscribers.push(subscriber(node, user, "presence-hall").await);
+    }
+    let events = receiver
+        .settle(&[
+            ("channel_occupied", "presence-hall", ""),
+            ("member_added", "presence-hall", "carol"),
+            ("member_added", "presence-hall", "dave"),
+        ])
+        .await;
+    assert_eq!(events.len(), 3, "one per transition: {events:?}");
+    for mut ws in subscribers {
+        ws.close(None).await.unwrap();
+    }
+    let events = receiver
+        .settle(&[
+            ("member_removed", "presence-hall", "carol"),
+            ("member_removed", "presence-hall", "dave"),
+            ("channel_vacated", "presence-hall", ""),
+        ])
+        .await;
+    assert_eq!(events.len(), 6, "one per transition: {events:?}");
+    sdks_validate(&nodes[0], &receiver.posts()).await;
 }

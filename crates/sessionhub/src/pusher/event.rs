@@ -27,9 +27,14 @@ pub fn data_of(json: &str) -> Cow<'_, str> {
 /// Whether `channel` is a cache channel (`cache-`, `private-cache-`, `presence-cache-`,
 /// `private-encrypted-cache-`): one whose last event is kept for new subscribers.
 pub fn is_cache_channel(channel: &str) -> bool {
-    ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"]
-        .iter()
-        .any(|prefix| channel.starts_with(prefix))
+    [
+        "cache-",
+        "private-cache-",
+        "presence-cache-",
+        "private-encrypted-cache-",
+    ]
+    .iter()
+    .any(|prefix| channel.starts_with(prefix))
 }
 
 #[cfg(test)]
@@ -60,7 +65,12 @@ mod tests {
 
     #[test]
     fn cache_channels_are_named_so() {
-        for yes in ["cache-a", "private-cache-a", "presence-cache-a", "private-encrypted-cache-a"] {
+        for yes in [
+            "cache-a",
+            "private-cache-a",
+            "presence-cache-a",
+            "private-encrypted-cache-a",
+        ] {
             assert!(is_cache_channel(yes), "{yes}");
         }
         for no in ["a-cache-b", "private-a", "presence-a", "cachex"] {

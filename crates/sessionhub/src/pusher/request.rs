@@ -222,8 +222,18 @@ mod tests {
     /// Pusher's "HTTP API reference → Authentication" worked example, every value of it.
     #[test]
     fn pusher_s_documented_example_signs_and_verifies() {
-        assert_eq!(body_md5(BODY.as_bytes()), "ec365a775a4cd0599faeb73354201b6f");
-        let query = sign(&app(), "POST", "/apps/3/events", &[], BODY.as_bytes(), TIMESTAMP);
+        assert_eq!(
+            body_md5(BODY.as_bytes()),
+            "ec365a775a4cd0599faeb73354201b6f"
+        );
+        let query = sign(
+            &app(),
+            "POST",
+            "/apps/3/events",
+            &[],
+            BODY.as_bytes(),
+            TIMESTAMP,
+        );
         assert_eq!(
             query,
             "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
@@ -239,7 +249,10 @@ mod tests {
         let path = "/apps/3/channels";
         let extra = [("info", "user_count,subscription_count")];
         let query = sign(&app(), "GET", path, &extra, b"", TIMESTAMP);
-        assert!(query.contains("info=user_count%2Csubscription_count"), "{query}");
+        assert!(
+            query.contains("info=user_count%2Csubscription_count"),
+            "{query}"
+        );
         let raw = query.replace("%2C", ",").replace("auth_key", "AUTH_KEY");
         for query in [&query, &raw] {
             let params = verify(&app(), |_| None, "GET", path, query, b"", TIMESTAMP).unwrap();
@@ -249,7 +262,14 @@ mod tests {
 
     #[test]
     fn each_broken_part_is_refused_with_pusher_s_status() {
-        let good = sign(&app(), "POST", "/apps/3/events", &[], BODY.as_bytes(), TIMESTAMP);
+        let good = sign(
+            &app(),
+            "POST",
+            "/apps/3/events",
+            &[],
+            BODY.as_bytes(),
+            TIMESTAMP,
+        );
         assert!(check("POST", &good, BODY, TIMESTAMP).is_ok());
 
         let forged = good.replace("auth_signature=da", "auth_signature=db");
@@ -283,9 +303,24 @@ mod tests {
     #[test]
     fn another_app_s_key_is_forbidden_an_unknown_one_unauthorized() {
         let other = PusherApp::new("4", "other-key", "other-secret");
-        let query = sign(&other, "POST", "/apps/3/events", &[], BODY.as_bytes(), TIMESTAMP);
+        let query = sign(
+            &other,
+            "POST",
+            "/apps/3/events",
+            &[],
+            BODY.as_bytes(),
+            TIMESTAMP,
+        );
         let owner = |key: &str| (key == other.key).then_some(&other);
-        let e = verify(&app(), owner, "POST", "/apps/3/events", &query, BODY.as_bytes(), 0);
+        let e = verify(
+            &app(),
+            owner,
+            "POST",
+            "/apps/3/events",
+            &query,
+            BODY.as_bytes(),
+            0,
+        );
         assert_eq!(e.unwrap_err(), RequestError::OtherAppKey);
         let e = check("POST", &query, BODY, TIMESTAMP).unwrap_err();
         assert_eq!((e.status(), e), (401, RequestError::UnknownKey));

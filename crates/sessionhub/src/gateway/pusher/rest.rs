@@ -542,6 +542,9 @@ mod tests {
         assert!(check_attributes(&["user_count"], &allowed, false).is_err());
         assert!(check_attributes(&["subscription_count"], &allowed, false).is_ok());
         assert!(check_attributes(&["cache"], &allowed, true).is_err());
-        assert_eq!(info_attributes(Some("user_count, subscription_count,")).len(), 2);
+        assert_eq!(
+            info_attributes(Some("user_count, subscription_count,")).len(),
+            2
+        );
     }
 }
