@@ -503,6 +503,20 @@ async fn refused_requests_get_pusher_s_statuses() {
         assert_eq!(status, 400, "{bad}: {text}");
         assert!(text.contains(why), "{bad}: {text}");
     }
+    // A full batch of the largest events is over the server API's 64 KB body limit, and
+    // taken all the same, as Pusher takes it.
+    let full = json!({"batch": (0..10).map(|_| json!({"name":"e","channel":"c","data":"x".repeat(10_240)})).collect::<Vec<_>>()}).to_string();
+    assert!(full.len() > 64 * 1024);
+    let query = sign(
+        &app,
+        "POST",
+        "/apps/1/batch_events",
+        &[],
+        full.as_bytes(),
+        now(),
+    );
+    let (status, text) = post(&node, "/apps/1/batch_events", &query, &full).await;
+    assert_eq!(status, 200, "{text}");
     let eleven = json!({"batch": (0..11).map(|_| json!({"name":"e","channel":"c","data":"x"})).collect::<Vec<_>>()}).to_string();
     let batch_path = "/apps/1/batch_events";
     let query = sign(&app, "POST", batch_path, &[], eleven.as_bytes(), now());

@@ -75,18 +75,15 @@ impl FromRequest<Gateway> for Signed {
         }
         .cloned()
         .ok_or_else(|| ApiError::not_found("unknown app id"))?;
-        let body = Bytes::from_request(req, gateway)
+        let limit = body_limit(&app, gateway.config.max_push_bytes);
+        let body = axum::body::to_bytes(req.into_body(), limit)
             .await
-            .map_err(|rejection| match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            .map_err(|_| {
+                ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request_too_large",
-                    format!(
-                        "a request body may be at most {} bytes",
-                        gateway.config.max_push_bytes
-                    ),
-                ),
-                status => ApiError::new(status, "bad_body", rejection.body_text()),
+                    format!("a request body may be at most {limit} bytes"),
+                )
             })?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -111,6 +108,15 @@ impl FromRequest<Gateway> for Signed {
         })?;
         Ok(Self { app, params, body })
     }
+}
+
+/// The largest body `app`'s API takes: a full batch of events at the app's largest data
+/// (twice over, for JSON escapes) or an event to the most channels, and never less than the
+/// server API's `max_push_bytes`.
+fn body_limit(app: &PusherApp, max_push_bytes: usize) -> usize {
+    let batch = MAX_BATCH * (2 * app.max_event_bytes + 1024);
+    let event = 2 * app.max_event_bytes + MAX_CHANNELS * 200;
+    max_push_bytes.max(batch).max(event)
 }
 
 impl Signed {
