@@ -590,10 +590,12 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The Pusher apps of `--pusher-app`, each with `--pusher-webhook`.
+/// The Pusher apps of `--pusher-app`, each with `--pusher-webhook` and
+/// `--pusher-client-events`.
 fn pusher_apps(args: &Serve) -> anyhow::Result<PusherApps> {
     let apps = args.pusher_apps.iter().cloned().map(|mut app| {
         app.webhook_url.clone_from(&args.pusher_webhook);
+        app.client_events = args.pusher_client_events;
         app
     });
     Ok(PusherApps::new(apps)?)
