@@ -105,7 +105,15 @@ impl Clients {
 
     /// The first event (seen already, or coming) that matches, within [`WAIT`].
     async fn wait(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
-        if let Some(found) = self.log.iter().find(|e| matches(e)) {
+        self.wait_from(0, matches).await
+    }
+
+    /// The first event from the `from`th on that matches, within [`WAIT`].
+    async fn wait_from(&mut self, from: usize, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(found) = self.log[from.min(self.log.len())..]
+            .iter()
+            .find(|e| matches(e))
+        {
             return found.clone();
         }
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -149,11 +157,16 @@ impl Clients {
         self.send(command).await;
     }
 
-    /// Subscribes and waits for `pusher:subscription_succeeded`.
+    /// Subscribes and waits for this subscription's `pusher:subscription_succeeded`.
     async fn subscribed(&mut self, client: &str, channel: &str) {
+        let from = self.log.len();
         self.subscribe(client, channel).await;
-        self.event(client, channel, "pusher:subscription_succeeded")
-            .await;
+        self.wait_from(from, |e| {
+            e["client"] == client
+                && e["channel"] == channel
+                && e["event"] == "pusher:subscription_succeeded"
+        })
+        .await;
     }
 
     /// The first `event` on `channel` that `client` got.
