@@ -451,6 +451,12 @@ pub(crate) struct Serve {
     /// Where the webhooks of the --pusher-app apps go, in Pusher's format.
     #[arg(long, env = "SESSIONHUB_PUSHER_WEBHOOK", value_name = "URL")]
     pub(crate) pusher_webhook: Option<String>,
+
+    /// Let the clients of every Pusher app send client events (`client-…` on private and
+    /// presence channels, to the channel's other subscribers); off, as on Pusher, unless
+    /// this or an app's own `client_events` in the config file turns them on.
+    #[arg(long, env = "SESSIONHUB_PUSHER_CLIENT_EVENTS", value_parser = BoolishValueParser::new())]
+    pub(crate) pusher_client_events: bool,
 }
 
 /// Every `serve` setting as its raw values, by name: what a reload compares.

@@ -9,10 +9,13 @@
 //! [`Envelope`](crate::broker::Envelope).
 
 use axum::Router;
+use axum::routing::get;
 
 use super::Gateway;
 
+mod socket;
+
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
-    Router::new()
+    Router::new().route("/app/{key}", get(socket::upgrade))
 }
