@@ -71,6 +71,18 @@ pub(super) async fn admit(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
 ) -> Result<(UserId, Credentials), ApiError> {
+    let who = authenticate(gateway, requested, query.token.as_deref(), headers);
+    admit_as(gateway, peer, headers, who).await
+}
+
+/// [`admit`], with who the client is found by `who` (after the origin and address checks,
+/// before the per-user ones): the Pusher endpoint's users come from a session or nowhere.
+pub(super) async fn admit_as(
+    gateway: &Gateway,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    who: impl Future<Output = Result<(UserId, Credentials), ApiError>>,
+) -> Result<(UserId, Credentials), ApiError> {
     let security = gateway.security();
     check_origin(gateway, headers)?;
     let limits = &security.limits;
@@ -81,8 +93,7 @@ pub(super) async fn admit(
             .check(Limited::Connect, per, limits.connects_per_ip)
             .await?;
     }
-    let (user, credentials) =
-        authenticate(gateway, requested, query.token.as_deref(), headers).await?;
+    let (user, credentials) = who.await?;
     let per = Per::User(user.as_str());
     gateway
         .rates
@@ -137,34 +148,13 @@ pub(super) async fn authenticate(
             })?;
             (user, Credentials::None)
         }
-        WsAuth::Session => {
-            let not_logged_in = || {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "not_logged_in",
-                    "log in first: the socket's user comes from the HTTP session",
-                )
-            };
-            let id = presented_id(headers, &gateway.sessions).ok_or_else(not_logged_in)?;
-            let record = gateway
-                .store
-                .load(&id, gateway.sessions.idle_timeout)
-                .await?
-                .ok_or_else(not_logged_in)?;
-            let user = record
-                .attributes
-                .get(PRINCIPAL)
-                .and_then(|p| p.as_str())
-                .and_then(|p| p.parse::<UserId>().ok())
-                .ok_or_else(not_logged_in)?;
-            // An outlived session is over even before a request gets to delete it.
-            let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
-            let ends = match left {
-                Some(left) if left.is_zero() => return Err(not_logged_in()),
-                left => left.map(|left| Instant::now() + left),
-            };
-            (user, Credentials::Session { id, ends })
-        }
+        WsAuth::Session => session_user(gateway, headers).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "not_logged_in",
+                "log in first: the socket's user comes from the HTTP session",
+            )
+        })?,
         WsAuth::Token => {
             let token = query_token.or_else(|| bearer(headers));
             connection_token(gateway, token)
@@ -180,6 +170,39 @@ pub(super) async fn authenticate(
         ));
     }
     Ok((user, credentials))
+}
+
+/// The user of the live HTTP session the request presents, with credentials that end with
+/// it; `None` when it presents none, or one that is over or has no user.
+pub(super) async fn session_user(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<(UserId, Credentials)>, ApiError> {
+    let Some(id) = presented_id(headers, &gateway.sessions) else {
+        return Ok(None);
+    };
+    let Some(record) = gateway
+        .store
+        .load(&id, gateway.sessions.idle_timeout)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(user) = record
+        .attributes
+        .get(PRINCIPAL)
+        .and_then(|p| p.as_str())
+        .and_then(|p| p.parse::<UserId>().ok())
+    else {
+        return Ok(None);
+    };
+    // An outlived session is over even before a request gets to delete it.
+    let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
+    let ends = match left {
+        Some(left) if left.is_zero() => return Ok(None),
+        left => left.map(|left| Instant::now() + left),
+    };
+    Ok(Some((user, Credentials::Session { id, ends })))
 }
 
 /// Verifies a connection token, at connect or in a live refresh: its user, and credentials

@@ -9,6 +9,7 @@
 //! [`Envelope`](crate::broker::Envelope).
 
 mod rest;
+mod socket;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -18,6 +19,7 @@ use super::Gateway;
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
     Router::new()
+        .route("/app/{key}", get(socket::upgrade))
         .route("/apps/{id}/events", post(rest::events))
         .route("/apps/{id}/batch_events", post(rest::batch_events))
         .route("/apps/{id}/channels", get(rest::channels))
