@@ -36,7 +36,7 @@ use crate::control::{self, Command};
 use crate::error::ApiError;
 use crate::gateway::control::active_channels;
 use crate::gateway::state::Gateway;
-use crate::protocol::{self, UserId};
+use crate::protocol::{UserId, pusher};
 use crate::pusher::request::{self, Params};
 use crate::pusher::{PusherApp, event};
 
@@ -206,17 +206,11 @@ impl EventBody {
                 channels.len()
             )));
         }
-        if let Some(bad) = channels
-            .iter()
-            .find(|c| !protocol::is_public_channel_name(c))
-        {
-            return Err(ApiError::bad_request(format!(
-                "{bad:?}: {}",
-                protocol::INVALID_CHANNEL
-            )));
+        for channel in &channels {
+            channel_name(channel)?;
         }
         if let Some(socket) = &self.socket_id
-            && !is_socket_id(socket)
+            && !pusher::is_socket_id(socket)
         {
             return Err(ApiError::bad_request(format!(
                 "socket_id {socket:?} is not a socket id (digits.digits)"
@@ -238,18 +232,9 @@ impl EventBody {
     }
 }
 
-/// `^\d+\.\d+$`, Pusher's socket ids.
-fn is_socket_id(s: &str) -> bool {
-    s.split_once('.').is_some_and(|(a, b)| {
-        [a, b]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
-    })
-}
-
 fn publish_options(channel: &str) -> PublishOptions {
     PublishOptions {
-        history: event::is_cache_channel(channel),
+        history: pusher::is_cache_channel(channel),
         idempotency_key: None,
     }
 }
@@ -335,7 +320,7 @@ pub(super) async fn batch_events(
         .collect::<Result<Vec<_>, _>>()?;
     let channel = |i: usize| events[i].channels[0].as_str();
     let (cached, live): (Vec<usize>, Vec<usize>) =
-        (0..events.len()).partition(|&i| event::is_cache_channel(channel(i)));
+        (0..events.len()).partition(|&i| pusher::is_cache_channel(channel(i)));
     let items: Vec<BatchItem> = cached
         .iter()
         .map(|&i| BatchItem {
@@ -441,7 +426,9 @@ pub(super) async fn channels(
     )?;
     let active = active_channels(&gateway, prefix).await?;
     let mut channels = BTreeMap::new();
-    for (channel, subscribers) in active.subscribers {
+    // Protocol v1's channels that no Pusher client could name (`user:…`) are not listed.
+    let named = |(channel, _): &(String, usize)| pusher::hub_channel(channel).is_ok();
+    for (channel, subscribers) in active.subscribers.into_iter().filter(named) {
         let mut info = Map::new();
         if attributes.contains(&"user_count") {
             let users = gateway.presence.stats(&channel).await?.users;
@@ -455,12 +442,11 @@ pub(super) async fn channels(
     Ok(Json(json!({ "channels": channels })))
 }
 
+/// 400 for a name that is not a Pusher channel sessionhub carries.
 fn channel_name(channel: &str) -> Result<(), ApiError> {
-    if protocol::is_public_channel_name(channel) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(protocol::INVALID_CHANNEL))
-    }
+    pusher::hub_channel(channel)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(format!("{channel:?}: {e}")))
 }
 
 /// `GET /apps/{id}/channels/{name}`: whether a channel is occupied, and how much.
@@ -532,14 +518,6 @@ async fn terminate(gateway: &Gateway, user: &str) -> Result<Json<Value>, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn socket_ids_are_digits_dot_digits() {
-        assert!(is_socket_id("123.456"));
-        for bad in ["", "1", "1.", ".1", "1.2.3", "a.1", "1.-2"] {
-            assert!(!is_socket_id(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn user_count_is_for_presence_channels_only() {
