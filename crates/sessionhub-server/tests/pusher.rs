@@ -2,7 +2,8 @@
 //! 8 in Node (tests/pusher/driver.mjs) and real server processes: connect, subscribe and
 //! unsubscribe, private channels with a good and a forged signature, client events,
 //! publications from the push API and from protocol v1 sockets (and back), cache channels,
-//! an unknown key, three nodes on one Redis. What pusher-js never sends (malformed frames,
+//! an unknown key, three nodes on one Redis, the HTTP API's events (by name, `socket_id`
+//! left out). What pusher-js never sends (malformed frames,
 //! a silent client, a flood of client events) is sent from Rust over a raw WebSocket.
 //!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
@@ -695,4 +696,61 @@ async fn a_socket_with_a_session_cookie_closes_on_logout() {
     // The anonymous socket is no one's session: it stays.
     send(&mut anonymous, json!({"event": "pusher:ping"})).await;
     assert_eq!(next_event(&mut anonymous).await["event"], "pusher:pong");
+}
+
+/// POSTs `body` to the HTTP API's `path` on `node`, signed for [`APP`]; the status and text.
+async fn signed_post(node: &Node, path: &str, body: &Value) -> (u16, String) {
+    let app: sessionhub::pusher::PusherApp = APP.parse().unwrap();
+    let body = body.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = sessionhub::pusher::request::sign(&app, "POST", path, &[], body.as_bytes(), now);
+    let response = common::http()
+        .post(format!("{}{path}?{query}", node.http()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the HTTP API answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_s_events_reach_pusher_js_by_name_and_skip_the_socket_id() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    let sender = clients.connect("a", &node).await;
+    clients.connect("b", &node).await;
+    for client in ["a", "b"] {
+        clients.subscribed(client, "orders").await;
+    }
+    // Laravel's toOthers(): the sender's own socket is left out.
+    let (status, text) = signed_post(
+        &node,
+        "/apps/42/events",
+        &json!({"name": "order-placed", "channel": "orders", "data": "{\"id\":7}",
+                "socket_id": sender}),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    let got = clients.event("b", "orders", "order-placed").await;
+    assert_eq!(got["data"], json!({"id": 7}), "{got}");
+
+    let batch = json!({"batch": [
+        {"name": "shipped", "channel": "orders", "data": "plain text"},
+        {"name": "delivered", "channel": "orders", "data": "{\"id\":7}"},
+    ]});
+    let (status, text) = signed_post(&node, "/apps/42/batch_events", &batch).await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    for client in ["a", "b"] {
+        let got = clients.event(client, "orders", "shipped").await;
+        assert_eq!(got["data"], "plain text", "{got}");
+        clients.event(client, "orders", "delivered").await;
+    }
+    // "delivered" came after "order-placed" on the same channel: a would have had it.
+    assert!(clients.events("a", "orders", "order-placed").is_empty());
+    clients.stop().await;
 }
