@@ -464,6 +464,14 @@ async fn refused_requests_get_pusher_s_statuses() {
     let (status, text) = post(&node, "/apps/9/events", &signed(&body, now()), &body).await;
     assert_eq!(status, 404, "{text}");
 
+    // Without the app in the path (the Python SDK's terminate_connections), the key names
+    // it: an unknown one is unauthorized.
+    let stranger = PusherApp::new("9", "stranger", "secret");
+    let users = "/users/bob/terminate_connections";
+    let query = sign(&stranger, "POST", users, &[], b"{}", now());
+    let (status, text) = post(&node, users, &query, "{}").await;
+    assert_eq!(status, 401, "{text}");
+
     // The other app's key on this app's path: forbidden.
     let other_app: PusherApp = OTHER_APP.parse().unwrap();
     let query = sign(&other_app, "POST", path, &[], body.as_bytes(), now());

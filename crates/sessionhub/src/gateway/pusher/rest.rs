@@ -64,17 +64,19 @@ impl FromRequest<Gateway> for Signed {
         let method = req.method().as_str().to_owned();
         let uri = req.uri().clone();
         let app = match uri.path().strip_prefix("/apps/") {
-            Some(rest) => apps.by_id(rest.split('/').next().unwrap_or_default()),
+            Some(rest) => apps
+                .by_id(rest.split('/').next().unwrap_or_default())
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("unknown app id"))?,
             // The Python SDK (3.3) calls /users/{user}/terminate_connections without the
             // app: its key names it.
             None => request::params(uri.query().unwrap_or_default())
                 .ok()
                 .and_then(|params| apps.by_key(params.get("auth_key")?).cloned())
-                .as_ref()
-                .and_then(|app| apps.by_id(&app.id)),
-        }
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("unknown app id"))?;
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown auth_key")
+                })?,
+        };
         let limit = body_limit(&app, gateway.config.max_push_bytes);
         let body = axum::body::to_bytes(req.into_body(), limit)
             .await
