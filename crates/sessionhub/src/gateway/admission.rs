@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::limits::{Limited, Per};
 use crate::protocol::UserId;
 use crate::session::{PRINCIPAL, SessionId, index_keep, presented_id};
-use crate::store::{lifetime_left, now_ms};
+use crate::store::{Attributes, lifetime_left, now_ms};
 
 /// Slack after a session's expected expiry before checking it, so the store has expired it.
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
@@ -137,34 +137,13 @@ pub(super) async fn authenticate(
             })?;
             (user, Credentials::None)
         }
-        WsAuth::Session => {
-            let not_logged_in = || {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "not_logged_in",
-                    "log in first: the socket's user comes from the HTTP session",
-                )
-            };
-            let id = presented_id(headers, &gateway.sessions).ok_or_else(not_logged_in)?;
-            let record = gateway
-                .store
-                .load(&id, gateway.sessions.idle_timeout)
-                .await?
-                .ok_or_else(not_logged_in)?;
-            let user = record
-                .attributes
-                .get(PRINCIPAL)
-                .and_then(|p| p.as_str())
-                .and_then(|p| p.parse::<UserId>().ok())
-                .ok_or_else(not_logged_in)?;
-            // An outlived session is over even before a request gets to delete it.
-            let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
-            let ends = match left {
-                Some(left) if left.is_zero() => return Err(not_logged_in()),
-                left => left.map(|left| Instant::now() + left),
-            };
-            (user, Credentials::Session { id, ends })
-        }
+        WsAuth::Session => session_user(gateway, headers).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "not_logged_in",
+                "log in first: the socket's user comes from the HTTP session",
+            )
+        })?,
         WsAuth::Token => {
             let token = query_token.or_else(|| bearer(headers));
             connection_token(gateway, token)
@@ -180,6 +159,65 @@ pub(super) async fn authenticate(
         ));
     }
     Ok((user, credentials))
+}
+
+/// The user of the live HTTP session the request presents, with credentials that end with
+/// it; `None` when it presents none, or one that is over or has no user.
+pub(super) async fn session_user(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<(UserId, Credentials)>, ApiError> {
+    let logged_in = logged_in(gateway, headers).await?;
+    Ok(logged_in.map(|s| (s.user, Credentials::Session { id: s.id, ends: s.ends })))
+}
+
+/// A live HTTP session with a logged-in user.
+pub(super) struct LoggedIn {
+    pub(super) id: SessionId,
+    pub(super) user: UserId,
+    /// When the session's absolute lifetime runs out, if it has one.
+    pub(super) ends: Option<Instant>,
+    /// Its attributes, for what else the caller reads of the user (`user_info`).
+    pub(super) attributes: Attributes,
+}
+
+/// The live HTTP session the request presents and its user; `None` when it presents none,
+/// or one that is over or has no user. One load, which slides the session's idle expiry
+/// as any use does.
+pub(super) async fn logged_in(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<LoggedIn>, ApiError> {
+    let Some(id) = presented_id(headers, &gateway.sessions) else {
+        return Ok(None);
+    };
+    let Some(record) = gateway
+        .store
+        .load(&id, gateway.sessions.idle_timeout)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(user) = record
+        .attributes
+        .get(PRINCIPAL)
+        .and_then(|p| p.as_str())
+        .and_then(|p| p.parse::<UserId>().ok())
+    else {
+        return Ok(None);
+    };
+    // An outlived session is over even before a request gets to delete it.
+    let left = lifetime_left(gateway.sessions.max_lifetime, record.created_ms, now_ms());
+    let ends = match left {
+        Some(left) if left.is_zero() => return Ok(None),
+        left => left.map(|left| Instant::now() + left),
+    };
+    Ok(Some(LoggedIn {
+        id,
+        user,
+        ends,
+        attributes: record.attributes,
+    }))
 }
 
 /// Verifies a connection token, at connect or in a live refresh: its user, and credentials
