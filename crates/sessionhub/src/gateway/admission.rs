@@ -168,7 +168,15 @@ pub(super) async fn session_user(
     headers: &HeaderMap,
 ) -> Result<Option<(UserId, Credentials)>, ApiError> {
     let logged_in = logged_in(gateway, headers).await?;
-    Ok(logged_in.map(|s| (s.user, Credentials::Session { id: s.id, ends: s.ends })))
+    Ok(logged_in.map(|s| {
+        (
+            s.user,
+            Credentials::Session {
+                id: s.id,
+                ends: s.ends,
+            },
+        )
+    }))
 }
 
 /// A live HTTP session with a logged-in user.

@@ -415,9 +415,7 @@ impl V1 {
         if !is_public_channel_name(channel) {
             return Err(FrameError::InvalidChannel);
         }
-        let allowed = gateway
-            .security()
-            .client_may_subscribe(&self.user, channel)
+        let allowed = gateway.security().client_may_subscribe(&self.user, channel)
             || (UserId::from_channel(channel).is_none()
                 && self.token_channels.iter().any(|c| c == channel));
         if allowed {

@@ -5,9 +5,12 @@
 //!
 //! pusher-js (and Laravel Echo) post `socket_id` and `channel_name` (form-encoded; JSON is
 //! taken too) and expect Pusher's answer: `{"auth": "KEY:HMAC(socket_id:channel)"}` for a
-//! `private-` or `private-encrypted-` channel, and for a `presence-` channel also the signed
-//! `channel_data`, `{"user_id", "user_info"}`. A `pusher:signin` posts `socket_id` alone and
-//! gets `{"auth": "KEY:HMAC(socket_id::user::user_data)", "user_data": "{\"id\", ...}"}`.
+//! `private-` channel, and for a `presence-` channel also the signed `channel_data`,
+//! `{"user_id", "user_info"}`. A `pusher:signin` posts `socket_id` alone and gets
+//! `{"auth": "KEY:HMAC(socket_id::user::user_data)", "user_data": "{\"id\", ...}"}`.
+//! A `private-encrypted-` channel is refused: pusher-js needs its `shared_secret` too,
+//! derived from the app's encryption master key, which sessionhub does not hold (the
+//! server never decrypts), so the app authorizes those itself.
 //!
 //! The user's `user_info` is the session's `user_info` attribute when it holds a JSON
 //! object (or a string holding one, for apps that store JSON text), else
@@ -135,6 +138,14 @@ async fn authorize_channel(
         return Err(bad(
             "invalid_channel",
             "a channel is 1 to 160 characters of letters, digits and - _ . @",
+        ));
+    }
+    if channel.starts_with("private-encrypted-") {
+        return Err(bad(
+            "encrypted_channel_unsupported",
+            "an encrypted channel's authorization needs its shared_secret, made from the app's \
+             encryption master key, which sessionhub does not hold: authorize encrypted \
+             channels in the app (the Pusher SDK's authorizeChannel)",
         ));
     }
     let presence = channel.starts_with("presence-");
@@ -279,7 +290,13 @@ mod tests {
     #[test]
     fn channels_are_the_names_both_protocols_carry() {
         assert!(is_pusher_channel("private-orders.1@x_y-z"));
-        for bad in ["", "private-a:b", "private-a=b", "presence-a,b", "private- a"] {
+        for bad in [
+            "",
+            "private-a:b",
+            "private-a=b",
+            "presence-a,b",
+            "private- a",
+        ] {
             assert!(!is_pusher_channel(bad), "{bad:?}");
         }
         assert!(!is_pusher_channel(&format!("private-{}", "a".repeat(160))));
@@ -297,7 +314,13 @@ mod tests {
         assert_eq!(user_info(&Attributes::new(), &alice), name);
         assert_eq!(with(json!({"n": 1})), json!({"n": 1}));
         assert_eq!(with(json!(r#"{"n": 2}"#)), json!({"n": 2}));
-        for other in [json!("Alice"), json!("[1]"), json!(3), json!(null), json!([1])] {
+        for other in [
+            json!("Alice"),
+            json!("[1]"),
+            json!(3),
+            json!(null),
+            json!([1]),
+        ] {
             assert_eq!(with(other.clone()), name, "{other}");
         }
     }
