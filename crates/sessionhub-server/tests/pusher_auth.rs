@@ -111,6 +111,9 @@ fn install_sdk() {
     *ready = true;
 }
 
+/// What a test posts, as form fields.
+type Form<'a> = &'a [(&'a str, &'a str)];
+
 /// A logged-in user gets Pusher's answers: `auth` for a private channel, `auth` and
 /// `channel_data` for a presence channel (user_info: the user's name, the session holding
 /// none), `auth` and `user_data` for a sign-in; each the HMAC computed here, and exactly
@@ -284,7 +287,7 @@ async fn refusals_are_clear() {
     let (status, _) = post_form(&base, "/pusher/auth", Some(&carol), &good).await;
     assert_eq!(status, 403);
 
-    let cases: [(&[(&str, &str)], u16, &str); 12] = [
+    let cases: [(Form, u16, &str); 12] = [
         (
             &[("socket_id", "1.2"), ("channel_name", "private-other")],
             403,
