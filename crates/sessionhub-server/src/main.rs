@@ -590,12 +590,15 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The Pusher apps of `--pusher-app`, each with `--pusher-webhook` and
-/// `--pusher-client-events`.
+/// The Pusher apps of `--pusher-app` and the config file; those without a webhook URL of
+/// their own take `--pusher-webhook`'s, and `--pusher-client-events` enables client events
+/// for all of them.
 fn pusher_apps(args: &Serve) -> anyhow::Result<PusherApps> {
     let apps = args.pusher_apps.iter().cloned().map(|mut app| {
-        app.webhook_url.clone_from(&args.pusher_webhook);
-        app.client_events = args.pusher_client_events;
+        if app.webhook_url.is_none() {
+            app.webhook_url.clone_from(&args.pusher_webhook);
+        }
+        app.client_events |= args.pusher_client_events;
         app
     });
     Ok(PusherApps::new(apps)?)

@@ -260,12 +260,22 @@ impl Outbox {
 pub(crate) struct Registry {
     channels: Mutex<HashMap<String, Vec<Member>>>,
     users: Mutex<Users>,
-    presence: Mutex<HashMap<String, HashMap<UserId, usize>>>,
+    presence: Mutex<HashMap<String, HashMap<UserId, Counted>>>,
     /// Presence events channel -> what was last delivered here for each user; kept while
     /// this node has subscribers on the channel.
     announced: Mutex<HashMap<String, LastEvents>>,
     /// Where messages on the control channels go, once [`Hub::start_control`] ran.
     control: OnceLock<tokio::sync::mpsc::UnboundedSender<(String, Publication)>>,
+}
+
+/// One user on one presence channel on this node.
+#[derive(Default)]
+struct Counted {
+    /// The user's connections to the channel here.
+    connections: usize,
+    /// The info their first connection here gave ([`Connection::join_as`]), sent with
+    /// every change that adds connections.
+    info: Option<Arc<str>>,
 }
 
 /// User -> the version and kind (join: true) of the user's latest presence event.
@@ -394,9 +404,10 @@ impl Registry {
         presence.get(channel).map_or_else(Vec::new, |users| {
             users
                 .iter()
-                .map(|(user, connections)| PresenceMember {
+                .map(|(user, counted)| PresenceMember {
                     user: user.as_str().to_owned(),
-                    connections: *connections,
+                    connections: counted.connections,
+                    info: counted.info.as_deref().map(str::to_owned),
                 })
                 .collect()
         })
@@ -506,6 +517,8 @@ struct PresenceChange {
     user: UserId,
     was: usize,
     now: usize,
+    /// The user's info on this node, with a change that adds connections.
+    info: Option<Arc<str>>,
     /// Told once the backend has taken the change into account.
     done: Option<oneshot::Sender<()>>,
 }
@@ -631,6 +644,7 @@ impl Hub {
             user: SUBSCRIBERS.clone(),
             was: 1 - now,
             now,
+            info: None,
             done: None,
         });
     }
@@ -649,12 +663,13 @@ impl Hub {
         }
         let presence = self.inner.registry.presence.lock().unwrap();
         for (channel, users) in presence.iter() {
-            for (user, connections) in users {
+            for (user, counted) in users {
                 let _ = tracking.changes.send(PresenceChange {
                     channel: channel.clone(),
                     user: user.clone(),
-                    was: *connections,
-                    now: *connections,
+                    was: counted.connections,
+                    now: counted.connections,
+                    info: counted.info.clone(),
                     done: None,
                 });
             }
@@ -663,7 +678,7 @@ impl Hub {
 
     /// Tells `channel`'s subscribers on every node that `user` joined or left it.
     pub(crate) async fn announce(&self, channel: &str, user: &str, transition: Transition) {
-        announce(&self.inner.broker, channel, user, transition).await;
+        announce(&self.inner.broker, channel, user, transition, None).await;
         presence_webhook(self.webhooks(), channel, user, transition).await;
     }
 
@@ -788,6 +803,7 @@ impl Hub {
             user: user.clone(),
             member,
             channels: Vec::new(),
+            joined_as: HashMap::new(),
         }
     }
 
@@ -900,12 +916,19 @@ pub(crate) fn presence_events_channel(channel: &str) -> String {
     [PRESENCE_EVENTS_PREFIX, channel].concat()
 }
 
-/// Publishes that `user` joined or left `channel`, as the v1 frame its subscribers get.
-async fn announce(broker: &Arc<dyn Broker>, channel: &str, user: &str, transition: Transition) {
+/// Publishes that `user` joined or left `channel` (a join with the user's `info`, if any),
+/// as the v1 frame its subscribers get.
+async fn announce(
+    broker: &Arc<dyn Broker>,
+    channel: &str,
+    user: &str,
+    transition: Transition,
+    info: Option<&str>,
+) {
     if channel.starts_with(OCCUPANCY_PREFIX) {
         return;
     }
-    let Some(frame) = v1::presence_event(channel, user, transition) else {
+    let Some(frame) = v1::presence_event(channel, user, transition, info) else {
         return;
     };
     let events = presence_events_channel(channel);
@@ -962,11 +985,13 @@ async fn track(
             user: &change.user,
             was: change.was,
             now: change.now,
+            info: change.info.as_deref(),
         };
         match presence.update(&update).await {
             Ok(transition) => {
                 let user = change.user.as_str();
-                announce(&broker, &change.channel, user, transition).await;
+                let info = change.info.as_deref();
+                announce(&broker, &change.channel, user, transition, info).await;
                 presence_webhook(webhooks.get(), &change.channel, user, transition).await;
             }
             Err(e) => tracing::warn!(
@@ -990,11 +1015,41 @@ pub struct Connection {
     user: UserId,
     member: Member,
     channels: Vec<String>,
+    /// Presence channel -> the user the connection counts as there, where it joined as
+    /// another user than its own ([`Connection::join_as`]).
+    joined_as: HashMap<String, UserId>,
 }
 
 impl Connection {
     /// Joins `channel`. Messages published after this returns reach the connection.
     pub async fn join(&mut self, channel: &str) -> Result<(), BrokerError> {
+        self.join_counted(channel, None).await
+    }
+
+    /// Joins `channel` as [`Connection::join`] does, but on a presence channel counts the
+    /// connection as `user`'s (not its own user's), with `info` (JSON text; text that is
+    /// not JSON is kept as a JSON string) as what the user's first connection to the
+    /// channel tells about them: a Pusher socket names its presence user per subscription.
+    /// Leaving the channel, or dropping the connection, takes exactly that back. On a
+    /// channel without presence, `user` and `info` are not used; on a channel the
+    /// connection joined already, nothing changes.
+    pub async fn join_as(
+        &mut self,
+        channel: &str,
+        user: &UserId,
+        info: Option<String>,
+    ) -> Result<(), BrokerError> {
+        let info = info.map(|info| Arc::from(crate::presence::info_json(info)));
+        self.join_counted(channel, Some((user.clone(), info))).await
+    }
+
+    /// Joins `channel`, counted on a presence channel as `counted` (the user and their
+    /// info), or as this connection's user without info.
+    async fn join_counted(
+        &mut self,
+        channel: &str,
+        counted: Option<(UserId, Option<Arc<str>>)>,
+    ) -> Result<(), BrokerError> {
         if self.channels.iter().any(|c| c == channel) {
             return Ok(());
         }
@@ -1019,8 +1074,15 @@ impl Connection {
             return Err(e);
         }
         if events.is_some() {
+            let (user, info) = match counted {
+                Some((user, info)) => {
+                    self.joined_as.insert(channel.to_owned(), user.clone());
+                    (user, info)
+                }
+                None => (self.user.clone(), None),
+            };
             let (done, taken) = oneshot::channel();
-            self.count_presence(channel, 1, Some(done));
+            self.count_presence(channel, &user, 1, info, Some(done));
             let _ = tokio::time::timeout(PRESENCE_WAIT, taken).await;
         }
         Ok(())
@@ -1061,30 +1123,42 @@ impl Connection {
         }
     }
 
-    /// Adds `delta` to this connection's user's connections to presence channel `channel`
-    /// and queues the change for the tracker; under the lock, so the tracker gets the
-    /// changes in the order they happened.
-    fn count_presence(&self, channel: &str, delta: isize, done: Option<oneshot::Sender<()>>) {
+    /// Adds `delta` to `user`'s connections to presence channel `channel` (their first
+    /// connection here gives the `info` kept for them) and queues the change for the
+    /// tracker; under the lock, so the tracker gets the changes in the order they happened.
+    fn count_presence(
+        &self,
+        channel: &str,
+        user: &UserId,
+        delta: isize,
+        info: Option<Arc<str>>,
+        done: Option<oneshot::Sender<()>>,
+    ) {
         let Some(tracking) = self.hub.inner.tracking.get() else {
             return;
         };
         let mut presence = self.hub.inner.registry.presence.lock().unwrap();
         let users = presence.entry(channel.to_owned()).or_default();
-        let count = users.entry(self.user.clone()).or_default();
-        let was = *count;
-        *count = count.saturating_add_signed(delta);
-        let now = *count;
+        let counted = users.entry(user.clone()).or_default();
+        let was = counted.connections;
+        if was == 0 {
+            counted.info = info;
+        }
+        counted.connections = was.saturating_add_signed(delta);
+        let now = counted.connections;
+        let info = (now > was).then(|| counted.info.clone()).flatten();
         if now == 0 {
-            users.remove(&self.user);
+            users.remove(user);
             if users.is_empty() {
                 presence.remove(channel);
             }
         }
         let _ = tracking.changes.send(PresenceChange {
             channel: channel.to_owned(),
-            user: self.user.clone(),
+            user: user.clone(),
             was,
             now,
+            info,
             done,
         });
     }
@@ -1094,10 +1168,12 @@ impl Connection {
         let was_joined = self.channels.iter().any(|c| c == channel);
         self.channels.retain(|c| c != channel);
         self.remove_member(channel);
+        let joined_as = self.joined_as.remove(channel);
         if self.hub.has_presence(channel) {
             self.remove_member(&presence_events_channel(channel));
             if was_joined {
-                self.count_presence(channel, -1, None);
+                let user = joined_as.unwrap_or_else(|| self.user.clone());
+                self.count_presence(channel, &user, -1, None, None);
             }
         }
     }
@@ -1196,6 +1272,56 @@ mod tests {
                 data: "not an event".into(),
             }
         ));
+    }
+
+    /// The next `join` or `leave` frame `connection` receives, as JSON.
+    async fn next_event(connection: &super::Connection) -> serde_json::Value {
+        let item = timeout(Duration::from_secs(5), connection.recv()).await;
+        match item.expect("an event within 5 s") {
+            Outbound::Message(delivery) => {
+                serde_json::from_str(delivery.publication().data.as_str()).unwrap()
+            }
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// A connection joined as another user is announced as that user, with the info of
+    /// their first connection; their leave carries none, and comes when the last of their
+    /// connections goes, however those joined.
+    #[tokio::test]
+    async fn joins_as_a_user_are_announced_with_their_info() {
+        let hub = super::Hub::local("node-a");
+        let presence = std::sync::Arc::new(crate::presence::LocalPresence::new(&hub));
+        let channels = crate::presence::PresenceChannels::new(["room:"]);
+        assert!(hub.track_presence(channels, presence));
+        let user = |id: &str| -> crate::protocol::UserId { id.parse().unwrap() };
+        let mut watcher = hub.connect(&user("watcher"));
+        watcher.join("room:1").await.unwrap();
+        assert_eq!(next_event(&watcher).await["user"], "watcher");
+        let mut socket = hub.connect(&user("socket-1"));
+        socket
+            .join_as("room:1", &user("alice"), Some(r#"{"name":"Alice"}"#.into()))
+            .await
+            .unwrap();
+        let join = next_event(&watcher).await;
+        assert_eq!(
+            (&join["type"], &join["user"], &join["info"]),
+            (
+                &"join".into(),
+                &"alice".into(),
+                &serde_json::json!({"name": "Alice"})
+            )
+        );
+        let mut again = hub.connect(&user("socket-2"));
+        again.join_as("room:1", &user("alice"), None).await.unwrap();
+        drop(socket);
+        drop(again);
+        let leave = next_event(&watcher).await;
+        assert_eq!(
+            (&leave["type"], &leave["user"]),
+            (&"leave".into(), &"alice".into())
+        );
+        assert!(leave.get("info").is_none(), "{leave}");
     }
 
     #[tokio::test]

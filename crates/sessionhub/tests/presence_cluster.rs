@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::Hub;
-use sessionhub::presence::{Presence, PresenceError, RedisPresence};
+use sessionhub::presence::{LIVENESS_TTL, Presence, PresenceError, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::RedisCluster;
-use sessionhub_testkit::conformance::presence::{PresenceFixture, settles_at, user};
+use sessionhub_testkit::conformance::presence::{Peer, PresenceFixture, settles_at, track, user};
 use sessionhub_testkit::conformance::within;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -25,6 +26,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 struct Node {
     hub: Hub,
     presence: Arc<RedisPresence>,
+    heartbeat: JoinHandle<()>,
     _stop: DropGuard,
 }
 
@@ -32,11 +34,14 @@ impl Node {
     fn start(config: &RedisConfig, id: &str) -> Self {
         let hub = Hub::local(id);
         let presence = Arc::new(RedisPresence::lazy(config).unwrap());
+        let tracked: Arc<dyn Presence> = presence.clone();
+        track(&hub, &tracked);
         let stop = CancellationToken::new();
-        presence.clone().spawn_heartbeat(hub.clone(), stop.clone());
+        let heartbeat = presence.clone().spawn_heartbeat(hub.clone(), stop.clone());
         Self {
             hub,
             presence,
+            heartbeat,
             _stop: stop.drop_guard(),
         }
     }
@@ -51,10 +56,25 @@ async fn cluster() -> PresenceFixture {
         hub,
         presence,
         _stop,
+        ..
     } = Node::start(&config, "node-a");
     // Dropped with the fixture: the heartbeat is told to stop, then the cluster may go.
-    PresenceFixture::new(hub, presence, (_stop, cluster))
+    PresenceFixture::new(hub, presence, (_stop, cluster)).with_peer(move || {
+        let Node {
+            hub,
+            heartbeat,
+            _stop,
+            ..
+        } = Node::start(&config, "node-b");
+        // Aborted, and never stopped: the node withdraws nothing, as at SIGKILL.
+        let _ = _stop.disarm();
+        Peer::new(hub, move || heartbeat.abort(), REAPED_WITHIN)
+    })
 }
+
+/// How long after a node dies a survivor has reaped it: its liveness expires, then a look
+/// for dead nodes every 3 s, and slack for a loaded machine.
+const REAPED_WITHIN: Duration = LIVENESS_TTL.saturating_add(Duration::from_secs(3 + 4));
 
 sessionhub_testkit::presence_conformance!(cluster);
 

@@ -11,7 +11,7 @@ use sessionhub::hub::{Hub, Online};
 use sessionhub::presence::{LIVENESS_TTL, NodeChange, Presence, RedisPresence, Transition};
 use sessionhub_testkit::RedisServer;
 use sessionhub_testkit::conformance::presence::{
-    PresenceFixture, channel_settles_at, settles_at, track, user,
+    Peer, PresenceFixture, channel_settles_at, settles_at, track, user,
 };
 use sessionhub_testkit::conformance::within;
 use tokio::task::JoinHandle;
@@ -64,11 +64,20 @@ impl Node {
 
 async fn redis() -> PresenceFixture {
     let server = RedisServer::start_async().await;
-    let node = Node::start(&server.url(), "node-a");
+    let url = server.url();
+    let node = Node::start(&url, "node-a");
     // Dropped with the fixture: the heartbeat is told to stop, then the server goes.
     let guard = (node.guard(), server);
-    PresenceFixture::new(node.hub, node.presence, guard)
+    PresenceFixture::new(node.hub, node.presence, guard).with_peer(move || {
+        let peer = Node::start(&url, "node-b");
+        let heartbeat = peer.heartbeat.abort_handle();
+        Peer::new(peer.hub, move || heartbeat.abort(), REAPED_WITHIN)
+    })
 }
+
+/// How long after a node dies a survivor has reaped it: its liveness expires, then a look
+/// for dead nodes every 3 s, and slack for a loaded machine.
+const REAPED_WITHIN: Duration = LIVENESS_TTL.saturating_add(Duration::from_secs(3 + 4));
 
 sessionhub_testkit::presence_conformance!(redis);
 
@@ -231,6 +240,7 @@ async fn concurrent_changes_on_two_nodes_join_and_leave_once() {
             user: &alice,
             was,
             now,
+            info: None,
         };
         for round in 0..50 {
             let (on_a, on_b) = (change("node-a", 0, 1), change("node-b", 0, 1));

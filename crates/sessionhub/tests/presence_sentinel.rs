@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionhub::hub::Hub;
-use sessionhub::presence::{Presence, PresenceError, RedisPresence};
+use sessionhub::presence::{LIVENESS_TTL, Presence, PresenceError, RedisPresence};
 use sessionhub::redis::RedisConfig;
 use sessionhub_testkit::RedisSentinel;
-use sessionhub_testkit::conformance::presence::{PresenceFixture, settles_at, user};
+use sessionhub_testkit::conformance::presence::{Peer, PresenceFixture, settles_at, track, user};
 use sessionhub_testkit::conformance::within;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,20 @@ async fn sentinel() -> PresenceFixture {
     presence.clone().spawn_heartbeat(hub.clone(), stop.clone());
     // Dropped with the fixture: the heartbeat is told to stop, then the servers go.
     let guard = (stop.drop_guard(), redis);
-    PresenceFixture::new(hub, presence, guard)
+    PresenceFixture::new(hub, presence, guard).with_peer(move || {
+        let hub = Hub::local("node-b");
+        let presence = Arc::new(RedisPresence::lazy(&config).unwrap());
+        let tracked: Arc<dyn Presence> = presence.clone();
+        track(&hub, &tracked);
+        let heartbeat = presence.spawn_heartbeat(hub.clone(), CancellationToken::new());
+        // Aborted, not stopped: the node withdraws nothing, as at SIGKILL.
+        Peer::new(hub, move || heartbeat.abort(), REAPED_WITHIN)
+    })
 }
+
+/// How long after a node dies a survivor has reaped it: its liveness expires, then a look
+/// for dead nodes every 3 s, and slack for a loaded machine.
+const REAPED_WITHIN: Duration = LIVENESS_TTL.saturating_add(Duration::from_secs(3 + 4));
 
 sessionhub_testkit::presence_conformance!(sentinel);
 

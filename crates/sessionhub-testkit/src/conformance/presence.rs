@@ -8,6 +8,10 @@
 //! counts a little later than they change (Redis: on a heartbeat every 250 ms), so every
 //! check waits up to [`SETTLE`] for the count it expects.
 //!
+//! A backend shared by several nodes also gives the fixture a way to start a [`Peer`], a
+//! second node that can die without a word, so that the checks can see what a survivor
+//! does with a dead node's members.
+//!
 //! [`presence_conformance!`](crate::presence_conformance) runs [`checks`] against a backend.
 
 use std::sync::Arc;
@@ -31,7 +35,28 @@ pub const PRESENCE_PREFIX: &str = "room:";
 pub struct PresenceFixture {
     hub: Hub,
     presence: Arc<dyn Presence>,
+    peer: Option<Box<dyn Fn() -> Peer + Send + Sync>>,
     _guard: super::Guard,
+}
+
+/// Another node on the fixture's backend (its hub with presence on the channels starting
+/// with [`PRESENCE_PREFIX`]), which can die without a word.
+pub struct Peer {
+    hub: Hub,
+    kill: Box<dyn FnOnce() + Send>,
+    reaped_within: Duration,
+}
+
+impl Peer {
+    /// A node whose presence stops (without withdrawing anything, as at SIGKILL) when `kill`
+    /// is called; a survivor must have reaped it `reaped_within` after that.
+    pub fn new(hub: Hub, kill: impl FnOnce() + Send + 'static, reaped_within: Duration) -> Self {
+        Self {
+            hub,
+            kill: Box::new(kill),
+            reaped_within,
+        }
+    }
 }
 
 impl PresenceFixture {
@@ -43,8 +68,17 @@ impl PresenceFixture {
         Self {
             hub,
             presence,
+            peer: None,
             _guard: Box::new(guard),
         }
+    }
+
+    /// This fixture, whose backend nodes share: `start` starts another node on it (a
+    /// [`Peer`]; within a Tokio runtime), for the checks of what happens to a dead node's
+    /// members. Without it those checks pass at once (one node has nobody to reap it).
+    pub fn with_peer(mut self, start: impl Fn() -> Peer + Send + Sync + 'static) -> Self {
+        self.peer = Some(Box::new(start));
+        self
     }
 
     /// The hub to open connections on.
@@ -108,6 +142,40 @@ pub async fn channel_settles_at(
         assert!(
             Instant::now() < deadline,
             "{channel}: {members:?} ({counted:?}), expected {expected:?} within {SETTLE:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (up to `within`) until `presence` has exactly `expected` (user, connections,
+/// info) on `channel`.
+pub async fn members_settle_at(
+    presence: &dyn Presence,
+    channel: &str,
+    expected: &[(&str, usize, Option<&str>)],
+    within: Duration,
+) {
+    let mut expected: Vec<(String, usize, Option<String>)> = expected
+        .iter()
+        .map(|(u, n, info)| ((*u).to_owned(), *n, info.map(str::to_owned)))
+        .collect();
+    expected.sort();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut members: Vec<(String, usize, Option<String>)> = presence
+            .members(channel)
+            .await
+            .expect("presence answers")
+            .into_iter()
+            .map(|m| (m.user, m.connections, m.info))
+            .collect();
+        members.sort();
+        if members == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: {members:?}, expected {expected:?} within {within:?}"
         );
         sleep(Duration::from_millis(20)).await;
     }
@@ -281,6 +349,148 @@ pub mod checks {
         drop(kept);
         channel_settles_at(&**fixture.presence(), "room:churn", &[]).await;
     }
+
+    /// A member's info is what their first connection to the channel gave, kept while a
+    /// second connection comes with other info and goes; a user joined without info has
+    /// none. Text that is not JSON is kept as a JSON string.
+    pub async fn member_info_is_the_first_connections(fixture: &PresenceFixture) {
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let hub = fixture.hub();
+        let presence = &**fixture.presence();
+        let mut a1 = hub.connect(&alice);
+        a1.join_as("room:info", &alice, Some(r#"{"name":"Alice"}"#.into()))
+            .await
+            .expect("joins");
+        let members = presence
+            .members("room:info")
+            .await
+            .expect("presence answers");
+        assert_eq!(
+            members
+                .iter()
+                .map(|m| m.info.as_deref())
+                .collect::<Vec<_>>(),
+            [Some(r#"{"name":"Alice"}"#)],
+            "known when the join returns"
+        );
+        let mut a2 = hub.connect(&alice);
+        a2.join_as("room:info", &alice, Some(r#"{"name":"Other"}"#.into()))
+            .await
+            .expect("joins");
+        let mut b = hub.connect(&bob);
+        b.join("room:info").await.expect("joins");
+        let mut c = hub.connect(&carol);
+        c.join_as("room:info", &carol, Some("plain text".into()))
+            .await
+            .expect("joins");
+        let expected = [
+            ("alice", 2, Some(r#"{"name":"Alice"}"#)),
+            ("bob", 1, None),
+            ("carol", 1, Some(r#""plain text""#)),
+        ];
+        members_settle_at(presence, "room:info", &expected, SETTLE).await;
+        a2.leave("room:info");
+        drop(c);
+        let expected = [("alice", 1, Some(r#"{"name":"Alice"}"#)), ("bob", 1, None)];
+        members_settle_at(presence, "room:info", &expected, SETTLE).await;
+    }
+
+    /// A connection that joins as another user counts as that user there, and leaving
+    /// (or closing) takes back exactly that; its own user is not on the channel.
+    pub async fn a_connection_joined_as_another_user_counts_as_them(fixture: &PresenceFixture) {
+        let (socket, alice) = (user("socket-1"), user("alice"));
+        let hub = fixture.hub();
+        let presence = &**fixture.presence();
+        let mut s1 = hub.connect(&socket);
+        s1.join_as("room:as", &alice, Some(r#"{"n":1}"#.into()))
+            .await
+            .expect("joins");
+        let mut s2 = hub.connect(&socket);
+        s2.join("room:as").await.expect("joins");
+        let expected = [("alice", 1, Some(r#"{"n":1}"#)), ("socket-1", 1, None)];
+        members_settle_at(presence, "room:as", &expected, SETTLE).await;
+        // Joining again changes nothing, whoever it names.
+        s1.join_as("room:as", &user("mallory"), None)
+            .await
+            .expect("joins");
+        s1.leave("room:as");
+        members_settle_at(presence, "room:as", &[("socket-1", 1, None)], SETTLE).await;
+        s1.join_as("room:as", &alice, None).await.expect("joins");
+        members_settle_at(
+            presence,
+            "room:as",
+            &[("alice", 1, None), ("socket-1", 1, None)],
+            SETTLE,
+        )
+        .await;
+        drop(s1);
+        members_settle_at(presence, "room:as", &[("socket-1", 1, None)], SETTLE).await;
+        drop(s2);
+        members_settle_at(presence, "room:as", &[], SETTLE).await;
+        fixture.settles_at(0, 0).await;
+    }
+
+    /// A user's info goes with their last connection (left or closed): joining again
+    /// without info, they have none, and with other info, that one.
+    pub async fn member_info_is_gone_after_leave(fixture: &PresenceFixture) {
+        let alice = user("alice");
+        let hub = fixture.hub();
+        let presence = &**fixture.presence();
+        let mut a = hub.connect(&alice);
+        a.join_as("room:gone", &alice, Some(r#"{"v":1}"#.into()))
+            .await
+            .expect("joins");
+        members_settle_at(
+            presence,
+            "room:gone",
+            &[("alice", 1, Some(r#"{"v":1}"#))],
+            SETTLE,
+        )
+        .await;
+        a.leave("room:gone");
+        members_settle_at(presence, "room:gone", &[], SETTLE).await;
+        a.join("room:gone").await.expect("joins");
+        members_settle_at(presence, "room:gone", &[("alice", 1, None)], SETTLE).await;
+        drop(a);
+        members_settle_at(presence, "room:gone", &[], SETTLE).await;
+        let mut a = hub.connect(&alice);
+        a.join_as("room:gone", &alice, Some(r#"{"v":2}"#.into()))
+            .await
+            .expect("joins");
+        members_settle_at(
+            presence,
+            "room:gone",
+            &[("alice", 1, Some(r#"{"v":2}"#))],
+            SETTLE,
+        )
+        .await;
+    }
+
+    /// A node that dies without a word loses its members, info included, once a survivor
+    /// reaps it: the user joining again on the survivor without info has none. Passes at
+    /// once for a backend without [`PresenceFixture::with_peer`].
+    pub async fn member_info_is_gone_after_a_reap(fixture: &PresenceFixture) {
+        let Some(start) = &fixture.peer else {
+            return;
+        };
+        let alice = user("alice");
+        let presence = &**fixture.presence();
+        let peer = start();
+        let mut on_peer = peer.hub.connect(&alice);
+        on_peer
+            .join_as("room:reaped", &alice, Some(r#"{"on":"peer"}"#.into()))
+            .await
+            .expect("joins");
+        let expected = [("alice", 1, Some(r#"{"on":"peer"}"#))];
+        members_settle_at(presence, "room:reaped", &expected, SETTLE).await;
+        (peer.kill)();
+        members_settle_at(presence, "room:reaped", &[], peer.reaped_within).await;
+        let mut here = fixture.hub().connect(&alice);
+        here.join("room:reaped").await.expect("joins");
+        members_settle_at(presence, "room:reaped", &[("alice", 1, None)], SETTLE).await;
+        // Held until now: closing it earlier would have its node report the leave itself.
+        drop(on_peer);
+    }
 }
 
 /// Runs every presence check against the backend `$factory` returns, one test each:
@@ -303,6 +513,10 @@ macro_rules! presence_conformance {
                 channel_members_are_users_with_their_connections,
                 channel_members_drop_as_connections_leave,
                 channel_members_settle_after_churn,
+                member_info_is_the_first_connections,
+                a_connection_joined_as_another_user_counts_as_them,
+                member_info_is_gone_after_leave,
+                member_info_is_gone_after_a_reap,
             ]
         );
     };

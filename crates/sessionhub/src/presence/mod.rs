@@ -10,6 +10,10 @@
 //! one change at a time and in order; the backend answers whether the change made the user
 //! join or leave the channel cluster-wide, and the hub announces that to the channel's
 //! subscribers.
+//!
+//! A member may carry info (JSON text, e.g. a Pusher presence channel's `user_info`): the
+//! info given with the user's first connection to the channel cluster-wide, kept until their
+//! last connection is gone (or reaped with a dead node), as Pusher does.
 
 mod local;
 mod redis;
@@ -18,7 +22,8 @@ pub use self::local::LocalPresence;
 pub use self::redis::{LIVENESS_TTL, RedisPresence};
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 pub use crate::error::PresenceError;
 use crate::hub::Online;
@@ -75,6 +80,41 @@ pub struct Member {
     pub user: String,
     /// The user's connections to the channel, on every node.
     pub connections: usize,
+    /// What the user's first connection to the channel told about them (a Pusher member's
+    /// `user_info`), if anything: any JSON value, left out when there is none. Held here
+    /// as JSON text.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_info"
+    )]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub info: Option<String>,
+}
+
+/// A member's info as the JSON it holds (as a JSON string if it holds none, which only a
+/// change made without [`info_json`] can give).
+fn serialize_info<S: Serializer>(info: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match info {
+        Some(info) => raw_info(info).serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// `info` as raw JSON: itself if it is JSON, else a JSON string of it, so that a frame
+/// carrying it is always JSON.
+pub(crate) fn raw_info(info: &str) -> Box<RawValue> {
+    RawValue::from_string(info.to_owned())
+        .unwrap_or_else(|_| serde_json::value::to_raw_value(info).expect("a string serializes"))
+}
+
+/// `info` made JSON text: itself if it is JSON, else a JSON string of it (a caller handing
+/// over plain text gets it back as text, not lost and not breaking a frame).
+pub(crate) fn info_json(info: String) -> String {
+    if serde_json::from_str::<&RawValue>(&info).is_ok() {
+        info
+    } else {
+        serde_json::to_string(&info).expect("a string serializes")
+    }
 }
 
 /// The size of a presence channel.
@@ -99,6 +139,11 @@ pub struct NodeChange<'a> {
     pub was: usize,
     /// And after it. Absolute, so that a backend may apply a change twice safely.
     pub now: usize,
+    /// The user's info (JSON text) on the node, if any, sent with every change that adds
+    /// connections: the backend keeps it if the change makes the user join the channel
+    /// cluster-wide (a node that was reaped while alive rejoins with it), and drops it when
+    /// the user leaves.
+    pub info: Option<&'a str>,
 }
 
 /// What a change did to a channel's presence cluster-wide. A join or leave carries the

@@ -18,9 +18,10 @@
 //! Keys of a presence channel (with the channel as hash tag, so that one script updates
 //! them atomically; `scripts/presence_channel_*.lua`): `<prefix>ch:{<channel>}:presence:users`
 //! (hash, user -> connections cluster-wide), `:presence:connections` (their sum),
-//! `:presence:node:<node id>` (hash, user -> connections on that node), and
+//! `:presence:node:<node id>` (hash, user -> connections on that node),
 //! `:presence:version` (counts the channel's joins and leaves; never reset, so that a
-//! version is never used twice for one channel).
+//! version is never used twice for one channel), and `:presence:info` (hash, user -> the
+//! info their first connection gave, JSON text; removed with the user, a reaped one too).
 //!
 //! A node that stops beating is reaped by the first survivor that sees its liveness
 //! expired (each node looks every 3 s): one script removes it from the online counts and
@@ -306,7 +307,8 @@ impl RedisPresence {
                     .channel_presence(channel, &["node:", node].concat()),
             )
             .key(self.keys.channel_presence(channel, "connections"))
-            .key(self.keys.channel_presence(channel, "version"));
+            .key(self.keys.channel_presence(channel, "version"))
+            .key(self.keys.channel_presence(channel, "info"));
     }
 
     async fn invoke<T: ::redis::FromRedisValue>(
@@ -377,14 +379,19 @@ impl Presence for RedisPresence {
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
-        let mut connection = self.connection.get().await.map_err(unavailable)?;
-        let users: HashMap<String, usize> = connection
-            .hgetall(self.keys.channel_presence(channel, "users"))
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut invocation = scripts::PRESENCE_CHANNEL_MEMBERS.prepare_invoke();
+        invocation
+            .key(self.keys.channel_presence(channel, "users"))
+            .key(self.keys.channel_presence(channel, "info"));
+        let (users, mut info): (HashMap<String, usize>, HashMap<String, String>) =
+            self.invoke(&invocation).await?;
         Ok(users
             .into_iter()
-            .map(|(user, connections)| Member { user, connections })
+            .map(|(user, connections)| Member {
+                info: info.remove(&user),
+                user,
+                connections,
+            })
             .collect())
     }
 
@@ -412,7 +419,10 @@ impl Presence for RedisPresence {
         }
         let mut invocation = scripts::PRESENCE_CHANNEL_SET.prepare_invoke();
         self.channel_keys(&mut invocation, change.channel, change.node);
-        invocation.arg(change.user.as_str()).arg(change.now);
+        invocation
+            .arg(change.user.as_str())
+            .arg(change.now)
+            .arg(change.info.unwrap_or(""));
         let (transition, left_here, version): (i64, usize, u64) = self.invoke(&invocation).await?;
         if left_here == 0 {
             self.unindex(change.node, change.channel).await?;

@@ -265,6 +265,9 @@ pub(crate) enum Reply<'a> {
         channel: &'a str,
         user: &'a str,
         version: u64,
+        /// What the user's first connection told about them (`Connection::join_as`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<Box<RawValue>>,
     },
     Leave {
         channel: &'a str,
@@ -329,14 +332,20 @@ impl Reply<'_> {
     }
 }
 
-/// The `join` or `leave` frame that tells a presence channel's subscribers about `user`;
-/// `None` for a change that is neither.
-pub(crate) fn presence_event(channel: &str, user: &str, transition: Transition) -> Option<String> {
+/// The `join` or `leave` frame that tells a presence channel's subscribers about `user`
+/// (a join with the user's `info`, if any); `None` for a change that is neither.
+pub(crate) fn presence_event(
+    channel: &str,
+    user: &str,
+    transition: Transition,
+    info: Option<&str>,
+) -> Option<String> {
     let frame = match transition {
         Transition::Joined(version) => Reply::Join {
             channel,
             user,
             version,
+            info: info.map(crate::presence::raw_info),
         },
         Transition::Left(version) => Reply::Leave {
             channel,
@@ -471,21 +480,39 @@ mod tests {
             r#"{"type":"publication","channel":"room:1","epoch":"ep","offset":3,"data":{"a":"b"}}"#
         );
         assert_eq!(
-            presence_event("room:1", "alice", Transition::Joined(3)).unwrap(),
+            presence_event("room:1", "alice", Transition::Joined(3), None).unwrap(),
             r#"{"type":"join","channel":"room:1","user":"alice","version":3}"#
         );
         assert_eq!(
-            presence_event("room:1", "alice", Transition::Left(4)).unwrap(),
-            r#"{"type":"leave","channel":"room:1","user":"alice","version":4}"#
+            presence_event("room:1", "alice", Transition::Joined(3), Some(r#"{"n":1}"#)).unwrap(),
+            r#"{"type":"join","channel":"room:1","user":"alice","version":3,"info":{"n":1}}"#
         );
         assert_eq!(
-            presence_event("room:1", "alice", Transition::Unchanged),
+            presence_event("room:1", "alice", Transition::Left(4), Some("{}")).unwrap(),
+            r#"{"type":"leave","channel":"room:1","user":"alice","version":4}"#,
+            "a leave carries no info"
+        );
+        assert_eq!(
+            presence_event("room:1", "alice", Transition::Unchanged, None),
             None
         );
-        let members = [Member {
-            user: "alice".into(),
-            connections: 2,
-        }];
+        let members = [
+            Member {
+                user: "alice".into(),
+                connections: 2,
+                info: None,
+            },
+            Member {
+                user: "bob".into(),
+                connections: 1,
+                info: Some(r#"{"name":"Bob"}"#.into()),
+            },
+            Member {
+                user: "carol".into(),
+                connections: 1,
+                info: Some("not json".into()),
+            },
+        ];
         let reply = Reply::Presence {
             id: Some(1),
             channel: "room:1",
@@ -493,7 +520,7 @@ mod tests {
         };
         assert_eq!(
             reply.to_text(),
-            r#"{"type":"presence","id":1,"channel":"room:1","presence":[{"user":"alice","connections":2}]}"#
+            r#"{"type":"presence","id":1,"channel":"room:1","presence":[{"user":"alice","connections":2},{"user":"bob","connections":1,"info":{"name":"Bob"}},{"user":"carol","connections":1,"info":"not json"}]}"#
         );
     }
 }

@@ -13,7 +13,7 @@
 //! | its history                   | `<prefix>ch:{<channel>}:meta`, `:history`, `:idem:<key>` |
 //! | presence (online counts)      | `<prefix>presence:{presence}:nodes`, `:users`, `:node:<node id>`, `:users:<node id>`, `:channels:<node id>` |
 //! | the webhook queue             | `<prefix>webhooks:{webhooks}:stream`, `:delayed` |
-//! | a channel's presence          | `<prefix>ch:{<channel>}:presence:users`, `:presence:connections`, `:presence:node:<node id>` |
+//! | a channel's presence          | `<prefix>ch:{<channel>}:presence:users`, `:presence:connections`, `:presence:node:<node id>`, `:presence:info` |
 //!
 //! Session ids are base64url and never contain braces. A channel may contain braces: only
 //! the first `{` and the first `}` after it delimit a hash tag, and channel names are read
@@ -104,7 +104,7 @@ impl Keys {
         join(&self.prefix, &["webhooks:{webhooks}:", what])
     }
 
-    /// A key of `channel`'s presence (`users`, `connections`, `node:<node id>`), in the
+    /// A key of `channel`'s presence (`users`, `connections`, `node:<node id>`, `info`), in the
     /// channel's slot, so that one script updates them all.
     pub(crate) fn channel_presence(&self, channel: &str, suffix: &str) -> String {
         join(&self.channel_head, &[channel, "}:presence:", suffix])

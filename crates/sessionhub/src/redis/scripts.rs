@@ -47,6 +47,8 @@ pub(crate) static PRESENCE_WITHDRAW: LazyLock<Script> = script!("presence_withdr
 pub(crate) static PRESENCE_CHANNEL_SET: LazyLock<Script> = script!("presence_channel_set.lua");
 pub(crate) static PRESENCE_CHANNEL_REAP: LazyLock<Script> = script!("presence_channel_reap.lua");
 pub(crate) static PRESENCE_CHANNEL_STATS: LazyLock<Script> = script!("presence_channel_stats.lua");
+pub(crate) static PRESENCE_CHANNEL_MEMBERS: LazyLock<Script> =
+    script!("presence_channel_members.lua");
 
 pub(crate) static LIMITS_TAKE: LazyLock<Script> = script!("limits_take.lua");
 pub(crate) static WEBHOOK_PUSH: LazyLock<Script> = script!("webhook_push.lua");

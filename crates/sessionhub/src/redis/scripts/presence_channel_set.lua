@@ -2,8 +2,11 @@
 -- made the user join or leave the channel cluster-wide.
 -- KEYS[1] the channel's users (hash: user -> connections across the cluster), KEYS[2] the
 -- channel's entries of this node (hash: user -> connections here), KEYS[3] the channel's
--- connection total (string); all with the channel as hash tag. ARGV[1] the user, ARGV[2]
--- the user's connections on this node now.
+-- connection total (string), KEYS[4] the channel's version (string), KEYS[5] the users'
+-- info (hash: user -> JSON text); all with the channel as hash tag. ARGV[1] the user,
+-- ARGV[2] the user's connections on this node now, ARGV[3] the user's info ('' for none):
+-- kept if the user thereby joins (the info of their first connection cluster-wide, as
+-- Pusher has it), dropped when they leave.
 -- Answers {1 (joined), -1 (left) or 0; how many users the node still has on the channel,
 -- so that the node can take the channel out of its index when it reaches 0; the version
 -- after a join or leave, 0 otherwise}. Nodes announce joins and leaves after this returns,
@@ -36,6 +39,13 @@ if total - diff <= 0 and total > 0 then
     transition = 1
 elseif total - diff > 0 and total <= 0 then
     transition = -1
+end
+-- Removed only by a leave (here or presence_channel_reap.lua), not by a join without info:
+-- a join that finds info left behind shows the leak instead of hiding it.
+if transition == 1 and ARGV[3] ~= '' then
+    redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+elseif transition == -1 then
+    redis.call('HDEL', KEYS[5], ARGV[1])
 end
 local version = 0
 if transition ~= 0 then
