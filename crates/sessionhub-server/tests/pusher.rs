@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sessionhub_testkit::Node;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
@@ -644,6 +644,22 @@ async fn malformed_frames_get_pusher_errors_and_the_connection_stays() {
     }
     send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(next_event(&mut ws).await["event"], "pusher:pong");
+    // A WebSocket ping is answered too.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(payload))) => return payload,
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong in time");
+    assert_eq!(&pong[..], b"are you there");
 }
 
 #[tokio::test]
