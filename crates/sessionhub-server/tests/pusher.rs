@@ -9,13 +9,12 @@
 //! scenarios, each a conversation too long to share a helper with the others.
 //!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
-//! package-lock.json); the test runs `npm ci` itself if node_modules is missing.
+//! package-lock.json); the test runs `npm ci` itself if a package is missing
+//! (`common::pusher`).
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,30 +29,6 @@ use common::{WAIT, Ws};
 const APP: &str = "42:app-key:app-secret";
 const KEY: &str = "app-key";
 const SECRET: &str = "app-secret";
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher");
-
-/// `npm ci` in tests/pusher, once per process, if pusher-js is not installed.
-fn install_pusher_js() {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return;
-    }
-    let dir = Path::new(FIXTURE);
-    if !dir.join("node_modules/pusher-js").exists() {
-        eprintln!("pusher test: installing pusher-js (npm ci in {FIXTURE})");
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {FIXTURE} failed ({status:?}); the test needs Node.js 20+ and npm"
-        );
-    }
-    *ready = true;
-}
-
 /// A node speaking for the test app, with `extra` flags.
 fn pusher_node(extra: &[&str]) -> Node {
     let mut args = vec!["--pusher-app", APP];
@@ -71,10 +46,9 @@ struct Clients {
 
 impl Clients {
     async fn start() -> Self {
-        install_pusher_js();
         let mut child = Command::new("node")
             .arg("driver.mjs")
-            .current_dir(FIXTURE)
+            .current_dir(common::pusher::npm_fixture())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -8,14 +8,29 @@
 //! exclusion, the sender of a client event) travels in the publication's
 //! [`Envelope`](crate::broker::Envelope).
 
+mod rest;
+mod socket;
+
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::Gateway;
 
-mod socket;
-
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
-    Router::new().route("/app/{key}", get(socket::upgrade))
+    Router::new()
+        .route("/app/{key}", get(socket::upgrade))
+        .route("/apps/{id}/events", post(rest::events))
+        .route("/apps/{id}/batch_events", post(rest::batch_events))
+        .route("/apps/{id}/channels", get(rest::channels))
+        .route("/apps/{id}/channels/{channel}", get(rest::channel))
+        .route("/apps/{id}/channels/{channel}/users", get(rest::users))
+        .route(
+            "/apps/{id}/users/{user}/terminate_connections",
+            post(rest::terminate_connections),
+        )
+        .route(
+            "/users/{user}/terminate_connections",
+            post(rest::terminate_connections_of_key),
+        )
 }
