@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod chaos;
+pub mod pusher;
 pub mod sse;
 pub mod v1;
 
