@@ -10,7 +10,8 @@
 //! must pass both SDKs' webhook validators.
 //!
 //! Prerequisites: Node.js 20+ and npm, Python 3 with venv; the test runs `npm ci` in
-//! tests/pusher and `pip install` in its venv itself when they are missing. The drivers are
+//! tests/pusher (`common::pusher`) and `pip install` in its venv itself when they are
+//! missing. The drivers are
 //! tests/pusher/sdk.mjs and tests/pusher/sdk.py: one JSON line per SDK call.
 
 mod common;
@@ -29,7 +30,7 @@ use sessionhub::pusher::PusherApp;
 use sessionhub::pusher::request::sign;
 use sessionhub_testkit::{Node, RedisServer};
 
-const SDK_DIR: &str = "tests/pusher";
+const SDK_DIR: &str = common::pusher::FIXTURE;
 const APP: &str = "1:app-key:app-secret";
 const OTHER_APP: &str = "2:other-key:other-secret";
 
@@ -42,25 +43,6 @@ fn app() -> PusherApp {
 enum Sdk {
     Node,
     Python,
-}
-
-/// `npm ci` in tests/pusher, once per process, if node_modules is missing.
-fn node_sdk() -> &'static Path {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let dir = Path::new(SDK_DIR);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if !*ready && !dir.join("node_modules/pusher").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {SDK_DIR} failed ({status:?}): this test needs Node.js 20+ and npm"
-        );
-    }
-    *ready = true;
-    dir
 }
 
 /// The venv's python, made under target/ with requirements.txt installed, once per
@@ -117,7 +99,7 @@ async fn sdk(sdk: Sdk, node: &Node, app: &str, calls: Value) -> Vec<Value> {
         let mut command = match sdk {
             Sdk::Node => {
                 let mut c = Command::new("node");
-                c.current_dir(node_sdk()).arg("sdk.mjs");
+                c.current_dir(common::pusher::npm_fixture()).arg("sdk.mjs");
                 c
             }
             Sdk::Python => {
@@ -151,15 +133,13 @@ fn ok(answer: &Value) -> &Value {
         .unwrap_or_else(|| panic!("the call failed: {answer}"))
 }
 
-/// A node speaking for the Pusher apps, with presence on `presence-` channels.
+/// A node speaking for the Pusher apps (`presence-` channels have presence with them).
 fn pusher_node(extra: &[&str]) -> Node {
     let mut args = vec![
         "--pusher-app",
         APP,
         "--pusher-app",
         OTHER_APP,
-        "--presence-channels",
-        "presence-",
         "--max-connections-per-ip",
         "100000",
     ];
