@@ -780,6 +780,23 @@ async fn presence_members_are_counted_across_three_nodes_and_announced_once_per_
         .event("bob-too", "presence-room", "pusher:subscription_succeeded")
         .await;
     assert_eq!(seen["data"]["count"], 2, "{seen}");
+    // The HTTP API counts them on any node: two users, three connections.
+    let path = "/apps/42/channels/presence-room";
+    let info = [("info", "user_count,subscription_count")];
+    let counted = signed_get(&nodes[0], path, &info).await;
+    assert_eq!(
+        counted,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+    );
+    let users = signed_get(&nodes[1], &format!("{path}/users"), &[]).await;
+    let mut ids: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2"], "{users}");
     // A client event on a presence channel names its sender; when ann has it, a second
     // member_added (sent before it) would have arrived.
     let trigger = json!({"cmd": "trigger", "client": "bob-too", "channel": "presence-room",
@@ -880,6 +897,21 @@ async fn signed_post(node: &Node, path: &str, body: &Value) -> (u16, String) {
         .expect("the HTTP API answers");
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
+}
+
+/// GETs the HTTP API's `path` on `node` with `params`, signed for [`APP`]; its JSON
+/// answer, which must be a 200.
+async fn signed_get(node: &Node, path: &str, params: &[(&str, &str)]) -> Value {
+    let app: sessionhub::pusher::PusherApp = APP.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = sessionhub::pusher::request::sign(&app, "GET", path, params, b"", now);
+    let (status, body) =
+        common::status_and_json(common::http().get(format!("{}{path}?{query}", node.http()))).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
