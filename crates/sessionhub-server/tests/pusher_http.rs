@@ -227,6 +227,10 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
                 {"channel": "my-channel", "name": "first", "data": "1"},
                 {"channel": "cache-news", "name": "second", "data": "{\"n\":2}"},
             ]},
+            {"call": "triggerBatch", "batch": [
+                {"channel": "my-channel", "name": "third", "data": "3", "info": "subscription_count"},
+                {"channel": "cache-news", "name": "fourth", "data": "4"},
+            ]},
         ]),
     )
     .await;
@@ -237,6 +241,10 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
         &json!({"channels": {"my-channel": {"subscription_count": 1}}})
     );
     assert_eq!(ok(&answers[3]), &json!({}));
+    assert_eq!(
+        ok(&answers[4]),
+        &json!({"batch": [{"subscription_count": 1}, {}]})
+    );
 
     // Data that is JSON reaches v1 clients as that JSON, any other string as a string.
     let channel = || "my-channel".to_owned();
@@ -254,6 +262,7 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
         (channel(), json!("\"quoted\""))
     );
     assert_eq!(next_publication(&mut bob).await, (channel(), json!(1)));
+    assert_eq!(next_publication(&mut bob).await, (channel(), json!(3)));
     assert_eq!(
         next_publication(&mut cached).await,
         ("cache-news".to_owned(), json!({"n": 2}))

@@ -289,9 +289,11 @@ pub(super) async fn events(
     if event.attributes.is_empty() {
         return Ok(Json(json!({})));
     }
+    let subscribers = subscribers_if_asked(&gateway, std::iter::once(&event.attributes)).await?;
     let mut channels = Map::new();
     for channel in &event.channels {
-        let info = channel_info(&gateway, channel, &event.attributes, false).await?;
+        let attributes = &event.attributes;
+        let info = channel_info(&gateway, channel, attributes, false, subscribers.as_ref()).await?;
         channels.insert(channel.clone(), Value::Object(info));
     }
     Ok(Json(json!({ "channels": channels })))
@@ -356,21 +358,26 @@ pub(super) async fn batch_events(
     if events.iter().all(|e| e.attributes.is_empty()) {
         return Ok(Json(json!({})));
     }
+    let subscribers = subscribers_if_asked(&gateway, events.iter().map(|e| &e.attributes)).await?;
     let mut infos = Vec::with_capacity(events.len());
     for event in &events {
-        let info = channel_info(&gateway, &event.channels[0], &event.attributes, false).await?;
+        let (channel, attributes) = (&event.channels[0], &event.attributes);
+        let info = channel_info(&gateway, channel, attributes, false, subscribers.as_ref()).await?;
         infos.push(Value::Object(info));
     }
     Ok(Json(json!({ "batch": infos })))
 }
 
 /// What Pusher tells of one channel for `attributes` (`user_count` on presence channels,
-/// `subscription_count`), plus `occupied` when `occupied` is asked.
+/// `subscription_count`), plus `occupied` when `occupied` is asked. `subscribers` are the
+/// cluster's counts when the caller has them already (one ask of every node for many
+/// channels).
 async fn channel_info(
     gateway: &Gateway,
     channel: &str,
     attributes: &[impl AsRef<str>],
     occupied: bool,
+    subscribers: Option<&BTreeMap<String, usize>>,
 ) -> Result<Map<String, Value>, ApiError> {
     let wants = |a: &str| attributes.iter().any(|x| x.as_ref() == a);
     let mut info = Map::new();
@@ -381,8 +388,15 @@ async fn channel_info(
         users = Some(count);
     }
     if wants("subscription_count") || (occupied && users.is_none()) {
-        let active = active_channels(gateway, channel).await?;
-        let count = active.subscribers.get(channel).copied().unwrap_or(0);
+        let count = match subscribers {
+            Some(counts) => counts.get(channel).copied().unwrap_or(0),
+            None => active_channels(gateway, channel)
+                .await?
+                .subscribers
+                .get(channel)
+                .copied()
+                .unwrap_or(0),
+        };
         if wants("subscription_count") {
             info.insert("subscription_count".into(), count.into());
         }
@@ -393,6 +407,18 @@ async fn channel_info(
         info.insert("occupied".into(), (users > Some(0)).into());
     }
     Ok(info)
+}
+
+/// Every channel's subscribers, cluster-wide, if some of `attributes` ask for
+/// `subscription_count`.
+async fn subscribers_if_asked<'a>(
+    gateway: &Gateway,
+    mut attributes: impl Iterator<Item = &'a Vec<String>>,
+) -> Result<Option<BTreeMap<String, usize>>, ApiError> {
+    if !attributes.any(|a| a.iter().any(|a| a == "subscription_count")) {
+        return Ok(None);
+    }
+    Ok(Some(active_channels(gateway, "").await?.subscribers))
 }
 
 /// Refuses attributes other than `allowed`, and `user_count` outside presence channels.
@@ -464,7 +490,7 @@ pub(super) async fn channel(
         &["user_count", "subscription_count"],
         channel.starts_with(PRESENCE),
     )?;
-    let info = channel_info(&gateway, &channel, &attributes, true).await?;
+    let info = channel_info(&gateway, &channel, &attributes, true, None).await?;
     Ok(Json(Value::Object(info)))
 }
 
