@@ -620,6 +620,18 @@ async fn three_nodes_sharing_redis_publish_and_count_cluster_wide() {
     .await;
     assert_eq!(ok(&answers[0]), &json!({}));
     closes(&mut bob).await;
+
+    // Redis gone: an event is refused with 503 and says what was not published.
+    let mut redis = redis;
+    redis.stop();
+    let body = json!({"name": "e", "channels": ["news", "other"], "data": "x"}).to_string();
+    let path = "/apps/1/events";
+    let query = sign(&app(), "POST", path, &[], body.as_bytes(), now());
+    let started = std::time::Instant::now();
+    let (status, text) = post(a, path, &query, &body).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("0 of 2 channels published"), "{text}");
+    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
 }
 
 /// A webhook receiver: every POST's headers (lowercased names) and body, in order.
