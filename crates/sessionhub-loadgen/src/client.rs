@@ -1,6 +1,7 @@
-//! WebSocket clients for both kinds of target: sessionhub (`/websocket/{id}`, a greeting
-//! frame, then each push as a text frame) and Socket.IO servers (Engine.IO v4 over a
-//! WebSocket, user chosen with `?user=`, pushes as `msg` events).
+//! WebSocket clients for every kind of target: sessionhub (`/websocket/{id}`, a greeting
+//! frame, then each push as a text frame), Socket.IO servers (Engine.IO v4 over a
+//! WebSocket, user chosen with `?user=`, pushes as `msg` events) and Pusher Channels servers
+//! (`/app/{key}`, a public channel per user, pushes as events on it).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::net::TcpSocket;
 use crate::engineio::{self, Packet, SioPacket};
 use crate::http::push_u64;
 use crate::payload::Payload;
+use crate::pusher;
 use crate::ws::Msg;
 pub(crate) use crate::ws::Ws;
 
@@ -26,19 +28,31 @@ pub(crate) enum Flavor {
     Sessionhub,
     /// A Socket.IO server (the peers): room per user, `msg` events, `push` event.
     Socketio,
+    /// A Pusher Channels server (sessionhub's `/app/{key}`, Sockudo): a public channel per
+    /// user, published through the signed HTTP API (`--pusher-app`).
+    Pusher,
 }
 
 impl Flavor {
     /// The request path that opens a socket for `user` (`None`: a publisher that joins
     /// no user).
-    pub(crate) fn ws_path(self, user: Option<&str>) -> String {
-        match (self, user) {
+    pub(crate) fn ws_path(self, user: Option<&str>) -> anyhow::Result<String> {
+        Ok(match (self, user) {
+            (Self::Pusher, _) => pusher::ws_path()?,
             (Self::Sessionhub, Some(user)) => format!("/websocket/{user}"),
             (Self::Sessionhub, None) => "/websocket/loadgen-publisher".into(),
             (Self::Socketio, Some(user)) => {
                 format!("/socket.io/?EIO=4&transport=websocket&user={user}")
             }
             (Self::Socketio, None) => "/socket.io/?EIO=4&transport=websocket".into(),
+        })
+    }
+
+    /// What a client answers to [`Incoming::Ping`].
+    pub(crate) fn pong(self) -> &'static [u8] {
+        match self {
+            Self::Pusher => pusher::PONG.as_bytes(),
+            Self::Sessionhub | Self::Socketio => engineio::PONG.as_bytes(),
         }
     }
 
@@ -49,6 +63,7 @@ impl Flavor {
         let (before_user, before_text, end): (&[u8], &[u8], &[u8]) = match self {
             Self::Sessionhub => (br#"{"KEY":""#, br#"","VALUE":""#, br#""}"#),
             Self::Socketio => (br#"42["push",{"to":""#, br#"","msg":""#, br#""}]"#),
+            Self::Pusher => unreachable!("Pusher publishes over HTTP (checked at start)"),
         };
         out.extend_from_slice(before_user);
         push_user_id(out, user);
@@ -60,7 +75,8 @@ impl Flavor {
     /// What a received text frame means.
     pub(crate) fn classify(self, text: &[u8]) -> Incoming {
         match self {
-            Self::Sessionhub => match Payload::decode(text) {
+            Self::Pusher if pusher::is_ping(text) => Incoming::Ping,
+            Self::Sessionhub | Self::Pusher => match Payload::decode(text) {
                 Some(p) => Incoming::Payload(p),
                 None => Incoming::Other,
             },
@@ -149,10 +165,32 @@ async fn connect_inner(
     }
     let stream = socket.connect(node).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
-    let mut ws = Ws::handshake(stream, node, &flavor.ws_path(user))
+    let mut ws = Ws::handshake(stream, node, &flavor.ws_path(user)?)
         .await
         .context("WebSocket upgrade")?;
     match flavor {
+        Flavor::Pusher => {
+            let established = next_text(&mut ws).await.context("connection_established")?;
+            if !established.contains("pusher:connection_established") {
+                bail!("expected pusher:connection_established, got {established:?}");
+            }
+            if let Some(user) = user {
+                ws.send_text(pusher::subscribe_frame(user).as_bytes())
+                    .await?;
+                loop {
+                    let text = next_text(&mut ws).await.context("subscription")?;
+                    if text.contains("subscription_succeeded") {
+                        break;
+                    }
+                    if text.contains("subscription_error") || text.contains("pusher:error") {
+                        bail!("subscription refused: {text}");
+                    }
+                    if pusher::is_ping(text.as_bytes()) {
+                        ws.send_text(pusher::PONG.as_bytes()).await?;
+                    }
+                }
+            }
+        }
         Flavor::Sessionhub => {
             // The greeting says the socket has joined its user's channel.
             next_text(&mut ws).await.context("greeting")?;
@@ -196,9 +234,12 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(Flavor::Sessionhub.ws_path(Some("u7")), "/websocket/u7");
         assert_eq!(
-            Flavor::Socketio.ws_path(Some("u7")),
+            Flavor::Sessionhub.ws_path(Some("u7")).unwrap(),
+            "/websocket/u7"
+        );
+        assert_eq!(
+            Flavor::Socketio.ws_path(Some("u7")).unwrap(),
             "/socket.io/?EIO=4&transport=websocket&user=u7"
         );
     }

@@ -13,7 +13,6 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Flavor, Incoming};
-use crate::engineio;
 use crate::procfs;
 use crate::ws::Msg;
 
@@ -191,7 +190,7 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<ConnectionsRepo
     })
 }
 
-/// Keeps a connection open, answering Engine.IO pings, until told to stop.
+/// Keeps a connection open, answering the server's pings, until told to stop.
 async fn idle(
     flavor: Flavor,
     mut ws: client::Ws,
@@ -208,7 +207,7 @@ async fn idle(
             Ok(Some(Msg::Binary(_))) => false,
             Ok(None) | Err(_) => break,
         };
-        if ping && ws.send_text(engineio::PONG.as_bytes()).await.is_err() {
+        if ping && ws.send_text(flavor.pong()).await.is_err() {
             break;
         }
     }

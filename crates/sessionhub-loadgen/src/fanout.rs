@@ -18,11 +18,11 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::client::{self, Flavor, Incoming, Ws};
 use crate::clock;
-use crate::engineio;
 use crate::http;
 use crate::pacing::Schedule;
 use crate::payload::Payload;
 use crate::procfs::{CpuMeters, CpuSeconds, CpuUse};
+use crate::pusher;
 use crate::stats::{ConnTally, Delivery, Latency, LatencySummary};
 use crate::ws::Msg;
 
@@ -478,7 +478,7 @@ async fn client_loop(flavor: Flavor, index: usize, user: u32, mut ws: Ws, shared
                     .record(now.saturating_sub(p.due_us));
             }
             Incoming::Ping => {
-                if ws.send_text(engineio::PONG.as_bytes()).await.is_err() {
+                if ws.send_text(flavor.pong()).await.is_err() {
                     shared.disconnects.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -504,6 +504,10 @@ enum Publisher {
 
 impl Publisher {
     async fn new(args: &FanoutArgs, sources: &[IpAddr]) -> anyhow::Result<Self> {
+        if args.flavor == Flavor::Pusher {
+            // Every request is signed with the app: it must be there before the first.
+            pusher::ws_path()?;
+        }
         Ok(match args.publish {
             PublishMode::Http => Self::Http {
                 workers: (0..args.publishers.max(1))
@@ -511,6 +515,9 @@ impl Publisher {
                     .collect(),
                 authorization: args.api_key.as_ref().map(|k| format!("Bearer {k}").into()),
             },
+            PublishMode::Frame if args.flavor == Flavor::Pusher => {
+                anyhow::bail!("Pusher targets are published to over HTTP (--publish http)")
+            }
             PublishMode::Frame => {
                 let mut sockets = Vec::new();
                 for i in 0..args.publishers {
@@ -562,6 +569,7 @@ async fn run_step(
             workers,
             authorization,
         } => {
+            let flavor = args.flavor;
             let tasks: Vec<_> = workers
                 .drain(..)
                 .map(|mut conns| {
@@ -582,11 +590,27 @@ async fn run_step(
                             .encode_into(size, &mut body);
                             let n = conns.len();
                             let conn = &mut conns[index as usize % n];
-                            conn.start("POST", |path| {
-                                path.extend_from_slice(b"/socket/");
-                                client::push_user_id(path, user);
-                            })
-                            .header("content-type", b"text/plain");
+                            if flavor == Flavor::Pusher {
+                                let text = std::mem::take(&mut body);
+                                let mut target = Vec::new();
+                                let timestamp = pusher::unix_secs();
+                                pusher::events_request(
+                                    user,
+                                    &text,
+                                    timestamp,
+                                    &mut target,
+                                    &mut body,
+                                )
+                                .expect("the app was checked at start");
+                                conn.start("POST", |path| path.extend_from_slice(&target))
+                                    .header("content-type", b"application/json");
+                            } else {
+                                conn.start("POST", |path| {
+                                    path.extend_from_slice(b"/socket/");
+                                    client::push_user_id(path, user);
+                                })
+                                .header("content-type", b"text/plain");
+                            }
                             if let Some(value) = &authorization {
                                 conn.header("authorization", value.as_bytes());
                             }
@@ -627,7 +651,7 @@ async fn run_step(
                                             Ok(None) | Err(_) => break,
                                         };
                                         if ping {
-                                            let _ = ws.send_text(engineio::PONG.as_bytes()).await;
+                                            let _ = ws.send_text(flavor.pong()).await;
                                         }
                                     }
                                 }

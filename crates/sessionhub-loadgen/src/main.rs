@@ -9,7 +9,8 @@
 //!   and Redis commands per request.
 //! - `report`: gathers the JSON results of a run into one file, Markdown tables and charts.
 //!
-//! Works against sessionhub and against Socket.IO servers (Engine.IO v4 spoken directly).
+//! Works against sessionhub, Socket.IO servers (Engine.IO v4 spoken directly) and Pusher
+//! Channels servers (sessionhub's `/app/{key}`, Sockudo).
 //! `scripts/bench.sh` starts the targets and runs every scenario; see docs/benchmarks.md.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ mod http;
 mod pacing;
 mod payload;
 mod procfs;
+mod pusher;
 mod redisprobe;
 mod report;
 mod sessions;
@@ -44,6 +46,14 @@ struct Cli {
     /// generator itself saturates a core (its CPU is in every step's results).
     #[arg(long, global = true, default_value_t = 1)]
     threads: usize,
+    /// The Pusher app of `--flavor pusher` targets, ID:KEY:SECRET.
+    #[arg(
+        long,
+        global = true,
+        env = "LOADGEN_PUSHER_APP",
+        hide_env_values = true
+    )]
+    pusher_app: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +74,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Start the shared clock before anything is stamped.
     let _ = clock::now_us();
+    if let Some(app) = &cli.pusher_app {
+        pusher::configure(app)?;
+    }
     let runtime = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

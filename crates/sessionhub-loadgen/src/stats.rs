@@ -141,13 +141,22 @@ pub(crate) struct ConnTally {
     pub(crate) received: u64,
     /// Messages meant for another user.
     pub(crate) misrouted: u64,
+    /// Messages that arrived after one with a higher sequence number.
+    pub(crate) reordered: u64,
+    /// The highest sequence number seen, plus one (0: none yet).
+    next: u64,
 }
 
 impl ConnTally {
     /// Records a message for this connection's user; `true` if it was not a duplicate.
     pub(crate) fn record(&mut self, seq: u64) -> bool {
         self.received += 1;
-        self.seen.insert(seq)
+        let new = self.seen.insert(seq);
+        if new && seq < self.next {
+            self.reordered += 1;
+        }
+        self.next = self.next.max(seq + 1);
+        new
     }
 }
 
@@ -164,6 +173,11 @@ pub(crate) struct Delivery {
     pub(crate) duplicated: u64,
     /// Messages that arrived for a user other than the connection's.
     pub(crate) misrouted: u64,
+    /// Distinct deliveries that came after a later message of the same user: the server
+    /// changed their order (only when the publisher sends each user's messages in order,
+    /// as one publisher does; concurrent publishers race each other).
+    #[serde(default)]
+    pub(crate) reordered: u64,
 }
 
 impl Delivery {
@@ -175,6 +189,7 @@ impl Delivery {
         self.lost += expected - delivered;
         self.duplicated += tally.received - tally.seen.unique();
         self.misrouted += tally.misrouted;
+        self.reordered += tally.reordered;
     }
 
     /// Lost deliveries as a fraction of the expected ones.
@@ -212,7 +227,7 @@ mod tests {
     #[test]
     fn delivery_counts_loss_and_duplicates() {
         let mut t = ConnTally::default();
-        for seq in [0, 1, 2, 2, 2, 4] {
+        for seq in [0, 2, 1, 2, 2, 4] {
             t.record(seq);
         }
         // Message 5 was never sent to this connection's user: not counted as delivered.
@@ -228,6 +243,7 @@ mod tests {
                 lost: 2,
                 duplicated: 2,
                 misrouted: 1,
+                reordered: 1,
             }
         );
         assert!((d.loss_ratio() - 2.0 / 6.0).abs() < 1e-9);

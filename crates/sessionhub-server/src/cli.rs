@@ -451,6 +451,12 @@ pub(crate) struct Serve {
     /// Where the webhooks of the --pusher-app apps go, in Pusher's format.
     #[arg(long, env = "SESSIONHUB_PUSHER_WEBHOOK", value_name = "URL")]
     pub(crate) pusher_webhook: Option<String>,
+
+    /// Let the clients of every Pusher app send client events (`client-…` on private and
+    /// presence channels, to the channel's other subscribers); off, as on Pusher, unless
+    /// this or an app's own `client_events` in the config file turns them on.
+    #[arg(long, env = "SESSIONHUB_PUSHER_CLIENT_EVENTS", value_parser = BoolishValueParser::new())]
+    pub(crate) pusher_client_events: bool,
 }
 
 /// Every `serve` setting as its raw values, by name: what a reload compares.
@@ -487,9 +493,15 @@ impl Cli {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
-        let table: toml::Table = text
+        let mut table: toml::Table = text
             .parse()
             .with_context(|| format!("parsing the config file {}", path.display()))?;
+        // The one section that is not a flag: apps with options of their own.
+        let file_apps = match table.remove("pusher") {
+            Some(section) => pusher_section(section)
+                .with_context(|| format!("the [pusher] section of {}", path.display()))?,
+            None => Vec::new(),
+        };
         let serve_command = command
             .find_subcommand("serve")
             .expect("serve is a subcommand");
@@ -531,12 +543,64 @@ impl Cli {
         let mut all = args;
         all.extend(extra.into_iter().map(Into::into));
         let matches = command.try_get_matches_from(all)?;
-        let settings = match matches.subcommand() {
+        let mut settings = match matches.subcommand() {
             Some(("serve", serve)) => settings(serve),
             _ => Settings::new(),
         };
-        Ok((Self::from_arg_matches(&matches)?, settings))
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if !file_apps.is_empty() {
+            // Compared on reload (a change needs a restart), never logged: it holds secrets.
+            let described = file_apps.iter().map(|app| format!("{app:?}")).collect();
+            settings.insert("pusher.apps".into(), described);
+            let Command::Serve(serve) = &mut cli.command;
+            serve.pusher_apps.extend(file_apps);
+        }
+        Ok((cli, settings))
     }
+}
+
+/// One `[[pusher.apps]]` entry of the config file: an app with its own options.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PusherAppEntry {
+    id: String,
+    key: String,
+    secret: String,
+    client_events: Option<bool>,
+    client_event_rate: Option<u32>,
+    max_presence_members: Option<usize>,
+    max_user_info_bytes: Option<usize>,
+    max_event_bytes: Option<usize>,
+    webhook_url: Option<String>,
+}
+
+/// The apps of the config file's `[pusher]` section (`[[pusher.apps]]` tables), added to
+/// `--pusher-app`'s.
+fn pusher_section(section: toml::Value) -> anyhow::Result<Vec<sessionhub::pusher::PusherApp>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        #[serde(default)]
+        apps: Vec<PusherAppEntry>,
+    }
+    let section: Section = section.try_into()?;
+    section
+        .apps
+        .into_iter()
+        .map(|entry| {
+            let credentials = format!("{}:{}:{}", entry.id, entry.key, entry.secret);
+            let mut app: sessionhub::pusher::PusherApp = credentials.parse()?;
+            app.client_events = entry.client_events.unwrap_or(app.client_events);
+            app.client_event_rate = entry.client_event_rate.unwrap_or(app.client_event_rate);
+            app.max_presence_members = entry
+                .max_presence_members
+                .unwrap_or(app.max_presence_members);
+            app.max_user_info_bytes = entry.max_user_info_bytes.unwrap_or(app.max_user_info_bytes);
+            app.max_event_bytes = entry.max_event_bytes.unwrap_or(app.max_event_bytes);
+            app.webhook_url = entry.webhook_url;
+            Ok(app)
+        })
+        .collect()
 }
 
 /// The raw values of every `serve` setting, by the name the config file uses.

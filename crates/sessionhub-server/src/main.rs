@@ -31,7 +31,7 @@ use sessionhub::pusher::PusherApps;
 use sessionhub::redis::RedisConfig;
 use sessionhub::store::{Instrumented, MemoryStore, RedisStore, SessionStore};
 use sessionhub::webhook::{
-    EventKind, EventSet, LocalQueue, Queue, RedisQueue, WebhookConfig, Webhooks,
+    EventKind, EventSet, Format, LocalQueue, Queue, RedisQueue, WebhookConfig, Webhooks,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -132,7 +132,8 @@ async fn run(
         None => None,
     };
     let redis = redis.map(|redis| redis.prefix(&args.redis_prefix));
-    let webhooks = webhooks(&args, redis.as_ref(), &node_id)?;
+    let pusher = pusher_apps(&args)?;
+    let webhooks = webhooks(&args, redis.as_ref(), &node_id, &pusher)?;
     let backends = match redis {
         Some(redis) => cluster(redis, &node_id, history, nats)?,
         None => embedded(&args.data_dir, &node_id, history, nats)?,
@@ -190,7 +191,7 @@ async fn run(
     if let Some(hooks) = hooks {
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
-    gateway = gateway.with_pusher(pusher_apps(&args)?);
+    gateway = gateway.with_pusher(pusher);
     let channels = PresenceChannels::new(args.presence_channels.clone());
     // Occupancy is counted by the presence backend, as a presence channel's users are.
     let occupancy = webhooks
@@ -442,56 +443,102 @@ fn read_lines(path: Option<&Path>) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The webhooks, if `--webhook-url` is set: queued in Redis when there is one (one queue
-/// for the cluster), else in a redb file under the data directory.
+/// The webhooks: to `--webhook-url` in sessionhub's format, and to each Pusher app's
+/// webhook URL in Pusher's; none if neither is set. Each target has its own queue, in Redis
+/// when there is one (one queue per target for the cluster), else in a redb file under the
+/// data directory.
 fn webhooks(
     args: &Serve,
     redis: Option<&RedisConfig>,
     node_id: &str,
+    pusher: &PusherApps,
 ) -> anyhow::Result<Option<Arc<Webhooks>>> {
-    let Some(url) = &args.webhook_url else {
-        return Ok(None);
-    };
-    if !url.starts_with("http://") && !url.starts_with("https://") {
-        bail!("--webhook-url must be an http:// or https:// URL");
-    }
-    if args.webhook_secret.iter().all(|s| s.is_empty()) {
-        bail!("--webhook-url needs --webhook-secret");
-    }
     let timeout = Duration::from_secs_f64(args.webhook_timeout);
-    let config = WebhookConfig {
-        url: url.clone(),
-        secrets: args.webhook_secret.clone(),
-        events: if args.webhook_events.is_empty() {
-            EventSet::all()
-        } else {
-            args.webhook_events.iter().copied().collect()
-        },
-        timeout,
-        max_attempts: args.webhook_max_attempts,
-        backoff: Duration::from_secs_f64(args.webhook_backoff),
-        max_backoff: Duration::from_secs_f64(args.webhook_max_backoff),
+    let config = |url: &str| -> anyhow::Result<WebhookConfig> {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            bail!("a webhook URL must be an http:// or https:// URL, not {url:?}");
+        }
+        Ok(WebhookConfig {
+            timeout,
+            max_attempts: args.webhook_max_attempts,
+            backoff: Duration::from_secs_f64(args.webhook_backoff),
+            max_backoff: Duration::from_secs_f64(args.webhook_max_backoff),
+            ..WebhookConfig::new(url, "")
+        })
     };
     let bound = args.webhook_queue_size as usize;
-    let queue: Arc<dyn Queue> = match redis {
-        // A claim outlives the deliveries of one batch (concurrent, each bounded by the
-        // timeout) with room to spare, so only a dead node's events change hands.
-        Some(redis) => Arc::new(
-            RedisQueue::lazy(redis, node_id, bound, timeout * 2 + Duration::from_secs(5))
-                .context("setting up the webhook queue in Redis")?,
-        ),
-        None => {
-            std::fs::create_dir_all(&args.data_dir).with_context(|| {
-                format!("creating the data directory {}", args.data_dir.display())
-            })?;
-            let path = args.data_dir.join("webhooks.redb");
-            Arc::new(
-                LocalQueue::open(&path, bound)
-                    .with_context(|| format!("opening the webhook queue {}", path.display()))?,
-            )
-        }
+    // A claim outlives the deliveries of one batch (concurrent, each bounded by the
+    // timeout) with room to spare, so only a dead node's events change hands.
+    let lease = timeout * 2 + Duration::from_secs(5);
+    let queue = |redis: Option<RedisConfig>, file: &str| -> anyhow::Result<Arc<dyn Queue>> {
+        Ok(match redis {
+            Some(redis) => Arc::new(
+                RedisQueue::lazy(&redis, node_id, bound, lease)
+                    .context("setting up the webhook queue in Redis")?,
+            ),
+            None => {
+                std::fs::create_dir_all(&args.data_dir).with_context(|| {
+                    format!("creating the data directory {}", args.data_dir.display())
+                })?;
+                let path = args.data_dir.join(file);
+                Arc::new(
+                    LocalQueue::open(&path, bound)
+                        .with_context(|| format!("opening the webhook queue {}", path.display()))?,
+                )
+            }
+        })
     };
-    Ok(Some(Arc::new(Webhooks::new(config, queue, node_id))))
+    let mut targets = Vec::new();
+    if let Some(url) = &args.webhook_url {
+        if args.webhook_secret.iter().all(|s| s.is_empty()) {
+            bail!("--webhook-url needs --webhook-secret");
+        }
+        let config = WebhookConfig {
+            secrets: args.webhook_secret.clone(),
+            events: if args.webhook_events.is_empty() {
+                EventSet::all()
+            } else {
+                args.webhook_events.iter().copied().collect()
+            },
+            ..config(url).context("--webhook-url")?
+        };
+        targets.push((config, queue(redis.cloned(), "webhooks.redb")?));
+    }
+    let mut apps: Vec<_> = pusher.iter().collect();
+    apps.sort_by(|a, b| a.id.cmp(&b.id));
+    for app in apps {
+        let Some(url) = &app.webhook_url else {
+            continue;
+        };
+        let config = WebhookConfig {
+            secrets: Vec::new(),
+            events: [
+                EventKind::Occupied,
+                EventKind::Vacated,
+                EventKind::Join,
+                EventKind::Leave,
+            ]
+            .into_iter()
+            .collect(),
+            format: Format::Pusher(app.clone()),
+            ..config(url).context("--pusher-webhook")?
+        };
+        // Its own queue: each target acknowledges its own deliveries.
+        let redis = redis.map(|r| {
+            r.clone()
+                .prefix(&format!("{}pusher:{}:", args.redis_prefix, app.id))
+        });
+        let file = format!("pusher-webhooks-{}.redb", app.id);
+        targets.push((config, queue(redis, &file)?));
+    }
+    let mut targets = targets.into_iter();
+    let Some((config, queue)) = targets.next() else {
+        return Ok(None);
+    };
+    let webhooks = targets.fold(Webhooks::new(config, queue, node_id), |w, (c, q)| {
+        w.with_target(c, q)
+    });
+    Ok(Some(Arc::new(webhooks)))
 }
 
 /// The parts that differ between the embedded default and cluster mode.
@@ -590,10 +637,15 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The Pusher apps of `--pusher-app`, each with `--pusher-webhook`.
+/// The Pusher apps of `--pusher-app` and the config file; those without a webhook URL of
+/// their own take `--pusher-webhook`'s, and `--pusher-client-events` enables client events
+/// for all of them.
 fn pusher_apps(args: &Serve) -> anyhow::Result<PusherApps> {
     let apps = args.pusher_apps.iter().cloned().map(|mut app| {
-        app.webhook_url.clone_from(&args.pusher_webhook);
+        if app.webhook_url.is_none() {
+            app.webhook_url.clone_from(&args.pusher_webhook);
+        }
+        app.client_events |= args.pusher_client_events;
         app
     });
     Ok(PusherApps::new(apps)?)

@@ -200,6 +200,36 @@ fn the_environment_beats_the_file_and_unknown_keys_are_named() {
 }
 
 #[test]
+fn pusher_apps_in_the_config_file_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let refused = |toml: &str, flags: &[&str], expected: &str| {
+        std::fs::write(&config, toml).unwrap();
+        let mut args = vec!["serve", "--config", config.to_str().unwrap()];
+        args.extend(flags);
+        let (code, stderr) = Node::run_once(binary(), &args).unwrap();
+        assert_ne!(code, Some(0), "{toml}");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+    };
+    let app = "[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+    refused(
+        &format!("listen = \"127.0.0.1:0\"\n{app}client_event = true\n"),
+        &[],
+        "unknown field `client_event`",
+    );
+    refused(
+        "[[pusher.apps]]\nid = \"1 2\"\nkey = \"k\"\nsecret = \"s\"\n",
+        &[],
+        "ID:KEY:SECRET",
+    );
+    refused(
+        app,
+        &["--pusher-app", "2:k:t"],
+        "two Pusher apps share the key \"k\"",
+    );
+}
+
+#[test]
 fn docs_configuration_lists_every_setting() {
     let out = std::process::Command::new(binary())
         .args(["serve", "--help"])

@@ -48,7 +48,7 @@ use crate::error::BrokerError;
 use crate::presence::{
     Member as PresenceMember, NodeChange, Presence, PresenceChannels, Transition,
 };
-use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, seed, v1};
+use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close, pusher, seed, v1};
 use crate::session::{SessionEvents, SessionId};
 use crate::webhook::{EventKind, Webhooks};
 
@@ -134,6 +134,7 @@ pub(crate) struct Delivery {
     arrived: std::time::Instant,
     seed_frame: OnceLock<Utf8Bytes>,
     v1_frame: OnceLock<Utf8Bytes>,
+    pusher_frame: OnceLock<Utf8Bytes>,
 }
 
 impl Delivery {
@@ -147,6 +148,7 @@ impl Delivery {
             arrived: std::time::Instant::now(),
             seed_frame: OnceLock::new(),
             v1_frame: OnceLock::new(),
+            pusher_frame: OnceLock::new(),
         }
     }
 
@@ -181,6 +183,23 @@ impl Delivery {
     pub(crate) fn v1_frame(&self) -> Utf8Bytes {
         self.v1_frame
             .get_or_init(|| v1::publication_frame(&self.channel, &self.publication).into())
+            .clone()
+    }
+
+    /// The Pusher event frame ([`pusher::event`]): the envelope's event (or
+    /// [`crate::broker::DEFAULT_EVENT`]) and sender. Whether a connection takes it (the
+    /// envelope's `except`) is the connection's business.
+    pub(crate) fn pusher_frame(&self) -> Utf8Bytes {
+        self.pusher_frame
+            .get_or_init(|| {
+                let envelope = self.envelope.as_ref();
+                let event = envelope
+                    .and_then(|e| e.event.as_deref())
+                    .unwrap_or(crate::broker::DEFAULT_EVENT);
+                let user = envelope.and_then(|e| e.user.as_deref());
+                let data = self.publication.data.as_str();
+                pusher::event(event, &self.channel, data, user).into()
+            })
             .clone()
     }
 }

@@ -30,6 +30,28 @@ pub fn node(args: &[&str]) -> Node {
     Node::start(binary(), args).expect("sessionhub starts")
 }
 
+/// `npm ci` in `dir` (a test fixture with a committed package-lock.json pinning what it
+/// installs), once per process and only if `node_modules/<package>` is missing.
+pub fn npm_ci(dir: &Path, package: &str) {
+    static DONE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|d| d == dir) {
+        return;
+    }
+    if !dir.join("node_modules").join(package).exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "`npm ci` in {} failed ({status:?}): the test needs Node.js 20+ and npm",
+            dir.display()
+        );
+    }
+    done.push(dir.to_owned());
+}
+
 /// An HTTP client that opens a connection per request: tests restart and kill servers, and
 /// a pooled connection to a dead process would fail the next request for the wrong reason.
 pub fn http() -> reqwest::Client {

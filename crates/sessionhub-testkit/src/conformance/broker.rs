@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sessionhub::broker::{
-    BatchItem, Broker, Deliver, HistoryConfig, HistoryPage, HistoryQuery, Publication,
+    BatchItem, Broker, Deliver, Envelope, HistoryConfig, HistoryPage, HistoryQuery, Publication,
     PublishOptions, Receipt, Recovery, StreamPosition,
 };
 use tokio::time::{Instant, sleep, timeout};
@@ -385,6 +385,40 @@ pub mod checks {
             [payload, "", "7:epoch:data"]
         );
         assert!(node.sink.resyncs().is_empty(), "nothing was missed");
+    }
+
+    /// A publication's [`Envelope`] (Pusher's event name, excluded socket, sender) comes back
+    /// whole from delivery, recovery and history, with its data byte for byte: the envelope
+    /// travels inside the payload, so a backend keeps it only if it keeps every byte, the
+    /// separators (U+001E) included.
+    pub async fn an_envelope_survives_delivery_recovery_and_history(backend: &BrokerFixture) {
+        let node = backend.node().await;
+        let channel = "cache-room.envelope";
+        node.join(channel).await;
+        let before = node.publish(channel, "{\"n\":0}").await;
+        let envelope = Envelope {
+            event: Some("client-typing".into()),
+            except: Some("1234.5678".into()),
+            user: Some("u\u{1e}1".into()),
+        };
+        let data = "{\"text\":\"héllo \\u001e ✓\",\"n\":1}";
+        let payload = envelope.wrap(data);
+        node.publish(channel, &payload).await;
+        let opened = |payload: &str| Envelope::open(payload.to_owned().into());
+        let check = |what: &str, payload: &str| {
+            let (got, rest) = opened(payload);
+            assert_eq!(got.as_ref(), Some(&envelope), "{what}: the envelope");
+            assert_eq!(rest.as_str(), data, "{what}: the data");
+        };
+        let taken = node.expect_taken(channel, 2).await;
+        check("delivered", &taken[1]);
+        let recovery = node.recover(channel, Some(&position(&before))).await;
+        assert!(recovery.recovered);
+        assert_eq!(recovery.publications.len(), 1);
+        check("recovered", &recovery.publications[0].data);
+        let newest = node.history(channel, page(None, 1, true)).await;
+        assert_eq!(newest.publications.len(), 1);
+        check("history", &newest.publications[0].data);
     }
 
     /// A channel nobody joined, or that was left, reaches no node.
@@ -966,6 +1000,7 @@ macro_rules! broker_conformance {
             fixture => &fixture,
             checks: [
                 publish_reaches_subscriber_byte_for_byte,
+                an_envelope_survives_delivery_recovery_and_history,
                 unsubscribed_channel_receives_nothing,
                 quick_resubscription_ends_subscribed,
                 many_channels,

@@ -71,6 +71,18 @@ pub(super) async fn admit(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
 ) -> Result<(UserId, Credentials), ApiError> {
+    let who = authenticate(gateway, requested, query.token.as_deref(), headers);
+    admit_as(gateway, peer, headers, who).await
+}
+
+/// [`admit`], with who the client is found by `who` (after the origin and address checks,
+/// before the per-user ones): the Pusher endpoint's users come from a session or nowhere.
+pub(super) async fn admit_as(
+    gateway: &Gateway,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    who: impl Future<Output = Result<(UserId, Credentials), ApiError>>,
+) -> Result<(UserId, Credentials), ApiError> {
     let security = gateway.security();
     check_origin(gateway, headers)?;
     let limits = &security.limits;
@@ -81,8 +93,7 @@ pub(super) async fn admit(
             .check(Limited::Connect, per, limits.connects_per_ip)
             .await?;
     }
-    let (user, credentials) =
-        authenticate(gateway, requested, query.token.as_deref(), headers).await?;
+    let (user, credentials) = who.await?;
     let per = Per::User(user.as_str());
     gateway
         .rates

@@ -208,25 +208,47 @@ pub(crate) async fn channels(
     params: Result<Query<ChannelsParams>, QueryRejection>,
 ) -> Result<Json<Channels>, ApiError> {
     let prefix = input::query(params)?.prefix.unwrap_or_default();
-    let reports = control::reports(&gateway.hub, REPORT_WAIT).await?;
-    let mut summed = BTreeMap::<String, usize>::new();
-    for report in &reports {
-        for channel in report.channels.iter() {
-            if channel.channel.starts_with(&prefix) {
-                *summed.entry(channel.channel.clone()).or_default() += channel.subscribers;
-            }
-        }
-    }
+    let active = active_channels(&gateway, &prefix).await?;
     Ok(Json(Channels {
-        channels: summed
+        channels: active
+            .subscribers
             .into_iter()
             .map(|(channel, subscribers)| ChannelCount {
                 channel,
                 subscribers,
             })
             .collect(),
-        nodes: reports.len(),
+        nodes: active.nodes,
     }))
+}
+
+/// The channels with subscribers on some node, cluster-wide.
+pub(super) struct ActiveChannels {
+    /// Subscribers of each channel, summed over the nodes, by name.
+    pub(super) subscribers: BTreeMap<String, usize>,
+    /// Nodes that answered.
+    pub(super) nodes: usize,
+}
+
+/// Asks every node for its channels whose name starts with `prefix` (all with ""), and
+/// sums their subscribers: for `GET /api/channels` and Pusher's channel queries.
+pub(super) async fn active_channels(
+    gateway: &Gateway,
+    prefix: &str,
+) -> Result<ActiveChannels, crate::error::BrokerError> {
+    let reports = control::reports(&gateway.hub, REPORT_WAIT).await?;
+    let mut subscribers = BTreeMap::<String, usize>::new();
+    for report in &reports {
+        for channel in report.channels.iter() {
+            if channel.channel.starts_with(prefix) {
+                *subscribers.entry(channel.channel.clone()).or_default() += channel.subscribers;
+            }
+        }
+    }
+    Ok(ActiveChannels {
+        subscribers,
+        nodes: reports.len(),
+    })
 }
 
 /// The nodes of the cluster.

@@ -19,7 +19,7 @@ use crate::error::ErrorBody;
 
 /// The routes `sessionhub serve` answers that are deliberately left out of the OpenAPI
 /// document: they are not the JSON server API (the client transports are specified in
-/// `docs/protocol.md`).
+/// `docs/protocol.md`, Pusher's HTTP API in `docs/pusher.md`).
 pub const UNDOCUMENTED_ROUTES: &[&str] = &[
     "/websocket/{id}",
     "/ws",
@@ -36,6 +36,14 @@ pub const UNDOCUMENTED_ROUTES: &[&str] = &[
     "/get-session",
     "/read-session",
     "/invalidate",
+    "/app/{key}",
+    "/apps/{id}/events",
+    "/apps/{id}/batch_events",
+    "/apps/{id}/channels",
+    "/apps/{id}/channels/{channel}",
+    "/apps/{id}/channels/{channel}/users",
+    "/apps/{id}/users/{user}/terminate_connections",
+    "/users/{user}/terminate_connections",
     "/pusher/auth",
     "/pusher/auth/{key}",
     "/pusher/user-auth",
@@ -122,27 +130,27 @@ mod tests {
     use super::UNDOCUMENTED_ROUTES;
     use crate::gateway::Gateway;
 
-    /// The `.rs` files under `dir`, in its subfolders too.
-    fn sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                files.extend(sources(&path));
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-        files
-    }
-
-    /// Every path given to `.route(` in the gateway's source files (`pusher/` included),
+    /// Every path given to `.route(` in the gateway's source files (its folders' too),
     /// outside comments and tests.
     fn literal_routes() -> BTreeSet<String> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/gateway");
+        let mut dirs = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/gateway"
+        ))];
+        let mut files = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
         let mut found = BTreeSet::new();
-        for path in sources(std::path::Path::new(dir)) {
-            let text = std::fs::read_to_string(path).unwrap();
+        for file in files {
+            let text = std::fs::read_to_string(file).unwrap();
             let not_tests = text.split("#[cfg(test)]").next().unwrap();
             let code: String = not_tests
                 .lines()

@@ -40,7 +40,7 @@ use crate::protocol::{FrameError, UserId, close};
 const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
 /// How long a close frame may take to go out before the connection is dropped anyway.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// `GET /websocket/{id}`.
 pub(crate) async fn upgrade(
@@ -103,7 +103,7 @@ async fn refuse(mut socket: Socket, denial: Denial) {
     let _ = send_close(&mut socket, said).await;
 }
 
-fn accept<F, Fut>(ws: Upgrade, limit: usize, then: F) -> Response
+pub(super) fn accept<F, Fut>(ws: Upgrade, limit: usize, then: F) -> Response
 where
     F: FnOnce(Socket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -437,7 +437,7 @@ async fn settle(in_flight: &mut FuturesOrdered<BoxFuture<'static, Vec<String>>>)
     replies
 }
 
-fn read_error(e: tungstenite::Error) -> (u16, &'static str) {
+pub(super) fn read_error(e: tungstenite::Error) -> (u16, &'static str) {
     match e {
         tungstenite::Error::Capacity(_) => close::MESSAGE_TOO_BIG,
         tungstenite::Error::Utf8(_) => close::INVALID_PAYLOAD,
@@ -446,7 +446,7 @@ fn read_error(e: tungstenite::Error) -> (u16, &'static str) {
     }
 }
 
-async fn send_close(socket: &mut Socket, (code, reason): (u16, &str)) -> bool {
+pub(super) async fn send_close(socket: &mut Socket, (code, reason): (u16, &str)) -> bool {
     let frame = Message::Close(Some(CloseFrame {
         code: code.into(),
         reason: Utf8Bytes::from(reason),
@@ -456,7 +456,7 @@ async fn send_close(socket: &mut Socket, (code, reason): (u16, &str)) -> bool {
 
 /// Whether a close code blames what the client sent: it may still be sending (the rest of
 /// an oversized frame, more messages), so the close needs `linger` to reach it.
-fn client_at_fault(code: u16) -> bool {
+pub(super) fn client_at_fault(code: u16) -> bool {
     [
         close::PROTOCOL_ERROR,
         close::INVALID_PAYLOAD,
@@ -473,7 +473,7 @@ fn client_at_fault(code: u16) -> bool {
 /// bounds. Dropping the socket with unread input makes the kernel answer with a reset, and a
 /// client that is still writing then fails its write and never reads the close frame: it saw
 /// 1006 or a reset instead of 1009. nginx's `lingering_close` does the same for HTTP.
-async fn linger(socket: &mut Socket) {
+pub(super) async fn linger(socket: &mut Socket) {
     let io = socket.get_mut();
     let deadline = Instant::now() + LINGER_TIME;
     let mut left = LINGER_BYTES;

@@ -6,10 +6,12 @@
 //! - [`seed`]: `GET /websocket/{id}`, byte-compatible with the Spring demo sessionhub
 //!   replaces, so its clients work unchanged.
 //! - [`v1`]: `GET /ws`, JSON frames with channels, offsets and recovery (`docs/protocol.md`).
+//! - [`pusher`]: `GET /app/{key}`, the Pusher Channels protocol 7 (`docs/pusher.md`).
 
 use std::fmt;
 use std::str::FromStr;
 
+pub mod pusher;
 pub mod seed;
 pub mod v1;
 

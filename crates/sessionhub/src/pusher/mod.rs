@@ -5,6 +5,12 @@
 //! (`/app/{key}`), the HTTP API by id (`/apps/{id}/…`); both sign with the secret
 //! (HMAC-SHA256, lowercase hex), which never leaves the server. With no app configured the
 //! Pusher routes are not mounted at all.
+//!
+//! [`request`] checks the HTTP API's request signatures; [`event`] carries an event's data
+//! through the hub.
+
+pub mod event;
+pub mod request;
 
 use std::collections::HashMap;
 use std::str::FromStr;

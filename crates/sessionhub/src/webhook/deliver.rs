@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claimed, Webhooks, signature};
+use super::{Claimed, Target, Webhooks};
 
 /// Most events one claim takes, delivered concurrently.
 const BATCH: usize = 16;
@@ -39,51 +39,70 @@ pub(super) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 }
 
 impl Webhooks {
-    /// Delivers queued events until `stop` is cancelled. Every node runs one; the queue
-    /// hands each event to one of them.
+    /// Delivers queued events until `stop` is cancelled, each target's on its own. Every
+    /// node runs one; a queue hands each event to one of them.
     pub fn spawn_delivery(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let client = client();
-            loop {
-                let claimed = tokio::select! {
-                    () = stop.cancelled() => return,
-                    claimed = self.queue.claim(BATCH) => claimed,
-                };
-                let claimed = match claimed {
-                    Ok(claimed) => claimed,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhooks: cannot claim events; retrying");
-                        Vec::new()
-                    }
-                };
-                if claimed.is_empty() {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(IDLE) => continue,
-                    }
-                }
-                join_all(claimed.iter().map(|c| self.deliver(&client, c))).await;
-            }
+            join_all(
+                self.targets
+                    .iter()
+                    .map(|target| deliver_to(target, &client, &stop)),
+            )
+            .await;
         })
     }
+}
 
+/// Delivers `target`'s queued events until `stop` is cancelled.
+async fn deliver_to(target: &Target, client: &HttpClient, stop: &CancellationToken) {
+    loop {
+        let claimed = tokio::select! {
+            () = stop.cancelled() => return,
+            claimed = target.queue.claim(BATCH) => claimed,
+        };
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhooks: cannot claim events; retrying");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(IDLE) => continue,
+            }
+        }
+        join_all(claimed.iter().map(|c| target.deliver(client, c))).await;
+    }
+}
+
+impl Target {
     /// POSTs one event; acks it if the receiver took it, else retries it later or, past the
     /// last attempt, drops it.
     async fn deliver(&self, client: &HttpClient, claimed: &Claimed) {
-        let body = serde_json::to_vec(&claimed.event).expect("events serialize");
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let request = axum::http::Request::post(&self.config.url)
-            .header("content-type", "application/json")
-            .header(
-                signature::HEADER,
-                signature::sign(&self.config.secrets, now, &body),
-            )
-            .header("Sessionhub-Event-Id", &claimed.event.id)
-            .header("Sessionhub-Event", claimed.event.kind.name())
-            .body(Full::new(Bytes::from(body)));
+        let Some(post) = self
+            .config
+            .format
+            .request(&claimed.event, &self.config.secrets, now)
+        else {
+            // Queued before a change of format: nothing to send it as.
+            if let Err(e) = self.queue.ack(claimed).await {
+                tracing::warn!(id = %claimed.event.id, error = %e, "webhooks: queue not updated");
+            }
+            return;
+        };
+        let mut request =
+            axum::http::Request::post(&self.config.url).header("content-type", "application/json");
+        for (name, value) in post.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(Bytes::from(post.body)));
         let outcome = match request {
             Err(e) => Err(format!("invalid request: {e}")),
             Ok(request) => {

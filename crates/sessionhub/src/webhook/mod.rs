@@ -15,13 +15,17 @@
 //!
 //! The body of each POST is one event as JSON:
 //! `{"id": "<32 hex>", "type": "user.online", "time": <ms since the Unix epoch>,
-//! "node": "<node id>", "data": {...}}`.
+//! "node": "<node id>", "data": {...}}`, or Pusher's body for a Pusher app's webhooks
+//! ([`Format`]). A node may send to several targets (its own URL, each Pusher app's), each
+//! with its own config and queue ([`Webhooks::with_target`]).
 
 mod deliver;
+mod format;
 mod local;
 mod redis;
 pub mod signature;
 
+pub use self::format::Format;
 pub use self::local::LocalQueue;
 pub use self::redis::RedisQueue;
 
@@ -248,6 +252,8 @@ pub struct WebhookConfig {
     pub backoff: Duration,
     /// The longest delay between retries.
     pub max_backoff: Duration,
+    /// The body and signature: sessionhub's (signed with `secrets`) or a Pusher app's.
+    pub format: Format,
 }
 
 impl WebhookConfig {
@@ -262,23 +268,30 @@ impl WebhookConfig {
             max_attempts: 10,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            format: Format::Sessionhub,
         }
     }
 }
 
-/// The webhooks of one node: emits events into the queue, delivers what it claims.
-pub struct Webhooks {
+/// Where one kind of webhook goes: a config and the queue of its events.
+struct Target {
     config: WebhookConfig,
     queue: Arc<dyn Queue>,
+}
+
+/// The webhooks of one node: emits events into each target's queue, delivers what it claims.
+pub struct Webhooks {
+    targets: Vec<Target>,
     node: String,
 }
 
 impl fmt::Debug for Webhooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Webhooks")
-            .field("url", &self.config.url)
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
+        let mut list = f.debug_list();
+        for target in &self.targets {
+            list.entry(&(&target.config.url, &target.queue));
+        }
+        list.finish()
     }
 }
 
@@ -286,15 +299,21 @@ impl Webhooks {
     /// Webhooks of node `node` per `config`, queued in `queue`.
     pub fn new(config: WebhookConfig, queue: Arc<dyn Queue>, node: impl Into<String>) -> Self {
         Self {
-            config,
-            queue,
+            targets: vec![Target { config, queue }],
             node: node.into(),
         }
     }
 
+    /// Also sends to another target, per `config`, queued in `queue` (a queue of its own:
+    /// each target acknowledges its deliveries alone).
+    pub fn with_target(mut self, config: WebhookConfig, queue: Arc<dyn Queue>) -> Self {
+        self.targets.push(Target { config, queue });
+        self
+    }
+
     /// Whether events of `kind` are sent: callers skip the work of finding them out if not.
     pub fn wants(&self, kind: EventKind) -> bool {
-        self.config.events.contains(kind)
+        self.targets.iter().any(|t| t.config.events.contains(kind))
     }
 
     /// Queues an event of `kind` about `data` in the background, if `kind` is wanted; timed
@@ -319,9 +338,20 @@ impl Webhooks {
         self.push(Event::new(kind, &self.node, data)).await;
     }
 
+    /// Queues `event` for every target that wants it.
     async fn push(&self, event: Event) {
+        for target in &self.targets {
+            let config = &target.config;
+            if config.events.contains(event.kind) && config.format.carries(event.kind, &event.data)
+            {
+                Self::push_to(target, &event).await;
+            }
+        }
+    }
+
+    async fn push_to(target: &Target, event: &Event) {
         let kind = event.kind;
-        let reason = match self.queue.push(&event).await {
+        let reason = match target.queue.push(event).await {
             Ok(true) => return,
             Ok(false) => {
                 tracing::warn!(id = %event.id, kind = %kind, "webhook queue full: event dropped");

@@ -10,16 +10,32 @@
 //! exclusion, the sender of a client event) travels in the publication's
 //! [`Envelope`](crate::broker::Envelope).
 
+mod auth;
+mod rest;
+mod socket;
+
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::Gateway;
-
-mod auth;
 
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
     Router::new()
+        .route("/app/{key}", get(socket::upgrade))
+        .route("/apps/{id}/events", post(rest::events))
+        .route("/apps/{id}/batch_events", post(rest::batch_events))
+        .route("/apps/{id}/channels", get(rest::channels))
+        .route("/apps/{id}/channels/{channel}", get(rest::channel))
+        .route("/apps/{id}/channels/{channel}/users", get(rest::users))
+        .route(
+            "/apps/{id}/users/{user}/terminate_connections",
+            post(rest::terminate_connections),
+        )
+        .route(
+            "/users/{user}/terminate_connections",
+            post(rest::terminate_connections_of_key),
+        )
         .route("/pusher/auth", post(auth::channel))
         .route("/pusher/auth/{key}", post(auth::channel_of))
         .route("/pusher/user-auth", post(auth::user))

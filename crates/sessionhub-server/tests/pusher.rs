@@ -1,0 +1,698 @@
+//! The Pusher Channels endpoint (`GET /app/{key}`, protocol 7) against unmodified pusher-js
+//! 8 in Node (tests/pusher/driver.mjs) and real server processes: connect, subscribe and
+//! unsubscribe, private channels with a good and a forged signature, client events,
+//! publications from the push API and from protocol v1 sockets (and back), cache channels,
+//! an unknown key, three nodes on one Redis. What pusher-js never sends (malformed frames,
+//! a silent client, a flood of client events) is sent from Rust over a raw WebSocket.
+//!
+//! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
+//! package-lock.json); the test runs `npm ci` itself if node_modules is missing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sessionhub_testkit::Node;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+use common::{WAIT, Ws};
+
+const APP: &str = "42:app-key:app-secret";
+const KEY: &str = "app-key";
+const SECRET: &str = "app-secret";
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher");
+
+/// `npm ci` in tests/pusher, once per process, if pusher-js is not installed.
+fn install_pusher_js() {
+    static READY: Mutex<bool> = Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if *ready {
+        return;
+    }
+    let dir = Path::new(FIXTURE);
+    if !dir.join("node_modules/pusher-js").exists() {
+        eprintln!("pusher test: installing pusher-js (npm ci in {FIXTURE})");
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "`npm ci` in {FIXTURE} failed ({status:?}); the test needs Node.js 20+ and npm"
+        );
+    }
+    *ready = true;
+}
+
+/// A node speaking for the test app, with `extra` flags.
+fn pusher_node(extra: &[&str]) -> Node {
+    let mut args = vec!["--pusher-app", APP];
+    args.extend_from_slice(extra);
+    common::node(&args)
+}
+
+/// pusher-js clients in one Node process, and everything they reported.
+struct Clients {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    log: Vec<Value>,
+}
+
+impl Clients {
+    async fn start() -> Self {
+        install_pusher_js();
+        let mut child = Command::new("node")
+            .arg("driver.mjs")
+            .current_dir(FIXTURE)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the pusher test needs Node.js 20+ (`node` on PATH)");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Sends a command and waits for the driver to have run it.
+    async fn send(&mut self, command: Value) {
+        let line = format!("{command}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let client = command["client"].clone();
+        let cmd = command["cmd"].clone();
+        let done = self
+            .wait(|e| e["client"] == client && (e["type"] == "done" || e["type"] == "failed"))
+            .await;
+        assert_eq!(done["type"], "done", "{command}: {done}");
+        assert_eq!(done["cmd"], cmd);
+        // Taken: the next command's `done` is another line.
+        let at = self.log.iter().rposition(|e| *e == done).unwrap();
+        self.log.remove(at);
+    }
+
+    /// The first event (seen already, or coming) that matches, within [`WAIT`].
+    async fn wait(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+        self.wait_from(0, matches).await
+    }
+
+    /// The first event from the `from`th on that matches, within [`WAIT`].
+    async fn wait_from(&mut self, from: usize, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(found) = self.log[from.min(self.log.len())..]
+            .iter()
+            .find(|e| matches(e))
+        {
+            return found.clone();
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no such event within {WAIT:?}; got {:#?}", self.log))
+                .expect("reading the driver")
+                .expect("the driver runs");
+            let event: Value = serde_json::from_str(&line).expect("the driver writes JSON");
+            self.log.push(event.clone());
+            if matches(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// Every event so far that matches.
+    fn seen(&self, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.log.iter().filter(|e| matches(e)).cloned().collect()
+    }
+
+    /// Connects `client` to `node` with `secret` as the signing secret; its socket id.
+    async fn connect_with(&mut self, client: &str, node: &Node, key: &str, secret: &str) {
+        let addr = node.addr();
+        let connect = json!({"cmd": "connect", "client": client, "key": key,
+            "host": addr.ip().to_string(), "port": addr.port(), "secret": secret});
+        self.send(connect).await;
+    }
+
+    async fn connect(&mut self, client: &str, node: &Node) -> String {
+        self.connect_with(client, node, KEY, SECRET).await;
+        let connected = self
+            .wait(|e| e["client"] == client && e["type"] == "connected")
+            .await;
+        connected["socket_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn subscribe(&mut self, client: &str, channel: &str) {
+        let command = json!({"cmd": "subscribe", "client": client, "channel": channel});
+        self.send(command).await;
+    }
+
+    /// Subscribes and waits for this subscription's `pusher:subscription_succeeded`.
+    async fn subscribed(&mut self, client: &str, channel: &str) {
+        let from = self.log.len();
+        self.subscribe(client, channel).await;
+        self.wait_from(from, |e| {
+            e["client"] == client
+                && e["channel"] == channel
+                && e["event"] == "pusher:subscription_succeeded"
+        })
+        .await;
+    }
+
+    /// The first `event` on `channel` that `client` got.
+    async fn event(&mut self, client: &str, channel: &str, event: &str) -> Value {
+        self.wait(|e| {
+            e["client"] == client
+                && e["type"] == "event"
+                && e["channel"] == channel
+                && e["event"] == event
+        })
+        .await
+    }
+
+    /// Every `event` on `channel` that `client` got so far.
+    fn events(&self, client: &str, channel: &str, event: &str) -> Vec<Value> {
+        self.seen(|e| {
+            e["client"] == client
+                && e["type"] == "event"
+                && e["channel"] == channel
+                && e["event"] == event
+        })
+    }
+
+    async fn stop(mut self) {
+        drop(self.stdin);
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+/// Publishes `message` on `channel` through the push API of `node`.
+async fn publish(node: &Node, channel: &str, message: Value) {
+    let url = format!("{}/api/channels/{channel}/publish", node.http());
+    let response = common::http()
+        .post(url)
+        .json(&json!({ "message": message }))
+        .send()
+        .await
+        .expect("the push API answers");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_connects_subscribes_and_gets_push_api_publications() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    let socket_id = clients.connect("a", &node).await;
+    let (left, right) = socket_id.split_once('.').expect("a dot");
+    assert!(
+        [left, right]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        "{socket_id} matches ^\\d+\\.\\d+$"
+    );
+    let other = clients.connect("b", &node).await;
+    assert_ne!(socket_id, other);
+
+    clients.subscribed("a", "news").await;
+    publish(&node, "news", json!({"n": 1})).await;
+    let got = clients.event("a", "news", "message").await;
+    assert_eq!(got["data"], json!({"n": 1}), "{got}");
+    publish(&node, "news", json!("plain text")).await;
+    let got = clients
+        .wait(|e| e["client"] == "a" && e["data"] == "plain text")
+        .await;
+    assert_eq!(got["event"], "message");
+
+    // Unsubscribed: nothing more on news; subscribed again: it comes again.
+    clients
+        .send(json!({"cmd": "unsubscribe", "client": "a", "channel": "news"}))
+        .await;
+    clients.subscribed("a", "sentinel").await;
+    publish(&node, "news", json!({"n": 2})).await;
+    publish(&node, "sentinel", json!({"after": 2})).await;
+    clients.event("a", "sentinel", "message").await;
+    assert_eq!(clients.events("a", "news", "message").len(), 2);
+    clients.subscribed("a", "news").await;
+    publish(&node, "news", json!({"n": 3})).await;
+    clients
+        .wait(|e| e["client"] == "a" && e["data"] == json!({"n": 3}))
+        .await;
+    assert!(
+        clients.seen(|e| e["data"] == json!({"n": 2})).is_empty(),
+        "nothing published while unsubscribed arrived"
+    );
+    clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_channel_takes_a_correct_signature_and_refuses_a_forged_one() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    clients.connect("good", &node).await;
+    clients
+        .connect_with("forger", &node, KEY, "not-the-secret")
+        .await;
+    clients
+        .wait(|e| e["client"] == "forger" && e["type"] == "connected")
+        .await;
+    clients.subscribed("good", "private-orders").await;
+    clients.subscribe("forger", "private-orders").await;
+    let refused = clients
+        .event("forger", "private-orders", "pusher:subscription_error")
+        .await;
+    assert_eq!(refused["data"]["type"], "AuthError", "{refused}");
+    assert_eq!(refused["data"]["status"], 401, "{refused}");
+
+    publish(&node, "private-orders", json!({"order": 7})).await;
+    clients.event("good", "private-orders", "message").await;
+    // The forger is not on the channel: a later publication on a public channel it is on
+    // arrives, the private one never did.
+    clients.subscribed("forger", "news").await;
+    publish(&node, "news", json!({"after": true})).await;
+    clients.event("forger", "news", "message").await;
+    assert!(
+        clients
+            .events("forger", "private-orders", "message")
+            .is_empty()
+    );
+    clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reach_the_other_subscribers_and_v1_sockets_never_the_sender() {
+    let node = pusher_node(&["--pusher-client-events"]);
+    let mut clients = Clients::start().await;
+    clients.connect("a", &node).await;
+    clients.connect("b", &node).await;
+    clients.subscribed("a", "private-chat").await;
+    clients.subscribed("b", "private-chat").await;
+    let (mut v1, _) = common::v1::open_v1(&node.ws(), "carol").await.unwrap();
+    common::send_text(&mut v1, &common::v1::subscribe_frame("private-chat", None)).await;
+    let common::v1::Frame::Subscribed(_) = common::v1::read_frame(&mut v1).await.unwrap() else {
+        panic!("the v1 socket subscribes");
+    };
+
+    let trigger = |client: &str, n: u32| {
+        json!({"cmd": "trigger", "client": client, "channel": "private-chat",
+            "event": "client-typing", "data": {"from": client, "n": n}})
+    };
+    clients.send(trigger("a", 1)).await;
+    let got = clients.event("b", "private-chat", "client-typing").await;
+    assert_eq!(got["data"], json!({"from": "a", "n": 1}));
+    // The v1 socket on the same channel gets it as a publication.
+    let common::v1::Frame::Publication { channel, data, .. } =
+        common::v1::read_frame(&mut v1).await.unwrap()
+    else {
+        panic!("a publication");
+    };
+    assert_eq!(
+        (channel.as_str(), data),
+        ("private-chat", json!({"from": "a", "n": 1}))
+    );
+    // b answers; when a has b's event, it would have had its own (sent first) already.
+    clients.send(trigger("b", 2)).await;
+    clients
+        .wait(|e| e["client"] == "a" && e["data"] == json!({"from": "b", "n": 2}))
+        .await;
+    assert!(
+        clients
+            .seen(|e| e["client"] == "a" && e["data"]["from"] == "a")
+            .is_empty(),
+        "a never gets its own client event"
+    );
+    assert!(
+        clients
+            .seen(|e| e["client"] == "b" && e["data"]["from"] == "b")
+            .is_empty(),
+        "b never gets its own client event"
+    );
+
+    // And a v1 publication reaches both pusher-js clients.
+    let publish = json!({"type": "publish", "channel": "private-chat", "data": {"from": "v1"}});
+    common::send_text(&mut v1, &publish.to_string()).await;
+    for client in ["a", "b"] {
+        let got = clients
+            .wait(|e| e["client"] == client && e["data"] == json!({"from": "v1"}))
+            .await;
+        assert_eq!(got["event"], "message", "{got}");
+    }
+    clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_need_the_app_to_enable_them() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    clients.connect("a", &node).await;
+    clients.connect("b", &node).await;
+    clients.subscribed("a", "private-chat").await;
+    clients.subscribed("b", "private-chat").await;
+    let trigger = json!({"cmd": "trigger", "client": "a", "channel": "private-chat",
+        "event": "client-typing", "data": {}});
+    clients.send(trigger).await;
+    let error = clients
+        .wait(|e| e["client"] == "a" && e["type"] == "error")
+        .await;
+    let message = error["data"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not enabled"), "{error}");
+    assert!(
+        clients
+            .events("b", "private-chat", "client-typing")
+            .is_empty()
+    );
+    clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_channel_replays_its_last_event_or_says_it_missed() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    clients.connect("first", &node).await;
+    clients.subscribed("first", "cache-prices").await;
+    clients
+        .event("first", "cache-prices", "pusher:cache_miss")
+        .await;
+    publish(&node, "cache-prices", json!({"eur": 1})).await;
+    publish(&node, "cache-prices", json!({"eur": 2})).await;
+    clients
+        .wait(|e| e["client"] == "first" && e["data"] == json!({"eur": 2}))
+        .await;
+
+    clients.connect("later", &node).await;
+    clients.subscribed("later", "cache-prices").await;
+    let replayed = clients.event("later", "cache-prices", "message").await;
+    assert_eq!(replayed["data"], json!({"eur": 2}), "the last one only");
+    publish(&node, "cache-prices", json!({"eur": 3})).await;
+    clients
+        .wait(|e| e["client"] == "later" && e["data"] == json!({"eur": 3}))
+        .await;
+    assert_eq!(clients.events("later", "cache-prices", "message").len(), 2);
+    assert!(
+        clients
+            .events("later", "cache-prices", "pusher:cache_miss")
+            .is_empty()
+    );
+    clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_key_is_refused_with_4001() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    clients
+        .connect_with("a", &node, "no-such-key", SECRET)
+        .await;
+    let error = clients
+        .wait(|e| e["client"] == "a" && e["type"] == "error")
+        .await;
+    // The close, as pusher-js reports it: a WebSocketError holding the PusherError.
+    assert_eq!(error["data"]["data"]["code"], 4001, "{error}");
+    // Refused: pusher-js gives up rather than retrying.
+    clients
+        .wait(|e| e["client"] == "a" && e["type"] == "state" && e["current"] == "disconnected")
+        .await;
+    clients.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_and_a_client_event_cross_three_nodes_on_one_redis() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let name = format!("node-{i}");
+            pusher_node(&[
+                "--redis",
+                &url,
+                "--node-id",
+                &name,
+                "--pusher-client-events",
+            ])
+        })
+        .collect();
+    let mut clients = Clients::start().await;
+    let one = clients.connect("one", &nodes[1]).await;
+    let two = clients.connect("two", &nodes[2]).await;
+    assert_ne!(one, two, "socket ids differ across nodes");
+    for client in ["one", "two"] {
+        clients.subscribed(client, "news").await;
+        clients.subscribed(client, "private-team").await;
+    }
+    publish(&nodes[0], "news", json!({"via": "node-0"})).await;
+    for client in ["one", "two"] {
+        clients
+            .wait(|e| e["client"] == client && e["data"] == json!({"via": "node-0"}))
+            .await;
+    }
+    let trigger = json!({"cmd": "trigger", "client": "one", "channel": "private-team",
+        "event": "client-hi", "data": {"from": "node-1"}});
+    clients.send(trigger).await;
+    let got = clients.event("two", "private-team", "client-hi").await;
+    assert_eq!(got["data"], json!({"from": "node-1"}));
+    publish(&nodes[0], "private-team", json!({"sentinel": true})).await;
+    clients
+        .wait(|e| e["client"] == "one" && e["data"] == json!({"sentinel": true}))
+        .await;
+    assert!(
+        clients
+            .events("one", "private-team", "client-hi")
+            .is_empty()
+    );
+    clients.stop().await;
+}
+
+// ---- what pusher-js never sends, over a raw WebSocket ----
+
+/// Opens `/app/{key}?{query}` on `node` with extra headers.
+async fn raw(node: &Node, key: &str, query: &str, headers: &[(&str, &str)]) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/app/{key}?{query}", node.ws());
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect in time")
+        .expect("the upgrade succeeds");
+    ws
+}
+
+/// The next text frame, parsed, with its `data` string parsed too.
+async fn next_event(ws: &mut Ws) -> Value {
+    let mut event: Value = serde_json::from_str(&common::next_text(ws).await).unwrap();
+    if let Some(data) = event["data"].as_str()
+        && let Ok(parsed) = serde_json::from_str::<Value>(data)
+    {
+        event["data"] = parsed;
+    }
+    event
+}
+
+/// A connected raw client: the socket and its socket id.
+async fn raw_connected(node: &Node, headers: &[(&str, &str)]) -> (Ws, String) {
+    let mut ws = raw(node, KEY, "protocol=7&client=raw&version=0", headers).await;
+    let established = next_event(&mut ws).await;
+    assert_eq!(established["event"], "pusher:connection_established");
+    assert!(established["data"]["activity_timeout"].as_u64().unwrap() > 0);
+    let id = established["data"]["socket_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (ws, id)
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    common::send_text(ws, &frame.to_string()).await;
+}
+
+/// `auth` for `channel` on `socket_id`, as the app's backend signs it.
+fn auth(socket_id: &str, channel: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{socket_id}:{channel}").as_bytes());
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{KEY}:{signature}")
+}
+
+#[tokio::test]
+async fn the_handshake_refuses_a_bad_key_or_protocol_with_pusher_close_codes() {
+    let node = pusher_node(&[]);
+    for (key, query, code) in [
+        ("nope", "protocol=7", 4001),
+        (KEY, "protocol=6", 4007),
+        (KEY, "protocol=x", 4007),
+        (KEY, "client=js", 4008),
+    ] {
+        let mut ws = raw(&node, key, query, &[]).await;
+        let close = common::next_close(&mut ws, WAIT)
+            .await
+            .expect("a close frame");
+        assert_eq!(u16::from(close.code), code, "{key} {query}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_get_pusher_errors_and_the_connection_stays() {
+    let node = pusher_node(&["--pusher-client-events"]);
+    let (mut ws, socket_id) = raw_connected(&node, &[]).await;
+    for bad in [
+        "{",
+        "[]",
+        r#"{"event":12}"#,
+        r#"{"event":"pusher:subscribe","data":{}}"#,
+        r#"{"event":"pusher:signin","data":{}}"#,
+        r#"{"event":"client-x","data":{}}"#,
+    ] {
+        common::send_text(&mut ws, bad).await;
+        let error = next_event(&mut ws).await;
+        assert_eq!(error["event"], "pusher:error", "{bad}: {error}");
+        assert!(error["data"]["message"].is_string(), "{error}");
+    }
+    ws.send(Message::Binary(vec![1, 2].into())).await.unwrap();
+    assert_eq!(next_event(&mut ws).await["event"], "pusher:error");
+    // Names Pusher allows that sessionhub cannot carry, and names Pusher does not allow.
+    for channel in ["a=b", "a:b", "session:x"] {
+        send(
+            &mut ws,
+            json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
+        )
+        .await;
+        let refused = next_event(&mut ws).await;
+        assert_eq!(refused["event"], "pusher:subscription_error", "{channel}");
+        assert_eq!(refused["data"]["status"], 400, "{channel}");
+    }
+    // Presence channels are refused until presence is served on this endpoint.
+    let presence = json!({"event": "pusher:subscribe",
+        "data": {"channel": "presence-a", "auth": auth(&socket_id, "presence-a"),
+            "channel_data": "{\"user_id\":\"1\"}"}});
+    send(&mut ws, presence).await;
+    let refused = next_event(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:subscription_error");
+    assert_eq!(refused["data"]["status"], 501, "{refused}");
+    // Client events: only on a private channel the sender is on, and not too big.
+    let subscribe = json!({"event": "pusher:subscribe",
+        "data": {"channel": "private-a", "auth": auth(&socket_id, "private-a")}});
+    send(&mut ws, subscribe).await;
+    assert_eq!(
+        next_event(&mut ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let big = "x".repeat(11_000);
+    for (channel, data) in [
+        ("public", json!({})),
+        ("private-b", json!({})),
+        ("private-a", json!(big)),
+    ] {
+        send(
+            &mut ws,
+            json!({"event": "client-x", "channel": channel, "data": data}),
+        )
+        .await;
+        let error = next_event(&mut ws).await;
+        assert_eq!(error["event"], "pusher:error", "{channel}: {error}");
+    }
+    send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(next_event(&mut ws).await["event"], "pusher:pong");
+}
+
+#[tokio::test]
+async fn more_than_ten_client_events_a_second_close_with_4301() {
+    let node = pusher_node(&["--pusher-client-events"]);
+    let (mut ws, socket_id) = raw_connected(&node, &[]).await;
+    let subscribe = json!({"event": "pusher:subscribe",
+        "data": {"channel": "private-a", "auth": auth(&socket_id, "private-a")}});
+    send(&mut ws, subscribe).await;
+    next_event(&mut ws).await;
+    for n in 0..11 {
+        send(
+            &mut ws,
+            json!({"event": "client-x", "channel": "private-a", "data": {"n": n}}),
+        )
+        .await;
+    }
+    common::assert_closes(&mut ws, WAIT, 4301).await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_closed_with_4201() {
+    // activity_timeout follows the idle timeout when that is shorter than 120 s.
+    let node = pusher_node(&["--ws-idle-timeout", "1"]);
+    let mut stream = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    let request = format!(
+        "GET /app/{KEY}?protocol=7 HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        node.addr()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Never answers anything (not even WebSocket pings); reads what the server sends.
+    let mut received = Vec::new();
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server closes the silent client");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("pusher:connection_established"), "{text}");
+    assert!(text.contains("\"activity_timeout\\\":1"), "{text}");
+    assert!(text.contains("pusher:ping"), "pinged first: {text}");
+    // The close frame: 0x88, its length, then the code.
+    let close = received
+        .windows(2)
+        .rposition(|w| w[0] == 0x88)
+        .expect("a close frame");
+    let code = u16::from_be_bytes([received[close + 2], received[close + 3]]);
+    assert_eq!(code, 4201);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before the grace"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_with_a_session_cookie_closes_on_logout() {
+    let node = pusher_node(&[]);
+    let session = common::login(&node.http(), "ann").await;
+    let cookie = format!("SESSION={session}");
+    let (mut ws, _) = raw_connected(&node, &[("cookie", &cookie)]).await;
+    let (mut anonymous, _) = raw_connected(&node, &[]).await;
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    next_event(&mut ws).await;
+    let (status, _, _) =
+        common::get(&common::http(), &node.http(), "/invalidate", Some(&session)).await;
+    assert_eq!(status, 200);
+    common::assert_closes(&mut ws, WAIT, 4009).await;
+    // The anonymous socket is no one's session: it stays.
+    send(&mut anonymous, json!({"event": "pusher:ping"})).await;
+    assert_eq!(next_event(&mut anonymous).await["event"], "pusher:pong");
+}

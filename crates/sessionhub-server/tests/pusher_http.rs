@@ -1,0 +1,840 @@
+//! Pusher's HTTP API against real sessionhub processes, called by the Pusher server SDKs no
+//! one here wrote: the `pusher` Node SDK (npm, tests/pusher/package.json) and the `pusher`
+//! Python SDK (PyPI, tests/pusher/requirements.txt, in a venv this test makes under
+//! target/). What an SDK publishes must reach a real subscriber: a protocol v1 client
+//! (`/ws`) of the same channel, since a publication reaches every client of a channel
+//! whatever its protocol. Refused requests are made by hand, signed by
+//! `sessionhub::pusher::request::sign` and then broken one part at a time.
+//!
+//! Webhooks in Pusher's format go to a receiver of the test's own, and every body it gets
+//! must pass both SDKs' webhook validators.
+//!
+//! Prerequisites: Node.js 20+ and npm, Python 3 with venv; the test runs `npm ci` in
+//! tests/pusher and `pip install` in its venv itself when they are missing. The drivers are
+//! tests/pusher/sdk.mjs and tests/pusher/sdk.py: one JSON line per SDK call.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+
+use common::{WAIT, Ws, send_text, v1};
+use serde_json::{Value, json};
+use sessionhub::pusher::PusherApp;
+use sessionhub::pusher::request::sign;
+use sessionhub_testkit::{Node, RedisServer};
+
+const SDK_DIR: &str = "tests/pusher";
+const APP: &str = "1:app-key:app-secret";
+const OTHER_APP: &str = "2:other-key:other-secret";
+
+fn app() -> PusherApp {
+    APP.parse().unwrap()
+}
+
+/// The SDK to drive.
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Node,
+    Python,
+}
+
+/// `npm ci` in tests/pusher, once per process, if node_modules is missing.
+fn node_sdk() -> &'static Path {
+    static READY: Mutex<bool> = Mutex::new(false);
+    let dir = Path::new(SDK_DIR);
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if !*ready && !dir.join("node_modules/pusher").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "`npm ci` in {SDK_DIR} failed ({status:?}): this test needs Node.js 20+ and npm"
+        );
+    }
+    *ready = true;
+    dir
+}
+
+/// The venv's python, made under target/ with requirements.txt installed, once per
+/// process; made again when requirements.txt changes.
+fn python_sdk() -> PathBuf {
+    static READY: Mutex<bool> = Mutex::new(false);
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+    let venv = target.join("pusher-sdk-venv");
+    let python = venv.join("bin/python");
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if *ready {
+        return python;
+    }
+    let requirements = Path::new(SDK_DIR).join("requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let stamp = venv.join("installed-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "`python3 -m venv` failed ({status:?}): this test needs Python 3 with venv"
+        );
+        let status = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "pip install -r {} failed ({status:?})",
+            requirements.display()
+        );
+        std::fs::write(&stamp, wanted).unwrap();
+    }
+    *ready = true;
+    python
+}
+
+/// Runs `calls` through `sdk` against `node` as app `app`; one answer per call,
+/// `{"ok": …}` or `{"error": …}`.
+async fn sdk(sdk: Sdk, node: &Node, app: &str, calls: Value) -> Vec<Value> {
+    let app: PusherApp = app.parse().unwrap();
+    let spec = json!({
+        "port": node.addr().port(),
+        "app": {"id": app.id, "key": app.key, "secret": app.secret},
+        "calls": calls,
+    })
+    .to_string();
+    let expected = calls.as_array().unwrap().len();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = match sdk {
+            Sdk::Node => {
+                let mut c = Command::new("node");
+                c.current_dir(node_sdk()).arg("sdk.mjs");
+                c
+            }
+            Sdk::Python => {
+                let mut c = Command::new(python_sdk());
+                c.current_dir(SDK_DIR).arg("sdk.py");
+                c
+            }
+        };
+        command.arg(spec).output().expect("the SDK driver runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answers: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        answers.len(),
+        expected,
+        "{sdk:?} SDK: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    answers
+}
+
+/// The answer of a call that must have succeeded.
+fn ok(answer: &Value) -> &Value {
+    answer
+        .get("ok")
+        .unwrap_or_else(|| panic!("the call failed: {answer}"))
+}
+
+/// A node speaking for the Pusher apps, with presence on `presence-` channels.
+fn pusher_node(extra: &[&str]) -> Node {
+    let mut args = vec![
+        "--pusher-app",
+        APP,
+        "--pusher-app",
+        OTHER_APP,
+        "--presence-channels",
+        "presence-",
+        "--max-connections-per-ip",
+        "100000",
+    ];
+    args.extend_from_slice(extra);
+    common::node(&args)
+}
+
+/// A protocol v1 connection of `user` on `node`, subscribed to `channel`.
+async fn subscriber(node: &Node, user: &str, channel: &str) -> Ws {
+    let (mut ws, _) = v1::open_v1(&node.ws(), user).await.expect("connects");
+    send_text(&mut ws, &v1::subscribe_frame(channel, None)).await;
+    loop {
+        match tokio::time::timeout(WAIT, v1::read_frame(&mut ws))
+            .await
+            .expect("subscribed in time")
+            .unwrap()
+        {
+            v1::Frame::Subscribed(s) if s.channel == channel => return ws,
+            v1::Frame::Error { code, message } => panic!("{code}: {message}"),
+            _ => {}
+        }
+    }
+}
+
+/// The next publication `ws` gets: its channel and data.
+async fn next_publication(ws: &mut Ws) -> (String, Value) {
+    loop {
+        match tokio::time::timeout(WAIT, v1::read_frame(ws))
+            .await
+            .expect("a publication in time")
+            .unwrap()
+        {
+            v1::Frame::Publication { channel, data, .. } => return (channel, data),
+            v1::Frame::Closed(code) => panic!("closed ({code:?}) instead of a publication"),
+            _ => {}
+        }
+    }
+}
+
+/// Runs `calls` until the last answer is `want` (presence and counts settle shortly after
+/// a subscription), at most [`WAIT`]; the last answers.
+async fn settle(sdk_: Sdk, node: &Node, calls: Value, want: &Value) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answers = sdk(sdk_, node, APP, calls.clone()).await;
+        if answers.last().and_then(|a| a.get("ok")) == Some(want)
+            || tokio::time::Instant::now() > deadline
+        {
+            return answers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads until the connection ends; panics if it does not within [`WAIT`].
+async fn closes(ws: &mut Ws) {
+    loop {
+        match tokio::time::timeout(WAIT, v1::read_frame(ws))
+            .await
+            .expect("closed in time")
+        {
+            Ok(v1::Frame::Closed(_)) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
+    let node = pusher_node(&[]);
+    let mut bob = subscriber(&node, "bob", "my-channel").await;
+    let mut cached = subscriber(&node, "bob", "cache-news").await;
+
+    let answers = sdk(
+        Sdk::Node,
+        &node,
+        APP,
+        json!([
+            {"call": "trigger", "channels": "my-channel", "event": "my-event", "data": {"some": "data"}},
+            {"call": "trigger", "channels": ["my-channel"], "event": "to-others", "data": "hello",
+             "params": {"socket_id": "123.456"}},
+            {"call": "trigger", "channels": "my-channel", "event": "counted", "data": "\"quoted\"",
+             "params": {"info": "subscription_count"}},
+            {"call": "triggerBatch", "batch": [
+                {"channel": "my-channel", "name": "first", "data": "1"},
+                {"channel": "cache-news", "name": "second", "data": "{\"n\":2}"},
+            ]},
+        ]),
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &json!({}));
+    assert_eq!(ok(&answers[1]), &json!({}));
+    assert_eq!(
+        ok(&answers[2]),
+        &json!({"channels": {"my-channel": {"subscription_count": 1}}})
+    );
+    assert_eq!(ok(&answers[3]), &json!({}));
+
+    // Data that is JSON reaches v1 clients as that JSON, any other string as a string.
+    let channel = || "my-channel".to_owned();
+    assert_eq!(
+        next_publication(&mut bob).await,
+        (channel(), json!({"some": "data"}))
+    );
+    // socket_id excludes a Pusher socket; a v1 client has none and gets it.
+    assert_eq!(
+        next_publication(&mut bob).await,
+        (channel(), json!("hello"))
+    );
+    assert_eq!(
+        next_publication(&mut bob).await,
+        (channel(), json!("\"quoted\""))
+    );
+    assert_eq!(next_publication(&mut bob).await, (channel(), json!(1)));
+    assert_eq!(
+        next_publication(&mut cached).await,
+        ("cache-news".to_owned(), json!({"n": 2}))
+    );
+
+    // Presence: alice on a presence channel, counted by the channel queries.
+    let _alice = subscriber(&node, "alice", "presence-room").await;
+    let users = settle(
+        Sdk::Node,
+        &node,
+        json!([{"call": "get", "path": "/channels/presence-room/users"}]),
+        &json!({"users": [{"id": "alice"}]}),
+    )
+    .await;
+    assert_eq!(ok(&users[0]), &json!({"users": [{"id": "alice"}]}));
+    let answers = sdk(
+        Sdk::Node,
+        &node,
+        APP,
+        json!([
+            {"call": "get", "path": "/channels"},
+            {"call": "get", "path": "/channels", "params": {"filter_by_prefix": "presence-", "info": "user_count"}},
+            {"call": "get", "path": "/channels/my-channel", "params": {"info": "subscription_count"}},
+            {"call": "get", "path": "/channels/presence-room", "params": {"info": "user_count,subscription_count"}},
+            {"call": "get", "path": "/channels/empty-channel"},
+            {"call": "get", "path": "/channels", "params": {"info": "user_count"}},
+            {"call": "get", "path": "/channels/my-channel/users"},
+        ]),
+    )
+    .await;
+    let all = ok(&answers[0])["channels"].as_object().unwrap();
+    for channel in ["my-channel", "cache-news", "presence-room"] {
+        assert_eq!(all.get(channel), Some(&json!({})), "{all:?}");
+    }
+    assert_eq!(
+        ok(&answers[1]),
+        &json!({"channels": {"presence-room": {"user_count": 1}}})
+    );
+    assert_eq!(
+        ok(&answers[2]),
+        &json!({"occupied": true, "subscription_count": 1})
+    );
+    assert_eq!(
+        ok(&answers[3]),
+        &json!({"occupied": true, "user_count": 1, "subscription_count": 1})
+    );
+    assert_eq!(ok(&answers[4]), &json!({"occupied": false}));
+    // user_count without a presence- prefix, users of a channel without presence: 400.
+    assert_eq!(answers[5]["error"]["status"], 400, "{}", answers[5]);
+    assert_eq!(answers[6]["error"]["status"], 400, "{}", answers[6]);
+
+    let answers = sdk(
+        Sdk::Node,
+        &node,
+        APP,
+        json!([{"call": "terminateUserConnections", "user": "bob"}]),
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &json!({}));
+    closes(&mut bob).await;
+    closes(&mut cached).await;
+}
+
+#[tokio::test]
+async fn python_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
+    let node = pusher_node(&[]);
+    let mut bob = subscriber(&node, "bob", "py-channel").await;
+    let _alice = subscriber(&node, "alice", "presence-py").await;
+    let _carol = subscriber(&node, "carol", "presence-py").await;
+
+    let answers = sdk(
+        Sdk::Python,
+        &node,
+        APP,
+        json!([
+            {"call": "trigger", "channels": ["py-channel"], "event": "my-event", "data": {"some": "data"}},
+            {"call": "trigger", "channels": "py-channel", "event": "to-others", "data": "hi",
+             "socket_id": "1.2"},
+            {"call": "trigger_batch", "batch": [
+                {"channel": "py-channel", "name": "a", "data": "x"},
+                {"channel": "py-channel", "name": "b", "data": "y"},
+            ]},
+            {"call": "channel_info", "channel": "py-channel", "attributes": ["subscription_count"]},
+        ]),
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &json!({}));
+    assert_eq!(ok(&answers[1]), &json!({}));
+    assert_eq!(ok(&answers[2]), &json!({}));
+    assert_eq!(
+        ok(&answers[3]),
+        &json!({"occupied": true, "subscription_count": 1})
+    );
+    let channel = || "py-channel".to_owned();
+    assert_eq!(
+        next_publication(&mut bob).await,
+        (channel(), json!({"some": "data"}))
+    );
+    assert_eq!(next_publication(&mut bob).await, (channel(), json!("hi")));
+    assert_eq!(next_publication(&mut bob).await, (channel(), json!("x")));
+    assert_eq!(next_publication(&mut bob).await, (channel(), json!("y")));
+
+    let want = json!({"channels": {"presence-py": {"user_count": 2}}});
+    let answers = settle(
+        Sdk::Python,
+        &node,
+        json!([{"call": "channels_info", "prefix": "presence-", "attributes": ["user_count"]}]),
+        &want,
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &want);
+    let answers = sdk(
+        Sdk::Python,
+        &node,
+        APP,
+        json!([
+            {"call": "users_info", "channel": "presence-py"},
+            {"call": "channels_info", "attributes": ["user_count"]},
+            {"call": "terminate_user_connections", "user": "bob"},
+        ]),
+    )
+    .await;
+    let mut users: Vec<&str> = ok(&answers[0])["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "carol"]);
+    assert_eq!(
+        answers[1]["error"]["type"], "PusherBadRequest",
+        "{}",
+        answers[1]
+    );
+    assert_eq!(ok(&answers[2]), &json!({}));
+    closes(&mut bob).await;
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// POSTs `body` to `path`, with the query `query`; the status and the answer's text.
+async fn post(node: &Node, path: &str, query: &str, body: &str) -> (u16, String) {
+    let response = common::http()
+        .post(format!("{}{path}?{query}", node.http()))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn refused_requests_get_pusher_s_statuses() {
+    let node = pusher_node(&[]);
+    let app = app();
+    let path = "/apps/1/events";
+    let event = |channels: Vec<String>, data: String| {
+        json!({"name": "e", "channels": channels, "data": data}).to_string()
+    };
+    let body = event(vec!["c".into()], "{}".into());
+    let signed = |body: &str, at: u64| sign(&app, "POST", path, &[], body.as_bytes(), at);
+
+    let (status, text) = post(&node, path, &signed(&body, now()), &body).await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+
+    let forged = signed(&body, now()).replace("auth_signature=", "auth_signature=00");
+    let (status, text) = post(&node, path, &forged, &body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("invalid signature"), "{text}");
+
+    let (status, text) = post(&node, path, &signed(&body, now() - 601), &body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("timestamp expired"), "{text}");
+
+    // The signature covers body_md5, body_md5 covers the body: another body fails.
+    let other = event(vec!["d".into()], "{}".into());
+    let (status, text) = post(&node, path, &signed(&body, now()), &other).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("body_md5"), "{text}");
+
+    let (status, text) = post(&node, "/apps/9/events", &signed(&body, now()), &body).await;
+    assert_eq!(status, 404, "{text}");
+
+    // The other app's key on this app's path: forbidden.
+    let other_app: PusherApp = OTHER_APP.parse().unwrap();
+    let query = sign(&other_app, "POST", path, &[], body.as_bytes(), now());
+    let (status, text) = post(&node, path, &query, &body).await;
+    assert_eq!(status, 403, "{text}");
+
+    let many = event((0..101).map(|i| format!("c{i}")).collect(), "{}".into());
+    let (status, text) = post(&node, path, &signed(&many, now()), &many).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("1 to 100 channels"), "{text}");
+    let hundred = event((0..100).map(|i| format!("c{i}")).collect(), "{}".into());
+    let (status, text) = post(&node, path, &signed(&hundred, now()), &hundred).await;
+    assert_eq!(status, 200, "{text}");
+
+    // Pusher's 10 KB of event data: one byte more is 413.
+    let big = event(vec!["c".into()], "x".repeat(10_241));
+    let (status, text) = post(&node, path, &signed(&big, now()), &big).await;
+    assert_eq!(status, 413, "{text}");
+    let most = event(vec!["c".into()], "x".repeat(10_240));
+    let (status, text) = post(&node, path, &signed(&most, now()), &most).await;
+    assert_eq!(status, 200, "{text}");
+
+    for (bad, why) in [
+        ("{}", "a `name`"),
+        (r#"{"name":"e","data":"x"}"#, "`channels` or `channel`"),
+        (
+            r#"{"name":"e","channel":"bad channel","data":"x"}"#,
+            "channel",
+        ),
+        (
+            r#"{"name":"e","channel":"c","data":"x","socket_id":"x"}"#,
+            "socket_id",
+        ),
+        ("not json", "not a valid event"),
+    ] {
+        let (status, text) = post(&node, path, &signed(bad, now()), bad).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(text.contains(why), "{bad}: {text}");
+    }
+    let eleven = json!({"batch": (0..11).map(|_| json!({"name":"e","channel":"c","data":"x"})).collect::<Vec<_>>()}).to_string();
+    let batch_path = "/apps/1/batch_events";
+    let query = sign(&app, "POST", batch_path, &[], eleven.as_bytes(), now());
+    let (status, text) = post(&node, batch_path, &query, &eleven).await;
+    assert_eq!(status, 400, "{text}");
+
+    // What an SDK user sees with a wrong secret.
+    let answers = sdk(
+        Sdk::Node,
+        &node,
+        "1:app-key:wrong-secret",
+        json!([{"call": "trigger", "channels": "c", "event": "e", "data": "x"}]),
+    )
+    .await;
+    assert_eq!(answers[0]["error"]["status"], 401, "{}", answers[0]);
+    let answers = sdk(
+        Sdk::Python,
+        &node,
+        "1:app-key:wrong-secret",
+        json!([{"call": "channels_info"}]),
+    )
+    .await;
+    assert_eq!(
+        answers[0]["error"]["type"], "PusherBadAuth",
+        "{}",
+        answers[0]
+    );
+}
+
+#[tokio::test]
+async fn three_nodes_sharing_redis_publish_and_count_cluster_wide() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|name| pusher_node(&["--redis", &url, "--node-id", name]))
+        .collect();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let mut bob = subscriber(c, "bob", "news").await;
+    let _carol = subscriber(b, "carol", "presence-team").await;
+    let _dave = subscriber(c, "dave", "presence-team").await;
+    let _erin = subscriber(b, "erin", "news").await;
+
+    let answers = sdk(
+        Sdk::Node,
+        a,
+        APP,
+        json!([{"call": "trigger", "channels": "news", "event": "headline", "data": "{\"n\":1}"}]),
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &json!({}));
+    assert_eq!(
+        next_publication(&mut bob).await,
+        ("news".to_owned(), json!({"n": 1}))
+    );
+
+    // Counted on A, which holds none of them.
+    let want = json!({"occupied": true, "user_count": 2, "subscription_count": 2});
+    let answers = settle(
+        Sdk::Node,
+        a,
+        json!([{"call": "get", "path": "/channels/presence-team",
+                "params": {"info": "user_count,subscription_count"}}]),
+        &want,
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &want);
+    let answers = sdk(
+        Sdk::Python,
+        a,
+        APP,
+        json!([
+            {"call": "channel_info", "channel": "news", "attributes": ["subscription_count"]},
+            {"call": "users_info", "channel": "presence-team"},
+            {"call": "channels_info", "prefix": "presence-", "attributes": ["user_count"]},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        ok(&answers[0]),
+        &json!({"occupied": true, "subscription_count": 2})
+    );
+    let mut users: Vec<&str> = ok(&answers[1])["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["carol", "dave"]);
+    assert_eq!(
+        ok(&answers[2]),
+        &json!({"channels": {"presence-team": {"user_count": 2}}})
+    );
+
+    // Terminated from A, closed on C.
+    let answers = sdk(
+        Sdk::Node,
+        a,
+        APP,
+        json!([{"call": "terminateUserConnections", "user": "bob"}]),
+    )
+    .await;
+    assert_eq!(ok(&answers[0]), &json!({}));
+    closes(&mut bob).await;
+}
+
+/// A webhook receiver: every POST's headers (lowercased names) and body, in order.
+struct Receiver {
+    url: String,
+    posts: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let shared = posts.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let posts = shared.clone();
+                async move {
+                    let body = String::from_utf8(body.to_vec()).expect("a UTF-8 body");
+                    posts.lock().unwrap().push((headers, body));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, posts }
+    }
+
+    /// The posts signed for [`APP`] (`--pusher-webhook` goes to every app of the command
+    /// line, each signing its own).
+    fn posts(&self) -> Vec<(HeaderMap, String)> {
+        self.posts_of("app-key")
+    }
+
+    fn posts_of(&self, key: &str) -> Vec<(HeaderMap, String)> {
+        let posts = self.posts.lock().unwrap();
+        posts
+            .iter()
+            .filter(|(headers, _)| header(headers, "x-pusher-key") == key)
+            .cloned()
+            .collect()
+    }
+
+    /// Every Pusher event received for [`APP`], as (name, channel, user_id).
+    fn events(&self) -> Vec<(String, String, String)> {
+        let mut events = Vec::new();
+        for (_, body) in self.posts() {
+            let body: Value = serde_json::from_str(&body).expect("a JSON body");
+            for e in body["events"].as_array().into_iter().flatten() {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                events.push((s("name"), s("channel"), s("user_id")));
+            }
+        }
+        events
+    }
+
+    /// Waits until `want` are all among the events, then for a quiet second (so that a
+    /// duplicate would have arrived); the events.
+    async fn settle(&self, want: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let events = self.events();
+            let all = want.iter().all(|(n, c, u)| {
+                events.iter().any(|(en, ec, eu)| {
+                    (en, ec, eu) == (&n.to_string(), &c.to_string(), &u.to_string())
+                })
+            });
+            if all {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {want:?} within {WAIT:?}, got {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.events()
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs every post through the Node SDK's `webhook().isValid()` and the Python SDK's
+/// `validate_webhook`, plus one forged copy of the first through each; asserts the SDKs
+/// accept every real one, with its events, and refuse the forgery.
+async fn sdks_validate(node: &Node, posts: &[(HeaderMap, String)]) {
+    assert!(!posts.is_empty());
+    let mut forged = posts[0].clone();
+    forged.1 = forged.1.replacen("\"events\"", "\"events\" ", 1);
+    let all: Vec<_> = posts.iter().chain([&forged]).collect();
+    let node_calls: Vec<Value> = all
+        .iter()
+        .map(|(headers, body)| {
+            json!({"call": "webhook", "body": body, "headers": {
+                "x-pusher-key": header(headers, "x-pusher-key"),
+                "x-pusher-signature": header(headers, "x-pusher-signature"),
+                "content-type": header(headers, "content-type"),
+            }})
+        })
+        .collect();
+    let python_calls: Vec<Value> = all
+        .iter()
+        .map(|(headers, body)| {
+            json!({"call": "validate_webhook", "body": body,
+                   "key": header(headers, "x-pusher-key"),
+                   "signature": header(headers, "x-pusher-signature")})
+        })
+        .collect();
+    let by_node = sdk(Sdk::Node, node, APP, Value::Array(node_calls)).await;
+    let by_python = sdk(Sdk::Python, node, APP, Value::Array(python_calls)).await;
+    for (i, (_, body)) in posts.iter().enumerate() {
+        let sent: Value = serde_json::from_str(body).unwrap();
+        let checked = ok(&by_node[i]);
+        assert_eq!(checked["valid"], true, "{body}");
+        assert_eq!(checked["events"], sent["events"]);
+        assert_eq!(checked["time"], sent["time_ms"]);
+        assert_eq!(ok(&by_python[i]), &sent, "{body}");
+    }
+    assert_eq!(ok(by_node.last().unwrap()), &json!({"valid": false}));
+    assert_eq!(ok(by_python.last().unwrap()), &Value::Null);
+}
+
+#[tokio::test]
+async fn webhooks_in_pusher_s_format_pass_both_sdk_validators() {
+    let pusher = Receiver::start().await;
+    let own = Receiver::start().await;
+    // Pusher's webhooks and sessionhub's own, side by side, each to its receiver.
+    let node = pusher_node(&[
+        "--pusher-webhook",
+        &pusher.url,
+        "--webhook-url",
+        &own.url,
+        "--webhook-secret",
+        "own-secret",
+    ]);
+    let mut alice = subscriber(&node, "alice", "presence-room").await;
+    let events = pusher
+        .settle(&[
+            ("channel_occupied", "presence-room", ""),
+            ("member_added", "presence-room", "alice"),
+        ])
+        .await;
+    // v1's personal channels (user:alice) have names Pusher cannot give: not sent.
+    assert_eq!(events.len(), 2, "{events:?}");
+    alice.close(None).await.unwrap();
+    let events = pusher
+        .settle(&[
+            ("member_removed", "presence-room", "alice"),
+            ("channel_vacated", "presence-room", ""),
+        ])
+        .await;
+    assert_eq!(events.len(), 4, "{events:?}");
+
+    let posts = pusher.posts();
+    for (headers, _) in &posts {
+        assert_eq!(header(headers, "content-type"), "application/json");
+    }
+    sdks_validate(&node, &posts).await;
+    // The other app of the command line gets the same events, under its own key.
+    assert_eq!(pusher.posts_of("other-key").len(), 4);
+    assert_eq!(
+        pusher.posts.lock().unwrap().len(),
+        8,
+        "no post under another key"
+    );
+
+    // sessionhub's own format still goes to its own URL, signed its own way.
+    let own = own.posts.lock().unwrap().clone();
+    let (headers, body) = own.first().cloned().expect("sessionhub's webhooks too");
+    assert!(header(&headers, "sessionhub-signature").starts_with("t="));
+    assert!(body.contains("\"type\""), "{body}");
+    assert!(header(&headers, "x-pusher-key").is_empty());
+}
+
+#[tokio::test]
+async fn three_nodes_send_one_pusher_webhook_per_transition() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let receiver = Receiver::start().await;
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            pusher_node(&[
+                "--redis",
+                &url,
+                "--node-id",
+                name,
+                "--pusher-webhook",
+                &receiver.url,
+            ])
+        })
+        .collect();
+    let mut subscribers = Vec::new();
+    for (node, user) in [
+        (&nodes[1], "carol"),
+        (&nodes[2], "dave"),
+        (&nodes[2], "carol"),
+    ] {
+        subscribers.push(subscriber(node, user, "presence-hall").await);
+    }
+    let events = receiver
+        .settle(&[
+            ("channel_occupied", "presence-hall", ""),
+            ("member_added", "presence-hall", "carol"),
+            ("member_added", "presence-hall", "dave"),
+        ])
+        .await;
+    assert_eq!(events.len(), 3, "one per transition: {events:?}");
+    for mut ws in subscribers {
+        ws.close(None).await.unwrap();
+    }
+    let events = receiver
+        .settle(&[
+            ("member_removed", "presence-hall", "carol"),
+            ("member_removed", "presence-hall", "dave"),
+            ("channel_vacated", "presence-hall", ""),
+        ])
+        .await;
+    assert_eq!(events.len(), 6, "one per transition: {events:?}");
+    sdks_validate(&nodes[0], &receiver.posts()).await;
+}

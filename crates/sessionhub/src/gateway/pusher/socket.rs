@@ -1,0 +1,507 @@
+//! `GET /app/{key}?protocol=7`: one Pusher Channels connection, a hub connection like a v1
+//! socket's, driven by one task with `select!` as `gateway/socket.rs` drives v1 (and with
+//! its pieces: the handshake, the close and its linger, drain turns, slow consumers, the
+//! session's end). What differs is Pusher's: the wire frames ([`crate::protocol::pusher`]),
+//! the app's signatures for private channels, client events, cache channels, and a silent
+//! client pinged with `pusher:ping` before it is closed with 4201.
+//!
+//! Who the connection is: the user of the sessionhub session its upgrade request presents
+//! (it then joins the session's control channel, so a logout closes it on every node, as it
+//! closes v1 sockets), else an anonymous user of its own, `pusher-<socket_id>`.
+//!
+//! A `socket_id` is `<node part>.<counter>`: the node part is drawn at random (64 bits)
+//! when the process starts, the counter counts the process's Pusher connections; two nodes
+//! share a socket id only if they drew the same node part.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::{Instant, sleep_until};
+use tungstenite::{Message, Utf8Bytes};
+
+use super::super::admission::{
+    Credentials, admit_as, check_credentials, first_credentials_check, session_user, use_session,
+};
+use super::super::socket::{accept, client_at_fault, linger, read_error, send_close};
+use super::super::state::Gateway;
+use super::super::upgrade::{Socket, Upgrade};
+use crate::broker::{Envelope, HistoryQuery, PublishOptions};
+use crate::error::ApiError;
+use crate::hub::{Connection, Delivery, Outbound, session_channel};
+use crate::limits::MessageRate;
+use crate::protocol::pusher::{self, ChannelKind, Request, close};
+use crate::protocol::v1::MAX_SUBSCRIPTIONS;
+use crate::protocol::{UserId, close as hub_close};
+use crate::pusher::PusherApp;
+
+/// The most a client may stay silent after the activity timeout, answering the server's
+/// `pusher:ping`, before it is closed (Pusher's clients wait 30 s for a pong too).
+const PONG_GRACE: Duration = Duration::from_secs(30);
+
+/// `?protocol=7&client=js&version=8.4.0`; only `protocol` matters.
+#[derive(Deserialize)]
+pub(in crate::gateway) struct PusherQuery {
+    protocol: Option<String>,
+}
+
+/// `GET /app/{key}`.
+pub(in crate::gateway) async fn upgrade(
+    State(gateway): State<Gateway>,
+    Path(key): Path<String>,
+    Query(query): Query<PusherQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    ws: Result<Upgrade, ApiError>,
+) -> Result<Response, ApiError> {
+    let ws = ws?;
+    let limit = gateway.config.socket.max_message_size;
+    let app = gateway.pusher.as_ref().and_then(|apps| apps.by_key(&key));
+    // Refused with a close code, which pusher-js acts on (an HTTP status it would not see).
+    let refusal = match (app, query.protocol.as_deref()) {
+        (None, _) => Some(close::UNKNOWN_APP),
+        (_, None) => Some(close::NO_PROTOCOL),
+        (_, Some(p)) if p != pusher::PROTOCOL => Some(close::UNSUPPORTED_PROTOCOL),
+        _ => None,
+    };
+    if let Some(code) = refusal {
+        return Ok(accept(ws, limit, move |mut socket: Socket| async move {
+            let _ = send_close(&mut socket, code).await;
+        }));
+    }
+    let app = app.expect("checked above").clone();
+    let socket_id = next_socket_id();
+    let anonymous: UserId = format!("pusher-{socket_id}")
+        .parse()
+        .expect("digits and a dot make a user id");
+    let who = async {
+        let user = session_user(&gateway, &headers).await?;
+        Ok(user.unwrap_or((anonymous, Credentials::None)))
+    };
+    let (user, credentials) = admit_as(&gateway, peer, &headers, who).await?;
+    Ok(accept(ws, limit, move |socket| {
+        let state = PusherConnection::new(app, socket_id, &gateway);
+        run(socket, state, user, credentials, gateway)
+    }))
+}
+
+/// This process's part of every socket id it hands out.
+static NODE_PART: LazyLock<u64> = LazyLock::new(|| {
+    let mut bytes = [0; 8];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    u64::from_le_bytes(bytes)
+});
+static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
+
+fn next_socket_id() -> String {
+    let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+    format!("{}.{n}", *NODE_PART)
+}
+
+/// One channel the connection subscribed to.
+struct Subscription {
+    /// The replayed publication of a cache channel (epoch, offset): the same one arriving
+    /// live just after the join is not sent twice.
+    replayed: Option<(std::sync::Arc<str>, u64)>,
+}
+
+/// A Pusher connection's state.
+struct PusherConnection {
+    app: std::sync::Arc<PusherApp>,
+    socket_id: String,
+    channels: HashMap<String, Subscription>,
+    client_events: MessageRate,
+    /// `activity_timeout`: silence after which the server pings, and clients should.
+    activity: Duration,
+}
+
+impl PusherConnection {
+    fn new(app: std::sync::Arc<PusherApp>, socket_id: String, gateway: &Gateway) -> Self {
+        // Pusher's 120 s, or the node's idle timeout if that is shorter.
+        let idle = gateway.config.socket.idle_timeout;
+        let activity = Duration::from_secs(pusher::ACTIVITY_TIMEOUT_SECS)
+            .min(idle)
+            .max(Duration::from_secs(1));
+        let client_events = MessageRate::new(app.client_event_rate.max(1));
+        Self {
+            app,
+            socket_id,
+            channels: HashMap::new(),
+            client_events,
+            activity,
+        }
+    }
+
+    /// What to send for a publication: nothing if the connection is not on its channel, or
+    /// it is the socket the publication excludes, or the live copy of a replayed one.
+    fn outbound(&mut self, delivery: &Delivery) -> Option<Utf8Bytes> {
+        let subscription = self.channels.get_mut(delivery.channel())?;
+        let except = delivery.envelope().and_then(|e| e.except.as_deref());
+        if except == Some(self.socket_id.as_str()) {
+            return None;
+        }
+        if let Some((epoch, offset)) = subscription.replayed.take() {
+            let publication = delivery.publication();
+            if publication.offset == offset && publication.epoch == epoch {
+                return None;
+            }
+        }
+        Some(delivery.pusher_frame())
+    }
+
+    /// Answers `pusher:subscribe`: the frames to send.
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        auth: Option<String>,
+        connection: &mut Connection,
+        credentials: &Credentials,
+        gateway: &Gateway,
+    ) -> Vec<String> {
+        let refuse = |kind: &str, status: u16, message: &str| {
+            vec![pusher::subscription_error(&channel, kind, status, message)]
+        };
+        if let Err(e) = pusher::hub_channel(&channel) {
+            return refuse("InvalidChannel", 400, &e.to_string());
+        }
+        let kind = ChannelKind::of(&channel);
+        if kind == ChannelKind::Presence {
+            return refuse(
+                "PresenceUnsupported",
+                501,
+                "presence channels are not served on this endpoint yet",
+            );
+        }
+        if kind.is_private() {
+            let message = pusher::signed_message(&self.socket_id, &channel, None);
+            if !self.authorized(auth.as_deref(), &message) {
+                return refuse(
+                    "AuthError",
+                    401,
+                    "invalid signature: auth must be KEY:HMAC-SHA256(secret, socket_id:channel)",
+                );
+            }
+        }
+        if self.channels.contains_key(&channel) {
+            // pusher-js subscribes again after a reconnect only; answer as before.
+            return vec![pusher::subscription_succeeded(&channel, "{}")];
+        }
+        let session = usize::from(matches!(credentials, Credentials::Session { .. }));
+        if connection.channel_count() >= MAX_SUBSCRIPTIONS + session {
+            let message = format!("at most {MAX_SUBSCRIPTIONS} channels per connection");
+            return refuse("LimitReached", 429, &message);
+        }
+        // Joined before the cache is read, so nothing published in between is lost.
+        if let Err(e) = connection.join(&channel).await {
+            return refuse("Unavailable", 503, &e.to_string());
+        }
+        let mut frames = vec![pusher::subscription_succeeded(&channel, "{}")];
+        let mut replayed = None;
+        if pusher::is_cache_channel(&channel) {
+            match self.last_event(&channel, gateway).await {
+                Ok(Some((frame, position))) => {
+                    frames.push(frame);
+                    replayed = Some(position);
+                }
+                Ok(None) => frames.push(pusher::cache_miss(&channel)),
+                Err(e) => {
+                    connection.leave(&channel);
+                    return refuse("Unavailable", 503, &e.to_string());
+                }
+            }
+        }
+        self.channels.insert(channel, Subscription { replayed });
+        frames
+    }
+
+    /// The last event kept on a cache channel, as a subscriber gets it, and its position.
+    async fn last_event(
+        &self,
+        channel: &str,
+        gateway: &Gateway,
+    ) -> Result<Option<(String, (std::sync::Arc<str>, u64))>, crate::error::BrokerError> {
+        let query = HistoryQuery {
+            since: None,
+            limit: 1,
+            reverse: true,
+        };
+        let (page, envelopes) = gateway.hub.history(channel, &query).await?;
+        let (Some(publication), Some(envelope)) = (page.publications.first(), envelopes.first())
+        else {
+            return Ok(None);
+        };
+        let envelope = envelope.as_ref();
+        let event = envelope
+            .and_then(|e| e.event.as_deref())
+            .unwrap_or(crate::broker::DEFAULT_EVENT);
+        let user = envelope.and_then(|e| e.user.as_deref());
+        let frame = pusher::event(event, channel, publication.data.as_str(), user);
+        Ok(Some((
+            frame,
+            (publication.epoch.clone(), publication.offset),
+        )))
+    }
+
+    /// Whether `auth` is this app's `KEY:signature` of `message`.
+    fn authorized(&self, auth: Option<&str>, message: &str) -> bool {
+        let Some((key, signature)) = auth.and_then(|a| a.split_once(':')) else {
+            return false;
+        };
+        key == self.app.key && self.app.verify(message, signature)
+    }
+
+    /// Answers `pusher:unsubscribe` (with nothing, as Pusher does).
+    fn unsubscribe(&mut self, channel: &str, connection: &mut Connection) {
+        if self.channels.remove(channel).is_some() {
+            connection.leave(channel);
+        }
+    }
+
+    /// Publishes a client event to the channel's other subscribers: an error frame if it is
+    /// refused, or a close past the client event rate.
+    async fn client_event(
+        &mut self,
+        event: String,
+        channel: String,
+        data: Box<RawValue>,
+        gateway: &Gateway,
+    ) -> Result<Option<String>, (u16, &'static str)> {
+        if !self.client_events.check() {
+            return Err(close::CLIENT_EVENT_RATE);
+        }
+        let refuse = |message: &str| Ok(Some(pusher::error(None, message)));
+        if !self.app.client_events {
+            return refuse("client events are not enabled for this app");
+        }
+        if !ChannelKind::of(&channel).takes_client_events() {
+            return refuse("client events are only sent on private and presence channels");
+        }
+        if !self.channels.contains_key(&channel) {
+            return refuse("subscribe to the channel before sending client events on it");
+        }
+        if data.get().len() > self.app.max_event_bytes {
+            let message = format!(
+                "client event data is over {} bytes",
+                self.app.max_event_bytes
+            );
+            return Ok(Some(pusher::error(None, &message)));
+        }
+        let envelope = Envelope {
+            event: Some(event),
+            except: Some(self.socket_id.clone()),
+            user: None,
+        };
+        let options = PublishOptions {
+            history: pusher::is_cache_channel(&channel),
+            idempotency_key: None,
+        };
+        let payload = envelope.wrap(data.get());
+        match gateway.hub.publish(&channel, payload, &options).await {
+            Ok(_) => Ok(None),
+            Err(e) => refuse(&e.to_string()),
+        }
+    }
+}
+
+// Not an `async fn`, for the reason `socket::run` gives.
+#[allow(clippy::manual_async_fn)]
+fn run(
+    mut socket: Socket,
+    mut state: PusherConnection,
+    user: UserId,
+    mut credentials: Credentials,
+    gateway: Gateway,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut connection = gateway.hub.connect(&user);
+        if let Credentials::Session { id, .. } = &credentials
+            && let Err(e) = connection.join(&session_channel(id)).await
+        {
+            tracing::warn!(error = %e, "pusher socket refused: cannot subscribe");
+            let _ = send_close(&mut socket, close::from_hub(hub_close::BROKER_UNAVAILABLE)).await;
+            return;
+        }
+        let node = gateway.hub.node_id().to_owned();
+        let opened = std::time::Instant::now();
+        tracing::info!(%node, user = %user, protocol = "pusher", socket_id = %state.socket_id, "socket open");
+        let reason = drive(
+            &mut socket,
+            &mut connection,
+            &mut state,
+            &user,
+            &mut credentials,
+            &gateway,
+        )
+        .await;
+        metrics::counter!("sessionhub_disconnects_total", "reason" => reason.1).increment(1);
+        drop(connection);
+        tracing::info!(
+            %node,
+            user = %user,
+            protocol = "pusher",
+            code = reason.0,
+            reason = reason.1,
+            seconds = opened.elapsed().as_secs(),
+            "socket closed"
+        );
+        if reason.0 != 0 {
+            let _ = send_close(&mut socket, close::from_hub(reason)).await;
+            if client_at_fault(reason.0) || reason == close::CLIENT_EVENT_RATE {
+                linger(&mut socket).await;
+            }
+        }
+    }
+}
+
+/// Runs the connection until it ends; the sessionhub close code to send (0: none, the
+/// client closed or vanished), which [`close::from_hub`] puts in Pusher's ranges.
+async fn drive(
+    socket: &mut Socket,
+    connection: &mut Connection,
+    state: &mut PusherConnection,
+    user: &UserId,
+    credentials: &mut Credentials,
+    gateway: &Gateway,
+) -> (u16, &'static str) {
+    let established = pusher::connection_established(&state.socket_id, state.activity.as_secs());
+    if socket
+        .send(Message::Text(established.into()))
+        .await
+        .is_err()
+    {
+        return (0, "gone");
+    }
+    let config = &gateway.config.socket;
+    // WebSocket pings, which every client answers by itself: a live client is never silent.
+    let ping_every = config
+        .ping_interval
+        .min(state.activity / 2)
+        .max(Duration::from_millis(10));
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    // When the client has been silent too long: first a `pusher:ping`, then the close.
+    let mut quiet_deadline = Instant::now() + state.activity;
+    let mut pinged = false;
+    let mut credentials_check = first_credentials_check(credentials, gateway);
+    let mut session_used = Instant::now();
+    let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
+    let slow = connection.slow().clone();
+    let shutdown = gateway.shutdown.clone();
+    let mut drain_turn: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if drain_turn.is_none() => {
+                drain_turn = Some(gateway.drain_turn(connection.id()));
+            }
+            () = slow.cancelled() => return hub_close::SLOW_CONSUMER,
+            () = sleep_until(drain_turn.map_or(quiet_deadline, |turn| turn.min(quiet_deadline))) => {
+                if drain_turn.is_some_and(|turn| Instant::now() >= turn) {
+                    return hub_close::SERVICE_RESTART;
+                }
+                if pinged {
+                    return close::PONG_NOT_RECEIVED;
+                }
+                pinged = true;
+                quiet_deadline = Instant::now() + PONG_GRACE.min(state.activity);
+                if socket.send(Message::Text(pusher::ping().into())).await.is_err() {
+                    return (0, "gone");
+                }
+            }
+            () = sleep_until(credentials_check) => {
+                match check_credentials(credentials, gateway).await {
+                    Some(next) => credentials_check = next,
+                    None => return hub_close::SESSION_ENDED,
+                }
+            }
+            outbound = connection.recv() => {
+                let text = match outbound {
+                    Outbound::Message(delivery) => match state.outbound(&delivery) {
+                        Some(text) => {
+                            metrics::histogram!("sessionhub_delivery_latency_seconds")
+                                .record(delivery.age().as_secs_f64());
+                            text
+                        }
+                        None => continue,
+                    },
+                    // Pusher clients cannot recover: they reconnect and carry on.
+                    Outbound::Resync => return hub_close::INSUFFICIENT_STATE,
+                    Outbound::Close(code, reason) => return (code, reason),
+                    Outbound::Disconnect(disconnect) => return disconnect.code,
+                    // The server API's subscribe orders name v1 channels; SSE refreshes.
+                    Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_) => continue,
+                };
+                tokio::select! {
+                    biased;
+                    sent = socket.send(Message::Text(text)) => if sent.is_err() { return (0, "gone") },
+                    () = slow.cancelled() => return hub_close::SLOW_CONSUMER,
+                    () = shutdown.cancelled(), if drain_turn.is_none() => return hub_close::SERVICE_RESTART,
+                }
+            }
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return (0, "gone");
+                }
+            }
+            inbound = socket.next() => {
+                quiet_deadline = Instant::now() + state.activity;
+                pinged = false;
+                let text = match inbound {
+                    None | Some(Ok(Message::Close(_))) => return (0, "client closed"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Err(e)) => return read_error(e),
+                    Some(Ok(_)) if !rate.check() => return hub_close::RATE_LIMITED,
+                    Some(Ok(Message::Binary(_))) => {
+                        let refused = pusher::error(None, "binary frames are not supported; send JSON text");
+                        if socket.send(Message::Text(refused.into())).await.is_err() {
+                            return (0, "gone");
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Text(text))) => text,
+                };
+                metrics::counter!("sessionhub_client_frames_total").increment(1);
+                if let Credentials::Session { id, ends } = credentials
+                    && session_used.elapsed() >= gateway.sessions.idle_timeout / 2
+                {
+                    session_used = Instant::now();
+                    match use_session(id, *ends, user, gateway).await {
+                        Some(next) => credentials_check = next,
+                        None => return hub_close::SESSION_ENDED,
+                    }
+                }
+                let replies = match Request::parse(&text) {
+                    Err(e) => vec![pusher::error(e.code(), &e.to_string())],
+                    Ok(Request::Ping) => vec![pusher::pong()],
+                    Ok(Request::Pong) => Vec::new(),
+                    Ok(Request::Subscribe { channel, auth, .. }) => {
+                        state.subscribe(channel, auth, connection, credentials, gateway).await
+                    }
+                    Ok(Request::Unsubscribe { channel }) => {
+                        state.unsubscribe(&channel, connection);
+                        Vec::new()
+                    }
+                    Ok(Request::ClientEvent { event, channel, data }) => {
+                        match state.client_event(event, channel, data, gateway).await {
+                            Ok(reply) => reply.into_iter().collect(),
+                            Err(close) => return close,
+                        }
+                    }
+                };
+                for reply in replies {
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        return (0, "gone");
+                    }
+                }
+            }
+        }
+    }
+}

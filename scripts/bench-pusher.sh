@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# sessionhub's Pusher endpoint against Sockudo (a Rust Pusher server), the same
+# Pusher-protocol load from sessionhub-loadgen (docs/benchmarks.md, "Pusher protocol").
+#
+#   scripts/bench-pusher.sh           full run, ~15 minutes on 2 cores (plus the builds)
+#   scripts/bench-pusher.sh --quick   smoke run, ~4 minutes
+#
+# Both servers get one app, clients that subscribe to a public channel per user through
+# /app/{key}, and events published through the signed HTTP API (POST /apps/{id}/events) by
+# one publisher, so each user's messages are sent in order and any reordering is the
+# server's. At fan-out 1, 100 and 1000, at fixed offered loads well below saturation, on one
+# node (sessionhub embedded, Sockudo's local adapter) and on three nodes sharing one Redis
+# (sessionhub --redis, Sockudo's redis adapter), alternating targets round by round, it
+# reports node and Redis CPU seconds per 100 000 deliveries (median and spread), p50/p99
+# publish-to-delivery, and lost, duplicated and reordered deliveries; then idle memory per
+# connection on one node. Writes bench/results/<date>-pusher.json and .md.
+#
+# Sockudo is built once with `cargo install sockudo --version $SOCKUDO_VERSION --locked`
+# (needs cmake) into bench/target/sockudo, unless SOCKUDO_BIN names a binary.
+# Environment: SESSIONHUB_BIN, SOCKUDO_BIN, PUSHER_ROUNDS (default 5; --quick 2),
+# BENCH_KEEP=1 keeps the scratch directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SOCKUDO_VERSION=4.1.1
+
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)" >&2; }
+
+# --- tools -------------------------------------------------------------------------------
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+[ -z "${SOCKUDO_BIN:-}" ] && ! command -v cmake >/dev/null 2>&1 && need_apt+=(cmake)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- scratch space and cleanup -------------------------------------------------------------
+SCRATCH=$(mktemp -d /tmp/sessionhub-pusher.XXXXXX)
+RAW="$SCRATCH/raw"; LOGS="$SCRATCH/logs"
+mkdir -p "$RAW" "$LOGS"
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 0.5
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $status -ne 0 ]; then
+    echo "scratch directory kept: $SCRATCH" >&2
+  else
+    rm -rf "$SCRATCH"
+  fi
+  exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- build ---------------------------------------------------------------------------------
+log "building (release)"
+cargo build --release --locked -p sessionhub-loadgen
+LOADGEN="$ROOT/target/release/sessionhub-loadgen"
+if [ -n "${SESSIONHUB_BIN:-}" ]; then
+  SESSIONHUB="$SESSIONHUB_BIN"
+else
+  cargo build --release --locked -p sessionhub-server
+  SESSIONHUB="$ROOT/target/release/sessionhub"
+fi
+if [ -n "${SOCKUDO_BIN:-}" ]; then
+  SOCKUDO="$SOCKUDO_BIN"
+else
+  SOCKUDO="$ROOT/bench/target/sockudo/bin/sockudo"
+  if ! "$SOCKUDO" --version 2>/dev/null | grep -q "$SOCKUDO_VERSION"; then
+    log "building sockudo $SOCKUDO_VERSION (once)"
+    CARGO_TARGET_DIR="$ROOT/bench/target/sockudo-build" cargo install sockudo \
+      --version "$SOCKUDO_VERSION" --locked --root "$ROOT/bench/target/sockudo"
+  fi
+fi
+
+# --- processes -----------------------------------------------------------------------------
+NEXT_PORT=$((20000 + RANDOM % 5000))
+# shellcheck source=scripts/lib/processes.sh
+source scripts/lib/processes.sh
+APP_ID=bench; APP_KEY=bench-key; APP_SECRET=bench-secret
+export LOADGEN_PUSHER_APP="$APP_ID:$APP_KEY:$APP_SECRET"
+
+free_port; REDIS_PORT=$PORT
+start redis "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+  --appendonly no --maxclients 10000 --protected-mode no
+REDIS_PID=$PID
+TARGET_PIDS=()
+stop_targets() {
+  for pid in "${TARGET_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${TARGET_PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  TARGET_PIDS=()
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+}
+
+# node TARGET NAME MODE: one node of TARGET (sessionhub|sockudo), MODE single|redis;
+# its address in $ADDR.
+node() {
+  local target=$1 name=$2 mode=$3
+  free_port
+  case "$target" in
+    sessionhub)
+      local args=(serve --listen "127.0.0.1:$PORT" --node-id "$name"
+        --data-dir "$SCRATCH/data-$name" --pusher-app "$APP_ID:$APP_KEY:$APP_SECRET"
+        --max-connections-per-ip 1000000 --threads 1)
+      [ "$mode" = redis ] && args+=(--redis "redis://127.0.0.1:$REDIS_PORT")
+      start "$name" "$PORT" "$SESSIONHUB" "${args[@]}"
+      ;;
+    sockudo)
+      # The same footing: one worker thread, no metrics listener, the app from the
+      # environment, its Redis adapter for three nodes.
+      local env=(PORT="$PORT" HOST=127.0.0.1 TOKIO_WORKER_THREADS=1 METRICS_ENABLED=false
+        SOCKUDO_DEFAULT_APP_ID="$APP_ID" SOCKUDO_DEFAULT_APP_KEY="$APP_KEY"
+        SOCKUDO_DEFAULT_APP_SECRET="$APP_SECRET" DEBUG=false RUST_LOG=warn)
+      if [ "$mode" = redis ]; then
+        env+=(ADAPTER_DRIVER=redis REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+          CACHE_DRIVER=memory QUEUE_DRIVER=memory)
+      else
+        env+=(ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory)
+      fi
+      (cd "$SCRATCH" && start "$name" "$PORT" env "${env[@]}" "$SOCKUDO")
+      PID=$(pgrep -n -f "$SOCKUDO")
+      ;;
+  esac
+  PIDS+=("$PID"); TARGET_PIDS+=("$PID")
+  ADDR="127.0.0.1:$PORT"
+}
+
+# --- fixed loads ---------------------------------------------------------------------------
+# fan-out F: users x F connections, R publishes per second: deliveries/s = R x F.
+if [ $QUICK = 1 ]; then
+  LOADS=("1 500 500" "100 5 50" "1000 1 10"); DURATION=3; ROUNDS=${PUSHER_ROUNDS:-2}; CONNS=3000
+else
+  LOADS=("1 1000 1000" "100 10 100" "1000 2 10"); DURATION=8; ROUNDS=${PUSHER_ROUNDS:-5}; CONNS=15000
+fi
+
+run_load() {
+  local target=$1 topo=$2 fan=$3 users=$4 rate=$5 round=$6; shift 6
+  local nodes=() a
+  for a in "$@"; do nodes+=(--node "$a"); done
+  for a in "${TARGET_PIDS[@]}"; do nodes+=(--pid "$a"); done
+  [ "$topo" = 3 ] && nodes+=(--redis-pid "$REDIS_PID")
+  "$LOADGEN" fanout --label "$target-$topo-$fan-$round" --flavor pusher --publish http \
+    --publishers 1 --clients $((users * fan)) --conns-per-user "$fan" --rate "$rate" \
+    --duration "$DURATION" --source-ips 4 --p99-limit-ms 1000 "${nodes[@]}" \
+    --out "$RAW/fanout-$target-$topo-$fan-$round.json" >/dev/null \
+    || log "FAILED: $target $topo node(s), fan-out $fan, round $round (continuing)"
+}
+
+for topo in 1 3; do
+  for load in "${LOADS[@]}"; do
+    read -r fan users rate <<<"$load"
+    for round in $(seq 1 "$ROUNDS"); do
+      # Alternate who goes first, so drift on the shared machine hits both alike.
+      order=(sessionhub sockudo); [ $((round % 2)) = 0 ] && order=(sockudo sessionhub)
+      for target in "${order[@]}"; do
+        log "$target, $topo node(s), fan-out $fan, round $round"
+        A=()
+        if [ "$topo" = 1 ]; then
+          node "$target" "$target-1" single; A+=("$ADDR")
+        else
+          for i in 1 2 3; do node "$target" "$target-$i" redis; A+=("$ADDR"); done
+        fi
+        run_load "$target" "$topo" "$fan" "$users" "$rate" "$round" "${A[@]}"
+        stop_targets
+      done
+    done
+  done
+done
+
+# --- idle memory ---------------------------------------------------------------------------
+for target in sessionhub sockudo; do
+  log "$target: $CONNS idle Pusher connections"
+  node "$target" "$target-idle" single
+  "$LOADGEN" connections --label "$target" --flavor pusher --node "$ADDR" --pid "$PID" \
+    --count "$CONNS" --source-ips 8 --out "$RAW/connections-$target.json" >/dev/null \
+    || log "FAILED: connections $target (continuing)"
+  stop_targets
+done
+
+# --- summary -------------------------------------------------------------------------------
+STAMP=$(date +%Y-%m-%d-%H%M)
+OUT="$ROOT/bench/results/$STAMP-pusher"
+mkdir -p "$ROOT/bench/results"
+python3 scripts/lib/pusher_summary.py "$RAW" "$OUT" \
+  "$("$SESSIONHUB" --version)" "sockudo $SOCKUDO_VERSION" "$DURATION"
+log "results: $OUT.md"
+cat "$OUT.md"
