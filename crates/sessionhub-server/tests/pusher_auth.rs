@@ -2,7 +2,9 @@
 //! login through the HTTP session: the signatures checked against an HMAC computed here and
 //! against Pusher's own Node server SDK (`pusher` 5.3.4, pinned in tests/pusher, installed
 //! by the test with `npm ci`; `authorizeChannel`, `authenticateUser`) signing the same
-//! input, which proves the format; then every refusal.
+//! input, which proves the format; then an unmodified pusher-js (8.6.0) authorizing its
+//! subscriptions through the endpoint against the server's own Pusher socket; then every
+//! refusal.
 
 mod common;
 
@@ -178,6 +180,56 @@ async fn a_logged_in_user_gets_pushers_own_signatures() {
         .json(&json!({"socket_id": socket, "channel_name": "presence-room-1"}));
     let (status, answer) = status_and_json(request).await;
     assert_eq!((status, answer), (200, presence));
+}
+
+/// Unmodified pusher-js, told to authorize at `/pusher/auth` (its own ajax transport,
+/// presenting the session in `x-auth-token`), subscribes to a private channel the rules
+/// allow: the server's Pusher socket accepts the built-in endpoint's signature. A channel
+/// the rules forbid fails with the endpoint's 403, and without a session pusher-js gets 403
+/// too.
+#[tokio::test]
+async fn pusher_js_subscribes_with_the_built_in_endpoint() {
+    let node = pusher_node(&[]);
+    let base = node.http();
+    let alice = login(&base, "alice").await;
+    let run = |session: String, channels: Value| {
+        let port = node.addr().port();
+        async move {
+            common::npm_ci(Path::new(SDK_DIR), "pusher-js");
+            let spec =
+                json!({"key": "app-key", "port": port, "session": session, "channels": channels});
+            let run = tokio::process::Command::new("node")
+                .arg("auth_driver.mjs")
+                .arg(spec.to_string())
+                .current_dir(SDK_DIR)
+                .output();
+            let output = tokio::time::timeout(common::WAIT * 4, run)
+                .await
+                .expect("pusher-js finishes in time")
+                .expect("node runs (Node.js 20+ on PATH)");
+            let mut lines: Vec<Value> = String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            assert!(output.status.success(), "auth_driver.mjs failed: {lines:?}");
+            lines.sort_by_key(|line| line["channel"].to_string());
+            lines
+        }
+    };
+    let lines = run(alice, json!(["private-chat-1", "private-other"])).await;
+    assert_eq!(
+        lines,
+        [
+            json!({"channel": "private-chat-1", "succeeded": true}),
+            json!({"channel": "private-other", "error": {"type": "AuthError", "status": 403}}),
+        ]
+    );
+    let lines = run("no-session".into(), json!(["private-chat-1"])).await;
+    assert_eq!(
+        lines,
+        [json!({"channel": "private-chat-1", "error": {"type": "AuthError", "status": 403}})]
+    );
 }
 
 /// What a presence member tells about themself comes from the shared session's
