@@ -278,6 +278,39 @@ async fn user_info_is_the_sessions_user_info_attribute() {
     )
     .await;
     assert_eq!(sdk, [presence]);
+
+    // Over the app's user info limit (1 KB by default): refused, not signed for a socket
+    // that would refuse it.
+    let big = format!("{{\\\"name\\\":\\\"{}\\\"}}", "b".repeat(1_000));
+    let set = format!("HSET sessionhub:session:{{{bob}}} a:user_info \"{big}\"");
+    assert_eq!(redis.command(&set).unwrap().trim(), ":0");
+    let (status, answer) = post_form(
+        &base,
+        "/pusher/auth",
+        Some(&bob),
+        &[("socket_id", socket), ("channel_name", "presence-room-9")],
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &json!("user_info_too_large"))
+    );
+}
+
+/// In open mode the channel rules let anyone join anything, and the endpoint signs any
+/// private channel for a logged-in user; a session is still needed.
+#[tokio::test]
+async fn open_mode_signs_any_channel_for_a_logged_in_user() {
+    let node = node(&["--pusher-app", APP]);
+    let base = node.http();
+    let alice = login(&base, "alice").await;
+    let form = [("socket_id", "1.2"), ("channel_name", "private-anything")];
+    let (status, answer) = post_form(&base, "/pusher/auth", Some(&alice), &form).await;
+    assert_eq!(status, 200, "{answer}");
+    let expected = format!("app-key:{}", hmac_hex("app-secret", "1.2:private-anything"));
+    assert_eq!(answer, json!({"auth": expected}));
+    let (status, _) = post_form(&base, "/pusher/auth", None, &form).await;
+    assert_eq!(status, 403);
 }
 
 /// Refused, each with a JSON error naming why: no logged-in session (403), a channel the
