@@ -191,8 +191,17 @@ async fn run(
     if let Some(hooks) = hooks {
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
+    let mut presence_prefixes = args.presence_channels.clone();
+    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken.
+    if !pusher.is_empty()
+        && !presence_prefixes
+            .iter()
+            .any(|p| "presence-".starts_with(p.as_str()))
+    {
+        presence_prefixes.push("presence-".to_owned());
+    }
     gateway = gateway.with_pusher(pusher);
-    let channels = PresenceChannels::new(args.presence_channels.clone());
+    let channels = PresenceChannels::new(presence_prefixes);
     // Occupancy is counted by the presence backend, as a presence channel's users are.
     let occupancy = webhooks
         .as_ref()

@@ -5,14 +5,16 @@
 //! an unknown key, three nodes on one Redis. What pusher-js never sends (malformed frames,
 //! a silent client, a flood of client events) is sent from Rust over a raw WebSocket.
 //!
+//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and fourteen
+//! scenarios, each a conversation too long to share a helper with the others.
+//!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
-//! package-lock.json); the test runs `npm ci` itself if node_modules is missing.
+//! package-lock.json); the test runs `npm ci` itself if a package is missing
+//! (`common::pusher`).
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -27,30 +29,6 @@ use common::{WAIT, Ws};
 const APP: &str = "42:app-key:app-secret";
 const KEY: &str = "app-key";
 const SECRET: &str = "app-secret";
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher");
-
-/// `npm ci` in tests/pusher, once per process, if pusher-js is not installed.
-fn install_pusher_js() {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return;
-    }
-    let dir = Path::new(FIXTURE);
-    if !dir.join("node_modules/pusher-js").exists() {
-        eprintln!("pusher test: installing pusher-js (npm ci in {FIXTURE})");
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {FIXTURE} failed ({status:?}); the test needs Node.js 20+ and npm"
-        );
-    }
-    *ready = true;
-}
-
 /// A node speaking for the test app, with `extra` flags.
 fn pusher_node(extra: &[&str]) -> Node {
     let mut args = vec!["--pusher-app", APP];
@@ -68,10 +46,9 @@ struct Clients {
 
 impl Clients {
     async fn start() -> Self {
-        install_pusher_js();
         let mut child = Command::new("node")
             .arg("driver.mjs")
-            .current_dir(FIXTURE)
+            .current_dir(common::pusher::npm_fixture())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -138,10 +115,30 @@ impl Clients {
 
     /// Connects `client` to `node` with `secret` as the signing secret; its socket id.
     async fn connect_with(&mut self, client: &str, node: &Node, key: &str, secret: &str) {
+        self.connect_as(client, node, key, secret, json!({"user_id": client}))
+            .await;
+    }
+
+    /// Connects `client`, the presence member `user` (`{"user_id", "user_info"}`).
+    async fn connect_as(
+        &mut self,
+        client: &str,
+        node: &Node,
+        key: &str,
+        secret: &str,
+        user: Value,
+    ) {
         let addr = node.addr();
         let connect = json!({"cmd": "connect", "client": client, "key": key,
-            "host": addr.ip().to_string(), "port": addr.port(), "secret": secret});
+            "host": addr.ip().to_string(), "port": addr.port(), "secret": secret, "user": user});
         self.send(connect).await;
+    }
+
+    /// Connects `client` as the presence member `user` and waits until it is connected.
+    async fn connect_member(&mut self, client: &str, node: &Node, user: Value) {
+        self.connect_as(client, node, KEY, SECRET, user).await;
+        self.wait(|e| e["client"] == client && e["type"] == "connected")
+            .await;
     }
 
     async fn connect(&mut self, client: &str, node: &Node) -> String {
@@ -521,9 +518,14 @@ async fn send(ws: &mut Ws, frame: Value) {
 
 /// `auth` for `channel` on `socket_id`, as the app's backend signs it.
 fn auth(socket_id: &str, channel: &str) -> String {
+    sign(&format!("{socket_id}:{channel}"))
+}
+
+/// `KEY:signature` of `message`.
+fn sign(message: &str) -> String {
     use hmac::{Hmac, KeyInit, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{socket_id}:{channel}").as_bytes());
+    mac.update(message.as_bytes());
     let signature: String = mac
         .finalize()
         .into_bytes()
@@ -580,14 +582,18 @@ async fn malformed_frames_get_pusher_errors_and_the_connection_stays() {
         assert_eq!(refused["event"], "pusher:subscription_error", "{channel}");
         assert_eq!(refused["data"]["status"], 400, "{channel}");
     }
-    // Presence channels are refused until presence is served on this endpoint.
-    let presence = json!({"event": "pusher:subscribe",
+    // A presence subscription needs channel_data, and its signature covers it.
+    let unsigned = json!({"event": "pusher:subscribe",
         "data": {"channel": "presence-a", "auth": auth(&socket_id, "presence-a"),
             "channel_data": "{\"user_id\":\"1\"}"}});
-    send(&mut ws, presence).await;
-    let refused = next_event(&mut ws).await;
-    assert_eq!(refused["event"], "pusher:subscription_error");
-    assert_eq!(refused["data"]["status"], 501, "{refused}");
+    let without = json!({"event": "pusher:subscribe",
+        "data": {"channel": "presence-a", "auth": auth(&socket_id, "presence-a")}});
+    for refused in [unsigned, without] {
+        send(&mut ws, refused).await;
+        let refused = next_event(&mut ws).await;
+        assert_eq!(refused["event"], "pusher:subscription_error");
+        assert_eq!(refused["data"]["status"], 401, "{refused}");
+    }
     // Client events: only on a private channel the sender is on, and not too big.
     let subscribe = json!({"event": "pusher:subscribe",
         "data": {"channel": "private-a", "auth": auth(&socket_id, "private-a")}});
@@ -612,6 +618,22 @@ async fn malformed_frames_get_pusher_errors_and_the_connection_stays() {
     }
     send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
     assert_eq!(next_event(&mut ws).await["event"], "pusher:pong");
+    // A WebSocket ping is answered too.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(payload))) => return payload,
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong in time");
+    assert_eq!(&pong[..], b"are you there");
 }
 
 #[tokio::test]
@@ -695,4 +717,146 @@ async fn a_socket_with_a_session_cookie_closes_on_logout() {
     // The anonymous socket is no one's session: it stays.
     send(&mut anonymous, json!({"event": "pusher:ping"})).await;
     assert_eq!(next_event(&mut anonymous).await["event"], "pusher:pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_members_are_counted_across_three_nodes_and_announced_once_per_user() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let name = format!("node-{i}");
+            pusher_node(&[
+                "--redis",
+                &url,
+                "--node-id",
+                &name,
+                "--pusher-client-events",
+            ])
+        })
+        .collect();
+    let mut clients = Clients::start().await;
+    let ann = json!({"user_id": "1", "user_info": {"name": "Ann"}});
+    let bob = json!({"user_id": 2, "user_info": {"name": "Bob"}});
+    clients.connect_member("ann", &nodes[0], ann).await;
+    clients.connect_member("bob", &nodes[1], bob.clone()).await;
+    clients.connect_member("bob-too", &nodes[2], bob).await;
+
+    let bind = json!({"cmd": "subscribe", "client": "ann", "channel": "presence-room",
+        "bind": ["client-wave"]});
+    clients.send(bind).await;
+    let alone = clients
+        .event("ann", "presence-room", "pusher:subscription_succeeded")
+        .await;
+    assert_eq!(alone["data"]["count"], 1, "{alone}");
+    assert_eq!(
+        alone["data"]["me"],
+        json!({"id": "1", "info": {"name": "Ann"}})
+    );
+
+    clients.subscribed("bob", "presence-room").await;
+    let both = clients
+        .event("bob", "presence-room", "pusher:subscription_succeeded")
+        .await;
+    assert_eq!(both["data"]["count"], 2, "{both}");
+    assert_eq!(
+        both["data"]["members"],
+        json!({"1": {"name": "Ann"}, "2": {"name": "Bob"}}),
+        "the members of every node, with their info"
+    );
+    let added = clients
+        .event("ann", "presence-room", "pusher:member_added")
+        .await;
+    assert_eq!(
+        added["data"],
+        json!({"id": "2", "info": {"name": "Bob"}}),
+        "{added}"
+    );
+
+    // Bob's second connection, on another node: no second member_added.
+    clients.subscribed("bob-too", "presence-room").await;
+    let seen = clients
+        .event("bob-too", "presence-room", "pusher:subscription_succeeded")
+        .await;
+    assert_eq!(seen["data"]["count"], 2, "{seen}");
+    // A client event on a presence channel names its sender; when ann has it, a second
+    // member_added (sent before it) would have arrived.
+    let trigger = json!({"cmd": "trigger", "client": "bob-too", "channel": "presence-room",
+        "event": "client-wave", "data": {}});
+    clients.send(trigger).await;
+    let wave = clients
+        .wait(|e| e["client"] == "ann" && e["type"] == "metadata" && e["event"] == "client-wave")
+        .await;
+    assert_eq!(wave["user_id"], "2", "{wave}");
+    assert_eq!(
+        clients
+            .events("ann", "presence-room", "pusher:member_added")
+            .len(),
+        1
+    );
+
+    // Bob leaves with one connection: still there. With the other: gone.
+    clients
+        .send(json!({"cmd": "disconnect", "client": "bob"}))
+        .await;
+    publish(&nodes[0], "presence-room", json!({"sentinel": 1})).await;
+    clients
+        .wait(|e| e["client"] == "ann" && e["data"] == json!({"sentinel": 1}))
+        .await;
+    assert!(
+        clients
+            .events("ann", "presence-room", "pusher:member_removed")
+            .is_empty()
+    );
+    clients
+        .send(json!({"cmd": "disconnect", "client": "bob-too"}))
+        .await;
+    let removed = clients
+        .event("ann", "presence-room", "pusher:member_removed")
+        .await;
+    assert_eq!(removed["data"]["id"], "2", "{removed}");
+    clients.stop().await;
+}
+
+#[tokio::test]
+async fn presence_enforces_the_member_limit_and_the_user_info_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sessionhub.toml");
+    let app = format!(
+        "[[pusher.apps]]\nid = \"7\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n\
+         max_presence_members = 1\nmax_user_info_bytes = 20\n"
+    );
+    std::fs::write(&config, app).unwrap();
+    let node = common::node(&["--config", config.to_str().unwrap()]);
+    let subscribe = |socket_id: &str, data: &str| {
+        let signed = format!("{socket_id}:presence-room:{data}");
+        json!({"event": "pusher:subscribe", "data": {"channel": "presence-room",
+            "auth": sign(&signed), "channel_data": data}})
+    };
+    let (mut first, id) = raw_connected(&node, &[]).await;
+    let big = r#"{"user_id":"1","user_info":{"name":"a name over twenty bytes"}}"#;
+    send(&mut first, subscribe(&id, big)).await;
+    let refused = next_event(&mut first).await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["data"]["status"], 413, "{refused}");
+    send(&mut first, subscribe(&id, r#"{"user_id":"1"}"#)).await;
+    let joined = next_event(&mut first).await;
+    assert_eq!(joined["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(
+        joined["data"],
+        json!({"presence": {"ids": ["1"], "hash": {"1": null}, "count": 1}})
+    );
+
+    let (mut second, id) = raw_connected(&node, &[]).await;
+    send(&mut second, subscribe(&id, r#"{"user_id":"2"}"#)).await;
+    let full = next_event(&mut second).await;
+    assert_eq!(full["event"], "pusher:subscription_error", "{full}");
+    assert_eq!(full["data"]["status"], 403, "{full}");
+    // The same user again is no new member.
+    send(&mut second, subscribe(&id, r#"{"user_id":"1"}"#)).await;
+    let again = next_event(&mut second).await;
+    assert_eq!(
+        again["event"], "pusher_internal:subscription_succeeded",
+        "{again}"
+    );
 }

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{http, login, node, status_and_json};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -29,7 +27,7 @@ const RULES: [&str; 8] = [
     "--channel-rule",
     "presence-room-=subscribe",
 ];
-const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher");
+const SDK_DIR: &str = common::pusher::FIXTURE;
 
 /// A node with the Pusher app and the channel rules, and `extra` arguments.
 fn pusher_node(extra: &[&str]) -> sessionhub_testkit::Node {
@@ -67,7 +65,7 @@ async fn post_form(
 /// What Pusher's Node server SDK answers to `calls` (`authorizeChannel`, `authenticateUser`,
 /// through tests/pusher/sdk.mjs) for app `id:key:secret`; one answer per call.
 async fn sdk_sign(app: &str, calls: Value) -> Vec<Value> {
-    common::npm_ci(Path::new(SDK_DIR), "pusher");
+    common::pusher::npm_fixture();
     let mut parts = app.splitn(3, ':');
     let (id, key, secret) = (parts.next(), parts.next(), parts.next());
     // Signing needs no server: no port is ever used.
@@ -195,7 +193,7 @@ async fn pusher_js_subscribes_with_the_built_in_endpoint() {
     let run = |session: String, channels: Value| {
         let port = node.addr().port();
         async move {
-            common::npm_ci(Path::new(SDK_DIR), "pusher-js");
+            common::pusher::npm_fixture();
             let spec =
                 json!({"key": "app-key", "port": port, "session": session, "channels": channels});
             let run = tokio::process::Command::new("node")

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod chaos;
+pub mod pusher;
 pub mod sse;
 pub mod v1;
 
@@ -28,28 +29,6 @@ pub fn binary() -> &'static Path {
 /// A node on the embedded default with `args`.
 pub fn node(args: &[&str]) -> Node {
     Node::start(binary(), args).expect("sessionhub starts")
-}
-
-/// `npm ci` in `dir` (a test fixture with a committed package-lock.json pinning what it
-/// installs), once per process and only if `node_modules/<package>` is missing.
-pub fn npm_ci(dir: &Path, package: &str) {
-    static DONE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
-    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    if done.iter().any(|d| d == dir) {
-        return;
-    }
-    if !dir.join("node_modules").join(package).exists() {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {} failed ({status:?}): the test needs Node.js 20+ and npm",
-            dir.display()
-        );
-    }
-    done.push(dir.to_owned());
 }
 
 /// An HTTP client that opens a connection per request: tests restart and kill servers, and
@@ -250,12 +229,19 @@ pub fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
 
 /// A Redis of the test's own and `n` nodes in cluster mode on it, named node-0, node-1, ...
 pub fn cluster(n: usize) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    cluster_with(n, &[])
+}
+
+/// [`cluster`], each node also given `extra` flags.
+pub fn cluster_with(n: usize, extra: &[&str]) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
     let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
     let url = redis.url();
     let nodes = (0..n)
         .map(|i| {
             let name = format!("node-{i}");
-            node(&["--redis", &url, "--node-id", &name])
+            let mut args = vec!["--redis", &url, "--node-id", &name];
+            args.extend_from_slice(extra);
+            node(&args)
         })
         .collect();
     (redis, nodes)

@@ -1,14 +1,16 @@
 // Drives unmodified pusher-js clients for crates/sessionhub-server/tests/pusher.rs.
 //
 // Reads one JSON command per line on stdin, writes one JSON event per line on stdout:
-//   {"cmd":"connect","client":"a","key":"k","host":"127.0.0.1","port":8080,"secret":"s"}
-//   {"cmd":"subscribe","client":"a","channel":"private-x"}   (signed with `secret`, as an
-//                                                            app's auth endpoint would)
+//   {"cmd":"connect","client":"a","key":"k","host":"127.0.0.1","port":8080,"secret":"s",
+//    "user":{"user_id":"1","user_info":{...}}}                (the presence member)
+//   {"cmd":"subscribe","client":"a","channel":"private-x","bind":["client-e"]}
+//        (signed with `secret`, as an app's auth endpoint would; `bind`: see subscribe)
 //   {"cmd":"unsubscribe","client":"a","channel":"x"}
 //   {"cmd":"trigger","client":"a","channel":"private-x","event":"client-e","data":{...}}
 //   {"cmd":"disconnect","client":"a"}
 // Events: {"client","type":"connected","socket_id"}, {"type":"state","current"},
-// {"type":"error","data"}, {"type":"event","channel","event","data","user_id"},
+// {"type":"error","data"}, {"type":"event","channel","event","data"},
+// {"type":"metadata","channel","event","user_id"},
 // {"type":"done","cmd"} after every command; {"type":"failed","message"} on a bad command.
 import { createHmac } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -17,7 +19,7 @@ import Pusher from 'pusher-js';
 const clients = new Map();
 const say = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
-function connect({ client, key, host, port, secret }) {
+function connect({ client, key, host, port, secret, user }) {
   const pusher = new Pusher(key, {
     cluster: 'unused',
     wsHost: host,
@@ -27,11 +29,15 @@ function connect({ client, key, host, port, secret }) {
     disableStats: true,
     channelAuthorization: {
       // What an app's backend does: sign socket_id:channel with the app's secret.
+      // On presence channels, channel_data (the member: `user`) is signed too.
       customHandler: ({ socketId, channelName }, callback) => {
-        const signature = createHmac('sha256', secret)
-          .update(`${socketId}:${channelName}`)
-          .digest('hex');
-        callback(null, { auth: `${key}:${signature}` });
+        const presence = channelName.startsWith('presence-');
+        const channel_data = presence ? JSON.stringify(user) : undefined;
+        const signed = presence
+          ? `${socketId}:${channelName}:${channel_data}`
+          : `${socketId}:${channelName}`;
+        const signature = createHmac('sha256', secret).update(signed).digest('hex');
+        callback(null, { auth: `${key}:${signature}`, channel_data });
       },
     },
   });
@@ -47,10 +53,21 @@ function connect({ client, key, host, port, secret }) {
   clients.set(client, pusher);
 }
 
-function subscribe({ client, channel }) {
+function subscribe({ client, channel, bind = [] }) {
   const subscription = clients.get(client).subscribe(channel);
-  subscription.bind_global((event, data, metadata) => {
-    say({ client, type: 'event', channel, event, data, user_id: metadata?.user_id });
+  // Global callbacks get no metadata (a presence client event's user_id): events named
+  // in `bind` are bound one by one as well, and report it.
+  for (const event of bind) {
+    subscription.bind(event, (data, metadata) =>
+      say({ client, type: 'metadata', channel, event, user_id: metadata?.user_id }),
+    );
+  }
+  subscription.bind_global((event, data) => {
+    // A presence channel's Members (its subscription_succeeded data) as plain JSON.
+    if (data && data.members && typeof data.each === 'function') {
+      data = { members: data.members, count: data.count, me: data.me };
+    }
+    say({ client, type: 'event', channel, event, data });
   });
 }
 

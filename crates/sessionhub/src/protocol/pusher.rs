@@ -3,6 +3,11 @@
 //! the close codes in Pusher's ranges, and which channels are which kind. Pure: the
 //! connection that uses them lives in `gateway/pusher/socket.rs`.
 //!
+//! Over 700 lines with its unit tests, which are half of it (every frame both ways, the
+//! close mapping, names, presence data); the code is about 430 lines, one protocol's
+//! frames as `v1.rs` holds v1's. Presence (`PresenceMember`, `presence_data`,
+//! `member_event`) is the piece to move out next if it grows.
+//!
 //! Pusher's wire format puts every frame in `{"event", "channel", "data"}`, where the
 //! server's `data` is a *string* (pusher-js `JSON.parse`s it when it can), and a client's
 //! `data` is an object (or, from older clients, a string holding one).
@@ -427,6 +432,95 @@ pub fn signed_message(socket_id: &str, channel: &str, channel_data: Option<&str>
     }
 }
 
+/// The member a presence subscription's `channel_data` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceMember {
+    /// `user_id` (a string, or a number as Laravel sends it), as sessionhub's user id.
+    pub id: super::UserId,
+    /// `user_info`, as JSON text, if any.
+    pub info: Option<String>,
+}
+
+/// Why `channel_data` names no member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelDataError {
+    /// Not a JSON object.
+    #[error("channel_data is a JSON object with user_id and user_info")]
+    NotAnObject,
+    /// No `user_id`, or one that is not a valid user id.
+    #[error("channel_data.user_id is a string or number of 1 to 128 letters, digits and - _ . @ :")]
+    UserId,
+}
+
+impl PresenceMember {
+    /// Reads `channel_data` (the text that was signed).
+    pub fn parse(channel_data: &str) -> Result<Self, ChannelDataError> {
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            user_id: Option<Value>,
+            #[serde(borrow)]
+            user_info: Option<&'a RawValue>,
+        }
+        let data: Data<'_> =
+            serde_json::from_str(channel_data).map_err(|_| ChannelDataError::NotAnObject)?;
+        let id = match data.user_id {
+            Some(Value::String(id)) => id,
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(ChannelDataError::UserId),
+        };
+        let id = id.parse().map_err(|_| ChannelDataError::UserId)?;
+        let info = data
+            .user_info
+            .map(|i| i.get().to_owned())
+            .filter(|i| i != "null");
+        Ok(Self { id, info })
+    }
+}
+
+/// `pusher_internal:subscription_succeeded`'s data on a presence channel:
+/// `{"presence":{"ids":[…],"hash":{id:info},"count":n}}`.
+pub fn presence_data(members: &[crate::presence::Member]) -> String {
+    let info = |m: &crate::presence::Member| match &m.info {
+        Some(info) => serde_json::from_str(info).unwrap_or_else(|_| Value::String(info.clone())),
+        None => Value::Null,
+    };
+    let ids: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let hash: serde_json::Map<String, Value> =
+        members.iter().map(|m| (m.user.clone(), info(m))).collect();
+    let data = serde_json::json!({"presence": {"ids": ids, "hash": hash, "count": members.len()}});
+    data.to_string()
+}
+
+/// `pusher_internal:member_added` or `member_removed` for a `join` or `leave` frame of
+/// the hub's presence tracker (protocol v1's, on `$presence:<channel>`), unless it is about
+/// `me`, the member the receiving connection is.
+pub fn member_event(channel: &str, change: &str, me: Option<&str>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Change<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        user: String,
+        #[serde(borrow)]
+        info: Option<&'a RawValue>,
+    }
+    let change: Change<'_> = serde_json::from_str(change).ok()?;
+    if me == Some(change.user.as_str()) {
+        return None;
+    }
+    let (event, data) = match change.kind {
+        "join" => (
+            "pusher_internal:member_added",
+            serde_json::json!({"user_id": change.user, "user_info": change.info}),
+        ),
+        "leave" => (
+            "pusher_internal:member_removed",
+            serde_json::json!({"user_id": change.user}),
+        ),
+        _ => return None,
+    };
+    Some(frame(event, Some(channel), &data.to_string()))
+}
+
 /// Whether `socket_id` has Pusher's shape, `^\d+\.\d+$`.
 pub fn is_socket_id(socket_id: &str) -> bool {
     let Some((a, b)) = socket_id.split_once('.') else {
@@ -621,6 +715,72 @@ mod tests {
             signed_message("1.2", "presence-a", Some(r#"{"user_id":"1"}"#)),
             r#"1.2:presence-a:{"user_id":"1"}"#
         );
+    }
+
+    #[test]
+    fn channel_data_names_a_member_by_string_or_number() {
+        let member = PresenceMember::parse(r#"{"user_id":"u-1","user_info":{"name":"Ann"}}"#);
+        assert_eq!(
+            member,
+            Ok(PresenceMember {
+                id: "u-1".parse().unwrap(),
+                info: Some(r#"{"name":"Ann"}"#.into())
+            })
+        );
+        let laravel = PresenceMember::parse(r#"{"user_id":42}"#).unwrap();
+        assert_eq!((laravel.id.as_str(), laravel.info), ("42", None));
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"user_id":null}"#,
+            r#"{"user_id":"a b"}"#,
+        ] {
+            assert!(PresenceMember::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn presence_data_and_member_events_in_pusher_s_shape() {
+        let members = [
+            crate::presence::Member {
+                user: "1".into(),
+                connections: 2,
+                info: Some(r#"{"name":"Ann"}"#.into()),
+            },
+            crate::presence::Member {
+                user: "2".into(),
+                connections: 1,
+                info: None,
+            },
+        ];
+        let data: Value = serde_json::from_str(&presence_data(&members)).unwrap();
+        assert_eq!(
+            data,
+            json!({"presence": {"ids": ["1", "2"], "hash": {"1": {"name": "Ann"}, "2": null}, "count": 2}})
+        );
+        let join =
+            r#"{"type":"join","channel":"presence-a","user":"2","version":3,"info":{"n":1}}"#;
+        let added = parsed(&member_event("presence-a", join, Some("1")).unwrap());
+        assert_eq!(added["event"], "pusher_internal:member_added");
+        assert_eq!(added["channel"], "presence-a");
+        assert_eq!(
+            parsed(added["data"].as_str().unwrap()),
+            json!({"user_id": "2", "user_info": {"n": 1}})
+        );
+        assert_eq!(
+            member_event("presence-a", join, Some("2")),
+            None,
+            "not to itself"
+        );
+        let leave = r#"{"type":"leave","channel":"presence-a","user":"2","version":4}"#;
+        let removed = parsed(&member_event("presence-a", leave, None).unwrap());
+        assert_eq!(removed["event"], "pusher_internal:member_removed");
+        assert_eq!(
+            parsed(removed["data"].as_str().unwrap()),
+            json!({"user_id": "2"})
+        );
+        assert_eq!(member_event("presence-a", "not json", None), None);
     }
 
     #[test]

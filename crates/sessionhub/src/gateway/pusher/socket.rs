@@ -37,7 +37,7 @@ use super::super::state::Gateway;
 use super::super::upgrade::{Socket, Upgrade};
 use crate::broker::{Envelope, HistoryQuery, PublishOptions};
 use crate::error::ApiError;
-use crate::hub::{Connection, Delivery, Outbound, session_channel};
+use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::limits::MessageRate;
 use crate::protocol::pusher::{self, ChannelKind, Request, close};
 use crate::protocol::v1::MAX_SUBSCRIPTIONS;
@@ -109,6 +109,8 @@ fn next_socket_id() -> String {
 
 /// One channel the connection subscribed to.
 struct Subscription {
+    /// On a presence channel, the member this connection is (`channel_data.user_id`).
+    member: Option<String>,
     /// The replayed publication of a cache channel (epoch, offset): the same one arriving
     /// live just after the join is not sent twice.
     replayed: Option<(std::sync::Arc<str>, u64)>,
@@ -144,6 +146,12 @@ impl PusherConnection {
     /// What to send for a publication: nothing if the connection is not on its channel, or
     /// it is the socket the publication excludes, or the live copy of a replayed one.
     fn outbound(&mut self, delivery: &Delivery) -> Option<Utf8Bytes> {
+        if let Some(channel) = delivery.channel().strip_prefix(PRESENCE_EVENTS_PREFIX) {
+            // A member came or went: not told to the member itself.
+            let me = self.channels.get(channel)?.member.as_deref();
+            let data = delivery.publication().data.as_str();
+            return pusher::member_event(channel, data, me).map(Utf8Bytes::from);
+        }
         let subscription = self.channels.get_mut(delivery.channel())?;
         let except = delivery.envelope().and_then(|e| e.except.as_deref());
         if except == Some(self.socket_id.as_str()) {
@@ -163,6 +171,7 @@ impl PusherConnection {
         &mut self,
         channel: String,
         auth: Option<String>,
+        channel_data: Option<String>,
         connection: &mut Connection,
         credentials: &Credentials,
         gateway: &Gateway,
@@ -174,20 +183,19 @@ impl PusherConnection {
             return refuse("InvalidChannel", 400, &e.to_string());
         }
         let kind = ChannelKind::of(&channel);
-        if kind == ChannelKind::Presence {
-            return refuse(
-                "PresenceUnsupported",
-                501,
-                "presence channels are not served on this endpoint yet",
-            );
+        let channel_data = channel_data.filter(|_| kind == ChannelKind::Presence);
+        if kind == ChannelKind::Presence && channel_data.is_none() {
+            return refuse("AuthError", 401, "a presence channel needs channel_data");
         }
         if kind.is_private() {
-            let message = pusher::signed_message(&self.socket_id, &channel, None);
+            let message =
+                pusher::signed_message(&self.socket_id, &channel, channel_data.as_deref());
             if !self.authorized(auth.as_deref(), &message) {
                 return refuse(
                     "AuthError",
                     401,
-                    "invalid signature: auth must be KEY:HMAC-SHA256(secret, socket_id:channel)",
+                    "invalid signature: auth must be KEY:HMAC-SHA256(secret, \
+                     socket_id:channel[:channel_data])",
                 );
             }
         }
@@ -200,11 +208,24 @@ impl PusherConnection {
             let message = format!("at most {MAX_SUBSCRIPTIONS} channels per connection");
             return refuse("LimitReached", 429, &message);
         }
-        // Joined before the cache is read, so nothing published in between is lost.
-        if let Err(e) = connection.join(&channel).await {
+        let mut succeeded = "{}".to_owned();
+        let mut member = None;
+        if let Some(channel_data) = channel_data {
+            let joined = self
+                .join_presence(&channel, &channel_data, connection, gateway)
+                .await;
+            match joined {
+                Ok((user, data)) => {
+                    member = Some(user);
+                    succeeded = data;
+                }
+                Err((kind, status, message)) => return refuse(kind, status, &message),
+            }
+        } else if let Err(e) = connection.join(&channel).await {
+            // Joined before the cache is read, so nothing published in between is lost.
             return refuse("Unavailable", 503, &e.to_string());
         }
-        let mut frames = vec![pusher::subscription_succeeded(&channel, "{}")];
+        let mut frames = vec![pusher::subscription_succeeded(&channel, &succeeded)];
         let mut replayed = None;
         if pusher::is_cache_channel(&channel) {
             match self.last_event(&channel, gateway).await {
@@ -219,8 +240,61 @@ impl PusherConnection {
                 }
             }
         }
-        self.channels.insert(channel, Subscription { replayed });
+        self.channels
+            .insert(channel, Subscription { member, replayed });
         frames
+    }
+
+    /// Joins presence channel `channel` as the member `channel_data` names (signed by the
+    /// app already): the member's id and `subscription_succeeded`'s data, the members
+    /// cluster-wide; or why not (as `subscription_error`'s type, status and message).
+    async fn join_presence(
+        &self,
+        channel: &str,
+        channel_data: &str,
+        connection: &mut Connection,
+        gateway: &Gateway,
+    ) -> Result<(String, String), (&'static str, u16, String)> {
+        let member = pusher::PresenceMember::parse(channel_data)
+            .map_err(|e| ("InvalidChannelData", 400, e.to_string()))?;
+        if member
+            .info
+            .as_ref()
+            .is_some_and(|i| i.len() > self.app.max_user_info_bytes)
+        {
+            let message = format!("user_info is over {} bytes", self.app.max_user_info_bytes);
+            return Err(("InvalidChannelData", 413, message));
+        }
+        if !gateway.hub.has_presence(channel) {
+            let message = "presence- channels have no presence here (see --presence-channels)";
+            return Err(("Unavailable", 501, message.to_owned()));
+        }
+        let unavailable = |e: &dyn std::fmt::Display| ("Unavailable", 503, e.to_string());
+        // Checked before the join, so not atomic across nodes: two members joining at once
+        // may both find the last place free.
+        let members = gateway
+            .presence
+            .members(channel)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let max = self.app.max_presence_members;
+        if members.len() >= max && !members.iter().any(|m| m.user == member.id.as_str()) {
+            let message = format!("the channel has its {max} members already");
+            return Err(("LimitReached", 403, message));
+        }
+        connection
+            .join_as(channel, &member.id, member.info.clone())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        // Read after the join, which waited for presence to count this connection.
+        let members = match gateway.presence.members(channel).await {
+            Ok(members) => members,
+            Err(e) => {
+                connection.leave(channel);
+                return Err(unavailable(&e));
+            }
+        };
+        Ok((member.id.to_string(), pusher::presence_data(&members)))
     }
 
     /// The last event kept on a cache channel, as a subscriber gets it, and its position.
@@ -285,9 +359,9 @@ impl PusherConnection {
         if !ChannelKind::of(&channel).takes_client_events() {
             return refuse("client events are only sent on private and presence channels");
         }
-        if !self.channels.contains_key(&channel) {
+        let Some(subscription) = self.channels.get(&channel) else {
             return refuse("subscribe to the channel before sending client events on it");
-        }
+        };
         if data.get().len() > self.app.max_event_bytes {
             let message = format!(
                 "client event data is over {} bytes",
@@ -298,7 +372,7 @@ impl PusherConnection {
         let envelope = Envelope {
             event: Some(event),
             except: Some(self.socket_id.clone()),
-            user: None,
+            user: subscription.member.clone(),
         };
         let options = PublishOptions {
             history: pusher::is_cache_channel(&channel),
@@ -482,8 +556,8 @@ async fn drive(
                     Err(e) => vec![pusher::error(e.code(), &e.to_string())],
                     Ok(Request::Ping) => vec![pusher::pong()],
                     Ok(Request::Pong) => Vec::new(),
-                    Ok(Request::Subscribe { channel, auth, .. }) => {
-                        state.subscribe(channel, auth, connection, credentials, gateway).await
+                    Ok(Request::Subscribe { channel, auth, channel_data }) => {
+                        state.subscribe(channel, auth, channel_data, connection, credentials, gateway).await
                     }
                     Ok(Request::Unsubscribe { channel }) => {
                         state.unsubscribe(&channel, connection);
