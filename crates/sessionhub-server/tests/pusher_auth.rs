@@ -181,10 +181,11 @@ async fn a_logged_in_user_gets_pushers_own_signatures() {
 }
 
 /// Unmodified pusher-js, told to authorize at `/pusher/auth` (its own ajax transport,
-/// presenting the session in `x-auth-token`), subscribes to a private channel the rules
-/// allow: the server's Pusher socket accepts the built-in endpoint's signature. A channel
-/// the rules forbid fails with the endpoint's 403, and without a session pusher-js gets 403
-/// too.
+/// presenting the session in `x-auth-token`), subscribes to a private channel and a
+/// presence channel the rules allow: the server's Pusher socket accepts the built-in
+/// endpoint's signatures, and the presence channel lists the session's user with the
+/// user_info the endpoint signed. A channel the rules forbid fails with the endpoint's 403,
+/// and without a session pusher-js gets 403 too.
 #[tokio::test]
 async fn pusher_js_subscribes_with_the_built_in_endpoint() {
     let node = pusher_node(&[]);
@@ -215,10 +216,16 @@ async fn pusher_js_subscribes_with_the_built_in_endpoint() {
             lines
         }
     };
-    let lines = run(alice, json!(["private-chat-1", "private-other"])).await;
+    let lines = run(
+        alice,
+        json!(["private-chat-1", "private-other", "presence-room-1"]),
+    )
+    .await;
+    let me = json!({"id": "alice", "info": {"name": "alice"}});
     assert_eq!(
         lines,
         [
+            json!({"channel": "presence-room-1", "succeeded": true, "me": me, "members": [me]}),
             json!({"channel": "private-chat-1", "succeeded": true}),
             json!({"channel": "private-other", "error": {"type": "AuthError", "status": 403}}),
         ]

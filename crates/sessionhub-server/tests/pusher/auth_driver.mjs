@@ -5,8 +5,9 @@
 // to 127.0.0.1:<port>, subscribes to every channel with pusher-js's own ajax authorization
 // against http://127.0.0.1:<port>/pusher/auth, presenting the HTTP session in the
 // `x-auth-token` header (the Node XMLHttpRequest refuses to send a Cookie header), and prints
-// one JSON line per channel, {"channel", "succeeded": true} or {"channel", "error": {...}},
-// then exits.
+// one JSON line per channel, {"channel", "succeeded": true} (on a presence channel with
+// "me", the member pusher-js says it is, and "members", every member's {id, info}) or
+// {"channel", "error": {...}}, then exits.
 import Pusher from 'pusher-js';
 
 const { key, port, session, channels } = JSON.parse(process.argv[2]);
@@ -34,7 +35,12 @@ const done = (line) => {
 };
 for (const channel of channels) {
   const subscription = pusher.subscribe(channel);
-  subscription.bind('pusher:subscription_succeeded', () => done({ channel, succeeded: true }));
+  subscription.bind('pusher:subscription_succeeded', (members) => {
+    if (!channel.startsWith('presence-')) return done({ channel, succeeded: true });
+    const all = [];
+    members.each((member) => all.push(member));
+    done({ channel, succeeded: true, me: members.me, members: all });
+  });
   subscription.bind('pusher:subscription_error', (error) =>
     done({ channel, error: { type: error?.type ?? null, status: error?.status ?? null } }),
   );
