@@ -36,6 +36,7 @@ pub const UNDOCUMENTED_ROUTES: &[&str] = &[
     "/get-session",
     "/read-session",
     "/invalidate",
+    "/app/{key}",
     "/apps/{id}/events",
     "/apps/{id}/batch_events",
     "/apps/{id}/channels",

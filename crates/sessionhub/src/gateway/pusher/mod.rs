@@ -10,6 +10,7 @@
 //! exclusion, the sender of a client event) travels in the publication's
 //! [`Envelope`](crate::broker::Envelope).
 
+mod auth;
 mod rest;
 mod socket;
 
@@ -17,8 +18,6 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use super::Gateway;
-
-mod auth;
 
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
