@@ -1,21 +1,18 @@
 //! `POST /pusher/auth` and `POST /pusher/user-auth` on a real server process, with a real
 //! login through the HTTP session: the signatures checked against an HMAC computed here and
-//! against Pusher's own Node server SDK (`pusher` 5.3.4, pinned in tests/pusher_auth,
-//! installed by the test with `npm ci`) signing the same input, which proves the format;
-//! then every refusal.
+//! against Pusher's own Node server SDK (`pusher` 5.3.4, pinned in tests/pusher, installed
+//! by the test with `npm ci`; `authorizeChannel`, `authenticateUser`) signing the same
+//! input, which proves the format; then an unmodified pusher-js (8.6.0) authorizing its
+//! subscriptions through the endpoint against the server's own Pusher socket; then every
+//! refusal.
 
 mod common;
-
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::Mutex;
 
 use common::{http, login, node, status_and_json};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sessionhub_testkit::RedisServer;
 use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
 
 const APP: &str = "7:app-key:app-secret";
 /// Sockets of logged-in users, and the channels the rules let their clients join: the
@@ -30,7 +27,7 @@ const RULES: [&str; 8] = [
     "--channel-rule",
     "presence-room-=subscribe",
 ];
-const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher_auth");
+const SDK_DIR: &str = common::pusher::FIXTURE;
 
 /// A node with the Pusher app and the channel rules, and `extra` arguments.
 fn pusher_node(extra: &[&str]) -> sessionhub_testkit::Node {
@@ -65,50 +62,32 @@ async fn post_form(
     status_and_json(request).await
 }
 
-/// Signs `requests` with Pusher's Node server SDK (tests/pusher_auth/sign.mjs) for app
-/// `id:key:secret`; one answer per request.
-async fn sdk_sign(app: &str, requests: Value) -> Vec<Value> {
-    install_sdk();
+/// What Pusher's Node server SDK answers to `calls` (`authorizeChannel`, `authenticateUser`,
+/// through tests/pusher/sdk.mjs) for app `id:key:secret`; one answer per call.
+async fn sdk_sign(app: &str, calls: Value) -> Vec<Value> {
+    common::pusher::npm_fixture();
     let mut parts = app.splitn(3, ':');
     let (id, key, secret) = (parts.next(), parts.next(), parts.next());
-    let input = json!({"app": {"id": id, "key": key, "secret": secret}, "requests": requests});
-    let mut child = tokio::process::Command::new("node")
-        .arg("sign.mjs")
+    // Signing needs no server: no port is ever used.
+    let spec = json!({"port": 1, "app": {"id": id, "key": key, "secret": secret}, "calls": calls});
+    let run = tokio::process::Command::new("node")
+        .arg("sdk.mjs")
+        .arg(spec.to_string())
         .current_dir(SDK_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs (Node.js 20+ on PATH)");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.to_string().as_bytes()).await.unwrap();
-    drop(stdin);
-    let output = tokio::time::timeout(common::WAIT * 4, child.wait_with_output())
+        .output();
+    let output = tokio::time::timeout(common::WAIT * 4, run)
         .await
         .expect("the SDK answers in time")
-        .unwrap();
-    assert!(output.status.success(), "sign.mjs failed: {output:?}");
-    serde_json::from_slice(&output.stdout).expect("the SDK's answers as JSON")
-}
-
-/// `npm ci` in tests/pusher_auth, once per process, if the SDK is not installed yet.
-fn install_sdk() {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return;
-    }
-    if !Path::new(SDK_DIR).join("node_modules/pusher").exists() {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(SDK_DIR)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {SDK_DIR} failed ({status:?}); install Node.js 20+ and npm"
-        );
-    }
-    *ready = true;
+        .expect("node runs (Node.js 20+ on PATH)");
+    assert!(output.status.success(), "sdk.mjs failed: {output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let answer: Value = serde_json::from_str(line).expect("one JSON line per call");
+            answer["ok"].clone()
+        })
+        .collect()
 }
 
 /// What a test posts, as form fields.
@@ -182,10 +161,11 @@ async fn a_logged_in_user_gets_pushers_own_signatures() {
     let sdk = sdk_sign(
         APP,
         json!([
-            {"socket_id": socket, "channel": "private-chat-1"},
-            {"socket_id": socket, "channel": "presence-room-1",
-             "presence_data": serde_json::from_str::<Value>(channel_data).unwrap()},
-            {"socket_id": socket, "user_data": serde_json::from_str::<Value>(user_data).unwrap()},
+            {"call": "authorizeChannel", "socket_id": socket, "channel": "private-chat-1"},
+            {"call": "authorizeChannel", "socket_id": socket, "channel": "presence-room-1",
+             "data": serde_json::from_str::<Value>(channel_data).unwrap()},
+            {"call": "authenticateUser", "socket_id": socket,
+             "user_data": serde_json::from_str::<Value>(user_data).unwrap()},
         ]),
     )
     .await;
@@ -198,6 +178,63 @@ async fn a_logged_in_user_gets_pushers_own_signatures() {
         .json(&json!({"socket_id": socket, "channel_name": "presence-room-1"}));
     let (status, answer) = status_and_json(request).await;
     assert_eq!((status, answer), (200, presence));
+}
+
+/// Unmodified pusher-js, told to authorize at `/pusher/auth` (its own ajax transport,
+/// presenting the session in `x-auth-token`), subscribes to a private channel and a
+/// presence channel the rules allow: the server's Pusher socket accepts the built-in
+/// endpoint's signatures, and the presence channel lists the session's user with the
+/// user_info the endpoint signed. A channel the rules forbid fails with the endpoint's 403,
+/// and without a session pusher-js gets 403 too.
+#[tokio::test]
+async fn pusher_js_subscribes_with_the_built_in_endpoint() {
+    let node = pusher_node(&[]);
+    let base = node.http();
+    let alice = login(&base, "alice").await;
+    let run = |session: String, channels: Value| {
+        let port = node.addr().port();
+        async move {
+            common::pusher::npm_fixture();
+            let spec =
+                json!({"key": "app-key", "port": port, "session": session, "channels": channels});
+            let run = tokio::process::Command::new("node")
+                .arg("auth_driver.mjs")
+                .arg(spec.to_string())
+                .current_dir(SDK_DIR)
+                .output();
+            let output = tokio::time::timeout(common::WAIT * 4, run)
+                .await
+                .expect("pusher-js finishes in time")
+                .expect("node runs (Node.js 20+ on PATH)");
+            let mut lines: Vec<Value> = String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            assert!(output.status.success(), "auth_driver.mjs failed: {lines:?}");
+            lines.sort_by_key(|line| line["channel"].to_string());
+            lines
+        }
+    };
+    let lines = run(
+        alice,
+        json!(["private-chat-1", "private-other", "presence-room-1"]),
+    )
+    .await;
+    let me = json!({"id": "alice", "info": {"name": "alice"}});
+    assert_eq!(
+        lines,
+        [
+            json!({"channel": "presence-room-1", "succeeded": true, "me": me, "members": [me]}),
+            json!({"channel": "private-chat-1", "succeeded": true}),
+            json!({"channel": "private-other", "error": {"type": "AuthError", "status": 403}}),
+        ]
+    );
+    let lines = run("no-session".into(), json!(["private-chat-1"])).await;
+    assert_eq!(
+        lines,
+        [json!({"channel": "private-chat-1", "error": {"type": "AuthError", "status": 403}})]
+    );
 }
 
 /// What a presence member tells about themself comes from the shared session's
@@ -241,10 +278,44 @@ async fn user_info_is_the_sessions_user_info_attribute() {
     assert_eq!(user_data["user_info"], channel_data["user_info"]);
     let sdk = sdk_sign(
         APP,
-        json!([{"socket_id": socket, "channel": "presence-room-9", "presence_data": channel_data}]),
+        json!([{"call": "authorizeChannel", "socket_id": socket, "channel": "presence-room-9",
+                 "data": channel_data}]),
     )
     .await;
     assert_eq!(sdk, [presence]);
+
+    // Over the app's user info limit (1 KB by default): refused, not signed for a socket
+    // that would refuse it.
+    let big = format!("{{\\\"name\\\":\\\"{}\\\"}}", "b".repeat(1_000));
+    let set = format!("HSET sessionhub:session:{{{bob}}} a:user_info \"{big}\"");
+    assert_eq!(redis.command(&set).unwrap().trim(), ":0");
+    let (status, answer) = post_form(
+        &base,
+        "/pusher/auth",
+        Some(&bob),
+        &[("socket_id", socket), ("channel_name", "presence-room-9")],
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &json!("user_info_too_large"))
+    );
+}
+
+/// In open mode the channel rules let anyone join anything, and the endpoint signs any
+/// private channel for a logged-in user; a session is still needed.
+#[tokio::test]
+async fn open_mode_signs_any_channel_for_a_logged_in_user() {
+    let node = node(&["--pusher-app", APP]);
+    let base = node.http();
+    let alice = login(&base, "alice").await;
+    let form = [("socket_id", "1.2"), ("channel_name", "private-anything")];
+    let (status, answer) = post_form(&base, "/pusher/auth", Some(&alice), &form).await;
+    assert_eq!(status, 200, "{answer}");
+    let expected = format!("app-key:{}", hmac_hex("app-secret", "1.2:private-anything"));
+    assert_eq!(answer, json!({"auth": expected}));
+    let (status, _) = post_form(&base, "/pusher/auth", None, &form).await;
+    assert_eq!(status, 403);
 }
 
 /// Refused, each with a JSON error naming why: no logged-in session (403), a channel the

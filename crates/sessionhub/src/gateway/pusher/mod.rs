@@ -13,6 +13,7 @@
 //! `socket.rs` runs a Pusher connection; `rest.rs` answers the HTTP API, whose requests
 //! are checked by [`crate::pusher::request`].
 
+mod auth;
 mod rest;
 mod socket;
 
@@ -20,8 +21,6 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use super::Gateway;
-
-mod auth;
 
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
