@@ -18,12 +18,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::http::HeaderMap;
 
+use common::pusher::raw::Receiver;
 use common::{WAIT, Ws, send_text, v1};
 use serde_json::{Value, json};
 use sessionhub::pusher::PusherApp;
@@ -33,6 +33,7 @@ use sessionhub_testkit::{Node, RedisServer};
 const SDK_DIR: &str = common::pusher::FIXTURE;
 const APP: &str = "1:app-key:app-secret";
 const OTHER_APP: &str = "2:other-key:other-secret";
+const APP_KEY: &str = "app-key";
 
 fn app() -> PusherApp {
     APP.parse().unwrap()
@@ -634,84 +635,17 @@ async fn three_nodes_sharing_redis_publish_and_count_cluster_wide() {
     assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
 }
 
-/// A webhook receiver: every POST's headers (lowercased names) and body, in order.
-struct Receiver {
-    url: String,
-    posts: Arc<Mutex<Vec<(HeaderMap, String)>>>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let posts = Arc::new(Mutex::new(Vec::new()));
-        let shared = posts.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let posts = shared.clone();
-                async move {
-                    let body = String::from_utf8(body.to_vec()).expect("a UTF-8 body");
-                    posts.lock().unwrap().push((headers, body));
-                    "ok"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, posts }
+/// Waits until `want` (name, channel, user_id) have all arrived for [`APP`], then for a
+/// quiet second (so that a duplicate would have arrived); [`APP`]'s events.
+async fn webhooks_settle(
+    receiver: &Receiver,
+    want: &[(&str, &str, &str)],
+) -> Vec<(String, String, String)> {
+    for &want in want {
+        receiver.wait_for(APP_KEY, want, WAIT).await;
     }
-
-    /// The posts signed for [`APP`] (`--pusher-webhook` goes to every app of the command
-    /// line, each signing its own).
-    fn posts(&self) -> Vec<(HeaderMap, String)> {
-        self.posts_of("app-key")
-    }
-
-    fn posts_of(&self, key: &str) -> Vec<(HeaderMap, String)> {
-        let posts = self.posts.lock().unwrap();
-        posts
-            .iter()
-            .filter(|(headers, _)| header(headers, "x-pusher-key") == key)
-            .cloned()
-            .collect()
-    }
-
-    /// Every Pusher event received for [`APP`], as (name, channel, user_id).
-    fn events(&self) -> Vec<(String, String, String)> {
-        let mut events = Vec::new();
-        for (_, body) in self.posts() {
-            let body: Value = serde_json::from_str(&body).expect("a JSON body");
-            for e in body["events"].as_array().into_iter().flatten() {
-                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-                events.push((s("name"), s("channel"), s("user_id")));
-            }
-        }
-        events
-    }
-
-    /// Waits until `want` are all among the events, then for a quiet second (so that a
-    /// duplicate would have arrived); the events.
-    async fn settle(&self, want: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let events = self.events();
-            let all = want.iter().all(|(n, c, u)| {
-                events.iter().any(|(en, ec, eu)| {
-                    (en, ec, eu) == (&n.to_string(), &c.to_string(), &u.to_string())
-                })
-            });
-            if all {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {want:?} within {WAIT:?}, got {events:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.events()
-    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    receiver.events(APP_KEY)
 }
 
 fn header(headers: &HeaderMap, name: &str) -> String {
@@ -776,38 +710,38 @@ async fn webhooks_in_pusher_s_format_pass_both_sdk_validators() {
         "own-secret",
     ]);
     let mut alice = subscriber(&node, "alice", "presence-room").await;
-    let events = pusher
-        .settle(&[
+    let events = webhooks_settle(
+        &pusher,
+        &[
             ("channel_occupied", "presence-room", ""),
             ("member_added", "presence-room", "alice"),
-        ])
-        .await;
+        ],
+    )
+    .await;
     // v1's personal channels (user:alice) have names Pusher cannot give: not sent.
     assert_eq!(events.len(), 2, "{events:?}");
     alice.close(None).await.unwrap();
-    let events = pusher
-        .settle(&[
+    let events = webhooks_settle(
+        &pusher,
+        &[
             ("member_removed", "presence-room", "alice"),
             ("channel_vacated", "presence-room", ""),
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert_eq!(events.len(), 4, "{events:?}");
 
-    let posts = pusher.posts();
+    let posts = pusher.posts(Some(APP_KEY));
     for (headers, _) in &posts {
         assert_eq!(header(headers, "content-type"), "application/json");
     }
     sdks_validate(&node, &posts).await;
     // The other app of the command line gets the same events, under its own key.
-    assert_eq!(pusher.posts_of("other-key").len(), 4);
-    assert_eq!(
-        pusher.posts.lock().unwrap().len(),
-        8,
-        "no post under another key"
-    );
+    assert_eq!(pusher.posts(Some("other-key")).len(), 4);
+    assert_eq!(pusher.posts(None).len(), 8, "no post under another key");
 
     // sessionhub's own format still goes to its own URL, signed its own way.
-    let own = own.posts.lock().unwrap().clone();
+    let own = own.posts(None);
     let (headers, body) = own.first().cloned().expect("sessionhub's webhooks too");
     assert!(header(&headers, "sessionhub-signature").starts_with("t="));
     assert!(body.contains("\"type\""), "{body}");
@@ -840,24 +774,28 @@ async fn three_nodes_send_one_pusher_webhook_per_transition() {
     ] {
         subscribers.push(subscriber(node, user, "presence-hall").await);
     }
-    let events = receiver
-        .settle(&[
+    let events = webhooks_settle(
+        &receiver,
+        &[
             ("channel_occupied", "presence-hall", ""),
             ("member_added", "presence-hall", "carol"),
             ("member_added", "presence-hall", "dave"),
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert_eq!(events.len(), 3, "one per transition: {events:?}");
     for mut ws in subscribers {
         ws.close(None).await.unwrap();
     }
-    let events = receiver
-        .settle(&[
+    let events = webhooks_settle(
+        &receiver,
+        &[
             ("member_removed", "presence-hall", "carol"),
             ("member_removed", "presence-hall", "dave"),
             ("channel_vacated", "presence-hall", ""),
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert_eq!(events.len(), 6, "one per transition: {events:?}");
-    sdks_validate(&nodes[0], &receiver.posts()).await;
+    sdks_validate(&nodes[0], &receiver.posts(Some(APP_KEY))).await;
 }
