@@ -17,7 +17,6 @@
 mod common;
 
 use serde_json::{Value, json};
-use sessionhub::pusher::{PusherApp, request};
 use sessionhub_testkit::Node;
 
 use common::browser::{Browser, Driver, STEP, artifacts};
@@ -91,34 +90,13 @@ impl Browser {
 /// Publishes through the HTTP API as Laravel's Pusher broadcaster does: the event's class
 /// name, JSON data, and the sender's socket id with `toOthers()`.
 async fn broadcast(node: &Node, channel: &str, event: &str, data: Value, except: Option<&str>) {
-    let app: PusherApp = APP.parse().unwrap();
     let mut body = json!({ "name": event, "channels": [channel], "data": data.to_string() });
     if let Some(socket) = except {
         body["socket_id"] = json!(socket);
     }
-    let body = body.to_string();
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let path = format!("/apps/{}/events", app.id);
-    let query = format!(
-        "auth_key={}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={}",
-        app.key,
-        request::body_md5(body.as_bytes())
-    );
-    let signature = app.sign(&format!("POST\n{path}\n{query}"));
-    let response = common::http()
-        .post(format!(
-            "{}{path}?{query}&auth_signature={signature}",
-            node.http()
-        ))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let path = format!("/apps/{}/events", APP.split(':').next().unwrap());
+    let (status, text) = common::pusher::signed_post(node, APP, &path, &body).await;
+    assert_eq!(status, 200, "{text}");
 }
 
 async fn laravel_echo_works_unchanged(nodes: &[Node], broadcaster: &str, artifacts_dir: &str) {

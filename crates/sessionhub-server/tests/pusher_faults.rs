@@ -107,30 +107,12 @@ async fn a_killed_node_s_members_are_removed_within_30_s_with_one_webhook() {
     assert_eq!(ids, ["late", "watcher"], "{members}");
 }
 
-/// POSTs an event through the HTTP API of `node`; the status.
+/// POSTs an event through the HTTP API of `node`; the status (0: no answer).
 async fn trigger(node: &Node, channel: &str, data: &str) -> u16 {
-    let app: sessionhub::pusher::PusherApp = APP.parse().unwrap();
-    let body = json!({"name": "news", "channel": channel, "data": data}).to_string();
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let path = format!("/apps/{}/events", app.id);
-    let query = format!(
-        "auth_key={KEY}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={}",
-        sessionhub::pusher::request::body_md5(body.as_bytes())
-    );
-    let signature = app.sign(&format!("POST\n{path}\n{query}"));
-    common::http()
-        .post(format!(
-            "{}{path}?{query}&auth_signature={signature}",
-            node.http()
-        ))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
+    let body = json!({"name": "news", "channel": channel, "data": data});
+    common::pusher::signed_post(node, APP, "/apps/5/events", &body)
         .await
-        .map_or(0, |r| r.status().as_u16())
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,32 @@ pub fn npm_fixture() -> &'static Path {
     dir
 }
 
+/// POSTs `body` to the HTTP API's `path` on `node`, signed for `app` (`ID:KEY:SECRET`) as
+/// the server SDKs sign; the status and the answer's text.
+pub async fn signed_post(
+    node: &sessionhub_testkit::Node,
+    app: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let app: sessionhub::pusher::PusherApp = app.parse().unwrap();
+    let body = body.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = sessionhub::pusher::request::sign(&app, "POST", path, &[], body.as_bytes(), now);
+    let response = super::http()
+        .post(format!("{}{path}?{query}", node.http()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the HTTP API answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
 /// A raw Pusher client over a WebSocket: for what pusher-js hides (timing, frames, closes).
 pub mod raw {
     use std::sync::{Arc, Mutex};
