@@ -860,3 +860,20 @@ async fn presence_enforces_the_member_limit_and_the_user_info_size() {
         "{again}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_closes_pusher_sockets_with_4200_to_reconnect_at_once() {
+    let mut node = pusher_node(&["--drain-window", "0.2"]);
+    let (mut ws, _) = raw_connected(&node, &[]).await;
+    let stopped = tokio::task::spawn_blocking(move || {
+        let code = node.terminate(Duration::from_secs(15));
+        (node, code)
+    });
+    common::assert_closes(&mut ws, Duration::from_secs(10), 4200).await;
+    let (_node, code) = stopped.await.unwrap();
+    assert_eq!(
+        code.unwrap(),
+        Some(0),
+        "the node stops cleanly after the drain"
+    );
+}
