@@ -697,21 +697,26 @@ async fn a_silent_client_is_pinged_then_closed_with_4201() {
     );
 }
 
-#[tokio::test]
-async fn a_socket_with_a_session_cookie_closes_on_logout() {
-    let node = pusher_node(&[]);
-    let session = common::login(&node.http(), "ann").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_with_a_session_cookie_closes_when_the_session_is_logged_out_on_another_node() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| pusher_node(&["--redis", &url, "--node-id", &format!("node-{i}")]))
+        .collect();
+    let session = common::login(&nodes[0].http(), "ann").await;
     let cookie = format!("SESSION={session}");
-    let (mut ws, _) = raw_connected(&node, &[("cookie", &cookie)]).await;
-    let (mut anonymous, _) = raw_connected(&node, &[]).await;
+    let (mut ws, _) = raw_connected(&nodes[1], &[("cookie", &cookie)]).await;
+    let (mut anonymous, _) = raw_connected(&nodes[1], &[]).await;
     send(
         &mut ws,
         json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
     )
     .await;
     next_event(&mut ws).await;
+    let client = common::http();
     let (status, _, _) =
-        common::get(&common::http(), &node.http(), "/invalidate", Some(&session)).await;
+        common::get(&client, &nodes[0].http(), "/invalidate", Some(&session)).await;
     assert_eq!(status, 200);
     common::assert_closes(&mut ws, WAIT, 4009).await;
     // The anonymous socket is no one's session: it stays.
