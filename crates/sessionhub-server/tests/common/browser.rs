@@ -1,9 +1,11 @@
-//! Headless Chromium for the browser tests (tests/browser.rs, tests/demo_page.rs): a Node.js
-//! driver script in tests/browser (run.mjs, demo.mjs; their shared loop is driver.mjs) that
+//! Headless Chromium for the browser tests (tests/browser.rs, tests/demo_page.rs,
+//! tests/echo.rs): a Node.js driver script in tests/browser (run.mjs, demo.mjs, echo.mjs;
+//! their shared loop is driver.mjs) that
 //! answers JSON-line commands on stdin/stdout.
 //!
 //! Prerequisites: Node.js 20+, Debian's `chromium` at /usr/bin/chromium, and `npm ci` in
-//! tests/browser (playwright-core only; it never downloads a browser). `scripts/test.sh`
+//! tests/browser (playwright-core, which never downloads a browser, and the browser builds
+//! of pusher-js and laravel-echo). `scripts/test.sh`
 //! installs them; [`Browser::launch`] runs `npm ci` itself if node_modules is missing and
 //! fails with instructions if Chromium is.
 // Only the browser tests use this, and every test file declares `mod common;`.
@@ -52,8 +54,15 @@ fn prerequisites(test: &str) -> &'static Path {
         "the {test} needs Chromium at {CHROMIUM}: run scripts/test.sh, or \
          `sudo apt-get install -y chromium` (Debian/Ubuntu)"
     );
-    if !dir.join("node_modules/playwright-core").exists() {
-        eprintln!("{test}: installing playwright-core (npm ci in {BROWSER_DIR})");
+    // Every package of package.json: a checkout installed before one was added has to
+    // install again.
+    let installed = ["playwright-core", "pusher-js", "laravel-echo"]
+        .iter()
+        .all(|package| dir.join("node_modules").join(package).exists());
+    if !installed {
+        eprintln!(
+            "{test}: installing playwright-core, pusher-js and laravel-echo (npm ci in {BROWSER_DIR})"
+        );
         let status = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")

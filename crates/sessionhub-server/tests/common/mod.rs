@@ -229,12 +229,19 @@ pub fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
 
 /// A Redis of the test's own and `n` nodes in cluster mode on it, named node-0, node-1, ...
 pub fn cluster(n: usize) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    cluster_with(n, &[])
+}
+
+/// [`cluster`], each node also given `extra` flags.
+pub fn cluster_with(n: usize, extra: &[&str]) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
     let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
     let url = redis.url();
     let nodes = (0..n)
         .map(|i| {
             let name = format!("node-{i}");
-            node(&["--redis", &url, "--node-id", &name])
+            let mut args = vec!["--redis", &url, "--node-id", &name];
+            args.extend_from_slice(extra);
+            node(&args)
         })
         .collect();
     (redis, nodes)

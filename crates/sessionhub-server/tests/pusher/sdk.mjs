@@ -1,10 +1,11 @@
 // Runs calls of the `pusher` Node server SDK (package.json pins it) against a sessionhub
-// node, for crates/sessionhub-server/tests/pusher_http.rs.
+// node, for crates/sessionhub-server/tests/pusher_http.rs, and signs as the SDK signs, for
+// tests/pusher_auth.rs.
 //
 // node sdk.mjs '<json>' with {"port", "app": {"id", "key", "secret"}, "calls": [...]}: each
 // call is {"call": "trigger" | "triggerBatch" | "get" | "terminateUserConnections" |
-// "webhook", ...its arguments}; prints one JSON line per call, {"ok": <answer>} or
-// {"error": {"status", "body", "message"}}.
+// "webhook" | "authorizeChannel" | "authenticateUser", ...its arguments}; prints one JSON
+// line per call, {"ok": <answer>} or {"error": {"status", "body", "message"}}.
 import Pusher from "pusher";
 
 const { port, app, calls } = JSON.parse(process.argv[2]);
@@ -33,6 +34,10 @@ async function run(call) {
       if (!webhook.isValid()) return { valid: false };
       return { valid: true, time: webhook.getTime().getTime(), events: webhook.getEvents() };
     }
+    case "authorizeChannel":
+      return pusher.authorizeChannel(call.socket_id, call.channel, call.data);
+    case "authenticateUser":
+      return pusher.authenticateUser(call.socket_id, call.user_data);
     default:
       throw new Error(`unknown call ${call.call}`);
   }

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::limits::{Limited, Per};
 use crate::protocol::UserId;
 use crate::session::{PRINCIPAL, SessionId, index_keep, presented_id};
-use crate::store::{lifetime_left, now_ms};
+use crate::store::{Attributes, lifetime_left, now_ms};
 
 /// Slack after a session's expected expiry before checking it, so the store has expired it.
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
@@ -178,6 +178,35 @@ pub(super) async fn session_user(
     gateway: &Gateway,
     headers: &HeaderMap,
 ) -> Result<Option<(UserId, Credentials)>, ApiError> {
+    let logged_in = logged_in(gateway, headers).await?;
+    Ok(logged_in.map(|s| {
+        (
+            s.user,
+            Credentials::Session {
+                id: s.id,
+                ends: s.ends,
+            },
+        )
+    }))
+}
+
+/// A live HTTP session with a logged-in user.
+pub(super) struct LoggedIn {
+    pub(super) id: SessionId,
+    pub(super) user: UserId,
+    /// When the session's absolute lifetime runs out, if it has one.
+    pub(super) ends: Option<Instant>,
+    /// Its attributes, for what else the caller reads of the user (`user_info`).
+    pub(super) attributes: Attributes,
+}
+
+/// The live HTTP session the request presents and its user; `None` when it presents none,
+/// or one that is over or has no user. One load, which slides the session's idle expiry
+/// as any use does.
+pub(super) async fn logged_in(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<LoggedIn>, ApiError> {
     let Some(id) = presented_id(headers, &gateway.sessions) else {
         return Ok(None);
     };
@@ -202,7 +231,12 @@ pub(super) async fn session_user(
         Some(left) if left.is_zero() => return Ok(None),
         left => left.map(|left| Instant::now() + left),
     };
-    Ok(Some((user, Credentials::Session { id, ends })))
+    Ok(Some(LoggedIn {
+        id,
+        user,
+        ends,
+        attributes: record.attributes,
+    }))
 }
 
 /// Verifies a connection token, at connect or in a live refresh: its user, and credentials

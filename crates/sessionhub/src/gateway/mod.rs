@@ -22,6 +22,7 @@
 //! | `GET /sessionhub.js` | the browser client (an ES module) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (store and broker reachable) |
 //! | `GET /app/{key}`, `/apps/{id}/…` | the Pusher Channels protocol and HTTP API, with `--pusher-app` (`pusher/`) |
+//! | `POST /pusher/auth`, `POST /pusher/user-auth` (`/{key}`) | Pusher channel authorization and sign-in for the HTTP session's user (`pusher/auth.rs`) |
 //! | `/login`, `/get-session`, `/invalidate` | the session demo (`demo.rs`) |
 //!
 //! `/socket/*` and `/api/*` (but the OpenAPI document) require `Authorization: Bearer <api

@@ -44,6 +44,10 @@ pub const UNDOCUMENTED_ROUTES: &[&str] = &[
     "/apps/{id}/channels/{channel}/users",
     "/apps/{id}/users/{user}/terminate_connections",
     "/users/{user}/terminate_connections",
+    "/pusher/auth",
+    "/pusher/auth/{key}",
+    "/pusher/user-auth",
+    "/pusher/user-auth/{key}",
 ];
 
 /// The parts of the document that are not operations: title, version, the API key

@@ -14,6 +14,7 @@ use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::limits::{Limits, RateLimiter, Rates};
 use crate::presence::{LocalPresence, Presence};
+use crate::protocol::UserId;
 use crate::pusher::PusherApps;
 use crate::session::SessionConfig;
 use crate::store::SessionStore;
@@ -57,6 +58,16 @@ impl Security {
     /// where the channel rules allow it.
     pub(crate) fn client_may_publish(&self, channel: &str) -> bool {
         self.ws_auth == WsAuth::Open || self.channels.can_publish(channel)
+    }
+
+    /// Whether `user`'s clients may join `channel` on their own (without a token): their
+    /// own personal channel and no one else's, anything in open mode, else where the channel
+    /// rules allow it. Asked of v1 subscribes and of the Pusher auth endpoint's signatures.
+    pub(crate) fn client_may_subscribe(&self, user: &UserId, channel: &str) -> bool {
+        match UserId::from_channel(channel) {
+            Some(owner) => owner == *user || self.ws_auth == WsAuth::Open,
+            None => self.ws_auth == WsAuth::Open || self.channels.can_subscribe(channel),
+        }
     }
 }
 

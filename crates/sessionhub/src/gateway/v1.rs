@@ -27,7 +27,7 @@ use super::hooked::{self, Hooked, Publishing};
 use super::plan::Plan;
 use super::state::Gateway;
 use super::tokens;
-use crate::auth::{TokenError, WsAuth};
+use crate::auth::TokenError;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::error::{ApiError, BrokerError, PresenceError};
 use crate::hooks::{Denial, Hooks};
@@ -415,15 +415,9 @@ impl V1 {
         if !is_public_channel_name(channel) {
             return Err(FrameError::InvalidChannel);
         }
-        let security = gateway.security();
-        let allowed = match UserId::from_channel(channel) {
-            Some(owner) => owner == self.user || security.ws_auth == WsAuth::Open,
-            None => {
-                security.ws_auth == WsAuth::Open
-                    || security.channels.can_subscribe(channel)
-                    || self.token_channels.iter().any(|c| c == channel)
-            }
-        };
+        let allowed = gateway.security().client_may_subscribe(&self.user, channel)
+            || (UserId::from_channel(channel).is_none()
+                && self.token_channels.iter().any(|c| c == channel));
         if allowed {
             Ok(())
         } else {

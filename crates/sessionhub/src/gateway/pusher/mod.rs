@@ -1,6 +1,8 @@
 //! The Pusher Channels protocol (version 7) on the hub: `GET /app/{key}` for pusher-js and
-//! Laravel Echo, and the HTTP API under `/apps/{id}` for the Pusher server SDKs. Mounted
-//! only when [`Gateway::with_pusher`] configured an app.
+//! Laravel Echo, the HTTP API under `/apps/{id}` for the Pusher server SDKs, and
+//! `/pusher/auth` and `/pusher/user-auth`, which sign subscriptions and sign-ins for the
+//! HTTP session's user (`auth.rs`). Mounted only when [`Gateway::with_pusher`] configured
+//! an app.
 //!
 //! A Pusher connection is a hub connection like a v1 socket's: it joins the same channels
 //! through the same broker and presence, so a publication reaches Pusher and v1 clients of
@@ -8,6 +10,7 @@
 //! exclusion, the sender of a client event) travels in the publication's
 //! [`Envelope`](crate::broker::Envelope).
 
+mod auth;
 mod rest;
 mod socket;
 
@@ -33,4 +36,8 @@ pub(super) fn routes() -> Router<Gateway> {
             "/users/{user}/terminate_connections",
             post(rest::terminate_connections_of_key),
         )
+        .route("/pusher/auth", post(auth::channel))
+        .route("/pusher/auth/{key}", post(auth::channel_of))
+        .route("/pusher/user-auth", post(auth::user))
+        .route("/pusher/user-auth/{key}", post(auth::user_of))
 }
