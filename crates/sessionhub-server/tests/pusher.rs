@@ -24,6 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 
+use common::pusher::raw::next_event;
 use common::{WAIT, Ws};
 
 const APP: &str = "42:app-key:app-secret";
@@ -488,17 +489,6 @@ async fn raw(node: &Node, key: &str, query: &str, headers: &[(&str, &str)]) -> W
     ws
 }
 
-/// The next text frame, parsed, with its `data` string parsed too.
-async fn next_event(ws: &mut Ws) -> Value {
-    let mut event: Value = serde_json::from_str(&common::next_text(ws).await).unwrap();
-    if let Some(data) = event["data"].as_str()
-        && let Ok(parsed) = serde_json::from_str::<Value>(data)
-    {
-        event["data"] = parsed;
-    }
-    event
-}
-
 /// A connected raw client: the socket and its socket id.
 async fn raw_connected(node: &Node, headers: &[(&str, &str)]) -> (Ws, String) {
     let mut ws = raw(node, KEY, "protocol=7&client=raw&version=0", headers).await;
@@ -523,16 +513,7 @@ fn auth(socket_id: &str, channel: &str) -> String {
 
 /// `KEY:signature` of `message`.
 fn sign(message: &str) -> String {
-    use hmac::{Hmac, KeyInit, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(message.as_bytes());
-    let signature: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{KEY}:{signature}")
+    common::pusher::raw::sign(KEY, SECRET, message)
 }
 
 #[tokio::test]
