@@ -863,3 +863,40 @@ async fn a_draining_node_closes_pusher_sockets_with_4200_to_reconnect_at_once() 
         "the node stops cleanly after the drain"
     );
 }
+
+#[tokio::test]
+async fn an_encrypted_channel_s_data_passes_through_untouched() {
+    let node = pusher_node(&[]);
+    let (mut ws, socket_id) = raw_connected(&node, &[]).await;
+    let channel = "private-encrypted-vault";
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
+    )
+    .await;
+    let refused = next_event(&mut ws).await;
+    assert_eq!(
+        refused["data"]["status"], 401,
+        "private: it needs a signature"
+    );
+    let subscribe = json!({"event": "pusher:subscribe",
+        "data": {"channel": channel, "auth": auth(&socket_id, channel)}});
+    send(&mut ws, subscribe).await;
+    let joined = next_event(&mut ws).await;
+    assert_eq!(joined["event"], "pusher_internal:subscription_succeeded");
+    // What Pusher's server SDKs publish on an encrypted channel: never opened here.
+    let sealed = json!({"nonce": "bm9uY2U=", "ciphertext": "Y2lwaGVydGV4dA=="});
+    publish(&node, channel, sealed.clone()).await;
+    let event = next_event(&mut ws).await;
+    assert_eq!(
+        (event["event"].as_str(), &event["data"]),
+        (Some("message"), &sealed)
+    );
+    // No client events on encrypted channels.
+    send(
+        &mut ws,
+        json!({"event": "client-x", "channel": channel, "data": {}}),
+    )
+    .await;
+    assert_eq!(next_event(&mut ws).await["event"], "pusher:error");
+}
