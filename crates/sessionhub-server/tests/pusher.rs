@@ -866,7 +866,7 @@ async fn a_draining_node_closes_pusher_sockets_with_4200_to_reconnect_at_once() 
 
 #[tokio::test]
 async fn an_encrypted_channel_s_data_passes_through_untouched() {
-    let node = pusher_node(&[]);
+    let node = pusher_node(&["--pusher-client-events"]);
     let (mut ws, socket_id) = raw_connected(&node, &[]).await;
     let channel = "private-encrypted-vault";
     send(
@@ -898,5 +898,11 @@ async fn an_encrypted_channel_s_data_passes_through_untouched() {
         json!({"event": "client-x", "channel": channel, "data": {}}),
     )
     .await;
-    assert_eq!(next_event(&mut ws).await["event"], "pusher:error");
+    let refused = next_event(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:error");
+    let message = refused["data"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("only sent on private and presence"),
+        "{refused}"
+    );
 }
