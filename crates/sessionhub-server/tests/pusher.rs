@@ -906,3 +906,39 @@ async fn an_encrypted_channel_s_data_passes_through_untouched() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let node = pusher_node(&[]);
+    let client = common::http();
+    let (mut stuck, _) = raw_connected(&node, &[]).await;
+    send(
+        &mut stuck,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    next_event(&mut stuck).await;
+    // It reads nothing more; publications pile up in the kernel's buffers, then its queue.
+    let chunk = "z".repeat(60 * 1024);
+    let mut gone = false;
+    for n in 0..1000 {
+        publish(&node, "news", json!(chunk)).await;
+        if n % 20 == 19 && common::online(&client, &node.http()).await["online"] == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the stuck client was closed");
+    let text = client
+        .get(format!("{}/metrics", node.http()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("sessionhub_disconnects_total{reason=\"slow consumer\"} 1"),
+        "{text}"
+    );
+}
