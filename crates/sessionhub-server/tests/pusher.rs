@@ -819,7 +819,8 @@ async fn presence_enforces_the_member_limit_and_the_user_info_size() {
         json!({"event": "pusher:subscribe", "data": {"channel": "presence-room",
             "auth": sign(&signed), "channel_data": data}})
     };
-    let (mut first, id) = raw_connected(&node, &[]).await;
+    let (mut first, first_id) = raw_connected(&node, &[]).await;
+    let id = first_id.clone();
     let big = r#"{"user_id":"1","user_info":{"name":"a name over twenty bytes"}}"#;
     send(&mut first, subscribe(&id, big)).await;
     let refused = next_event(&mut first).await;
@@ -841,6 +842,12 @@ async fn presence_enforces_the_member_limit_and_the_user_info_size() {
     // The same user again is no new member.
     send(&mut second, subscribe(&id, r#"{"user_id":"1"}"#)).await;
     let again = next_event(&mut second).await;
+    assert_eq!(again["data"]["presence"]["count"], 1, "{again}");
+    // Subscribing twice answers with the members again.
+    send(&mut first, subscribe(&first_id, r#"{"user_id":"1"}"#)).await;
+    let twice = next_event(&mut first).await;
+    assert_eq!(twice["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(twice["data"]["presence"]["ids"], json!(["1"]), "{twice}");
     assert_eq!(
         again["event"], "pusher_internal:subscription_succeeded",
         "{again}"

@@ -199,9 +199,16 @@ impl PusherConnection {
                 );
             }
         }
-        if self.channels.contains_key(&channel) {
+        if let Some(subscription) = self.channels.get(&channel) {
             // pusher-js subscribes again after a reconnect only; answer as before.
-            return vec![pusher::subscription_succeeded(&channel, "{}")];
+            let mut data = "{}".to_owned();
+            if subscription.member.is_some() {
+                match gateway.presence.members(&channel).await {
+                    Ok(members) => data = pusher::presence_data(&members),
+                    Err(e) => return refuse("Unavailable", 503, &e.to_string()),
+                }
+            }
+            return vec![pusher::subscription_succeeded(&channel, &data)];
         }
         let session = usize::from(matches!(credentials, Credentials::Session { .. }));
         if connection.channel_count() >= MAX_SUBSCRIPTIONS + session {
