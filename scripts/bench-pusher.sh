@@ -86,7 +86,9 @@ else
   SOCKUDO="$ROOT/bench/target/sockudo/bin/sockudo"
   if ! "$SOCKUDO" --version 2>/dev/null | grep -q "$SOCKUDO_VERSION"; then
     log "building sockudo $SOCKUDO_VERSION (once)"
-    CARGO_TARGET_DIR="$ROOT/bench/target/sockudo-build" cargo install sockudo \
+    # Its metrics use tokio's unstable runtime metrics, which its own repository enables in
+    # .cargo/config.toml; cargo install from crates.io does not read that file.
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$ROOT/bench/target/sockudo-build" cargo install sockudo \
       --version "$SOCKUDO_VERSION" --locked --root "$ROOT/bench/target/sockudo"
   fi
 fi

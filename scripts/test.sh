@@ -28,4 +28,18 @@ if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
   (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
+# The Pusher SDK test (tests/pusher_http.rs) drives the `pusher` npm package and makes its own
+# Python venv under target/ for the `pusher` PyPI package.
+pusher_dir=crates/sessionhub-server/tests/pusher
+if [ ! -d "$pusher_dir/node_modules/pusher" ]; then
+  (cd "$pusher_dir" && npm ci --no-audit --no-fund)
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "installing: python3-venv"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
+fi
+
 cargo test --workspace --locked "$@"

@@ -2,10 +2,11 @@
 //! 8 in Node (tests/pusher/driver.mjs) and real server processes: connect, subscribe and
 //! unsubscribe, private channels with a good and a forged signature, client events,
 //! publications from the push API and from protocol v1 sockets (and back), cache channels,
-//! an unknown key, three nodes on one Redis. What pusher-js never sends (malformed frames,
+//! an unknown key, three nodes on one Redis, the HTTP API's events (by name, `socket_id`
+//! left out). What pusher-js never sends (malformed frames,
 //! a silent client, a flood of client events) is sent from Rust over a raw WebSocket.
 //!
-//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and fourteen
+//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and fifteen
 //! scenarios, each a conversation too long to share a helper with the others.
 //!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
@@ -765,6 +766,23 @@ async fn presence_members_are_counted_across_three_nodes_and_announced_once_per_
         .event("bob-too", "presence-room", "pusher:subscription_succeeded")
         .await;
     assert_eq!(seen["data"]["count"], 2, "{seen}");
+    // The HTTP API counts them on any node: two users, three connections.
+    let path = "/apps/42/channels/presence-room";
+    let info = [("info", "user_count,subscription_count")];
+    let counted = signed_get(&nodes[0], path, &info).await;
+    assert_eq!(
+        counted,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+    );
+    let users = signed_get(&nodes[1], &format!("{path}/users"), &[]).await;
+    let mut ids: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2"], "{users}");
     // A client event on a presence channel names its sender; when ann has it, a second
     // member_added (sent before it) would have arrived.
     let trigger = json!({"cmd": "trigger", "client": "bob-too", "channel": "presence-room",
@@ -948,4 +966,76 @@ async fn a_pusher_client_that_stops_reading_is_closed_as_a_slow_consumer() {
         text.contains("sessionhub_disconnects_total{reason=\"slow consumer\"} 1"),
         "{text}"
     );
+}
+
+/// POSTs `body` to the HTTP API's `path` on `node`, signed for [`APP`]; the status and text.
+async fn signed_post(node: &Node, path: &str, body: &Value) -> (u16, String) {
+    let app: sessionhub::pusher::PusherApp = APP.parse().unwrap();
+    let body = body.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = sessionhub::pusher::request::sign(&app, "POST", path, &[], body.as_bytes(), now);
+    let response = common::http()
+        .post(format!("{}{path}?{query}", node.http()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the HTTP API answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// GETs the HTTP API's `path` on `node` with `params`, signed for [`APP`]; its JSON
+/// answer, which must be a 200.
+async fn signed_get(node: &Node, path: &str, params: &[(&str, &str)]) -> Value {
+    let app: sessionhub::pusher::PusherApp = APP.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = sessionhub::pusher::request::sign(&app, "GET", path, params, b"", now);
+    let (status, body) =
+        common::status_and_json(common::http().get(format!("{}{path}?{query}", node.http()))).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_s_events_reach_pusher_js_by_name_and_skip_the_socket_id() {
+    let node = pusher_node(&[]);
+    let mut clients = Clients::start().await;
+    let sender = clients.connect("a", &node).await;
+    clients.connect("b", &node).await;
+    for client in ["a", "b"] {
+        clients.subscribed(client, "orders").await;
+    }
+    // Laravel's toOthers(): the sender's own socket is left out.
+    let (status, text) = signed_post(
+        &node,
+        "/apps/42/events",
+        &json!({"name": "order-placed", "channel": "orders", "data": "{\"id\":7}",
+                "socket_id": sender}),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    let got = clients.event("b", "orders", "order-placed").await;
+    assert_eq!(got["data"], json!({"id": 7}), "{got}");
+
+    let batch = json!({"batch": [
+        {"name": "shipped", "channel": "orders", "data": "plain text"},
+        {"name": "delivered", "channel": "orders", "data": "{\"id\":7}"},
+    ]});
+    let (status, text) = signed_post(&node, "/apps/42/batch_events", &batch).await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    for client in ["a", "b"] {
+        let got = clients.event(client, "orders", "shipped").await;
+        assert_eq!(got["data"], "plain text", "{got}");
+        clients.event(client, "orders", "delivered").await;
+    }
+    // "delivered" came after "order-placed" on the same channel: a would have had it.
+    assert!(clients.events("a", "orders", "order-placed").is_empty());
+    clients.stop().await;
 }

@@ -10,28 +10,30 @@
 //! must pass both SDKs' webhook validators.
 //!
 //! Prerequisites: Node.js 20+ and npm, Python 3 with venv; the test runs `npm ci` in
-//! tests/pusher and `pip install` in its venv itself when they are missing. The drivers are
+//! tests/pusher (`common::pusher`) and `pip install` in its venv itself when they are
+//! missing. The drivers are
 //! tests/pusher/sdk.mjs and tests/pusher/sdk.py: one JSON line per SDK call.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::http::HeaderMap;
 
+use common::pusher::raw::Receiver;
 use common::{WAIT, Ws, send_text, v1};
 use serde_json::{Value, json};
 use sessionhub::pusher::PusherApp;
 use sessionhub::pusher::request::sign;
 use sessionhub_testkit::{Node, RedisServer};
 
-const SDK_DIR: &str = "tests/pusher";
+const SDK_DIR: &str = common::pusher::FIXTURE;
 const APP: &str = "1:app-key:app-secret";
 const OTHER_APP: &str = "2:other-key:other-secret";
+const APP_KEY: &str = "app-key";
 
 fn app() -> PusherApp {
     APP.parse().unwrap()
@@ -42,25 +44,6 @@ fn app() -> PusherApp {
 enum Sdk {
     Node,
     Python,
-}
-
-/// `npm ci` in tests/pusher, once per process, if node_modules is missing.
-fn node_sdk() -> &'static Path {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let dir = Path::new(SDK_DIR);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if !*ready && !dir.join("node_modules/pusher").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`npm ci` in {SDK_DIR} failed ({status:?}): this test needs Node.js 20+ and npm"
-        );
-    }
-    *ready = true;
-    dir
 }
 
 /// The venv's python, made under target/ with requirements.txt installed, once per
@@ -117,7 +100,7 @@ async fn sdk(sdk: Sdk, node: &Node, app: &str, calls: Value) -> Vec<Value> {
         let mut command = match sdk {
             Sdk::Node => {
                 let mut c = Command::new("node");
-                c.current_dir(node_sdk()).arg("sdk.mjs");
+                c.current_dir(common::pusher::npm_fixture()).arg("sdk.mjs");
                 c
             }
             Sdk::Python => {
@@ -151,15 +134,13 @@ fn ok(answer: &Value) -> &Value {
         .unwrap_or_else(|| panic!("the call failed: {answer}"))
 }
 
-/// A node speaking for the Pusher apps, with presence on `presence-` channels.
+/// A node speaking for the Pusher apps (`presence-` channels have presence with them).
 fn pusher_node(extra: &[&str]) -> Node {
     let mut args = vec![
         "--pusher-app",
         APP,
         "--pusher-app",
         OTHER_APP,
-        "--presence-channels",
-        "presence-",
         "--max-connections-per-ip",
         "100000",
     ];
@@ -247,6 +228,10 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
                 {"channel": "my-channel", "name": "first", "data": "1"},
                 {"channel": "cache-news", "name": "second", "data": "{\"n\":2}"},
             ]},
+            {"call": "triggerBatch", "batch": [
+                {"channel": "my-channel", "name": "third", "data": "3", "info": "subscription_count"},
+                {"channel": "cache-news", "name": "fourth", "data": "4"},
+            ]},
         ]),
     )
     .await;
@@ -257,6 +242,10 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
         &json!({"channels": {"my-channel": {"subscription_count": 1}}})
     );
     assert_eq!(ok(&answers[3]), &json!({}));
+    assert_eq!(
+        ok(&answers[4]),
+        &json!({"batch": [{"subscription_count": 1}, {}]})
+    );
 
     // Data that is JSON reaches v1 clients as that JSON, any other string as a string.
     let channel = || "my-channel".to_owned();
@@ -274,6 +263,7 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
         (channel(), json!("\"quoted\""))
     );
     assert_eq!(next_publication(&mut bob).await, (channel(), json!(1)));
+    assert_eq!(next_publication(&mut bob).await, (channel(), json!(3)));
     assert_eq!(
         next_publication(&mut cached).await,
         ("cache-news".to_owned(), json!({"n": 2}))
@@ -464,6 +454,14 @@ async fn refused_requests_get_pusher_s_statuses() {
     let (status, text) = post(&node, "/apps/9/events", &signed(&body, now()), &body).await;
     assert_eq!(status, 404, "{text}");
 
+    // Without the app in the path (the Python SDK's terminate_connections), the key names
+    // it: an unknown one is unauthorized.
+    let stranger = PusherApp::new("9", "stranger", "secret");
+    let users = "/users/bob/terminate_connections";
+    let query = sign(&stranger, "POST", users, &[], b"{}", now());
+    let (status, text) = post(&node, users, &query, "{}").await;
+    assert_eq!(status, 401, "{text}");
+
     // The other app's key on this app's path: forbidden.
     let other_app: PusherApp = OTHER_APP.parse().unwrap();
     let query = sign(&other_app, "POST", path, &[], body.as_bytes(), now());
@@ -503,6 +501,20 @@ async fn refused_requests_get_pusher_s_statuses() {
         assert_eq!(status, 400, "{bad}: {text}");
         assert!(text.contains(why), "{bad}: {text}");
     }
+    // A full batch of the largest events is over the server API's 64 KB body limit, and
+    // taken all the same, as Pusher takes it.
+    let full = json!({"batch": (0..10).map(|_| json!({"name":"e","channel":"c","data":"x".repeat(10_240)})).collect::<Vec<_>>()}).to_string();
+    assert!(full.len() > 64 * 1024);
+    let query = sign(
+        &app,
+        "POST",
+        "/apps/1/batch_events",
+        &[],
+        full.as_bytes(),
+        now(),
+    );
+    let (status, text) = post(&node, "/apps/1/batch_events", &query, &full).await;
+    assert_eq!(status, 200, "{text}");
     let eleven = json!({"batch": (0..11).map(|_| json!({"name":"e","channel":"c","data":"x"})).collect::<Vec<_>>()}).to_string();
     let batch_path = "/apps/1/batch_events";
     let query = sign(&app, "POST", batch_path, &[], eleven.as_bytes(), now());
@@ -609,86 +621,31 @@ async fn three_nodes_sharing_redis_publish_and_count_cluster_wide() {
     .await;
     assert_eq!(ok(&answers[0]), &json!({}));
     closes(&mut bob).await;
+
+    // Redis gone: an event is refused with 503 and says what was not published.
+    let mut redis = redis;
+    redis.stop();
+    let body = json!({"name": "e", "channels": ["news", "other"], "data": "x"}).to_string();
+    let path = "/apps/1/events";
+    let query = sign(&app(), "POST", path, &[], body.as_bytes(), now());
+    let started = std::time::Instant::now();
+    let (status, text) = post(a, path, &query, &body).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("0 of 2 channels published"), "{text}");
+    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
 }
 
-/// A webhook receiver: every POST's headers (lowercased names) and body, in order.
-struct Receiver {
-    url: String,
-    posts: Arc<Mutex<Vec<(HeaderMap, String)>>>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let posts = Arc::new(Mutex::new(Vec::new()));
-        let shared = posts.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let posts = shared.clone();
-                async move {
-                    let body = String::from_utf8(body.to_vec()).expect("a UTF-8 body");
-                    posts.lock().unwrap().push((headers, body));
-                    "ok"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, posts }
+/// Waits until `want` (name, channel, user_id) have all arrived for [`APP`], then for a
+/// quiet second (so that a duplicate would have arrived); [`APP`]'s events.
+async fn webhooks_settle(
+    receiver: &Receiver,
+    want: &[(&str, &str, &str)],
+) -> Vec<(String, String, String)> {
+    for &want in want {
+        receiver.wait_for(APP_KEY, want, WAIT).await;
     }
-
-    /// The posts signed for [`APP`] (`--pusher-webhook` goes to every app of the command
-    /// line, each signing its own).
-    fn posts(&self) -> Vec<(HeaderMap, String)> {
-        self.posts_of("app-key")
-    }
-
-    fn posts_of(&self, key: &str) -> Vec<(HeaderMap, String)> {
-        let posts = self.posts.lock().unwrap();
-        posts
-            .iter()
-            .filter(|(headers, _)| header(headers, "x-pusher-key") == key)
-            .cloned()
-            .collect()
-    }
-
-    /// Every Pusher event received for [`APP`], as (name, channel, user_id).
-    fn events(&self) -> Vec<(String, String, String)> {
-        let mut events = Vec::new();
-        for (_, body) in self.posts() {
-            let body: Value = serde_json::from_str(&body).expect("a JSON body");
-            for e in body["events"].as_array().into_iter().flatten() {
-                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-                events.push((s("name"), s("channel"), s("user_id")));
-            }
-        }
-        events
-    }
-
-    /// Waits until `want` are all among the events, then for a quiet second (so that a
-    /// duplicate would have arrived); the events.
-    async fn settle(&self, want: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let events = self.events();
-            let all = want.iter().all(|(n, c, u)| {
-                events.iter().any(|(en, ec, eu)| {
-                    (en, ec, eu) == (&n.to_string(), &c.to_string(), &u.to_string())
-                })
-            });
-            if all {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {want:?} within {WAIT:?}, got {events:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.events()
-    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    receiver.events(APP_KEY)
 }
 
 fn header(headers: &HeaderMap, name: &str) -> String {
@@ -753,38 +710,38 @@ async fn webhooks_in_pusher_s_format_pass_both_sdk_validators() {
         "own-secret",
     ]);
     let mut alice = subscriber(&node, "alice", "presence-room").await;
-    let events = pusher
-        .settle(&[
+    let events = webhooks_settle(
+        &pusher,
+        &[
             ("channel_occupied", "presence-room", ""),
             ("member_added", "presence-room", "alice"),
-        ])
-        .await;
+        ],
+    )
+    .await;
     // v1's personal channels (user:alice) have names Pusher cannot give: not sent.
     assert_eq!(events.len(), 2, "{events:?}");
     alice.close(None).await.unwrap();
-    let events = pusher
-        .settle(&[
+    let events = webhooks_settle(
+        &pusher,
+        &[
             ("member_removed", "presence-room", "alice"),
             ("channel_vacated", "presence-room", ""),
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert_eq!(events.len(), 4, "{events:?}");
 
-    let posts = pusher.posts();
+    let posts = pusher.posts(Some(APP_KEY));
     for (headers, _) in &posts {
         assert_eq!(header(headers, "content-type"), "application/json");
     }
     sdks_validate(&node, &posts).await;
     // The other app of the command line gets the same events, under its own key.
-    assert_eq!(pusher.posts_of("other-key").len(), 4);
-    assert_eq!(
-        pusher.posts.lock().unwrap().len(),
-        8,
-        "no post under another key"
-    );
+    assert_eq!(pusher.posts(Some("other-key")).len(), 4);
+    assert_eq!(pusher.posts(None).len(), 8, "no post under another key");
 
     // sessionhub's own format still goes to its own URL, signed its own way.
-    let own = own.posts.lock().unwrap().clone();
+    let own = own.posts(None);
     let (headers, body) = own.first().cloned().expect("sessionhub's webhooks too");
     assert!(header(&headers, "sessionhub-signature").starts_with("t="));
     assert!(body.contains("\"type\""), "{body}");
@@ -817,24 +774,28 @@ async fn three_nodes_send_one_pusher_webhook_per_transition() {
     ] {
         subscribers.push(subscriber(node, user, "presence-hall").await);
     }
-    let events = receiver
-        .settle(&[
+    let events = webhooks_settle(
+        &receiver,
+        &[
             ("channel_occupied", "presence-hall", ""),
             ("member_added", "presence-hall", "carol"),
             ("member_added", "presence-hall", "dave"),
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert_eq!(events.len(), 3, "one per transition: {events:?}");
     for mut ws in subscribers {
         ws.close(None).await.unwrap();
     }
-    let events = receiver
-        .settle(&[
+    let events = webhooks_settle(
+        &receiver,
+        &[
             ("member_removed", "presence-hall", "carol"),
             ("member_removed", "presence-hall", "dave"),
             ("channel_vacated", "presence-hall", ""),
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert_eq!(events.len(), 6, "one per transition: {events:?}");
-    sdks_validate(&nodes[0], &receiver.posts()).await;
+    sdks_validate(&nodes[0], &receiver.posts(Some(APP_KEY))).await;
 }

@@ -174,17 +174,26 @@ pub mod raw {
             Self { url, posts }
         }
 
+        /// Every POST received with `X-Pusher-Key: key` (every POST with `None`): its
+        /// headers and body, in order.
+        pub fn posts(&self, key: Option<&str>) -> Vec<(HeaderMap, String)> {
+            let posts = self.posts.lock().unwrap();
+            posts
+                .iter()
+                .filter(|(headers, _)| {
+                    key.is_none()
+                        || headers.get("x-pusher-key").and_then(|v| v.to_str().ok()) == key
+                })
+                .cloned()
+                .collect()
+        }
+
         /// Every Pusher event received for the app with key `key`, as (name, channel,
         /// user_id).
         pub fn events(&self, key: &str) -> Vec<(String, String, String)> {
-            let posts = self.posts.lock().unwrap();
             let mut events = Vec::new();
-            for (headers, body) in posts.iter() {
-                let from = headers.get("x-pusher-key").and_then(|v| v.to_str().ok());
-                if from != Some(key) {
-                    continue;
-                }
-                let body: Value = serde_json::from_str(body).expect("a JSON body");
+            for (_, body) in self.posts(Some(key)) {
+                let body: Value = serde_json::from_str(&body).expect("a JSON body");
                 for e in body["events"].as_array().into_iter().flatten() {
                     let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
                     events.push((s("name"), s("channel"), s("user_id")));

@@ -39,7 +39,9 @@ impl Format {
             Self::Sessionhub => true,
             Self::Pusher(_) => {
                 pusher_name(kind).is_some()
-                    && data["channel"].as_str().is_some_and(is_pusher_channel)
+                    && data["channel"]
+                        .as_str()
+                        .is_some_and(|c| crate::protocol::pusher::hub_channel(c).is_ok())
             }
         }
     }
@@ -81,15 +83,6 @@ fn pusher_name(kind: EventKind) -> Option<&'static str> {
         EventKind::Leave => "member_removed",
         _ => return None,
     })
-}
-
-/// A channel name Pusher allows: `[A-Za-z0-9_\-=@,.;]`, at most 164 bytes.
-fn is_pusher_channel(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 164
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
 }
 
 /// `{"time_ms": …, "events": [one event]}`.

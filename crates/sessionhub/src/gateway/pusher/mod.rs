@@ -9,6 +9,9 @@
 //! a channel alike, on every node and backend. What Pusher adds (event names, `socket_id`
 //! exclusion, the sender of a client event) travels in the publication's
 //! [`Envelope`](crate::broker::Envelope).
+//!
+//! `socket.rs` runs a Pusher connection; `rest.rs` answers the HTTP API, whose requests
+//! are checked by [`crate::pusher::request`].
 
 mod auth;
 mod rest;

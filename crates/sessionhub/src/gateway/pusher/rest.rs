@@ -36,7 +36,7 @@ use crate::control::{self, Command};
 use crate::error::ApiError;
 use crate::gateway::control::active_channels;
 use crate::gateway::state::Gateway;
-use crate::protocol::{self, UserId};
+use crate::protocol::{UserId, pusher};
 use crate::pusher::request::{self, Params};
 use crate::pusher::{PusherApp, event};
 
@@ -64,29 +64,28 @@ impl FromRequest<Gateway> for Signed {
         let method = req.method().as_str().to_owned();
         let uri = req.uri().clone();
         let app = match uri.path().strip_prefix("/apps/") {
-            Some(rest) => apps.by_id(rest.split('/').next().unwrap_or_default()),
+            Some(rest) => apps
+                .by_id(rest.split('/').next().unwrap_or_default())
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("unknown app id"))?,
             // The Python SDK (3.3) calls /users/{user}/terminate_connections without the
             // app: its key names it.
             None => request::params(uri.query().unwrap_or_default())
                 .ok()
                 .and_then(|params| apps.by_key(params.get("auth_key")?).cloned())
-                .as_ref()
-                .and_then(|app| apps.by_id(&app.id)),
-        }
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("unknown app id"))?;
-        let body = Bytes::from_request(req, gateway)
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown auth_key")
+                })?,
+        };
+        let limit = body_limit(&app, gateway.config.max_push_bytes);
+        let body = axum::body::to_bytes(req.into_body(), limit)
             .await
-            .map_err(|rejection| match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            .map_err(|_| {
+                ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request_too_large",
-                    format!(
-                        "a request body may be at most {} bytes",
-                        gateway.config.max_push_bytes
-                    ),
-                ),
-                status => ApiError::new(status, "bad_body", rejection.body_text()),
+                    format!("a request body may be at most {limit} bytes"),
+                )
             })?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -111,6 +110,15 @@ impl FromRequest<Gateway> for Signed {
         })?;
         Ok(Self { app, params, body })
     }
+}
+
+/// The largest body `app`'s API takes: a full batch of events at the app's largest data
+/// (twice over, for JSON escapes) or an event to the most channels, and never less than the
+/// server API's `max_push_bytes`.
+fn body_limit(app: &PusherApp, max_push_bytes: usize) -> usize {
+    let batch = MAX_BATCH * (2 * app.max_event_bytes + 1024);
+    let event = 2 * app.max_event_bytes + MAX_CHANNELS * 200;
+    max_push_bytes.max(batch).max(event)
 }
 
 impl Signed {
@@ -200,17 +208,11 @@ impl EventBody {
                 channels.len()
             )));
         }
-        if let Some(bad) = channels
-            .iter()
-            .find(|c| !protocol::is_public_channel_name(c))
-        {
-            return Err(ApiError::bad_request(format!(
-                "{bad:?}: {}",
-                protocol::INVALID_CHANNEL
-            )));
+        for channel in &channels {
+            channel_name(channel)?;
         }
         if let Some(socket) = &self.socket_id
-            && !is_socket_id(socket)
+            && !pusher::is_socket_id(socket)
         {
             return Err(ApiError::bad_request(format!(
                 "socket_id {socket:?} is not a socket id (digits.digits)"
@@ -232,18 +234,9 @@ impl EventBody {
     }
 }
 
-/// `^\d+\.\d+$`, Pusher's socket ids.
-fn is_socket_id(s: &str) -> bool {
-    s.split_once('.').is_some_and(|(a, b)| {
-        [a, b]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
-    })
-}
-
 fn publish_options(channel: &str) -> PublishOptions {
     PublishOptions {
-        history: event::is_cache_channel(channel),
+        history: pusher::is_cache_channel(channel),
         idempotency_key: None,
     }
 }
@@ -296,9 +289,11 @@ pub(super) async fn events(
     if event.attributes.is_empty() {
         return Ok(Json(json!({})));
     }
+    let subscribers = subscribers_if_asked(&gateway, std::iter::once(&event.attributes)).await?;
     let mut channels = Map::new();
     for channel in &event.channels {
-        let info = channel_info(&gateway, channel, &event.attributes, false).await?;
+        let attributes = &event.attributes;
+        let info = channel_info(&gateway, channel, attributes, false, subscribers.as_ref()).await?;
         channels.insert(channel.clone(), Value::Object(info));
     }
     Ok(Json(json!({ "channels": channels })))
@@ -329,7 +324,7 @@ pub(super) async fn batch_events(
         .collect::<Result<Vec<_>, _>>()?;
     let channel = |i: usize| events[i].channels[0].as_str();
     let (cached, live): (Vec<usize>, Vec<usize>) =
-        (0..events.len()).partition(|&i| event::is_cache_channel(channel(i)));
+        (0..events.len()).partition(|&i| pusher::is_cache_channel(channel(i)));
     let items: Vec<BatchItem> = cached
         .iter()
         .map(|&i| BatchItem {
@@ -363,21 +358,26 @@ pub(super) async fn batch_events(
     if events.iter().all(|e| e.attributes.is_empty()) {
         return Ok(Json(json!({})));
     }
+    let subscribers = subscribers_if_asked(&gateway, events.iter().map(|e| &e.attributes)).await?;
     let mut infos = Vec::with_capacity(events.len());
     for event in &events {
-        let info = channel_info(&gateway, &event.channels[0], &event.attributes, false).await?;
+        let (channel, attributes) = (&event.channels[0], &event.attributes);
+        let info = channel_info(&gateway, channel, attributes, false, subscribers.as_ref()).await?;
         infos.push(Value::Object(info));
     }
     Ok(Json(json!({ "batch": infos })))
 }
 
 /// What Pusher tells of one channel for `attributes` (`user_count` on presence channels,
-/// `subscription_count`), plus `occupied` when `occupied` is asked.
+/// `subscription_count`), plus `occupied` when `occupied` is asked. `subscribers` are the
+/// cluster's counts when the caller has them already (one ask of every node for many
+/// channels).
 async fn channel_info(
     gateway: &Gateway,
     channel: &str,
     attributes: &[impl AsRef<str>],
     occupied: bool,
+    subscribers: Option<&BTreeMap<String, usize>>,
 ) -> Result<Map<String, Value>, ApiError> {
     let wants = |a: &str| attributes.iter().any(|x| x.as_ref() == a);
     let mut info = Map::new();
@@ -388,8 +388,15 @@ async fn channel_info(
         users = Some(count);
     }
     if wants("subscription_count") || (occupied && users.is_none()) {
-        let active = active_channels(gateway, channel).await?;
-        let count = active.subscribers.get(channel).copied().unwrap_or(0);
+        let count = match subscribers {
+            Some(counts) => counts.get(channel).copied().unwrap_or(0),
+            None => active_channels(gateway, channel)
+                .await?
+                .subscribers
+                .get(channel)
+                .copied()
+                .unwrap_or(0),
+        };
         if wants("subscription_count") {
             info.insert("subscription_count".into(), count.into());
         }
@@ -400,6 +407,18 @@ async fn channel_info(
         info.insert("occupied".into(), (users > Some(0)).into());
     }
     Ok(info)
+}
+
+/// Every channel's subscribers, cluster-wide, if some of `attributes` ask for
+/// `subscription_count`.
+async fn subscribers_if_asked<'a>(
+    gateway: &Gateway,
+    mut attributes: impl Iterator<Item = &'a Vec<String>>,
+) -> Result<Option<BTreeMap<String, usize>>, ApiError> {
+    if !attributes.any(|a| a.iter().any(|a| a == "subscription_count")) {
+        return Ok(None);
+    }
+    Ok(Some(active_channels(gateway, "").await?.subscribers))
 }
 
 /// Refuses attributes other than `allowed`, and `user_count` outside presence channels.
@@ -435,7 +454,9 @@ pub(super) async fn channels(
     )?;
     let active = active_channels(&gateway, prefix).await?;
     let mut channels = BTreeMap::new();
-    for (channel, subscribers) in active.subscribers {
+    // Protocol v1's channels that no Pusher client could name (`user:…`) are not listed.
+    let named = |(channel, _): &(String, usize)| pusher::hub_channel(channel).is_ok();
+    for (channel, subscribers) in active.subscribers.into_iter().filter(named) {
         let mut info = Map::new();
         if attributes.contains(&"user_count") {
             let users = gateway.presence.stats(&channel).await?.users;
@@ -449,12 +470,11 @@ pub(super) async fn channels(
     Ok(Json(json!({ "channels": channels })))
 }
 
+/// 400 for a name that is not a Pusher channel sessionhub carries.
 fn channel_name(channel: &str) -> Result<(), ApiError> {
-    if protocol::is_public_channel_name(channel) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(protocol::INVALID_CHANNEL))
-    }
+    pusher::hub_channel(channel)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(format!("{channel:?}: {e}")))
 }
 
 /// `GET /apps/{id}/channels/{name}`: whether a channel is occupied, and how much.
@@ -470,7 +490,7 @@ pub(super) async fn channel(
         &["user_count", "subscription_count"],
         channel.starts_with(PRESENCE),
     )?;
-    let info = channel_info(&gateway, &channel, &attributes, true).await?;
+    let info = channel_info(&gateway, &channel, &attributes, true, None).await?;
     Ok(Json(Value::Object(info)))
 }
 
@@ -526,14 +546,6 @@ async fn terminate(gateway: &Gateway, user: &str) -> Result<Json<Value>, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn socket_ids_are_digits_dot_digits() {
-        assert!(is_socket_id("123.456"));
-        for bad in ["", "1", "1.", ".1", "1.2.3", "a.1", "1.-2"] {
-            assert!(!is_socket_id(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn user_count_is_for_presence_channels_only() {
