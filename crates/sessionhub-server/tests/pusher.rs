@@ -2,11 +2,12 @@
 //! 8 in Node (tests/pusher/driver.mjs) and real server processes: connect, subscribe and
 //! unsubscribe, private channels with a good and a forged signature, client events,
 //! publications from the push API and from protocol v1 sockets (and back), cache channels,
-//! an unknown key, three nodes on one Redis, the HTTP API's events (by name, `socket_id`
-//! left out). What pusher-js never sends (malformed frames,
-//! a silent client, a flood of client events) is sent from Rust over a raw WebSocket.
+//! presence across three nodes, an unknown key, three nodes on one Redis, the HTTP API's
+//! events (by name, `socket_id` left out). What pusher-js never sends or hides (malformed
+//! frames, a silent client, a flood of client events, limits, encrypted data, a session
+//! cookie, a drain, a client that stops reading) goes over a raw WebSocket from Rust.
 //!
-//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and fifteen
+//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and eighteen
 //! scenarios, each a conversation too long to share a helper with the others.
 //!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
