@@ -40,8 +40,9 @@ impl Browser {
             .await;
     }
 
-    /// Opens `page` on `node`, logs in as `user` and starts Echo there as `window.echo`.
-    async fn echo_as(&mut self, page: &str, node: &Node, user: &str) {
+    /// Opens `page` on `node`, logs in as `user` and starts Echo there as `window.echo`,
+    /// with `broadcaster` ("pusher", or "reverb", Laravel 11's name for the same protocol).
+    async fn echo_as(&mut self, page: &str, node: &Node, user: &str, broadcaster: &str) {
         let opened = self
             .call(
                 "open",
@@ -66,7 +67,7 @@ impl Browser {
                 window.Pusher.logToConsole = true;
                 const Echo = window.Echo.default ?? window.Echo;
                 window.echo = new Echo({{
-                    broadcaster: "pusher",
+                    broadcaster: "{broadcaster}",
                     key: "echo-key",
                     cluster: "mt1",
                     wsHost: "127.0.0.1",
@@ -120,12 +121,12 @@ async fn broadcast(node: &Node, channel: &str, event: &str, data: Value, except:
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 }
 
-async fn laravel_echo_works_unchanged(nodes: &[Node], artifacts_dir: &str) {
+async fn laravel_echo_works_unchanged(nodes: &[Node], broadcaster: &str, artifacts_dir: &str) {
     let dir = artifacts(artifacts_dir);
     let mut browser = Browser::launch(&DRIVER, &dir).await;
     let (a, b) = (&nodes[0], &nodes[nodes.len() - 1]);
-    browser.echo_as("alice", a, "alice").await;
-    browser.echo_as("bob", b, "bob").await;
+    browser.echo_as("alice", a, "alice", broadcaster).await;
+    browser.echo_as("bob", b, "bob", broadcaster).await;
 
     // Listeners as a Laravel front end writes them: class names under App\Events.
     let listen = r#"(() => {
@@ -268,11 +269,12 @@ fn pusher_args() -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn laravel_echo_on_one_node() {
     let node = common::node(&pusher_args());
-    laravel_echo_works_unchanged(std::slice::from_ref(&node), "echo-artifacts/one-node").await;
+    let nodes = std::slice::from_ref(&node);
+    laravel_echo_works_unchanged(nodes, "pusher", "echo-artifacts/one-node").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn laravel_echo_across_two_nodes_on_redis() {
+async fn laravel_echo_as_reverb_across_two_nodes_on_redis() {
     let (_redis, nodes) = common::cluster_with(2, &pusher_args());
-    laravel_echo_works_unchanged(&nodes, "echo-artifacts/two-nodes").await;
+    laravel_echo_works_unchanged(&nodes, "reverb", "echo-artifacts/two-nodes").await;
 }
