@@ -2,11 +2,12 @@
 //! 8 in Node (tests/pusher/driver.mjs) and real server processes: connect, subscribe and
 //! unsubscribe, private channels with a good and a forged signature, client events,
 //! publications from the push API and from protocol v1 sockets (and back), cache channels,
-//! an unknown key, three nodes on one Redis, the HTTP API's events (by name, `socket_id`
-//! left out). What pusher-js never sends (malformed frames,
-//! a silent client, a flood of client events) is sent from Rust over a raw WebSocket.
+//! presence across three nodes, an unknown key, three nodes on one Redis, the HTTP API's
+//! events (by name, `socket_id` left out). What pusher-js never sends or hides (malformed
+//! frames, a silent client, a flood of client events, limits, encrypted data, a session
+//! cookie, a drain, a client that stops reading) goes over a raw WebSocket from Rust.
 //!
-//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and fifteen
+//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and eighteen
 //! scenarios, each a conversation too long to share a helper with the others.
 //!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
@@ -25,6 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 
+use common::pusher::raw::next_event;
 use common::{WAIT, Ws};
 
 const APP: &str = "42:app-key:app-secret";
@@ -489,17 +491,6 @@ async fn raw(node: &Node, key: &str, query: &str, headers: &[(&str, &str)]) -> W
     ws
 }
 
-/// The next text frame, parsed, with its `data` string parsed too.
-async fn next_event(ws: &mut Ws) -> Value {
-    let mut event: Value = serde_json::from_str(&common::next_text(ws).await).unwrap();
-    if let Some(data) = event["data"].as_str()
-        && let Ok(parsed) = serde_json::from_str::<Value>(data)
-    {
-        event["data"] = parsed;
-    }
-    event
-}
-
 /// A connected raw client: the socket and its socket id.
 async fn raw_connected(node: &Node, headers: &[(&str, &str)]) -> (Ws, String) {
     let mut ws = raw(node, KEY, "protocol=7&client=raw&version=0", headers).await;
@@ -524,16 +515,7 @@ fn auth(socket_id: &str, channel: &str) -> String {
 
 /// `KEY:signature` of `message`.
 fn sign(message: &str) -> String {
-    use hmac::{Hmac, KeyInit, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(message.as_bytes());
-    let signature: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{KEY}:{signature}")
+    common::pusher::raw::sign(KEY, SECRET, message)
 }
 
 #[tokio::test]
@@ -698,21 +680,26 @@ async fn a_silent_client_is_pinged_then_closed_with_4201() {
     );
 }
 
-#[tokio::test]
-async fn a_socket_with_a_session_cookie_closes_on_logout() {
-    let node = pusher_node(&[]);
-    let session = common::login(&node.http(), "ann").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_with_a_session_cookie_closes_when_the_session_is_logged_out_on_another_node() {
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| pusher_node(&["--redis", &url, "--node-id", &format!("node-{i}")]))
+        .collect();
+    let session = common::login(&nodes[0].http(), "ann").await;
     let cookie = format!("SESSION={session}");
-    let (mut ws, _) = raw_connected(&node, &[("cookie", &cookie)]).await;
-    let (mut anonymous, _) = raw_connected(&node, &[]).await;
+    let (mut ws, _) = raw_connected(&nodes[1], &[("cookie", &cookie)]).await;
+    let (mut anonymous, _) = raw_connected(&nodes[1], &[]).await;
     send(
         &mut ws,
         json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
     )
     .await;
     next_event(&mut ws).await;
+    let client = common::http();
     let (status, _, _) =
-        common::get(&common::http(), &node.http(), "/invalidate", Some(&session)).await;
+        common::get(&client, &nodes[0].http(), "/invalidate", Some(&session)).await;
     assert_eq!(status, 200);
     common::assert_closes(&mut ws, WAIT, 4009).await;
     // The anonymous socket is no one's session: it stays.
@@ -851,7 +838,8 @@ async fn presence_enforces_the_member_limit_and_the_user_info_size() {
         json!({"event": "pusher:subscribe", "data": {"channel": "presence-room",
             "auth": sign(&signed), "channel_data": data}})
     };
-    let (mut first, id) = raw_connected(&node, &[]).await;
+    let (mut first, first_id) = raw_connected(&node, &[]).await;
+    let id = first_id.clone();
     let big = r#"{"user_id":"1","user_info":{"name":"a name over twenty bytes"}}"#;
     send(&mut first, subscribe(&id, big)).await;
     let refused = next_event(&mut first).await;
@@ -873,9 +861,111 @@ async fn presence_enforces_the_member_limit_and_the_user_info_size() {
     // The same user again is no new member.
     send(&mut second, subscribe(&id, r#"{"user_id":"1"}"#)).await;
     let again = next_event(&mut second).await;
+    assert_eq!(again["data"]["presence"]["count"], 1, "{again}");
+    // Subscribing twice answers with the members again.
+    send(&mut first, subscribe(&first_id, r#"{"user_id":"1"}"#)).await;
+    let twice = next_event(&mut first).await;
+    assert_eq!(twice["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(twice["data"]["presence"]["ids"], json!(["1"]), "{twice}");
     assert_eq!(
         again["event"], "pusher_internal:subscription_succeeded",
         "{again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_closes_pusher_sockets_with_4200_to_reconnect_at_once() {
+    let mut node = pusher_node(&["--drain-window", "0.2"]);
+    let (mut ws, _) = raw_connected(&node, &[]).await;
+    let stopped = tokio::task::spawn_blocking(move || {
+        let code = node.terminate(Duration::from_secs(15));
+        (node, code)
+    });
+    common::assert_closes(&mut ws, Duration::from_secs(10), 4200).await;
+    let (_node, code) = stopped.await.unwrap();
+    assert_eq!(
+        code.unwrap(),
+        Some(0),
+        "the node stops cleanly after the drain"
+    );
+}
+
+#[tokio::test]
+async fn an_encrypted_channel_s_data_passes_through_untouched() {
+    let node = pusher_node(&["--pusher-client-events"]);
+    let (mut ws, socket_id) = raw_connected(&node, &[]).await;
+    let channel = "private-encrypted-vault";
+    send(
+        &mut ws,
+        json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
+    )
+    .await;
+    let refused = next_event(&mut ws).await;
+    assert_eq!(
+        refused["data"]["status"], 401,
+        "private: it needs a signature"
+    );
+    let subscribe = json!({"event": "pusher:subscribe",
+        "data": {"channel": channel, "auth": auth(&socket_id, channel)}});
+    send(&mut ws, subscribe).await;
+    let joined = next_event(&mut ws).await;
+    assert_eq!(joined["event"], "pusher_internal:subscription_succeeded");
+    // What Pusher's server SDKs publish on an encrypted channel: never opened here.
+    let sealed = json!({"nonce": "bm9uY2U=", "ciphertext": "Y2lwaGVydGV4dA=="});
+    publish(&node, channel, sealed.clone()).await;
+    let event = next_event(&mut ws).await;
+    assert_eq!(
+        (event["event"].as_str(), &event["data"]),
+        (Some("message"), &sealed)
+    );
+    // No client events on encrypted channels.
+    send(
+        &mut ws,
+        json!({"event": "client-x", "channel": channel, "data": {}}),
+    )
+    .await;
+    let refused = next_event(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:error");
+    let message = refused["data"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("only sent on private and presence"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let node = pusher_node(&[]);
+    let client = common::http();
+    let (mut stuck, _) = raw_connected(&node, &[]).await;
+    send(
+        &mut stuck,
+        json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+    )
+    .await;
+    next_event(&mut stuck).await;
+    // It reads nothing more; publications pile up in the kernel's buffers, then its queue.
+    let chunk = "z".repeat(60 * 1024);
+    let mut gone = false;
+    for n in 0..1000 {
+        publish(&node, "news", json!(chunk)).await;
+        if n % 20 == 19 && common::online(&client, &node.http()).await["online"] == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the stuck client was closed");
+    let text = client
+        .get(format!("{}/metrics", node.http()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("sessionhub_disconnects_total{reason=\"slow consumer\"} 1"),
+        "{text}"
     );
 }
 

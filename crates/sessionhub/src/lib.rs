@@ -19,7 +19,7 @@
 //! - [`presence`]: who is online, on this node or across the cluster.
 //! - [`redis`]: how the Redis backends reach Redis: one [`redis::RedisConfig`] parsed once,
 //!   every key name, every Lua script.
-//! - [`protocol`]: what travels over a socket, per protocol (the seed's and v1).
+//! - [`protocol`]: what travels over a socket, per protocol (the seed's, v1 and Pusher's).
 //! - [`gateway`]: the HTTP and WebSocket routes of `sessionhub serve`.
 //! - [`webhook`]: signed webhooks, queued once cluster-wide and delivered with retries.
 //! - [`telemetry`]: every metric it records, described and registered in one place.

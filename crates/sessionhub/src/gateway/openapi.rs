@@ -19,7 +19,7 @@ use crate::error::ErrorBody;
 
 /// The routes `sessionhub serve` answers that are deliberately left out of the OpenAPI
 /// document: they are not the JSON server API (the client transports are specified in
-/// `docs/protocol.md`, Pusher's HTTP API in `docs/pusher.md`).
+/// `docs/protocol.md`, Pusher's WebSocket endpoint and HTTP API in `docs/pusher.md`).
 pub const UNDOCUMENTED_ROUTES: &[&str] = &[
     "/websocket/{id}",
     "/ws",
