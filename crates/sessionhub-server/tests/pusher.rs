@@ -971,22 +971,7 @@ async fn a_pusher_client_that_stops_reading_is_closed_as_a_slow_consumer() {
 
 /// POSTs `body` to the HTTP API's `path` on `node`, signed for [`APP`]; the status and text.
 async fn signed_post(node: &Node, path: &str, body: &Value) -> (u16, String) {
-    let app: sessionhub::pusher::PusherApp = APP.parse().unwrap();
-    let body = body.to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let query = sessionhub::pusher::request::sign(&app, "POST", path, &[], body.as_bytes(), now);
-    let response = common::http()
-        .post(format!("{}{path}?{query}", node.http()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the HTTP API answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+    common::pusher::signed_post(node, APP, path, body).await
 }
 
 /// GETs the HTTP API's `path` on `node` with `params`, signed for [`APP`]; its JSON
