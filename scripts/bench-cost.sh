@@ -4,6 +4,11 @@
 #
 #   scripts/bench-cost.sh           full run, ~15 minutes on 2 cores (plus the builds)
 #   scripts/bench-cost.sh --quick   smoke run, ~4 minutes
+#   scripts/bench-cost.sh --profile DIR   no measurement: one run of each fan-out against
+#                                   sessionhub with `perf record` on its nodes, folded into
+#                                   DIR/flamegraph-fanout-<F>.svg with inferno (needs perf,
+#                                   and inferno-collapse-perf / inferno-flamegraph on PATH:
+#                                   cargo install inferno)
 #
 # At fixed offered loads well below every target's saturation, it measures the CPU seconds
 # of the server processes and of Redis (utime + stime from /proc/PID/stat) per 100 000
@@ -19,26 +24,37 @@
 # same for every target, so every target does the same work.
 #
 # Writes bench/results/<date>-cost.json and .md. Environment, besides bench.sh's
-# SESSIONHUB_BIN, SESSIONHUB_REV, BENCH_KEEP and BENCH_THREADS:
+# SESSIONHUB_BIN, SESSIONHUB_REV, BENCH_KEEP, BENCH_THREADS and BENCH_PREBUILT=1 (build
+# nothing, use the binaries there):
 #   COST_ROUNDS=3          repetitions of every measurement
 #   COST_DURATION=8        seconds of load per measurement
 #   COST_F1_RATE=4000      pushes/s at fan-out 1 (= deliveries/s)
 #   COST_FAN_DELIVERIES=20000  deliveries/s at fan-out 100 and 1000 (200 and 20 pushes/s)
 #   COST_SESSION_RATE=4000 session requests/s
 #   COST_FANOUT_TARGETS="sessionhub sessionhub-nohistory socketioxide socketio"
-#   COST_SESSION_TARGETS="sessionhub tower-sessions"
+#   COST_SESSION_TARGETS="sessionhub tower-sessions"   (either empty: none)
+#   COST_SESSIONHUB_B=path another sessionhub binary, measured as the targets sessionhub-b
+#                          (fan-out, with history) and sessionhub-b (sessions) in the same
+#                          rounds: a before/after of a change on an equal footing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-QUICK=0
-for arg in "$@"; do
-  case "$arg" in
+QUICK=0; PROFILE=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    --profile) PROFILE=$(mkdir -p "$2" && cd "$2" && pwd); shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
+  shift
 done
+if [ -n "$PROFILE" ]; then
+  for tool in perf inferno-collapse-perf inferno-flamegraph; do
+    command -v "$tool" >/dev/null || { echo "--profile needs $tool on PATH" >&2; exit 2; }
+  done
+fi
 
 SCRATCH_NAME=sessionhub-cost
 # shellcheck source=scripts/lib/bench-setup.sh
@@ -52,8 +68,10 @@ fi
 F1_RATE=${COST_F1_RATE:-4000}
 FAN_DELIVERIES=${COST_FAN_DELIVERIES:-20000}
 SESSION_RATE=${COST_SESSION_RATE:-4000}
-FANOUT_TARGETS=(${COST_FANOUT_TARGETS:-sessionhub sessionhub-nohistory socketioxide socketio})
-SESSION_TARGETS=(${COST_SESSION_TARGETS:-sessionhub tower-sessions})
+# shellcheck disable=SC2206 # word lists
+FANOUT_TARGETS=(${COST_FANOUT_TARGETS-sessionhub sessionhub-nohistory socketioxide socketio})
+# shellcheck disable=SC2206
+SESSION_TARGETS=(${COST_SESSION_TARGETS-sessionhub tower-sessions})
 FANOUTS=(1 100 1000)
 [ $QUICK = 1 ] && FANOUTS=(1 100 500)
 
@@ -72,6 +90,7 @@ nodes() {
     case "$target" in
       sessionhub) sessionhub_node "sessionhub-$i" cluster ;;
       sessionhub-nohistory) sessionhub_node "sessionhub-nohistory-$i" cluster --history-size 0 ;;
+      sessionhub-b) SESSIONHUB=$COST_SESSIONHUB_B sessionhub_node "sessionhub-b-$i" cluster ;;
       *) peer_node "$target" "$target-$i" ;;
     esac
     A+=("$ADDR"); NODE_PIDS+=("$PID")
@@ -86,13 +105,34 @@ fanout() {
   for a in "${NODE_PIDS[@]}"; do args+=(--pid "$a"); done
   for f in "${FANOUTS[@]}"; do
     if [ "$f" = 1 ]; then rate=$F1_RATE; else rate=$(awk -v d="$FAN_DELIVERIES" -v f="$f" 'BEGIN { print d / f }'); fi
+    local perf=""
+    if [ -n "$PROFILE" ]; then
+      # Sampled from the start of the load (the clients connect in ~2 s) for its duration.
+      (sleep 3; exec perf record -F 499 --call-graph dwarf,16384 -o "$SCRATCH/perf-f$f.data" \
+        -p "$(IFS=,; echo "${NODE_PIDS[*]}")" -- sleep "$DURATION") >"$LOGS/perf-f$f.log" 2>&1 &
+      perf=$!
+    fi
     "$LOADGEN" fanout --label "$target" --flavor "$flavor" --clients "$CLIENTS" --conns-per-user "$f" \
       --publish http --publishers 128 --rate "$rate" --duration "$DURATION" --source-ips 8 \
       --redis-pid "$REDIS_PID" "${args[@]}" --out "$RAW/fanout-$target-f$f-r$round.json" \
       >/dev/null 2>>"$LOGS/loadgen.log" || log "FAILED: fan-out $target f$f round $round (continuing)"
     grep -h 'step 1:' "$LOGS/loadgen.log" | tail -1 | sed "s/^/    f$f: /" >&2 || true
+    if [ -n "$perf" ]; then
+      wait "$perf" || true
+      perf script -i "$SCRATCH/perf-f$f.data" 2>/dev/null | inferno-collapse-perf >"$PROFILE/fanout-$f.folded"
+      inferno-flamegraph --minwidth 0.2 --title "sessionhub nodes, fan-out $f, $rate pushes/s ($target)" \
+        <"$PROFILE/fanout-$f.folded" >"$PROFILE/flamegraph-fanout-$f.svg"
+      log "profile: $PROFILE/flamegraph-fanout-$f.svg"
+    fi
   done
 }
+
+if [ -n "$PROFILE" ]; then
+  nodes sessionhub
+  fanout sessionhub 1
+  stop_all_targets
+  exit 0
+fi
 
 # sessions TARGET ROUND: both routes at the fixed load, one node.
 sessions() {
@@ -100,6 +140,7 @@ sessions() {
   [ "$round" = 1 ] && probe=50
   case "$target" in
     sessionhub) sessionhub_node sessionhub cluster ;;
+    sessionhub-b) SESSIONHUB=$COST_SESSIONHUB_B sessionhub_node sessionhub-b cluster ;;
     *) peer_node "$target" "$target" ;;
   esac
   for path in /get-session /read-session; do

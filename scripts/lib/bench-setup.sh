@@ -3,7 +3,8 @@
 # builds of sessionhub, the load generator and every peer, a private redis-server on a free
 # port, and functions that start one sessionhub node or one peer node on it. The caller
 # sets SCRATCH_NAME (the scratch directory's prefix) and has cd'd to the repository root
-# (ROOT). Honours SESSIONHUB_BIN, BENCH_THREADS and BENCH_KEEP as bench.sh documents them.
+# (ROOT). Honours SESSIONHUB_BIN, BENCH_THREADS and BENCH_KEEP as bench.sh documents them,
+# and BENCH_PREBUILT=1 (below).
 log() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)" >&2; }
 
 # --- tools -------------------------------------------------------------------------------
@@ -46,22 +47,22 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- build ---------------------------------------------------------------------------------
-log "building (release)"
-cargo build --release --locked -p sessionhub-loadgen
+# BENCH_PREBUILT=1 builds nothing and uses the binaries and node_modules already there (a
+# measurement next to a build of the same workspace would wait on cargo's lock).
 LOADGEN="$ROOT/target/release/sessionhub-loadgen"
-if [ -n "${SESSIONHUB_BIN:-}" ]; then
-  SESSIONHUB="$SESSIONHUB_BIN"
-else
-  cargo build --release --locked -p sessionhub-server
-  SESSIONHUB="$ROOT/target/release/sessionhub"
-fi
-export CARGO_TARGET_DIR="$ROOT/bench/target"
-cargo build --release --manifest-path bench/peers/socketioxide/Cargo.toml
-cargo build --release --manifest-path bench/peers/tower-sessions/Cargo.toml
-unset CARGO_TARGET_DIR
+SESSIONHUB="${SESSIONHUB_BIN:-$ROOT/target/release/sessionhub}"
 PEER_SIOX="$ROOT/bench/target/release/peer-socketioxide"
 PEER_TOWER="$ROOT/bench/target/release/peer-tower-sessions"
-(cd bench/peers/node && npm ci --no-audit --no-fund --loglevel=error)
+if [ "${BENCH_PREBUILT:-0}" != 1 ]; then
+  log "building (release)"
+  cargo build --release --locked -p sessionhub-loadgen
+  [ -n "${SESSIONHUB_BIN:-}" ] || cargo build --release --locked -p sessionhub-server
+  export CARGO_TARGET_DIR="$ROOT/bench/target"
+  cargo build --release --manifest-path bench/peers/socketioxide/Cargo.toml
+  cargo build --release --manifest-path bench/peers/tower-sessions/Cargo.toml
+  unset CARGO_TARGET_DIR
+  (cd bench/peers/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
 NODE_PEERS="$ROOT/bench/peers/node"
 
 # Flags that newer sessionhub versions have: lift the per-IP and per-connection limits,
