@@ -144,11 +144,6 @@ impl CpuMeters {
         }
     }
 
-    /// What was used since the start.
-    pub(crate) fn read(&self) -> CpuUse {
-        self.read_both().0
-    }
-
     /// What was used since the start, as rates and as amounts, from one reading of /proc.
     pub(crate) fn read_both(&self) -> (CpuUse, CpuSeconds) {
         let secs = self.loadgen.start.elapsed().as_secs_f64().max(1e-3);

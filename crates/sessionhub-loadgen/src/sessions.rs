@@ -1,7 +1,10 @@
 //! The sessions scenario: virtual users log in once, then call `/get-session` (read the
-//! session, increment `count`) in a loop. Measures requests per second, latency, Redis
-//! commands per request (from `INFO`) and, in a short sequential probe under `MONITOR`,
-//! exactly which commands one request sends.
+//! session, increment `count`) in a loop, or another route (`--path`, e.g. a read-only
+//! one). Closed loop by default (as fast as the target answers); with `--rate`, open loop
+//! at a fixed offered load (for CPU per request well below saturation). Measures requests
+//! per second, latency, CPU per 100 000 requests, Redis commands per request (from `INFO`)
+//! and, in a short sequential probe under `MONITOR`, exactly which commands one request
+//! sends.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +17,8 @@ use tokio::time::Instant;
 
 use crate::http;
 
-use crate::procfs::{CpuMeters, CpuUse};
+use crate::pacing::Schedule;
+use crate::procfs::{CpuMeters, CpuSeconds, CpuUse};
 use crate::redisprobe::{self, Counters, Monitor, PhaseCommands};
 use crate::stats::{Latency, LatencySummary};
 
@@ -36,6 +40,14 @@ pub(crate) struct SessionsArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) duration: f64,
+    /// The route loaded: `/get-session` (read + write) or a read-only one.
+    #[arg(long, default_value = "/get-session")]
+    pub(crate) path: String,
+    /// Requests per second offered, over all virtual users together (open loop: a request
+    /// is due at its time whatever happened to the ones before it; latency counts from
+    /// then). Without it each virtual user sends its next request when the last one ends.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
     /// Process id of the target's server, to report its CPU use.
     #[arg(long)]
     pub(crate) pid: Option<u32>,
@@ -96,7 +108,13 @@ pub(crate) struct SessionsReport {
     pub(crate) vus: usize,
     /// Seconds of load.
     pub(crate) duration: f64,
-    /// Successful `/get-session` requests.
+    /// The route loaded (absent from results written before it was recorded).
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    /// Requests per second offered, if paced (open loop).
+    #[serde(default)]
+    pub(crate) rate: Option<f64>,
+    /// Successful requests.
     pub(crate) requests: u64,
     /// Failed ones.
     pub(crate) errors: u64,
@@ -106,6 +124,12 @@ pub(crate) struct SessionsReport {
     pub(crate) latency: LatencySummary,
     /// CPU use during the load, percent of one core.
     pub(crate) cpu: CpuUse,
+    /// The same as amounts, seconds over the load (absent from older results).
+    #[serde(default)]
+    pub(crate) cpu_seconds: CpuSeconds,
+    /// [`SessionsReport::cpu_seconds`] per 100 000 successful requests; `None` without any.
+    #[serde(default)]
+    pub(crate) cpu_per_100k: Option<CpuSeconds>,
     /// Sessions whose final `count` differs from the increments that succeeded.
     pub(crate) count_mismatches: u64,
     /// Redis `total_commands_processed` per request (counts commands inside scripts).
@@ -225,17 +249,34 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
         &args.pid.into_iter().collect::<Vec<_>>(),
         &args.redis_pid.into_iter().collect::<Vec<_>>(),
     );
-    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
+    let window = Duration::from_secs_f64(args.duration);
+    let deadline = started + window;
+    let schedule = args
+        .rate
+        .map(|rate| std::sync::Arc::new(Schedule::new(started, rate, window)));
+    let writes = args.path == "/get-session";
     let workers: Vec<_> = vus
         .into_iter()
         .map(|mut vu| {
+            let path = args.path.clone();
+            let schedule = schedule.clone();
             tokio::spawn(async move {
                 let mut latency = Latency::default();
                 let (mut ok, mut errors, mut last_count) = (0u64, 0u64, None);
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match vu.get("/get-session").await {
+                loop {
+                    // Latency counts from when the request was due: a target that falls
+                    // behind a fixed load shows it (no coordinated omission).
+                    let t = match &schedule {
+                        Some(schedule) => {
+                            let Some((_, due)) = schedule.claim() else { break };
+                            tokio::time::sleep_until(due).await;
+                            due
+                        }
+                        None if Instant::now() < deadline => Instant::now(),
+                        None => break,
+                    };
+                    match vu.get(&path).await {
                         Ok(count) => {
                             latency.record(t.elapsed().as_micros() as u64);
                             ok += 1;
@@ -256,19 +297,20 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
         requests += ok;
         errors += e;
         // Without errors, the last answer's count is the number of increments.
-        if e == 0 && ok > 0 && last != Some(ok) {
+        if writes && e == 0 && ok > 0 && last != Some(ok) {
             mismatches += 1;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = meters.read();
+    let (cpu, cpu_seconds) = meters.read_both();
     let after = Counters::read(redis).await?;
     let delta = after.since(&before);
     let per_request = |n: u64| n as f64 / requests.max(1) as f64;
     eprintln!(
-        "[{}] {requests} requests ({errors} errors) in {elapsed:.1} s: {:.0}/s, {:.2} Redis \
+        "[{}] {} {requests} requests ({errors} errors) in {elapsed:.1} s: {:.0}/s, {:.2} Redis \
          commands per request; cpu server {:.0}% redis {:.0}% loadgen {:.0}% other {:.0}%",
         args.label,
+        args.path,
         requests as f64 / elapsed,
         per_request(delta.total),
         cpu.server,
@@ -289,11 +331,15 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
         label: args.label.clone(),
         vus: args.vus,
         duration: elapsed,
+        path: Some(args.path.clone()),
+        rate: args.rate,
         requests,
         errors,
         requests_per_sec: requests as f64 / elapsed,
         latency: latency.summary(),
         cpu,
+        cpu_per_100k: cpu_seconds.per(requests, 100_000.0),
+        cpu_seconds,
         count_mismatches: mismatches,
         redis_commands_per_request: per_request(delta.total),
         redis_calls_per_request: delta

@@ -32,7 +32,7 @@ use super::upgrade::{Socket, Upgrade};
 use super::v1::{self, Step, V1};
 use crate::error::ApiError;
 use crate::hooks::{Denial, Transport};
-use crate::hub::{Connection, Outbound, session_channel};
+use crate::hub::{Connection, Delivery, Outbound, session_channel};
 use crate::limits::MessageRate;
 use crate::protocol::{FrameError, UserId, close};
 
@@ -141,6 +141,20 @@ impl Protocol {
             Self::Seed => None,
             Self::V1(v1) => v1.hooked(),
         }
+    }
+
+    /// The frame this connection sends for `delivery` (`None`: none), or the close a
+    /// delivery it cannot take calls for (v1: a gap in a channel's offsets). Records the
+    /// delivery latency metric for a frame.
+    fn frame(&mut self, delivery: &Delivery) -> Result<Option<Utf8Bytes>, (u16, &'static str)> {
+        let frame = match self {
+            Self::Seed => Some(delivery.seed_frame()),
+            Self::V1(v1) => v1.outbound(delivery)?,
+        };
+        if frame.is_some() {
+            delivery_latency().record(delivery.age().as_secs_f64());
+        }
+        Ok(frame)
     }
 
     /// The error frame for a frame refused whatever it said (a binary one).
@@ -270,25 +284,40 @@ async fn drive(
     let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
-    let slow = connection.slow().clone();
-    let shutdown = gateway.shutdown.clone();
     // In a drain, the moment this connection closes; until then it keeps delivering. Shares
     // the idle deadline's timer: one more timer per socket would cost every message.
     let mut drain_turn: Option<Instant> = None;
+    // The timers and the cancellation waits live as long as the loop and are moved only when
+    // their deadline changes. Made afresh in every `select!`, each message registered two
+    // timers and two waits and took them out again: a quarter of a node's CPU per delivery
+    // at fan-out 100 (perf; docs/benchmarks.md, "Cost per unit of work").
+    let shutting_down = gateway.shutdown.clone().cancelled_owned();
+    let slow_verdict = connection.slow().clone().cancelled_owned();
+    let idle = sleep_until(idle_deadline);
+    let look = sleep_until(next_look(credentials_check, protocol.hooked()));
+    tokio::pin!(shutting_down, slow_verdict, idle, look);
     loop {
+        let idle_at = drain_turn.map_or(idle_deadline, |turn| turn.min(idle_deadline));
+        if idle.deadline() != idle_at {
+            idle.as_mut().reset(idle_at);
+        }
+        let look_at = next_look(credentials_check, protocol.hooked());
+        if look.deadline() != look_at {
+            look.as_mut().reset(look_at);
+        }
         tokio::select! {
             biased;
-            () = shutdown.cancelled(), if drain_turn.is_none() => {
+            () = &mut shutting_down, if drain_turn.is_none() => {
                 drain_turn = Some(gateway.drain_turn(connection.id()));
             }
-            () = slow.cancelled() => return close::SLOW_CONSUMER,
-            () = sleep_until(drain_turn.map_or(idle_deadline, |turn| turn.min(idle_deadline))) => {
+            () = &mut slow_verdict => return close::SLOW_CONSUMER,
+            () = &mut idle => {
                 return match drain_turn {
                     Some(turn) if Instant::now() >= turn => close::SERVICE_RESTART,
                     _ => close::IDLE_TIMEOUT,
                 };
             }
-            () = sleep_until(next_look(credentials_check, protocol.hooked())) => {
+            () = &mut look => {
                 if let Err(denial) = hooked::look_if_due(protocol.hooked_mut()).await {
                     *told = Some(denial.close_reason().to_owned());
                     return (denial.close_code(), "hook");
@@ -315,10 +344,9 @@ async fn drive(
                     }
                     continue;
                 }
-                let (text, age) = match (outbound, &mut *protocol) {
-                    (Outbound::Message(delivery), Protocol::Seed) => (delivery.seed_frame(), delivery.age()),
-                    (Outbound::Message(delivery), Protocol::V1(v1)) => match v1.outbound(&delivery) {
-                        Ok(Some(frame)) => (frame, delivery.age()),
+                let text = match (outbound, &mut *protocol) {
+                    (Outbound::Message(delivery), protocol) => match protocol.frame(&delivery) {
+                        Ok(Some(frame)) => frame,
                         Ok(None) => continue,
                         Err(close) => return close,
                     },
@@ -333,17 +361,15 @@ async fn drive(
                     // Sockets refresh with a frame; this is for SSE streams.
                     (Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_), _) => continue,
                 };
-                metrics::histogram!("sessionhub_delivery_latency_seconds")
-                    .record(age.as_secs_f64());
                 // A send that blocks (the client stopped reading) must not outlive a
                 // slow-consumer verdict or a shutdown.
                 tokio::select! {
                     biased;
                     sent = socket.send(Message::Text(text)) => if sent.is_err() { return (0, "gone") },
-                    () = slow.cancelled() => return close::SLOW_CONSUMER,
+                    () = &mut slow_verdict => return close::SLOW_CONSUMER,
                     // Stuck on a client that stopped reading when the drain began: it
                     // would not read its turn's close either.
-                    () = shutdown.cancelled(), if drain_turn.is_none() => return close::SERVICE_RESTART,
+                    () = &mut shutting_down, if drain_turn.is_none() => return close::SERVICE_RESTART,
                 }
             }
             Some(replies) = in_flight.next(), if !in_flight.is_empty() => {
@@ -425,6 +451,14 @@ async fn drive(
             }
         }
     }
+}
+
+/// The delivery latency histogram. Looked up once: `metrics::histogram!` hashes its name
+/// into the recorder's registry on every call, 2 % of a node's CPU per delivery (perf). The
+/// recorder is installed before the server serves, so the first delivery finds it.
+fn delivery_latency() -> &'static metrics::Histogram {
+    static HISTOGRAM: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    HISTOGRAM.get_or_init(|| metrics::histogram!("sessionhub_delivery_latency_seconds"))
 }
 
 /// Waits for every publish under way; their replies, in order. A change of channels waits
