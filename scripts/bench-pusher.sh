@@ -17,8 +17,8 @@
 #
 # Sockudo is built once with `cargo install sockudo --version $SOCKUDO_VERSION --locked`
 # (needs cmake) into bench/target/sockudo, unless SOCKUDO_BIN names a binary.
-# Environment: SESSIONHUB_BIN, SOCKUDO_BIN, PUSHER_ROUNDS (default 5; --quick 2),
-# BENCH_KEEP=1 keeps the scratch directory.
+# Environment: SESSIONHUB_BIN, SOCKUDO_BIN, PUSHER_ROUNDS (default 5; --quick 2), and
+# bench.sh's BENCH_KEEP, BENCH_THREADS and BENCH_PREBUILT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -33,119 +33,67 @@ for arg in "$@"; do
   esac
 done
 
-log() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)" >&2; }
-
-# --- tools -------------------------------------------------------------------------------
-need_apt=()
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-[ -z "${SOCKUDO_BIN:-}" ] && ! command -v cmake >/dev/null 2>&1 && need_apt+=(cmake)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "installing ${need_apt[*]}"
+if [ -z "${SOCKUDO_BIN:-}" ] && ! command -v cmake >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq cmake  # Sockudo's build needs it
 fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Tools, scratch directory, release builds, a private Redis ($REDIS, $REDIS_PID),
+# sessionhub_node and stop_all_targets: shared with bench.sh and bench-cost.sh.
+SCRATCH_NAME=sessionhub-pusher BENCH_PEERS=0
+# shellcheck source=scripts/lib/bench-setup.sh
+source scripts/lib/bench-setup.sh
 
-# --- scratch space and cleanup -------------------------------------------------------------
-SCRATCH=$(mktemp -d /tmp/sessionhub-pusher.XXXXXX)
-RAW="$SCRATCH/raw"; LOGS="$SCRATCH/logs"
-mkdir -p "$RAW" "$LOGS"
-PIDS=()
-cleanup() {
-  local status=$?
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $status -ne 0 ]; then
-    echo "scratch directory kept: $SCRATCH" >&2
-  else
-    rm -rf "$SCRATCH"
-  fi
-  exit $status
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- build ---------------------------------------------------------------------------------
-log "building (release)"
-cargo build --release --locked -p sessionhub-loadgen
-LOADGEN="$ROOT/target/release/sessionhub-loadgen"
-if [ -n "${SESSIONHUB_BIN:-}" ]; then
-  SESSIONHUB="$SESSIONHUB_BIN"
-else
-  cargo build --release --locked -p sessionhub-server
-  SESSIONHUB="$ROOT/target/release/sessionhub"
-fi
 if [ -n "${SOCKUDO_BIN:-}" ]; then
   SOCKUDO="$SOCKUDO_BIN"
 else
   SOCKUDO="$ROOT/bench/target/sockudo/bin/sockudo"
-  if ! "$SOCKUDO" --version 2>/dev/null | grep -q "$SOCKUDO_VERSION"; then
+  if [ ! -x "$SOCKUDO" ]; then
     log "building sockudo $SOCKUDO_VERSION (once)"
     # Its metrics use tokio's unstable runtime metrics, which its own repository enables in
     # .cargo/config.toml; cargo install from crates.io does not read that file.
-    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$ROOT/bench/target/sockudo-build" cargo install sockudo \
-      --version "$SOCKUDO_VERSION" --locked --root "$ROOT/bench/target/sockudo"
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$ROOT/bench/target/sockudo-build" \
+      cargo install sockudo --version "$SOCKUDO_VERSION" --locked --root "$ROOT/bench/target/sockudo"
   fi
 fi
 
-# --- processes -----------------------------------------------------------------------------
-NEXT_PORT=$((20000 + RANDOM % 5000))
-# shellcheck source=scripts/lib/processes.sh
-source scripts/lib/processes.sh
 APP_ID=bench; APP_KEY=bench-key; APP_SECRET=bench-secret
 export LOADGEN_PUSHER_APP="$APP_ID:$APP_KEY:$APP_SECRET"
+NODE_PIDS=()
 
-free_port; REDIS_PORT=$PORT
-start redis "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
-  --appendonly no --maxclients 10000 --protected-mode no
-REDIS_PID=$PID
-TARGET_PIDS=()
-stop_targets() {
-  for pid in "${TARGET_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${TARGET_PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  TARGET_PIDS=()
-  redis-cli -p "$REDIS_PORT" flushall >/dev/null
-}
-
-# node TARGET NAME MODE: one node of TARGET (sessionhub|sockudo), MODE single|redis;
-# its address in $ADDR.
+# node TARGET NAME MODE: one node of TARGET (sessionhub|sockudo), MODE single|redis; its
+# address in $ADDR, its pid appended to NODE_PIDS.
 node() {
   local target=$1 name=$2 mode=$3
-  free_port
   case "$target" in
     sessionhub)
-      local args=(serve --listen "127.0.0.1:$PORT" --node-id "$name"
-        --data-dir "$SCRATCH/data-$name" --pusher-app "$APP_ID:$APP_KEY:$APP_SECRET"
-        --max-connections-per-ip 1000000 --threads 1)
-      [ "$mode" = redis ] && args+=(--redis "redis://127.0.0.1:$REDIS_PORT")
-      start "$name" "$PORT" "$SESSIONHUB" "${args[@]}"
+      local cluster=embedded; [ "$mode" = redis ] && cluster=cluster
+      sessionhub_node "$name" "$cluster" --pusher-app "$APP_ID:$APP_KEY:$APP_SECRET"
       ;;
     sockudo)
+      free_port
       # The same footing: one worker thread, no metrics listener, the app from the
-      # environment, its Redis adapter for three nodes.
-      local env=(PORT="$PORT" HOST=127.0.0.1 TOKIO_WORKER_THREADS=1 METRICS_ENABLED=false
+      # environment, its Redis adapter for three nodes. Run from the scratch directory, so
+      # that no config/config.toml is picked up.
+      local env=(PORT="$PORT" HOST=127.0.0.1 TOKIO_WORKER_THREADS="${THREADS:-1}"
+        METRICS_ENABLED=false DEBUG=false RUST_LOG=warn
         SOCKUDO_DEFAULT_APP_ID="$APP_ID" SOCKUDO_DEFAULT_APP_KEY="$APP_KEY"
-        SOCKUDO_DEFAULT_APP_SECRET="$APP_SECRET" DEBUG=false RUST_LOG=warn)
+        SOCKUDO_DEFAULT_APP_SECRET="$APP_SECRET" CACHE_DRIVER=memory QUEUE_DRIVER=memory)
       if [ "$mode" = redis ]; then
-        env+=(ADAPTER_DRIVER=redis REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-          CACHE_DRIVER=memory QUEUE_DRIVER=memory)
+        env+=(ADAPTER_DRIVER=redis REDIS_URL="$REDIS")
       else
-        env+=(ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory)
+        env+=(ADAPTER_DRIVER=local)
       fi
-      (cd "$SCRATCH" && start "$name" "$PORT" env "${env[@]}" "$SOCKUDO")
-      PID=$(pgrep -n -f "$SOCKUDO")
+      cd "$SCRATCH"
+      start "$name" "$PORT" env "${env[@]}" "$SOCKUDO"
+      cd "$ROOT"
+      ADDR="127.0.0.1:$PORT"
       ;;
   esac
-  PIDS+=("$PID"); TARGET_PIDS+=("$PID")
-  ADDR="127.0.0.1:$PORT"
+  NODE_PIDS+=("$PID")
+}
+stop_targets() {
+  stop_all_targets
+  NODE_PIDS=()
 }
 
 # --- fixed loads ---------------------------------------------------------------------------
@@ -160,7 +108,7 @@ run_load() {
   local target=$1 topo=$2 fan=$3 users=$4 rate=$5 round=$6; shift 6
   local nodes=() a
   for a in "$@"; do nodes+=(--node "$a"); done
-  for a in "${TARGET_PIDS[@]}"; do nodes+=(--pid "$a"); done
+  for a in "${NODE_PIDS[@]}"; do nodes+=(--pid "$a"); done
   [ "$topo" = 3 ] && nodes+=(--redis-pid "$REDIS_PID")
   "$LOADGEN" fanout --label "$target-$topo-$fan-$round" --flavor pusher --publish http \
     --publishers 1 --clients $((users * fan)) --conns-per-user "$fan" --rate "$rate" \
@@ -194,7 +142,7 @@ done
 for target in sessionhub sockudo; do
   log "$target: $CONNS idle Pusher connections"
   node "$target" "$target-idle" single
-  "$LOADGEN" connections --label "$target" --flavor pusher --node "$ADDR" --pid "$PID" \
+  "$LOADGEN" connections --label "$target" --flavor pusher --node "$ADDR" --pid "${NODE_PIDS[0]}" \
     --count "$CONNS" --source-ips 8 --out "$RAW/connections-$target.json" >/dev/null \
     || log "FAILED: connections $target (continuing)"
   stop_targets

@@ -4,7 +4,7 @@
 # port, and functions that start one sessionhub node or one peer node on it. The caller
 # sets SCRATCH_NAME (the scratch directory's prefix) and has cd'd to the repository root
 # (ROOT). Honours SESSIONHUB_BIN, BENCH_THREADS and BENCH_KEEP as bench.sh documents them,
-# and BENCH_PREBUILT=1 (below).
+# BENCH_PREBUILT=1 (below), and BENCH_PEERS=0 (the caller needs none of bench/peers).
 log() { printf '\n=== %s [%s]\n' "$*" "$(date +%T)" >&2; }
 
 # --- tools -------------------------------------------------------------------------------
@@ -57,11 +57,13 @@ if [ "${BENCH_PREBUILT:-0}" != 1 ]; then
   log "building (release)"
   cargo build --release --locked -p sessionhub-loadgen
   [ -n "${SESSIONHUB_BIN:-}" ] || cargo build --release --locked -p sessionhub-server
-  export CARGO_TARGET_DIR="$ROOT/bench/target"
-  cargo build --release --manifest-path bench/peers/socketioxide/Cargo.toml
-  cargo build --release --manifest-path bench/peers/tower-sessions/Cargo.toml
-  unset CARGO_TARGET_DIR
-  (cd bench/peers/node && npm ci --no-audit --no-fund --loglevel=error)
+  if [ "${BENCH_PEERS:-1}" != 0 ]; then
+    export CARGO_TARGET_DIR="$ROOT/bench/target"
+    cargo build --release --manifest-path bench/peers/socketioxide/Cargo.toml
+    cargo build --release --manifest-path bench/peers/tower-sessions/Cargo.toml
+    unset CARGO_TARGET_DIR
+    (cd bench/peers/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 fi
 NODE_PEERS="$ROOT/bench/peers/node"
 

@@ -456,7 +456,7 @@ async fn drive(
 /// The delivery latency histogram. Looked up once: `metrics::histogram!` hashes its name
 /// into the recorder's registry on every call, 2 % of a node's CPU per delivery (perf). The
 /// recorder is installed before the server serves, so the first delivery finds it.
-fn delivery_latency() -> &'static metrics::Histogram {
+pub(super) fn delivery_latency() -> &'static metrics::Histogram {
     static HISTOGRAM: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
     HISTOGRAM.get_or_init(|| metrics::histogram!("sessionhub_delivery_latency_seconds"))
 }

@@ -32,7 +32,9 @@ use tungstenite::{Message, Utf8Bytes};
 use super::super::admission::{
     Credentials, admit_as, check_credentials, first_credentials_check, session_user, use_session,
 };
-use super::super::socket::{accept, client_at_fault, linger, read_error, send_close};
+use super::super::socket::{
+    accept, client_at_fault, delivery_latency, linger, read_error, send_close,
+};
 use super::super::state::Gateway;
 use super::super::upgrade::{Socket, Upgrade};
 use crate::broker::{Envelope, HistoryQuery, PublishOptions};
@@ -474,17 +476,30 @@ async fn drive(
     let mut credentials_check = first_credentials_check(credentials, gateway);
     let mut session_used = Instant::now();
     let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
-    let slow = connection.slow().clone();
-    let shutdown = gateway.shutdown.clone();
     let mut drain_turn: Option<Instant> = None;
+    // Timers and waits that live as long as the loop, moved only when their deadline
+    // changes, as `socket.rs` keeps v1's: made afresh in every `select!`, each delivery
+    // would register and take out two timers and two waits.
+    let shutting_down = gateway.shutdown.clone().cancelled_owned();
+    let slow_verdict = connection.slow().clone().cancelled_owned();
+    let quiet = sleep_until(quiet_deadline);
+    let look = sleep_until(credentials_check);
+    tokio::pin!(shutting_down, slow_verdict, quiet, look);
     loop {
+        let quiet_at = drain_turn.map_or(quiet_deadline, |turn| turn.min(quiet_deadline));
+        if quiet.deadline() != quiet_at {
+            quiet.as_mut().reset(quiet_at);
+        }
+        if look.deadline() != credentials_check {
+            look.as_mut().reset(credentials_check);
+        }
         tokio::select! {
             biased;
-            () = shutdown.cancelled(), if drain_turn.is_none() => {
+            () = &mut shutting_down, if drain_turn.is_none() => {
                 drain_turn = Some(gateway.drain_turn(connection.id()));
             }
-            () = slow.cancelled() => return hub_close::SLOW_CONSUMER,
-            () = sleep_until(drain_turn.map_or(quiet_deadline, |turn| turn.min(quiet_deadline))) => {
+            () = &mut slow_verdict => return hub_close::SLOW_CONSUMER,
+            () = &mut quiet => {
                 if drain_turn.is_some_and(|turn| Instant::now() >= turn) {
                     return hub_close::SERVICE_RESTART;
                 }
@@ -497,7 +512,7 @@ async fn drive(
                     return (0, "gone");
                 }
             }
-            () = sleep_until(credentials_check) => {
+            () = &mut look => {
                 match check_credentials(credentials, gateway).await {
                     Some(next) => credentials_check = next,
                     None => return hub_close::SESSION_ENDED,
@@ -507,8 +522,7 @@ async fn drive(
                 let text = match outbound {
                     Outbound::Message(delivery) => match state.outbound(&delivery) {
                         Some(text) => {
-                            metrics::histogram!("sessionhub_delivery_latency_seconds")
-                                .record(delivery.age().as_secs_f64());
+                            delivery_latency().record(delivery.age().as_secs_f64());
                             text
                         }
                         None => continue,
@@ -523,8 +537,8 @@ async fn drive(
                 tokio::select! {
                     biased;
                     sent = socket.send(Message::Text(text)) => if sent.is_err() { return (0, "gone") },
-                    () = slow.cancelled() => return hub_close::SLOW_CONSUMER,
-                    () = shutdown.cancelled(), if drain_turn.is_none() => return hub_close::SERVICE_RESTART,
+                    () = &mut slow_verdict => return hub_close::SLOW_CONSUMER,
+                    () = &mut shutting_down, if drain_turn.is_none() => return hub_close::SERVICE_RESTART,
                 }
             }
             _ = ping.tick() => {
