@@ -269,7 +269,9 @@ pub(crate) async fn run(args: SessionsArgs) -> anyhow::Result<SessionsReport> {
                     // behind a fixed load shows it (no coordinated omission).
                     let t = match &schedule {
                         Some(schedule) => {
-                            let Some((_, due)) = schedule.claim() else { break };
+                            let Some((_, due)) = schedule.claim() else {
+                                break;
+                            };
                             tokio::time::sleep_until(due).await;
                             due
                         }
