@@ -2,8 +2,8 @@
 # Cost per unit of work, sessionhub beside its peers (docs/benchmarks.md, "Cost per unit of
 # work"; issue #18).
 #
-#   scripts/bench-cost.sh           full run, ~15 minutes on 2 cores (plus the builds)
-#   scripts/bench-cost.sh --quick   smoke run, ~4 minutes
+#   scripts/bench-cost.sh           full run, ~8 minutes on 2 cores (plus the builds)
+#   scripts/bench-cost.sh --quick   smoke run, ~2 minutes
 #   scripts/bench-cost.sh --profile DIR   no measurement: one run of each fan-out against
 #                                   sessionhub with `perf record` on its nodes, folded into
 #                                   DIR/flamegraph-fanout-<F>.svg with inferno (needs perf,
@@ -28,9 +28,9 @@
 # nothing, use the binaries there):
 #   COST_ROUNDS=3          repetitions of every measurement
 #   COST_DURATION=8        seconds of load per measurement
-#   COST_F1_RATE=4000      pushes/s at fan-out 1 (= deliveries/s)
+#   COST_F1_RATE=2000      pushes/s at fan-out 1 (= deliveries/s)
 #   COST_FAN_DELIVERIES=20000  deliveries/s at fan-out 100 and 1000 (200 and 20 pushes/s)
-#   COST_SESSION_RATE=4000 session requests/s
+#   COST_SESSION_RATE=2000 session requests/s
 #   COST_FANOUT_TARGETS="sessionhub sessionhub-nohistory socketioxide socketio"
 #   COST_SESSION_TARGETS="sessionhub tower-sessions"   (either empty: none)
 #   COST_SESSIONHUB_B=path another sessionhub binary, measured as the targets sessionhub-b
@@ -65,9 +65,9 @@ if [ $QUICK = 1 ]; then
 else
   ROUNDS=${COST_ROUNDS:-3}; DURATION=${COST_DURATION:-8}; CLIENTS=1000
 fi
-F1_RATE=${COST_F1_RATE:-4000}
+F1_RATE=${COST_F1_RATE:-2000}
 FAN_DELIVERIES=${COST_FAN_DELIVERIES:-20000}
-SESSION_RATE=${COST_SESSION_RATE:-4000}
+SESSION_RATE=${COST_SESSION_RATE:-2000}
 # shellcheck disable=SC2206 # word lists
 FANOUT_TARGETS=(${COST_FANOUT_TARGETS-sessionhub sessionhub-nohistory socketioxide socketio})
 # shellcheck disable=SC2206

@@ -296,6 +296,10 @@ async fn drive(
     let idle = sleep_until(idle_deadline);
     let look = sleep_until(next_look(credentials_check, protocol.hooked()));
     tokio::pin!(shutting_down, slow_verdict, idle, look);
+    // They stay in the connection's future through every await of the loop, so the rare
+    // awaits below (credentials, hooks, channel changes: futures of several hundred bytes)
+    // are boxed, allocated only while they run: inline, the future reserved room for them
+    // beside these four, and an idle socket grew from 7.0-7.2 to 7.5 KiB (8 000 sockets).
     loop {
         let idle_at = drain_turn.map_or(idle_deadline, |turn| turn.min(idle_deadline));
         if idle.deadline() != idle_at {
@@ -318,14 +322,14 @@ async fn drive(
                 };
             }
             () = &mut look => {
-                if let Err(denial) = hooked::look_if_due(protocol.hooked_mut()).await {
+                if let Err(denial) = Box::pin(hooked::look_if_due(protocol.hooked_mut())).await {
                     *told = Some(denial.close_reason().to_owned());
                     return (denial.close_code(), "hook");
                 }
                 if Instant::now() < credentials_check {
                     continue;
                 }
-                match check_credentials(credentials, gateway).await {
+                match Box::pin(check_credentials(credentials, gateway)).await {
                     Some(next) => credentials_check = next,
                     None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,
                     None => return close::SESSION_ENDED,
@@ -336,7 +340,7 @@ async fn drive(
                     // Seed sockets have their one channel by protocol.
                     let Protocol::V1(v1) = &mut *protocol else { continue };
                     let mut replies = settle(&mut in_flight).await;
-                    replies.extend(v1.by_server(&outbound, connection, credentials, gateway).await);
+                    replies.extend(Box::pin(v1.by_server(&outbound, connection, credentials, gateway)).await);
                     for reply in replies {
                         if socket.send(Message::Text(reply.into())).await.is_err() {
                             return (0, "gone");
@@ -394,7 +398,7 @@ async fn drive(
                         && session_used.elapsed() >= gateway.sessions.idle_timeout / 2
                     {
                         session_used = Instant::now();
-                        match use_session(id, *ends, user, gateway).await {
+                        match Box::pin(use_session(id, *ends, user, gateway)).await {
                             Some(next) => credentials_check = next,
                             None => return close::SESSION_ENDED,
                         }
@@ -410,12 +414,12 @@ async fn drive(
                         Step::Plan(plan) => plan,
                         Step::Change(change) => {
                             let mut replies = settle(&mut in_flight).await;
-                            replies.extend(v1.exclusive(change, connection, credentials, gateway).await);
+                            replies.extend(Box::pin(v1.exclusive(change, connection, credentials, gateway)).await);
                             Plan::Reply(replies)
                         }
                         Step::Refresh { token, id } => {
                             let mut replies = settle(&mut in_flight).await;
-                            replies.push(v1.refresh(id, &token, credentials, gateway).await);
+                            replies.push(Box::pin(v1.refresh(id, &token, credentials, gateway)).await);
                             // Moves the expiry (a refused refresh left it where it was).
                             if let Credentials::Token { expires, .. } = credentials {
                                 credentials_check = *expires;
