@@ -526,6 +526,7 @@ fn webhooks(
                 EventKind::Vacated,
                 EventKind::Join,
                 EventKind::Leave,
+                EventKind::Message,
             ]
             .into_iter()
             .collect(),

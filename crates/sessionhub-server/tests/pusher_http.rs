@@ -799,3 +799,55 @@ async fn three_nodes_send_one_pusher_webhook_per_transition() {
     assert_eq!(events.len(), 6, "one per transition: {events:?}");
     sdks_validate(&nodes[0], &receiver.posts(Some(APP_KEY))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_event_is_one_client_event_webhook_from_the_sender_s_node() {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let receiver = Receiver::start().await;
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            pusher_node(&[
+                "--redis",
+                &url,
+                "--node-id",
+                name,
+                "--pusher-webhook",
+                &receiver.url,
+                "--pusher-client-events",
+            ])
+        })
+        .collect();
+    let keys = (APP_KEY, "app-secret");
+    let channel = "presence-desk";
+    let (mut ann, ann_id) = common::pusher::raw::connect(&nodes[0], APP_KEY).await;
+    common::pusher::raw::join_presence(&mut ann, &ann_id, keys, channel, "ann").await;
+    let (mut bob, bob_id) = common::pusher::raw::connect(&nodes[1], APP_KEY).await;
+    common::pusher::raw::join_presence(&mut bob, &bob_id, keys, channel, "bob").await;
+    let typing = json!({"event": "client-typing", "channel": channel, "data": {"who": "ann"}});
+    send_text(&mut ann, &typing.to_string()).await;
+    let got = common::pusher::raw::expect_event(&mut bob, "client-typing", channel).await;
+    assert_eq!(got["user_id"], "ann", "{got}");
+
+    let want = ("client_event", channel, "ann");
+    receiver.wait_for(APP_KEY, want, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiver.count(APP_KEY, want),
+        1,
+        "{:?}",
+        receiver.events(APP_KEY)
+    );
+    let body = receiver
+        .posts(Some(APP_KEY))
+        .into_iter()
+        .map(|(_, body)| serde_json::from_str::<Value>(&body).unwrap())
+        .find(|body| body["events"][0]["name"] == "client_event")
+        .unwrap();
+    assert_eq!(
+        body["events"][0],
+        json!({"name": "client_event", "channel": channel, "event": "client-typing",
+            "data": "{\"who\":\"ann\"}", "socket_id": ann_id, "user_id": "ann"})
+    );
+}

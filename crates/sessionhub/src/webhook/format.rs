@@ -4,9 +4,11 @@
 //! Pusher's body is `{"time_ms": <ms>, "events": [{"name": "channel_occupied",
 //! "channel": …}, …]}` (`member_added` and `member_removed` carry `user_id`), signed by
 //! `X-Pusher-Key` (the app's key) and `X-Pusher-Signature` (hex HMAC-SHA256 of the body
-//! with the app's secret). Pusher has no event for a user coming online, a client message
-//! or a session, and no channel whose name a Pusher client could not give: those are not
-//! sent in its format.
+//! with the app's secret). A Pusher client's `client-` event is Pusher's `client_event`
+//! (with `event`, `data` as the string the client sent, `socket_id` and, on presence
+//! channels, `user_id`). Pusher has no event for a user coming online, a protocol v1
+//! client's publish or a session, and no channel whose name a Pusher client could not give:
+//! those are not sent in its format.
 
 use std::sync::Arc;
 
@@ -39,6 +41,7 @@ impl Format {
             Self::Sessionhub => true,
             Self::Pusher(_) => {
                 pusher_name(kind).is_some()
+                    && (kind != EventKind::Message || is_client_event(data))
                     && data["channel"]
                         .as_str()
                         .is_some_and(|c| crate::protocol::pusher::hub_channel(c).is_ok())
@@ -81,8 +84,17 @@ fn pusher_name(kind: EventKind) -> Option<&'static str> {
         EventKind::Vacated => "channel_vacated",
         EventKind::Join => "member_added",
         EventKind::Leave => "member_removed",
+        EventKind::Message => "client_event",
         _ => return None,
     })
+}
+
+/// Whether a `client.message` event is a Pusher client's `client-` event (a v1 client's
+/// publish has no event name).
+fn is_client_event(data: &Value) -> bool {
+    data["event"]
+        .as_str()
+        .is_some_and(|event| event.starts_with("client-"))
 }
 
 /// `{"time_ms": …, "events": [one event]}`.
@@ -90,8 +102,25 @@ fn pusher_body(event: &Event) -> Option<String> {
     let name = pusher_name(event.kind)?;
     let channel = event.data["channel"].as_str()?;
     let mut one = json!({"name": name, "channel": channel});
-    if matches!(event.kind, EventKind::Join | EventKind::Leave) {
-        one["user_id"] = event.data["user"].clone();
+    match event.kind {
+        EventKind::Join | EventKind::Leave => one["user_id"] = event.data["user"].clone(),
+        EventKind::Message => {
+            if !is_client_event(&event.data) {
+                return None;
+            }
+            // The data as the client sent it: Pusher's `data` is a string.
+            let data = match &event.data["data"] {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            one["event"] = event.data["event"].clone();
+            one["data"] = Value::String(data);
+            one["socket_id"] = event.data["socket_id"].clone();
+            if let Some(user) = event.data["user"].as_str() {
+                one["user_id"] = Value::String(user.to_owned());
+            }
+        }
+        _ => {}
     }
     Some(json!({"time_ms": event.time, "events": [one]}).to_string())
 }
@@ -153,5 +182,25 @@ mod tests {
         assert!(Format::Sessionhub.carries(EventKind::Online, &json!({"user": "bob"})));
         let online = event(EventKind::Online, json!({"user": "bob"}));
         assert!(format.request(&online, &[], 0).is_none());
+    }
+
+    #[test]
+    fn a_client_event_is_pusher_s_client_event_with_the_data_as_sent() {
+        let format = Format::Pusher(Arc::new(PusherApp::new("1", "key", "secret")));
+        let sent = json!({"channel": "presence-a", "event": "client-typing",
+            "data": {"who": "ann"}, "socket_id": "1.2", "user": "7"});
+        assert!(format.carries(EventKind::Message, &sent));
+        let request = format
+            .request(&event(EventKind::Message, sent), &[], 0)
+            .unwrap();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            body["events"],
+            json!([{"name": "client_event", "channel": "presence-a", "event": "client-typing",
+                "data": "{\"who\":\"ann\"}", "socket_id": "1.2", "user_id": "7"}])
+        );
+        // A protocol v1 client's publish is no client event.
+        let v1 = json!({"channel": "private-a", "data": {"x": 1}});
+        assert!(!format.carries(EventKind::Message, &v1));
     }
 }

@@ -391,10 +391,21 @@ impl PusherConnection {
             idempotency_key: None,
         };
         let payload = envelope.wrap(data.get());
-        match gateway.hub.publish(&channel, payload, &options).await {
-            Ok(_) => Ok(None),
-            Err(e) => refuse(&e.to_string()),
+        if let Err(e) = gateway.hub.publish(&channel, payload, &options).await {
+            return refuse(&e.to_string());
         }
+        if let Some(webhooks) = gateway.hub.webhooks() {
+            // Sent by the sender's node alone: once per client event, cluster-wide.
+            let event = serde_json::json!({
+                "channel": channel,
+                "event": envelope.event,
+                "data": data,
+                "socket_id": self.socket_id,
+                "user": envelope.user,
+            });
+            webhooks.emit(crate::webhook::EventKind::Message, event);
+        }
+        Ok(None)
     }
 }
 
