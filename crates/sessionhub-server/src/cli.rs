@@ -409,7 +409,7 @@ pub(crate) struct Serve {
     pub(crate) webhook_secret: Vec<String>,
 
     /// Which webhook events to send (comma-separated: online, offline, occupied, vacated,
-    /// join, leave, message, destroyed; default all).
+    /// join, leave, message, destroyed, cache_miss; default all).
     #[arg(long, env = "SESSIONHUB_WEBHOOK_EVENTS", value_delimiter = ',')]
     pub(crate) webhook_events: Vec<sessionhub::webhook::EventKind>,
 

@@ -527,6 +527,7 @@ fn webhooks(
                 EventKind::Join,
                 EventKind::Leave,
                 EventKind::Message,
+                EventKind::CacheMiss,
             ]
             .into_iter()
             .collect(),

@@ -851,3 +851,30 @@ async fn a_client_event_is_one_client_event_webhook_from_the_sender_s_node() {
             "data": "{\"who\":\"ann\"}", "socket_id": ann_id, "user_id": "ann"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_cache_channel_sends_cache_miss_once_per_subscription() {
+    let receiver = Receiver::start().await;
+    let node = pusher_node(&["--pusher-webhook", &receiver.url]);
+    let channel = "cache-prices";
+    let (mut ws, _) = common::pusher::raw::connect(&node, APP_KEY).await;
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    send_text(&mut ws, &subscribe.to_string()).await;
+    common::pusher::raw::expect_event(&mut ws, "pusher:cache_miss", channel).await;
+    let want = ("cache_miss", channel, "");
+    receiver.wait_for(APP_KEY, want, WAIT).await;
+    // Once the channel has an event, a subscriber gets it replayed and no webhook is sent.
+    let body = json!({"name": "price", "channel": channel, "data": "1"});
+    let (status, text) = common::pusher::signed_post(&node, APP, "/apps/1/events", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let (mut late, _) = common::pusher::raw::connect(&node, APP_KEY).await;
+    send_text(&mut late, &subscribe.to_string()).await;
+    common::pusher::raw::expect_event(&mut late, "price", channel).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiver.count(APP_KEY, want),
+        1,
+        "{:?}",
+        receiver.events(APP_KEY)
+    );
+}

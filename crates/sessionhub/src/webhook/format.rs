@@ -6,7 +6,8 @@
 //! `X-Pusher-Key` (the app's key) and `X-Pusher-Signature` (hex HMAC-SHA256 of the body
 //! with the app's secret). A Pusher client's `client-` event is Pusher's `client_event`
 //! (with `event`, `data` as the string the client sent, `socket_id` and, on presence
-//! channels, `user_id`). Pusher has no event for a user coming online, a protocol v1
+//! channels, `user_id`); a cache channel subscribed to with nothing to replay is
+//! `cache_miss`. Pusher has no event for a user coming online, a protocol v1
 //! client's publish or a session, and no channel whose name a Pusher client could not give:
 //! those are not sent in its format.
 
@@ -85,6 +86,7 @@ fn pusher_name(kind: EventKind) -> Option<&'static str> {
         EventKind::Join => "member_added",
         EventKind::Leave => "member_removed",
         EventKind::Message => "client_event",
+        EventKind::CacheMiss => "cache_miss",
         _ => return None,
     })
 }

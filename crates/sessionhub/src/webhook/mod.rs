@@ -64,11 +64,14 @@ pub enum EventKind {
     /// A session was destroyed (logout, invalidation).
     #[serde(rename = "session.destroyed")]
     SessionDestroyed,
+    /// A Pusher client subscribed to a cache channel that had no event to replay.
+    #[serde(rename = "channel.cache_miss")]
+    CacheMiss,
 }
 
 impl EventKind {
     /// Every kind, in the order of the documentation.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         Self::Online,
         Self::Offline,
         Self::Occupied,
@@ -77,6 +80,7 @@ impl EventKind {
         Self::Leave,
         Self::Message,
         Self::SessionDestroyed,
+        Self::CacheMiss,
     ];
 
     /// The event's `type` in the body, e.g. `user.online`.
@@ -90,6 +94,7 @@ impl EventKind {
             Self::Leave => "presence.leave",
             Self::Message => "client.message",
             Self::SessionDestroyed => "session.destroyed",
+            Self::CacheMiss => "channel.cache_miss",
         }
     }
 

@@ -245,7 +245,13 @@ impl PusherConnection {
                     frames.push(frame);
                     replayed = Some(position);
                 }
-                Ok(None) => frames.push(pusher::cache_miss(&channel)),
+                Ok(None) => {
+                    frames.push(pusher::cache_miss(&channel));
+                    if let Some(webhooks) = gateway.hub.webhooks() {
+                        let event = serde_json::json!({"channel": channel});
+                        webhooks.emit(crate::webhook::EventKind::CacheMiss, event);
+                    }
+                }
                 Err(e) => {
                     connection.leave(&channel);
                     return refuse("Unavailable", 503, &e.to_string());
