@@ -15,8 +15,9 @@
 # publish-to-delivery, and lost, duplicated and reordered deliveries; then idle memory per
 # connection on one node. Writes bench/results/<date>-pusher.json and .md.
 #
-# Sockudo is built once with `cargo install sockudo --version $SOCKUDO_VERSION --locked`
-# (needs cmake) into bench/target/sockudo, unless SOCKUDO_BIN names a binary.
+# Sockudo is built once with `cargo install sockudo --version $SOCKUDO_VERSION --features
+# redis --locked` (needs cmake) into bench/target/sockudo, unless SOCKUDO_BIN names a binary
+# (built with the redis feature, or its three nodes fall back to local adapters).
 # Environment: SESSIONHUB_BIN, SOCKUDO_BIN, PUSHER_ROUNDS (default 5; --quick 2), and
 # bench.sh's BENCH_KEEP, BENCH_THREADS and BENCH_PREBUILT.
 set -euo pipefail
@@ -51,8 +52,11 @@ else
     log "building sockudo $SOCKUDO_VERSION (once)"
     # Its metrics use tokio's unstable runtime metrics, which its own repository enables in
     # .cargo/config.toml; cargo install from crates.io does not read that file.
+    # Its Redis adapter is a cargo feature, off by default: without it ADAPTER_DRIVER=redis
+    # falls back to the local adapter (logged as a warning) and three nodes lose two thirds.
     RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$ROOT/bench/target/sockudo-build" \
-      cargo install sockudo --version "$SOCKUDO_VERSION" --locked --root "$ROOT/bench/target/sockudo"
+      cargo install sockudo --version "$SOCKUDO_VERSION" --features redis --locked \
+      --root "$ROOT/bench/target/sockudo"
   fi
 fi
 
@@ -71,20 +75,36 @@ node() {
       ;;
     sockudo)
       free_port
-      # The same footing: one worker thread, no metrics listener, the app from the
-      # environment, its Redis adapter for three nodes. Run from the scratch directory, so
-      # that no config/config.toml is picked up.
+      # The same footing: the app in a config file of its own with room for every
+      # connection (the default app takes 100), no rate limits (its defaults, 20 connections
+      # and 100 API calls a minute per address, would refuse the load, as sessionhub's are
+      # lifted by SH_FLAGS), no metrics listener, one worker thread, and its Redis adapter
+      # for three nodes. Run from the scratch directory, so no config/ is picked up.
+      cat >"$SCRATCH/sockudo.toml" <<TOML
+[app_manager]
+driver = "memory"
+[app_manager.array]
+[[app_manager.array.apps]]
+id = "$APP_ID"
+key = "$APP_KEY"
+secret = "$APP_SECRET"
+enabled = true
+max_connections = 1000000
+[rate_limiter]
+enabled = false
+[metrics]
+enabled = false
+TOML
       local env=(PORT="$PORT" HOST=127.0.0.1 TOKIO_WORKER_THREADS="${THREADS:-1}"
-        METRICS_ENABLED=false DEBUG=false RUST_LOG=warn
-        SOCKUDO_DEFAULT_APP_ID="$APP_ID" SOCKUDO_DEFAULT_APP_KEY="$APP_KEY"
-        SOCKUDO_DEFAULT_APP_SECRET="$APP_SECRET" CACHE_DRIVER=memory QUEUE_DRIVER=memory)
+        RATE_LIMITER_ENABLED=false METRICS_ENABLED=false DEBUG=false RUST_LOG=warn
+        CACHE_DRIVER=memory QUEUE_DRIVER=memory)
       if [ "$mode" = redis ]; then
         env+=(ADAPTER_DRIVER=redis REDIS_URL="$REDIS")
       else
         env+=(ADAPTER_DRIVER=local)
       fi
       cd "$SCRATCH"
-      start "$name" "$PORT" env "${env[@]}" "$SOCKUDO"
+      start "$name" "$PORT" env "${env[@]}" "$SOCKUDO" --config "$SCRATCH/sockudo.toml"
       cd "$ROOT"
       ADDR="127.0.0.1:$PORT"
       ;;
