@@ -39,6 +39,11 @@ fn pusher_node(extra: &[&str]) -> Node {
     common::node(&args)
 }
 
+/// Three nodes speaking for the test app, client events on, on a Redis of the test's own.
+fn pusher_cluster() -> (sessionhub_testkit::RedisServer, Vec<Node>) {
+    common::cluster_with(3, &["--pusher-app", APP, "--pusher-client-events"])
+}
+
 /// pusher-js clients in one Node process, and everything they reported.
 struct Clients {
     child: Child,
@@ -426,20 +431,7 @@ async fn an_unknown_key_is_refused_with_4001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_and_a_client_event_cross_three_nodes_on_one_redis() {
-    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
-    let url = redis.url();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let name = format!("node-{i}");
-            pusher_node(&[
-                "--redis",
-                &url,
-                "--node-id",
-                &name,
-                "--pusher-client-events",
-            ])
-        })
-        .collect();
+    let (_redis, nodes) = pusher_cluster();
     let mut clients = Clients::start().await;
     let one = clients.connect("one", &nodes[1]).await;
     let two = clients.connect("two", &nodes[2]).await;
@@ -709,20 +701,7 @@ async fn a_socket_with_a_session_cookie_closes_when_the_session_is_logged_out_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_members_are_counted_across_three_nodes_and_announced_once_per_user() {
-    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
-    let url = redis.url();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let name = format!("node-{i}");
-            pusher_node(&[
-                "--redis",
-                &url,
-                "--node-id",
-                &name,
-                "--pusher-client-events",
-            ])
-        })
-        .collect();
+    let (_redis, nodes) = pusher_cluster();
     let mut clients = Clients::start().await;
     let ann = json!({"user_id": "1", "user_info": {"name": "Ann"}});
     let bob = json!({"user_id": 2, "user_info": {"name": "Bob"}});

@@ -23,30 +23,23 @@ const SECRET: &str = "fault-secret";
 /// How long a killed node's members may linger: the bound.
 const CLEARED_WITHIN: Duration = Duration::from_secs(30);
 
-fn nodes(redis: &RedisServer, webhook: &str) -> Vec<Node> {
-    let url = redis.url();
-    (0..3)
-        .map(|i| {
-            let name = format!("node-{i}");
-            common::node(&[
-                "--redis",
-                &url,
-                "--node-id",
-                &name,
-                "--pusher-app",
-                APP,
-                "--pusher-webhook",
-                webhook,
-            ])
-        })
-        .collect()
+/// Three nodes on a Redis of the test's own, speaking for the test app, its webhooks to
+/// `webhook`.
+fn nodes(webhook: &str) -> (RedisServer, Vec<Node>) {
+    common::cluster_with(3, &["--pusher-app", APP, "--pusher-webhook", webhook])
+}
+
+/// Subscribes `ws` to public channel `channel`, until it is subscribed.
+async fn subscribe(ws: &mut common::Ws, channel: &str) {
+    let frame = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    common::send_text(ws, &frame.to_string()).await;
+    raw::expect_event(ws, "pusher_internal:subscription_succeeded", channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_members_are_removed_within_30_s_with_one_webhook() {
-    let redis = RedisServer::start().expect("redis-server starts");
     let receiver = Receiver::start().await;
-    let mut nodes = nodes(&redis, &receiver.url);
+    let (_redis, mut nodes) = nodes(&receiver.url);
     let channel = "presence-room";
 
     let (mut watcher, watcher_id) = raw::connect(&nodes[0], KEY).await;
@@ -117,19 +110,11 @@ async fn trigger(node: &Node, channel: &str, data: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_redis_restart_pusher_sockets_are_told_to_reconnect_and_publications_resume() {
-    let mut redis = RedisServer::start().expect("redis-server starts");
     let receiver = Receiver::start().await;
-    let nodes = nodes(&redis, &receiver.url);
+    let (mut redis, nodes) = nodes(&receiver.url);
     let channel = "news";
     let (mut reader, _) = raw::connect(&nodes[2], KEY).await;
-    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
-    common::send_text(&mut reader, &subscribe.to_string()).await;
-    raw::expect_event(
-        &mut reader,
-        "pusher_internal:subscription_succeeded",
-        channel,
-    )
-    .await;
+    subscribe(&mut reader, channel).await;
     assert_eq!(trigger(&nodes[0], channel, "before").await, 200);
     let before = raw::expect_event(&mut reader, "news", channel).await;
     assert_eq!(before["data"], "before");
@@ -147,13 +132,7 @@ async fn after_a_redis_restart_pusher_sockets_are_told_to_reconnect_and_publicat
     let code = closed.map(|frame| u16::from(frame.code));
     assert_eq!(code, Some(4200), "closed with {code:?}");
     let (mut reader, _) = raw::connect(&nodes[2], KEY).await;
-    common::send_text(&mut reader, &subscribe.to_string()).await;
-    raw::expect_event(
-        &mut reader,
-        "pusher_internal:subscription_succeeded",
-        channel,
-    )
-    .await;
+    subscribe(&mut reader, channel).await;
     assert_eq!(trigger(&nodes[0], channel, "after").await, 200);
     let after = raw::expect_event(&mut reader, "news", channel).await;
     assert_eq!(
