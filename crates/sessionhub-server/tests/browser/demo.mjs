@@ -4,45 +4,28 @@
 //
 //   node demo.mjs <artifacts dir>
 //
-// The wire, the launch and the loop are driver.mjs's (as for run.mjs).
+// The wire, the launch, the loop and the pages are driver.mjs's.
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-import { artifacts, launchOptions, log, serve, withTimeout } from "./driver.mjs";
+import { artifacts, log, Pages, serve } from "./driver.mjs";
 
-let browser = null;
-/** @type {Map<string, import("playwright-core").Page>} */
-const pages = new Map();
+const pages = new Pages();
+const page = (name) => pages.get(name);
 /** Uncaught exceptions per page. */
 const pageErrors = new Map();
 
-function page(name) {
-  const p = pages.get(name);
-  if (!p) throw new Error(`no page ${name}`);
-  return p;
-}
-
 const ops = {
   async launch({ timeoutMs }) {
-    browser = await chromium.launch({ ...launchOptions, timeout: timeoutMs });
-    return { version: browser.version() };
+    return pages.launch(timeoutMs);
   },
 
   /** A new page in a fresh context (own cookies), loaded from `url`. */
   async open({ name, url, timeoutMs }) {
-    const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
-    const p = await context.newPage();
-    p.setDefaultTimeout(timeoutMs);
-    p.on("console", (m) => log(`[${name} ${m.type()}]`, m.text()));
+    const p = await pages.open(name, timeoutMs, { viewport: { width: 1100, height: 760 } });
     pageErrors.set(name, []);
     p.on("pageerror", (e) => {
       log(`[${name} uncaught]`, e.message);
       pageErrors.get(name).push(e.message);
     });
-    p.on("websocket", (ws) => {
-      log(`[${name} ws open]`, ws.url());
-      ws.on("close", () => log(`[${name} ws closed]`, ws.url()));
-    });
-    pages.set(name, p);
     const response = await p.goto(url, { timeout: timeoutMs });
     return {
       status: response.status(),
@@ -113,21 +96,8 @@ const ops = {
   },
 };
 
-async function shutdown() {
-  if (browser) {
-    const closing = browser;
-    browser = null;
-    pages.clear();
-    await withTimeout(closing.close(), 10_000, "closing Chromium").catch((e) => log(e.message));
-  }
-}
-
 serve(ops, {
-  shutdown,
+  shutdown: () => pages.shutdown(),
   bounded: true,
-  async onFailure(op, id) {
-    for (const [name, p] of pages) {
-      await p.screenshot({ path: join(artifacts, `failure-${op}-${id}-${name}.png`), timeout: 5_000 }).catch(() => {});
-    }
-  },
+  onFailure: (op, id) => pages.screenshotAll(op, id),
 });

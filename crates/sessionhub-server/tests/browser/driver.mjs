@@ -9,7 +9,9 @@
 // exits, so a test that dies leaves no Chromium behind. Uses Debian's /usr/bin/chromium:
 // playwright-core never downloads a browser.
 import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import readline from "node:readline";
+import { chromium } from "playwright-core";
 
 /** Where screenshots go (the driver's log is its stderr). */
 export const artifacts = process.argv[2] ?? ".";
@@ -86,4 +88,59 @@ export function serve(ops, { shutdown, onFailure, bounded = false }) {
   input.on("close", () => {
     queue.then(shutdown).finally(() => process.exit(0));
   });
+}
+
+/**
+ * Named pages, each in a browser context of its own (its own cookie jar: cookies ignore
+ * ports, and two users on 127.0.0.1 must not share a session), for drivers of several pages
+ * (demo.mjs, echo.mjs): the launch, the lookup, the screenshots of a failure, the shutdown.
+ */
+export class Pages {
+  browser = null;
+  /** @type {Map<string, import("playwright-core").Page>} */
+  pages = new Map();
+
+  /** Starts Chromium; its version. */
+  async launch(timeoutMs) {
+    this.browser = await chromium.launch({ ...launchOptions, timeout: timeoutMs });
+    return { version: this.browser.version() };
+  }
+
+  /** A new page `name` in a fresh context, its console and WebSockets in the log. */
+  async open(name, timeoutMs, contextOptions = {}) {
+    const context = await this.browser.newContext(contextOptions);
+    const p = await context.newPage();
+    p.setDefaultTimeout(timeoutMs);
+    p.on("console", (m) => log(`[${name} ${m.type()}]`, m.text()));
+    p.on("websocket", (ws) => {
+      log(`[${name} ws open]`, ws.url());
+      ws.on("close", () => log(`[${name} ws closed]`, ws.url()));
+    });
+    this.pages.set(name, p);
+    return p;
+  }
+
+  /** Page `name`, or an error that names it. */
+  get(name) {
+    const p = this.pages.get(name);
+    if (!p) throw new Error(`no page ${name}`);
+    return p;
+  }
+
+  /** Screenshots of every page after command `op` (`id`) failed. */
+  async screenshotAll(op, id) {
+    for (const [name, p] of this.pages) {
+      await p.screenshot({ path: join(artifacts, `failure-${op}-${id}-${name}.png`), timeout: 5_000 }).catch(() => {});
+    }
+  }
+
+  /** Closes Chromium (every page with it). */
+  async shutdown() {
+    if (this.browser) {
+      const closing = this.browser;
+      this.browser = null;
+      this.pages.clear();
+      await withTimeout(closing.close(), 10_000, "closing Chromium").catch((e) => log(e.message));
+    }
+  }
 }

@@ -4,11 +4,10 @@
 //
 //   node echo.mjs <artifacts dir>
 //
-// The wire, the launch and the loop are driver.mjs's.
+// The wire, the launch, the loop and the pages are driver.mjs's.
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-import { artifacts, launchOptions, log, serve, withTimeout } from "./driver.mjs";
+import { log, Pages, serve } from "./driver.mjs";
 
 // By path: laravel-echo's package exports do not name its browser build.
 const modules = join(dirname(fileURLToPath(import.meta.url)), "node_modules");
@@ -17,32 +16,19 @@ const SCRIPTS = [
   join(modules, "laravel-echo/dist/echo.iife.js"),
 ];
 
-let browser = null;
-/** @type {Map<string, import("playwright-core").Page>} */
-const pages = new Map();
-
-function page(name) {
-  const p = pages.get(name);
-  if (!p) throw new Error(`no page ${name}`);
-  return p;
-}
+const pages = new Pages();
+const page = (name) => pages.get(name);
 
 const ops = {
   async launch({ timeoutMs }) {
-    browser = await chromium.launch({ ...launchOptions, timeout: timeoutMs });
-    return { version: browser.version() };
+    return pages.launch(timeoutMs);
   },
 
   /** A new page in a fresh context, loaded from `url` (the server's origin), with pusher-js
    * and Laravel Echo loaded and `window.log` ready for the test's listeners. */
   async open({ name, url, timeoutMs }) {
-    const context = await browser.newContext();
-    const p = await context.newPage();
-    p.setDefaultTimeout(timeoutMs);
-    p.on("console", (m) => log(`[${name} ${m.type()}]`, m.text()));
+    const p = await pages.open(name, timeoutMs);
     p.on("pageerror", (e) => log(`[${name} uncaught]`, e.message));
-    p.on("websocket", (ws) => log(`[${name} ws open]`, ws.url()));
-    pages.set(name, p);
     await p.goto(url, { timeout: timeoutMs });
     for (const path of SCRIPTS) await p.addScriptTag({ path });
     await p.evaluate(() => {
@@ -63,21 +49,8 @@ const ops = {
   },
 };
 
-async function shutdown() {
-  if (browser) {
-    const closing = browser;
-    browser = null;
-    pages.clear();
-    await withTimeout(closing.close(), 10_000, "closing Chromium").catch((e) => log(e.message));
-  }
-}
-
 serve(ops, {
-  shutdown,
+  shutdown: () => pages.shutdown(),
   bounded: true,
-  async onFailure(op, id) {
-    for (const [name, p] of pages) {
-      await p.screenshot({ path: join(artifacts, `failure-${op}-${id}-${name}.png`), timeout: 5_000 }).catch(() => {});
-    }
-  },
+  onFailure: (op, id) => pages.screenshotAll(op, id),
 });
