@@ -77,17 +77,6 @@ async fn next_json(ws: &mut Ws) -> Value {
     serde_json::from_str(&next_text(ws).await).unwrap()
 }
 
-async fn metrics(base: &str) -> String {
-    http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// `sessionhub_proxy_requests_total{hook,outcome}`, 0 when absent.
 fn proxy_count(metrics: &str, hook: &str, outcome: &str) -> u64 {
     let labels = [format!("hook=\"{hook}\""), format!("outcome=\"{outcome}\"")];

@@ -9,17 +9,6 @@ use common::*;
 use serde_json::Value;
 use sessionhub_testkit::Node;
 
-async fn metrics(base: &str) -> String {
-    http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the first sample line starting with `name` (labels included in `name`).
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -934,14 +934,7 @@ async fn a_pusher_client_that_stops_reading_is_closed_as_a_slow_consumer() {
         }
     }
     assert!(gone, "the stuck client was closed");
-    let text = client
-        .get(format!("{}/metrics", node.http()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(&node.http()).await;
     assert!(
         text.contains("sessionhub_disconnects_total{reason=\"slow consumer\"} 1"),
         "{text}"

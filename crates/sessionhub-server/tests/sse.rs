@@ -422,14 +422,7 @@ async fn a_slow_sse_consumer_is_ended_with_an_event_and_counted() {
         disconnect_at_end(&mut stream, Duration::from_secs(20)).await,
         (4008, true)
     );
-    let text = client
-        .get(format!("{}/metrics", node.http()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(&node.http()).await;
     assert!(
         text.contains("sessionhub_disconnects_total{reason=\"slow consumer\"} 1"),
         "{text}"

@@ -227,6 +227,18 @@ pub fn token(secret: &str, sub: &str, exp_from_now: i64) -> String {
     )
 }
 
+/// `GET {base}/metrics`: the Prometheus text.
+pub async fn metrics(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A Redis of the test's own and `n` nodes in cluster mode on it, named node-0, node-1, ...
 pub fn cluster(n: usize) -> (sessionhub_testkit::RedisServer, Vec<Node>) {
     cluster_with(n, &[])
