@@ -60,41 +60,25 @@ struct UserData<'a> {
     user_info: &'a Value,
 }
 
-/// `POST /pusher/auth`: signs a subscription for the only app.
+/// `POST /pusher/auth` (the only app) and `POST /pusher/auth/{key}` (app `key`): signs a
+/// subscription.
 pub(super) async fn channel(
     State(gateway): State<Gateway>,
+    key: Option<Path<String>>,
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let app = app(&gateway, None)?;
+    let app = app(&gateway, key.as_deref().map(String::as_str))?;
     authorize_channel(&gateway, &app, request).await
 }
 
-/// `POST /pusher/auth/{key}`: signs a subscription for app `key`.
-pub(super) async fn channel_of(
-    State(gateway): State<Gateway>,
-    Path(key): Path<String>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    let app = app(&gateway, Some(&key))?;
-    authorize_channel(&gateway, &app, request).await
-}
-
-/// `POST /pusher/user-auth`: signs a `pusher:signin` for the only app.
+/// `POST /pusher/user-auth` (the only app) and `POST /pusher/user-auth/{key}` (app `key`):
+/// signs a `pusher:signin`.
 pub(super) async fn user(
     State(gateway): State<Gateway>,
+    key: Option<Path<String>>,
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let app = app(&gateway, None)?;
-    authenticate_user(&gateway, &app, request).await
-}
-
-/// `POST /pusher/user-auth/{key}`: signs a `pusher:signin` for app `key`.
-pub(super) async fn user_of(
-    State(gateway): State<Gateway>,
-    Path(key): Path<String>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    let app = app(&gateway, Some(&key))?;
+    let app = app(&gateway, key.as_deref().map(String::as_str))?;
     authenticate_user(&gateway, &app, request).await
 }
 

@@ -40,7 +40,7 @@ pub(super) fn routes() -> Router<Gateway> {
             post(rest::terminate_connections_of_key),
         )
         .route("/pusher/auth", post(auth::channel))
-        .route("/pusher/auth/{key}", post(auth::channel_of))
+        .route("/pusher/auth/{key}", post(auth::channel))
         .route("/pusher/user-auth", post(auth::user))
-        .route("/pusher/user-auth/{key}", post(auth::user_of))
+        .route("/pusher/user-auth/{key}", post(auth::user))
 }
