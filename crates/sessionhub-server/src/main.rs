@@ -192,13 +192,20 @@ async fn run(
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
     let mut presence_prefixes = args.presence_channels.clone();
-    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken.
-    if !pusher.is_empty()
-        && !presence_prefixes
-            .iter()
-            .any(|p| "presence-".starts_with(p.as_str()))
-    {
-        presence_prefixes.push("presence-".to_owned());
+    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken, and so
+    // are its signed-in users' channels, whose presence is who is online (watchlists).
+    if !pusher.is_empty() {
+        for prefix in [
+            "presence-",
+            sessionhub::protocol::pusher_user::USER_CHANNEL_PREFIX,
+        ] {
+            if !presence_prefixes
+                .iter()
+                .any(|p| prefix.starts_with(p.as_str()))
+            {
+                presence_prefixes.push(prefix.to_owned());
+            }
+        }
     }
     gateway = gateway.with_pusher(pusher);
     let channels = PresenceChannels::new(presence_prefixes);

@@ -310,6 +310,26 @@ impl Users {
             net(changes, user.clone(), delta);
         }
     }
+
+    /// Counts `member` among `user`'s connections (not among all connections).
+    fn add(&mut self, user: &UserId, member: &Member) {
+        let members = self.members.entry(user.clone()).or_default();
+        members.push(member.clone());
+        if members.len() == 1 {
+            self.changed(user, 1);
+        }
+    }
+
+    /// Takes connection `id` out of `user`'s connections (not out of all connections).
+    fn remove(&mut self, user: &UserId, id: u64) {
+        if let Entry::Occupied(mut members) = self.members.entry(user.clone()) {
+            members.get_mut().retain(|m| m.id != id);
+            if members.get().is_empty() {
+                members.remove();
+                self.changed(user, -1);
+            }
+        }
+    }
 }
 
 /// Adds `delta` to `user`'s net change, dropping it when the changes cancel out.
@@ -606,12 +626,16 @@ impl Hub {
         self.inner.webhooks.get()
     }
 
-    /// Whether `channel` has presence.
+    /// Whether `channel` has presence. A presence events channel never has (a connection
+    /// may join one alone, to watch a channel's joins and leaves without being counted),
+    /// whatever the prefixes.
     pub(crate) fn has_presence(&self, channel: &str) -> bool {
-        self.inner
-            .tracking
-            .get()
-            .is_some_and(|t| t.channels.covers(channel))
+        !channel.starts_with(PRESENCE_EVENTS_PREFIX)
+            && self
+                .inner
+                .tracking
+                .get()
+                .is_some_and(|t| t.channels.covers(channel))
     }
 
     /// Also reports to the presence backend when a public channel gets its first subscriber
@@ -792,11 +816,7 @@ impl Hub {
         {
             let mut users = self.inner.registry.users.lock().unwrap();
             users.connections += 1;
-            let members = users.members.entry(user.clone()).or_default();
-            members.push(member.clone());
-            if members.len() == 1 {
-                users.changed(user, 1);
-            }
+            users.add(user, &member);
         }
         Connection {
             hub: self.clone(),
@@ -957,6 +977,9 @@ async fn presence_webhook(
         (Some(channel), Transition::Left(_)) => {
             (EventKind::Vacated, serde_json::json!({"channel": channel}))
         }
+        // Internal channels' presence (a Pusher user's sign-ins, on `#server-to-user-…`)
+        // is the server's business, not the application's.
+        (None, _) if !crate::protocol::is_public_channel_name(channel) => return,
         (None, Transition::Joined(_)) => (
             EventKind::Join,
             serde_json::json!({"channel": channel, "user": user}),
@@ -1163,6 +1186,25 @@ impl Connection {
         });
     }
 
+    /// Makes the connection `user`'s from now on (a Pusher socket that signed in): the
+    /// server API's commands for `user` reach it, and it counts among `user`'s connections
+    /// online. Presence channels it joined already stay counted as the user they were.
+    pub(crate) fn rename(&mut self, user: &UserId) {
+        if *user == self.user {
+            return;
+        }
+        for channel in &self.channels {
+            if self.hub.has_presence(channel) && !self.joined_as.contains_key(channel) {
+                self.joined_as.insert(channel.clone(), self.user.clone());
+            }
+        }
+        let mut users = self.hub.inner.registry.users.lock().unwrap();
+        users.remove(&self.user, self.member.id);
+        users.add(user, &self.member);
+        drop(users);
+        self.user = user.clone();
+    }
+
     /// Leaves `channel`; the node unsubscribes when its last connection leaves.
     pub fn leave(&mut self, channel: &str) {
         let was_joined = self.channels.iter().any(|c| c == channel);
@@ -1218,13 +1260,7 @@ impl Drop for Connection {
         }
         let mut users = self.hub.inner.registry.users.lock().unwrap();
         users.connections -= 1;
-        if let Entry::Occupied(mut members) = users.members.entry(self.user.clone()) {
-            members.get_mut().retain(|m| m.id != self.member.id);
-            if members.get().is_empty() {
-                members.remove();
-                users.changed(&self.user, -1);
-            }
-        }
+        users.remove(&self.user, self.member.id);
     }
 }
 

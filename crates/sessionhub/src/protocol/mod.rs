@@ -12,6 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod pusher;
+pub mod pusher_user;
 pub mod seed;
 pub mod v1;
 

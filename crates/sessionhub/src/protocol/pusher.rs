@@ -193,6 +193,13 @@ pub enum Request {
         /// The channel.
         channel: String,
     },
+    /// `pusher:signin` ([`super::pusher_user`]).
+    SignIn {
+        /// `KEY:signature` of `socket_id::user::user_data`.
+        auth: Option<String>,
+        /// The user's JSON text, as signed.
+        user_data: String,
+    },
     /// A `client-` event for the channel's other subscribers.
     ClientEvent {
         /// The event name, `client-…`.
@@ -224,6 +231,13 @@ impl PartialEq for Request {
             ) => (channel, auth, channel_data) == (c, a, d),
             (Unsubscribe { channel }, Unsubscribe { channel: c }) => channel == c,
             (
+                SignIn { auth, user_data },
+                SignIn {
+                    auth: a,
+                    user_data: u,
+                },
+            ) => (auth, user_data) == (a, u),
+            (
                 ClientEvent {
                     event,
                     channel,
@@ -246,7 +260,7 @@ pub enum RequestError {
     /// Not a JSON object with a string `event`.
     #[error("a frame is a JSON object with a string \"event\": {0}")]
     Malformed(String),
-    /// A `pusher:` event the server does not know (or does not serve, as `pusher:signin`).
+    /// A `pusher:` event the server does not know.
     #[error("unsupported event {0:?}")]
     UnknownEvent(String),
     /// `pusher:subscribe` or `pusher:unsubscribe` without a channel.
@@ -255,6 +269,9 @@ pub enum RequestError {
     /// A client event without a channel, or with a name that is not `client-…`.
     #[error("client events are named client-… and sent on a channel")]
     BadClientEvent,
+    /// `pusher:signin` without `data.user_data`, a string.
+    #[error("pusher:signin needs data.user_data, a string (and data.auth)")]
+    NoUserData,
 }
 
 impl RequestError {
@@ -314,6 +331,24 @@ impl Request {
                     channel_data,
                 })
             }
+            "pusher:signin" => {
+                #[derive(Deserialize)]
+                struct SignIn {
+                    auth: Option<String>,
+                    user_data: Option<String>,
+                }
+                let data = wire.data.ok_or(RequestError::NoUserData)?.get();
+                // An object, or (older clients) a string holding one.
+                let signin = serde_json::from_str::<SignIn>(data).ok().or_else(|| {
+                    let text: String = serde_json::from_str(data).ok()?;
+                    serde_json::from_str(&text).ok()
+                });
+                let signin = signin.ok_or(RequestError::NoUserData)?;
+                Ok(Self::SignIn {
+                    auth: signin.auth,
+                    user_data: signin.user_data.ok_or(RequestError::NoUserData)?,
+                })
+            }
             e if e.starts_with("client-") => {
                 let channel = wire.channel.ok_or(RequestError::BadClientEvent)?;
                 let data = wire
@@ -351,7 +386,8 @@ struct Frame<'a> {
     user_id: Option<&'a str>,
 }
 
-fn frame(event: &str, channel: Option<&str>, data: &str) -> String {
+/// A server frame: `data` goes as a string, as pusher-js expects.
+pub(super) fn frame(event: &str, channel: Option<&str>, data: &str) -> String {
     let frame = Frame {
         event,
         channel,
@@ -583,6 +619,15 @@ mod tests {
             (&*event, &*channel, data.get()),
             ("client-x", "private-a", r#"{"n":[1, 2]}"#)
         );
+        assert_eq!(
+            Request::parse(
+                r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{\"id\":\"a\"}"}}"#
+            ),
+            Ok(Request::SignIn {
+                auth: Some("k:s".into()),
+                user_data: r#"{"id":"a"}"#.into(),
+            })
+        );
     }
 
     #[test]
@@ -602,6 +647,8 @@ mod tests {
             r#"{"event":"pusher:unsubscribe","data":{}}"#,
             r#"{"event":"client-x","data":{}}"#,
             r#"{"event":"pusher:signin","data":{}}"#,
+            r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":{"id":"a"}}}"#,
+            r#"{"event":"pusher:signout","data":{}}"#,
             r#"{"event":"my-event","channel":"a","data":{}}"#,
         ] {
             let refused = Request::parse(bad).expect_err(bad);

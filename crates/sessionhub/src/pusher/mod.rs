@@ -75,6 +75,15 @@ impl PusherApp {
         self.mac(message).verify_slice(&signature).is_ok()
     }
 
+    /// Whether `auth` is this app's `KEY:signature` of `message`, as a client presents a
+    /// subscription's or a sign-in's authorization (constant time, as [`PusherApp::verify`]).
+    pub fn verify_auth(&self, auth: Option<&str>, message: &str) -> bool {
+        let Some((key, signature)) = auth.and_then(|a| a.split_once(':')) else {
+            return false;
+        };
+        key == self.key && self.verify(message, signature)
+    }
+
     fn mac(&self, message: &str) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key length");

@@ -16,6 +16,7 @@
 mod auth;
 mod rest;
 mod socket;
+mod user;
 
 use axum::Router;
 use axum::routing::{get, post};

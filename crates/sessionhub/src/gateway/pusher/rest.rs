@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /apps/{id}/events` | an event on up to 100 channels |
+//! | `POST /apps/{id}/events` | an event on up to 100 channels (`#server-to-user-<id>`: to a signed-in user) |
 //! | `POST /apps/{id}/batch_events` | up to 10 events, each on one channel |
 //! | `GET /apps/{id}/channels` | the occupied channels (`filter_by_prefix`, `info=user_count`) |
 //! | `GET /apps/{id}/channels/{name}` | `occupied`, `user_count`, `subscription_count` |
@@ -36,6 +36,7 @@ use crate::control::{self, Command};
 use crate::error::ApiError;
 use crate::gateway::control::active_channels;
 use crate::gateway::state::Gateway;
+use crate::protocol::pusher_user::user_of_channel;
 use crate::protocol::{UserId, pusher};
 use crate::pusher::request::{self, Params};
 use crate::pusher::{PusherApp, event};
@@ -209,7 +210,10 @@ impl EventBody {
             )));
         }
         for channel in &channels {
-            channel_name(channel)?;
+            // `sendToUser` is an event on the user's `#server-to-user-<id>`.
+            if user_of_channel(channel).is_none() {
+                channel_name(channel)?;
+            }
         }
         if let Some(socket) = &self.socket_id
             && !pusher::is_socket_id(socket)

@@ -40,11 +40,13 @@ use super::super::socket::{
 };
 use super::super::state::Gateway;
 use super::super::upgrade::{Socket, Upgrade};
+use super::user::{self, SignedIn};
 use crate::broker::{Envelope, HistoryQuery, PublishOptions};
 use crate::error::ApiError;
 use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::limits::MessageRate;
 use crate::protocol::pusher::{self, ChannelKind, Request, close};
+use crate::protocol::pusher_user::USER_CHANNEL_PREFIX;
 use crate::protocol::v1::MAX_SUBSCRIPTIONS;
 use crate::protocol::{UserId, close as hub_close};
 use crate::pusher::PusherApp;
@@ -129,6 +131,8 @@ struct PusherConnection {
     client_events: MessageRate,
     /// `activity_timeout`: silence after which the server pings, and clients should.
     activity: Duration,
+    /// Who the connection signed in as (`pusher:signin`), if it did.
+    signed_in: Option<SignedIn>,
 }
 
 impl PusherConnection {
@@ -145,12 +149,20 @@ impl PusherConnection {
             channels: HashMap::new(),
             client_events,
             activity,
+            signed_in: None,
         }
     }
 
     /// What to send for a publication: nothing if the connection is not on its channel, or
     /// it is the socket the publication excludes, or the live copy of a replayed one.
     fn outbound(&mut self, delivery: &Delivery) -> Option<Utf8Bytes> {
+        // The sign-in's channels are named with `#`, which no Pusher channel has: not
+        // taken by the sign-in, they are on none of `channels` either.
+        if let Some(frame) =
+            (self.signed_in.as_mut()).and_then(|s| s.outbound(delivery, &self.socket_id))
+        {
+            return Some(frame);
+        }
         if let Some(channel) = delivery.channel().strip_prefix(PRESENCE_EVENTS_PREFIX) {
             // A member came or went: not told to the member itself.
             let me = self.channels.get(channel)?.member.as_deref();
@@ -184,18 +196,26 @@ impl PusherConnection {
         let refuse = |kind: &str, status: u16, message: &str| {
             vec![pusher::subscription_error(&channel, kind, status, message)]
         };
+        if channel.starts_with(USER_CHANNEL_PREFIX) {
+            return vec![SignedIn::subscribe(self.signed_in.as_ref(), &channel)];
+        }
         if let Err(e) = pusher::hub_channel(&channel) {
             return refuse("InvalidChannel", 400, &e.to_string());
         }
         let kind = ChannelKind::of(&channel);
-        let channel_data = channel_data.filter(|_| kind == ChannelKind::Presence);
-        if kind == ChannelKind::Presence && channel_data.is_none() {
+        let presence = kind == ChannelKind::Presence;
+        let signed_data = channel_data.filter(|_| presence);
+        // pusher-js sends none when signed in: the member is the signed-in user.
+        let channel_data = signed_data.clone().or_else(|| {
+            let user = self.signed_in.as_ref().filter(|_| presence)?;
+            Some(user.user.channel_data())
+        });
+        if presence && channel_data.is_none() {
             return refuse("AuthError", 401, "a presence channel needs channel_data");
         }
         if kind.is_private() {
-            let message =
-                pusher::signed_message(&self.socket_id, &channel, channel_data.as_deref());
-            if !self.authorized(auth.as_deref(), &message) {
+            let message = pusher::signed_message(&self.socket_id, &channel, signed_data.as_deref());
+            if !self.app.verify_auth(auth.as_deref(), &message) {
                 return refuse(
                     "AuthError",
                     401,
@@ -216,7 +236,8 @@ impl PusherConnection {
             return vec![pusher::subscription_succeeded(&channel, &data)];
         }
         let session = usize::from(matches!(credentials, Credentials::Session { .. }));
-        if connection.channel_count() >= MAX_SUBSCRIPTIONS + session {
+        let signed_in = self.signed_in.as_ref().map_or(0, |s| s.hub_channels);
+        if connection.channel_count() >= MAX_SUBSCRIPTIONS + session + signed_in {
             let message = format!("at most {MAX_SUBSCRIPTIONS} channels per connection");
             return refuse("LimitReached", 429, &message);
         }
@@ -341,14 +362,6 @@ impl PusherConnection {
             frame,
             (publication.epoch.clone(), publication.offset),
         )))
-    }
-
-    /// Whether `auth` is this app's `KEY:signature` of `message`.
-    fn authorized(&self, auth: Option<&str>, message: &str) -> bool {
-        let Some((key, signature)) = auth.and_then(|a| a.split_once(':')) else {
-            return false;
-        };
-        key == self.app.key && self.app.verify(message, signature)
     }
 
     /// Answers `pusher:unsubscribe` (with nothing, as Pusher does).
@@ -603,6 +616,16 @@ async fn drive(
                     Ok(Request::Unsubscribe { channel }) => {
                         state.unsubscribe(&channel, connection);
                         Vec::new()
+                    }
+                    Ok(Request::SignIn { auth, user_data }) => {
+                        let signed_in = &mut state.signed_in;
+                        match user::sign_in(signed_in, &state.app, &state.socket_id, auth, user_data, connection, gateway).await {
+                            Ok(frames) => frames,
+                            Err(refused) => {
+                                let _ = socket.send(Message::Text(refused.into())).await;
+                                return close::UNAUTHORIZED;
+                            }
+                        }
                     }
                     Ok(Request::ClientEvent { event, channel, data }) => {
                         match state.client_event(event, channel, data, gateway).await {
