@@ -7,14 +7,15 @@
 //!
 //! Who the connection is: the user of the sessionhub session its upgrade request presents
 //! (it then joins the session's control channel, so a logout closes it on every node, as it
-//! closes v1 sockets), else an anonymous user of its own, `pusher-<socket_id>`.
+//! closes v1 sockets), else an anonymous user of its own, `pusher-<socket_id>`. Once it
+//! signs in (`pusher:signin`), it is the signed-in user's.
 //!
 //! A `socket_id` is `<node part>.<counter>`: the node part is drawn at random (64 bits)
 //! when the process starts, the counter counts the process's Pusher connections; two nodes
 //! share a socket id only if they drew the same node part.
 //!
-//! Just over 700 lines with its unit tests: the handshake, the connection's state and its
-//! loop are one subject, and the loop's pieces shared with v1 already live in `socket.rs`.
+//! Sign-in (`pusher:signin`, events to the user, watchlists) lives in `user.rs`; the unit
+//! tests in `socket/tests.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -645,102 +646,4 @@ async fn drive(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::super::super::state::test_gateway;
-    use super::*;
-    use crate::auth::WsAuth;
-    use crate::broker::Publication;
-
-    fn state() -> PusherConnection {
-        let gateway = test_gateway(WsAuth::Open, &[]);
-        let app = Arc::new(PusherApp::new("1", "key", "secret"));
-        PusherConnection::new(app, "1.2".into(), &gateway)
-    }
-
-    fn delivery(channel: &str, offset: u64, envelope: &Envelope) -> Delivery {
-        let publication = Publication {
-            offset,
-            epoch: "e".into(),
-            data: envelope.wrap(r#"{"n":1}"#),
-        };
-        Delivery::new(channel, publication)
-    }
-
-    #[test]
-    fn outbound_skips_other_channels_the_excluded_socket_and_a_replayed_event_once() {
-        let mut state = state();
-        let none = Envelope::default();
-        assert_eq!(
-            state.outbound(&delivery("news", 1, &none)),
-            None,
-            "not on it"
-        );
-        let replayed = Some(("e".into(), 4));
-        state.channels.insert(
-            "news".into(),
-            Subscription {
-                member: None,
-                replayed,
-            },
-        );
-        assert_eq!(
-            state.outbound(&delivery("news", 4, &none)),
-            None,
-            "the replayed one, live"
-        );
-        let sent = state.outbound(&delivery("news", 5, &none)).unwrap();
-        assert_eq!(
-            sent.as_str(),
-            r#"{"event":"message","channel":"news","data":"{\"n\":1}"}"#
-        );
-        assert!(
-            state.outbound(&delivery("news", 4, &none)).is_some(),
-            "dropped once only"
-        );
-        let mine = Envelope {
-            event: Some("client-x".into()),
-            except: Some("1.2".into()),
-            user: None,
-        };
-        assert_eq!(state.outbound(&delivery("news", 6, &mine)), None);
-        let theirs = Envelope {
-            except: Some("1.3".into()),
-            ..mine
-        };
-        let sent = state.outbound(&delivery("news", 7, &theirs)).unwrap();
-        assert!(
-            sent.as_str().starts_with(r#"{"event":"client-x""#),
-            "{sent}"
-        );
-    }
-
-    #[test]
-    fn a_member_is_not_told_of_its_own_join() {
-        let mut state = state();
-        state.channels.insert(
-            "presence-a".into(),
-            Subscription {
-                member: Some("u1".into()),
-                replayed: None,
-            },
-        );
-        let join = |user: &str| {
-            let frame =
-                format!(r#"{{"type":"join","channel":"presence-a","user":"{user}","version":1}}"#);
-            let publication = Publication {
-                offset: 0,
-                epoch: "".into(),
-                data: frame.into(),
-            };
-            Delivery::new("$presence:presence-a", publication)
-        };
-        assert_eq!(state.outbound(&join("u1")), None);
-        let added = state.outbound(&join("u2")).unwrap();
-        assert!(
-            added.as_str().contains("pusher_internal:member_added"),
-            "{added}"
-        );
-    }
-}
+mod tests;
