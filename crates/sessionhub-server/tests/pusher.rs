@@ -7,8 +7,8 @@
 //! frames, a silent client, a flood of client events, limits, encrypted data, a session
 //! cookie, a drain, a client that stops reading) goes over a raw WebSocket from Rust.
 //!
-//! Over 700 lines: the pusher-js driver's Rust side (about 170 lines) and eighteen
-//! scenarios, each a conversation too long to share a helper with the others.
+//! Over 700 lines: eighteen scenarios, each a conversation too long to share a helper with
+//! the others (the pusher-js driver's Rust side is `common::pusher::js`).
 //!
 //! Prerequisites: Node.js 20+ and `npm ci` in tests/pusher (pusher-js, pinned in its
 //! package-lock.json); the test runs `npm ci` itself if a package is missing
@@ -16,22 +16,18 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sessionhub_testkit::Node;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use common::pusher::raw::next_event;
 use common::{WAIT, Ws};
 
-const APP: &str = "42:app-key:app-secret";
-const KEY: &str = "app-key";
-const SECRET: &str = "app-secret";
+use common::pusher::js::{APP, Clients, KEY, SECRET};
 /// A node speaking for the test app, with `extra` flags.
 fn pusher_node(extra: &[&str]) -> Node {
     let mut args = vec!["--pusher-app", APP];
@@ -42,163 +38,6 @@ fn pusher_node(extra: &[&str]) -> Node {
 /// Three nodes speaking for the test app, client events on, on a Redis of the test's own.
 fn pusher_cluster() -> (sessionhub_testkit::RedisServer, Vec<Node>) {
     common::cluster_with(3, &["--pusher-app", APP, "--pusher-client-events"])
-}
-
-/// pusher-js clients in one Node process, and everything they reported.
-struct Clients {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    log: Vec<Value>,
-}
-
-impl Clients {
-    async fn start() -> Self {
-        let mut child = Command::new("node")
-            .arg("driver.mjs")
-            .current_dir(common::pusher::npm_fixture())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the pusher test needs Node.js 20+ (`node` on PATH)");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self {
-            child,
-            stdin,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Sends a command and waits for the driver to have run it.
-    async fn send(&mut self, command: Value) {
-        let line = format!("{command}\n");
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        let client = command["client"].clone();
-        let cmd = command["cmd"].clone();
-        let done = self
-            .wait(|e| e["client"] == client && (e["type"] == "done" || e["type"] == "failed"))
-            .await;
-        assert_eq!(done["type"], "done", "{command}: {done}");
-        assert_eq!(done["cmd"], cmd);
-        // Taken: the next command's `done` is another line.
-        let at = self.log.iter().rposition(|e| *e == done).unwrap();
-        self.log.remove(at);
-    }
-
-    /// The first event (seen already, or coming) that matches, within [`WAIT`].
-    async fn wait(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
-        self.wait_from(0, matches).await
-    }
-
-    /// The first event from the `from`th on that matches, within [`WAIT`].
-    async fn wait_from(&mut self, from: usize, matches: impl Fn(&Value) -> bool) -> Value {
-        if let Some(found) = self.log[from.min(self.log.len())..]
-            .iter()
-            .find(|e| matches(e))
-        {
-            return found.clone();
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("no such event within {WAIT:?}; got {:#?}", self.log))
-                .expect("reading the driver")
-                .expect("the driver runs");
-            let event: Value = serde_json::from_str(&line).expect("the driver writes JSON");
-            self.log.push(event.clone());
-            if matches(&event) {
-                return event;
-            }
-        }
-    }
-
-    /// Every event so far that matches.
-    fn seen(&self, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.log.iter().filter(|e| matches(e)).cloned().collect()
-    }
-
-    /// Connects `client` to `node` with `secret` as the signing secret; its socket id.
-    async fn connect_with(&mut self, client: &str, node: &Node, key: &str, secret: &str) {
-        self.connect_as(client, node, key, secret, json!({"user_id": client}))
-            .await;
-    }
-
-    /// Connects `client`, the presence member `user` (`{"user_id", "user_info"}`).
-    async fn connect_as(
-        &mut self,
-        client: &str,
-        node: &Node,
-        key: &str,
-        secret: &str,
-        user: Value,
-    ) {
-        let addr = node.addr();
-        let connect = json!({"cmd": "connect", "client": client, "key": key,
-            "host": addr.ip().to_string(), "port": addr.port(), "secret": secret, "user": user});
-        self.send(connect).await;
-    }
-
-    /// Connects `client` as the presence member `user` and waits until it is connected.
-    async fn connect_member(&mut self, client: &str, node: &Node, user: Value) {
-        self.connect_as(client, node, KEY, SECRET, user).await;
-        self.wait(|e| e["client"] == client && e["type"] == "connected")
-            .await;
-    }
-
-    async fn connect(&mut self, client: &str, node: &Node) -> String {
-        self.connect_with(client, node, KEY, SECRET).await;
-        let connected = self
-            .wait(|e| e["client"] == client && e["type"] == "connected")
-            .await;
-        connected["socket_id"].as_str().unwrap().to_owned()
-    }
-
-    async fn subscribe(&mut self, client: &str, channel: &str) {
-        let command = json!({"cmd": "subscribe", "client": client, "channel": channel});
-        self.send(command).await;
-    }
-
-    /// Subscribes and waits for this subscription's `pusher:subscription_succeeded`.
-    async fn subscribed(&mut self, client: &str, channel: &str) {
-        let from = self.log.len();
-        self.subscribe(client, channel).await;
-        self.wait_from(from, |e| {
-            e["client"] == client
-                && e["channel"] == channel
-                && e["event"] == "pusher:subscription_succeeded"
-        })
-        .await;
-    }
-
-    /// The first `event` on `channel` that `client` got.
-    async fn event(&mut self, client: &str, channel: &str, event: &str) -> Value {
-        self.wait(|e| {
-            e["client"] == client
-                && e["type"] == "event"
-                && e["channel"] == channel
-                && e["event"] == event
-        })
-        .await
-    }
-
-    /// Every `event` on `channel` that `client` got so far.
-    fn events(&self, client: &str, channel: &str, event: &str) -> Vec<Value> {
-        self.seen(|e| {
-            e["client"] == client
-                && e["type"] == "event"
-                && e["channel"] == channel
-                && e["event"] == event
-        })
-    }
-
-    async fn stop(mut self) {
-        drop(self.stdin);
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
 }
 
 /// Publishes `message` on `channel` through the push API of `node`.

@@ -16,122 +16,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 
 use common::pusher::raw::Receiver;
+use common::pusher::sdk::{Sdk, ok, sdk};
 use common::{WAIT, Ws, send_text, v1};
 use serde_json::{Value, json};
 use sessionhub::pusher::PusherApp;
 use sessionhub::pusher::request::sign;
 use sessionhub_testkit::{Node, RedisServer};
 
-const SDK_DIR: &str = common::pusher::FIXTURE;
 const APP: &str = "1:app-key:app-secret";
 const OTHER_APP: &str = "2:other-key:other-secret";
 const APP_KEY: &str = "app-key";
 
 fn app() -> PusherApp {
     APP.parse().unwrap()
-}
-
-/// The SDK to drive.
-#[derive(Clone, Copy, Debug)]
-enum Sdk {
-    Node,
-    Python,
-}
-
-/// The venv's python, made under target/ with requirements.txt installed, once per
-/// process; made again when requirements.txt changes.
-fn python_sdk() -> PathBuf {
-    static READY: Mutex<bool> = Mutex::new(false);
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
-    let venv = target.join("pusher-sdk-venv");
-    let python = venv.join("bin/python");
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return python;
-    }
-    let requirements = Path::new(SDK_DIR).join("requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    let stamp = venv.join("installed-requirements.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let _ = std::fs::remove_dir_all(&venv);
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "`python3 -m venv` failed ({status:?}): this test needs Python 3 with venv"
-        );
-        let status = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "pip install -r {} failed ({status:?})",
-            requirements.display()
-        );
-        std::fs::write(&stamp, wanted).unwrap();
-    }
-    *ready = true;
-    python
-}
-
-/// Runs `calls` through `sdk` against `node` as app `app`; one answer per call,
-/// `{"ok": …}` or `{"error": …}`.
-async fn sdk(sdk: Sdk, node: &Node, app: &str, calls: Value) -> Vec<Value> {
-    let app: PusherApp = app.parse().unwrap();
-    let spec = json!({
-        "port": node.addr().port(),
-        "app": {"id": app.id, "key": app.key, "secret": app.secret},
-        "calls": calls,
-    })
-    .to_string();
-    let expected = calls.as_array().unwrap().len();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut command = match sdk {
-            Sdk::Node => {
-                let mut c = Command::new("node");
-                c.current_dir(common::pusher::npm_fixture()).arg("sdk.mjs");
-                c
-            }
-            Sdk::Python => {
-                let mut c = Command::new(python_sdk());
-                c.current_dir(SDK_DIR).arg("sdk.py");
-                c
-            }
-        };
-        command.arg(spec).output().expect("the SDK driver runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let answers: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert_eq!(
-        answers.len(),
-        expected,
-        "{sdk:?} SDK: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    answers
-}
-
-/// The answer of a call that must have succeeded.
-fn ok(answer: &Value) -> &Value {
-    answer
-        .get("ok")
-        .unwrap_or_else(|| panic!("the call failed: {answer}"))
 }
 
 /// A node speaking for the Pusher apps (`presence-` channels have presence with them).

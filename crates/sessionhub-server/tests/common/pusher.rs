@@ -250,3 +250,287 @@ pub mod raw {
         }
     }
 }
+
+/// Unmodified pusher-js clients in one Node process (tests/pusher/driver.mjs), driven by
+/// JSON lines: what tests/pusher.rs and tests/pusher_user.rs run.
+pub mod js {
+    use std::process::Stdio;
+
+    use serde_json::{Value, json};
+    use sessionhub_testkit::Node;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+    use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+    use crate::common::WAIT;
+
+    /// The test app, `ID:KEY:SECRET`.
+    pub const APP: &str = "42:app-key:app-secret";
+    /// Its key.
+    pub const KEY: &str = "app-key";
+    /// Its secret.
+    pub const SECRET: &str = "app-secret";
+
+    /// pusher-js clients in one Node process, and everything they reported.
+    pub struct Clients {
+        child: Child,
+        stdin: ChildStdin,
+        lines: Lines<BufReader<ChildStdout>>,
+        log: Vec<Value>,
+    }
+
+    impl Clients {
+        pub async fn start() -> Self {
+            let mut child = Command::new("node")
+                .arg("driver.mjs")
+                .current_dir(super::npm_fixture())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the pusher test needs Node.js 20+ (`node` on PATH)");
+            let stdin = child.stdin.take().unwrap();
+            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            Self {
+                child,
+                stdin,
+                lines,
+                log: Vec::new(),
+            }
+        }
+
+        /// Sends a command and waits for the driver to have run it.
+        pub async fn send(&mut self, command: Value) {
+            let line = format!("{command}\n");
+            self.stdin.write_all(line.as_bytes()).await.unwrap();
+            let client = command["client"].clone();
+            let cmd = command["cmd"].clone();
+            let done = self
+                .wait(|e| e["client"] == client && (e["type"] == "done" || e["type"] == "failed"))
+                .await;
+            assert_eq!(done["type"], "done", "{command}: {done}");
+            assert_eq!(done["cmd"], cmd);
+            // Taken: the next command's `done` is another line.
+            let at = self.log.iter().rposition(|e| *e == done).unwrap();
+            self.log.remove(at);
+        }
+
+        /// The first event (seen already, or coming) that matches, within [`WAIT`].
+        pub async fn wait(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+            self.wait_from(0, matches).await
+        }
+
+        /// The first event from the `from`th on that matches, within [`WAIT`].
+        pub async fn wait_from(&mut self, from: usize, matches: impl Fn(&Value) -> bool) -> Value {
+            if let Some(found) = self.log[from.min(self.log.len())..]
+                .iter()
+                .find(|e| matches(e))
+            {
+                return found.clone();
+            }
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                    .await
+                    .unwrap_or_else(|_| panic!("no such event within {WAIT:?}; got {:#?}", self.log))
+                    .expect("reading the driver")
+                    .expect("the driver runs");
+                let event: Value = serde_json::from_str(&line).expect("the driver writes JSON");
+                self.log.push(event.clone());
+                if matches(&event) {
+                    return event;
+                }
+            }
+        }
+
+        /// Every event so far that matches.
+        pub fn seen(&self, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+            self.log.iter().filter(|e| matches(e)).cloned().collect()
+        }
+
+        /// Connects `client` to `node` with `secret` as the signing secret; its socket id.
+        pub async fn connect_with(&mut self, client: &str, node: &Node, key: &str, secret: &str) {
+            self.connect_as(client, node, key, secret, json!({"user_id": client}))
+                .await;
+        }
+
+        /// Connects `client`, the presence member `user` (`{"user_id", "user_info"}`).
+        pub async fn connect_as(
+            &mut self,
+            client: &str,
+            node: &Node,
+            key: &str,
+            secret: &str,
+            user: Value,
+        ) {
+            let addr = node.addr();
+            let connect = json!({"cmd": "connect", "client": client, "key": key,
+                "host": addr.ip().to_string(), "port": addr.port(), "secret": secret, "user": user});
+            self.send(connect).await;
+        }
+
+        /// Connects `client` as the presence member `user` and waits until it is connected.
+        pub async fn connect_member(&mut self, client: &str, node: &Node, user: Value) {
+            self.connect_as(client, node, KEY, SECRET, user).await;
+            self.wait(|e| e["client"] == client && e["type"] == "connected")
+                .await;
+        }
+
+        pub async fn connect(&mut self, client: &str, node: &Node) -> String {
+            self.connect_with(client, node, KEY, SECRET).await;
+            let connected = self
+                .wait(|e| e["client"] == client && e["type"] == "connected")
+                .await;
+            connected["socket_id"].as_str().unwrap().to_owned()
+        }
+
+        pub async fn subscribe(&mut self, client: &str, channel: &str) {
+            let command = json!({"cmd": "subscribe", "client": client, "channel": channel});
+            self.send(command).await;
+        }
+
+        /// Subscribes and waits for this subscription's `pusher:subscription_succeeded`.
+        pub async fn subscribed(&mut self, client: &str, channel: &str) {
+            let from = self.log.len();
+            self.subscribe(client, channel).await;
+            self.wait_from(from, |e| {
+                e["client"] == client
+                    && e["channel"] == channel
+                    && e["event"] == "pusher:subscription_succeeded"
+            })
+            .await;
+        }
+
+        /// The first `event` on `channel` that `client` got.
+        pub async fn event(&mut self, client: &str, channel: &str, event: &str) -> Value {
+            self.wait(|e| {
+                e["client"] == client
+                    && e["type"] == "event"
+                    && e["channel"] == channel
+                    && e["event"] == event
+            })
+            .await
+        }
+
+        /// Every `event` on `channel` that `client` got so far.
+        pub fn events(&self, client: &str, channel: &str, event: &str) -> Vec<Value> {
+            self.seen(|e| {
+                e["client"] == client
+                    && e["type"] == "event"
+                    && e["channel"] == channel
+                    && e["event"] == event
+            })
+        }
+
+        pub async fn stop(mut self) {
+            drop(self.stdin);
+            let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+        }
+    }
+}
+
+/// The Pusher server SDKs (Node: tests/pusher/sdk.mjs, Python: tests/pusher/sdk.py in a
+/// venv under target/), one JSON line per call.
+pub mod sdk {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Mutex;
+
+    use serde_json::{Value, json};
+    use sessionhub::pusher::PusherApp;
+    use sessionhub_testkit::Node;
+
+    /// The SDK to drive.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Sdk {
+        Node,
+        Python,
+    }
+
+    /// The venv's python, made under target/ with requirements.txt installed, once per
+    /// process; made again when requirements.txt changes.
+    pub fn python_sdk() -> PathBuf {
+        static READY: Mutex<bool> = Mutex::new(false);
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+        let venv = target.join("pusher-sdk-venv");
+        let python = venv.join("bin/python");
+        let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+        if *ready {
+            return python;
+        }
+        let requirements = Path::new(super::FIXTURE).join("requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).unwrap();
+        let stamp = venv.join("installed-requirements.txt");
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+            let _ = std::fs::remove_dir_all(&venv);
+            let status = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status();
+            assert!(
+                status.as_ref().is_ok_and(|s| s.success()),
+                "`python3 -m venv` failed ({status:?}): this test needs Python 3 with venv"
+            );
+            let status = Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(&requirements)
+                .status();
+            assert!(
+                status.as_ref().is_ok_and(|s| s.success()),
+                "pip install -r {} failed ({status:?})",
+                requirements.display()
+            );
+            std::fs::write(&stamp, wanted).unwrap();
+        }
+        *ready = true;
+        python
+    }
+
+    /// Runs `calls` through `sdk` against `node` as app `app`; one answer per call,
+    /// `{"ok": …}` or `{"error": …}`.
+    pub async fn sdk(sdk: Sdk, node: &Node, app: &str, calls: Value) -> Vec<Value> {
+        let app: PusherApp = app.parse().unwrap();
+        let spec = json!({
+            "port": node.addr().port(),
+            "app": {"id": app.id, "key": app.key, "secret": app.secret},
+            "calls": calls,
+        })
+        .to_string();
+        let expected = calls.as_array().unwrap().len();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut command = match sdk {
+                Sdk::Node => {
+                    let mut c = Command::new("node");
+                    c.current_dir(super::npm_fixture()).arg("sdk.mjs");
+                    c
+                }
+                Sdk::Python => {
+                    let mut c = Command::new(python_sdk());
+                    c.current_dir(super::FIXTURE).arg("sdk.py");
+                    c
+                }
+            };
+            command.arg(spec).output().expect("the SDK driver runs")
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let answers: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(
+            answers.len(),
+            expected,
+            "{sdk:?} SDK: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        answers
+    }
+
+    /// The answer of a call that must have succeeded.
+    pub fn ok(answer: &Value) -> &Value {
+        answer
+            .get("ok")
+            .unwrap_or_else(|| panic!("the call failed: {answer}"))
+    }
+}
