@@ -321,17 +321,29 @@ pub mod js {
 
         /// The first event from the `from`th on that matches, within [`WAIT`].
         pub async fn wait_from(&mut self, from: usize, matches: impl Fn(&Value) -> bool) -> Value {
+            self.wait_from_within(from, WAIT, matches).await
+        }
+
+        /// The first event from the `from`th on that matches, within `within`.
+        pub async fn wait_from_within(
+            &mut self,
+            from: usize,
+            within: std::time::Duration,
+            matches: impl Fn(&Value) -> bool,
+        ) -> Value {
             if let Some(found) = self.log[from.min(self.log.len())..]
                 .iter()
                 .find(|e| matches(e))
             {
                 return found.clone();
             }
-            let deadline = tokio::time::Instant::now() + WAIT;
+            let deadline = tokio::time::Instant::now() + within;
             loop {
                 let line = tokio::time::timeout_at(deadline, self.lines.next_line())
                     .await
-                    .unwrap_or_else(|_| panic!("no such event within {WAIT:?}; got {:#?}", self.log))
+                    .unwrap_or_else(|_| {
+                        panic!("no such event within {within:?}; got {:#?}", self.log)
+                    })
                     .expect("reading the driver")
                     .expect("the driver runs");
                 let event: Value = serde_json::from_str(&line).expect("the driver writes JSON");
@@ -340,6 +352,11 @@ pub mod js {
                     return event;
                 }
             }
+        }
+
+        /// How many events were seen so far: a mark for [`Clients::wait_from`].
+        pub fn mark(&self) -> usize {
+            self.log.len()
         }
 
         /// Every event so far that matches.
@@ -362,9 +379,40 @@ pub mod js {
             secret: &str,
             user: Value,
         ) {
+            self.connect_signing_as(client, node, (key, secret), user, Value::Null)
+                .await;
+        }
+
+        /// Connects `client` with `signin` as pusher-js's user authentication (driver.mjs:
+        /// `{"user_data"}` signed with the app's secret, or sessionhub's `{"endpoint",
+        /// "session"}`) and waits until it is connected; its socket id.
+        pub async fn connect_signing(
+            &mut self,
+            client: &str,
+            node: &Node,
+            signin: Value,
+        ) -> String {
+            let member = json!({"user_id": client});
+            self.connect_signing_as(client, node, (KEY, SECRET), member, signin)
+                .await;
+            let connected = self
+                .wait(|e| e["client"] == client && e["type"] == "connected")
+                .await;
+            connected["socket_id"].as_str().unwrap().to_owned()
+        }
+
+        async fn connect_signing_as(
+            &mut self,
+            client: &str,
+            node: &Node,
+            (key, secret): (&str, &str),
+            user: Value,
+            signin: Value,
+        ) {
             let addr = node.addr();
             let connect = json!({"cmd": "connect", "client": client, "key": key,
-                "host": addr.ip().to_string(), "port": addr.port(), "secret": secret, "user": user});
+                "host": addr.ip().to_string(), "port": addr.port(), "secret": secret,
+                "user": user, "signin": signin});
             self.send(connect).await;
         }
 

@@ -2,7 +2,10 @@
 //
 // Reads one JSON command per line on stdin, writes one JSON event per line on stdout:
 //   {"cmd":"connect","client":"a","key":"k","host":"127.0.0.1","port":8080,"secret":"s",
-//    "user":{"user_id":"1","user_info":{...}}}                (the presence member)
+//    "user":{"user_id":"1","user_info":{...}},                (the presence member)
+//    "signin":{"user_data":{"id":"1","watchlist":[...]}}       (signed with `secret`)
+//          or {"endpoint":"http://…/pusher/user-auth","session":"…"}}  (sessionhub's own)
+//   {"cmd":"signin","client":"a"}                            (pusher.signin())
 //   {"cmd":"subscribe","client":"a","channel":"private-x","bind":["client-e"]}
 //        (signed with `secret`, as an app's auth endpoint would; `bind`: see subscribe)
 //   {"cmd":"unsubscribe","client":"a","channel":"x"}
@@ -10,7 +13,9 @@
 //   {"cmd":"disconnect","client":"a"}
 // Events: {"client","type":"connected","socket_id"}, {"type":"state","current"},
 // {"type":"error","data"}, {"type":"event","channel","event","data"},
-// {"type":"metadata","channel","event","user_id"},
+// {"type":"metadata","channel","event","user_id"}, {"type":"signin","user_data"},
+// {"type":"signin_error","data"}, {"type":"user_event","event","data"} (pusher.user),
+// {"type":"watchlist","name","user_ids"} (pusher.user.watchlist),
 // {"type":"done","cmd"} after every command; {"type":"failed","message"} on a bad command.
 import { createHmac } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -19,8 +24,27 @@ import Pusher from 'pusher-js';
 const clients = new Map();
 const say = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
-function connect({ client, key, host, port, secret, user }) {
+// pusher-js's userAuthentication: signing `user_data` as an app's backend would, or
+// sessionhub's built-in endpoint for the HTTP session `session` (in the x-auth-token
+// header: Node's XMLHttpRequest sends no Cookie).
+function userAuthentication(key, secret, signin) {
+  if (signin?.endpoint) {
+    return { endpoint: signin.endpoint, transport: 'ajax', headers: { 'x-auth-token': signin.session } };
+  }
+  return {
+    customHandler: ({ socketId }, callback) => {
+      const user_data = JSON.stringify(signin?.user_data ?? {});
+      const signature = createHmac('sha256', secret)
+        .update(`${socketId}::user::${user_data}`)
+        .digest('hex');
+      callback(null, { auth: `${key}:${signature}`, user_data });
+    },
+  };
+}
+
+function connect({ client, key, host, port, secret, user, signin }) {
   const pusher = new Pusher(key, {
+    userAuthentication: userAuthentication(key, secret, signin),
     cluster: 'unused',
     wsHost: host,
     wsPort: port,
@@ -50,6 +74,18 @@ function connect({ client, key, host, port, secret, user }) {
   pusher.connection.bind('error', (error) =>
     say({ client, type: 'error', data: error?.data ?? error?.error ?? null }),
   );
+  pusher.bind('pusher:signin_success', (data) =>
+    say({ client, type: 'signin', user_data: JSON.parse(data.user_data) }),
+  );
+  pusher.user.bind('pusher:signin_error', (data) => say({ client, type: 'signin_error', data }));
+  pusher.user.bind_global((event, data) => {
+    if (event !== 'pusher:signin_error') say({ client, type: 'user_event', event, data });
+  });
+  for (const name of ['online', 'offline']) {
+    pusher.user.watchlist.bind(name, ({ user_ids }) =>
+      say({ client, type: 'watchlist', name, user_ids }),
+    );
+  }
   clients.set(client, pusher);
 }
 
@@ -80,6 +116,7 @@ const commands = {
     if (!sent) throw new Error(`trigger ${event} on ${channel} was not sent`);
   },
   disconnect: ({ client }) => clients.get(client).disconnect(),
+  signin: ({ client }) => clients.get(client).signin(),
 };
 
 const lines = createInterface({ input: process.stdin });

@@ -3,7 +3,7 @@
 // tests/pusher_auth.rs.
 //
 // node sdk.mjs '<json>' with {"port", "app": {"id", "key", "secret"}, "calls": [...]}: each
-// call is {"call": "trigger" | "triggerBatch" | "get" | "terminateUserConnections" |
+// call is {"call": "trigger" | "triggerBatch" | "get" | "sendToUser" | "terminateUserConnections" |
 // "webhook" | "authorizeChannel" | "authenticateUser", ...its arguments}; prints one JSON
 // line per call, {"ok": <answer>} or {"error": {"status", "body", "message"}}.
 import Pusher from "pusher";
@@ -27,6 +27,8 @@ async function run(call) {
       return (await pusher.triggerBatch(call.batch)).json();
     case "get":
       return (await pusher.get({ path: call.path, params: call.params || {} })).json();
+    case "sendToUser":
+      return (await pusher.sendToUser(call.user, call.event, call.data)).json();
     case "terminateUserConnections":
       return (await pusher.terminateUserConnections(call.user)).json();
     case "webhook": {
