@@ -1360,6 +1360,50 @@ mod tests {
         assert!(leave.get("info").is_none(), "{leave}");
     }
 
+    /// A renamed connection (a Pusher socket that signed in) is its new user's for commands
+    /// and counts, and a presence channel it joined before stays counted as its old user.
+    #[tokio::test]
+    async fn a_renamed_connection_is_its_new_user_s() {
+        let hub = super::Hub::local("node-a");
+        let presence = std::sync::Arc::new(crate::presence::LocalPresence::new(&hub));
+        let channels = crate::presence::PresenceChannels::new(["room:"]);
+        assert!(hub.track_presence(channels, presence));
+        let user = |id: &str| -> crate::protocol::UserId { id.parse().unwrap() };
+        hub.track_users();
+        let mut watcher = hub.connect(&user("watcher"));
+        watcher.join("room:1").await.unwrap();
+        assert_eq!(next_event(&watcher).await["user"], "watcher");
+        let mut socket = hub.connect(&user("anon"));
+        socket.join("room:1").await.unwrap();
+        assert_eq!(next_event(&watcher).await["user"], "anon");
+        socket.rename(&user("ann"));
+        assert_eq!(hub.local_connections(&user("anon")), 0);
+        assert_eq!(hub.local_connections(&user("ann")), 1);
+        assert_eq!(
+            hub.online(),
+            super::Online {
+                online: 2,
+                users: 2
+            }
+        );
+        let changes = hub.take_user_changes(10);
+        let want = [(user("watcher"), 1), (user("ann"), 1)];
+        assert_eq!(changes, want.into_iter().collect(), "anon came and went");
+        let close = Outbound::Close(4000, "");
+        assert_eq!(hub.command_local(&user("ann"), None, &close), 1);
+        assert_eq!(hub.command_local(&user("anon"), None, &close), 0);
+        drop(socket);
+        let leave = next_event(&watcher).await;
+        assert_eq!(
+            (&leave["type"], &leave["user"]),
+            (&"leave".into(), &"anon".into())
+        );
+        assert_eq!(
+            hub.take_user_changes(10),
+            [(user("ann"), -1)].into_iter().collect()
+        );
+    }
+
     #[tokio::test]
     async fn the_outbox_is_bounded_and_keeps_order() {
         let outbox = Outbox::default();
