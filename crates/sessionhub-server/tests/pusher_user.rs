@@ -1,7 +1,8 @@
 //! Pusher user sign-in on real sessionhub processes: unmodified pusher-js 8 (`signin()`,
 //! `pusher.user.bind`, `pusher.user.watchlist.bind`) signed by an app's own signer or by
 //! sessionhub's `/pusher/user-auth`, the Node server SDK's `sendToUser` and
-//! `terminateUserConnections`, on one node and on three nodes sharing a Redis, and what
+//! `terminateUserConnections`, on one node, on three nodes sharing a Redis (a node killed
+//! with a watched user on it), on NATS and on a Redis Cluster, and what
 //! pusher-js never sends (a forged sign-in, bad `user_data`, a second sign-in, another
 //! user's `#server-to-user-` channel) over a raw WebSocket.
 //!
@@ -336,4 +337,90 @@ async fn three_nodes_deliver_to_users_and_track_watchlists_cluster_wide() {
     );
     drop(ann);
     clients.stop().await;
+}
+
+/// The next `pusher_internal:watchlist_events` on a raw socket (other frames skipped).
+async fn next_watchlist(ws: &mut Ws) -> Value {
+    loop {
+        let event = next_event(ws).await;
+        if event["event"] == "pusher_internal:watchlist_events" {
+            return event;
+        }
+    }
+}
+
+/// `sendToUser` (the HTTP API, signed as the SDKs sign) posted to the last node reaches a
+/// user signed in on the first, and a watcher on the last hears a user come online on the
+/// first and go offline: on whatever backend `nodes` share.
+async fn users_across(nodes: &[Node]) {
+    for node in nodes {
+        common::wait_ready(&common::http(), &node.http(), true, WAIT).await;
+    }
+    let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
+    let (mut ann, _) = signed_in(first, json!({"id": "ann"})).await;
+    let (mut watcher, _) =
+        signed_in(last, json!({"id": "watcher", "watchlist": ["ann", "bob"]})).await;
+    let first_look = next_event(&mut watcher).await;
+    assert_eq!(
+        first_look["data"]["events"],
+        json!([{"name": "online", "user_ids": ["ann"]}, {"name": "offline", "user_ids": ["bob"]}])
+    );
+    let body = json!({"name": "note", "data": "{\"n\":1}", "channels": ["#server-to-user-ann"]});
+    let (status, answer) = common::pusher::signed_post(last, APP, "/apps/42/events", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = expect_event(&mut ann, "note", "#server-to-user-ann").await;
+    assert_eq!(got["data"], json!({"n": 1}));
+    let bob = signed_in(first, json!({"id": "bob"})).await;
+    let online = next_watchlist(&mut watcher).await;
+    drop(bob);
+    let offline = next_watchlist(&mut watcher).await;
+    assert_eq!(
+        [&online["data"]["events"], &offline["data"]["events"]],
+        [
+            &json!([{"name": "online", "user_ids": ["bob"]}]),
+            &json!([{"name": "offline", "user_ids": ["bob"]}])
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_watchlists_work_over_nats() {
+    let nats = sessionhub_testkit::NatsServer::start_async().await;
+    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let args = [
+                "--nats",
+                &nats.url(),
+                "--redis",
+                &redis.url(),
+                "--node-id",
+                &name,
+            ];
+            common::node(&[&args[..], &["--pusher-app", APP]].concat())
+        })
+        .collect();
+    users_across(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_watchlists_work_on_a_redis_cluster() {
+    let cluster = sessionhub_testkit::RedisCluster::start_async().await;
+    let seeds = cluster.urls().join(",");
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let args = [
+                "--redis-cluster",
+                &seeds,
+                "--node-id",
+                &name,
+                "--pusher-app",
+                APP,
+            ];
+            common::node(&args)
+        })
+        .collect();
+    users_across(&nodes).await;
 }
