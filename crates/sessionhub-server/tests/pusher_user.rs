@@ -312,6 +312,17 @@ async fn three_nodes_deliver_to_users_and_track_watchlists_cluster_wide() {
         "one online, one offline: {bob_events:?}"
     );
 
+    // The longest watchlist Pusher allows: taken, every watched user looked up at once.
+    let hundred: Vec<String> = (0..100).map(|n| format!("w{n}")).collect();
+    let started = Instant::now();
+    let (mut big, _) = signed_in(&nodes[1], json!({"id": "big", "watchlist": hundred})).await;
+    let look = next_watchlist(&mut big).await;
+    eprintln!("a sign-in watching 100 users took {:?}", started.elapsed());
+    let events = look["data"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{look}");
+    assert_eq!(events[0]["name"], "offline");
+    assert_eq!(events[0]["user_ids"].as_array().unwrap().len(), 100);
+
     // terminate_connections posted to node 1 closes dan's signed-in socket on node 2.
     let (mut dan, _) = signed_in(&nodes[2], json!({"id": "dan"})).await;
     node_sdk(
