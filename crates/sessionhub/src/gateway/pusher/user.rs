@@ -203,3 +203,65 @@ async fn join(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Envelope, Publication};
+
+    fn publication(data: tungstenite::Utf8Bytes) -> Publication {
+        Publication {
+            offset: 0,
+            epoch: "".into(),
+            data,
+        }
+    }
+
+    /// A `join` or `leave` of `user`'s sign-ins, as the hub's presence tracker sends it.
+    fn change(kind: &str, user: &str, version: u64) -> Delivery {
+        let channel = user::user_channel(user);
+        let frame =
+            serde_json::json!({"type": kind, "channel": channel, "user": user, "version": version});
+        let events = presence_events_channel(&channel);
+        Delivery::new(&events, publication(frame.to_string().into()))
+    }
+
+    #[test]
+    fn a_watched_user_s_change_is_told_once_and_an_excluded_socket_skips_user_events() {
+        let mut signed = SignedIn {
+            user: SignedInUser::parse(r#"{"id":"me"}"#).unwrap(),
+            channel: user::user_channel("me"),
+            watched: [("ann".to_owned(), true)].into(),
+            hub_channels: 2,
+        };
+        let told = |frame: Option<Utf8Bytes>| frame.map(|f| f.as_str().to_owned());
+        assert_eq!(
+            told(signed.outbound(&change("join", "ann", 1), "1.1")),
+            None,
+            "online already, as the first look found"
+        );
+        let offline = told(signed.outbound(&change("leave", "ann", 2), "1.1")).unwrap();
+        assert!(offline.contains(r#"\"name\":\"offline\""#), "{offline}");
+        assert_eq!(
+            told(signed.outbound(&change("leave", "ann", 3), "1.1")),
+            None
+        );
+        assert_eq!(
+            told(signed.outbound(&change("join", "bob", 1), "1.1")),
+            None,
+            "not watched"
+        );
+        let envelope = Envelope {
+            event: Some("note".into()),
+            except: Some("1.1".into()),
+            user: None,
+        };
+        let note = Delivery::new(&signed.channel, publication(envelope.wrap("{}")));
+        assert_eq!(told(signed.outbound(&note, "1.1")), None);
+        let sent = told(signed.outbound(&note, "1.2")).unwrap();
+        assert!(
+            sent.starts_with(r##"{"event":"note","channel":"#server-to-user-me""##),
+            "{sent}"
+        );
+    }
+}
