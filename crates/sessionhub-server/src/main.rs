@@ -649,12 +649,16 @@ async fn shutdown_signal() {
 }
 
 /// The Pusher apps of `--pusher-app` and the config file; those without a webhook URL of
-/// their own take `--pusher-webhook`'s, and `--pusher-client-events` enables client events
-/// for all of them.
+/// their own take `--pusher-webhook`'s (and `--pusher-encryption-master-key`'s), and
+/// `--pusher-client-events` enables client events for all of them.
 fn pusher_apps(args: &Serve) -> anyhow::Result<PusherApps> {
     let apps = args.pusher_apps.iter().cloned().map(|mut app| {
         if app.webhook_url.is_none() {
             app.webhook_url.clone_from(&args.pusher_webhook);
+        }
+        if app.encryption_master_key.is_none() {
+            app.encryption_master_key
+                .clone_from(&args.pusher_encryption_master_key);
         }
         app.client_events |= args.pusher_client_events;
         app

@@ -13,6 +13,7 @@ pub mod event;
 pub mod request;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -41,6 +42,39 @@ pub struct PusherApp {
     pub max_event_bytes: usize,
     /// Where the app's webhooks go, if anywhere.
     pub webhook_url: Option<String>,
+    /// The app's encryption master key (32 bytes), if the server is to authorize
+    /// `private-encrypted-` channels itself: the built-in auth endpoint then hands out each
+    /// channel's `shared_secret`. The server still never decrypts: publishers encrypt.
+    pub encryption_master_key: Option<EncryptionMasterKey>,
+}
+
+/// A Pusher app's encryption master key: 32 bytes, configured in base64 as the Pusher
+/// server SDKs take it (`encryptionMasterKeyBase64`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionMasterKey([u8; 32]);
+
+impl fmt::Debug for EncryptionMasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A key is never logged.
+        f.write_str("EncryptionMasterKey(..)")
+    }
+}
+
+/// An encryption master key that is not 32 bytes in base64.
+#[derive(Debug, thiserror::Error)]
+#[error("an encryption master key is 32 bytes in base64 (openssl rand -base64 32)")]
+pub struct InvalidMasterKey;
+
+impl FromStr for EncryptionMasterKey {
+    type Err = InvalidMasterKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| InvalidMasterKey)?;
+        Ok(Self(bytes.try_into().map_err(|_| InvalidMasterKey)?))
+    }
 }
 
 impl PusherApp {
@@ -57,7 +91,21 @@ impl PusherApp {
             max_user_info_bytes: 1_000,
             max_event_bytes: 10_240,
             webhook_url: None,
+            encryption_master_key: None,
         }
+    }
+
+    /// The `shared_secret` of encrypted channel `channel`, in base64, as Pusher derives it:
+    /// SHA-256 of the channel name followed by the master key. None without a master key.
+    pub fn shared_secret(&self, channel: &str) -> Option<String> {
+        use base64::Engine;
+        use sha2::Digest;
+        let key = self.encryption_master_key.as_ref()?;
+        let digest = Sha256::new()
+            .chain_update(channel.as_bytes())
+            .chain_update(key.0)
+            .finalize();
+        Some(base64::engine::general_purpose::STANDARD.encode(digest))
     }
 
     /// HMAC-SHA256 of `message` with the app's secret, in lowercase hex: how Pusher signs
@@ -195,6 +243,26 @@ mod tests {
         assert!(app.verify("1234.1234:private-foobar", &signature.to_uppercase()));
         assert!(!app.verify("1234.1234:private-foobaz", &signature));
         assert!(!app.verify("1234.1234:private-foobar", "not hex"));
+    }
+
+    #[test]
+    fn shared_secrets_are_sha256_of_the_channel_and_the_master_key() {
+        let mut app = PusherApp::new("1", "key", "secret");
+        assert_eq!(app.shared_secret("private-encrypted-a"), None);
+        // 32 bytes "01234567890123456789012345678901", as Pusher's SDK examples use.
+        let key = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+        app.encryption_master_key = Some(key.parse().unwrap());
+        // sha256("private-encrypted-a" + key bytes), base64: computed independently with
+        // `printf %s private-encrypted-a01234567890123456789012345678901 | openssl dgst
+        // -sha256 -binary | base64`.
+        assert_eq!(
+            app.shared_secret("private-encrypted-a").as_deref(),
+            Some("OaSNicEQhvgdc4eu4sum89NyQCnNOMP2wDIA2tge76Y=")
+        );
+        for bad in ["", "not base64!", "MDEy", &format!("{key}{key}")] {
+            assert!(bad.parse::<EncryptionMasterKey>().is_err(), "{bad:?}");
+        }
+        assert!(!format!("{app:?}").contains(key));
     }
 
     #[test]
