@@ -585,6 +585,7 @@ struct PusherAppEntry {
     max_event_bytes: Option<usize>,
     webhook_url: Option<String>,
     encryption_master_key_base64: Option<String>,
+    namespace: Option<String>,
 }
 
 /// The apps of the config file's `[pusher]` section (`[[pusher.apps]]` tables), added to
@@ -616,6 +617,7 @@ fn pusher_section(section: toml::Value) -> anyhow::Result<Vec<sessionhub::pusher
                 .as_deref()
                 .map(str::parse)
                 .transpose()?;
+            app.namespace = entry.namespace;
             Ok(app)
         })
         .collect()

@@ -192,13 +192,16 @@ async fn run(
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
     let mut presence_prefixes = args.presence_channels.clone();
-    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken.
-    if !pusher.is_empty()
-        && !presence_prefixes
+    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken, in
+    // each app's namespace.
+    for app in pusher.iter() {
+        let prefix = format!("{}presence-", app.namespace());
+        if !presence_prefixes
             .iter()
-            .any(|p| "presence-".starts_with(p.as_str()))
-    {
-        presence_prefixes.push("presence-".to_owned());
+            .any(|p| prefix.starts_with(p.as_str()))
+        {
+            presence_prefixes.push(prefix);
+        }
     }
     gateway = gateway.with_pusher(pusher);
     let channels = PresenceChannels::new(presence_prefixes);
