@@ -452,6 +452,18 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_PUSHER_WEBHOOK", value_name = "URL")]
     pub(crate) pusher_webhook: Option<String>,
 
+    /// The encryption master key (32 bytes in base64, as the Pusher server SDKs'
+    /// `encryptionMasterKeyBase64`) of the --pusher-app apps: with it the built-in
+    /// /pusher/auth authorizes `private-encrypted-` channels, handing out their
+    /// `shared_secret`. The server never decrypts.
+    #[arg(
+        long,
+        env = "SESSIONHUB_PUSHER_ENCRYPTION_MASTER_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub(crate) pusher_encryption_master_key: Option<sessionhub::pusher::EncryptionMasterKey>,
+
     /// Let the clients of every Pusher app send client events (`client-…` on private and
     /// presence channels, to the channel's other subscribers); off, as on Pusher, unless
     /// this or an app's own `client_events` in the config file turns them on.
@@ -572,6 +584,8 @@ struct PusherAppEntry {
     max_user_info_bytes: Option<usize>,
     max_event_bytes: Option<usize>,
     webhook_url: Option<String>,
+    encryption_master_key_base64: Option<String>,
+    namespace: Option<String>,
 }
 
 /// The apps of the config file's `[pusher]` section (`[[pusher.apps]]` tables), added to
@@ -598,6 +612,12 @@ fn pusher_section(section: toml::Value) -> anyhow::Result<Vec<sessionhub::pusher
             app.max_user_info_bytes = entry.max_user_info_bytes.unwrap_or(app.max_user_info_bytes);
             app.max_event_bytes = entry.max_event_bytes.unwrap_or(app.max_event_bytes);
             app.webhook_url = entry.webhook_url;
+            app.encryption_master_key = entry
+                .encryption_master_key_base64
+                .as_deref()
+                .map(str::parse)
+                .transpose()?;
+            app.namespace = entry.namespace;
             Ok(app)
         })
         .collect()

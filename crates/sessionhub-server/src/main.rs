@@ -192,18 +192,20 @@ async fn run(
         gateway = gateway.with_hooks(Arc::new(hooks));
     }
     let mut presence_prefixes = args.presence_channels.clone();
-    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken, and so
-    // are its signed-in users' channels, whose presence is who is online (watchlists).
-    if !pusher.is_empty() {
-        for prefix in [
+    // Pusher's `presence-` channels are presence channels wherever Pusher is spoken, in
+    // each app's namespace, and so are its signed-in users' channels, whose presence is
+    // who is online (watchlists).
+    for app in pusher.iter() {
+        for kind in [
             "presence-",
             sessionhub::protocol::pusher_user::USER_CHANNEL_PREFIX,
         ] {
+            let prefix = format!("{}{kind}", app.namespace());
             if !presence_prefixes
                 .iter()
                 .any(|p| prefix.starts_with(p.as_str()))
             {
-                presence_prefixes.push(prefix.to_owned());
+                presence_prefixes.push(prefix);
             }
         }
     }
@@ -656,12 +658,16 @@ async fn shutdown_signal() {
 }
 
 /// The Pusher apps of `--pusher-app` and the config file; those without a webhook URL of
-/// their own take `--pusher-webhook`'s, and `--pusher-client-events` enables client events
-/// for all of them.
+/// their own take `--pusher-webhook`'s (and `--pusher-encryption-master-key`'s), and
+/// `--pusher-client-events` enables client events for all of them.
 fn pusher_apps(args: &Serve) -> anyhow::Result<PusherApps> {
     let apps = args.pusher_apps.iter().cloned().map(|mut app| {
         if app.webhook_url.is_none() {
             app.webhook_url.clone_from(&args.pusher_webhook);
+        }
+        if app.encryption_master_key.is_none() {
+            app.encryption_master_key
+                .clone_from(&args.pusher_encryption_master_key);
         }
         app.client_events |= args.pusher_client_events;
         app

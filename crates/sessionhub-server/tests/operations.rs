@@ -216,6 +216,16 @@ fn pusher_apps_in_the_config_file_are_checked_at_start() {
         &["--pusher-app", "2:k:t"],
         "two Pusher apps share the key \"k\"",
     );
+    refused(
+        &format!("{app}encryption_master_key_base64 = \"MDEy\"\n"),
+        &[],
+        "an encryption master key is 32 bytes in base64",
+    );
+    refused(
+        app,
+        &["--pusher-encryption-master-key", "not base64"],
+        "an encryption master key is 32 bytes in base64",
+    );
 }
 
 #[test]

@@ -191,30 +191,11 @@ async fn pusher_js_subscribes_with_the_built_in_endpoint() {
     let node = pusher_node(&[]);
     let base = node.http();
     let alice = login(&base, "alice").await;
+    let port = node.addr().port();
     let run = |session: String, channels: Value| {
-        let port = node.addr().port();
-        async move {
-            common::pusher::npm_fixture();
-            let spec =
-                json!({"key": "app-key", "port": port, "session": session, "channels": channels});
-            let run = tokio::process::Command::new("node")
-                .arg("auth_driver.mjs")
-                .arg(spec.to_string())
-                .current_dir(SDK_DIR)
-                .output();
-            let output = tokio::time::timeout(common::WAIT * 4, run)
-                .await
-                .expect("pusher-js finishes in time")
-                .expect("node runs (Node.js 20+ on PATH)");
-            let mut lines: Vec<Value> = String::from_utf8(output.stdout)
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect();
-            assert!(output.status.success(), "auth_driver.mjs failed: {lines:?}");
-            lines.sort_by_key(|line| line["channel"].to_string());
-            lines
-        }
+        auth_driver(
+            json!({"key": "app-key", "port": port, "session": session, "channels": channels}),
+        )
     };
     let lines = run(
         alice,
@@ -234,6 +215,90 @@ async fn pusher_js_subscribes_with_the_built_in_endpoint() {
     assert_eq!(
         lines,
         [json!({"channel": "private-chat-1", "error": {"type": "AuthError", "status": 403}})]
+    );
+}
+
+/// What tests/pusher/auth_driver.mjs (unmodified pusher-js) prints for `spec`, one line per
+/// channel, sorted by channel.
+async fn auth_driver(spec: Value) -> Vec<Value> {
+    common::pusher::npm_fixture();
+    let run = tokio::process::Command::new("node")
+        .arg("auth_driver.mjs")
+        .arg(spec.to_string())
+        .current_dir(SDK_DIR)
+        .output();
+    let output = tokio::time::timeout(common::WAIT * 4, run)
+        .await
+        .expect("pusher-js finishes in time")
+        .expect("node runs (Node.js 20+ on PATH)");
+    let mut lines: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(output.status.success(), "auth_driver.mjs failed: {lines:?}");
+    lines.sort_by_key(|line| line["channel"].to_string());
+    lines
+}
+
+/// An app configured with an encryption master key (32 bytes, base64, as Pusher's SDKs take
+/// it): the endpoint authorizes `private-encrypted-` channels with Pusher's answer, `auth`
+/// and the channel's `shared_secret`, byte for byte what Pusher's Node SDK answers with the
+/// same key; and end to end, an event the SDK encrypts and publishes through the server
+/// reaches unmodified pusher-js decrypted with the secret the endpoint gave.
+#[tokio::test]
+async fn encrypted_channels_get_their_shared_secret_from_the_master_key() {
+    // "01234567890123456789012345678901", Pusher's SDK examples' key.
+    let master = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+    let node = pusher_node(&[
+        "--pusher-encryption-master-key",
+        master,
+        "--channel-rule",
+        "private-encrypted-=subscribe",
+    ]);
+    let base = node.http();
+    let alice = login(&base, "alice").await;
+    let channel = "private-encrypted-chat-1";
+    let form = [("socket_id", "1234.5678"), ("channel_name", channel)];
+    let (status, answer) = post_form(&base, "/pusher/auth", Some(&alice), &form).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["auth"],
+        format!(
+            "app-key:{}",
+            hmac_hex("app-secret", "1234.5678:private-encrypted-chat-1")
+        )
+    );
+    let (id, secret) = ("7", "app-secret");
+    let sdk = {
+        let app = json!({"id": id, "key": "app-key", "secret": secret, "masterKey": master});
+        let call =
+            json!({"call": "authorizeChannel", "socket_id": "1234.5678", "channel": channel});
+        let spec = json!({"port": 1, "app": app, "calls": [call]});
+        async move {
+            common::pusher::npm_fixture();
+            let output = tokio::process::Command::new("node")
+                .arg("sdk.mjs")
+                .arg(spec.to_string())
+                .current_dir(SDK_DIR)
+                .output()
+                .await
+                .unwrap();
+            let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+            line["ok"].clone()
+        }
+    };
+    assert_eq!(sdk.await, answer);
+
+    let data = json!({"text": "for alice's eyes"});
+    let lines = auth_driver(json!({
+        "key": "app-key", "port": node.addr().port(), "session": alice, "channels": [channel],
+        "publish": {"app": {"id": id, "secret": secret, "masterKey": master},
+                    "channel": channel, "event": "secret-note", "data": data}}))
+    .await;
+    assert_eq!(
+        lines,
+        [json!({"channel": channel, "event": "secret-note", "data": data})]
     );
 }
 

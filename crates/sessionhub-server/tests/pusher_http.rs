@@ -31,6 +31,9 @@ use sessionhub_testkit::{Node, RedisServer};
 const APP: &str = "1:app-key:app-secret";
 const OTHER_APP: &str = "2:other-key:other-secret";
 const APP_KEY: &str = "app-key";
+/// Where APP's channels live among the hub's: with two apps, each has its own namespace,
+/// `{id}:` by default.
+const NAMESPACE: &str = "1:";
 
 fn app() -> PusherApp {
     APP.parse().unwrap()
@@ -50,10 +53,12 @@ fn pusher_node(extra: &[&str]) -> Node {
     common::node(&args)
 }
 
-/// A protocol v1 connection of `user` on `node`, subscribed to `channel`.
+/// A protocol v1 connection of `user` on `node`, subscribed to APP's channel `channel`
+/// (the hub's `1:{channel}`).
 async fn subscriber(node: &Node, user: &str, channel: &str) -> Ws {
+    let channel = format!("{NAMESPACE}{channel}");
     let (mut ws, _) = v1::open_v1(&node.ws(), user).await.expect("connects");
-    send_text(&mut ws, &v1::subscribe_frame(channel, None)).await;
+    send_text(&mut ws, &v1::subscribe_frame(&channel, None)).await;
     loop {
         match tokio::time::timeout(WAIT, v1::read_frame(&mut ws))
             .await
@@ -67,7 +72,7 @@ async fn subscriber(node: &Node, user: &str, channel: &str) -> Ws {
     }
 }
 
-/// The next publication `ws` gets: its channel and data.
+/// The next publication `ws` gets: its channel, as APP names it, and data.
 async fn next_publication(ws: &mut Ws) -> (String, Value) {
     loop {
         match tokio::time::timeout(WAIT, v1::read_frame(ws))
@@ -75,7 +80,11 @@ async fn next_publication(ws: &mut Ws) -> (String, Value) {
             .expect("a publication in time")
             .unwrap()
         {
-            v1::Frame::Publication { channel, data, .. } => return (channel, data),
+            v1::Frame::Publication { channel, data, .. } => {
+                let name = channel.strip_prefix(NAMESPACE);
+                let name = name.unwrap_or_else(|| panic!("{channel} is not APP's"));
+                return (name.to_owned(), data);
+            }
             v1::Frame::Closed(code) => panic!("closed ({code:?}) instead of a publication"),
             _ => {}
         }
@@ -638,9 +647,9 @@ async fn webhooks_in_pusher_s_format_pass_both_sdk_validators() {
         assert_eq!(header(headers, "content-type"), "application/json");
     }
     sdks_validate(&node, &posts).await;
-    // The other app of the command line gets the same events, under its own key.
-    assert_eq!(pusher.posts(Some("other-key")).len(), 4);
-    assert_eq!(pusher.posts(None).len(), 8, "no post under another key");
+    // The other app of the command line has channels of its own: it hears nothing of APP's.
+    assert_eq!(pusher.posts(Some("other-key")).len(), 0);
+    assert_eq!(pusher.posts(None).len(), 4, "no post under another key");
 
     // sessionhub's own format still goes to its own URL, signed its own way.
     let own = own.posts(None);

@@ -198,7 +198,9 @@ impl Delivery {
                     .unwrap_or(crate::broker::DEFAULT_EVENT);
                 let user = envelope.and_then(|e| e.user.as_deref());
                 let data = self.publication.data.as_str();
-                pusher::event(event, &self.channel, data, user).into()
+                // Every Pusher subscriber of a hub channel belongs to the app whose
+                // namespace it is in, and knows the channel by its Pusher name.
+                pusher::event(event, pusher::pusher_name(&self.channel), data, user).into()
             })
             .clone()
     }

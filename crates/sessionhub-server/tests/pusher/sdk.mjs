@@ -2,8 +2,10 @@
 // node, for crates/sessionhub-server/tests/pusher_http.rs, and signs as the SDK signs, for
 // tests/pusher_auth.rs.
 //
-// node sdk.mjs '<json>' with {"port", "app": {"id", "key", "secret"}, "calls": [...]}: each
-// call is {"call": "trigger" | "triggerBatch" | "get" | "sendToUser" | "terminateUserConnections" |
+// node sdk.mjs '<json>' with {"port", "app": {"id", "key", "secret"[, "masterKey"]}, "calls": [...]}
+// (masterKey: the encryption master key, base64, for encrypted channels): each
+// call is {"call": "trigger" | "triggerBatch" | "get" | "sendToUser" |
+// "terminateUserConnections" |
 // "webhook" | "authorizeChannel" | "authenticateUser", ...its arguments}; prints one JSON
 // line per call, {"ok": <answer>} or {"error": {"status", "body", "message"}}.
 import Pusher from "pusher";
@@ -17,6 +19,7 @@ const pusher = new Pusher({
   port: String(port),
   useTLS: false,
   timeout: 5000,
+  encryptionMasterKeyBase64: app.masterKey,
 });
 
 async function run(call) {

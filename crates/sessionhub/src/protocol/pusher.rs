@@ -14,7 +14,8 @@
 //!
 //! # Channel names
 //!
-//! A Pusher channel is the sessionhub channel of the same name: a publication on
+//! A Pusher channel is the sessionhub channel of the same name, behind its app's namespace
+//! (none when the server has one app; see `PusherApp::namespace`): a publication on
 //! `private-orders` through protocol v1 or the server API reaches the Pusher clients of
 //! `private-orders`, and theirs reach v1 clients. Pusher allows `[-a-zA-Z0-9_=@,.;]`, up to
 //! 164 characters; sessionhub channels are `[-a-zA-Z0-9_.@:]`, up to 160
@@ -130,8 +131,10 @@ impl ChannelKind {
 
 /// Whether `channel` is a cache channel (`cache-`, `private-cache-`, `presence-cache-`,
 /// `private-encrypted-cache-`): its publications are kept and the last one is replayed to
-/// every new subscriber.
+/// every new subscriber. `channel` may be the hub channel that carries it, in its app's
+/// namespace.
 pub fn is_cache_channel(channel: &str) -> bool {
+    let channel = pusher_name(channel);
     [
         "cache-",
         "private-cache-",
@@ -155,8 +158,8 @@ pub enum ChannelNameError {
     Unsupported,
 }
 
-/// Checks a Pusher channel name and gives the sessionhub channel that carries it (the same
-/// name; see the module doc).
+/// Checks a Pusher channel name: the name itself if sessionhub carries it (the app puts its
+/// namespace in front; see the module doc).
 pub fn hub_channel(channel: &str) -> Result<&str, ChannelNameError> {
     let pusher = !channel.is_empty()
         && channel.len() <= MAX_PUSHER_CHANNEL_LEN
@@ -170,6 +173,12 @@ pub fn hub_channel(channel: &str) -> Result<&str, ChannelNameError> {
         return Err(ChannelNameError::Unsupported);
     }
     Ok(channel)
+}
+
+/// The Pusher name of sessionhub channel `hub` as its app's clients know it: the part after
+/// the app's namespace, which ends in the last `:` (no Pusher name holds one).
+pub fn pusher_name(hub: &str) -> &str {
+    hub.rsplit(':').next().unwrap_or(hub)
 }
 
 /// A frame a Pusher client sends.

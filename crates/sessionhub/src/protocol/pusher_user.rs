@@ -27,9 +27,17 @@ pub fn user_channel(user: &str) -> String {
     [USER_CHANNEL_PREFIX, user].concat()
 }
 
-/// The user whose channel `channel` is, if it is one and names a valid user id.
+/// The user whose channel `channel` (a Pusher name) is, if it is one and names a user id
+/// a sign-in may have.
 pub fn user_of_channel(channel: &str) -> Option<UserId> {
-    channel.strip_prefix(USER_CHANNEL_PREFIX)?.parse().ok()
+    signed_in_id(channel.strip_prefix(USER_CHANNEL_PREFIX)?)
+}
+
+/// `id` as the id of a signed-in user: a sessionhub user id without `:` (so letters,
+/// digits and `- _ . @`, all of which Pusher allows), since a `:` would end an app's
+/// namespace in the hub channel that carries the user's `#server-to-user-` channel.
+fn signed_in_id(id: &str) -> Option<UserId> {
+    id.parse().ok().filter(|_| !id.contains(':'))
 }
 
 /// The message a sign-in's `auth` signs: `socket_id::user::user_data`.
@@ -57,10 +65,10 @@ pub enum UserDataError {
     #[error("user_data is the text of a JSON object with an id")]
     NotAnObject,
     /// No `id`, or one that is not a valid user id.
-    #[error("user_data.id is a string of 1 to 128 letters, digits and - _ . @ :")]
+    #[error("user_data.id is a string of 1 to 128 letters, digits and - _ . @")]
     Id,
     /// `watchlist` is not an array of valid user ids.
-    #[error("user_data.watchlist is an array of user ids (1 to 128 letters, digits and - _ . @ :)")]
+    #[error("user_data.watchlist is an array of user ids (1 to 128 letters, digits and - _ . @)")]
     Watchlist,
     /// A longer watchlist than Pusher allows.
     #[error("user_data.watchlist names {0} users, over the {MAX_WATCHLIST} allowed")]
@@ -83,7 +91,7 @@ impl SignedInUser {
         let Some(Value::String(id)) = data.id else {
             return Err(UserDataError::Id);
         };
-        let id = id.parse().map_err(|_| UserDataError::Id)?;
+        let id = signed_in_id(&id).ok_or(UserDataError::Id)?;
         let info = data
             .user_info
             .map(|i| i.get().to_owned())
@@ -101,7 +109,7 @@ impl SignedInUser {
             let Value::String(id) = id else {
                 return Err(UserDataError::Watchlist);
             };
-            let id = id.parse().map_err(|_| UserDataError::Watchlist)?;
+            let id = signed_in_id(&id).ok_or(UserDataError::Watchlist)?;
             if !watchlist.contains(&id) {
                 watchlist.push(id);
             }
@@ -198,6 +206,7 @@ mod tests {
             (r#"{"id":""}"#, UserDataError::Id),
             (r#"{"id":42}"#, UserDataError::Id),
             (r#"{"id":"a b"}"#, UserDataError::Id),
+            (r#"{"id":"a:b"}"#, UserDataError::Id),
             (r#"{"id":"a","watchlist":"b"}"#, UserDataError::Watchlist),
             (r#"{"id":"a","watchlist":[1]}"#, UserDataError::Watchlist),
             (
@@ -222,6 +231,7 @@ mod tests {
             Some("a".into())
         );
         assert_eq!(user_of_channel("#server-to-user-a b"), None);
+        assert_eq!(user_of_channel("#server-to-user-a:b"), None);
         assert_eq!(user_of_channel("server-to-user-a"), None);
         let success = parsed(&signin_success(r#"{"id":"a"}"#));
         assert_eq!(

@@ -13,11 +13,15 @@ pub mod event;
 pub mod request;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+
+use crate::protocol::MAX_CHANNEL_LEN;
+use crate::protocol::pusher::{self, ChannelNameError};
 
 /// One Pusher app: its credentials and options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,46 @@ pub struct PusherApp {
     pub max_event_bytes: usize,
     /// Where the app's webhooks go, if anywhere.
     pub webhook_url: Option<String>,
+    /// The app's encryption master key (32 bytes), if the server is to authorize
+    /// `private-encrypted-` channels itself: the built-in auth endpoint then hands out each
+    /// channel's `shared_secret`. The server still never decrypts: publishers encrypt.
+    pub encryption_master_key: Option<EncryptionMasterKey>,
+    /// The prefix of the sessionhub channels that carry the app's channels: Pusher channel
+    /// `news` is hub channel `{namespace}news`. Empty (the app's channels are the hub's
+    /// channels of the same names, shared with protocol v1 clients) or ending in `:`, which
+    /// no Pusher channel name holds, so two apps' channels never meet. `None` until
+    /// [`PusherApps::new`] settles it: empty when the server has one app, `{id}:` for each
+    /// of several.
+    pub namespace: Option<String>,
+}
+
+/// A Pusher app's encryption master key: 32 bytes, configured in base64 as the Pusher
+/// server SDKs take it (`encryptionMasterKeyBase64`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionMasterKey([u8; 32]);
+
+impl fmt::Debug for EncryptionMasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A key is never logged.
+        f.write_str("EncryptionMasterKey(..)")
+    }
+}
+
+/// An encryption master key that is not 32 bytes in base64.
+#[derive(Debug, thiserror::Error)]
+#[error("an encryption master key is 32 bytes in base64 (openssl rand -base64 32)")]
+pub struct InvalidMasterKey;
+
+impl FromStr for EncryptionMasterKey {
+    type Err = InvalidMasterKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| InvalidMasterKey)?;
+        Ok(Self(bytes.try_into().map_err(|_| InvalidMasterKey)?))
+    }
 }
 
 impl PusherApp {
@@ -57,7 +101,45 @@ impl PusherApp {
             max_user_info_bytes: 1_000,
             max_event_bytes: 10_240,
             webhook_url: None,
+            encryption_master_key: None,
+            namespace: None,
         }
+    }
+
+    /// The sessionhub channel that carries Pusher channel `channel` for this app, or why
+    /// there is none.
+    pub fn hub_channel(&self, channel: &str) -> Result<String, ChannelNameError> {
+        let channel = pusher::hub_channel(channel)?;
+        let hub = [self.namespace(), channel].concat();
+        if hub.len() > MAX_CHANNEL_LEN {
+            return Err(ChannelNameError::Unsupported);
+        }
+        Ok(hub)
+    }
+
+    /// The Pusher channel of this app that sessionhub channel `hub` carries, if any: not for
+    /// another app's channels, nor for protocol v1 channels no Pusher client could name.
+    pub fn pusher_channel<'a>(&self, hub: &'a str) -> Option<&'a str> {
+        let channel = hub.strip_prefix(self.namespace())?;
+        pusher::hub_channel(channel).ok()
+    }
+
+    /// The namespace (see the field), empty until settled.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or_default()
+    }
+
+    /// The `shared_secret` of encrypted channel `channel`, in base64, as Pusher derives it:
+    /// SHA-256 of the channel name followed by the master key. None without a master key.
+    pub fn shared_secret(&self, channel: &str) -> Option<String> {
+        use base64::Engine;
+        use sha2::Digest;
+        let key = self.encryption_master_key.as_ref()?;
+        let digest = Sha256::new()
+            .chain_update(channel.as_bytes())
+            .chain_update(key.0)
+            .finalize();
+        Some(base64::engine::general_purpose::STANDARD.encode(digest))
     }
 
     /// HMAC-SHA256 of `message` with the app's secret, in lowercase hex: how Pusher signs
@@ -126,22 +208,59 @@ pub struct PusherApps {
     by_id: HashMap<String, Arc<PusherApp>>,
 }
 
-/// Two apps share an id or a key.
+/// Apps that cannot be served together.
 #[derive(Debug, thiserror::Error)]
-#[error("two Pusher apps share the {0} {1:?}")]
-pub struct DuplicatePusherApp(&'static str, String);
+pub enum PusherAppsError {
+    /// Two apps share an id, a key or a namespace.
+    #[error("two Pusher apps share the {0} {1:?}")]
+    Duplicate(&'static str, String),
+    /// A namespace that is not one.
+    #[error(
+        "Pusher app {0}: a namespace is empty or up to 64 letters, digits and - _ . @ : ending \
+         in ':', and not session:"
+    )]
+    Namespace(String),
+}
+
+/// Longest app namespace, in bytes: the rest of a hub channel's 160 is the Pusher name's.
+const MAX_NAMESPACE_LEN: usize = 64;
 
 impl PusherApps {
-    /// The apps; ids and keys must be unique.
-    pub fn new(apps: impl IntoIterator<Item = PusherApp>) -> Result<Self, DuplicatePusherApp> {
+    /// The apps; ids, keys and namespaces must be unique. Apps without a namespace get
+    /// the default: none when there is one app, `{id}:` for each of several, so that one
+    /// app's clients never see another's channels.
+    pub fn new(apps: impl IntoIterator<Item = PusherApp>) -> Result<Self, PusherAppsError> {
+        let mut apps: Vec<PusherApp> = apps.into_iter().collect();
+        let several = apps.len() > 1;
+        let mut namespaces = std::collections::HashSet::new();
         let mut all = Self::default();
-        for app in apps {
+        for mut app in apps.drain(..) {
+            let namespace = app
+                .namespace
+                .get_or_insert_with(|| {
+                    if several {
+                        format!("{}:", app.id)
+                    } else {
+                        String::new()
+                    }
+                })
+                .clone();
+            let valid = namespace.is_empty()
+                || (namespace.len() <= MAX_NAMESPACE_LEN
+                    && namespace.ends_with(':')
+                    && crate::protocol::is_public_channel_name(&namespace));
+            if !valid {
+                return Err(PusherAppsError::Namespace(app.id));
+            }
+            if !namespaces.insert(namespace.clone()) {
+                return Err(PusherAppsError::Duplicate("namespace", namespace));
+            }
             let app = Arc::new(app);
             if all.by_id.insert(app.id.clone(), app.clone()).is_some() {
-                return Err(DuplicatePusherApp("id", app.id.clone()));
+                return Err(PusherAppsError::Duplicate("id", app.id.clone()));
             }
             if all.by_key.insert(app.key.clone(), app.clone()).is_some() {
-                return Err(DuplicatePusherApp("key", app.key.clone()));
+                return Err(PusherAppsError::Duplicate("key", app.key.clone()));
             }
         }
         Ok(all)
@@ -207,10 +326,76 @@ mod tests {
     }
 
     #[test]
+    fn shared_secrets_are_sha256_of_the_channel_and_the_master_key() {
+        let mut app = PusherApp::new("1", "key", "secret");
+        assert_eq!(app.shared_secret("private-encrypted-a"), None);
+        // 32 bytes "01234567890123456789012345678901", as Pusher's SDK examples use.
+        let key = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+        app.encryption_master_key = Some(key.parse().unwrap());
+        // sha256("private-encrypted-a" + key bytes), base64: computed independently with
+        // `printf %s private-encrypted-a01234567890123456789012345678901 | openssl dgst
+        // -sha256 -binary | base64`.
+        assert_eq!(
+            app.shared_secret("private-encrypted-a").as_deref(),
+            Some("OaSNicEQhvgdc4eu4sum89NyQCnNOMP2wDIA2tge76Y=")
+        );
+        for bad in ["", "not base64!", "MDEy", &format!("{key}{key}")] {
+            assert!(bad.parse::<EncryptionMasterKey>().is_err(), "{bad:?}");
+        }
+        assert!(!format!("{app:?}").contains(key));
+    }
+
+    #[test]
     fn ids_and_keys_are_unique() {
         let app = |s: &str| s.parse::<PusherApp>().unwrap();
         assert!(PusherApps::new([app("1:a:s"), app("2:b:s")]).is_ok());
         assert!(PusherApps::new([app("1:a:s"), app("1:b:s")]).is_err());
         assert!(PusherApps::new([app("1:a:s"), app("2:a:s")]).is_err());
+    }
+
+    #[test]
+    fn each_of_several_apps_has_its_own_channels() {
+        let app = |s: &str| s.parse::<PusherApp>().unwrap();
+        let one = PusherApps::new([app("1:a:s")]).unwrap();
+        let only = one.by_id("1").unwrap();
+        assert_eq!(only.hub_channel("private-x").unwrap(), "private-x");
+        assert_eq!(only.pusher_channel("private-x"), Some("private-x"));
+        assert_eq!(only.pusher_channel("user:alice"), None, "v1's own");
+
+        let mut shared = app("3:c:s");
+        shared.namespace = Some(String::new());
+        let apps = PusherApps::new([app("1:a:s"), app("2:b:s"), shared]).unwrap();
+        let (first, second, third) = (
+            apps.by_id("1").unwrap(),
+            apps.by_id("2").unwrap(),
+            apps.by_id("3").unwrap(),
+        );
+        assert_eq!(first.hub_channel("news").unwrap(), "1:news");
+        assert_eq!(second.hub_channel("news").unwrap(), "2:news");
+        assert_eq!(third.hub_channel("news").unwrap(), "news");
+        assert_eq!(first.pusher_channel("1:news"), Some("news"));
+        for (app, other) in [(first, "2:news"), (second, "1:news"), (third, "1:news")] {
+            assert_eq!(app.pusher_channel(other), None, "{} sees {other}", app.id);
+        }
+        assert_eq!(first.pusher_channel("news"), None);
+        // Room for the namespace comes out of the channel's 160 bytes.
+        assert!(third.hub_channel(&"n".repeat(160)).is_ok());
+        assert_eq!(
+            first.hub_channel(&"n".repeat(159)),
+            Err(ChannelNameError::Unsupported)
+        );
+
+        let with = |namespace: &str| {
+            let mut app = app("9:z:s");
+            app.namespace = Some(namespace.into());
+            PusherApps::new([app])
+        };
+        assert!(with("tenant-9:").is_ok());
+        for bad in ["x", "a b:", "session:", &format!("{}:", "n".repeat(64))] {
+            assert!(with(bad).is_err(), "{bad:?}");
+        }
+        let mut twin = app("2:b:s");
+        twin.namespace = Some("1:".into());
+        assert!(PusherApps::new([app("1:a:s"), twin]).is_err());
     }
 }

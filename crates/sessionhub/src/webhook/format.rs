@@ -9,7 +9,8 @@
 //! channels, `user_id`); a cache channel subscribed to with nothing to replay is
 //! `cache_miss`. Pusher has no event for a user coming online, a protocol v1
 //! client's publish or a session, and no channel whose name a Pusher client could not give:
-//! those are not sent in its format.
+//! those are not sent in its format. An app hears of its own channels only (those in its
+//! namespace), by the names its clients give them.
 
 use std::sync::Arc;
 
@@ -40,12 +41,12 @@ impl Format {
     pub fn carries(&self, kind: EventKind, data: &Value) -> bool {
         match self {
             Self::Sessionhub => true,
-            Self::Pusher(_) => {
+            Self::Pusher(app) => {
                 pusher_name(kind).is_some()
                     && (kind != EventKind::Message || is_client_event(data))
                     && data["channel"]
                         .as_str()
-                        .is_some_and(|c| crate::protocol::pusher::hub_channel(c).is_ok())
+                        .is_some_and(|c| app.pusher_channel(c).is_some())
             }
         }
     }
@@ -64,7 +65,7 @@ impl Format {
                 Some(Request { body, headers })
             }
             Self::Pusher(app) => {
-                let body = pusher_body(event)?;
+                let body = pusher_body(app, event)?;
                 let headers = vec![
                     ("X-Pusher-Key", app.key.clone()),
                     ("X-Pusher-Signature", app.sign(&body)),
@@ -99,10 +100,10 @@ fn is_client_event(data: &Value) -> bool {
         .is_some_and(|event| event.starts_with("client-"))
 }
 
-/// `{"time_ms": …, "events": [one event]}`.
-fn pusher_body(event: &Event) -> Option<String> {
+/// `{"time_ms": …, "events": [one event]}`, for `app`.
+fn pusher_body(app: &PusherApp, event: &Event) -> Option<String> {
     let name = pusher_name(event.kind)?;
-    let channel = event.data["channel"].as_str()?;
+    let channel = app.pusher_channel(event.data["channel"].as_str()?)?;
     let mut one = json!({"name": name, "channel": channel});
     match event.kind {
         EventKind::Join | EventKind::Leave => one["user_id"] = event.data["user"].clone(),

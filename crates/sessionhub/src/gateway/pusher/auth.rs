@@ -8,9 +8,10 @@
 //! `private-` channel, and for a `presence-` channel also the signed `channel_data`,
 //! `{"user_id", "user_info"}`. A `pusher:signin` posts `socket_id` alone and gets
 //! `{"auth": "KEY:HMAC(socket_id::user::user_data)", "user_data": "{\"id\", ...}"}`.
-//! A `private-encrypted-` channel is refused: pusher-js needs its `shared_secret` too,
-//! derived from the app's encryption master key, which sessionhub does not hold (the
-//! server never decrypts), so the app authorizes those itself.
+//! A `private-encrypted-` channel also gets its `shared_secret`, derived from the app's
+//! encryption master key, when the app is configured with one; without it, it is refused
+//! and the app authorizes those itself. Either way the server never decrypts: publishers
+//! encrypt with the same key and only the channel's subscribers hold the secret.
 //!
 //! The user's `user_info` is the session's `user_info` attribute when it holds a JSON
 //! object (or a string holding one, for apps that store JSON text), else
@@ -124,14 +125,20 @@ async fn authorize_channel(
             "a channel is 1 to 160 characters of letters, digits and - _ . @",
         ));
     }
-    if channel.starts_with("private-encrypted-") {
-        return Err(bad(
-            "encrypted_channel_unsupported",
-            "an encrypted channel's authorization needs its shared_secret, made from the app's \
-             encryption master key, which sessionhub does not hold: authorize encrypted \
-             channels in the app (the Pusher SDK's authorizeChannel)",
-        ));
-    }
+    let shared_secret = if channel.starts_with("private-encrypted-") {
+        let secret = app.shared_secret(&channel).ok_or_else(|| {
+            bad(
+                "encrypted_channel_unsupported",
+                "an encrypted channel's authorization needs its shared_secret, made from the \
+                 app's encryption master key, which this app is not configured with \
+                 (encryption_master_key_base64 in its [[pusher.apps]] table): configure it, or \
+                 authorize encrypted channels in the app (the Pusher SDK's authorizeChannel)",
+            )
+        })?;
+        Some(secret)
+    } else {
+        None
+    };
     let presence = channel.starts_with("presence-");
     if !presence && !channel.starts_with("private-") {
         return Err(bad(
@@ -151,7 +158,10 @@ async fn authorize_channel(
     }
     if !presence {
         let auth = signed(app, &[&socket_id, &channel]);
-        return Ok(Json(json!({ "auth": auth })));
+        return Ok(Json(match shared_secret {
+            Some(secret) => json!({ "auth": auth, "shared_secret": secret }),
+            None => json!({ "auth": auth }),
+        }));
     }
     let info = user_info(&session.attributes, &session.user);
     let info_bytes = serde_json::to_string(&info).map_or(0, |text| text.len());

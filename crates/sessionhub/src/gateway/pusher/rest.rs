@@ -17,7 +17,9 @@
 //! keep history: Pusher has none, and a cache channel's subscribers are sent its last event.
 //! Channel counts come from every node's report (`control.rs`), presence from the presence
 //! backend, a user's connections are closed by the control command the server API sends.
-//! Refusals are the server API's JSON errors with Pusher's statuses.
+//! Refusals are the server API's JSON errors with Pusher's statuses. Channels are named as
+//! the app names them and carried by the hub's channels in the app's namespace
+//! ([`PusherApp::hub_channel`]): an app sees and counts its own channels only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -160,7 +162,10 @@ struct EventBody {
 
 /// An event checked and ready to publish.
 struct Event {
+    /// The channels, as the app names them.
     channels: Vec<String>,
+    /// The sessionhub channels that carry them, in the same order.
+    hubs: Vec<String>,
     payload: String,
     attributes: Vec<String>,
 }
@@ -209,12 +214,14 @@ impl EventBody {
                 channels.len()
             )));
         }
-        for channel in &channels {
-            // `sendToUser` is an event on the user's `#server-to-user-<id>`.
-            if user_of_channel(channel).is_none() {
-                channel_name(channel)?;
-            }
-        }
+        let hubs = channels
+            .iter()
+            .map(|channel| match user_of_channel(channel) {
+                // `sendToUser` is an event on the user's `#server-to-user-<id>`.
+                Some(_) => Ok([app.namespace(), channel].concat()),
+                None => hub_channel(app, channel),
+            })
+            .collect::<Result<_, _>>()?;
         if let Some(socket) = &self.socket_id
             && !pusher::is_socket_id(socket)
         {
@@ -229,6 +236,7 @@ impl EventBody {
         };
         Ok(Event {
             channels,
+            hubs,
             payload: envelope.wrap(&event::to_hub(&data)).to_string(),
             attributes: info_attributes(self.info.as_deref())
                 .into_iter()
@@ -284,7 +292,7 @@ pub(super) async fn events(
         .check(&signed.app, MAX_CHANNELS)?;
     let hub = &gateway.hub;
     let payload = event.payload.as_str();
-    let results = join_all(event.channels.iter().map(|channel| async move {
+    let results = join_all(event.hubs.iter().map(|channel| async move {
         let options = publish_options(channel);
         hub.publish(channel, payload.into(), &options).await
     }))
@@ -295,9 +303,9 @@ pub(super) async fn events(
     }
     let subscribers = subscribers_if_asked(&gateway, std::iter::once(&event.attributes)).await?;
     let mut channels = Map::new();
-    for channel in &event.channels {
+    for (channel, hub) in event.channels.iter().zip(&event.hubs) {
         let attributes = &event.attributes;
-        let info = channel_info(&gateway, channel, attributes, false, subscribers.as_ref()).await?;
+        let info = channel_info(&gateway, hub, attributes, false, subscribers.as_ref()).await?;
         channels.insert(channel.clone(), Value::Object(info));
     }
     Ok(Json(json!({ "channels": channels })))
@@ -326,7 +334,7 @@ pub(super) async fn batch_events(
         .into_iter()
         .map(|item| item.check(&signed.app, 1))
         .collect::<Result<Vec<_>, _>>()?;
-    let channel = |i: usize| events[i].channels[0].as_str();
+    let channel = |i: usize| events[i].hubs[0].as_str();
     let (cached, live): (Vec<usize>, Vec<usize>) =
         (0..events.len()).partition(|&i| pusher::is_cache_channel(channel(i)));
     let items: Vec<BatchItem> = cached
@@ -365,14 +373,14 @@ pub(super) async fn batch_events(
     let subscribers = subscribers_if_asked(&gateway, events.iter().map(|e| &e.attributes)).await?;
     let mut infos = Vec::with_capacity(events.len());
     for event in &events {
-        let (channel, attributes) = (&event.channels[0], &event.attributes);
+        let (channel, attributes) = (&event.hubs[0], &event.attributes);
         let info = channel_info(&gateway, channel, attributes, false, subscribers.as_ref()).await?;
         infos.push(Value::Object(info));
     }
     Ok(Json(json!({ "batch": infos })))
 }
 
-/// What Pusher tells of one channel for `attributes` (`user_count` on presence channels,
+/// What Pusher tells of one channel (`channel`: the hub's name) for `attributes` (`user_count` on presence channels,
 /// `subscription_count`), plus `occupied` when `occupied` is asked. `subscribers` are the
 /// cluster's counts when the caller has them already (one ask of every node for many
 /// channels).
@@ -386,7 +394,7 @@ async fn channel_info(
     let wants = |a: &str| attributes.iter().any(|x| x.as_ref() == a);
     let mut info = Map::new();
     let mut users = None;
-    if wants("user_count") && channel.starts_with(PRESENCE) {
+    if wants("user_count") && pusher::pusher_name(channel).starts_with(PRESENCE) {
         let count = gateway.presence.stats(channel).await?.users;
         info.insert("user_count".into(), count.into());
         users = Some(count);
@@ -456,28 +464,32 @@ pub(super) async fn channels(
         &["user_count", "subscription_count"],
         prefix.starts_with(PRESENCE),
     )?;
-    let active = active_channels(&gateway, prefix).await?;
+    let app = &signed.app;
+    let active = active_channels(&gateway, &[app.namespace(), prefix].concat()).await?;
     let mut channels = BTreeMap::new();
-    // Protocol v1's channels that no Pusher client could name (`user:…`) are not listed.
-    let named = |(channel, _): &(String, usize)| pusher::hub_channel(channel).is_ok();
-    for (channel, subscribers) in active.subscribers.into_iter().filter(named) {
+    // Other apps' channels, and protocol v1's that no Pusher client could name (`user:…`),
+    // are not listed.
+    for (hub, subscribers) in &active.subscribers {
+        let Some(channel) = app.pusher_channel(hub) else {
+            continue;
+        };
         let mut info = Map::new();
         if attributes.contains(&"user_count") {
-            let users = gateway.presence.stats(&channel).await?.users;
+            let users = gateway.presence.stats(hub).await?.users;
             info.insert("user_count".into(), users.into());
         }
         if attributes.contains(&"subscription_count") {
-            info.insert("subscription_count".into(), subscribers.into());
+            info.insert("subscription_count".into(), (*subscribers).into());
         }
         channels.insert(channel, Value::Object(info));
     }
     Ok(Json(json!({ "channels": channels })))
 }
 
-/// 400 for a name that is not a Pusher channel sessionhub carries.
-fn channel_name(channel: &str) -> Result<(), ApiError> {
-    pusher::hub_channel(channel)
-        .map(|_| ())
+/// The sessionhub channel that carries `app`'s `channel`; 400 for a name that is not a
+/// Pusher channel sessionhub carries.
+fn hub_channel(app: &PusherApp, channel: &str) -> Result<String, ApiError> {
+    app.hub_channel(channel)
         .map_err(|e| ApiError::bad_request(format!("{channel:?}: {e}")))
 }
 
@@ -487,14 +499,14 @@ pub(super) async fn channel(
     Path((_, channel)): Path<(String, String)>,
     signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    channel_name(&channel)?;
+    let hub = hub_channel(&signed.app, &channel)?;
     let attributes = signed.info();
     check_attributes(
         &attributes,
         &["user_count", "subscription_count"],
         channel.starts_with(PRESENCE),
     )?;
-    let info = channel_info(&gateway, &channel, &attributes, true, None).await?;
+    let info = channel_info(&gateway, &hub, &attributes, true, None).await?;
     Ok(Json(Value::Object(info)))
 }
 
@@ -502,15 +514,15 @@ pub(super) async fn channel(
 pub(super) async fn users(
     State(gateway): State<Gateway>,
     Path((_, channel)): Path<(String, String)>,
-    _signed: Signed,
+    signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    channel_name(&channel)?;
+    let hub = hub_channel(&signed.app, &channel)?;
     if !channel.starts_with(PRESENCE) {
         return Err(ApiError::bad_request(format!(
             "users are listed for presence channels only ({PRESENCE}…)"
         )));
     }
-    let members = gateway.presence.members(&channel).await?;
+    let members = gateway.presence.members(&hub).await?;
     let users: Vec<Value> = members.into_iter().map(|m| json!({"id": m.user})).collect();
     Ok(Json(json!({ "users": users })))
 }

@@ -168,7 +168,8 @@ impl PusherConnection {
             // A member came or went: not told to the member itself.
             let me = self.channels.get(channel)?.member.as_deref();
             let data = delivery.publication().data.as_str();
-            return pusher::member_event(channel, data, me).map(Utf8Bytes::from);
+            let name = pusher::pusher_name(channel);
+            return pusher::member_event(name, data, me).map(Utf8Bytes::from);
         }
         let subscription = self.channels.get_mut(delivery.channel())?;
         let except = delivery.envelope().and_then(|e| e.except.as_deref());
@@ -200,9 +201,10 @@ impl PusherConnection {
         if channel.starts_with(USER_CHANNEL_PREFIX) {
             return vec![SignedIn::subscribe(self.signed_in.as_ref(), &channel)];
         }
-        if let Err(e) = pusher::hub_channel(&channel) {
-            return refuse("InvalidChannel", 400, &e.to_string());
-        }
+        let hub = match self.app.hub_channel(&channel) {
+            Ok(hub) => hub,
+            Err(e) => return refuse("InvalidChannel", 400, &e.to_string()),
+        };
         let kind = ChannelKind::of(&channel);
         let presence = kind == ChannelKind::Presence;
         let signed_data = channel_data.filter(|_| presence);
@@ -225,11 +227,11 @@ impl PusherConnection {
                 );
             }
         }
-        if let Some(subscription) = self.channels.get(&channel) {
+        if let Some(subscription) = self.channels.get(&hub) {
             // pusher-js subscribes again after a reconnect only; answer as before.
             let mut data = "{}".to_owned();
             if subscription.member.is_some() {
-                match gateway.presence.members(&channel).await {
+                match gateway.presence.members(&hub).await {
                     Ok(members) => data = pusher::presence_data(&members),
                     Err(e) => return refuse("Unavailable", 503, &e.to_string()),
                 }
@@ -246,7 +248,7 @@ impl PusherConnection {
         let mut member = None;
         if let Some(channel_data) = channel_data {
             let joined = self
-                .join_presence(&channel, &channel_data, connection, gateway)
+                .join_presence(&hub, &channel_data, connection, gateway)
                 .await;
             match joined {
                 Ok((user, data)) => {
@@ -255,14 +257,14 @@ impl PusherConnection {
                 }
                 Err((kind, status, message)) => return refuse(kind, status, &message),
             }
-        } else if let Err(e) = connection.join(&channel).await {
+        } else if let Err(e) = connection.join(&hub).await {
             // Joined before the cache is read, so nothing published in between is lost.
             return refuse("Unavailable", 503, &e.to_string());
         }
         let mut frames = vec![pusher::subscription_succeeded(&channel, &succeeded)];
         let mut replayed = None;
         if pusher::is_cache_channel(&channel) {
-            match self.last_event(&channel, gateway).await {
+            match self.last_event(&hub, gateway).await {
                 Ok(Some((frame, position))) => {
                     frames.push(frame);
                     replayed = Some(position);
@@ -270,18 +272,17 @@ impl PusherConnection {
                 Ok(None) => {
                     frames.push(pusher::cache_miss(&channel));
                     if let Some(webhooks) = gateway.hub.webhooks() {
-                        let event = serde_json::json!({"channel": channel});
+                        let event = serde_json::json!({"channel": hub});
                         webhooks.emit(crate::webhook::EventKind::CacheMiss, event);
                     }
                 }
                 Err(e) => {
-                    connection.leave(&channel);
+                    connection.leave(&hub);
                     return refuse("Unavailable", 503, &e.to_string());
                 }
             }
         }
-        self.channels
-            .insert(channel, Subscription { member, replayed });
+        self.channels.insert(hub, Subscription { member, replayed });
         frames
     }
 
@@ -358,7 +359,8 @@ impl PusherConnection {
             .and_then(|e| e.event.as_deref())
             .unwrap_or(crate::broker::DEFAULT_EVENT);
         let user = envelope.and_then(|e| e.user.as_deref());
-        let frame = pusher::event(event, channel, publication.data.as_str(), user);
+        let name = pusher::pusher_name(channel);
+        let frame = pusher::event(event, name, publication.data.as_str(), user);
         Ok(Some((
             frame,
             (publication.epoch.clone(), publication.offset),
@@ -367,8 +369,11 @@ impl PusherConnection {
 
     /// Answers `pusher:unsubscribe` (with nothing, as Pusher does).
     fn unsubscribe(&mut self, channel: &str, connection: &mut Connection) {
-        if self.channels.remove(channel).is_some() {
-            connection.leave(channel);
+        let Ok(hub) = self.app.hub_channel(channel) else {
+            return;
+        };
+        if self.channels.remove(&hub).is_some() {
+            connection.leave(&hub);
         }
     }
 
@@ -391,7 +396,12 @@ impl PusherConnection {
         if !ChannelKind::of(&channel).takes_client_events() {
             return refuse("client events are only sent on private and presence channels");
         }
-        let Some(subscription) = self.channels.get(&channel) else {
+        let Some((hub, subscription)) = self
+            .app
+            .hub_channel(&channel)
+            .ok()
+            .and_then(|hub| self.channels.get_key_value(&hub))
+        else {
             return refuse("subscribe to the channel before sending client events on it");
         };
         if data.get().len() > self.app.max_event_bytes {
@@ -411,13 +421,13 @@ impl PusherConnection {
             idempotency_key: None,
         };
         let payload = envelope.wrap(data.get());
-        if let Err(e) = gateway.hub.publish(&channel, payload, &options).await {
+        if let Err(e) = gateway.hub.publish(hub, payload, &options).await {
             return refuse(&e.to_string());
         }
         if let Some(webhooks) = gateway.hub.webhooks() {
             // Sent by the sender's node alone: once per client event, cluster-wide.
             let event = serde_json::json!({
-                "channel": channel,
+                "channel": hub,
                 "event": envelope.event,
                 "data": data,
                 "socket_id": self.socket_id,

@@ -36,7 +36,9 @@ use crate::pusher::PusherApp;
 pub(super) struct SignedIn {
     /// Who `user_data` named.
     pub(super) user: SignedInUser,
-    /// `#server-to-user-<id>`.
+    /// The app's namespace ([`PusherApp::namespace`]), in front of every hub channel below.
+    namespace: String,
+    /// The hub channel of `#server-to-user-<id>`.
     channel: String,
     /// Watched user -> whether they are online, as last told to the client.
     watched: HashMap<String, bool>,
@@ -56,6 +58,7 @@ impl SignedIn {
         }
         let watched = channel
             .strip_prefix(PRESENCE_EVENTS_PREFIX)?
+            .strip_prefix(self.namespace.as_str())?
             .strip_prefix(user::USER_CHANNEL_PREFIX)?;
         let (online, who) = user::presence_change(delivery.publication().data.as_str())?;
         let known = self.watched.get_mut(watched).filter(|_| who == watched)?;
@@ -74,7 +77,7 @@ impl SignedIn {
     /// Answers `pusher:subscribe` to `#server-to-user-…` (which pusher-js sends after
     /// `pusher:signin_success`): granted to the connection signed in as that user only.
     pub(super) fn subscribe(this: Option<&Self>, channel: &str) -> String {
-        if this.is_some_and(|s| s.channel == channel) {
+        if this.is_some_and(|s| s.channel.strip_prefix(s.namespace.as_str()) == Some(channel)) {
             return pusher::subscription_succeeded(channel, "{}");
         }
         let message = "a #server-to-user- channel is the signed-in user's own: pusher:signin \
@@ -121,8 +124,9 @@ pub(super) async fn sign_in(
         );
         return Ok(vec![pusher::error(None, &message)]);
     }
-    let channel = user::user_channel(user.id.as_str());
-    let joined = join(&user, &channel, connection, gateway).await;
+    let namespace = app.namespace().to_owned();
+    let channel = [namespace.as_str(), &user::user_channel(user.id.as_str())].concat();
+    let joined = join(&user, &namespace, &channel, connection, gateway).await;
     let (watched, hub_channels) = match joined {
         Ok(joined) => joined,
         Err(e) => {
@@ -145,6 +149,7 @@ pub(super) async fn sign_in(
     }
     *signed_in = Some(SignedIn {
         user,
+        namespace,
         channel,
         watched,
         hub_channels,
@@ -157,6 +162,7 @@ pub(super) async fn sign_in(
 /// how many hub channels were joined. On an error, leaves what it joined.
 async fn join(
     user: &SignedInUser,
+    namespace: &str,
     channel: &str,
     connection: &mut Connection,
     gateway: &Gateway,
@@ -176,13 +182,14 @@ async fn join(
                 // Its own presence events come with its channel already.
                 continue;
             }
-            let events = presence_events_channel(&user::user_channel(watched.as_str()));
+            let watched = [namespace, &user::user_channel(watched.as_str())].concat();
+            let events = presence_events_channel(&watched);
             connection.join(&events).await.map_err(|e| e.to_string())?;
             joined.push(events);
         }
         // Asked after joining, so that no change falls between the look and the events.
         let looks = watchlist.iter().map(|watched| async move {
-            let channel = user::user_channel(watched.as_str());
+            let channel = [namespace, &user::user_channel(watched.as_str())].concat();
             let stats = gateway.presence.stats(&channel).await;
             stats.map(|s| (watched.as_str().to_owned(), s.users > 0))
         });
@@ -230,6 +237,7 @@ mod tests {
     fn a_watched_user_s_change_is_told_once_and_an_excluded_socket_skips_user_events() {
         let mut signed = SignedIn {
             user: SignedInUser::parse(r#"{"id":"me"}"#).unwrap(),
+            namespace: String::new(),
             channel: user::user_channel("me"),
             watched: [("ann".to_owned(), true)].into(),
             hub_channels: 2,
