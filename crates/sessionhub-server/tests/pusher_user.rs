@@ -27,10 +27,20 @@ fn pusher_node() -> Node {
     common::node(&["--pusher-app", APP])
 }
 
-/// `pusher:signin` as `user_data` on a raw socket, signed with `secret`.
+/// `pusher:signin` as `user_data` on a raw socket, signed with `secret` (of the app `KEY`
+/// names unless `key` is given).
 async fn send_signin(ws: &mut Ws, socket_id: &str, secret: &str, user_data: &Value) {
+    send_signin_to(ws, socket_id, (KEY, secret), user_data).await;
+}
+
+async fn send_signin_to(
+    ws: &mut Ws,
+    socket_id: &str,
+    (key, secret): (&str, &str),
+    user_data: &Value,
+) {
     let user_data = user_data.to_string();
-    let auth = sign(KEY, secret, &format!("{socket_id}::user::{user_data}"));
+    let auth = sign(key, secret, &format!("{socket_id}::user::{user_data}"));
     let frame = json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}});
     common::send_text(ws, &frame.to_string()).await;
 }
@@ -38,8 +48,13 @@ async fn send_signin(ws: &mut Ws, socket_id: &str, secret: &str, user_data: &Val
 /// A raw socket on `node` signed in as `user_data`; the socket, its id and the frame that
 /// followed `pusher:signin_success` if one came at once (the watchlist's first events).
 async fn signed_in(node: &Node, user_data: Value) -> (Ws, String) {
-    let (mut ws, socket_id) = raw::connect(node, KEY).await;
-    send_signin(&mut ws, &socket_id, SECRET, &user_data).await;
+    signed_in_to(node, (KEY, SECRET), user_data).await
+}
+
+/// [`signed_in`] to the app with `key` and `secret`.
+async fn signed_in_to(node: &Node, (key, secret): (&str, &str), user_data: Value) -> (Ws, String) {
+    let (mut ws, socket_id) = raw::connect(node, key).await;
+    send_signin_to(&mut ws, &socket_id, (key, secret), &user_data).await;
     let success = next_event(&mut ws).await;
     assert_eq!(success["event"], "pusher:signin_success", "{success}");
     let signed: Value = serde_json::from_str(success["data"]["user_data"].as_str().unwrap())
@@ -434,4 +449,51 @@ async fn users_and_watchlists_work_on_a_redis_cluster() {
         })
         .collect();
     users_across(&nodes).await;
+}
+
+/// Two apps on one node (namespaces `1:` and `2:`): one user id signed in to each is two
+/// users. `sendToUser`, watchlists and `terminate_connections` of one app leave the other
+/// app's user alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_app_has_its_own_signed_in_users() {
+    const ONE: &str = "1:key-1:secret-1";
+    const TWO: &str = "2:key-2:secret-2";
+    let node = common::node(&["--pusher-app", ONE, "--pusher-app", TWO]);
+    let one = ("key-1", "secret-1");
+    let two = ("key-2", "secret-2");
+    let (mut watcher, _) = signed_in_to(&node, two, json!({"id": "w", "watchlist": ["ann"]})).await;
+    let first_look = next_watchlist(&mut watcher).await;
+    assert_eq!(
+        first_look["data"]["events"],
+        json!([{"name": "offline", "user_ids": ["ann"]}])
+    );
+    let (mut ann_1, _) = signed_in_to(&node, one, json!({"id": "ann"})).await;
+    let (mut ann_2, _) = signed_in_to(&node, two, json!({"id": "ann"})).await;
+    let online = next_watchlist(&mut watcher).await;
+    assert_eq!(
+        online["data"]["events"],
+        json!([{"name": "online", "user_ids": ["ann"]}])
+    );
+
+    let note =
+        |data: &str| json!({"name": "note", "data": data, "channels": ["#server-to-user-ann"]});
+    let body = note("\"to app 1\"");
+    let (status, answer) = common::pusher::signed_post(&node, ONE, "/apps/1/events", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = expect_event(&mut ann_1, "note", "#server-to-user-ann").await;
+    assert_eq!(got["data"], "to app 1");
+    let path = "/apps/1/users/ann/terminate_connections";
+    let (status, answer) = common::pusher::signed_post(&node, ONE, path, &json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    common::assert_closes(&mut ann_1, WAIT, 4009).await;
+    // App 2's ann never got app 1's event, is still connected, and still online for w.
+    let body = note("\"to app 2\"");
+    let (status, answer) = common::pusher::signed_post(&node, TWO, "/apps/2/events", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = next_event(&mut ann_2).await;
+    assert_eq!(
+        (&got["event"], &got["data"]),
+        (&json!("note"), &json!("to app 2"))
+    );
+    common::assert_silent(&mut watcher, Duration::from_millis(500)).await;
 }

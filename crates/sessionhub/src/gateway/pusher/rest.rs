@@ -532,30 +532,42 @@ pub(super) async fn users(
 pub(super) async fn terminate_connections(
     State(gateway): State<Gateway>,
     Path((_, user)): Path<(String, String)>,
-    _signed: Signed,
+    signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    terminate(&gateway, &user).await
+    terminate(&gateway, &signed.app, &user).await
 }
 
 /// `POST /users/{user}/terminate_connections`, the app named by `auth_key`.
 pub(super) async fn terminate_connections_of_key(
     State(gateway): State<Gateway>,
     Path(user): Path<String>,
-    _signed: Signed,
+    signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    terminate(&gateway, &user).await
+    terminate(&gateway, &signed.app, &user).await
 }
 
-async fn terminate(gateway: &Gateway, user: &str) -> Result<Json<Value>, ApiError> {
+/// Closes `user`'s connections, and the app's connections signed in as `user`, which are
+/// the hub user `{namespace}{user}` (the same one when the app has no namespace).
+async fn terminate(
+    gateway: &Gateway,
+    app: &PusherApp,
+    user: &str,
+) -> Result<Json<Value>, ApiError> {
     let user: UserId = user.parse()?;
-    let command = Command::Disconnect {
-        user: user.as_str().to_owned(),
-        node: None,
-        connection: None,
-        reconnect: false,
-        reason: "terminated by the app".to_owned(),
-    };
-    control::send(&gateway.hub, &command).await?;
+    let mut users = vec![user.as_str().to_owned()];
+    if !app.namespace().is_empty() {
+        users.push([app.namespace(), user.as_str()].concat());
+    }
+    for user in users {
+        let command = Command::Disconnect {
+            user,
+            node: None,
+            connection: None,
+            reconnect: false,
+            reason: "terminated by the app".to_owned(),
+        };
+        control::send(&gateway.hub, &command).await?;
+    }
     Ok(Json(json!({})))
 }
 

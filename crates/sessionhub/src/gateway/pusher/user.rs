@@ -125,6 +125,15 @@ pub(super) async fn sign_in(
         return Ok(vec![pusher::error(None, &message)]);
     }
     let namespace = app.namespace().to_owned();
+    // The hub user the connection becomes: the app's, so that another app's
+    // `terminate_connections` of the same id leaves it alone.
+    let Ok(hub_user) = [namespace.as_str(), user.id.as_str()]
+        .concat()
+        .parse::<UserId>()
+    else {
+        let message = format!("user_data.id is too long for app {}'s namespace", app.id);
+        return Err(refuse(&message));
+    };
     let channel = [namespace.as_str(), &user::user_channel(user.id.as_str())].concat();
     let joined = join(&user, &namespace, &channel, connection, gateway).await;
     let (watched, hub_channels) = match joined {
@@ -134,7 +143,7 @@ pub(super) async fn sign_in(
             return Ok(vec![pusher::error(Some(close::OVER_CAPACITY.0), &message)]);
         }
     };
-    connection.rename(&user.id);
+    connection.rename(&hub_user);
     let mut frames = vec![user::signin_success(&user_data)];
     if !watched.is_empty() {
         let ids = |online: bool| {
