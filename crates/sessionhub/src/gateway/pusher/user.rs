@@ -8,6 +8,8 @@
 //! is signed in as `U` (the presence backend decides when the first comes and the last
 //! goes, a killed node's included). The connection becomes `U`'s hub connection too
 //! ([`Connection::rename`]), so `terminate_connections` of `U` closes it wherever it is.
+//! With several apps, all of these are behind the app's namespace (hub channel
+//! `{namespace}#server-to-user-U`, hub user `{namespace}U`): each app's users are its own.
 //!
 //! The watchlist reuses that presence: a watcher joins the presence events channel of each
 //! watched user's `#server-to-user-…` (without being counted there), so it hears of exactly
