@@ -4,15 +4,19 @@
 //! both nodes: presence members listed cluster-wide and `member_added` / `member_removed`
 //! across nodes, an HTTP API publish on one node reaching a subscriber on the other, a cache
 //! channel's last event replayed to a subscriber of the other node, the channel queries
-//! counting both nodes, and exactly one webhook per presence transition.
+//! counting both nodes, and exactly one webhook per presence transition. Then user sign-in
+//! on the same nodes: `sendToUser` through one node reaching a user signed in on the other,
+//! and a watchlist hearing a user of the other node come online and go offline.
 
 mod common;
 
 use std::time::Duration;
 
-use common::pusher::raw::{Receiver, connect, expect_event, join_presence};
+use common::pusher::raw::{
+    Receiver, connect, expect_event, join_presence, next_watchlist, signed_in,
+};
 use common::{WAIT, send_text};
-use serde_json::json;
+use serde_json::{Value, json};
 use sessionhub_testkit::{NatsServer, Node, RedisCluster, RedisSentinel, RedisServer};
 
 const APP: &str = "4:backend-key:backend-secret";
@@ -105,12 +109,46 @@ async fn pusher_across(nodes: &[Node], receiver: &Receiver) {
     }
 }
 
+/// `sendToUser` (the HTTP API, signed as the SDKs sign) through the second node reaches a
+/// user signed in on the first; a watcher on the second is told who is online at once and
+/// hears a user of the first come online and go offline.
+async fn users_across(nodes: &[Node]) {
+    let (first, second) = (&nodes[0], &nodes[1]);
+    let (mut ann, _) = signed_in(first, KEY, json!({"id": "ann"})).await;
+    let watch = json!({"id": "watcher", "watchlist": ["ann", "bob"]});
+    let (mut watcher, _) = signed_in(second, KEY, watch).await;
+    let first_look = next_watchlist(&mut watcher).await;
+    assert_eq!(
+        first_look["data"]["events"],
+        json!([{"name": "online", "user_ids": ["ann"]}, {"name": "offline", "user_ids": ["bob"]}])
+    );
+    let body = json!({"name": "note", "data": "{\"n\":1}", "channels": ["#server-to-user-ann"]});
+    let (status, text) = common::pusher::signed_post(second, APP, "/apps/4/events", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let got = expect_event(&mut ann, "note", "#server-to-user-ann").await;
+    assert_eq!(got["data"], json!({"n": 1}));
+    let bob = signed_in(first, KEY, json!({"id": "bob"})).await;
+    let online = next_watchlist(&mut watcher).await;
+    drop(bob);
+    let offline = next_watchlist(&mut watcher).await;
+    let events = |e: &Value| e["data"]["events"].clone();
+    assert_eq!(
+        [events(&online), events(&offline)],
+        [
+            json!([{"name": "online", "user_ids": ["bob"]}]),
+            json!([{"name": "offline", "user_ids": ["bob"]}])
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pusher_on_redis_cluster() {
     let cluster = RedisCluster::start_async().await;
     let receiver = Receiver::start().await;
     let backend = vec!["--redis-cluster".to_owned(), cluster.urls().join(",")];
-    pusher_across(&two_nodes(&backend, &receiver), &receiver).await;
+    let nodes = two_nodes(&backend, &receiver);
+    pusher_across(&nodes, &receiver).await;
+    users_across(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +161,9 @@ async fn pusher_on_redis_sentinel() {
         "--redis-sentinel-master".to_owned(),
         redis.master_name().to_owned(),
     ];
-    pusher_across(&two_nodes(&backend, &receiver), &receiver).await;
+    let nodes = two_nodes(&backend, &receiver);
+    pusher_across(&nodes, &receiver).await;
+    users_across(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,5 +183,7 @@ async fn pusher_on_nats() {
         "--redis".to_owned(),
         redis.url(),
     ];
-    pusher_across(&two_nodes(&backend, &receiver), &receiver).await;
+    let nodes = two_nodes(&backend, &receiver);
+    pusher_across(&nodes, &receiver).await;
+    users_across(&nodes).await;
 }

@@ -2,9 +2,10 @@
 //! `pusher.user.bind`, `pusher.user.watchlist.bind`) signed by an app's own signer or by
 //! sessionhub's `/pusher/user-auth`, the Node server SDK's `sendToUser` and
 //! `terminateUserConnections`, on one node, on three nodes sharing a Redis (a node killed
-//! with a watched user on it), on NATS and on a Redis Cluster, and what
+//! with a watched user on it) and with two apps, and what
 //! pusher-js never sends (a forged sign-in, bad `user_data`, a second sign-in, another
-//! user's `#server-to-user-` channel) over a raw WebSocket.
+//! user's `#server-to-user-` channel) over a raw WebSocket. The same on Redis Cluster,
+//! Sentinel and NATS: tests/pusher_backends.rs.
 //!
 //! Prerequisites: Node.js 20+ and npm (`common::pusher` runs `npm ci` in tests/pusher).
 
@@ -27,40 +28,14 @@ fn pusher_node() -> Node {
     common::node(&["--pusher-app", APP])
 }
 
-/// `pusher:signin` as `user_data` on a raw socket, signed with `secret` (of the app `KEY`
-/// names unless `key` is given).
+/// `pusher:signin` as `user_data` on a raw socket, signed with `secret` as app `KEY`.
 async fn send_signin(ws: &mut Ws, socket_id: &str, secret: &str, user_data: &Value) {
-    send_signin_to(ws, socket_id, (KEY, secret), user_data).await;
+    raw::send_signin(ws, socket_id, (KEY, secret), user_data).await;
 }
 
-async fn send_signin_to(
-    ws: &mut Ws,
-    socket_id: &str,
-    (key, secret): (&str, &str),
-    user_data: &Value,
-) {
-    let user_data = user_data.to_string();
-    let auth = sign(key, secret, &format!("{socket_id}::user::{user_data}"));
-    let frame = json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}});
-    common::send_text(ws, &frame.to_string()).await;
-}
-
-/// A raw socket on `node` signed in as `user_data`; the socket, its id and the frame that
-/// followed `pusher:signin_success` if one came at once (the watchlist's first events).
+/// A raw socket on `node` signed in to the test app as `user_data`, and its socket id.
 async fn signed_in(node: &Node, user_data: Value) -> (Ws, String) {
-    signed_in_to(node, (KEY, SECRET), user_data).await
-}
-
-/// [`signed_in`] to the app with `key` and `secret`.
-async fn signed_in_to(node: &Node, (key, secret): (&str, &str), user_data: Value) -> (Ws, String) {
-    let (mut ws, socket_id) = raw::connect(node, key).await;
-    send_signin_to(&mut ws, &socket_id, (key, secret), &user_data).await;
-    let success = next_event(&mut ws).await;
-    assert_eq!(success["event"], "pusher:signin_success", "{success}");
-    let signed: Value = serde_json::from_str(success["data"]["user_data"].as_str().unwrap())
-        .expect("user_data is JSON text");
-    assert_eq!(signed, user_data);
-    (ws, socket_id)
+    raw::signed_in(node, (KEY, SECRET), user_data).await
 }
 
 /// Runs `calls` through the Node SDK against `node`; every answer must be a success.
@@ -331,7 +306,7 @@ async fn three_nodes_deliver_to_users_and_track_watchlists_cluster_wide() {
     let hundred: Vec<String> = (0..100).map(|n| format!("w{n}")).collect();
     let started = Instant::now();
     let (mut big, _) = signed_in(&nodes[1], json!({"id": "big", "watchlist": hundred})).await;
-    let look = next_watchlist(&mut big).await;
+    let look = raw::next_watchlist(&mut big).await;
     eprintln!("a sign-in watching 100 users took {:?}", started.elapsed());
     let events = look["data"]["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{look}");
@@ -365,92 +340,6 @@ async fn three_nodes_deliver_to_users_and_track_watchlists_cluster_wide() {
     clients.stop().await;
 }
 
-/// The next `pusher_internal:watchlist_events` on a raw socket (other frames skipped).
-async fn next_watchlist(ws: &mut Ws) -> Value {
-    loop {
-        let event = next_event(ws).await;
-        if event["event"] == "pusher_internal:watchlist_events" {
-            return event;
-        }
-    }
-}
-
-/// `sendToUser` (the HTTP API, signed as the SDKs sign) posted to the last node reaches a
-/// user signed in on the first, and a watcher on the last hears a user come online on the
-/// first and go offline: on whatever backend `nodes` share.
-async fn users_across(nodes: &[Node]) {
-    for node in nodes {
-        common::wait_ready(&common::http(), &node.http(), true, WAIT).await;
-    }
-    let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
-    let (mut ann, _) = signed_in(first, json!({"id": "ann"})).await;
-    let (mut watcher, _) =
-        signed_in(last, json!({"id": "watcher", "watchlist": ["ann", "bob"]})).await;
-    let first_look = next_event(&mut watcher).await;
-    assert_eq!(
-        first_look["data"]["events"],
-        json!([{"name": "online", "user_ids": ["ann"]}, {"name": "offline", "user_ids": ["bob"]}])
-    );
-    let body = json!({"name": "note", "data": "{\"n\":1}", "channels": ["#server-to-user-ann"]});
-    let (status, answer) = common::pusher::signed_post(last, APP, "/apps/42/events", &body).await;
-    assert_eq!(status, 200, "{answer}");
-    let got = expect_event(&mut ann, "note", "#server-to-user-ann").await;
-    assert_eq!(got["data"], json!({"n": 1}));
-    let bob = signed_in(first, json!({"id": "bob"})).await;
-    let online = next_watchlist(&mut watcher).await;
-    drop(bob);
-    let offline = next_watchlist(&mut watcher).await;
-    assert_eq!(
-        [&online["data"]["events"], &offline["data"]["events"]],
-        [
-            &json!([{"name": "online", "user_ids": ["bob"]}]),
-            &json!([{"name": "offline", "user_ids": ["bob"]}])
-        ]
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_and_watchlists_work_over_nats() {
-    let nats = sessionhub_testkit::NatsServer::start_async().await;
-    let redis = sessionhub_testkit::RedisServer::start().expect("redis-server starts");
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            let name = format!("node-{i}");
-            let args = [
-                "--nats",
-                &nats.url(),
-                "--redis",
-                &redis.url(),
-                "--node-id",
-                &name,
-            ];
-            common::node(&[&args[..], &["--pusher-app", APP]].concat())
-        })
-        .collect();
-    users_across(&nodes).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_and_watchlists_work_on_a_redis_cluster() {
-    let cluster = sessionhub_testkit::RedisCluster::start_async().await;
-    let seeds = cluster.urls().join(",");
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            let name = format!("node-{i}");
-            let args = [
-                "--redis-cluster",
-                &seeds,
-                "--node-id",
-                &name,
-                "--pusher-app",
-                APP,
-            ];
-            common::node(&args)
-        })
-        .collect();
-    users_across(&nodes).await;
-}
-
 /// Two apps on one node (namespaces `1:` and `2:`): one user id signed in to each is two
 /// users. `sendToUser`, watchlists and `terminate_connections` of one app leave the other
 /// app's user alone.
@@ -461,15 +350,16 @@ async fn each_app_has_its_own_signed_in_users() {
     let node = common::node(&["--pusher-app", ONE, "--pusher-app", TWO]);
     let one = ("key-1", "secret-1");
     let two = ("key-2", "secret-2");
-    let (mut watcher, _) = signed_in_to(&node, two, json!({"id": "w", "watchlist": ["ann"]})).await;
-    let first_look = next_watchlist(&mut watcher).await;
+    let (mut watcher, _) =
+        raw::signed_in(&node, two, json!({"id": "w", "watchlist": ["ann"]})).await;
+    let first_look = raw::next_watchlist(&mut watcher).await;
     assert_eq!(
         first_look["data"]["events"],
         json!([{"name": "offline", "user_ids": ["ann"]}])
     );
-    let (mut ann_1, _) = signed_in_to(&node, one, json!({"id": "ann"})).await;
-    let (mut ann_2, _) = signed_in_to(&node, two, json!({"id": "ann"})).await;
-    let online = next_watchlist(&mut watcher).await;
+    let (mut ann_1, _) = raw::signed_in(&node, one, json!({"id": "ann"})).await;
+    let (mut ann_2, _) = raw::signed_in(&node, two, json!({"id": "ann"})).await;
+    let online = raw::next_watchlist(&mut watcher).await;
     assert_eq!(
         online["data"]["events"],
         json!([{"name": "online", "user_ids": ["ann"]}])

@@ -171,6 +171,48 @@ pub mod raw {
         succeeded["data"]["presence"].clone()
     }
 
+    /// `pusher:signin` as `user_data` (JSON, sent as its text) on a raw socket, signed for
+    /// the app with `key` and `secret` as an app's backend signs it.
+    pub async fn send_signin(
+        ws: &mut Ws,
+        socket_id: &str,
+        (key, secret): (&str, &str),
+        user_data: &Value,
+    ) {
+        let user_data = user_data.to_string();
+        let auth = sign(key, secret, &format!("{socket_id}::user::{user_data}"));
+        let frame =
+            json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}});
+        common::send_text(ws, &frame.to_string()).await;
+    }
+
+    /// A raw socket on `node` signed in to the app with `key` and `secret` as `user_data`
+    /// (its `pusher:signin_success` read and checked); the socket and its socket id.
+    pub async fn signed_in(
+        node: &Node,
+        (key, secret): (&str, &str),
+        user_data: Value,
+    ) -> (Ws, String) {
+        let (mut ws, socket_id) = connect(node, key).await;
+        send_signin(&mut ws, &socket_id, (key, secret), &user_data).await;
+        let success = next_event(&mut ws).await;
+        assert_eq!(success["event"], "pusher:signin_success", "{success}");
+        let signed: Value = serde_json::from_str(success["data"]["user_data"].as_str().unwrap())
+            .expect("user_data is JSON text");
+        assert_eq!(signed, user_data);
+        (ws, socket_id)
+    }
+
+    /// The next `pusher_internal:watchlist_events` (other frames skipped).
+    pub async fn next_watchlist(ws: &mut Ws) -> Value {
+        loop {
+            let event = next_event(ws).await;
+            if event["event"] == "pusher_internal:watchlist_events" {
+                return event;
+            }
+        }
+    }
+
     /// A webhook receiver: every POST's headers and body, in order.
     pub struct Receiver {
         /// Where to send them (`--pusher-webhook`).
