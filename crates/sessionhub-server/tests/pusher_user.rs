@@ -387,3 +387,31 @@ async fn each_app_has_its_own_signed_in_users() {
     );
     common::assert_silent(&mut watcher, Duration::from_millis(500)).await;
 }
+
+/// With Redis down, a sign-in cannot join the user's channel: `pusher:error` with 4100 and
+/// the reason, and the connection stays (not signed in) for the client to try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_the_backend_cannot_serve_is_refused_and_the_connection_stays() {
+    let (mut redis, nodes) = common::cluster_with(1, &["--pusher-app", APP]);
+    let (mut ws, socket_id) = raw::connect(&nodes[0], KEY).await;
+    redis.stop();
+    send_signin(&mut ws, &socket_id, SECRET, &json!({"id": "ann"})).await;
+    let refused = tokio::time::timeout(Duration::from_secs(20), next_event(&mut ws))
+        .await
+        .expect("an answer while Redis is down");
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(refused["data"]["code"], 4100, "{refused}");
+    assert!(
+        refused["data"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot sign in now"),
+        "{refused}"
+    );
+    common::send_text(&mut ws, r#"{"event":"pusher:ping","data":{}}"#).await;
+    assert_eq!(
+        next_event(&mut ws).await["event"],
+        "pusher:pong",
+        "still open"
+    );
+}
