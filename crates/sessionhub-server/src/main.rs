@@ -535,6 +535,7 @@ fn webhooks(
             .into_iter()
             .collect(),
             format: Format::Pusher(app.clone()),
+            grace: sessionhub::pusher::WEBHOOK_GRACE,
             ..config(url).context("--pusher-webhook")?
         };
         // Its own queue: each target acknowledges its own deliveries.

@@ -144,6 +144,11 @@ pub struct NodeChange<'a> {
     /// cluster-wide (a node that was reaped while alive rejoins with it), and drops it when
     /// the user leaves.
     pub info: Option<&'a str>,
+    /// Most users the channel may have: a change that would make the user join past it is
+    /// refused ([`Transition::Refused`]) and changes nothing, decided atomically with the
+    /// join so that joins racing on several nodes never overshoot. A user already on the
+    /// channel may always add connections. `None`: no limit.
+    pub limit: Option<usize>,
 }
 
 /// What a change did to a channel's presence cluster-wide. A join or leave carries the
@@ -157,4 +162,7 @@ pub enum Transition {
     Left(u64),
     /// The user was and stays on the channel (or was and stays off it).
     Unchanged,
+    /// The user would have joined, but the channel has its [`NodeChange::limit`] of users
+    /// already: the user stays off it, and the node must take its connection back.
+    Refused,
 }

@@ -99,7 +99,8 @@ impl Keys {
         join(&self.prefix, &["presence:{presence}:users"])
     }
 
-    /// A key of the webhook queue (`stream`, `delayed`), all in one slot.
+    /// A key of the webhook queue (`stream`, `delayed`, `held`, `held_events`), all in one
+    /// slot.
     pub(crate) fn webhooks(&self, what: &str) -> String {
         join(&self.prefix, &["webhooks:{webhooks}:", what])
     }
