@@ -1,5 +1,5 @@
 //! The queue of a single node: in memory, optionally written through to a redb file so that
-//! queued events survive a restart (held and retried ones due when they were).
+//! queued events survive a restart (held ones still held until their grace is over).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,7 +24,7 @@ const LEASE: Duration = Duration::from_secs(60);
 struct Row {
     event: Event,
     attempts: u32,
-    /// When it is due (ms since the Unix epoch), if not at once: a held or retried event.
+    /// When a held event is due (ms since the Unix epoch); others are due at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     due_ms: Option<u64>,
     /// The key it is held under, until it is first claimed.
@@ -92,7 +92,8 @@ impl LocalQueue {
     }
 
     /// A queue journaled to the redb file at `path` (created if missing), holding at most
-    /// `bound` events; what the file holds is due when it was (held events still held).
+    /// `bound` events; what the file holds is due at once, but held events stay held (and
+    /// cancellable) until their grace is over.
     pub fn open(path: &Path, bound: usize) -> Result<Self, QueueError> {
         let db = Database::create(path).map_err(unavailable)?;
         let mut state = State::default();
@@ -257,7 +258,8 @@ impl Queue for LocalQueue {
                 return Ok(());
             };
             entry.row.attempts = claimed.attempts + 1;
-            entry.row.due_ms = Some(now_ms() + delay.as_millis() as u64);
+            // Due at once after a restart, as everything but a held event is.
+            entry.row.due_ms = None;
             entry.row.held = None;
             entry.due = Instant::now() + delay;
             entry.leased_until = None;
