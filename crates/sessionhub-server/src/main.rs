@@ -512,6 +512,9 @@ fn webhooks(
             } else {
                 args.webhook_events.iter().copied().collect()
             },
+            grace: args
+                .webhook_grace
+                .map_or(Duration::ZERO, Duration::from_secs_f64),
             ..config(url).context("--webhook-url")?
         };
         targets.push((config, queue(redis.cloned(), "webhooks.redb")?));

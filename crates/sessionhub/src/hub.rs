@@ -268,6 +268,9 @@ pub(crate) struct Registry {
     announced: Mutex<HashMap<String, LastEvents>>,
     /// Where messages on the control channels go, once [`Hub::start_control`] ran.
     control: OnceLock<tokio::sync::mpsc::UnboundedSender<(String, Publication)>>,
+    /// Presence channel -> the users [`crate::presence::LocalPresence`] answered joined and
+    /// not left yet: here, so that every `LocalPresence` of the hub agrees.
+    pub(crate) admitted: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// One user on one presence channel on this node.

@@ -1,8 +1,7 @@
 //! Presence of a single node.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -12,13 +11,11 @@ use crate::hub::{Hub, Online, Registry};
 
 /// Presence of a single node: the hub's own registry, which is the whole truth, so a
 /// change is a join or a leave exactly when it is one on this node. Who is on each channel
-/// is kept here too, as the changes answered it: the registry counts a connection as soon as
-/// it joins, before a member limit may refuse it.
+/// is kept in the registry too, as the changes answered it: the registry counts a connection
+/// as soon as it joins, before a member limit may refuse it.
 pub struct LocalPresence {
     registry: Arc<Registry>,
     version: AtomicU64,
-    /// Channel -> the users this presence answered joined and not left yet.
-    admitted: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl LocalPresence {
@@ -27,7 +24,6 @@ impl LocalPresence {
         Self {
             registry: hub.registry(),
             version: AtomicU64::new(0),
-            admitted: Mutex::default(),
         }
     }
 
@@ -35,7 +31,7 @@ impl LocalPresence {
     /// is counted there until it is taken back).
     fn admitted_members(&self, channel: &str) -> Vec<Member> {
         let mut members = self.registry.members(channel);
-        let admitted = self.admitted.lock().unwrap();
+        let admitted = self.registry.admitted.lock().unwrap();
         let users = admitted.get(channel);
         members.retain(|m| users.is_some_and(|u| u.contains(&m.user)));
         members
@@ -68,7 +64,7 @@ impl Presence for LocalPresence {
 
     async fn update(&self, change: &NodeChange<'_>) -> Result<Transition, PresenceError> {
         let version = || self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut admitted = self.admitted.lock().unwrap();
+        let mut admitted = self.registry.admitted.lock().unwrap();
         let users = admitted.entry(change.channel.to_owned()).or_default();
         let user = change.user.as_str();
         let on = users.contains(user);
