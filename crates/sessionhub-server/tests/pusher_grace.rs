@@ -91,8 +91,15 @@ async fn a_reload_sends_nothing_and_a_leave_sends_one_of_each_after_the_grace() 
     let left = Instant::now();
     leave(ann).await;
     let late = arrives(&receiver, vacated, left).await;
-    assert!(late >= GRACE - Duration::from_millis(200), "vacated after {late:?}");
-    assert!(receiver.count(KEY, removed) == 1, "{:?}", receiver.events(KEY));
+    assert!(
+        late >= GRACE - Duration::from_millis(200),
+        "vacated after {late:?}"
+    );
+    assert!(
+        receiver.count(KEY, removed) == 1,
+        "{:?}",
+        receiver.events(KEY)
+    );
     eprintln!("channel_vacated came {late:?} after the leave");
     exactly(
         &receiver,
@@ -106,10 +113,8 @@ async fn a_reload_sends_nothing_and_a_leave_sends_one_of_each_after_the_grace() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_three_nodes_a_comeback_on_another_node_cancels_the_leave() {
     let receiver = Receiver::start().await;
-    let (_redis, nodes) = common::cluster_with(
-        3,
-        &["--pusher-app", APP, "--pusher-webhook", &receiver.url],
-    );
+    let (_redis, nodes) =
+        common::cluster_with(3, &["--pusher-app", APP, "--pusher-webhook", &receiver.url]);
     let channel = "presence-hall";
     let occupied = ("channel_occupied", channel, "");
     let vacated = ("channel_vacated", channel, "");
@@ -142,7 +147,10 @@ async fn on_three_nodes_a_comeback_on_another_node_cancels_the_leave() {
     let left = Instant::now();
     leave(ann).await;
     let late = arrives(&receiver, vacated, left).await;
-    assert!(late >= GRACE - Duration::from_millis(200), "vacated after {late:?}");
+    assert!(
+        late >= GRACE - Duration::from_millis(200),
+        "vacated after {late:?}"
+    );
     exactly(
         &receiver,
         &[(occupied, 1), (removed("ann"), 1), (vacated, 1)],
@@ -156,15 +164,17 @@ async fn on_three_nodes_a_comeback_on_another_node_cancels_the_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_leaves_outlive_the_node_that_queued_them() {
     let receiver = Receiver::start().await;
-    let (_redis, mut nodes) = common::cluster_with(
-        3,
-        &["--pusher-app", APP, "--pusher-webhook", &receiver.url],
-    );
+    let (_redis, mut nodes) =
+        common::cluster_with(3, &["--pusher-app", APP, "--pusher-webhook", &receiver.url]);
     let (gone, back) = ("presence-gone", "presence-back");
     let ann = member(&nodes[2], gone, "ann").await;
     let bob = member(&nodes[2], back, "bob").await;
-    receiver.wait_for(KEY, ("member_added", gone, "ann"), WAIT).await;
-    receiver.wait_for(KEY, ("member_added", back, "bob"), WAIT).await;
+    receiver
+        .wait_for(KEY, ("member_added", gone, "ann"), WAIT)
+        .await;
+    receiver
+        .wait_for(KEY, ("member_added", back, "bob"), WAIT)
+        .await;
 
     let left = Instant::now();
     leave(ann).await;
@@ -172,7 +182,10 @@ async fn held_leaves_outlive_the_node_that_queued_them() {
     nodes[2].kill();
     let _bob = member(&nodes[0], back, "bob").await;
     let late = arrives(&receiver, ("channel_vacated", gone, ""), left).await;
-    assert!(late >= GRACE - Duration::from_millis(200), "vacated after {late:?}");
+    assert!(
+        late >= GRACE - Duration::from_millis(200),
+        "vacated after {late:?}"
+    );
     exactly(
         &receiver,
         &[

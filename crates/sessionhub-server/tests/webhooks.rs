@@ -645,19 +645,31 @@ async fn a_reconnect_within_the_webhook_grace_sends_nothing() {
     let mut ws = join().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.requests());
-    assert_eq!(metric(&node, "sessionhub_webhooks_cancelled_total").await, 4.0);
+    assert_eq!(
+        metric(&node, "sessionhub_webhooks_cancelled_total").await,
+        4.0
+    );
 
     let left = Instant::now();
     ws.close(None).await.unwrap();
     receiver.wait_for(|r| r.len() == 4, WAIT).await;
     let arrived = receiver.state.events.lock().unwrap()[2].0;
-    assert!(arrived - left >= Duration::from_millis(900), "{:?}", arrived - left);
+    assert!(
+        arrived - left >= Duration::from_millis(900),
+        "{:?}",
+        arrived - left
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut kinds: Vec<String> = receiver.requests().into_iter().map(|r| r.0).collect();
     kinds.sort();
     assert_eq!(
         kinds,
-        ["channel.occupied", "channel.vacated", "presence.join", "presence.leave"]
+        [
+            "channel.occupied",
+            "channel.vacated",
+            "presence.join",
+            "presence.leave"
+        ]
     );
 }
 

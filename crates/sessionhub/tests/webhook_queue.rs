@@ -168,7 +168,10 @@ async fn a_redb_queue_keeps_held_events_held_across_a_reopen() {
     }
     let queue = LocalQueue::open(&path, 10).unwrap();
     assert!(queue.claim(10).await.unwrap().is_empty(), "still held");
-    assert!(queue.cancel("cancelled").await.unwrap(), "still cancellable");
+    assert!(
+        queue.cancel("cancelled").await.unwrap(),
+        "still cancellable"
+    );
     tokio::time::sleep(grace).await;
     let due = queue.claim(10).await.unwrap();
     let ids: Vec<&str> = due.iter().map(|c| c.event.id.as_str()).collect();
@@ -176,5 +179,8 @@ async fn a_redb_queue_keeps_held_events_held_across_a_reopen() {
     queue.ack(&due[0]).await.unwrap();
     drop(queue);
     let queue = LocalQueue::open(&path, 10).unwrap();
-    assert!(queue.claim(10).await.unwrap().is_empty(), "the cancel was journaled");
+    assert!(
+        queue.claim(10).await.unwrap().is_empty(),
+        "the cancel was journaled"
+    );
 }

@@ -65,7 +65,9 @@ async fn signed(
         sessionhub::pusher::request::sign(&app, method.as_str(), path, &[], body.as_bytes(), now);
     let mut request = super::http().request(method, format!("{}{path}?{query}", node.http()));
     if !body.is_empty() {
-        request = request.header("content-type", "application/json").body(body);
+        request = request
+            .header("content-type", "application/json")
+            .body(body);
     }
     let response = request.send().await.expect("the HTTP API answers");
     let status = response.status().as_u16();

@@ -209,7 +209,10 @@ pub mod checks {
         assert!(queue.hold(&first, "k1", grace).await.unwrap(), "held");
         let second = event(2);
         assert!(queue.hold(&second, "k1", grace).await.unwrap(), "replaced");
-        assert!(queue.push(&event(3)).await.unwrap(), "the replaced one left room");
+        assert!(
+            queue.push(&event(3)).await.unwrap(),
+            "the replaced one left room"
+        );
         assert!(!queue.hold(&event(4), "k2", grace).await.unwrap(), "full");
         let now = queue.claim(10).await.unwrap();
         assert_eq!(now.len(), 1, "only the pushed one is due: {now:?}");

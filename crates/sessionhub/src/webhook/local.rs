@@ -192,10 +192,8 @@ impl LocalQueue {
         };
         if let Err(e) = self.journal(key, bytes).await {
             let mut state = self.state.lock().unwrap();
-            if let Some(entry) = state.entries.remove(&key) {
-                if let Some(held) = entry.row.held {
-                    state.held.remove(&held);
-                }
+            if let Some(held) = state.entries.remove(&key).and_then(|e| e.row.held) {
+                state.held.remove(&held);
             }
             return Err(e);
         }
