@@ -11,6 +11,11 @@
 //! join or leave the channel cluster-wide, and the hub announces that to the channel's
 //! subscribers.
 //!
+//! A join may carry a member limit ([`NodeChange::limit`], a Pusher app's
+//! `max_presence_members`): the backend checks it in the same step as the join (one script
+//! with Redis), so that joins racing on many nodes never overshoot it, and refuses the join
+//! ([`Transition::Refused`]) rather than count it.
+//!
 //! A member may carry info (JSON text, e.g. a Pusher presence channel's `user_info`): the
 //! info given with the user's first connection to the channel cluster-wide, kept until their
 //! last connection is gone (or reaped with a dead node), as Pusher does.

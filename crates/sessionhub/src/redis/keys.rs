@@ -12,7 +12,7 @@
 //! | a broker channel (pub/sub)    | `<prefix>ch:{<channel>}`                      |
 //! | its history                   | `<prefix>ch:{<channel>}:meta`, `:history`, `:idem:<key>` |
 //! | presence (online counts)      | `<prefix>presence:{presence}:nodes`, `:users`, `:node:<node id>`, `:users:<node id>`, `:channels:<node id>` |
-//! | the webhook queue             | `<prefix>webhooks:{webhooks}:stream`, `:delayed` |
+//! | the webhook queue             | `<prefix>webhooks:{webhooks}:stream`, `:delayed`, `:held`, `:held_events` |
 //! | a channel's presence          | `<prefix>ch:{<channel>}:presence:users`, `:presence:connections`, `:presence:node:<node id>`, `:presence:info` |
 //!
 //! Session ids are base64url and never contain braces. A channel may contain braces: only
