@@ -430,6 +430,12 @@ pub(crate) struct Serve {
     #[arg(long, env = "SESSIONHUB_WEBHOOK_MAX_BACKOFF", default_value_t = 60.0, value_parser = seconds)]
     pub(crate) webhook_max_backoff: f64,
 
+    /// Seconds `--webhook-url`'s `channel.vacated` and `presence.leave` wait, cancelled with
+    /// the matching `channel.occupied` / `presence.join` by a comeback within them; none:
+    /// sent at once. (Pusher apps' webhooks always wait 3 s, as Pusher's do.)
+    #[arg(long, env = "SESSIONHUB_WEBHOOK_GRACE", value_parser = seconds)]
+    pub(crate) webhook_grace: Option<f64>,
+
     /// Most webhook events queued (cluster-wide with Redis); past it new events are dropped,
     /// counted and logged.
     #[arg(long, env = "SESSIONHUB_WEBHOOK_QUEUE_SIZE", default_value_t = 10_000,

@@ -518,6 +518,9 @@ fn webhooks(
             } else {
                 args.webhook_events.iter().copied().collect()
             },
+            grace: args
+                .webhook_grace
+                .map_or(Duration::ZERO, Duration::from_secs_f64),
             ..config(url).context("--webhook-url")?
         };
         targets.push((config, queue(redis.cloned(), "webhooks.redb")?));
@@ -541,6 +544,7 @@ fn webhooks(
             .into_iter()
             .collect(),
             format: Format::Pusher(app.clone()),
+            grace: sessionhub::pusher::WEBHOOK_GRACE,
             ..config(url).context("--pusher-webhook")?
         };
         // Its own queue: each target acknowledges its own deliveries.

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::pusher::raw::{Receiver, connect, expect_event, join_presence, next_event};
-use common::{WAIT, http, send_text, v1};
+use common::{WAIT, send_text, v1};
 use serde_json::{Value, json};
 use sessionhub::pusher::PusherApp;
 
@@ -24,20 +24,12 @@ fn app(spec: &str) -> PusherApp {
     spec.parse().unwrap()
 }
 
-/// A signed `GET` of the HTTP API's `path` for `app` on `node`: the answer's JSON.
-async fn signed_get(node: &sessionhub_testkit::Node, app: &PusherApp, path: &str) -> Value {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let query = sessionhub::pusher::request::sign(app, "GET", path, &[], b"", now);
-    let response = http()
-        .get(format!("{}{path}?{query}", node.http()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
+/// A signed `GET` of the HTTP API's `path` for app `spec` (`ID:KEY:SECRET`) on `node`, which
+/// must answer 200: the answer's JSON.
+async fn signed_get(node: &sessionhub_testkit::Node, spec: &str, path: &str) -> Value {
+    let (status, body) = common::pusher::signed_get(node, spec, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// Publishes event `name` with `data` on `channel` through `app`'s HTTP API on `node`.
@@ -164,18 +156,18 @@ async fn each_app_has_its_own_channels_across_nodes() {
         let app = app(spec);
         let path = format!("/apps/{}/channels", app.id);
         assert_eq!(
-            channels(signed_get(node, &app, &path).await),
+            channels(signed_get(node, spec, &path).await),
             want,
             "app {}",
             app.id
         );
     }
     let path = "/apps/2/channels/presence-room/users";
-    let users = signed_get(&nodes[0], &app(TWO), path).await;
+    let users = signed_get(&nodes[0], TWO, path).await;
     assert_eq!(users, json!({"users": [{"id": "bob"}]}));
-    let info = signed_get(&nodes[0], &app(ONE), "/apps/1/channels/news").await;
+    let info = signed_get(&nodes[0], ONE, "/apps/1/channels/news").await;
     assert_eq!(info["occupied"], true);
-    let info = signed_get(&nodes[0], &app(TWO), "/apps/2/channels/news").await;
+    let info = signed_get(&nodes[0], TWO, "/apps/2/channels/news").await;
     assert_eq!(info["occupied"], false, "app 1's news is not app 2's");
 
     // Each app's webhooks tell of its own channels, by its own names.

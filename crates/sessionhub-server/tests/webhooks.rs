@@ -615,6 +615,64 @@ async fn presence_and_client_messages_are_sent() {
     );
 }
 
+/// With `--webhook-grace`, sessionhub's own format holds `presence.leave` and
+/// `channel.vacated` too: a reconnect within it sends nothing (both pairs cancelled,
+/// counted), a real leave sends each once, after the grace.
+#[tokio::test]
+async fn a_reconnect_within_the_webhook_grace_sends_nothing() {
+    let receiver = Receiver::start(ACCEPT).await;
+    let url = receiver.url();
+    let extra = [
+        "--presence-channels",
+        "room:",
+        "--webhook-events",
+        "join,leave,occupied,vacated",
+        "--webhook-grace",
+        "1",
+    ];
+    let node = node(&hook_args(&url, &extra));
+    let join = || async {
+        let (mut ws, _) = v1::open_v1(&node.ws(), "erin").await.unwrap();
+        send_text(&mut ws, &v1::subscribe_frame("room:1", None)).await;
+        let reply: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        ws
+    };
+    let mut ws = join().await;
+    receiver.wait_for(|r| r.len() == 2, WAIT).await;
+    ws.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = join().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.requests());
+    assert_eq!(
+        metric(&node, "sessionhub_webhooks_cancelled_total").await,
+        4.0
+    );
+
+    let left = Instant::now();
+    ws.close(None).await.unwrap();
+    receiver.wait_for(|r| r.len() == 4, WAIT).await;
+    let arrived = receiver.state.events.lock().unwrap()[2].0;
+    assert!(
+        arrived - left >= Duration::from_millis(900),
+        "{:?}",
+        arrived - left
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut kinds: Vec<String> = receiver.requests().into_iter().map(|r| r.0).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "channel.occupied",
+            "channel.vacated",
+            "presence.join",
+            "presence.leave"
+        ]
+    );
+}
+
 /// The `(type, channel)` of every `channel.*` event received, in order.
 fn occupancy_events(receiver: &Receiver) -> Vec<(String, String)> {
     let events = receiver.state.events.lock().unwrap();

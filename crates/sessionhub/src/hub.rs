@@ -268,6 +268,9 @@ pub(crate) struct Registry {
     announced: Mutex<HashMap<String, LastEvents>>,
     /// Where messages on the control channels go, once [`Hub::start_control`] ran.
     control: OnceLock<tokio::sync::mpsc::UnboundedSender<(String, Publication)>>,
+    /// Presence channel -> the users [`crate::presence::LocalPresence`] answered joined and
+    /// not left yet: here, so that every `LocalPresence` of the hub agrees.
+    pub(crate) admitted: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// One user on one presence channel on this node.
@@ -541,8 +544,10 @@ struct PresenceChange {
     now: usize,
     /// The user's info on this node, with a change that adds connections.
     info: Option<Arc<str>>,
-    /// Told once the backend has taken the change into account.
-    done: Option<oneshot::Sender<()>>,
+    /// The channel's member limit, for a join that has one ([`NodeChange::limit`]).
+    limit: Option<usize>,
+    /// Told once the backend has taken the change into account: false if it refused it.
+    done: Option<oneshot::Sender<bool>>,
 }
 
 impl Hub {
@@ -671,6 +676,7 @@ impl Hub {
             was: 1 - now,
             now,
             info: None,
+            limit: None,
             done: None,
         });
     }
@@ -696,6 +702,7 @@ impl Hub {
                     was: counted.connections,
                     now: counted.connections,
                     info: counted.info.clone(),
+                    limit: None,
                     done: None,
                 });
             }
@@ -972,7 +979,7 @@ async fn presence_webhook(
 ) {
     let Some(webhooks) = webhooks else { return };
     let (kind, data) = match (channel.strip_prefix(OCCUPANCY_PREFIX), transition) {
-        (_, Transition::Unchanged) => return,
+        (_, Transition::Unchanged | Transition::Refused) => return,
         (Some(channel), Transition::Joined(_)) => {
             (EventKind::Occupied, serde_json::json!({"channel": channel}))
         }
@@ -1011,23 +1018,29 @@ async fn track(
             was: change.was,
             now: change.now,
             info: change.info.as_deref(),
+            limit: change.limit,
         };
-        match presence.update(&update).await {
+        let admitted = match presence.update(&update).await {
+            Ok(Transition::Refused) => false,
             Ok(transition) => {
                 let user = change.user.as_str();
                 let info = change.info.as_deref();
                 announce(&broker, &change.channel, user, transition, info).await;
                 presence_webhook(webhooks.get(), &change.channel, user, transition).await;
+                true
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                channel = change.channel,
-                "a presence change was not recorded; the user's next change on the channel \
-                 records it"
-            ),
-        }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    channel = change.channel,
+                    "a presence change was not recorded; the user's next change on the \
+                     channel records it"
+                );
+                true
+            }
+        };
         if let Some(done) = change.done {
-            let _ = done.send(());
+            let _ = done.send(admitted);
         }
     }
 }
@@ -1048,7 +1061,7 @@ pub struct Connection {
 impl Connection {
     /// Joins `channel`. Messages published after this returns reach the connection.
     pub async fn join(&mut self, channel: &str) -> Result<(), BrokerError> {
-        self.join_counted(channel, None).await
+        self.join_counted(channel, None, None).await.map(drop)
     }
 
     /// Joins `channel` as [`Connection::join`] does, but on a presence channel counts the
@@ -1065,18 +1078,39 @@ impl Connection {
         info: Option<String>,
     ) -> Result<(), BrokerError> {
         let info = info.map(|info| Arc::from(crate::presence::info_json(info)));
-        self.join_counted(channel, Some((user.clone(), info))).await
+        self.join_counted(channel, Some((user.clone(), info)), None)
+            .await
+            .map(drop)
+    }
+
+    /// Joins presence channel `channel` as [`Connection::join_as`] does, unless the channel
+    /// has `limit` users already (cluster-wide, decided by the presence backend atomically
+    /// with the join): `Ok(false)` then, and the connection is not on the channel. A user
+    /// already on the channel may always add a connection. If the backend does not answer
+    /// in time, the join goes on, as [`Connection::join_as`]'s does.
+    pub async fn join_within(
+        &mut self,
+        channel: &str,
+        user: &UserId,
+        info: Option<String>,
+        limit: usize,
+    ) -> Result<bool, BrokerError> {
+        let info = info.map(|info| Arc::from(crate::presence::info_json(info)));
+        self.join_counted(channel, Some((user.clone(), info)), Some(limit))
+            .await
     }
 
     /// Joins `channel`, counted on a presence channel as `counted` (the user and their
-    /// info), or as this connection's user without info.
+    /// info), or as this connection's user without info, within `limit` users if given;
+    /// `Ok(false)` if the limit refused it.
     async fn join_counted(
         &mut self,
         channel: &str,
         counted: Option<(UserId, Option<Arc<str>>)>,
-    ) -> Result<(), BrokerError> {
+        limit: Option<usize>,
+    ) -> Result<bool, BrokerError> {
         if self.channels.iter().any(|c| c == channel) {
-            return Ok(());
+            return Ok(true);
         }
         let events = self
             .hub
@@ -1107,10 +1141,19 @@ impl Connection {
                 None => (self.user.clone(), None),
             };
             let (done, taken) = oneshot::channel();
-            self.count_presence(channel, &user, 1, info, Some(done));
-            let _ = tokio::time::timeout(PRESENCE_WAIT, taken).await;
+            self.count_presence(channel, &user, 1, info, Some((limit, done)));
+            let refused = matches!(
+                tokio::time::timeout(PRESENCE_WAIT, taken).await,
+                Ok(Ok(false))
+            );
+            if refused {
+                // Counted here but not by the backend: taking it back sends an absolute
+                // count the backend already has, so nobody hears of a leave.
+                self.leave(channel);
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Adds this connection to `channel`'s members; the returned future ends once the node
@@ -1151,13 +1194,15 @@ impl Connection {
     /// Adds `delta` to `user`'s connections to presence channel `channel` (their first
     /// connection here gives the `info` kept for them) and queues the change for the
     /// tracker; under the lock, so the tracker gets the changes in the order they happened.
+    /// `done`: the member limit of the join, if any, and who is told whether the backend
+    /// took it.
     fn count_presence(
         &self,
         channel: &str,
         user: &UserId,
         delta: isize,
         info: Option<Arc<str>>,
-        done: Option<oneshot::Sender<()>>,
+        done: Option<(Option<usize>, oneshot::Sender<bool>)>,
     ) {
         let Some(tracking) = self.hub.inner.tracking.get() else {
             return;
@@ -1184,7 +1229,8 @@ impl Connection {
             was,
             now,
             info,
-            done,
+            limit: done.as_ref().and_then(|(limit, _)| *limit),
+            done: done.map(|(_, done)| done),
         });
     }
 

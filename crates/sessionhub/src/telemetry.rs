@@ -165,9 +165,14 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Webhook events given up [reason: queue_full, queue_error, attempts, undecodable]",
     ),
     (
+        "sessionhub_webhooks_cancelled_total",
+        Kind::Counter,
+        "Held webhook events (vacated, leave) and their comebacks not sent: a comeback within the grace, two per pair",
+    ),
+    (
         "sessionhub_webhook_delivery_seconds",
         Kind::Histogram,
-        "From a webhook event happening to its receiver accepting it, retries included",
+        "From a webhook event happening to its receiver accepting it, retries and grace included",
     ),
 ];
 

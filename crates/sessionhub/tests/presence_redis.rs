@@ -241,6 +241,7 @@ async fn concurrent_changes_on_two_nodes_join_and_leave_once() {
             was,
             now,
             info: None,
+            limit: None,
         };
         for round in 0..50 {
             let (on_a, on_b) = (change("node-a", 0, 1), change("node-b", 0, 1));

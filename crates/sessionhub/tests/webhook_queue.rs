@@ -152,3 +152,35 @@ async fn a_redb_queue_survives_a_reopen() {
         .collect();
     assert_eq!(got, vec![(c.id.as_str(), 0), (b.id.as_str(), 1)]);
 }
+
+/// A held event journaled before a restart is still held after it: not due before its
+/// grace is over, and a comeback after the restart still cancels it.
+#[tokio::test]
+async fn a_redb_queue_keeps_held_events_held_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("webhooks.redb");
+    let (kept, cancelled) = (event("kept"), event("cancelled"));
+    let grace = Duration::from_millis(800);
+    {
+        let queue = LocalQueue::open(&path, 10).unwrap();
+        assert!(queue.hold(&kept, "kept", grace).await.unwrap());
+        assert!(queue.hold(&cancelled, "cancelled", grace).await.unwrap());
+    }
+    let queue = LocalQueue::open(&path, 10).unwrap();
+    assert!(queue.claim(10).await.unwrap().is_empty(), "still held");
+    assert!(
+        queue.cancel("cancelled").await.unwrap(),
+        "still cancellable"
+    );
+    tokio::time::sleep(grace).await;
+    let due = queue.claim(10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|c| c.event.id.as_str()).collect();
+    assert_eq!(ids, [kept.id.as_str()]);
+    queue.ack(&due[0]).await.unwrap();
+    drop(queue);
+    let queue = LocalQueue::open(&path, 10).unwrap();
+    assert!(
+        queue.claim(10).await.unwrap().is_empty(),
+        "the cancel was journaled"
+    );
+}

@@ -41,20 +41,35 @@ pub async fn signed_post(
     path: &str,
     body: &serde_json::Value,
 ) -> (u16, String) {
+    signed(node, app, reqwest::Method::POST, path, body.to_string()).await
+}
+
+/// GETs the HTTP API's `path` on `node`, signed for `app`; the status and the answer's text.
+pub async fn signed_get(node: &sessionhub_testkit::Node, app: &str, path: &str) -> (u16, String) {
+    signed(node, app, reqwest::Method::GET, path, String::new()).await
+}
+
+async fn signed(
+    node: &sessionhub_testkit::Node,
+    app: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: String,
+) -> (u16, String) {
     let app: sessionhub::pusher::PusherApp = app.parse().unwrap();
-    let body = body.to_string();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let query = sessionhub::pusher::request::sign(&app, "POST", path, &[], body.as_bytes(), now);
-    let response = super::http()
-        .post(format!("{}{path}?{query}", node.http()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the HTTP API answers");
+    let query =
+        sessionhub::pusher::request::sign(&app, method.as_str(), path, &[], body.as_bytes(), now);
+    let mut request = super::http().request(method, format!("{}{path}?{query}", node.http()));
+    if !body.is_empty() {
+        request = request
+            .header("content-type", "application/json")
+            .body(body);
+    }
+    let response = request.send().await.expect("the HTTP API answers");
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }

@@ -491,6 +491,80 @@ pub mod checks {
         // Held until now: closing it earlier would have its node report the leave itself.
         drop(on_peer);
     }
+
+    /// Joins with a member limit, racing on every node at once, admit exactly the limit:
+    /// the others are refused and not on the channel; a member
+    /// already on the channel may add a connection past the limit; a place freed by a leave
+    /// can be taken again.
+    pub async fn joins_past_a_member_limit_are_refused(fixture: &PresenceFixture) {
+        const LIMIT: usize = 5;
+        let channel = "room:limited";
+        let presence = &**fixture.presence();
+        // Kept alive to the end: its connections are half of the racers.
+        let peer = fixture.peer.as_ref().map(|start| start());
+        let hubs: Vec<&Hub> = std::iter::once(fixture.hub())
+            .chain(peer.as_ref().map(|p| &p.hub))
+            .collect();
+        let users: Vec<UserId> = (0..24).map(|i| user(&format!("racer-{i}"))).collect();
+        let mut connections: Vec<_> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| hubs[i % hubs.len()].connect(u))
+            .collect();
+        let joins = connections
+            .iter_mut()
+            .zip(&users)
+            .map(|(c, u)| c.join_within(channel, u, None, LIMIT));
+        let joined: Vec<bool> = futures_util::future::join_all(joins)
+            .await
+            .into_iter()
+            .map(|r| r.expect("joins"))
+            .collect();
+        assert_eq!(
+            joined.iter().filter(|j| **j).count(),
+            LIMIT,
+            "exactly the limit admitted: {joined:?}"
+        );
+        let admitted: Vec<&str> = users
+            .iter()
+            .zip(&joined)
+            .filter(|(_, j)| **j)
+            .map(|(u, _)| u.as_str())
+            .collect();
+        let expected: Vec<(&str, usize)> = admitted.iter().map(|u| (*u, 1)).collect();
+        channel_settles_at(presence, channel, &expected).await;
+        // An admitted member's second connection (on another node if there is one).
+        let first = users.iter().zip(&joined).position(|(_, j)| *j).unwrap();
+        let first_user = &users[first];
+        let mut again = hubs[(first + 1) % hubs.len()].connect(first_user);
+        assert!(
+            again
+                .join_within(channel, first_user, None, LIMIT)
+                .await
+                .expect("joins"),
+            "a member may always add a connection"
+        );
+        let refused = joined.iter().position(|j| !*j).unwrap();
+        let mut late = fixture.hub().connect(&users[refused]);
+        assert!(
+            !late
+                .join_within(channel, &users[refused], None, LIMIT)
+                .await
+                .expect("joins"),
+            "still full"
+        );
+        // The first member leaves with both connections: one place is free again.
+        drop(again);
+        drop(connections.swap_remove(first));
+        let expected: Vec<(&str, usize)> = admitted[1..].iter().map(|u| (*u, 1)).collect();
+        channel_settles_at(presence, channel, &expected).await;
+        assert!(
+            late.join_within(channel, &users[refused], None, LIMIT)
+                .await
+                .expect("joins"),
+            "a freed place is taken"
+        );
+    }
 }
 
 /// Runs every presence check against the backend `$factory` returns, one test each:
@@ -517,6 +591,7 @@ macro_rules! presence_conformance {
                 a_connection_joined_as_another_user_counts_as_them,
                 member_info_is_gone_after_leave,
                 member_info_is_gone_after_a_reap,
+                joins_past_a_member_limit_are_refused,
             ]
         );
     };

@@ -1,6 +1,7 @@
 //! The webhook `Queue` contract: what is pushed is claimed, once at a time, until it is
 //! acked; a retried event comes back after its delay with one more attempt; a claim whose
-//! consumer vanished comes back after the lease; the bound holds.
+//! consumer vanished comes back after the lease; the bound holds; a held event is due after
+//! its grace and can be cancelled, from any consumer of a shared queue, until it is claimed.
 //!
 //! A [`QueueFixture`] opens queues on one shared backend: `open(consumer, bound, lease)`
 //! gives a queue read as `consumer`, so that checks can play several nodes (or, for a
@@ -199,6 +200,83 @@ pub mod checks {
             "an acked event stays gone"
         );
     }
+    /// A held event is not due before its grace, then is claimed like any other; held
+    /// events count toward the bound (one per key: holding again under a key replaces).
+    pub async fn a_held_event_is_due_after_its_grace(f: &QueueFixture) {
+        let queue = (f.open)("a", 2, LONG).await;
+        let grace = Duration::from_millis(500);
+        let first = event(1);
+        assert!(queue.hold(&first, "k1", grace).await.unwrap(), "held");
+        let second = event(2);
+        assert!(queue.hold(&second, "k1", grace).await.unwrap(), "replaced");
+        assert!(
+            queue.push(&event(3)).await.unwrap(),
+            "the replaced one left room"
+        );
+        assert!(!queue.hold(&event(4), "k2", grace).await.unwrap(), "full");
+        let now = queue.claim(10).await.unwrap();
+        assert_eq!(now.len(), 1, "only the pushed one is due: {now:?}");
+        queue.ack(&now[0]).await.unwrap();
+        tokio::time::sleep(grace + Duration::from_millis(300)).await;
+        let due = queue.claim(10).await.unwrap();
+        assert_eq!(due.len(), 1, "the held one, once: {due:?}");
+        assert_eq!(due[0].event, second, "the last held under the key");
+        assert_eq!(due[0].attempts, 0);
+        queue.ack(&due[0]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(queue.claim(10).await.unwrap().is_empty(), "nothing left");
+    }
+
+    /// A held event cancelled within its grace (from another consumer where the queue is
+    /// shared: the comeback may be on another node) is never claimed; cancelling again, or
+    /// a key never held, answers false.
+    pub async fn a_held_event_cancelled_in_time_is_never_delivered(f: &QueueFixture) {
+        let grace = Duration::from_millis(400);
+        let a = (f.open)("a", 100, LONG).await;
+        let b = if f.shared {
+            (f.open)("b", 100, LONG).await
+        } else {
+            a.clone()
+        };
+        a.hold(&event(1), "left", grace).await.unwrap();
+        a.hold(&event(2), "kept", grace).await.unwrap();
+        assert!(b.cancel("left").await.unwrap(), "taken back");
+        assert!(!b.cancel("left").await.unwrap(), "once");
+        assert!(!a.cancel("never").await.unwrap());
+        tokio::time::sleep(grace + Duration::from_millis(300)).await;
+        let due = b.claim(10).await.unwrap();
+        let ids: Vec<_> = due.iter().map(|c| c.event.data["user"].clone()).collect();
+        assert_eq!(ids, [serde_json::json!("user-2")], "only the one kept");
+        b.ack(&due[0]).await.unwrap();
+    }
+
+    /// Once claimed, a held event is on its way: cancel answers false and the event is
+    /// still there to ack or retry (a failed delivery comes back, past cancelling); a
+    /// consumer that dies holding it leaves it to another after the lease.
+    pub async fn a_claimed_held_event_is_past_cancelling(f: &QueueFixture) {
+        let lease = Duration::from_millis(500);
+        let a = (f.open)("a", 100, lease).await;
+        a.hold(&event(1), "left", Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let claimed = a.claim(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert!(!a.cancel("left").await.unwrap(), "claimed: past cancelling");
+        a.retry(&claimed[0], Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!a.cancel("left").await.unwrap(), "a retried one too");
+        let again = a.claim(10).await.unwrap();
+        assert_eq!(again.len(), 1, "back for another try");
+        assert_eq!(again[0].attempts, 1);
+        if f.shared {
+            let b = (f.open)("b", 100, lease).await;
+            tokio::time::sleep(lease + Duration::from_millis(300)).await;
+            let taken = b.claim(10).await.unwrap();
+            assert_eq!(taken.len(), 1, "taken over from a dead consumer");
+            b.ack(&taken[0]).await.unwrap();
+        } else {
+            a.ack(&again[0]).await.unwrap();
+        }
+    }
 }
 
 /// Runs every queue check against `$factory` (an `async fn() -> QueueFixture`).
@@ -217,6 +295,9 @@ macro_rules! webhook_queue_conformance {
                 concurrent_consumers_split_the_events,
                 the_bound_holds,
                 acks_and_retries_are_idempotent,
+                a_held_event_is_due_after_its_grace,
+                a_held_event_cancelled_in_time_is_never_delivered,
+                a_claimed_held_event_is_past_cancelling,
             ]
         );
     };

@@ -10,13 +10,31 @@ use crate::error::PresenceError;
 use crate::hub::{Hub, Online, Registry};
 
 /// Presence of a single node: the hub's own registry, which is the whole truth, so a
-/// change is a join or a leave exactly when it is one on this node.
-pub struct LocalPresence(Arc<Registry>, AtomicU64);
+/// change is a join or a leave exactly when it is one on this node. Who is on each channel
+/// is kept in the registry too, as the changes answered it: the registry counts a connection
+/// as soon as it joins, before a member limit may refuse it.
+pub struct LocalPresence {
+    registry: Arc<Registry>,
+    version: AtomicU64,
+}
 
 impl LocalPresence {
     /// The presence of `hub`'s connections.
     pub fn new(hub: &Hub) -> Self {
-        Self(hub.registry(), AtomicU64::new(0))
+        Self {
+            registry: hub.registry(),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// The registry's members of `channel` that were admitted (a refused join's connection
+    /// is counted there until it is taken back).
+    fn admitted_members(&self, channel: &str) -> Vec<Member> {
+        let mut members = self.registry.members(channel);
+        let admitted = self.registry.admitted.lock().unwrap();
+        let users = admitted.get(channel);
+        members.retain(|m| users.is_some_and(|u| u.contains(&m.user)));
+        members
     }
 }
 
@@ -29,15 +47,15 @@ impl std::fmt::Debug for LocalPresence {
 #[async_trait]
 impl Presence for LocalPresence {
     async fn online(&self) -> Result<Online, PresenceError> {
-        Ok(self.0.online())
+        Ok(self.registry.online())
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
-        Ok(self.0.members(channel))
+        Ok(self.admitted_members(channel))
     }
 
     async fn stats(&self, channel: &str) -> Result<ChannelStats, PresenceError> {
-        let members = self.0.members(channel);
+        let members = self.admitted_members(channel);
         Ok(ChannelStats {
             users: members.len(),
             connections: members.iter().map(|m| m.connections).sum(),
@@ -45,11 +63,27 @@ impl Presence for LocalPresence {
     }
 
     async fn update(&self, change: &NodeChange<'_>) -> Result<Transition, PresenceError> {
-        let version = || self.1.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(match (change.was, change.now) {
-            (0, 1..) => Transition::Joined(version()),
-            (1.., 0) => Transition::Left(version()),
-            _ => Transition::Unchanged,
-        })
+        let version = || self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut admitted = self.registry.admitted.lock().unwrap();
+        let users = admitted.entry(change.channel.to_owned()).or_default();
+        let user = change.user.as_str();
+        let on = users.contains(user);
+        let transition = if change.now > 0 && !on {
+            if change.limit.is_some_and(|limit| users.len() >= limit) {
+                Transition::Refused
+            } else {
+                users.insert(user.to_owned());
+                Transition::Joined(version())
+            }
+        } else if change.now == 0 && on {
+            users.remove(user);
+            Transition::Left(version())
+        } else {
+            Transition::Unchanged
+        };
+        if users.is_empty() {
+            admitted.remove(change.channel);
+        }
+        Ok(transition)
     }
 }

@@ -11,6 +11,11 @@
 //! join or leave the channel cluster-wide, and the hub announces that to the channel's
 //! subscribers.
 //!
+//! A join may carry a member limit ([`NodeChange::limit`], a Pusher app's
+//! `max_presence_members`): the backend checks it in the same step as the join (one script
+//! with Redis), so that joins racing on many nodes never overshoot it, and refuses the join
+//! ([`Transition::Refused`]) rather than count it.
+//!
 //! A member may carry info (JSON text, e.g. a Pusher presence channel's `user_info`): the
 //! info given with the user's first connection to the channel cluster-wide, kept until their
 //! last connection is gone (or reaped with a dead node), as Pusher does.
@@ -144,6 +149,11 @@ pub struct NodeChange<'a> {
     /// cluster-wide (a node that was reaped while alive rejoins with it), and drops it when
     /// the user leaves.
     pub info: Option<&'a str>,
+    /// Most users the channel may have: a change that would make the user join past it is
+    /// refused ([`Transition::Refused`]) and changes nothing, decided atomically with the
+    /// join so that joins racing on several nodes never overshoot. A user already on the
+    /// channel may always add connections. `None`: no limit.
+    pub limit: Option<usize>,
 }
 
 /// What a change did to a channel's presence cluster-wide. A join or leave carries the
@@ -157,4 +167,7 @@ pub enum Transition {
     Left(u64),
     /// The user was and stays on the channel (or was and stays off it).
     Unchanged,
+    /// The user would have joined, but the channel has its [`NodeChange::limit`] of users
+    /// already: the user stays off it, and the node must take its connection back.
+    Refused,
 }

@@ -422,7 +422,8 @@ impl Presence for RedisPresence {
         invocation
             .arg(change.user.as_str())
             .arg(change.now)
-            .arg(change.info.unwrap_or(""));
+            .arg(change.info.unwrap_or(""))
+            .arg(change.limit.map(|l| l.to_string()).unwrap_or_default());
         let (transition, left_here, version): (i64, usize, u64) = self.invoke(&invocation).await?;
         if left_here == 0 {
             self.unindex(change.node, change.channel).await?;
@@ -430,6 +431,7 @@ impl Presence for RedisPresence {
         Ok(match transition {
             1 => Transition::Joined(version),
             -1 => Transition::Left(version),
+            2 => Transition::Refused,
             _ => Transition::Unchanged,
         })
     }

@@ -352,7 +352,7 @@ pub(crate) fn presence_event(
             user,
             version,
         },
-        Transition::Unchanged => return None,
+        Transition::Unchanged | Transition::Refused => return None,
     };
     Some(frame.to_text())
 }

@@ -23,6 +23,11 @@ use sha2::Sha256;
 use crate::protocol::MAX_CHANNEL_LEN;
 use crate::protocol::pusher::{self, ChannelNameError};
 
+/// How long an app's `channel_vacated` and `member_removed` webhooks wait, as on Pusher, so
+/// that a client that comes back at once (a page reload) causes none
+/// ([`crate::webhook::WebhookConfig::grace`]).
+pub const WEBHOOK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One Pusher app: its credentials and options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PusherApp {

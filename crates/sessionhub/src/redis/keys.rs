@@ -12,7 +12,7 @@
 //! | a broker channel (pub/sub)    | `<prefix>ch:{<channel>}`                      |
 //! | its history                   | `<prefix>ch:{<channel>}:meta`, `:history`, `:idem:<key>` |
 //! | presence (online counts)      | `<prefix>presence:{presence}:nodes`, `:users`, `:node:<node id>`, `:users:<node id>`, `:channels:<node id>` |
-//! | the webhook queue             | `<prefix>webhooks:{webhooks}:stream`, `:delayed` |
+//! | the webhook queue             | `<prefix>webhooks:{webhooks}:stream`, `:delayed`, `:held`, `:held_events` |
 //! | a channel's presence          | `<prefix>ch:{<channel>}:presence:users`, `:presence:connections`, `:presence:node:<node id>`, `:presence:info` |
 //!
 //! Session ids are base64url and never contain braces. A channel may contain braces: only
@@ -99,7 +99,8 @@ impl Keys {
         join(&self.prefix, &["presence:{presence}:users"])
     }
 
-    /// A key of the webhook queue (`stream`, `delayed`), all in one slot.
+    /// A key of the webhook queue (`stream`, `delayed`, `held`, `held_events`), all in one
+    /// slot.
     pub(crate) fn webhooks(&self, what: &str) -> String {
         join(&self.prefix, &["webhooks:{webhooks}:", what])
     }

@@ -55,6 +55,8 @@ pub(crate) static WEBHOOK_PUSH: LazyLock<Script> = script!("webhook_push.lua");
 pub(crate) static WEBHOOK_CLAIM: LazyLock<Script> = script!("webhook_claim.lua");
 pub(crate) static WEBHOOK_ACK: LazyLock<Script> = script!("webhook_ack.lua");
 pub(crate) static WEBHOOK_RETRY: LazyLock<Script> = script!("webhook_retry.lua");
+pub(crate) static WEBHOOK_HOLD: LazyLock<Script> = script!("webhook_hold.lua");
+pub(crate) static WEBHOOK_CANCEL: LazyLock<Script> = script!("webhook_cancel.lua");
 
 pub(crate) static BROKER_PUBLISH_UNKEPT: LazyLock<Script> = script!("broker_publish_unkept.lua");
 pub(crate) static BROKER_RECOVER: LazyLock<Script> =

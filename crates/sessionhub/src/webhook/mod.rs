@@ -13,6 +13,14 @@
 //! the acknowledgement leaves the event to be claimed again, so every event carries an `id`
 //! for the receiver to drop duplicates.
 //!
+//! A target with a grace ([`WebhookConfig::grace`]; Pusher apps' 3 s) holds a channel's
+//! vacated and a member's leave in the shared queue ([`Queue::hold`]), due after the grace;
+//! a comeback (the channel occupied again, the member added again, decided once
+//! cluster-wide like the leave) takes it back ([`Queue::cancel`]) if no node claimed it
+//! yet, and then is not sent either. The held event lives in the queue, not in a node's
+//! timer, so the leave on one node, the comeback on another and the death of either
+//! change nothing: whichever node claims it when due sends it.
+//!
 //! The body of each POST is one event as JSON:
 //! `{"id": "<32 hex>", "type": "user.online", "time": <ms since the Unix epoch>,
 //! "node": "<node id>", "data": {...}}`, or Pusher's body for a Pusher app's webhooks
@@ -237,6 +245,16 @@ pub trait Queue: Send + Sync + fmt::Debug + 'static {
 
     /// Gives a claimed event back, with one more failed attempt, due again after `delay`.
     async fn retry(&self, claimed: &Claimed, delay: Duration) -> Result<(), QueueError>;
+
+    /// Adds `event` held for `grace` under `key`: not due before it, and until it is first
+    /// claimed [`Queue::cancel`] with the same key takes it back. Another event held under
+    /// `key` and not claimed yet is replaced. `Ok(false)` if the queue is at its bound.
+    async fn hold(&self, event: &Event, key: &str, grace: Duration) -> Result<bool, QueueError>;
+
+    /// Takes back the event held under `key`, if it was not claimed yet; answers whether it
+    /// did (then that event is never delivered). Once claimed, an event is on its way like
+    /// any other and this answers false.
+    async fn cancel(&self, key: &str) -> Result<bool, QueueError>;
 }
 
 /// Where and how webhooks are sent.
@@ -259,6 +277,11 @@ pub struct WebhookConfig {
     pub max_backoff: Duration,
     /// The body and signature: sessionhub's (signed with `secrets`) or a Pusher app's.
     pub format: Format,
+    /// How long a channel's vacated and a member's leave wait before they are sent; a
+    /// comeback within it (the channel occupied again, the member back, on any node)
+    /// cancels both the held event and the comeback's own, so a page reload sends nothing.
+    /// Zero sends them at once (the default; Pusher apps get [`crate::pusher::WEBHOOK_GRACE`]).
+    pub grace: Duration,
 }
 
 impl WebhookConfig {
@@ -274,6 +297,7 @@ impl WebhookConfig {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             format: Format::Sessionhub,
+            grace: Duration::ZERO,
         }
     }
 }
@@ -356,7 +380,25 @@ impl Webhooks {
 
     async fn push_to(target: &Target, event: &Event) {
         let kind = event.kind;
-        let reason = match target.queue.push(event).await {
+        let grace = target.config.grace;
+        let queued = match Grace::of(event) {
+            Some(Grace::Leave(key)) if !grace.is_zero() => {
+                target.queue.hold(event, &key, grace).await
+            }
+            Some(Grace::Comeback(key)) if !grace.is_zero() => {
+                match target.queue.cancel(&key).await {
+                    Ok(true) => {
+                        tracing::debug!(id = %event.id, kind = %kind, "a comeback within the grace: neither event is sent");
+                        metrics::counter!("sessionhub_webhooks_cancelled_total").increment(2);
+                        return;
+                    }
+                    // Not cancelled (or not known): the comeback goes out as it would.
+                    Ok(false) | Err(_) => target.queue.push(event).await,
+                }
+            }
+            _ => target.queue.push(event).await,
+        };
+        let reason = match queued {
             Ok(true) => return,
             Ok(false) => {
                 tracing::warn!(id = %event.id, kind = %kind, "webhook queue full: event dropped");
@@ -368,6 +410,32 @@ impl Webhooks {
             }
         };
         metrics::counter!("sessionhub_webhooks_dropped_total", "reason" => reason).increment(1);
+    }
+}
+
+/// What the grace does with an event: holds a leave (channel vacated, member removed)
+/// under a key, or cancels the held leave a comeback (channel occupied, member added) has
+/// the same key as.
+enum Grace {
+    Leave(String),
+    Comeback(String),
+}
+
+impl Grace {
+    fn of(event: &Event) -> Option<Self> {
+        let channel = event.data["channel"].as_str()?;
+        // JSON, so that no channel or user name can make one key another's.
+        let key = |what: &str| match event.data["user"].as_str() {
+            Some(user) => serde_json::json!([what, channel, user]).to_string(),
+            None => serde_json::json!([what, channel]).to_string(),
+        };
+        Some(match event.kind {
+            EventKind::Vacated => Self::Leave(key("vacated")),
+            EventKind::Occupied => Self::Comeback(key("vacated")),
+            EventKind::Leave => Self::Leave(key("left")),
+            EventKind::Join => Self::Comeback(key("left")),
+            _ => return None,
+        })
     }
 }
 

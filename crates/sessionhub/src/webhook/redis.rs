@@ -1,7 +1,8 @@
 //! The queue of a cluster: a Redis stream read by one consumer group, so each event goes to
 //! one node; a node that dies holding claimed events leaves them pending, and another takes
 //! them over (XAUTOCLAIM) once they have been idle for the lease. Events given back for a
-//! retry wait in a sorted set until due. Both keys share the `{webhooks}` hash tag, so every
+//! retry wait in a sorted set until due; held events (a grace) wait in a sorted set of their
+//! keys and a hash of their bodies, where a cancel can still find them. Every key shares the `{webhooks}` hash tag, so every
 //! script works on Redis Cluster too; Sentinel and Cluster come with [`RedisConfig`].
 
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub struct RedisQueue {
     connection: Managed,
     stream: String,
     delayed: String,
+    held: String,
+    held_events: String,
     consumer: String,
     bound: usize,
     lease: Duration,
@@ -56,6 +59,8 @@ impl RedisQueue {
             connection,
             stream: keys.webhooks("stream"),
             delayed: keys.webhooks("delayed"),
+            held: keys.webhooks("held"),
+            held_events: keys.webhooks("held_events"),
             consumer: consumer.to_owned(),
             bound,
             lease,
@@ -85,6 +90,7 @@ impl Queue for RedisQueue {
         invocation
             .key(&self.stream)
             .key(&self.delayed)
+            .key(&self.held)
             .arg(self.bound)
             .arg(json);
         let queued: i64 = self.invoke(&invocation).await?;
@@ -96,6 +102,8 @@ impl Queue for RedisQueue {
         invocation
             .key(&self.stream)
             .key(&self.delayed)
+            .key(&self.held)
+            .key(&self.held_events)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(self.lease.as_millis() as u64)
@@ -144,5 +152,28 @@ impl Queue for RedisQueue {
             .arg(format!("{}:{json}", claimed.attempts + 1));
         let _: i64 = self.invoke(&invocation).await?;
         Ok(())
+    }
+
+    async fn hold(&self, event: &Event, key: &str, grace: Duration) -> Result<bool, QueueError> {
+        let json = serde_json::to_string(event).expect("events serialize");
+        let mut invocation = scripts::WEBHOOK_HOLD.prepare_invoke();
+        invocation
+            .key(&self.stream)
+            .key(&self.delayed)
+            .key(&self.held)
+            .key(&self.held_events)
+            .arg(self.bound)
+            .arg(key)
+            .arg(now_ms() + grace.as_millis() as u64)
+            .arg(json);
+        let queued: i64 = self.invoke(&invocation).await?;
+        Ok(queued == 1)
+    }
+
+    async fn cancel(&self, key: &str) -> Result<bool, QueueError> {
+        let mut invocation = scripts::WEBHOOK_CANCEL.prepare_invoke();
+        invocation.key(&self.held).key(&self.held_events).arg(key);
+        let cancelled: i64 = self.invoke(&invocation).await?;
+        Ok(cancelled == 1)
     }
 }

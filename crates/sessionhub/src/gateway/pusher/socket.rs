@@ -311,22 +311,16 @@ impl PusherConnection {
             return Err(("Unavailable", 501, message.to_owned()));
         }
         let unavailable = |e: &dyn std::fmt::Display| ("Unavailable", 503, e.to_string());
-        // Checked before the join, so not atomic across nodes: two members joining at once
-        // may both find the last place free.
-        let members = gateway
-            .presence
-            .members(channel)
+        // The presence backend checks the limit with the join, atomically cluster-wide.
+        let max = self.app.max_presence_members;
+        let joined = connection
+            .join_within(channel, &member.id, member.info.clone(), max)
             .await
             .map_err(|e| unavailable(&e))?;
-        let max = self.app.max_presence_members;
-        if members.len() >= max && !members.iter().any(|m| m.user == member.id.as_str()) {
+        if !joined {
             let message = format!("the channel has its {max} members already");
             return Err(("LimitReached", 403, message));
         }
-        connection
-            .join_as(channel, &member.id, member.info.clone())
-            .await
-            .map_err(|e| unavailable(&e))?;
         // Read after the join, which waited for presence to count this connection.
         let members = match gateway.presence.members(channel).await {
             Ok(members) => members,

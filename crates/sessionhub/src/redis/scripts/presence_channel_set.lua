@@ -6,8 +6,9 @@
 -- info (hash: user -> JSON text); all with the channel as hash tag. ARGV[1] the user,
 -- ARGV[2] the user's connections on this node now, ARGV[3] the user's info ('' for none):
 -- kept if the user thereby joins (the info of their first connection cluster-wide, as
--- Pusher has it), dropped when they leave.
--- Answers {1 (joined), -1 (left) or 0; how many users the node still has on the channel,
+-- Pusher has it), dropped when they leave. ARGV[4] the most users the channel may have
+-- ('' for no limit): a change that would make the user join past it changes nothing.
+-- Answers {1 (joined), -1 (left), 2 (refused: the channel is full) or 0; how many users the node still has on the channel,
 -- so that the node can take the channel out of its index when it reaches 0; the version
 -- after a join or leave, 0 otherwise}. Nodes announce joins and leaves after this returns,
 -- each on its own, so announcements of different nodes can pass each other: the version
@@ -21,6 +22,13 @@ local now = tonumber(ARGV[2])
 local diff = now - was
 if diff == 0 then
     return {0, redis.call('HLEN', KEYS[2]), 0}
+end
+-- Checked here, with the join, so that joins racing on many nodes cannot all find the
+-- last place free.
+local limit = tonumber(ARGV[4])
+if limit and diff > 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+        and redis.call('HLEN', KEYS[1]) >= limit then
+    return {2, redis.call('HLEN', KEYS[2]), 0}
 end
 if now > 0 then
     redis.call('HSET', KEYS[2], ARGV[1], now)

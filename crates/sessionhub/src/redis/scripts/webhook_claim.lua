@@ -1,17 +1,31 @@
--- Claims up to ARGV[4] webhook events for one consumer: first the delayed events now due
--- (moved into the stream), then entries another consumer claimed and has neither acked nor
--- retried for ARGV[3] ms (it died: XAUTOCLAIM takes them over), then new entries.
--- KEYS[1] the stream, KEYS[2] the delayed events (zset); in the `{webhooks}` slot.
+-- Claims up to ARGV[4] webhook events for one consumer: first the delayed and held events
+-- now due (moved into the stream, where a held one can no longer be cancelled), then
+-- entries another consumer claimed and has neither acked nor retried for ARGV[3] ms (it
+-- died: XAUTOCLAIM takes them over), then new entries.
+-- KEYS[1] the stream, KEYS[2] the delayed events (zset), KEYS[3] the held keys (zset),
+-- KEYS[4] the held events (hash), as webhook_hold.lua writes them; in the `{webhooks}` slot.
 -- ARGV[1] the consumer group, ARGV[2] this consumer, ARGV[3] the lease (ms), ARGV[4] how
 -- many at most, ARGV[5] now (ms since the Unix epoch).
 -- Answers a flat list: entry id, event JSON, failed attempts; per claimed entry.
 
+local function queue(event, attempts)
+    redis.call('XADD', KEYS[1], '*', 'e', event, 'a', attempts)
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[5], 'LIMIT', 0, 100)
 for _, member in ipairs(due) do
     -- Members are "<attempts>:<event JSON>", unique by the event's id.
     local colon = string.find(member, ':', 1, true)
-    redis.call('XADD', KEYS[1], '*', 'e', string.sub(member, colon + 1), 'a', string.sub(member, 1, colon - 1))
+    queue(string.sub(member, colon + 1), string.sub(member, 1, colon - 1))
     redis.call('ZREM', KEYS[2], member)
+end
+local held = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[5], 'LIMIT', 0, 100)
+for _, key in ipairs(held) do
+    local event = redis.call('HGET', KEYS[4], key)
+    if event then
+        queue(event, 0)
+    end
+    redis.call('ZREM', KEYS[3], key)
+    redis.call('HDEL', KEYS[4], key)
 end
 
 local max = tonumber(ARGV[4])
