@@ -2,8 +2,9 @@
 # sessionhub's Pusher endpoint against Sockudo (a Rust Pusher server), the same
 # Pusher-protocol load from sessionhub-loadgen (docs/benchmarks.md, "Pusher protocol").
 #
-#   scripts/bench-pusher.sh           full run, ~15 minutes on 2 cores (plus the builds)
-#   scripts/bench-pusher.sh --quick   smoke run, ~4 minutes
+#   scripts/bench-pusher.sh           full run, ~17 minutes on 2 cores (plus the builds:
+#                                     Sockudo's alone took 30 minutes here)
+#   scripts/bench-pusher.sh --quick   smoke run, ~5 minutes
 #   scripts/bench-pusher.sh --profile DIR   no measurement: one run of each fan-out on three
 #       nodes per target with `perf record` on its nodes, drawn as DIR/flamegraph-pusher-
 #       <target>-<F>.svg (needs perf, inferno-collapse-perf and inferno-flamegraph on PATH:

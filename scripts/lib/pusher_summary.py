@@ -29,13 +29,15 @@ def main():
         target, topo, fan, _round = path.stem.removeprefix("fanout-").rsplit("-", 3)
         step = json.loads(path.read_text())["steps"][0]
         per = step.get("cpu_per_100k") or {}
+        node_cpu, redis_cpu = per.get("server"), per.get("redis") if int(topo) == 3 else None
         entry = runs.setdefault((int(topo), int(fan)), {}).setdefault(target, [])
         entry.append(
             {
-                "node_cpu": per.get("server"),
-                "redis_cpu": per.get("redis") if int(topo) == 3 else None,
-                "total_cpu": (per.get("server") or 0) + (per.get("redis") or 0)
-                if per.get("server") is not None and int(topo) == 3
+                "node_cpu": node_cpu,
+                "redis_cpu": redis_cpu,
+                # What a cluster costs: its nodes and the Redis they share.
+                "total_cpu": node_cpu + redis_cpu
+                if node_cpu is not None and redis_cpu is not None
                 else None,
                 "p50_ms": step["latency"]["p50_ms"],
                 "p99_ms": step["latency"]["p99_ms"],
