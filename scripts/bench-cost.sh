@@ -50,11 +50,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ -n "$PROFILE" ]; then
-  for tool in perf inferno-collapse-perf inferno-flamegraph; do
-    command -v "$tool" >/dev/null || { echo "--profile needs $tool on PATH" >&2; exit 2; }
-  done
-fi
+# shellcheck source=scripts/lib/profile.sh
+source scripts/lib/profile.sh
+[ -z "$PROFILE" ] || profile_tools
 
 SCRATCH_NAME=sessionhub-cost
 # shellcheck source=scripts/lib/bench-setup.sh
@@ -105,25 +103,14 @@ fanout() {
   for a in "${NODE_PIDS[@]}"; do args+=(--pid "$a"); done
   for f in "${FANOUTS[@]}"; do
     if [ "$f" = 1 ]; then rate=$F1_RATE; else rate=$(awk -v d="$FAN_DELIVERIES" -v f="$f" 'BEGIN { print d / f }'); fi
-    local perf=""
-    if [ -n "$PROFILE" ]; then
-      # Sampled from the start of the load (the clients connect in ~2 s) for its duration.
-      (sleep 3; exec perf record -F 499 --call-graph dwarf,16384 -o "$SCRATCH/perf-f$f.data" \
-        -p "$(IFS=,; echo "${NODE_PIDS[*]}")" -- sleep "$DURATION") >"$LOGS/perf-f$f.log" 2>&1 &
-      perf=$!
-    fi
+    # Sampled from the start of the load (the clients connect in ~2 s) for its duration.
+    [ -z "$PROFILE" ] || profile_start "fanout-$f" 3 "$DURATION" "${NODE_PIDS[@]}"
     "$LOADGEN" fanout --label "$target" --flavor "$flavor" --clients "$CLIENTS" --conns-per-user "$f" \
       --publish http --publishers 128 --rate "$rate" --duration "$DURATION" --source-ips 8 \
       --redis-pid "$REDIS_PID" "${args[@]}" --out "$RAW/fanout-$target-f$f-r$round.json" \
       >/dev/null 2>>"$LOGS/loadgen.log" || log "FAILED: fan-out $target f$f round $round (continuing)"
     grep -h 'step 1:' "$LOGS/loadgen.log" | tail -1 | sed "s/^/    f$f: /" >&2 || true
-    if [ -n "$perf" ]; then
-      wait "$perf" || true
-      perf script -i "$SCRATCH/perf-f$f.data" 2>/dev/null | inferno-collapse-perf >"$PROFILE/fanout-$f.folded"
-      inferno-flamegraph --minwidth 0.2 --title "sessionhub nodes, fan-out $f, $rate pushes/s ($target)" \
-        <"$PROFILE/fanout-$f.folded" >"$PROFILE/flamegraph-fanout-$f.svg"
-      log "profile: $PROFILE/flamegraph-fanout-$f.svg"
-    fi
+    [ -z "$PROFILE" ] || profile_finish "fanout-$f" "sessionhub nodes, fan-out $f, $rate pushes/s ($target)"
   done
 }
 
