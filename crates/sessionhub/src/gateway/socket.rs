@@ -6,6 +6,7 @@
 //! protocol's ([`super::seed`], [`super::v1`]), answered as a [`Plan`] this loop carries out.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Extension;
@@ -16,7 +17,7 @@ use futures_util::future::{self, BoxFuture};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, Sleep, sleep_until, timeout, timeout_at};
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
@@ -111,10 +112,12 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit))
-        // A small read buffer: an idle connection's memory is mostly its buffers (4 KiB made
-        // 9.8 KiB per idle connection, 1 KiB makes 6.8; docs/benchmarks.md). Larger frames
-        // still arrive whole: the buffer grows for them.
-        .read_buffer_size(1024)
+        // A small read buffer: every idle connection holds one (4 KiB made 9.8 KiB per idle
+        // connection, 1 KiB 6.8, 512 bytes takes 0.5 KiB more off; docs/benchmarks.md).
+        // Larger frames still arrive whole: the buffer grows for them, and tungstenite reads
+        // them in pieces of this size. What clients send is small (pongs, subscribe and
+        // publish frames of a few hundred bytes).
+        .read_buffer_size(512)
         .write_buffer_size(0);
     ws.accept(config, then)
 }
@@ -256,85 +259,75 @@ async fn drive(
     told: &mut Option<String>,
 ) -> (u16, &'static str) {
     let config = &gateway.config.socket;
-    let greeting = match protocol {
-        Protocol::Seed => seed::greeting(user, gateway.hub.node_id()),
-        Protocol::V1(v1) => v1.greeting(gateway.hub.node_id(), connection.id()),
-    };
-    if socket.send(Message::Text(greeting.into())).await.is_err() {
+    // Boxed: inline, the joins' futures (over 1 KiB) would be room in every idle socket.
+    if !Box::pin(greet(
+        socket,
+        connection,
+        protocol,
+        user,
+        credentials,
+        gateway,
+    ))
+    .await
+    {
         return (0, "gone");
-    }
-    if let Protocol::V1(v1) = protocol {
-        let mut joined = v1.claimed(connection, credentials, gateway).await;
-        joined.extend(v1.join_initial(connection, credentials, gateway).await);
-        for reply in joined {
-            if socket.send(Message::Text(reply.into())).await.is_err() {
-                return (0, "gone");
-            }
-        }
     }
     let ping_every = config
         .ping_interval
         .min(config.idle_timeout / 2)
         .max(Duration::from_millis(10));
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let mut idle_deadline = Instant::now() + config.idle_timeout;
+    let mut timers = LoopTimers::new(ping_every, config.idle_timeout);
     let mut credentials_check = first_credentials_check(credentials, gateway);
     // Admitting the socket loaded its session, which slid the session's expiry.
     let mut session_used = Instant::now();
     let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
     // Publishes from this client under way, their replies sent in the order of the frames.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Vec<String>>> = FuturesOrdered::new();
-    // In a drain, the moment this connection closes; until then it keeps delivering. Shares
-    // the idle deadline's timer: one more timer per socket would cost every message.
-    let mut drain_turn: Option<Instant> = None;
-    // The timers and the cancellation waits live as long as the loop and are moved only when
+    // The timer and the cancellation waits live as long as the loop and are moved only when
     // their deadline changes. Made afresh in every `select!`, each message registered two
     // timers and two waits and took them out again: a quarter of a node's CPU per delivery
     // at fan-out 100 (perf; docs/benchmarks.md, "Cost per unit of work").
     let shutting_down = gateway.shutdown.clone().cancelled_owned();
     let slow_verdict = connection.slow().clone().cancelled_owned();
-    let idle = sleep_until(idle_deadline);
-    let look = sleep_until(next_look(credentials_check, protocol.hooked()));
-    tokio::pin!(shutting_down, slow_verdict, idle, look);
+    let timer = sleep_until(timers.deadline(next_look(credentials_check, protocol.hooked())));
+    tokio::pin!(shutting_down, slow_verdict, timer);
     // They stay in the connection's future through every await of the loop, so the rare
     // awaits below (credentials, hooks, channel changes: futures of several hundred bytes)
-    // are boxed, allocated only while they run: inline, the future reserved room for them
-    // beside these four, and an idle socket grew from 7.0-7.2 to 7.5 KiB (8 000 sockets).
+    // are boxed, allocated only while they run: inline, the future would reserve room for
+    // the largest of them beside these three in every idle socket.
     loop {
-        let idle_at = drain_turn.map_or(idle_deadline, |turn| turn.min(idle_deadline));
-        if idle.deadline() != idle_at {
-            idle.as_mut().reset(idle_at);
-        }
         let look_at = next_look(credentials_check, protocol.hooked());
-        if look.deadline() != look_at {
-            look.as_mut().reset(look_at);
-        }
+        timers.arm(timer.as_mut(), look_at);
         tokio::select! {
             biased;
-            () = &mut shutting_down, if drain_turn.is_none() => {
-                drain_turn = Some(gateway.drain_turn(connection.id()));
+            () = &mut shutting_down, if timers.drain_turn.is_none() => {
+                timers.drain_turn = Some(gateway.drain_turn(connection.id()));
             }
             () = &mut slow_verdict => return close::SLOW_CONSUMER,
-            () = &mut idle => {
-                return match drain_turn {
-                    Some(turn) if Instant::now() >= turn => close::SERVICE_RESTART,
-                    _ => close::IDLE_TIMEOUT,
-                };
-            }
-            () = &mut look => {
-                if let Err(denial) = Box::pin(hooked::look_if_due(protocol.hooked_mut())).await {
-                    *told = Some(denial.close_reason().to_owned());
-                    return (denial.close_code(), "hook");
+            () = &mut timer => match timers.due(timer.as_mut(), look_at) {
+                Due::Restart => return close::SERVICE_RESTART,
+                Due::Quiet => return close::IDLE_TIMEOUT,
+                Due::Ping => {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return (0, "gone");
+                    }
                 }
-                if Instant::now() < credentials_check {
-                    continue;
+                Due::Look => {
+                    if let Err(denial) = Box::pin(hooked::look_if_due(protocol.hooked_mut())).await {
+                        *told = Some(denial.close_reason().to_owned());
+                        return (denial.close_code(), "hook");
+                    }
+                    if Instant::now() < credentials_check {
+                        continue;
+                    }
+                    match Box::pin(check_credentials(credentials, gateway)).await {
+                        Some(next) => credentials_check = next,
+                        None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,
+                        None => return close::SESSION_ENDED,
+                    }
                 }
-                match Box::pin(check_credentials(credentials, gateway)).await {
-                    Some(next) => credentials_check = next,
-                    None if matches!(credentials, Credentials::Token { .. }) => return close::TOKEN_EXPIRED,
-                    None => return close::SESSION_ENDED,
-                }
-            }
+                Due::Nothing => {}
+            },
             outbound = connection.recv() => {
                 if let Outbound::Subscribe(_) | Outbound::Unsubscribe(_) = outbound {
                     // Seed sockets have their one channel by protocol.
@@ -373,7 +366,7 @@ async fn drive(
                     () = &mut slow_verdict => return close::SLOW_CONSUMER,
                     // Stuck on a client that stopped reading when the drain began: it
                     // would not read its turn's close either.
-                    () = &mut shutting_down, if drain_turn.is_none() => return close::SERVICE_RESTART,
+                    () = &mut shutting_down, if timers.drain_turn.is_none() => return close::SERVICE_RESTART,
                 }
             }
             Some(replies) = in_flight.next(), if !in_flight.is_empty() => {
@@ -383,13 +376,8 @@ async fn drive(
                     }
                 }
             }
-            _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return (0, "gone");
-                }
-            }
             inbound = socket.next() => {
-                idle_deadline = Instant::now() + config.idle_timeout;
+                timers.quiet = Instant::now() + config.idle_timeout;
                 if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &inbound {
                     metrics::counter!("sessionhub_client_frames_total").increment(1);
                     // A client that talks is using its session, as a request would: slide it
@@ -455,6 +443,115 @@ async fn drive(
             }
         }
     }
+}
+
+/// The socket loop's deadlines, which share one timer: the next WebSocket ping, the end of
+/// the client's allowed silence, the connection's turn in a drain, and the loop's own look
+/// (credentials, hooks). Separate, they were three timers in every connection (an
+/// `Interval` keeps its `Sleep` on the heap besides): more bytes per idle socket, and more
+/// timers for every `select!` to poll per message.
+pub(super) struct LoopTimers {
+    ping_every: Duration,
+    next_ping: Instant,
+    /// When the client has been silent too long; everything it sends moves this.
+    pub(super) quiet: Instant,
+    /// In a drain, the moment this connection closes; until then it keeps delivering.
+    pub(super) drain_turn: Option<Instant>,
+}
+
+/// What the loop's timer found due, the most pressing first.
+pub(super) enum Due {
+    /// The connection's turn in a drain came.
+    Restart,
+    /// The client was silent past [`LoopTimers::quiet`].
+    Quiet,
+    /// The loop's look (credentials, hooks).
+    Look,
+    /// A ping to send; the next is a period from now.
+    Ping,
+    /// Nothing yet (the timer is armed again).
+    Nothing,
+}
+
+impl LoopTimers {
+    /// Pings every `ping_every`; the client may be silent for `quiet_after`.
+    pub(super) fn new(ping_every: Duration, quiet_after: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            ping_every,
+            next_ping: now + ping_every,
+            quiet: now + quiet_after,
+            drain_turn: None,
+        }
+    }
+
+    /// The soonest deadline, the loop's look (due at `look`) among them.
+    pub(super) fn deadline(&self, look: Instant) -> Instant {
+        let quiet = self
+            .drain_turn
+            .map_or(self.quiet, |turn| turn.min(self.quiet));
+        quiet.min(look).min(self.next_ping)
+    }
+
+    /// Moves `timer` to the soonest deadline, if that changed (moving a timer costs more
+    /// than comparing).
+    pub(super) fn arm(&self, timer: Pin<&mut Sleep>, look: Instant) {
+        let at = self.deadline(look);
+        if timer.deadline() != at {
+            timer.reset(at);
+        }
+    }
+
+    /// What is due now that `timer` fired; one thing at a time, the loop comes back for
+    /// the rest. A ping due is taken: the next is due a period from now.
+    pub(super) fn due(&mut self, timer: Pin<&mut Sleep>, look: Instant) -> Due {
+        let now = Instant::now();
+        if self.drain_turn.is_some_and(|turn| now >= turn) {
+            Due::Restart
+        } else if now >= self.quiet {
+            Due::Quiet
+        } else if now >= look {
+            Due::Look
+        } else if now >= self.next_ping {
+            self.next_ping = now + self.ping_every;
+            Due::Ping
+        } else {
+            // Fired before its deadline by our clock: a fired `Sleep` stays ready, so it
+            // must be armed again or the loop would spin until the deadline.
+            timer.reset(self.deadline(look));
+            Due::Nothing
+        }
+    }
+}
+
+/// Sends the greeting, and on v1 joins the channels the token claims and the connect hook
+/// names, with their replies; `false` if the client is gone.
+async fn greet(
+    socket: &mut Socket,
+    connection: &mut Connection,
+    protocol: &mut Protocol,
+    user: &UserId,
+    credentials: &Credentials,
+    gateway: &Gateway,
+) -> bool {
+    let greeting = match protocol {
+        Protocol::Seed => seed::greeting(user, gateway.hub.node_id()),
+        Protocol::V1(v1) => v1.greeting(gateway.hub.node_id(), connection.id()),
+    };
+    if socket.send(Message::Text(greeting.into())).await.is_err() {
+        return false;
+    }
+    let Protocol::V1(v1) = protocol else {
+        return true;
+    };
+    let mut joined = v1.claimed(connection, credentials, gateway).await;
+    joined.extend(v1.join_initial(connection, credentials, gateway).await);
+    for reply in joined {
+        if socket.send(Message::Text(reply.into())).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The delivery latency histogram. Looked up once: `metrics::histogram!` hashes its name
@@ -532,3 +629,64 @@ pub(super) async fn linger(socket: &mut Socket) {
 const LINGER_TIME: Duration = Duration::from_secs(5);
 /// How much `linger` may read: a 64 MiB frame, not an endless stream.
 const LINGER_BYTES: u64 = 64 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without one: making it takes a live socket.
+    fn returned_size<A, B, C, D, E, F: Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// Every open socket is a task holding this future, so its size is paid per idle
+    /// socket (docs/benchmarks.md, "It costs memory per idle socket"). A rare await left
+    /// inline (joins, hooks, credentials: 400-1 200 bytes each) or another timer beside the
+    /// loop's one would show here first.
+    /// One timer for four deadlines: it fires at the soonest, and what is due comes out most
+    /// pressing first, one at a time.
+    #[tokio::test]
+    async fn the_loop_timers_give_what_is_due_most_pressing_first() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut timers = LoopTimers::new(Duration::from_secs(30), Duration::from_secs(60));
+        assert_eq!(timers.deadline(far), timers.next_ping);
+        let timer = sleep_until(far);
+        tokio::pin!(timer);
+        // Early by our clock: nothing, and the timer armed again at the soonest deadline.
+        assert!(matches!(timers.due(timer.as_mut(), far), Due::Nothing));
+        assert_eq!(timer.deadline(), timers.next_ping);
+
+        timers.next_ping = Instant::now();
+        assert!(matches!(timers.due(timer.as_mut(), far), Due::Ping));
+        assert!(timers.next_ping >= Instant::now() + Duration::from_secs(29));
+        timers.next_ping = Instant::now();
+        let look = Instant::now();
+        assert_eq!(timers.deadline(look), look.min(timers.next_ping));
+        assert!(matches!(timers.due(timer.as_mut(), look), Due::Look));
+        timers.quiet = Instant::now();
+        assert!(matches!(timers.due(timer.as_mut(), look), Due::Quiet));
+        // A drain turn shortens the quiet deadline, and comes first once reached.
+        timers.quiet = far;
+        timers.next_ping = far;
+        let turn = Instant::now() + Duration::from_secs(5);
+        timers.drain_turn = Some(turn);
+        assert_eq!(timers.deadline(far), turn);
+        timers.quiet = Instant::now();
+        timers.drain_turn = Some(Instant::now());
+        assert!(matches!(timers.due(timer.as_mut(), look), Due::Restart));
+    }
+
+    /// 2 392 bytes now, debug and release alike. With tokio's header and trailer (~110
+    /// bytes, rounded up to its 128-byte alignment) the task stays within 2 560 bytes.
+    const LIMIT: usize = 2432;
+
+    #[test]
+    fn the_connection_future_stays_small() {
+        let size = returned_size(run);
+        eprintln!("connection future: {size} bytes");
+        assert!(
+            size <= LIMIT,
+            "the connection future is {size} bytes, over {LIMIT}"
+        );
+    }
+}

@@ -15,6 +15,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::Response;
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -81,22 +83,28 @@ impl Upgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
+        let open = async move {
+            match on_upgrade.await {
+                Ok(upgraded) => Some(
+                    WebSocketStream::from_raw_socket(
+                        Watched::new(TokioIo::new(upgraded)),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await,
+                ),
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket upgrade failed");
-                    return;
+                    None
                 }
-            };
-            let socket = WebSocketStream::from_raw_socket(
-                Watched::new(TokioIo::new(upgraded)),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            then(socket).await;
-        });
+            }
+        };
+        // Chained, not one `async` block: a block would keep `then` and what it captured
+        // (the user, credentials, a clone of the gateway) reserved in the task beside the
+        // connection's future for as long as the socket lives, since an `async` block's
+        // captures keep their room after they are moved out. `then` combinators hold either
+        // the opening or the connection, never both.
+        tokio::spawn(open.then(move |socket| OptionFuture::from(socket.map(then))));
         let accept = HeaderValue::from_str(&derive_accept_key(self.key.as_bytes()))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         let mut response = Response::new(Body::empty());

@@ -37,7 +37,7 @@ use super::super::admission::{
     Credentials, admit_as, check_credentials, first_credentials_check, session_user, use_session,
 };
 use super::super::socket::{
-    accept, client_at_fault, delivery_latency, linger, read_error, send_close,
+    Due, LoopTimers, accept, client_at_fault, delivery_latency, linger, read_error, send_close,
 };
 use super::super::state::Gateway;
 use super::super::upgrade::{Socket, Upgrade};
@@ -507,55 +507,49 @@ async fn drive(
         .ping_interval
         .min(state.activity / 2)
         .max(Duration::from_millis(10));
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    // When the client has been silent too long: first a `pusher:ping`, then the close.
-    let mut quiet_deadline = Instant::now() + state.activity;
+    // The client's quiet deadline: when it has been silent too long, first a
+    // `pusher:ping`, then the close.
+    let mut timers = LoopTimers::new(ping_every, state.activity);
     let mut pinged = false;
     let mut credentials_check = first_credentials_check(credentials, gateway);
     let mut session_used = Instant::now();
     let rate = MessageRate::new(gateway.security().limits.messages_per_sec);
-    let mut drain_turn: Option<Instant> = None;
-    // Timers and waits that live as long as the loop, moved only when their deadline
+    // The timer and waits live as long as the loop, moved only when their deadline
     // changes, as `socket.rs` keeps v1's: made afresh in every `select!`, each delivery
-    // would register and take out two timers and two waits.
+    // would register and take out timers and waits.
     let shutting_down = gateway.shutdown.clone().cancelled_owned();
     let slow_verdict = connection.slow().clone().cancelled_owned();
-    let quiet = sleep_until(quiet_deadline);
-    let look = sleep_until(credentials_check);
-    tokio::pin!(shutting_down, slow_verdict, quiet, look);
+    let timer = sleep_until(timers.deadline(credentials_check));
+    tokio::pin!(shutting_down, slow_verdict, timer);
     loop {
-        let quiet_at = drain_turn.map_or(quiet_deadline, |turn| turn.min(quiet_deadline));
-        if quiet.deadline() != quiet_at {
-            quiet.as_mut().reset(quiet_at);
-        }
-        if look.deadline() != credentials_check {
-            look.as_mut().reset(credentials_check);
-        }
+        timers.arm(timer.as_mut(), credentials_check);
         tokio::select! {
             biased;
-            () = &mut shutting_down, if drain_turn.is_none() => {
-                drain_turn = Some(gateway.drain_turn(connection.id()));
+            () = &mut shutting_down, if timers.drain_turn.is_none() => {
+                timers.drain_turn = Some(gateway.drain_turn(connection.id()));
             }
             () = &mut slow_verdict => return hub_close::SLOW_CONSUMER,
-            () = &mut quiet => {
-                if drain_turn.is_some_and(|turn| Instant::now() >= turn) {
-                    return hub_close::SERVICE_RESTART;
+            () = &mut timer => match timers.due(timer.as_mut(), credentials_check) {
+                Due::Restart => return hub_close::SERVICE_RESTART,
+                Due::Quiet if pinged => return close::PONG_NOT_RECEIVED,
+                Due::Quiet => {
+                    pinged = true;
+                    timers.quiet = Instant::now() + PONG_GRACE.min(state.activity);
+                    if socket.send(Message::Text(pusher::ping().into())).await.is_err() {
+                        return (0, "gone");
+                    }
                 }
-                if pinged {
-                    return close::PONG_NOT_RECEIVED;
-                }
-                pinged = true;
-                quiet_deadline = Instant::now() + PONG_GRACE.min(state.activity);
-                if socket.send(Message::Text(pusher::ping().into())).await.is_err() {
-                    return (0, "gone");
-                }
-            }
-            () = &mut look => {
-                match check_credentials(credentials, gateway).await {
+                Due::Look => match check_credentials(credentials, gateway).await {
                     Some(next) => credentials_check = next,
                     None => return hub_close::SESSION_ENDED,
+                },
+                Due::Ping => {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return (0, "gone");
+                    }
                 }
-            }
+                Due::Nothing => {}
+            },
             outbound = connection.recv() => {
                 let text = match outbound {
                     Outbound::Message(delivery) => match state.outbound(&delivery) {
@@ -576,16 +570,11 @@ async fn drive(
                     biased;
                     sent = socket.send(Message::Text(text)) => if sent.is_err() { return (0, "gone") },
                     () = &mut slow_verdict => return hub_close::SLOW_CONSUMER,
-                    () = &mut shutting_down, if drain_turn.is_none() => return hub_close::SERVICE_RESTART,
-                }
-            }
-            _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return (0, "gone");
+                    () = &mut shutting_down, if timers.drain_turn.is_none() => return hub_close::SERVICE_RESTART,
                 }
             }
             inbound = socket.next() => {
-                quiet_deadline = Instant::now() + state.activity;
+                timers.quiet = Instant::now() + state.activity;
                 pinged = false;
                 let text = match inbound {
                     None | Some(Ok(Message::Close(_))) => return (0, "client closed"),
