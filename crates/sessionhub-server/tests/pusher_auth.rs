@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::pusher::sdk::{Sdk, ok};
 use common::{http, login, node, status_and_json};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -65,29 +66,12 @@ async fn post_form(
 /// What Pusher's Node server SDK answers to `calls` (`authorizeChannel`, `authenticateUser`,
 /// through tests/pusher/sdk.mjs) for app `id:key:secret`; one answer per call.
 async fn sdk_sign(app: &str, calls: Value) -> Vec<Value> {
-    common::pusher::npm_fixture();
     let mut parts = app.splitn(3, ':');
     let (id, key, secret) = (parts.next(), parts.next(), parts.next());
+    let app = json!({"id": id, "key": key, "secret": secret});
     // Signing needs no server: no port is ever used.
-    let spec = json!({"port": 1, "app": {"id": id, "key": key, "secret": secret}, "calls": calls});
-    let run = tokio::process::Command::new("node")
-        .arg("sdk.mjs")
-        .arg(spec.to_string())
-        .current_dir(SDK_DIR)
-        .output();
-    let output = tokio::time::timeout(common::WAIT * 4, run)
-        .await
-        .expect("the SDK answers in time")
-        .expect("node runs (Node.js 20+ on PATH)");
-    assert!(output.status.success(), "sdk.mjs failed: {output:?}");
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let answer: Value = serde_json::from_str(line).expect("one JSON line per call");
-            answer["ok"].clone()
-        })
-        .collect()
+    let answers = common::pusher::sdk::sdk_at(Sdk::Node, 1, app, calls).await;
+    answers.iter().map(|answer| ok(answer).clone()).collect()
 }
 
 /// What a test posts, as form fields.
@@ -270,25 +254,10 @@ async fn encrypted_channels_get_their_shared_secret_from_the_master_key() {
         )
     );
     let (id, secret) = ("7", "app-secret");
-    let sdk = {
-        let app = json!({"id": id, "key": "app-key", "secret": secret, "masterKey": master});
-        let call =
-            json!({"call": "authorizeChannel", "socket_id": "1234.5678", "channel": channel});
-        let spec = json!({"port": 1, "app": app, "calls": [call]});
-        async move {
-            common::pusher::npm_fixture();
-            let output = tokio::process::Command::new("node")
-                .arg("sdk.mjs")
-                .arg(spec.to_string())
-                .current_dir(SDK_DIR)
-                .output()
-                .await
-                .unwrap();
-            let line: Value = serde_json::from_slice(&output.stdout).unwrap();
-            line["ok"].clone()
-        }
-    };
-    assert_eq!(sdk.await, answer);
+    let app = json!({"id": id, "key": "app-key", "secret": secret, "masterKey": master});
+    let call = json!({"call": "authorizeChannel", "socket_id": "1234.5678", "channel": channel});
+    let sdk = common::pusher::sdk::sdk_at(Sdk::Node, 1, app, json!([call]));
+    assert_eq!(ok(&sdk.await[0]), &answer);
 
     let data = json!({"text": "for alice's eyes"});
     let lines = auth_driver(json!({

@@ -594,12 +594,15 @@ pub mod sdk {
     /// `{"ok": …}` or `{"error": …}`.
     pub async fn sdk(sdk: Sdk, node: &Node, app: &str, calls: Value) -> Vec<Value> {
         let app: PusherApp = app.parse().unwrap();
-        let spec = json!({
-            "port": node.addr().port(),
-            "app": {"id": app.id, "key": app.key, "secret": app.secret},
-            "calls": calls,
-        })
-        .to_string();
+        let app = json!({"id": app.id, "key": app.key, "secret": app.secret});
+        sdk_at(sdk, node.addr().port(), app, calls).await
+    }
+
+    /// Runs `calls` through `sdk` as `app` (`{"id", "key", "secret"}`, and `masterKey` for
+    /// encrypted channels) against port `port` (any port, for calls that only sign); one
+    /// answer per call.
+    pub async fn sdk_at(sdk: Sdk, port: u16, app: Value, calls: Value) -> Vec<Value> {
+        let spec = json!({"port": port, "app": app, "calls": calls}).to_string();
         let expected = calls.as_array().unwrap().len();
         let output = tokio::task::spawn_blocking(move || {
             let mut command = match sdk {
