@@ -639,10 +639,6 @@ mod tests {
         size_of::<F>()
     }
 
-    /// Every open socket is a task holding this future, so its size is paid per idle
-    /// socket (docs/benchmarks.md, "It costs memory per idle socket"). A rare await left
-    /// inline (joins, hooks, credentials: 400-1 200 bytes each) or another timer beside the
-    /// loop's one would show here first.
     /// One timer for four deadlines: it fires at the soonest, and what is due comes out most
     /// pressing first, one at a time.
     #[tokio::test]
@@ -676,6 +672,10 @@ mod tests {
         assert!(matches!(timers.due(timer.as_mut(), look), Due::Restart));
     }
 
+    /// Every open socket is a task holding this future, so its size is paid per idle
+    /// socket (docs/benchmarks.md, "It costs memory per idle socket"). A rare await left
+    /// inline (joins, hooks, credentials: 400-1 200 bytes each) or another timer beside the
+    /// loop's one would show here first.
     /// 2 392 bytes now, debug and release alike. With tokio's header and trailer (~110
     /// bytes, rounded up to its 128-byte alignment) the task stays within 2 560 bytes.
     const LIMIT: usize = 2432;

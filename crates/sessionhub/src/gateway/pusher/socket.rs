@@ -445,7 +445,7 @@ fn run(
     async move {
         let mut connection = gateway.hub.connect(&user);
         if let Credentials::Session { id, .. } = &credentials
-            && let Err(e) = connection.join(&session_channel(id)).await
+            && let Err(e) = Box::pin(connection.join(&session_channel(id))).await
         {
             tracing::warn!(error = %e, "pusher socket refused: cannot subscribe");
             let _ = send_close(&mut socket, close::from_hub(hub_close::BROKER_UNAVAILABLE)).await;
@@ -539,7 +539,7 @@ async fn drive(
                         return (0, "gone");
                     }
                 }
-                Due::Look => match check_credentials(credentials, gateway).await {
+                Due::Look => match Box::pin(check_credentials(credentials, gateway)).await {
                     Some(next) => credentials_check = next,
                     None => return hub_close::SESSION_ENDED,
                 },
@@ -595,7 +595,7 @@ async fn drive(
                     && session_used.elapsed() >= gateway.sessions.idle_timeout / 2
                 {
                     session_used = Instant::now();
-                    match use_session(id, *ends, user, gateway).await {
+                    match Box::pin(use_session(id, *ends, user, gateway)).await {
                         Some(next) => credentials_check = next,
                         None => return hub_close::SESSION_ENDED,
                     }
@@ -605,7 +605,7 @@ async fn drive(
                     Ok(Request::Ping) => vec![pusher::pong()],
                     Ok(Request::Pong) => Vec::new(),
                     Ok(Request::Subscribe { channel, auth, channel_data }) => {
-                        state.subscribe(channel, auth, channel_data, connection, credentials, gateway).await
+                        Box::pin(state.subscribe(channel, auth, channel_data, connection, credentials, gateway)).await
                     }
                     Ok(Request::Unsubscribe { channel }) => {
                         state.unsubscribe(&channel, connection);
@@ -613,7 +613,7 @@ async fn drive(
                     }
                     Ok(Request::SignIn { auth, user_data }) => {
                         let signed_in = &mut state.signed_in;
-                        match user::sign_in(signed_in, &state.app, &state.socket_id, auth, user_data, connection, gateway).await {
+                        match Box::pin(user::sign_in(signed_in, &state.app, &state.socket_id, auth, user_data, connection, gateway)).await {
                             Ok(frames) => frames,
                             Err(refused) => {
                                 let _ = socket.send(Message::Text(refused.into())).await;
@@ -622,7 +622,7 @@ async fn drive(
                         }
                     }
                     Ok(Request::ClientEvent { event, channel, data }) => {
-                        match state.client_event(event, channel, data, gateway).await {
+                        match Box::pin(state.client_event(event, channel, data, gateway)).await {
                             Ok(reply) => reply.into_iter().collect(),
                             Err(close) => return close,
                         }

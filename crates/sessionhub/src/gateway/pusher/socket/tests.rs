@@ -97,3 +97,20 @@ fn a_member_is_not_told_of_its_own_join() {
         "{added}"
     );
 }
+
+/// Every Pusher connection is a task holding `run`'s future, so its size is paid per idle
+/// connection, as v1's is (`socket.rs`'s `the_connection_future_stays_small`). 2 152 bytes
+/// with the loop's rare awaits (subscribe, sign-in, client events, credentials and session
+/// checks) boxed; 3 064 with them inline.
+#[test]
+fn the_connection_future_stays_small() {
+    const LIMIT: usize = 2200;
+    fn returned_size<A, B, C, D, E, F: Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        size_of::<F>()
+    }
+    let size = returned_size(run);
+    assert!(
+        size <= LIMIT,
+        "the Pusher connection future is {size} bytes, over {LIMIT}"
+    );
+}
