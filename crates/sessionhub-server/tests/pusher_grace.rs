@@ -58,10 +58,16 @@ async fn exactly(receiver: &Receiver, want: &[(Hook<'_>, usize)]) {
     }
 }
 
-/// Waits for `hook` and answers how long after `since` it came.
-async fn arrives(receiver: &Receiver, hook: Hook<'_>, since: Instant) -> Duration {
+/// Waits for `hook`, held for the grace: it must come no sooner than the grace after
+/// `since` (less a little for the clocks); how long after `since` it came.
+async fn arrives_after_grace(receiver: &Receiver, hook: Hook<'_>, since: Instant) -> Duration {
     receiver.wait_for(KEY, hook, GRACE + WAIT).await;
-    since.elapsed()
+    let late = since.elapsed();
+    assert!(
+        late >= GRACE - Duration::from_millis(200),
+        "{hook:?} after {late:?}"
+    );
+    late
 }
 
 /// On one node (the embedded queue): a reload within the grace sends nothing; a real
@@ -90,11 +96,7 @@ async fn a_reload_sends_nothing_and_a_leave_sends_one_of_each_after_the_grace() 
 
     let left = Instant::now();
     leave(ann).await;
-    let late = arrives(&receiver, vacated, left).await;
-    assert!(
-        late >= GRACE - Duration::from_millis(200),
-        "vacated after {late:?}"
-    );
+    let late = arrives_after_grace(&receiver, vacated, left).await;
     assert!(
         receiver.count(KEY, removed) == 1,
         "{:?}",
@@ -146,11 +148,7 @@ async fn on_three_nodes_a_comeback_on_another_node_cancels_the_leave() {
 
     let left = Instant::now();
     leave(ann).await;
-    let late = arrives(&receiver, vacated, left).await;
-    assert!(
-        late >= GRACE - Duration::from_millis(200),
-        "vacated after {late:?}"
-    );
+    arrives_after_grace(&receiver, vacated, left).await;
     exactly(
         &receiver,
         &[(occupied, 1), (removed("ann"), 1), (vacated, 1)],
@@ -181,11 +179,7 @@ async fn held_leaves_outlive_the_node_that_queued_them() {
     leave(bob).await;
     nodes[2].kill();
     let _bob = member(&nodes[0], back, "bob").await;
-    let late = arrives(&receiver, ("channel_vacated", gone, ""), left).await;
-    assert!(
-        late >= GRACE - Duration::from_millis(200),
-        "vacated after {late:?}"
-    );
+    arrives_after_grace(&receiver, ("channel_vacated", gone, ""), left).await;
     exactly(
         &receiver,
         &[
