@@ -53,6 +53,21 @@ fn pusher_node(extra: &[&str]) -> Node {
     common::node(&args)
 }
 
+/// `n` nodes speaking for the apps, sharing one Redis of their own, with `extra` flags.
+fn pusher_cluster(n: usize, extra: &[&str]) -> (RedisServer, Vec<Node>) {
+    let redis = RedisServer::start().expect("redis-server starts");
+    let url = redis.url();
+    let nodes = (0..n)
+        .map(|i| {
+            let name = format!("node-{i}");
+            let mut args = vec!["--redis", &url, "--node-id", &name];
+            args.extend_from_slice(extra);
+            pusher_node(&args)
+        })
+        .collect();
+    (redis, nodes)
+}
+
 /// A protocol v1 connection of `user` on `node`, subscribed to APP's channel `channel`
 /// (the hub's `1:{channel}`).
 async fn subscriber(node: &Node, user: &str, channel: &str) -> Ws {
@@ -457,12 +472,7 @@ async fn refused_requests_get_pusher_s_statuses() {
 
 #[tokio::test]
 async fn three_nodes_sharing_redis_publish_and_count_cluster_wide() {
-    let redis = RedisServer::start().expect("redis-server starts");
-    let url = redis.url();
-    let nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|name| pusher_node(&["--redis", &url, "--node-id", name]))
-        .collect();
+    let (redis, nodes) = pusher_cluster(3, &[]);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     let mut bob = subscriber(c, "bob", "news").await;
@@ -661,22 +671,8 @@ async fn webhooks_in_pusher_s_format_pass_both_sdk_validators() {
 
 #[tokio::test]
 async fn three_nodes_send_one_pusher_webhook_per_transition() {
-    let redis = RedisServer::start().expect("redis-server starts");
-    let url = redis.url();
     let receiver = Receiver::start().await;
-    let nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|name| {
-            pusher_node(&[
-                "--redis",
-                &url,
-                "--node-id",
-                name,
-                "--pusher-webhook",
-                &receiver.url,
-            ])
-        })
-        .collect();
+    let (_redis, nodes) = pusher_cluster(3, &["--pusher-webhook", &receiver.url]);
     let mut subscribers = Vec::new();
     for (node, user) in [
         (&nodes[1], "carol"),
@@ -713,23 +709,9 @@ async fn three_nodes_send_one_pusher_webhook_per_transition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_event_is_one_client_event_webhook_from_the_sender_s_node() {
-    let redis = RedisServer::start().expect("redis-server starts");
-    let url = redis.url();
     let receiver = Receiver::start().await;
-    let nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|name| {
-            pusher_node(&[
-                "--redis",
-                &url,
-                "--node-id",
-                name,
-                "--pusher-webhook",
-                &receiver.url,
-                "--pusher-client-events",
-            ])
-        })
-        .collect();
+    let flags = ["--pusher-webhook", &receiver.url, "--pusher-client-events"];
+    let (_redis, nodes) = pusher_cluster(2, &flags);
     let keys = (APP_KEY, "app-secret");
     let channel = "presence-desk";
     let (mut ann, ann_id) = common::pusher::raw::connect(&nodes[0], APP_KEY).await;
