@@ -39,33 +39,29 @@ fn app() -> PusherApp {
     APP.parse().unwrap()
 }
 
-/// A node speaking for the Pusher apps (`presence-` channels have presence with them).
+/// What every node here speaks for: both apps (`presence-` channels have presence with
+/// them), and room for many connections from loopback.
+const PUSHER_FLAGS: [&str; 6] = [
+    "--pusher-app",
+    APP,
+    "--pusher-app",
+    OTHER_APP,
+    "--max-connections-per-ip",
+    "100000",
+];
+
+/// A node speaking for the Pusher apps, with `extra` flags.
 fn pusher_node(extra: &[&str]) -> Node {
-    let mut args = vec![
-        "--pusher-app",
-        APP,
-        "--pusher-app",
-        OTHER_APP,
-        "--max-connections-per-ip",
-        "100000",
-    ];
+    let mut args = PUSHER_FLAGS.to_vec();
     args.extend_from_slice(extra);
     common::node(&args)
 }
 
 /// `n` nodes speaking for the apps, sharing one Redis of their own, with `extra` flags.
 fn pusher_cluster(n: usize, extra: &[&str]) -> (RedisServer, Vec<Node>) {
-    let redis = RedisServer::start().expect("redis-server starts");
-    let url = redis.url();
-    let nodes = (0..n)
-        .map(|i| {
-            let name = format!("node-{i}");
-            let mut args = vec!["--redis", &url, "--node-id", &name];
-            args.extend_from_slice(extra);
-            pusher_node(&args)
-        })
-        .collect();
-    (redis, nodes)
+    let mut args = PUSHER_FLAGS.to_vec();
+    args.extend_from_slice(extra);
+    common::cluster_with(n, &args)
 }
 
 /// A protocol v1 connection of `user` on `node`, subscribed to APP's channel `channel`
