@@ -132,7 +132,7 @@ async fn run(
         None => None,
     };
     let redis = redis.map(|redis| redis.prefix(&args.redis_prefix));
-    let pusher = pusher_apps(&args)?;
+    let pusher = pusher_apps(&args)?.with_cache_ttl(history.ttl);
     let webhooks = webhooks(&args, redis.as_ref(), &node_id, &pusher)?;
     let backends = match redis {
         Some(redis) => cluster(redis, &node_id, history, nats)?,

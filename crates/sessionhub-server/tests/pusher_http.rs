@@ -213,9 +213,25 @@ async fn node_sdk_triggers_reach_a_subscriber_and_queries_count_it() {
             {"call": "get", "path": "/channels/empty-channel"},
             {"call": "get", "path": "/channels", "params": {"info": "user_count"}},
             {"call": "get", "path": "/channels/my-channel/users"},
+            {"call": "get", "path": "/channels/cache-news", "params": {"info": "cache,subscription_count"}},
+            {"call": "get", "path": "/channels/cache-empty", "params": {"info": "cache"}},
+            {"call": "get", "path": "/channels/my-channel", "params": {"info": "cache"}},
         ]),
     )
     .await;
+    // The kept event as a subscriber gets it, with what is left of the history's 300 s.
+    let news = ok(&answers[7]);
+    assert_eq!(news["occupied"], true, "{news}");
+    assert_eq!(news["subscription_count"], 1, "{news}");
+    assert_eq!(
+        news["cache"]["data"], r#"{"event":"fourth","channel":"cache-news","data":"4"}"#,
+        "{news}"
+    );
+    let left = news["cache"]["ttl"].as_u64().expect("a ttl in seconds");
+    assert!((290..=300).contains(&left), "{news}");
+    // Nothing kept, or not a cache channel: no `cache`.
+    assert_eq!(ok(&answers[8]), &json!({"occupied": false}));
+    assert_eq!(ok(&answers[9]), &json!({"occupied": true}));
     let all = ok(&answers[0])["channels"].as_object().unwrap();
     for channel in ["my-channel", "cache-news", "presence-room"] {
         assert_eq!(all.get(channel), Some(&json!({})), "{all:?}");

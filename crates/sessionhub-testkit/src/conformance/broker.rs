@@ -400,6 +400,7 @@ pub mod checks {
             event: Some("client-typing".into()),
             except: Some("1234.5678".into()),
             user: Some("u\u{1e}1".into()),
+            at: Some(1_765_000_000_000),
         };
         let data = "{\"text\":\"héllo \\u001e ✓\",\"n\":1}";
         let payload = envelope.wrap(data);

@@ -33,6 +33,10 @@ pub struct Envelope {
     /// The user who sent it (Pusher's `user_id` on presence client events).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "user")]
     pub user: Option<String>,
+    /// When it was published, in milliseconds since the Unix epoch: set on cache channels'
+    /// events, so that Pusher's `info=cache` can tell how long the kept event has left.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "at")]
+    pub at: Option<u64>,
 }
 
 /// The event name Pusher clients see on a publication that has none (published through
@@ -42,7 +46,7 @@ pub const DEFAULT_EVENT: &str = "message";
 impl Envelope {
     /// Whether it carries nothing: no envelope is written for it.
     pub fn is_empty(&self) -> bool {
-        self.event.is_none() && self.except.is_none() && self.user.is_none()
+        self.event.is_none() && self.except.is_none() && self.user.is_none() && self.at.is_none()
     }
 
     /// `data` with this envelope in front of it, as the brokers carry it.
@@ -96,6 +100,7 @@ mod tests {
             event: Some("my-event".into()),
             except: Some("123.456".into()),
             user: Some("u\u{1e}1".into()),
+            at: Some(1_765_000_000_000),
         };
         let data = r#"{"a":"x\u001ey","b":[1,2]}"#;
         let (opened, rest) = Envelope::open(envelope.wrap(data));

@@ -211,6 +211,8 @@ impl FromStr for PusherApp {
 pub struct PusherApps {
     by_key: HashMap<String, Arc<PusherApp>>,
     by_id: HashMap<String, Arc<PusherApp>>,
+    /// How long a cache channel keeps its last event; the history's TTL by default.
+    cache_ttl: Option<std::time::Duration>,
 }
 
 /// Apps that cannot be served together.
@@ -279,6 +281,19 @@ impl PusherApps {
     /// The app with id `id`.
     pub fn by_id(&self, id: &str) -> Option<&Arc<PusherApp>> {
         self.by_id.get(id)
+    }
+
+    /// How long a cache channel keeps its last event after it was published: the hub's
+    /// history TTL (`--history-ttl`), which keeps it. `info=cache` tells what is left of it.
+    pub fn with_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.cache_ttl = Some(ttl);
+        self
+    }
+
+    /// How long a cache channel keeps its last event ([`Self::with_cache_ttl`]).
+    pub fn cache_ttl(&self) -> std::time::Duration {
+        self.cache_ttl
+            .unwrap_or_else(|| crate::broker::HistoryConfig::default().ttl)
     }
 
     /// Whether there is no app.

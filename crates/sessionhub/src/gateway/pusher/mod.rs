@@ -18,10 +18,15 @@ mod rest;
 mod socket;
 mod user;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::routing::{get, post};
 
 use super::Gateway;
+use crate::broker::HistoryQuery;
+use crate::error::BrokerError;
+use crate::protocol::pusher;
 
 /// The Pusher routes.
 pub(super) fn routes() -> Router<Gateway> {
@@ -44,4 +49,46 @@ pub(super) fn routes() -> Router<Gateway> {
         .route("/pusher/auth/{key}", post(auth::channel))
         .route("/pusher/user-auth", post(auth::user))
         .route("/pusher/user-auth/{key}", post(auth::user))
+}
+
+/// The event a cache channel keeps: its last.
+pub(super) struct Cached {
+    /// The event as a subscriber gets it.
+    pub(super) frame: String,
+    /// Its position in the channel's history (epoch, offset).
+    pub(super) position: (Arc<str>, u64),
+    /// When it was published (milliseconds since the Unix epoch), if it says.
+    pub(super) at: Option<u64>,
+}
+
+/// The event hub channel `hub` (a cache channel) keeps, if it keeps one: replayed to a
+/// subscriber, and told by `info=cache`.
+pub(super) async fn cached_event(
+    hub: &str,
+    gateway: &Gateway,
+) -> Result<Option<Cached>, BrokerError> {
+    let query = HistoryQuery {
+        since: None,
+        limit: 1,
+        reverse: true,
+    };
+    let (page, envelopes) = gateway.hub.history(hub, &query).await?;
+    let (Some(publication), Some(envelope)) = (page.publications.first(), envelopes.first()) else {
+        return Ok(None);
+    };
+    let envelope = envelope.as_ref();
+    let event = envelope
+        .and_then(|e| e.event.as_deref())
+        .unwrap_or(crate::broker::DEFAULT_EVENT);
+    let user = envelope.and_then(|e| e.user.as_deref());
+    Ok(Some(Cached {
+        frame: pusher::event(
+            event,
+            pusher::pusher_name(hub),
+            publication.data.as_str(),
+            user,
+        ),
+        position: (publication.epoch.clone(), publication.offset),
+        at: envelope.and_then(|e| e.at),
+    }))
 }

@@ -6,7 +6,7 @@
 //! | `POST /apps/{id}/events` | an event on up to 100 channels (`#server-to-user-<id>`: to a signed-in user) |
 //! | `POST /apps/{id}/batch_events` | up to 10 events, each on one channel |
 //! | `GET /apps/{id}/channels` | the occupied channels (`filter_by_prefix`, `info=user_count`) |
-//! | `GET /apps/{id}/channels/{name}` | `occupied`, `user_count`, `subscription_count` |
+//! | `GET /apps/{id}/channels/{name}` | `occupied`, `user_count`, `subscription_count`, `cache` |
 //! | `GET /apps/{id}/channels/{name}/users` | the users of a presence channel |
 //! | `POST /apps/{id}/users/{user}/terminate_connections` | close a user's connections |
 //! | `POST /users/{user}/terminate_connections` | the same, the app named by `auth_key` (as the Python SDK calls it) |
@@ -233,6 +233,11 @@ impl EventBody {
             event: Some(name),
             except: self.socket_id,
             user: None,
+            // Only cache channels keep events, and only their kept event's age is asked.
+            at: channels
+                .iter()
+                .any(|c| pusher::is_cache_channel(c))
+                .then(crate::store::now_ms),
         };
         Ok(Event {
             channels,
@@ -503,10 +508,27 @@ pub(super) async fn channel(
     let attributes = signed.info();
     check_attributes(
         &attributes,
-        &["user_count", "subscription_count"],
+        &["user_count", "subscription_count", "cache"],
         channel.starts_with(PRESENCE),
     )?;
-    let info = channel_info(&gateway, &hub, &attributes, true, None).await?;
+    let mut info = channel_info(&gateway, &hub, &attributes, true, None).await?;
+    // As Sockudo answers it (Pusher documents no shape): the kept event as its subscribers
+    // get it, and the seconds it has left; nothing on other channels or when none is kept.
+    if attributes.contains(&"cache")
+        && pusher::is_cache_channel(&channel)
+        && let Some(cached) = super::cached_event(&hub, &gateway).await?
+    {
+        let kept = gateway
+            .pusher
+            .as_ref()
+            .expect("mounted with apps only")
+            .cache_ttl();
+        let age = cached
+            .at
+            .map_or(0, |at| crate::store::now_ms().saturating_sub(at));
+        let left = (kept.as_millis() as u64).saturating_sub(age).div_ceil(1000);
+        info.insert("cache".into(), json!({ "data": cached.frame, "ttl": left }));
+    }
     Ok(Json(Value::Object(info)))
 }
 

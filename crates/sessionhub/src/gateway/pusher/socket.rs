@@ -42,7 +42,7 @@ use super::super::socket::{
 use super::super::state::Gateway;
 use super::super::upgrade::{Socket, Upgrade};
 use super::user::{self, SignedIn};
-use crate::broker::{Envelope, HistoryQuery, PublishOptions};
+use crate::broker::{Envelope, PublishOptions};
 use crate::error::ApiError;
 use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
 use crate::limits::MessageRate;
@@ -264,10 +264,10 @@ impl PusherConnection {
         let mut frames = vec![pusher::subscription_succeeded(&channel, &succeeded)];
         let mut replayed = None;
         if pusher::is_cache_channel(&channel) {
-            match self.last_event(&hub, gateway).await {
-                Ok(Some((frame, position))) => {
-                    frames.push(frame);
-                    replayed = Some(position);
+            match super::cached_event(&hub, gateway).await {
+                Ok(Some(cached)) => {
+                    frames.push(cached.frame);
+                    replayed = Some(cached.position);
                 }
                 Ok(None) => {
                     frames.push(pusher::cache_miss(&channel));
@@ -332,35 +332,6 @@ impl PusherConnection {
         Ok((member.id.to_string(), pusher::presence_data(&members)))
     }
 
-    /// The last event kept on a cache channel, as a subscriber gets it, and its position.
-    async fn last_event(
-        &self,
-        channel: &str,
-        gateway: &Gateway,
-    ) -> Result<Option<(String, (std::sync::Arc<str>, u64))>, crate::error::BrokerError> {
-        let query = HistoryQuery {
-            since: None,
-            limit: 1,
-            reverse: true,
-        };
-        let (page, envelopes) = gateway.hub.history(channel, &query).await?;
-        let (Some(publication), Some(envelope)) = (page.publications.first(), envelopes.first())
-        else {
-            return Ok(None);
-        };
-        let envelope = envelope.as_ref();
-        let event = envelope
-            .and_then(|e| e.event.as_deref())
-            .unwrap_or(crate::broker::DEFAULT_EVENT);
-        let user = envelope.and_then(|e| e.user.as_deref());
-        let name = pusher::pusher_name(channel);
-        let frame = pusher::event(event, name, publication.data.as_str(), user);
-        Ok(Some((
-            frame,
-            (publication.epoch.clone(), publication.offset),
-        )))
-    }
-
     /// Answers `pusher:unsubscribe` (with nothing, as Pusher does).
     fn unsubscribe(&mut self, channel: &str, connection: &mut Connection) {
         let Ok(hub) = self.app.hub_channel(channel) else {
@@ -409,6 +380,7 @@ impl PusherConnection {
             event: Some(event),
             except: Some(self.socket_id.clone()),
             user: subscription.member.clone(),
+            at: pusher::is_cache_channel(&channel).then(crate::store::now_ms),
         };
         let options = PublishOptions {
             history: pusher::is_cache_channel(&channel),

@@ -273,7 +273,7 @@ mod tests {
         let envelope = Envelope {
             event: Some("note".into()),
             except: Some("1.1".into()),
-            user: None,
+            ..Envelope::default()
         };
         let note = Delivery::new(&signed.channel, publication(envelope.wrap("{}")));
         assert_eq!(told(signed.outbound(&note, "1.1")), None);

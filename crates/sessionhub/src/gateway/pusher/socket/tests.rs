@@ -56,7 +56,7 @@ fn outbound_skips_other_channels_the_excluded_socket_and_a_replayed_event_once()
     let mine = Envelope {
         event: Some("client-x".into()),
         except: Some("1.2".into()),
-        user: None,
+        ..Envelope::default()
     };
     assert_eq!(state.outbound(&delivery("news", 6, &mine)), None);
     let theirs = Envelope {
