@@ -6,7 +6,6 @@
 mod cli;
 mod reload;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,9 +246,7 @@ async fn run(
         );
         gateway = gateway.with_presence(presence);
     }
-    let app = gateway
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = gateway.router();
 
     if let Some(metrics_listener) = metrics_listener {
         let addr = metrics_listener.local_addr()?;
@@ -271,7 +268,9 @@ async fn run(
 
     let stopping = gateway.clone();
     let drain_window = Duration::from_secs_f64(args.drain_window);
-    axum::serve(listener, app)
+    // Its connections carry a wire, which deliveries to a socket may be written to straight
+    // from the delivering task (`sessionhub::wire`).
+    sessionhub::wire::serve(sessionhub::wire::Listener::new(listener), app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!(

@@ -48,6 +48,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;
+pub mod wire;
 
 pub use error::ApiError;
 pub use session::{Session, SessionConfig, SessionLayer};

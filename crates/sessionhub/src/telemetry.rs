@@ -47,7 +47,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "sessionhub_messages_out_total",
         Kind::Counter,
-        "Messages queued to local connections",
+        "Messages delivered to local connections (written or queued)",
+    ),
+    (
+        "sessionhub_messages_direct_total",
+        Kind::Counter,
+        "Of those, written straight to the socket by the delivering task",
+    ),
+    (
+        "sessionhub_direct_writes_split_total",
+        Kind::Counter,
+        "Direct writes the kernel took only part of (the socket's task wrote the rest)",
     ),
     (
         "sessionhub_client_frames_total",

@@ -33,7 +33,7 @@ use super::upgrade::{Socket, Upgrade};
 use super::v1::{self, Step, V1};
 use crate::error::ApiError;
 use crate::hooks::{Denial, Transport};
-use crate::hub::{Connection, Delivery, Outbound, session_channel};
+use crate::hub::{Connection, Delivery, Outbound, Render, delivery_latency, session_channel};
 use crate::limits::MessageRate;
 use crate::protocol::{FrameError, UserId, close};
 
@@ -182,6 +182,11 @@ fn run(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut connection = gateway.hub.connect(&user);
+        // A seed socket takes every delivery on its channel as it comes: deliveries may be
+        // written straight to its wire. v1's frames depend on the connection's offsets.
+        if let (Protocol::Seed, Some(wire)) = (&protocol, socket.get_ref().wire()) {
+            connection.attach(wire.clone(), Render::Seed);
+        }
         // The seed protocol is the user's personal channel; v1 clients choose their channels.
         let mut joined = match protocol {
             Protocol::Seed => connection.join(&user.channel()).await,
@@ -272,6 +277,10 @@ async fn drive(
     {
         return (0, "gone");
     }
+    if let Protocol::Seed = protocol {
+        // After the greeting, which comes first.
+        connection.deliver_directly(&user.channel());
+    }
     let ping_every = config
         .ping_interval
         .min(config.idle_timeout / 2)
@@ -296,6 +305,7 @@ async fn drive(
     // are boxed, allocated only while they run: inline, the future would reserve room for
     // the largest of them beside these three in every idle socket.
     loop {
+        connection.idle();
         let look_at = next_look(credentials_check, protocol.hooked());
         timers.arm(timer.as_mut(), look_at);
         tokio::select! {
@@ -329,6 +339,15 @@ async fn drive(
                 Due::Nothing => {}
             },
             outbound = connection.recv() => {
+                if let Outbound::Flush = outbound {
+                    tokio::select! {
+                        biased;
+                        flushed = socket.flush() => if flushed.is_err() { return (0, "gone") },
+                        () = &mut slow_verdict => return close::SLOW_CONSUMER,
+                        () = &mut shutting_down, if timers.drain_turn.is_none() => return close::SERVICE_RESTART,
+                    }
+                    continue;
+                }
                 if let Outbound::Subscribe(_) | Outbound::Unsubscribe(_) = outbound {
                     // Seed sockets have their one channel by protocol.
                     let Protocol::V1(v1) = &mut *protocol else { continue };
@@ -356,7 +375,7 @@ async fn drive(
                         return disconnect.code;
                     }
                     // Sockets refresh with a frame; this is for SSE streams.
-                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_), _) => continue,
+                    (Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_) | Outbound::Flush, _) => continue,
                 };
                 // A send that blocks (the client stopped reading) must not outlive a
                 // slow-consumer verdict or a shutdown.
@@ -552,14 +571,6 @@ async fn greet(
         }
     }
     true
-}
-
-/// The delivery latency histogram. Looked up once: `metrics::histogram!` hashes its name
-/// into the recorder's registry on every call, 2 % of a node's CPU per delivery (perf). The
-/// recorder is installed before the server serves, so the first delivery finds it.
-pub(super) fn delivery_latency() -> &'static metrics::Histogram {
-    static HISTOGRAM: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
-    HISTOGRAM.get_or_init(|| metrics::histogram!("sessionhub_delivery_latency_seconds"))
 }
 
 /// Waits for every publish under way; their replies, in order. A change of channels waits

@@ -339,8 +339,7 @@ async fn drive(
                     Err(ended) => return ended,
                     Ok(None) => continue,
                     Ok(Some(frame)) => {
-                        metrics::histogram!("sessionhub_delivery_latency_seconds")
-                            .record(delivery.age().as_secs_f64());
+                        crate::hub::delivery_latency().record(delivery.age().as_secs_f64());
                         // A presence channel's join or leave comes as its own frame.
                         let kind = if delivery.channel().starts_with(PRESENCE_EVENTS_PREFIX) {
                             frame_type(&frame)
@@ -364,6 +363,8 @@ async fn drive(
                     Event::default().event("refreshed").data(refreshed.to_text())
                 }
                 Outbound::Close(code, reason) => return (code, reason),
+                // A stream has no wire ([`crate::wire`]): nothing is ever half-written.
+                Outbound::Flush => continue,
                 Outbound::Disconnect(disconnect) => {
                     *told = Some(disconnect.reason.clone());
                     return disconnect.code;

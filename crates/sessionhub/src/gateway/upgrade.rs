@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -25,6 +26,7 @@ use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::error::ApiError;
+use crate::wire::{Wire, WireOf};
 
 /// An accepted WebSocket, over the upgraded HTTP connection (reachable with `get_mut`).
 pub(super) type Socket = WebSocketStream<Watched<TokioIo<Upgraded>>>;
@@ -33,6 +35,8 @@ pub(super) type Socket = WebSocketStream<Watched<TokioIo<Upgraded>>>;
 pub(super) struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The connection's wire, when the server accepted it with [`crate::wire::Listener`].
+    wire: Option<Arc<Wire>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
@@ -70,7 +74,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or_else(|| refuse("the connection cannot be upgraded"))?;
-        Ok(Self { key, on_upgrade })
+        let wire = parts.extensions.get::<WireOf>().map(|w| w.0.clone());
+        Ok(Self {
+            key,
+            on_upgrade,
+            wire,
+        })
     }
 }
 
@@ -83,11 +92,12 @@ impl Upgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
+        let wire = self.wire;
         let open = async move {
             match on_upgrade.await {
                 Ok(upgraded) => Some(
                     WebSocketStream::from_raw_socket(
-                        Watched::new(TokioIo::new(upgraded)),
+                        Watched::new(TokioIo::new(upgraded), wire),
                         Role::Server,
                         Some(config),
                     )
@@ -129,19 +139,28 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// A client's stream, read through a tally of the frames in it: where each ends and whether
 /// a close frame has come whole. Costs a look at each frame header (never at payloads),
-/// 24 bytes per connection.
+/// 24 bytes per connection. It also holds the connection's [`Wire`], if it has one.
 #[derive(Debug)]
 pub(super) struct Watched<S> {
     inner: S,
     frames: Frames,
+    wire: Option<Arc<Wire>>,
 }
 
 impl<S> Watched<S> {
-    fn new(inner: S) -> Self {
+    fn new(inner: S, wire: Option<Arc<Wire>>) -> Self {
         Self {
             inner,
             frames: Frames::default(),
+            wire,
         }
+    }
+
+    /// The connection's wire, which deliveries may be written to straight
+    /// ([`crate::wire`]): the stream under this one, when the server accepted it with
+    /// [`crate::wire::Listener`].
+    pub(super) fn wire(&self) -> Option<&Arc<Wire>> {
+        self.wire.as_ref()
     }
 
     /// Whether the client has sent a whole close frame: it will send nothing more.

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BrokerError;
 use crate::protocol::UserId;
 
+use super::registry::Direct;
 use super::{
-    Hub, Member, Outbound, PRESENCE_EVENTS_PREFIX, PRESENCE_WAIT, PresenceChange,
+    Hub, Member, Outbound, PRESENCE_EVENTS_PREFIX, PRESENCE_WAIT, PresenceChange, Render,
     presence_events_channel,
 };
 
@@ -241,6 +242,33 @@ impl Connection {
     /// The next thing to send. Cancel-safe.
     pub(crate) async fn recv(&self) -> Outbound {
         self.member.outbox.pop().await
+    }
+
+    /// Lets deliveries go straight to `wire` as `render` makes them, on the channels
+    /// [`Connection::deliver_directly`] names ([`crate::wire`]). Once per connection.
+    pub(crate) fn attach(&self, wire: Arc<crate::wire::Wire>, render: Render) {
+        let direct = Direct { wire, render };
+        let _ = self.member.outbox.direct.set(direct);
+    }
+
+    /// Deliveries on `channel`, which the connection joined, go straight to its wire from
+    /// now on, when the wire is free ([`Connection::attach`]). For channels whose every
+    /// delivery the connection takes as [`Render`] makes it, once what must reach the client
+    /// before them (a subscribe reply) is out.
+    pub(crate) fn deliver_directly(&self, channel: &str) {
+        let mut channels = self.hub.inner.registry.channels.lock().unwrap();
+        let me = channels
+            .get_mut(channel)
+            .and_then(|members| members.iter_mut().find(|m| m.id == self.member.id));
+        if let Some(me) = me {
+            me.direct = true;
+        }
+    }
+
+    /// The connection's task is done with what it took from [`Connection::recv`]: with
+    /// nothing queued, deliveries may go straight to the socket again.
+    pub(crate) fn idle(&self) {
+        self.member.outbox.idle();
     }
 
     /// This connection's id on this node.

@@ -36,7 +36,9 @@ mod tests;
 mod track;
 
 pub use self::connection::Connection;
-pub(crate) use self::delivery::{Delivery, Disconnect, Outbound, TokenRefresh};
+pub(crate) use self::delivery::{
+    Delivery, Disconnect, Outbound, Render, TokenRefresh, delivery_latency,
+};
 pub(crate) use self::registry::Registry;
 use self::registry::{Member, net};
 use self::track::{PresenceChange, Tracking, announce, presence_webhook, track};
@@ -409,6 +411,7 @@ impl Hub {
             id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
             outbox: Arc::default(),
             slow: CancellationToken::new(),
+            direct: false,
         };
         {
             let mut users = self.inner.registry.users.lock().unwrap();

@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Deserialize;
@@ -13,7 +14,9 @@ use crate::broker::{Deliver, Publication};
 use crate::control;
 use crate::presence::Member as PresenceMember;
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close};
+use crate::wire::{Sent, Wire};
 
+use super::delivery::{Render, delivery_latency};
 use super::{Delivery, OUTBOUND_QUEUE, OUTBOX_KEPT, Online, Outbound, PRESENCE_EVENTS_PREFIX};
 
 #[derive(Clone)]
@@ -21,6 +24,10 @@ pub(super) struct Member {
     pub(super) id: u64,
     pub(super) outbox: Arc<Outbox>,
     pub(super) slow: CancellationToken,
+    /// Whether deliveries on this channel may be written straight to the connection's
+    /// wire ([`Outbox::offer`]): the connection said so once the channel's state on its side
+    /// (a subscribe reply, a greeting) was out.
+    pub(super) direct: bool,
 }
 
 /// A connection's outbound queue: bounded, one reader, and empty until something is queued.
@@ -30,6 +37,28 @@ pub(super) struct Member {
 pub(super) struct Outbox {
     pub(super) queue: Mutex<VecDeque<Outbound>>,
     pub(super) ready: Notify,
+    /// The connection's wire and the frames it takes there, if it takes deliveries
+    /// straight from the delivering task ([`crate::wire`]).
+    pub(super) direct: OnceLock<Direct>,
+}
+
+/// Where and how a connection takes deliveries straight from the delivering task.
+pub(super) struct Direct {
+    pub(super) wire: Arc<Wire>,
+    pub(super) render: Render,
+}
+
+/// What became of a delivery offered to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Offer {
+    /// Written straight to its socket (all of it, or its start with the rest left to flush).
+    Written,
+    /// Queued for its task.
+    Queued,
+    /// Not for this connection (a Pusher socket the publication excludes).
+    NotTaken,
+    /// Its queue is full: a slow consumer.
+    Full,
 }
 
 impl Outbox {
@@ -46,12 +75,53 @@ impl Outbox {
         true
     }
 
+    /// Writes `item` straight to the connection's socket when it can (`direct`: the member
+    /// allows it; nothing queued before it; the socket's task not sending), else queues it.
+    pub(super) fn offer(&self, item: &Outbound, direct: bool) -> Offer {
+        let mut queue = self.queue.lock().unwrap();
+        if let (true, true, Some(to), Outbound::Message(delivery)) =
+            (direct, queue.is_empty(), self.direct.get(), item)
+            && !to.wire.busy.load(Ordering::Acquire)
+        {
+            let Some(frame) = to.render.frame(delivery) else {
+                return Offer::NotTaken;
+            };
+            match to.wire.try_send(frame.as_bytes()) {
+                Sent::All => {
+                    delivery_latency().record(delivery.age().as_secs_f64());
+                    return Offer::Written;
+                }
+                Sent::Part => {
+                    delivery_latency().record(delivery.age().as_secs_f64());
+                    counter(&SPLIT, "sessionhub_direct_writes_split_total").increment(1);
+                    queue.push_back(Outbound::Flush);
+                    drop(queue);
+                    self.ready.notify_one();
+                    return Offer::Written;
+                }
+                Sent::Nothing => {}
+            }
+        }
+        if queue.len() >= OUTBOUND_QUEUE {
+            return Offer::Full;
+        }
+        queue.push_back(item.clone());
+        drop(queue);
+        self.ready.notify_one();
+        Offer::Queued
+    }
+
     /// The next item. Cancel-safe: an item leaves the queue only when it is returned.
     pub(super) async fn pop(&self) -> Outbound {
         loop {
             {
                 let mut queue = self.queue.lock().unwrap();
                 if let Some(item) = queue.pop_front() {
+                    // Until the task looks for more ([`Outbox::idle`]), a delivery written
+                    // straight to the socket could overtake this one.
+                    if let Some(direct) = self.direct.get() {
+                        direct.wire.busy.store(true, Ordering::Release);
+                    }
                     // A burst leaves its capacity behind; give it back once drained, so that
                     // a socket that was busy once does not keep it while it idles.
                     if queue.is_empty() && queue.capacity() > OUTBOX_KEPT {
@@ -63,6 +133,27 @@ impl Outbox {
             self.ready.notified().await;
         }
     }
+
+    /// The connection's task is done with what it took: deliveries may go straight to the
+    /// socket again, while the queue is empty.
+    pub(super) fn idle(&self) {
+        if let Some(direct) = self.direct.get() {
+            direct.wire.busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+static OUT: OnceLock<metrics::Counter> = OnceLock::new();
+static DIRECT: OnceLock<metrics::Counter> = OnceLock::new();
+static SPLIT: OnceLock<metrics::Counter> = OnceLock::new();
+
+/// The counter `name`, looked up once into `slot` (a lookup by name hashes it into the
+/// recorder's registry: per delivery, that showed in a node's profile).
+fn counter(
+    slot: &'static OnceLock<metrics::Counter>,
+    name: &'static str,
+) -> &'static metrics::Counter {
+    slot.get_or_init(|| metrics::counter!(name))
 }
 
 /// Channel -> the local connections that joined it, user -> the user's connections here
@@ -282,17 +373,26 @@ impl Deliver for Registry {
         } else {
             Outbound::Message(Arc::new(Delivery::new(channel, publication)))
         };
-        let mut delivered = 0;
+        let (mut delivered, mut written) = (0, 0);
         for member in members {
-            if member.outbox.push(outbound.clone()) {
-                delivered += 1;
-            } else {
-                tracing::info!(channel, "slow consumer: outbound queue full, disconnecting");
-                metrics::counter!("sessionhub_slow_consumers_total").increment(1);
-                member.slow.cancel();
+            match member.outbox.offer(&outbound, member.direct) {
+                Offer::Written => {
+                    delivered += 1;
+                    written += 1;
+                }
+                Offer::Queued => delivered += 1,
+                Offer::NotTaken => {}
+                Offer::Full => {
+                    tracing::info!(channel, "slow consumer: outbound queue full, disconnecting");
+                    metrics::counter!("sessionhub_slow_consumers_total").increment(1);
+                    member.slow.cancel();
+                }
             }
         }
-        metrics::counter!("sessionhub_messages_out_total").increment(delivered as u64);
+        counter(&OUT, "sessionhub_messages_out_total").increment(delivered as u64);
+        if written > 0 {
+            counter(&DIRECT, "sessionhub_messages_direct_total").increment(written);
+        }
         delivered
     }
 }

@@ -2,9 +2,9 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
-use super::registry::Outbox;
-use super::{OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Registry};
-use crate::broker::Publication;
+use super::registry::{Direct, Offer, Outbox};
+use super::{Delivery, OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Registry, Render};
+use crate::broker::{Envelope, Publication};
 
 fn code(item: Outbound) -> u16 {
     match item {
@@ -191,4 +191,77 @@ async fn pop_waits_for_a_push_and_loses_nothing_when_cancelled() {
     let first = timeout(Duration::from_secs(2), waiting).await;
     assert_eq!(first.expect("woken by the push").unwrap(), 1);
     assert_eq!(code(outbox.pop().await), 2, "the second is still there");
+}
+
+/// A connected loopback pair: the server's end as a wire, and the client's end.
+async fn wire_pair() -> (std::sync::Arc<crate::wire::Wire>, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+    let (client, accepted) = tokio::join!(client, listener.accept());
+    let wire = crate::wire::Wire::new(accepted.unwrap().0);
+    (std::sync::Arc::new(wire), client.unwrap())
+}
+
+fn message(data: &str, except: Option<&str>) -> Outbound {
+    let envelope = Envelope {
+        except: except.map(str::to_owned),
+        ..Envelope::default()
+    };
+    let publication = Publication {
+        offset: 0,
+        epoch: "".into(),
+        data: envelope.wrap(data),
+    };
+    Outbound::Message(std::sync::Arc::new(Delivery::new("c", publication)))
+}
+
+/// Reads one unmasked text frame with a short payload off `client`.
+async fn read_frame(client: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0; 2];
+    client.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[0], 0x81, "a final text frame");
+    let mut payload = vec![0; usize::from(header[1])];
+    client.read_exact(&mut payload).await.unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
+fn text(item: Outbound) -> String {
+    match item {
+        Outbound::Message(delivery) => delivery.seed_frame().to_string(),
+        _ => panic!("not a message"),
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_goes_straight_to_the_wire_only_behind_nothing() {
+    let (wire, mut client) = wire_pair().await;
+    let outbox = Outbox::default();
+    let direct = Direct {
+        wire: wire.clone(),
+        render: Render::Pusher("1.2".into()),
+    };
+    assert!(outbox.direct.set(direct).is_ok());
+    // Free wire, empty queue: written, as the Pusher event.
+    assert_eq!(outbox.offer(&message("\"a\"", None), true), Offer::Written);
+    let frame = read_frame(&mut client).await;
+    assert_eq!(frame, r#"{"event":"message","channel":"c","data":"a"}"#);
+    // The socket it excludes does not take it at all.
+    assert_eq!(
+        outbox.offer(&message("1", Some("1.2")), true),
+        Offer::NotTaken
+    );
+    // A channel not yet direct queues; what comes after it queues behind it.
+    assert_eq!(outbox.offer(&message("\"b\"", None), false), Offer::Queued);
+    assert_eq!(outbox.offer(&message("\"c\"", None), true), Offer::Queued);
+    assert_eq!(text(outbox.pop().await), "b");
+    assert_eq!(text(outbox.pop().await), "c");
+    // The task holds the last item it took: a delivery now could overtake it.
+    assert_eq!(outbox.offer(&message("\"d\"", None), true), Offer::Queued);
+    outbox.idle();
+    assert_eq!(text(outbox.pop().await), "d");
+    outbox.idle();
+    assert_eq!(outbox.offer(&message("\"e\"", None), true), Offer::Written);
+    let frame = read_frame(&mut client).await;
+    assert!(frame.contains(r#""data":"e""#), "{frame}");
 }

@@ -37,14 +37,17 @@ use super::super::admission::{
     Credentials, admit_as, check_credentials, first_credentials_check, session_user, use_session,
 };
 use super::super::socket::{
-    Due, LoopTimers, accept, client_at_fault, delivery_latency, linger, read_error, send_close,
+    Due, LoopTimers, accept, client_at_fault, linger, read_error, send_close,
 };
 use super::super::state::Gateway;
 use super::super::upgrade::{Socket, Upgrade};
 use super::user::{self, SignedIn};
 use crate::broker::{Envelope, PublishOptions};
 use crate::error::ApiError;
-use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
+use crate::hub::{
+    Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, Render, delivery_latency,
+    session_channel,
+};
 use crate::limits::MessageRate;
 use crate::protocol::pusher::{self, ChannelKind, Request, close};
 use crate::protocol::pusher_user::USER_CHANNEL_PREFIX;
@@ -122,6 +125,9 @@ struct Subscription {
     /// The replayed publication of a cache channel (epoch, offset): the same one arriving
     /// live just after the join is not sent twice.
     replayed: Option<(std::sync::Arc<str>, u64)>,
+    /// Deliveries on the channel may go straight to the wire once the subscribe reply is
+    /// out ([`PusherConnection::deliver_directly`]).
+    direct_next: bool,
 }
 
 /// A Pusher connection's state.
@@ -282,7 +288,13 @@ impl PusherConnection {
                 }
             }
         }
-        self.channels.insert(hub, Subscription { member, replayed });
+        let direct_next = takes_as_rendered(&hub);
+        let subscription = Subscription {
+            member,
+            replayed,
+            direct_next,
+        };
+        self.channels.insert(hub, subscription);
         frames
     }
 
@@ -330,6 +342,16 @@ impl PusherConnection {
             }
         };
         Ok((member.id.to_string(), pusher::presence_data(&members)))
+    }
+
+    /// Once a subscribe reply is out: deliveries on the channel it subscribed go straight
+    /// to the wire from now on, where the connection takes them as every subscriber does.
+    fn deliver_directly(&mut self, connection: &Connection) {
+        for (hub, subscription) in &mut self.channels {
+            if std::mem::take(&mut subscription.direct_next) {
+                connection.deliver_directly(hub);
+            }
+        }
     }
 
     /// Answers `pusher:unsubscribe` (with nothing, as Pusher does).
@@ -416,6 +438,12 @@ fn run(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut connection = gateway.hub.connect(&user);
+        if let Some(wire) = socket.get_ref().wire() {
+            connection.attach(
+                wire.clone(),
+                Render::Pusher(state.socket_id.as_str().into()),
+            );
+        }
         if let Credentials::Session { id, .. } = &credentials
             && let Err(e) = Box::pin(connection.join(&session_channel(id))).await
         {
@@ -494,6 +522,7 @@ async fn drive(
     let timer = sleep_until(timers.deadline(credentials_check));
     tokio::pin!(shutting_down, slow_verdict, timer);
     loop {
+        connection.idle();
         timers.arm(timer.as_mut(), credentials_check);
         tokio::select! {
             biased;
@@ -523,6 +552,15 @@ async fn drive(
                 Due::Nothing => {}
             },
             outbound = connection.recv() => {
+                if let Outbound::Flush = outbound {
+                    tokio::select! {
+                        biased;
+                        flushed = socket.flush() => if flushed.is_err() { return (0, "gone") },
+                        () = &mut slow_verdict => return hub_close::SLOW_CONSUMER,
+                        () = &mut shutting_down, if timers.drain_turn.is_none() => return hub_close::SERVICE_RESTART,
+                    }
+                    continue;
+                }
                 let text = match outbound {
                     Outbound::Message(delivery) => match state.outbound(&delivery) {
                         Some(text) => {
@@ -536,7 +574,7 @@ async fn drive(
                     Outbound::Close(code, reason) => return (code, reason),
                     Outbound::Disconnect(disconnect) => return disconnect.code,
                     // The server API's subscribe orders name v1 channels; SSE refreshes.
-                    Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_) => continue,
+                    Outbound::Subscribe(_) | Outbound::Unsubscribe(_) | Outbound::Refresh(_) | Outbound::Flush => continue,
                 };
                 tokio::select! {
                     biased;
@@ -548,6 +586,7 @@ async fn drive(
             inbound = socket.next() => {
                 timers.quiet = Instant::now() + state.activity;
                 pinged = false;
+                let mut subscribed = false;
                 let text = match inbound {
                     None | Some(Ok(Message::Close(_))) => return (0, "client closed"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
@@ -577,6 +616,7 @@ async fn drive(
                     Ok(Request::Ping) => vec![pusher::pong()],
                     Ok(Request::Pong) => Vec::new(),
                     Ok(Request::Subscribe { channel, auth, channel_data }) => {
+                        subscribed = true;
                         Box::pin(state.subscribe(channel, auth, channel_data, connection, credentials, gateway)).await
                     }
                     Ok(Request::Unsubscribe { channel }) => {
@@ -605,9 +645,19 @@ async fn drive(
                         return (0, "gone");
                     }
                 }
+                if subscribed {
+                    state.deliver_directly(connection);
+                }
             }
         }
     }
+}
+
+/// Whether a Pusher socket takes every delivery on hub channel `hub` as
+/// [`Render::Pusher`] makes it: not on a cache channel (its replayed event must not come
+/// twice) nor on the sign-in's `#` channels (their frames are the connection's own).
+fn takes_as_rendered(hub: &str) -> bool {
+    !pusher::is_cache_channel(hub) && !hub.contains('#')
 }
 
 #[cfg(test)]

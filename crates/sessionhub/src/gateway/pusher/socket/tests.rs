@@ -37,6 +37,7 @@ fn outbound_skips_other_channels_the_excluded_socket_and_a_replayed_event_once()
         Subscription {
             member: None,
             replayed,
+            direct_next: false,
         },
     );
     assert_eq!(
@@ -78,6 +79,7 @@ fn a_member_is_not_told_of_its_own_join() {
         Subscription {
             member: Some("u1".into()),
             replayed: None,
+            direct_next: false,
         },
     );
     let join = |user: &str| {
