@@ -14,6 +14,8 @@
 //! - [`hooks`]: the application's say in connects, subscribes, publishes and lifetimes:
 //!   in Rust ([`hooks::Hooks`]) or over HTTP ([`hooks::HttpHooks`]).
 //! - [`hub`]: the connections on this node and the fan-out to them.
+//! - [`wire`]: a connection's TCP stream, shared so that a delivery can be written to an
+//!   idle socket by the task that delivers it; [`wire::serve`] serves a router that way.
 //! - [`control`]: the server API's cluster-wide commands, carried by the broker to every
 //!   node's hub.
 //! - [`presence`]: who is online, on this node or across the cluster.

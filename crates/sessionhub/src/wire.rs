@@ -117,17 +117,23 @@ impl Wire {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// Writes what the socket's task (tungstenite, or hyper before the upgrade) hands over.
+    fn poll_write(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
         loop {
             let mut state = self.state.lock().unwrap();
             if let Err(e) = ready!(self.poll_pending(cx, &mut state)) {
                 return Poll::Ready(Err(e));
             }
-            match self.stream.try_write(buf) {
+            match self.stream.try_write_vectored(bufs) {
                 Ok(n) => {
                     // tungstenite hands over its whole buffer, which holds whole frames:
                     // all of it written is a frame boundary, anything less is not.
-                    state.blocked = n < buf.len();
+                    state.blocked = n < total;
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -204,7 +210,20 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write(cx, buf)
+        self.0.poll_write(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // As a `TcpStream`: hyper writes a response's head and body in one call.
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
