@@ -33,12 +33,14 @@ use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A connection's TCP stream and who may write to it now.
+/// A connection's TCP stream (its writing half: [`Stream`] reads) and who may write to it
+/// now.
 #[derive(Debug)]
 pub struct Wire {
-    stream: TcpStream,
+    stream: OwnedWriteHalf,
     state: Mutex<WireState>,
     /// The socket's task took an item off its queue and has not finished with it (set by
     /// the queue under its lock, cleared by the task when it looks for more): a
@@ -66,12 +68,19 @@ pub(crate) enum Sent {
 }
 
 impl Wire {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    /// The wire of `stream`'s writing half.
+    pub(crate) fn new(stream: OwnedWriteHalf) -> Self {
         Self {
             stream,
             state: Mutex::default(),
             busy: AtomicBool::new(false),
         }
+    }
+
+    /// Waits (registers `cx`) until the socket takes writes again. `&self`: the socket's task
+    /// is the only one that waits; delivering tasks never do.
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsRef::<TcpStream>::as_ref(&self.stream).poll_write_ready(cx)
     }
 
     /// Writes `payload` as one unmasked WebSocket text frame, if the wire is free and the
@@ -107,7 +116,7 @@ impl Wire {
                     state.pending.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.stream.poll_write_ready(cx))?;
+                    ready!(self.poll_writable(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -139,7 +148,7 @@ impl Wire {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     state.blocked = true;
                     drop(state);
-                    ready!(self.stream.poll_write_ready(cx))?;
+                    ready!(self.poll_writable(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -149,20 +158,6 @@ impl Wire {
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.state.lock().unwrap();
         self.poll_pending(cx, &mut state)
-    }
-
-    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
     }
 }
 
@@ -190,17 +185,21 @@ fn text_frame_header(len: usize) -> ([u8; 10], usize) {
     (header, used)
 }
 
-/// A connection's stream as the HTTP server and the WebSocket read and write it.
+/// A connection's stream as the HTTP server and the WebSocket read and write it: reads
+/// from its own half, writes through the [`Wire`].
 #[derive(Debug)]
-pub struct Stream(Arc<Wire>);
+pub struct Stream {
+    read: OwnedReadHalf,
+    wire: Arc<Wire>,
+}
 
 impl AsyncRead for Stream {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.0.poll_read(cx, buf)
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
@@ -210,7 +209,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write(cx, &[io::IoSlice::new(buf)])
+        self.wire.poll_write(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -218,7 +217,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write(cx, bufs)
+        self.wire.poll_write(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -227,13 +226,14 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_flush(cx)
+        self.wire.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.0.poll_flush(cx))?;
+        ready!(self.wire.poll_flush(cx))?;
         // Half-closes for whoever holds the wire; the descriptor closes with the last of them.
-        Poll::Ready(socket2::SockRef::from(&self.0.stream).shutdown(std::net::Shutdown::Write))
+        let stream: &TcpStream = self.wire.stream.as_ref();
+        Poll::Ready(socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -254,7 +254,9 @@ impl axum::serve::Listener for Listener {
 
     async fn accept(&mut self) -> (Stream, SocketAddr) {
         let (stream, peer) = axum::serve::Listener::accept(&mut self.0).await;
-        (Stream(Arc::new(Wire::new(stream))), peer)
+        let (read, write) = stream.into_split();
+        let wire = Arc::new(Wire::new(write));
+        (Stream { read, wire }, peer)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -293,7 +295,7 @@ impl tower::Service<IncomingStream<'_, Listener>> for MakeWired {
         std::future::ready(Ok(Wired {
             router: self.0.clone(),
             peer: *incoming.remote_addr(),
-            wire: incoming.io().0.clone(),
+            wire: incoming.io().wire.clone(),
         }))
     }
 }

@@ -198,7 +198,7 @@ async fn wire_pair() -> (std::sync::Arc<crate::wire::Wire>, tokio::net::TcpStrea
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
     let (client, accepted) = tokio::join!(client, listener.accept());
-    let wire = crate::wire::Wire::new(accepted.unwrap().0);
+    let wire = crate::wire::Wire::new(accepted.unwrap().0.into_split().1);
     (std::sync::Arc::new(wire), client.unwrap())
 }
 
