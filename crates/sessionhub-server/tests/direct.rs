@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::pusher::js::APP;
 use common::pusher::raw::{self, next_event};
+use common::v1::{self, Frame};
 use common::{WAIT, Ws};
 
 /// The value of the unlabelled counter `name` in `/metrics` (0 when not there yet).
@@ -141,6 +142,107 @@ async fn pusher_events_arrive_in_order_beside_the_socket_s_own_replies() {
         }
     }
     assert_eq!(got, want, "every event but the excluded ones, in order");
+    let direct = counter(&node.http(), "sessionhub_messages_direct_total").await - before;
+    assert!(direct > 0, "written straight to the socket: {direct}");
+    common::assert_silent(&mut ws, Duration::from_millis(200)).await;
+}
+
+/// What a v1 client has read so far, checked as it comes.
+#[derive(Default)]
+struct Seen {
+    room: u64,
+    room2: u64,
+    pongs: u64,
+    subscribed: bool,
+}
+
+impl Seen {
+    /// Reads one frame and checks it: each channel's publications numbered from 1 with no
+    /// gap, `room2`'s after its `subscribed` reply.
+    async fn read(&mut self, ws: &mut Ws) {
+        let frame = tokio::time::timeout(WAIT, v1::read_frame(ws))
+            .await
+            .expect("a frame in time")
+            .unwrap();
+        match frame {
+            Frame::Publication {
+                channel,
+                offset,
+                data,
+                ..
+            } if channel == "room" => {
+                self.room += 1;
+                assert_eq!(
+                    (offset, data),
+                    (self.room, json!({ "n": self.room })),
+                    "room"
+                );
+            }
+            Frame::Publication {
+                channel,
+                offset,
+                data,
+                ..
+            } if channel == "room2" => {
+                assert!(self.subscribed, "room2's publications come after its reply");
+                self.room2 += 1;
+                assert_eq!(
+                    (offset, data),
+                    (self.room2, json!({ "n": self.room2 })),
+                    "room2"
+                );
+            }
+            Frame::Subscribed(s) if s.channel == "room2" => self.subscribed = true,
+            Frame::Other(reply) if reply["type"] == "pong" => self.pongs += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_publications_arrive_numbered_and_in_order_beside_replies_and_new_subscriptions() {
+    let node = common::node(&[]);
+    let client = common::http();
+    let (mut ws, _) = v1::open_v1(&node.ws(), "v").await.unwrap();
+    let subscribe = |channel: &str| Message::Text(v1::subscribe_frame(channel, None).into());
+    ws.send(subscribe("room")).await.unwrap();
+    let Frame::Subscribed(_) = v1::read_frame(&mut ws).await.unwrap() else {
+        panic!("subscribed");
+    };
+    let before = counter(&node.http(), "sessionhub_messages_direct_total").await;
+    let publish = |channel: &'static str, n: u64| {
+        let request = client
+            .post(v1::publish_url(&node.http(), channel))
+            .json(&json!({ "message": { "n": n } }));
+        async move {
+            let (status, body) = common::status_and_json(request).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    // 300 publications on `room`; the client pings (answered by the socket's task) and,
+    // halfway, subscribes to `room2`, which gets 150 publications once it is subscribed.
+    let mut seen = Seen::default();
+    for n in 1..=300 {
+        publish("room", n).await;
+        if n % 30 == 0 {
+            let ping = json!({"type": "ping", "id": n});
+            ws.send(Message::Text(ping.to_string().into()))
+                .await
+                .unwrap();
+        }
+        if n == 150 {
+            ws.send(subscribe("room2")).await.unwrap();
+            while !seen.subscribed {
+                seen.read(&mut ws).await;
+            }
+        }
+        if n > 150 {
+            publish("room2", n - 150).await;
+        }
+    }
+    while seen.room < 300 || seen.room2 < 150 || seen.pongs < 10 {
+        seen.read(&mut ws).await;
+    }
     let direct = counter(&node.http(), "sessionhub_messages_direct_total").await - before;
     assert!(direct > 0, "written straight to the socket: {direct}");
     common::assert_silent(&mut ws, Duration::from_millis(200)).await;

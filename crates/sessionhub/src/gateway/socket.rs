@@ -33,7 +33,9 @@ use super::upgrade::{Socket, Upgrade};
 use super::v1::{self, Step, V1};
 use crate::error::ApiError;
 use crate::hooks::{Denial, Transport};
-use crate::hub::{Connection, Delivery, Outbound, Render, delivery_latency, session_channel};
+use crate::hub::{
+    Connection, Delivery, Outbound, Render, Straight, delivery_latency, session_channel,
+};
 use crate::limits::MessageRate;
 use crate::protocol::{FrameError, UserId, close};
 
@@ -182,10 +184,13 @@ fn run(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut connection = gateway.hub.connect(&user);
-        // A seed socket takes every delivery on its channel as it comes: deliveries may be
-        // written straight to its wire. v1's frames depend on the connection's offsets.
-        if let (Protocol::Seed, Some(wire)) = (&protocol, socket.get_ref().wire()) {
-            connection.attach(wire.clone(), Render::Seed);
+        // Deliveries may be written straight to its wire, on the channels it says.
+        if let Some(wire) = socket.get_ref().wire() {
+            let render = match protocol {
+                Protocol::Seed => Render::Seed,
+                Protocol::V1(_) => Render::V1,
+            };
+            connection.attach(wire.clone(), render);
         }
         // The seed protocol is the user's personal channel; v1 clients choose their channels.
         let mut joined = match protocol {
@@ -277,9 +282,10 @@ async fn drive(
     {
         return (0, "gone");
     }
-    if let Protocol::Seed = protocol {
-        // After the greeting, which comes first.
-        connection.deliver_directly(&user.channel());
+    // After the greeting and the `subscribed` replies, which come first.
+    match protocol {
+        Protocol::Seed => connection.deliver(&user.channel(), Straight::Yes),
+        Protocol::V1(v1) => v1.deliver_straight(connection),
     }
     let ping_every = config
         .ping_interval
@@ -358,6 +364,7 @@ async fn drive(
                             return (0, "gone");
                         }
                     }
+                    v1.deliver_straight(connection);
                     continue;
                 }
                 let text = match (outbound, &mut *protocol) {
@@ -396,6 +403,7 @@ async fn drive(
                 }
             }
             inbound = socket.next() => {
+                let mut changed = false;
                 timers.quiet = Instant::now() + config.idle_timeout;
                 if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &inbound {
                     metrics::counter!("sessionhub_client_frames_total").increment(1);
@@ -420,6 +428,7 @@ async fn drive(
                     (Some(Ok(Message::Text(text))), Protocol::V1(v1)) => match v1.plan(&text, gateway) {
                         Step::Plan(plan) => plan,
                         Step::Change(change) => {
+                            changed = true;
                             let mut replies = settle(&mut in_flight).await;
                             replies.extend(Box::pin(v1.exclusive(change, connection, credentials, gateway)).await);
                             Plan::Reply(replies)
@@ -458,6 +467,9 @@ async fn drive(
                     if socket.send(Message::Text(reply.into())).await.is_err() {
                         return (0, "gone");
                     }
+                }
+                if changed && let Protocol::V1(v1) = protocol {
+                    v1.deliver_straight(connection);
                 }
             }
         }

@@ -31,7 +31,10 @@ use crate::auth::TokenError;
 use crate::broker::{Publication, PublishOptions, StreamPosition};
 use crate::error::{ApiError, BrokerError, PresenceError};
 use crate::hooks::{Denial, Hooks};
-use crate::hub::{Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, session_channel};
+use crate::hub::{
+    Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, Position, Straight,
+    presence_events_channel, session_channel,
+};
 use crate::limits::{Limited, Per};
 use crate::protocol::v1::{MAX_SUBSCRIPTIONS, Recovered, Reply, Request};
 use crate::protocol::{FrameError, UserId, close, is_public_channel_name};
@@ -43,8 +46,9 @@ pub(super) struct V1 {
     token_channels: Vec<String>,
     /// Seconds the token had left when the connection opened, for the greeting.
     expires_in: Option<u64>,
-    /// Channel -> (epoch, offset) of the last publication sent.
-    positions: HashMap<String, (Arc<str>, u64)>,
+    /// Channel -> the epoch and offset of the last publication sent, shared with the
+    /// delivering task once the channel takes deliveries straight ([`V1::deliver_straight`]).
+    positions: HashMap<String, Joined>,
     /// What the application's hooks know of it, if the gateway has hooks.
     hooked: Option<Box<Hooked>>,
     /// The client's address, for the per-address publish rate.
@@ -53,6 +57,15 @@ pub(super) struct V1 {
     /// to itself yet: its first `subscribe` to one recovers from its `recover` position
     /// instead of being refused, so a reconnecting client loses nothing on them.
     claimed_unconfirmed: HashSet<String>,
+}
+
+/// One channel the connection joined.
+struct Joined {
+    /// Where it is in the channel's history.
+    position: Arc<Position>,
+    /// Whether deliveries on it go straight to the wire (told to the hub once the channel's
+    /// `subscribed` reply was out).
+    straight: bool,
 }
 
 fn error(id: Option<u64>, code: &str, message: String) -> String {
@@ -133,20 +146,21 @@ impl V1 {
             let subscribed = self.positions.contains_key(channel);
             return Ok(subscribed.then(|| delivery.publication().data.clone()));
         }
-        let Some((epoch, offset)) = self.positions.get_mut(delivery.channel()) else {
+        let Some(joined) = self.positions.get(delivery.channel()) else {
             return Ok(None);
         };
+        let position = &joined.position;
         let publication = delivery.publication();
         if publication.offset == 0 {
             return Ok(Some(delivery.v1_frame()));
         }
-        if publication.epoch != *epoch {
+        if publication.epoch != position.epoch {
             return Err(close::INSUFFICIENT_STATE);
         }
-        match publication.offset.cmp(&(*offset + 1)) {
+        match publication.offset.cmp(&(position.offset() + 1)) {
             std::cmp::Ordering::Less => Ok(None),
             std::cmp::Ordering::Equal => {
-                *offset = publication.offset;
+                position.moved_to(publication.offset);
                 Ok(Some(delivery.v1_frame()))
             }
             std::cmp::Ordering::Greater => {
@@ -425,13 +439,28 @@ impl V1 {
         }
     }
 
+    /// Once the `subscribed` replies are out: deliveries on the channels they subscribed (and
+    /// on their presence channels' joins and leaves) go straight to the wire from now on,
+    /// while they follow on from the channel's position ([`Straight::At`]).
+    pub(super) fn deliver_straight(&mut self, connection: &Connection) {
+        for (channel, joined) in &mut self.positions {
+            if !std::mem::replace(&mut joined.straight, true) {
+                connection.deliver(channel, Straight::At(joined.position.clone()));
+                connection.deliver(&presence_events_channel(channel), Straight::Yes);
+            }
+        }
+    }
+
     /// The positions of every joined channel that keeps history, as `(channel, epoch,
     /// offset)`: what a client would recover from.
     pub(super) fn positions(&self) -> impl Iterator<Item = (&str, &str, u64)> {
         self.positions
             .iter()
-            .filter(|(_, (epoch, _))| !epoch.is_empty())
-            .map(|(channel, (epoch, offset))| (channel.as_str(), &**epoch, *offset))
+            .filter(|(_, joined)| !joined.position.epoch.is_empty())
+            .map(|(channel, joined)| {
+                let position = &joined.position;
+                (channel.as_str(), &*position.epoch, position.offset())
+            })
     }
 
     /// Joins `channel` (recovering from `since`); the `subscribed` reply. `by_server`: the
@@ -467,7 +496,14 @@ impl V1 {
         }
         // Join first, so that nothing published between the recovery read and the join is
         // lost: publications that arrive meanwhile wait in the queue and are filtered by
-        // position (older ones are duplicates of what the recovery returned).
+        // position (older ones are duplicates of what the recovery returned). A channel
+        // joined already (for the token's claim) takes them through the queue again until
+        // this subscribe's reply is out.
+        if let Some(joined) = self.positions.get_mut(channel) {
+            joined.straight = false;
+            connection.deliver(channel, Straight::No);
+            connection.deliver(&presence_events_channel(channel), Straight::No);
+        }
         connection.join(channel).await?;
         let recovery = match gateway.hub.recover(channel, since).await {
             Ok(recovery) => recovery,
@@ -501,8 +537,11 @@ impl V1 {
             .publications
             .last()
             .map_or(recovery.offset, |p| p.offset.max(recovery.offset));
-        self.positions
-            .insert(channel.to_owned(), (recovery.epoch.clone(), last));
+        let joined = Joined {
+            position: Arc::new(Position::new(recovery.epoch.clone(), last)),
+            straight: false,
+        };
+        self.positions.insert(channel.to_owned(), joined);
         let publications = recovery
             .publications
             .iter()
@@ -807,10 +846,21 @@ mod tests {
         Delivery::new(channel, publication)
     }
 
+    impl V1 {
+        /// Where the connection is on `channel`: (epoch, offset).
+        fn at(&self, channel: &str) -> (&str, u64) {
+            let position = &self.positions[channel].position;
+            (&position.epoch, position.offset())
+        }
+    }
+
     fn at(channel: &str, epoch: &str, offset: u64) -> V1 {
         let mut v1 = V1::new(alice(), &Credentials::None);
-        v1.positions
-            .insert(channel.to_owned(), (epoch.into(), offset));
+        let joined = Joined {
+            position: Arc::new(Position::new(epoch.into(), offset)),
+            straight: false,
+        };
+        v1.positions.insert(channel.to_owned(), joined);
         v1
     }
 
@@ -822,7 +872,7 @@ mod tests {
             sent.as_str(),
             r#"{"type":"publication","channel":"room:1","epoch":"e","offset":4,"data":{"n":4}}"#
         );
-        assert_eq!(v1.positions["room:1"].1, 4, "the position moves on");
+        assert_eq!(v1.at("room:1"), ("e", 4), "the position moves on");
         assert_eq!(
             v1.outbound(&delivery("room:1", "e", 4)),
             Ok(None),
@@ -834,14 +884,14 @@ mod tests {
             Ok(None),
             "not joined"
         );
-        assert_eq!(v1.positions["room:1"].1, 4, "nothing skipped moved it");
+        assert_eq!(v1.at("room:1"), ("e", 4), "nothing skipped moved it");
         // Kept out of history (offset 0): passed on, and no position.
         let sent = v1.outbound(&delivery("room:1", "", 0)).unwrap().unwrap();
         assert_eq!(
             sent.as_str(),
             r#"{"type":"publication","channel":"room:1","epoch":"","offset":0,"data":{"n":0}}"#
         );
-        assert_eq!(v1.positions["room:1"], ("e".into(), 4));
+        assert_eq!(v1.at("room:1"), ("e", 4));
     }
 
     #[test]
@@ -851,7 +901,7 @@ mod tests {
         assert_eq!(gap, Err(close::INSUFFICIENT_STATE));
         let new_epoch = v1.outbound(&delivery("room:1", "f", 4));
         assert_eq!(new_epoch, Err(close::INSUFFICIENT_STATE));
-        assert_eq!(v1.positions["room:1"].1, 3);
+        assert_eq!(v1.at("room:1"), ("e", 3));
     }
 
     #[tokio::test]
@@ -953,7 +1003,7 @@ mod tests {
                 r#"{{"type":"subscribed","id":4,"channel":"room:1","epoch":"{epoch}","offset":2,"recovered":true,"publications":[{{"offset":2,"data":2}}]}}"#
             )]
         );
-        assert_eq!(client.v1.positions["room:1"], (epoch.as_str().into(), 2));
+        assert_eq!(client.v1.at("room:1"), (epoch.as_str(), 2));
         let data = Utf8Bytes::from_static("3");
         gateway.hub.publish("room:1", data, &options).await.unwrap();
         let live = client.next_frame().await.unwrap().unwrap();

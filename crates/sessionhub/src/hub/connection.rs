@@ -12,7 +12,7 @@ use crate::protocol::UserId;
 
 use super::registry::Direct;
 use super::{
-    Hub, Member, Outbound, PRESENCE_EVENTS_PREFIX, PRESENCE_WAIT, PresenceChange, Render,
+    Hub, Member, Outbound, PRESENCE_EVENTS_PREFIX, PRESENCE_WAIT, PresenceChange, Render, Straight,
     presence_events_channel,
 };
 
@@ -245,23 +245,23 @@ impl Connection {
     }
 
     /// Lets deliveries go straight to `wire` as `render` makes them, on the channels
-    /// [`Connection::deliver_directly`] names ([`crate::wire`]). Once per connection.
+    /// [`Connection::deliver`] names ([`crate::wire`]). Once per connection.
     pub(crate) fn attach(&self, wire: Arc<crate::wire::Wire>, render: Render) {
         let direct = Direct { wire, render };
         let _ = self.member.outbox.direct.set(direct);
     }
 
-    /// Deliveries on `channel`, which the connection joined, go straight to its wire from
-    /// now on, when the wire is free ([`Connection::attach`]). For channels whose every
-    /// delivery the connection takes as [`Render`] makes it, once what must reach the client
-    /// before them (a subscribe reply) is out.
-    pub(crate) fn deliver_directly(&self, channel: &str) {
+    /// How deliveries on `channel`, which the connection joined, reach it from now on:
+    /// [`Straight::Yes`] or [`Straight::At`] once what must reach the client before them
+    /// (a subscribe reply) is out, when the wire is free ([`Connection::attach`]);
+    /// [`Straight::No`] before the channel's state on the connection's side changes again.
+    pub(crate) fn deliver(&self, channel: &str, straight: Straight) {
         let mut channels = self.hub.inner.registry.channels.lock().unwrap();
         let me = channels
             .get_mut(channel)
             .and_then(|members| members.iter_mut().find(|m| m.id == self.member.id));
         if let Some(me) = me {
-            me.direct = true;
+            me.straight = straight;
         }
     }
 

@@ -1,11 +1,14 @@
 //! What a connection's queue carries, and a publication rendered once per protocol.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tungstenite::Utf8Bytes;
 
 use crate::broker::{Envelope, Publication};
 use crate::protocol::{pusher, seed, v1};
+
+use super::PRESENCE_EVENTS_PREFIX;
 
 /// What a connection's queue carries.
 #[derive(Debug, Clone)]
@@ -30,24 +33,104 @@ pub(crate) enum Outbound {
 }
 
 /// Which frame a connection that takes deliveries straight from the delivering task
-/// ([`crate::wire`]) gets for a publication: one that needs no state of the connection's.
+/// ([`crate::wire`]) gets for a publication.
 #[derive(Debug, Clone)]
 pub(crate) enum Render {
     /// The seed protocol's frame: the data.
     Seed,
     /// The Pusher event, unless the publication excludes this socket id.
     Pusher(Arc<str>),
+    /// Protocol v1's `publication` frame, for the next publication of the channel's
+    /// [`Position`] (or any, on a channel without history); a presence channel's join or
+    /// leave as it came.
+    V1,
+}
+
+/// How a connection's member of one channel takes deliveries.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Straight {
+    /// Through the connection's queue and task.
+    #[default]
+    No,
+    /// Straight to the wire, as the connection's [`Render`] makes them.
+    Yes,
+    /// Straight to the wire while they follow on from this v1 position (which moves with
+    /// them); anything else through the queue, whose task decides (a duplicate, a gap).
+    At(Arc<Position>),
+}
+
+/// A v1 connection's place in one channel's history: its epoch, and the offset of the
+/// last publication sent. Shared by the socket's task and the delivering task, which
+/// takes turns with it ([`crate::wire`]): only one of them sends at a time.
+#[derive(Debug)]
+pub(crate) struct Position {
+    /// The history's epoch ("" for a channel without history).
+    pub(crate) epoch: Arc<str>,
+    offset: AtomicU64,
+}
+
+impl Position {
+    /// At `offset` in `epoch`.
+    pub(crate) fn new(epoch: Arc<str>, offset: u64) -> Self {
+        Self {
+            epoch,
+            offset: AtomicU64::new(offset),
+        }
+    }
+
+    /// The offset of the last publication sent.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    /// The last publication sent is now at `offset`.
+    pub(crate) fn moved_to(&self, offset: u64) {
+        self.offset.store(offset, Ordering::Release);
+    }
+}
+
+/// What a connection's [`Render`] makes of a delivery.
+#[derive(Debug)]
+pub(crate) enum Rendered {
+    /// This frame, to write.
+    Frame(Utf8Bytes),
+    /// Nothing: the connection does not take it.
+    Skip,
+    /// The connection's task decides: queue it.
+    Queue,
 }
 
 impl Render {
-    /// The frame for `delivery`; `None`: this connection does not take it.
-    pub(crate) fn frame(&self, delivery: &Delivery) -> Option<Utf8Bytes> {
-        match self {
-            Self::Seed => Some(delivery.seed_frame()),
-            Self::Pusher(socket_id) => {
+    /// What the member `straight` of a connection rendering this way gets for `delivery`.
+    pub(crate) fn frame(&self, delivery: &Delivery, straight: &Straight) -> Rendered {
+        match (self, straight) {
+            (_, Straight::No) => Rendered::Queue,
+            (Self::Seed, _) => Rendered::Frame(delivery.seed_frame()),
+            (Self::Pusher(socket_id), _) => {
                 let except = delivery.envelope().and_then(|e| e.except.as_deref());
-                (except != Some(socket_id)).then(|| delivery.pusher_frame())
+                if except == Some(socket_id) {
+                    Rendered::Skip
+                } else {
+                    Rendered::Frame(delivery.pusher_frame())
+                }
             }
+            (Self::V1, Straight::Yes) if delivery.channel.starts_with(PRESENCE_EVENTS_PREFIX) => {
+                Rendered::Frame(delivery.publication.data.clone())
+            }
+            (Self::V1, Straight::At(position)) => {
+                let publication = &delivery.publication;
+                if publication.offset == 0 {
+                    return Rendered::Frame(delivery.v1_frame());
+                }
+                if publication.epoch != position.epoch
+                    || publication.offset != position.offset() + 1
+                {
+                    return Rendered::Queue;
+                }
+                position.moved_to(publication.offset);
+                Rendered::Frame(delivery.v1_frame())
+            }
+            (Self::V1, Straight::Yes) => Rendered::Queue,
         }
     }
 }

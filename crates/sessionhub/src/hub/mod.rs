@@ -37,7 +37,7 @@ mod track;
 
 pub use self::connection::Connection;
 pub(crate) use self::delivery::{
-    Delivery, Disconnect, Outbound, Render, TokenRefresh, delivery_latency,
+    Delivery, Disconnect, Outbound, Position, Render, Straight, TokenRefresh, delivery_latency,
 };
 pub(crate) use self::registry::Registry;
 use self::registry::{Member, net};
@@ -411,7 +411,7 @@ impl Hub {
             id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
             outbox: Arc::default(),
             slow: CancellationToken::new(),
-            direct: false,
+            straight: Straight::No,
         };
         {
             let mut users = self.inner.registry.users.lock().unwrap();

@@ -4,7 +4,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -16,7 +16,7 @@ use crate::presence::Member as PresenceMember;
 use crate::protocol::{SESSION_CHANNEL_PREFIX, UserId, close};
 use crate::wire::{Sent, Wire};
 
-use super::delivery::{Render, delivery_latency};
+use super::delivery::{Render, Rendered, Straight, delivery_latency};
 use super::{Delivery, OUTBOUND_QUEUE, OUTBOX_KEPT, Online, Outbound, PRESENCE_EVENTS_PREFIX};
 
 #[derive(Clone)]
@@ -27,7 +27,7 @@ pub(super) struct Member {
     /// Whether deliveries on this channel may be written straight to the connection's
     /// wire ([`Outbox::offer`]): the connection said so once the channel's state on its side
     /// (a subscribe reply, a greeting) was out.
-    pub(super) direct: bool,
+    pub(super) straight: Straight,
 }
 
 /// A connection's outbound queue: bounded, one reader, and empty until something is queued.
@@ -77,14 +77,16 @@ impl Outbox {
 
     /// Writes `item` straight to the connection's socket when it can (`direct`: the member
     /// allows it; nothing queued before it; the socket's task not sending), else queues it.
-    pub(super) fn offer(&self, item: &Outbound, direct: bool) -> Offer {
+    pub(super) fn offer(&self, item: &Outbound, straight: &Straight) -> Offer {
         let mut queue = self.queue.lock().unwrap();
-        if let (true, true, Some(to), Outbound::Message(delivery)) =
-            (direct, queue.is_empty(), self.direct.get(), item)
+        if let (true, Some(to), Outbound::Message(delivery)) =
+            (queue.is_empty(), self.direct.get(), item)
             && !to.wire.busy.load(Ordering::Acquire)
         {
-            let Some(frame) = to.render.frame(delivery) else {
-                return Offer::NotTaken;
+            let frame = match to.render.frame(delivery, straight) {
+                Rendered::Frame(frame) => frame,
+                Rendered::Skip => return Offer::NotTaken,
+                Rendered::Queue => return self.queue_up(queue, item),
             };
             match to.wire.try_send(frame.as_bytes()) {
                 Sent::All => {
@@ -102,6 +104,11 @@ impl Outbox {
                 Sent::Nothing => {}
             }
         }
+        self.queue_up(queue, item)
+    }
+
+    /// Queues `item` for the connection's task, in `queue` (locked).
+    fn queue_up(&self, mut queue: MutexGuard<'_, VecDeque<Outbound>>, item: &Outbound) -> Offer {
         if queue.len() >= OUTBOUND_QUEUE {
             return Offer::Full;
         }
@@ -375,7 +382,7 @@ impl Deliver for Registry {
         };
         let (mut delivered, mut written) = (0, 0);
         for member in members {
-            match member.outbox.offer(&outbound, member.direct) {
+            match member.outbox.offer(&outbound, &member.straight) {
                 Offer::Written => {
                     delivered += 1;
                     written += 1;

@@ -3,7 +3,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 
 use super::registry::{Direct, Offer, Outbox};
-use super::{Delivery, OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Registry, Render};
+use super::{Delivery, OUTBOUND_QUEUE, OUTBOX_KEPT, Outbound, Registry, Render, Straight};
 use crate::broker::{Envelope, Publication};
 
 fn code(item: Outbound) -> u16 {
@@ -243,25 +243,40 @@ async fn a_delivery_goes_straight_to_the_wire_only_behind_nothing() {
     };
     assert!(outbox.direct.set(direct).is_ok());
     // Free wire, empty queue: written, as the Pusher event.
-    assert_eq!(outbox.offer(&message("\"a\"", None), true), Offer::Written);
+    assert_eq!(
+        outbox.offer(&message("\"a\"", None), &Straight::Yes),
+        Offer::Written
+    );
     let frame = read_frame(&mut client).await;
     assert_eq!(frame, r#"{"event":"message","channel":"c","data":"a"}"#);
     // The socket it excludes does not take it at all.
     assert_eq!(
-        outbox.offer(&message("1", Some("1.2")), true),
+        outbox.offer(&message("1", Some("1.2")), &Straight::Yes),
         Offer::NotTaken
     );
     // A channel not yet direct queues; what comes after it queues behind it.
-    assert_eq!(outbox.offer(&message("\"b\"", None), false), Offer::Queued);
-    assert_eq!(outbox.offer(&message("\"c\"", None), true), Offer::Queued);
+    assert_eq!(
+        outbox.offer(&message("\"b\"", None), &Straight::No),
+        Offer::Queued
+    );
+    assert_eq!(
+        outbox.offer(&message("\"c\"", None), &Straight::Yes),
+        Offer::Queued
+    );
     assert_eq!(text(outbox.pop().await), "b");
     assert_eq!(text(outbox.pop().await), "c");
     // The task holds the last item it took: a delivery now could overtake it.
-    assert_eq!(outbox.offer(&message("\"d\"", None), true), Offer::Queued);
+    assert_eq!(
+        outbox.offer(&message("\"d\"", None), &Straight::Yes),
+        Offer::Queued
+    );
     outbox.idle();
     assert_eq!(text(outbox.pop().await), "d");
     outbox.idle();
-    assert_eq!(outbox.offer(&message("\"e\"", None), true), Offer::Written);
+    assert_eq!(
+        outbox.offer(&message("\"e\"", None), &Straight::Yes),
+        Offer::Written
+    );
     let frame = read_frame(&mut client).await;
     assert!(frame.contains(r#""data":"e""#), "{frame}");
 }

@@ -45,7 +45,7 @@ use super::user::{self, SignedIn};
 use crate::broker::{Envelope, PublishOptions};
 use crate::error::ApiError;
 use crate::hub::{
-    Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, Render, delivery_latency,
+    Connection, Delivery, Outbound, PRESENCE_EVENTS_PREFIX, Render, Straight, delivery_latency,
     session_channel,
 };
 use crate::limits::MessageRate;
@@ -349,7 +349,7 @@ impl PusherConnection {
     fn deliver_directly(&mut self, connection: &Connection) {
         for (hub, subscription) in &mut self.channels {
             if std::mem::take(&mut subscription.direct_next) {
-                connection.deliver_directly(hub);
+                connection.deliver(hub, Straight::Yes);
             }
         }
     }
