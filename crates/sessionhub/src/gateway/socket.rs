@@ -4,6 +4,12 @@
 //! consumer, server shutdown, oversized frame, credentials ending, message rate) is visible
 //! in one place. Who may connect is [`super::admission`]'s; what a frame means is the
 //! protocol's ([`super::seed`], [`super::v1`]), answered as a [`Plan`] this loop carries out.
+//!
+//! Just over 700 lines with its tests, and one subject: a socket's life from the upgrade to
+//! the close, whose loop, deadlines ([`LoopTimers`], which the Pusher loop shares) and close
+//! handling change together. Deliveries the hub writes straight to the socket
+//! ([`crate::wire`]) never pass through this loop; it only flushes the rest of one the kernel
+//! took in part.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
