@@ -5,16 +5,16 @@
 //! writes it. At fan-out 100 that wake-up, the queue round trip and the socket task's
 //! `select!` cost more than the `sendto` itself (`docs/benchmarks.md`, "Cost per unit of
 //! work"). With a [`Wire`], the delivering task writes a ready frame straight into an idle
-//! socket ([`Wire::try_send`]); the socket's task is woken only when that cannot be done
+//! socket (`Wire::try_send`); the socket's task is woken only when that cannot be done
 //! whole: its queue is not empty, it is writing itself, or the kernel's buffer is full.
 //!
 //! The bytes on the wire never interleave: every write, by either side, happens under the
 //! wire's lock, and a write that went out in part leaves the wire to the rest of it. A
-//! delivering task's unwritten rest waits in [`WireState::pending`], in front of anything
+//! delivering task's unwritten rest waits in `WireState::pending`, in front of anything
 //! else, until the socket's task flushes it; the socket's task's own unwritten bytes
-//! (tungstenite keeps them in its buffer) mark the wire [`WireState::blocked`] until they
+//! (tungstenite keeps them in its buffer) mark the wire `WireState::blocked` until they
 //! are out. Order is the queue's business: a delivering task writes only when the queue is
-//! empty and the socket's task is not between taking an item and writing it ([`Wire::busy`]).
+//! empty and the socket's task is not between taking an item and writing it (`Wire::busy`).
 //!
 //! A wire exists only where the server accepts with [`Listener`] and serves with
 //! [`serve`]'s make-service ([`Wired`]); sockets served any other way (`axum::serve` on a
@@ -56,7 +56,7 @@ struct WireState {
     blocked: bool,
 }
 
-/// What [`Wire::try_send`] did.
+/// What `Wire::try_send` did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Sent {
     /// The whole frame is in the kernel's hands.
