@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,20 +22,6 @@ async fn counter(base: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0, |v| v.trim().parse().expect("a counter"))
-}
-
-/// The next frame that is not a pong, within [`WAIT`].
-async fn next_but_pongs(ws: &mut Ws) -> Message {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("connection open")
-            .expect("a well-formed frame");
-        if !matches!(frame, Message::Pong(_)) {
-            return frame;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,9 +59,7 @@ async fn a_socket_that_stops_reading_then_reads_gets_every_frame_whole_and_in_or
     let expected = filler.clone();
     let reader = tokio::spawn(async move {
         for n in 0..N {
-            let Message::Text(text) = next_but_pongs(&mut ws).await else {
-                panic!("push {n}: not a text frame");
-            };
+            let text = common::next_text(&mut ws).await;
             assert_eq!(text.len(), 6 + expected.len(), "push {n} whole");
             assert_eq!(&text[..6], format!("{n:06}"), "in order");
             assert!(text[6..] == *expected, "push {n} unmangled");

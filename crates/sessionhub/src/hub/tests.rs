@@ -54,16 +54,25 @@ async fn next_event(connection: &super::Connection) -> serde_json::Value {
     }
 }
 
+/// A hub on one node whose `room:` channels have presence.
+fn hub_with_presence_on_rooms() -> super::Hub {
+    let hub = super::Hub::local("node-a");
+    let presence = std::sync::Arc::new(crate::presence::LocalPresence::new(&hub));
+    let channels = crate::presence::PresenceChannels::new(["room:"]);
+    assert!(hub.track_presence(channels, presence));
+    hub
+}
+
+fn user(id: &str) -> crate::protocol::UserId {
+    id.parse().unwrap()
+}
+
 /// A connection joined as another user is announced as that user, with the info of
 /// their first connection; their leave carries none, and comes when the last of their
 /// connections goes, however those joined.
 #[tokio::test]
 async fn joins_as_a_user_are_announced_with_their_info() {
-    let hub = super::Hub::local("node-a");
-    let presence = std::sync::Arc::new(crate::presence::LocalPresence::new(&hub));
-    let channels = crate::presence::PresenceChannels::new(["room:"]);
-    assert!(hub.track_presence(channels, presence));
-    let user = |id: &str| -> crate::protocol::UserId { id.parse().unwrap() };
+    let hub = hub_with_presence_on_rooms();
     let mut watcher = hub.connect(&user("watcher"));
     watcher.join("room:1").await.unwrap();
     assert_eq!(next_event(&watcher).await["user"], "watcher");
@@ -97,11 +106,7 @@ async fn joins_as_a_user_are_announced_with_their_info() {
 /// and counts, and a presence channel it joined before stays counted as its old user.
 #[tokio::test]
 async fn a_renamed_connection_is_its_new_user_s() {
-    let hub = super::Hub::local("node-a");
-    let presence = std::sync::Arc::new(crate::presence::LocalPresence::new(&hub));
-    let channels = crate::presence::PresenceChannels::new(["room:"]);
-    assert!(hub.track_presence(channels, presence));
-    let user = |id: &str| -> crate::protocol::UserId { id.parse().unwrap() };
+    let hub = hub_with_presence_on_rooms();
     hub.track_users();
     let mut watcher = hub.connect(&user("watcher"));
     watcher.join("room:1").await.unwrap();
