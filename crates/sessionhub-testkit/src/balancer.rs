@@ -16,6 +16,8 @@ use std::time::Duration;
 pub struct Balancer {
     addr: SocketAddr,
     stats: std::sync::Arc<BalancerStats>,
+    /// Bumped by [`Balancer::silence`]: the relays that began before go quiet.
+    silenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -73,6 +75,8 @@ impl Balancer {
             .enable_all()
             .build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
+        let silenced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let silence = silenced.clone();
         let backends = backends.to_vec();
         let task_stats = stats.clone();
         let thread = std::thread::Builder::new()
@@ -84,7 +88,7 @@ impl Balancer {
                         Err(_) => return,
                     };
                     tokio::select! {
-                        () = balance(listener, backends, task_stats) => {}
+                        () = balance(listener, backends, task_stats, silence) => {}
                         _ = stopped => {}
                     }
                 });
@@ -93,6 +97,7 @@ impl Balancer {
         Ok(Self {
             addr,
             stats,
+            silenced,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -117,6 +122,14 @@ impl Balancer {
     pub fn stats(&self) -> &BalancerStats {
         &self.stats
     }
+
+    /// Every connection relayed so far stops passing bytes either way and stays open, as
+    /// when a firewall or NAT forgets a connection: no FIN, no RST, just silence. Whatever
+    /// is sent on them from now on is swallowed; new connections are relayed as before.
+    pub fn silence(&self) {
+        self.silenced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for Balancer {
@@ -134,6 +147,7 @@ async fn balance(
     listener: tokio::net::TcpListener,
     backends: Vec<SocketAddr>,
     stats: std::sync::Arc<BalancerStats>,
+    silenced: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut next = 0_usize;
     loop {
@@ -145,6 +159,7 @@ async fn balance(
         let first = next;
         next = (next + 1) % backends.len();
         let (backends, stats) = (backends.clone(), stats.clone());
+        let silenced = silenced.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
             for i in (0..backends.len()).map(|k| (first + k) % backends.len()) {
@@ -153,7 +168,7 @@ async fn balance(
                     Ok(Ok(backend)) => {
                         stats.relayed[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let _ = backend.set_nodelay(true);
-                        relay(client, backend).await;
+                        relay(client, backend, &silenced).await;
                         return;
                     }
                     _ => {
@@ -170,8 +185,42 @@ async fn balance(
     }
 }
 
-/// Copies both ways until one side is done; a half-close is passed on, and an error on
-/// either side ends both.
-async fn relay(mut client: tokio::net::TcpStream, mut backend: tokio::net::TcpStream) {
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+/// Copies both ways until both sides are done; a half-close is passed on, and an error on
+/// either side ends both. Once the balancer is silenced, it forwards nothing more, not even
+/// a close, and holds both sockets open until the balancer stops.
+async fn relay(
+    client: tokio::net::TcpStream,
+    backend: tokio::net::TcpStream,
+    silenced: &std::sync::atomic::AtomicU64,
+) {
+    let born = silenced.load(std::sync::atomic::Ordering::SeqCst);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    let _ = tokio::try_join!(
+        pipe(&mut client_read, &mut backend_write, silenced, born),
+        pipe(&mut backend_read, &mut client_write, silenced, born),
+    );
+}
+
+/// One direction of a relay: copies until the end of the stream, which it passes on as a
+/// half-close, or an error.
+async fn pipe(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    silenced: &std::sync::atomic::AtomicU64,
+    born: u64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = from.read(&mut buffer).await?;
+        // Checked after the read, so that what was sent after `silence` returned is lost.
+        if silenced.load(std::sync::atomic::Ordering::SeqCst) != born {
+            std::future::pending::<()>().await;
+        }
+        if read == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buffer[..read]).await?;
+    }
 }

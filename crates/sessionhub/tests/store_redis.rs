@@ -648,3 +648,57 @@ async fn connecting_to_nothing_is_unavailable() {
     })
     .await;
 }
+
+/// A connection Redis closed while it sat idle (its `timeout` setting, a proxy's idle
+/// limit, `CLIENT KILL`) costs no read: the load, the expiry and the index are sent again on
+/// the next connection. A write with an increment is never sent twice: it fails once, as
+/// Unavailable, and applied nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_while_idle_costs_no_read() {
+    within_limit(async {
+        let server = RedisServer::start_async().await;
+        let store = RedisStore::connect(&server.url(), DEFAULT_PREFIX)
+            .await
+            .unwrap();
+        let (id, _) = created(&store, json!({"n": 1})).await;
+        store
+            .index_add(ALICE, &id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let kill = || {
+            let reply = server.command("CLIENT KILL TYPE normal").unwrap();
+            assert!(
+                reply.starts_with(":1"),
+                "killed the store's connection: {reply}"
+            );
+        };
+        // Time for the FIN to reach redis-rs, as it would during an idle spell.
+        let idle = || tokio::time::sleep(Duration::from_millis(50));
+
+        kill();
+        idle().await;
+        assert_eq!(load(&store, &id).await.unwrap().attributes["n"], 1);
+        kill();
+        idle().await;
+        assert!(store.expires_in(&id).await.unwrap().is_some());
+        kill();
+        idle().await;
+        assert_eq!(
+            store.index_list(ALICE).await.unwrap(),
+            std::slice::from_ref(&id)
+        );
+
+        kill();
+        idle().await;
+        match store.update(&id, &[incr("n", 1)], TTL).await {
+            Err(StoreError::Unavailable(_)) => {}
+            other => panic!("an increment is sent once: {other:?}"),
+        }
+        assert_eq!(load(&store, &id).await.unwrap().attributes["n"], 1);
+        assert_eq!(
+            store.update(&id, &[incr("n", 1)], TTL).await.unwrap(),
+            Updated::Applied(vec![2])
+        );
+    })
+    .await;
+}

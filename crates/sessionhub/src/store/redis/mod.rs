@@ -151,6 +151,7 @@ impl RedisStore {
         redis_error(e)
     }
 
+    /// Runs an index script; each of them may run twice (see [`Repeat`]).
     async fn invoke_index(
         &self,
         script: &Script,
@@ -162,15 +163,30 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        self.invoke(&invocation).await
+        self.invoke_with(&invocation, Repeat::IfLost).await
     }
 
+    /// Runs a script once, whatever happens.
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        self.invoke_with(invocation, Repeat::Never).await
+    }
+
+    async fn invoke_with(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        repeat: Repeat,
+    ) -> Result<Value, StoreError> {
         let mut connection = self.connection.get().await.map_err(redis_error)?;
-        invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| self.failed(e))
+        match invocation.invoke_async(&mut connection).await {
+            Err(e) if repeat == Repeat::IfLost && lost(&e) => {
+                tracing::debug!(error = %e, "redis store: connection lost, sending again");
+                self.connection.failed(&e);
+                let mut connection = self.connection.get().await.map_err(redis_error)?;
+                invocation.invoke_async(&mut connection).await
+            }
+            result => result,
+        }
+        .map_err(|e| self.failed(e))
     }
 
     /// An invocation of `script` on `keys` with ARGV: the TTL in ms, `extra`, then each change
@@ -214,12 +230,33 @@ impl RedisStore {
     }
 }
 
+/// Whether a script may be sent again when its connection was lost under it.
+///
+/// A connection Redis closed while idle (its `timeout` setting, a proxy's or a managed
+/// service's idle limit, `CLIENT KILL`) is found dead only by the next command, which fails
+/// with "broken pipe" while `ConnectionManager` reconnects. redis-rs reports the same error
+/// for a command that died in flight and may have run, so only a script that can run twice
+/// without harm is sent again: one that reads, or sets what it sets to the same end (a
+/// load slides the TTL it would slide anyway). Writes with increments, creations (a second
+/// run would find the first's record) and rotations are sent once, and their caller sees
+/// [`StoreError::Unavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Never,
+    IfLost,
+}
+
+/// Whether `error` means the connection is gone (the next `get` reconnects).
+fn lost(error: &::redis::RedisError) -> bool {
+    error.is_unrecoverable_error() || error.is_connection_dropped()
+}
+
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId, ttl: Duration) -> Result<Option<Record>, StoreError> {
         let mut invocation = scripts::STORE_LOAD.prepare_invoke();
         invocation.key(self.key(id)).arg(ttl_ms(ttl));
-        let reply = self.invoke(&invocation).await?;
+        let reply = self.invoke_with(&invocation, Repeat::IfLost).await?;
         let decoded = match &reply {
             Value::Nil => Ok(None),
             Value::Int(-1) => Err("the key is not a hash"),
@@ -355,7 +392,7 @@ impl SessionStore for RedisStore {
     async fn expires_in(&self, id: &SessionId) -> Result<Option<Duration>, StoreError> {
         let mut invocation = scripts::STORE_EXPIRES_IN.prepare_invoke();
         invocation.key(self.key(id)).arg(VERSION);
-        match self.invoke(&invocation).await? {
+        match self.invoke_with(&invocation, Repeat::IfLost).await? {
             Value::Int(-2) => Ok(None),
             // A key without a TTL; this crate never writes one.
             Value::Int(-1) => Ok(Some(Duration::MAX)),
