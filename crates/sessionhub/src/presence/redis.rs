@@ -50,7 +50,7 @@ use crate::store::now_ms;
 use crate::webhook::EventKind;
 
 /// How long a node counts as alive after its last beat. A node killed without a word has
-/// its users' `leave`s announced within this plus [`REFRESH`] (13 s, under the 30 s
+/// its users' `leave`s announced within this plus `REFRESH` (13 s, under the 30 s
 /// promised).
 pub const LIVENESS_TTL: Duration = Duration::from_secs(10);
 /// How often a node beats even when nothing changed, and looks for dead nodes to reap.

@@ -64,7 +64,7 @@ pub mod close {
     /// The client sent more client events (or messages) per second than allowed.
     pub const CLIENT_EVENT_RATE: (u16, &str) = (4301, "client event rejected due to rate limit");
 
-    /// The Pusher close for a sessionhub close ([`crate::protocol::close`]): 4000 means
+    /// The Pusher close for a sessionhub close (`protocol::close`): 4000 means
     /// "use TLS" to pusher-js and 4008 "no protocol version", so sessionhub's own codes in
     /// 4000-4999 are mapped by what the client should do next; the WebSocket codes below
     /// 4000 keep their meaning.

@@ -9,11 +9,11 @@
 //! (the store's and presence's self-reconnecting connection) and the broker give up a
 //! connection whose server is no longer the primary.
 //!
-//! - [`keys`]: every key and channel name, with the hash tags that keep each operation in
+//! - `keys.rs`: every key and channel name, with the hash tags that keep each operation in
 //!   one cluster slot.
-//! - [`scripts`]: the Lua scripts, one `.lua` file each under `scripts/`.
-//! - [`backoff`]: the jittered exponential backoff between reconnection attempts.
-//! - [`cluster`]: the hash slot function and the broker's map of which primary owns which
+//! - `scripts.rs`: the Lua scripts, one `.lua` file each under `scripts/`.
+//! - `backoff.rs`: the jittered exponential backoff between reconnection attempts.
+//! - `cluster.rs`: the hash slot function and the broker's map of which primary owns which
 //!   slot in a Redis Cluster.
 
 pub(crate) mod backoff;
