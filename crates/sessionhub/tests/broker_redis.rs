@@ -12,6 +12,7 @@ use std::time::Duration;
 use sessionhub::broker::{
     BatchItem, Broker, Deliver, HistoryConfig, PublishOptions, RedisBroker, RedisBrokerConfig,
 };
+use sessionhub::redis::IDLE_CHECK;
 use sessionhub_testkit::conformance::broker::{
     BOUND, BrokerFixture, BrokerNode, Probe, QUIET, Recorder, at, checks, keyed, position,
     publication, wait_ready, within,
@@ -407,6 +408,32 @@ async fn redis_restart_is_reported_then_recovered_with_resubscription() {
         assert_eq!(node.expect_taken("user:k", 1).await, ["after"]);
         assert_eq!(node.publish("user:j", "after").await.nodes, 1);
         assert_eq!(node.expect_taken("user:j", 2).await, ["before", "after"]);
+    })
+    .await;
+}
+
+/// After the idle check's interval without a command, a command connection that Redis
+/// closed meanwhile (its `timeout` setting) is found by a PING and replaced: a publish
+/// without a key, which is never sent twice, goes out on the new one, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publish_after_an_idle_spell_goes_out_on_a_live_connection() {
+    within(async {
+        let redis = RedisServer::start().unwrap();
+        let (node, _broker) = redis_node(&redis).await;
+        let channel = "room:idle";
+        node.join(channel).await;
+        node.publish(channel, "{\"n\":1}").await;
+        let reply = redis.command("CLIENT KILL TYPE normal").unwrap();
+        assert!(
+            reply.starts_with(":1"),
+            "killed the command connection: {reply}"
+        );
+        sleep(IDLE_CHECK + Duration::from_millis(100)).await;
+        assert_eq!(node.publish(channel, "{\"n\":2}").await.offset, 2);
+        assert_eq!(
+            node.expect_taken(channel, 2).await,
+            ["{\"n\":1}", "{\"n\":2}"]
+        );
     })
     .await;
 }

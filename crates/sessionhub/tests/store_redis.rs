@@ -9,7 +9,7 @@ use std::time::Duration;
 use ::redis::AsyncCommands;
 use serde_json::json;
 use sessionhub::error::StoreError;
-use sessionhub::redis::DEFAULT_PREFIX;
+use sessionhub::redis::{DEFAULT_PREFIX, IDLE_CHECK};
 use sessionhub::session::SessionId;
 use sessionhub::store::{Record, RedisStore, SessionStore, Updated};
 use sessionhub_testkit::RedisServer;
@@ -649,8 +649,8 @@ async fn connecting_to_nothing_is_unavailable() {
     .await;
 }
 
-/// A connection Redis closed while it sat idle (its `timeout` setting, a proxy's idle
-/// limit, `CLIENT KILL`) costs no read: the load, the expiry and the index are sent again on
+/// A connection Redis closed (a proxy's idle limit, `CLIENT KILL`) before the store's idle
+/// check would PING it costs no read: the load, the expiry and the index are sent again on
 /// the next connection. A write with an increment is never sent twice: it fails once, as
 /// Unavailable, and applied nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,6 +699,32 @@ async fn a_connection_closed_while_idle_costs_no_read() {
             store.update(&id, &[incr("n", 1)], TTL).await.unwrap(),
             Updated::Applied(vec![2])
         );
+    })
+    .await;
+}
+
+/// After the idle check's interval without a command, a connection that Redis closed
+/// meanwhile (its `timeout` setting) is found by a PING and replaced before a write goes
+/// out: the increment succeeds, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_an_idle_spell_goes_out_on_a_live_connection() {
+    within_limit(async {
+        let server = RedisServer::start_async().await;
+        let store = RedisStore::connect(&server.url(), DEFAULT_PREFIX)
+            .await
+            .unwrap();
+        let (id, _) = created(&store, json!({"n": 1})).await;
+        let reply = server.command("CLIENT KILL TYPE normal").unwrap();
+        assert!(
+            reply.starts_with(":1"),
+            "killed the store's connection: {reply}"
+        );
+        tokio::time::sleep(IDLE_CHECK + Duration::from_millis(100)).await;
+        assert_eq!(
+            store.update(&id, &[incr("n", 1)], TTL).await.unwrap(),
+            Updated::Applied(vec![2])
+        );
+        assert_eq!(load(&store, &id).await.unwrap().attributes["n"], 2);
     })
     .await;
 }

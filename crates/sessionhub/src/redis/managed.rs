@@ -46,6 +46,7 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::SingleNodeRoutingInfo;
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Value};
 
+use super::idle::LastUse;
 use super::{CONNECT_TIMEOUT, Mode, Reconnect, RedisConfig, is_not_primary};
 
 /// How many redirections (`MOVED`, `ASK`) one command follows: a slot map read after a
@@ -71,6 +72,8 @@ pub(crate) struct Managed {
     /// it (it starts a task, which needs the runtime).
     /// Replaced when a PING fails (see [`Managed::ping`]).
     cluster: Option<(ClusterClient, Mutex<Option<Cluster>>)>,
+    /// When a command last asked for the connection: one left idle is PINGed first.
+    used: LastUse,
 }
 
 impl Managed {
@@ -110,6 +113,7 @@ impl Managed {
             current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             cluster: None,
+            used: LastUse::now(),
         }
     }
 
@@ -117,8 +121,18 @@ impl Managed {
         self.current.lock().expect("never poisoned").clone()
     }
 
-    /// The connection to send a command on (a cheap clone sharing it).
+    /// The connection to send a command on (a cheap clone sharing it). After
+    /// [`IDLE_CHECK`](super::idle::IDLE_CHECK) without a command it is PINGed first, so that
+    /// a connection Redis or a proxy closed meanwhile is replaced before the command goes out
+    /// (see [`super::idle`]); a failed PING is left for the command to report.
     pub(crate) async fn get(&self) -> RedisResult<Connection> {
+        if self.used.touch() {
+            let _ = self.ping_on(self.connection().await?).await;
+        }
+        self.connection().await
+    }
+
+    async fn connection(&self) -> RedisResult<Connection> {
         if let Some(connection) = &self.fixed {
             return Ok(Connection::Server(connection.clone()));
         }
@@ -154,7 +168,11 @@ impl Managed {
     /// the map again, so after a failover it would keep PINGing the dead primary (and a
     /// node without session traffic would stay unready for good).
     pub(crate) async fn ping(&self) -> RedisResult<()> {
-        let mut connection = self.get().await?;
+        self.used.touch();
+        self.ping_on(self.connection().await?).await
+    }
+
+    async fn ping_on(&self, mut connection: Connection) -> RedisResult<()> {
         let pinged = ::redis::cmd("PING")
             .query_async::<()>(&mut connection)
             .await;

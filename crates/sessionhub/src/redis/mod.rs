@@ -13,11 +13,14 @@
 //!   one cluster slot.
 //! - `scripts.rs`: the Lua scripts, one `.lua` file each under `scripts/`.
 //! - `backoff.rs`: the jittered exponential backoff between reconnection attempts.
+//! - `idle.rs`: when a connection was last used; one left idle is PINGed before a command
+//!   that must not run twice.
 //! - `cluster.rs`: the hash slot function and the broker's map of which primary owns which
 //!   slot in a Redis Cluster.
 
 pub(crate) mod backoff;
 pub(crate) mod cluster;
+pub(crate) mod idle;
 pub(crate) mod keys;
 pub(crate) mod scripts;
 
@@ -32,6 +35,7 @@ use ::redis::{
     RedisError, RedisResult, Value,
 };
 
+pub use self::idle::IDLE_CHECK;
 pub use self::keys::DEFAULT_PREFIX;
 pub(crate) use self::keys::Keys;
 pub(crate) use self::managed::Managed;

@@ -23,6 +23,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::error::BrokerError;
 use crate::redis::cluster::{Node, Topology, is_redirect, slot};
+use crate::redis::idle::LastUse;
 use crate::redis::{Mode, RedisConfig, bounded, is_not_primary};
 
 /// The whole of one PUBLISH, recover or PING, including waiting for a reconnection in
@@ -66,6 +67,8 @@ pub(super) struct Link {
     server: Node,
     /// Tells this link from the one that replaces it.
     generation: u64,
+    /// When a command last went out on it: one left idle is PINGed first.
+    used: Arc<LastUse>,
 }
 
 impl Commands {
@@ -110,11 +113,23 @@ impl Commands {
             .cloned()
     }
 
-    /// The live link to the server of `route`, opening one if there is none.
+    /// The live link to the server of `route`, opening one if there is none. A link left
+    /// idle for [`IDLE_CHECK`](crate::redis::idle::IDLE_CHECK) is PINGed first and replaced
+    /// if that fails, so that a publish that must not be sent twice does not find out that
+    /// Redis closed it meanwhile (see [`crate::redis::idle`]).
     async fn link(&self, route: Route<'_>) -> RedisResult<Link> {
         let server = self.server(route).await?;
         if let Some(link) = self.current(&server) {
-            return Ok(link);
+            if !link.used.touch() {
+                return Ok(link);
+            }
+            let pinged = ::redis::cmd("PING")
+                .query_async::<()>(&mut link.connection.clone())
+                .await;
+            match pinged {
+                Ok(()) => return Ok(link),
+                Err(e) => self.failed(&link, &e),
+            }
         }
         let _opening = self.opening.lock().await;
         if let Some(link) = self.current(&server) {
@@ -208,6 +223,7 @@ impl Commands {
             bind: if durable { "".into() } else { run_id.into() },
             server: server.clone(),
             generation,
+            used: Arc::new(LastUse::now()),
         })
     }
 }

@@ -239,7 +239,8 @@ impl RedisStore {
 /// without harm is sent again: one that reads, or sets what it sets to the same end (a
 /// load slides the TTL it would slide anyway). Writes with increments, creations (a second
 /// run would find the first's record) and rotations are sent once, and their caller sees
-/// [`StoreError::Unavailable`].
+/// [`StoreError::Unavailable`]; what spares them the idle case is the PING that
+/// [`Managed::get`] sends first on a connection left idle (`crate::redis::idle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Repeat {
     Never,
