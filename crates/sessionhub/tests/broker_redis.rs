@@ -412,6 +412,16 @@ async fn redis_restart_is_reported_then_recovered_with_resubscription() {
     .await;
 }
 
+/// Closes the broker's command connection from Redis' side (the subscription is not a
+/// `normal` client), as Redis' `timeout` or a proxy would.
+fn kill_the_command_connection(redis: &RedisServer) {
+    let reply = redis.command("CLIENT KILL TYPE normal").unwrap();
+    assert!(
+        reply.starts_with(":1"),
+        "killed the command connection: {reply}"
+    );
+}
+
 /// After the idle check's interval without a command, a command connection that Redis
 /// closed meanwhile (its `timeout` setting) is found by a PING and replaced: a publish
 /// without a key, which is never sent twice, goes out on the new one, once.
@@ -423,11 +433,7 @@ async fn redis_publish_after_an_idle_spell_goes_out_on_a_live_connection() {
         let channel = "room:idle";
         node.join(channel).await;
         node.publish(channel, "{\"n\":1}").await;
-        let reply = redis.command("CLIENT KILL TYPE normal").unwrap();
-        assert!(
-            reply.starts_with(":1"),
-            "killed the command connection: {reply}"
-        );
+        kill_the_command_connection(&redis);
         sleep(IDLE_CHECK + Duration::from_millis(100)).await;
         assert_eq!(node.publish(channel, "{\"n\":2}").await.offset, 2);
         assert_eq!(
@@ -815,13 +821,7 @@ async fn redis_lost_command_connection_is_retried_only_when_harmless() {
         let channel = "room:killed";
         node.join(channel).await;
         let first = node.publish(channel, "{\"n\":1}").await;
-        let kill = || {
-            let reply = redis.command("CLIENT KILL TYPE normal").unwrap();
-            assert!(
-                reply.starts_with(":1"),
-                "killed the command connection: {reply}"
-            );
-        };
+        let kill = || kill_the_command_connection(&redis);
 
         kill();
         let recovery = node.recover(channel, Some(&position(&first))).await;

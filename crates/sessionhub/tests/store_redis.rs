@@ -649,29 +649,38 @@ async fn connecting_to_nothing_is_unavailable() {
     .await;
 }
 
+/// A store on a Redis of its own, holding one session whose `n` is 1.
+async fn store_with_a_counter() -> (RedisServer, RedisStore, SessionId) {
+    let server = RedisServer::start_async().await;
+    let store = RedisStore::connect(&server.url(), DEFAULT_PREFIX)
+        .await
+        .unwrap();
+    let (id, _) = created(&store, json!({"n": 1})).await;
+    (server, store, id)
+}
+
+/// Closes the store's one connection from Redis' side, as Redis' `timeout` or a proxy would.
+fn close_the_store_connection(server: &RedisServer) {
+    let reply = server.command("CLIENT KILL TYPE normal").unwrap();
+    assert!(
+        reply.starts_with(":1"),
+        "killed the store's connection: {reply}"
+    );
+}
+
 /// A connection Redis closed (a proxy's idle limit, `CLIENT KILL`) before the store's idle
 /// check would PING it costs no read: the load, the expiry and the index are sent again on
 /// the next connection. A write with an increment is never sent twice: it fails once, as
 /// Unavailable, and applied nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_closed_while_idle_costs_no_read() {
+async fn a_lost_connection_costs_no_read() {
     within_limit(async {
-        let server = RedisServer::start_async().await;
-        let store = RedisStore::connect(&server.url(), DEFAULT_PREFIX)
-            .await
-            .unwrap();
-        let (id, _) = created(&store, json!({"n": 1})).await;
+        let (server, store, id) = store_with_a_counter().await;
         store
             .index_add(ALICE, &id, Duration::from_secs(60))
             .await
             .unwrap();
-        let kill = || {
-            let reply = server.command("CLIENT KILL TYPE normal").unwrap();
-            assert!(
-                reply.starts_with(":1"),
-                "killed the store's connection: {reply}"
-            );
-        };
+        let kill = || close_the_store_connection(&server);
         // Time for the FIN to reach redis-rs, as it would during an idle spell.
         let idle = || tokio::time::sleep(Duration::from_millis(50));
 
@@ -709,16 +718,8 @@ async fn a_connection_closed_while_idle_costs_no_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_after_an_idle_spell_goes_out_on_a_live_connection() {
     within_limit(async {
-        let server = RedisServer::start_async().await;
-        let store = RedisStore::connect(&server.url(), DEFAULT_PREFIX)
-            .await
-            .unwrap();
-        let (id, _) = created(&store, json!({"n": 1})).await;
-        let reply = server.command("CLIENT KILL TYPE normal").unwrap();
-        assert!(
-            reply.starts_with(":1"),
-            "killed the store's connection: {reply}"
-        );
+        let (server, store, id) = store_with_a_counter().await;
+        close_the_store_connection(&server);
         tokio::time::sleep(IDLE_CHECK + Duration::from_millis(100)).await;
         assert_eq!(
             store.update(&id, &[incr("n", 1)], TTL).await.unwrap(),
