@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sessionhub::broker::{BatchItem, Broker};
-use sessionhub::redis::RedisConfig;
-use sessionhub_testkit::RedisCluster;
+use sessionhub::redis::{IDLE_CHECK, RedisConfig};
 use sessionhub_testkit::conformance::broker::{
     BrokerFixture, position, publish_until_taken, redis_nodes,
 };
+use sessionhub_testkit::{RedisCluster, redis_command};
 use tokio::time::{Instant, sleep};
 
 /// A fault test's bound: a failover takes ~4 s, the cluster's start ~3 s.
@@ -362,4 +362,28 @@ async fn replica_of(cluster: &RedisCluster, primary: u16) -> u16 {
         }
     }
     panic!("no replica of {primary}");
+}
+
+/// After the idle check's interval without a command, command connections the primaries
+/// closed meanwhile (their `timeout` setting) are found by a PING and replaced: a publish
+/// without a key, which is never sent twice, goes out on a new one, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_an_idle_spell_goes_out_on_a_live_connection() {
+    tokio::time::timeout(FAULT_LIMIT, async {
+        let cluster = RedisCluster::start_async().await;
+        let backend = redis_nodes(config(&cluster), ());
+        let node = backend.node().await;
+        let (channel, _) = spread_channels(&cluster, 1).remove(0);
+        node.join(&channel).await;
+        node.publish(&channel, "1").await;
+        for port in cluster.primaries().unwrap() {
+            let reply = redis_command(port, "CLIENT KILL TYPE normal").unwrap();
+            assert!(reply.starts_with(':'), "{reply}");
+        }
+        sleep(IDLE_CHECK + Duration::from_millis(100)).await;
+        assert_eq!(node.publish(&channel, "2").await.offset, 2);
+        assert_eq!(node.expect_taken(&channel, 2).await, ["1", "2"]);
+    })
+    .await
+    .expect("the test did not finish in time");
 }

@@ -13,7 +13,7 @@ use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use serde_json::json;
 use sessionhub::error::StoreError;
-use sessionhub::redis::RedisConfig;
+use sessionhub::redis::{IDLE_CHECK, RedisConfig};
 use sessionhub::session::SessionId;
 use sessionhub::store::{RedisStore, SessionStore, Updated};
 use sessionhub_testkit::conformance::store::{
@@ -531,6 +531,28 @@ async fn sessions_in_a_migrating_slot_are_served() {
         assert_eq!(cluster.primary_for_slot(slot).unwrap(), to);
         let after = load(&*store, &id).await.unwrap();
         assert_eq!(after.attributes["n"], json!(applied));
+    })
+    .await;
+}
+
+/// After the idle check's interval without a command, connections the primaries closed
+/// meanwhile (their `timeout` setting) are found by a PING and replaced before a write goes
+/// out: the increment succeeds, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_an_idle_spell_goes_out_on_live_connections() {
+    within(LIMIT, async {
+        let (cluster, store, _raw) = setup().await;
+        let (id, _) = created(&store, json!({"n": 1})).await;
+        for port in cluster.primaries().unwrap() {
+            let reply = redis_command(port, "CLIENT KILL TYPE normal").unwrap();
+            assert!(!reply.starts_with(":0"), "killed the connections: {reply}");
+        }
+        tokio::time::sleep(IDLE_CHECK + Duration::from_millis(100)).await;
+        assert_eq!(
+            store.update(&id, &[incr("n", 1)], TTL).await.unwrap(),
+            Updated::Applied(vec![2])
+        );
+        assert_eq!(load(&store, &id).await.unwrap().attributes["n"], json!(2));
     })
     .await;
 }
